@@ -1,0 +1,65 @@
+"""Model adapters, found through the `label_studio_ale.adapters` entry-point group.
+
+A third-party package adds an adapter by declaring, in its own metadata:
+
+    [options.entry_points]
+    label_studio_ale.adapters =
+        mymodel = my_package.adapter:MyAdapter
+
+and users select it with ADAPTER=mymodel. Entry points are loaded lazily, so
+an adapter's heavy imports (torch, tensorflow) happen only when it is chosen.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import EntryPoint, entry_points
+from typing import Protocol, runtime_checkable
+
+from PIL import Image
+
+from .detections import Detections
+from .errors import AdapterError
+from .settings import Settings
+
+ENTRY_POINT_GROUP = "label_studio_ale.adapters"
+
+
+@runtime_checkable
+class Adapter(Protocol):
+    """What the backend needs from a detector.
+
+    classes: class names, index i is column i of every `Detections.class_probs`
+    version: a short string naming the weights (shown in LS as model_version)
+    predict: RGB images -> one `Detections` per image, in pixels of that image,
+             with every box's full class-score vector
+    """
+
+    classes: tuple[str, ...]
+    version: str
+
+    def predict(self, images: list[Image.Image]) -> list[Detections]: ...
+
+
+def available_adapters() -> dict[str, EntryPoint]:
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def load_adapter(settings: Settings) -> Adapter:
+    """Load the adapter named by `settings.adapter` and build it from the settings."""
+    found = available_adapters()
+    if settings.adapter not in found:
+        raise AdapterError(
+            f"ADAPTER={settings.adapter!r} is not installed; available: {', '.join(sorted(found)) or 'none'}. "
+            "Install the matching extra, e.g. pip install 'label-studio-ale[yolov5]'"
+        )
+    try:
+        factory = found[settings.adapter].load()
+    except ImportError as exc:
+        raise AdapterError(
+            f"adapter {settings.adapter!r} cannot be imported ({exc}); "
+            f"install its dependencies: pip install 'label-studio-ale[{settings.adapter}]'"
+        ) from None
+    adapter = factory.from_settings(settings)
+    if not isinstance(adapter, Adapter):
+        raise AdapterError(f"adapter {settings.adapter!r} does not provide classes, version and predict()")
+    return adapter

@@ -1,0 +1,259 @@
+"""The Flask app: Label Studio's ML-backend protocol.
+
+Routes: GET /health, POST /setup, POST /predict, POST /webhook, GET /versions,
+GET /metrics. `create_app(settings)` builds it; nothing happens at import.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import logging
+import threading
+from typing import Callable
+
+from flask import Flask, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from . import __version__
+from .adapters import Adapter, load_adapter
+from .errors import AdapterError, AleError, PayloadError
+from .ls_client import LabelStudioClient
+from .ls_format import match_labels, parse_label_config
+from .media import MediaFetcher
+from .predictor import Predictor
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: Largest request body accepted; a /predict for thousands of tasks is far below it.
+MAX_REQUEST_BYTES = 16 * 1024 * 1024
+START_TRAINING = "START_TRAINING"
+
+
+class ModelHolder:
+    """Loads the adapter once, on first use, shared by all request threads."""
+
+    def __init__(self, factory: Callable[[], Adapter]):
+        self._factory = factory
+        self._adapter: Adapter | None = None
+        self._error: str | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def loaded(self) -> bool:
+        return self._adapter is not None
+
+    def get(self) -> Adapter:
+        if self._adapter is None:
+            with self._lock:
+                if self._adapter is None:
+                    try:
+                        self._adapter = self._factory()
+                        self._error = None
+                    except AleError as exc:
+                        self._error = str(exc)
+                        raise
+        return self._adapter
+
+    def warm(self) -> threading.Thread:
+        """Load in the background so the first request does not wait."""
+
+        def run():
+            try:
+                self.get()
+            except Exception:  # reported on first request and in /health
+                log.exception("model failed to load")
+
+        thread = threading.Thread(target=run, name="model-warmup", daemon=True)
+        thread.start()
+        return thread
+
+    @property
+    def error(self) -> str | None:
+        return self._error
+
+
+class Metrics:
+    """Per-process counters served at /metrics."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.values = {
+            "predict_requests": 0,
+            "tasks_predicted": 0,
+            "tasks_failed": 0,
+            "predict_seconds_total": 0.0,
+            "webhooks": 0,
+            "errors_4xx": 0,
+            "errors_5xx": 0,
+        }
+
+    def add(self, **increments) -> None:
+        with self._lock:
+            for key, value in increments.items():
+                self.values[key] += value
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            return dict(self.values)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    adapter_factory: Callable[[], Adapter] | None = None,
+    ls_client: LabelStudioClient | None = None,
+    warm: bool = False,
+) -> Flask:
+    """Build the backend app. `adapter_factory` defaults to the configured entry point."""
+    app = Flask("label_studio_ale")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
+    if ls_client is None and settings.label_studio_api_key:
+        ls_client = LabelStudioClient(settings.label_studio_url, settings.label_studio_api_key)
+    holder = ModelHolder(adapter_factory or (lambda: load_adapter(settings)))
+    fetcher = MediaFetcher(settings, ls_client)
+    metrics = Metrics()
+    label_configs: dict[str, str] = {}  # project id -> label config seen at /setup
+    app.extensions["ale"] = {"settings": settings, "model": holder, "metrics": metrics}
+    if warm:
+        holder.warm()
+
+    @app.before_request
+    def require_basic_auth():
+        if not settings.basic_auth_user or request.path == "/health":
+            return None
+        if _basic_auth_ok(request.headers.get("Authorization", ""), settings):
+            return None
+        response = jsonify(error="authentication required: configure Basic Auth on the ML backend in Label Studio")
+        response.status_code = 401
+        response.headers["WWW-Authenticate"] = 'Basic realm="label-studio-ale"'
+        return response
+
+    @app.get("/health")
+    def health():
+        return jsonify(
+            status="UP",
+            model_class=settings.adapter,
+            model_loaded=holder.loaded,
+            model_error=holder.error,
+            version=__version__,
+        )
+
+    @app.post("/setup")
+    def setup():
+        body = _json_object()
+        schema = body.get("schema")
+        config = parse_label_config(schema)
+        adapter = holder.get()
+        match_labels(adapter.classes, config)
+        project = _project_id(body.get("project"))
+        if project:
+            label_configs[project] = schema
+        return jsonify(model_version=adapter.version)
+
+    @app.post("/predict")
+    def predict():
+        body = _json_object()
+        tasks = body.get("tasks")
+        if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
+            raise PayloadError("'tasks' must be a list of task objects, e.g. {\"tasks\": [{\"id\": 1, \"data\": {...}}]}")
+        label_config = body.get("label_config") or label_configs.get(_project_id(body.get("project")) or "")
+        if not label_config:
+            raise PayloadError("'label_config' is missing: send the project's label config, or call /setup first")
+        adapter = holder.get()
+        outcome = Predictor(settings, adapter, fetcher).predict_tasks(tasks, label_config)
+        metrics.add(
+            predict_requests=1,
+            tasks_predicted=len(tasks) - len(outcome.failures),
+            tasks_failed=len(outcome.failures),
+            predict_seconds_total=outcome.seconds,
+        )
+        return jsonify(
+            results=outcome.predictions,
+            model_version=adapter.version,
+            errors=[{"task": f.task_id, "reason": f.reason} for f in outcome.failures],
+        )
+
+    @app.post("/webhook")
+    def webhook():
+        body = _json_object()
+        action = body.get("action")
+        if not isinstance(action, str) or not action:
+            raise PayloadError("'action' is missing: Label Studio webhooks send e.g. {\"action\": \"ANNOTATION_CREATED\"}")
+        metrics.add(webhooks=1)
+        if action == START_TRAINING:
+            response = jsonify(
+                error="training is not available in this version of the backend; "
+                "annotations are kept in Label Studio and will be used once training is enabled",
+                action=action,
+            )
+            response.status_code = 501
+            return response
+        return jsonify(status="ignored", action=action)
+
+    @app.get("/versions")
+    def versions():
+        try:
+            current = [holder.get().version]
+        except AleError:
+            current = []
+        return jsonify(versions=current)
+
+    @app.get("/metrics")
+    def metrics_route():
+        return jsonify(metrics.snapshot() | {"model_loaded": holder.loaded})
+
+    @app.errorhandler(AleError)
+    def ale_error(exc: AleError):
+        status = 503 if isinstance(exc, AdapterError) else exc.status
+        return _error_response(str(exc), status, metrics)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        return _error_response(exc.description or exc.name, exc.code or 500, metrics)
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception):
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        return _error_response("internal error; details are in the backend's log", 500, metrics)
+
+    return app
+
+
+def _json_object() -> dict:
+    body = request.get_json(force=True, silent=True)
+    if body is None:
+        raw = request.get_data(cache=True)
+        problem = "empty" if not raw else "not valid JSON"
+        raise PayloadError(f"request body is {problem}: send a JSON object with Content-Type: application/json")
+    if not isinstance(body, dict):
+        raise PayloadError(f"request body must be a JSON object, got {type(body).__name__}")
+    return body
+
+
+def _project_id(project) -> str | None:
+    """LS sends project as "<id>.<created_at timestamp>"; keep the id."""
+    if project is None:
+        return None
+    return str(project).split(".", 1)[0] or None
+
+
+def _basic_auth_ok(header: str, settings: Settings) -> bool:
+    scheme, _, encoded = header.partition(" ")
+    if scheme.lower() != "basic" or not encoded:
+        return False
+    try:
+        user, _, password = base64.b64decode(encoded, validate=True).decode("utf-8").partition(":")
+    except (ValueError, UnicodeDecodeError):
+        return False
+    user_ok = hmac.compare_digest(user.encode(), settings.basic_auth_user.encode())
+    password_ok = hmac.compare_digest(password.encode(), settings.basic_auth_password.encode())
+    return user_ok and password_ok
+
+
+def _error_response(message: str, status: int, metrics: Metrics):
+    metrics.add(**({"errors_5xx": 1} if status >= 500 else {"errors_4xx": 1}))
+    response = jsonify(error=message)
+    response.status_code = status
+    return response

@@ -1,0 +1,151 @@
+"""Box operations on (n, 4) xyxy arrays: overlap metrics, NMS and the per-pixel tag limit.
+
+Filters return boolean keep-masks of shape (n,), so callers can apply them to
+any parallel array (or to a `Detections` with `detections[mask]`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .detections import Detections
+
+NMS_IOU = "iou"
+NMS_IOMIN = "iomin"
+
+
+def box_area(xyxy: np.ndarray) -> np.ndarray:
+    """(n, 4) -> (n,) areas; degenerate boxes have area 0."""
+    xyxy = np.asarray(xyxy, dtype=np.float64).reshape(-1, 4)
+    return (xyxy[:, 2] - xyxy[:, 0]).clip(min=0) * (xyxy[:, 3] - xyxy[:, 1]).clip(min=0)
+
+
+def box_intersection(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(n, 4), (m, 4) -> (n, m) intersection areas."""
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    top_left = np.maximum(a[:, None, :2], b[None, :, :2])
+    bottom_right = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    sides = (bottom_right - top_left).clip(min=0)
+    return sides[..., 0] * sides[..., 1]
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(n, 4), (m, 4) -> (n, m) intersection over union; 0 where the union is empty."""
+    inter = box_intersection(a, b)
+    union = box_area(a)[:, None] + box_area(b)[None, :] - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def box_iomin(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(n, 4), (m, 4) -> (n, m) intersection over the smaller of the two areas.
+
+    A small box wholly inside a big one scores 1 even though their IoU is small:
+    the metric seed pipelines use to merge a detection with its own fragment.
+    """
+    inter = box_intersection(a, b)
+    smaller = np.minimum(box_area(a)[:, None], box_area(b)[None, :])
+    return np.divide(inter, smaller, out=np.zeros_like(inter), where=smaller > 0)
+
+
+_OVERLAP = {NMS_IOU: box_iou, NMS_IOMIN: box_iomin}
+
+
+def nms_mask(
+    xyxy: np.ndarray,
+    scores: np.ndarray,
+    threshold: float,
+    metric: str = NMS_IOU,
+    class_ids: np.ndarray | None = None,
+) -> np.ndarray:
+    """Greedy non-maximum suppression. Returns the (n,) keep-mask.
+
+    Boxes are visited by descending score; a box is dropped when its overlap
+    (`metric`: "iou" or "iomin") with an already kept box is above `threshold`.
+    With `class_ids`, only boxes of the same class suppress each other.
+    Ties in score keep the lower index first (stable order).
+    """
+    if metric not in _OVERLAP:
+        raise ValueError(f"metric must be one of {sorted(_OVERLAP)}, got {metric!r}")
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+    xyxy = np.asarray(xyxy, dtype=np.float64).reshape(-1, 4)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    n = xyxy.shape[0]
+    if scores.shape[0] != n:
+        raise ValueError(f"scores must have shape ({n},), got {scores.shape}")
+    keep = np.zeros(n, dtype=bool)
+    if n == 0:
+        return keep
+    order = np.argsort(-scores, kind="stable")
+    overlap = _OVERLAP[metric](xyxy[order], xyxy[order]) > threshold
+    if class_ids is not None:
+        ids = np.asarray(class_ids).reshape(-1)[order]
+        overlap &= ids[:, None] == ids[None, :]
+    suppressed = np.zeros(n, dtype=bool)
+    for rank in range(n):
+        if suppressed[rank]:
+            continue
+        keep[order[rank]] = True
+        suppressed |= overlap[rank]
+    return keep
+
+
+def max_tags_per_pixel_mask(
+    xyxy: np.ndarray,
+    scores: np.ndarray,
+    image_size: tuple[int, int],
+    limit: int,
+) -> np.ndarray:
+    """Seed 000's crowding filter. Returns the (n,) keep-mask.
+
+    Boxes are visited by descending score; a box is kept only if every pixel it
+    covers is covered by fewer than `limit` already kept boxes. `limit=2` lets
+    two birds share a nest but drops a third, weaker box on top of them.
+    `limit=0` disables the filter (everything kept).
+    """
+    if limit < 0:
+        raise ValueError(f"limit must be 0 (off) or positive, got {limit}")
+    xyxy = np.asarray(xyxy, dtype=np.float64).reshape(-1, 4)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    n = xyxy.shape[0]
+    if scores.shape[0] != n:
+        raise ValueError(f"scores must have shape ({n},), got {scores.shape}")
+    if limit == 0 or n == 0:
+        return np.ones(n, dtype=bool)
+    width, height = image_size
+    # Pixel index ranges [x1, x2) x [y1, y2): floor the start, ceil the end, and
+    # give every box at least one pixel so a sliver still counts somewhere.
+    x1 = np.clip(np.floor(xyxy[:, 0]), 0, width - 1).astype(np.int64)
+    y1 = np.clip(np.floor(xyxy[:, 1]), 0, height - 1).astype(np.int64)
+    x2 = np.maximum(np.clip(np.ceil(xyxy[:, 2]), 0, width).astype(np.int64), x1 + 1)
+    y2 = np.maximum(np.clip(np.ceil(xyxy[:, 3]), 0, height).astype(np.int64), y1 + 1)
+    counter_dtype = np.uint8 if limit < 255 else np.uint32
+    counts = np.zeros((height, width), dtype=counter_dtype)
+    keep = np.zeros(n, dtype=bool)
+    for i in np.argsort(-scores, kind="stable"):
+        region = counts[y1[i] : y2[i], x1[i] : x2[i]]
+        if region.max() < limit:
+            region += 1
+            keep[i] = True
+    return keep
+
+
+def filter_detections(
+    detections: Detections,
+    *,
+    score_threshold: float = 0.0,
+    nms_metric: str = NMS_IOU,
+    nms_threshold: float | None = None,
+    max_tags_per_pixel: int = 0,
+    max_detections: int | None = None,
+) -> Detections:
+    """Apply the serving filters in order: score threshold, class-wise NMS, tag limit, top-k."""
+    kept = detections[detections.scores >= score_threshold]
+    if nms_threshold is not None and len(kept):
+        kept = kept[nms_mask(kept.xyxy, kept.scores, nms_threshold, nms_metric, kept.labels)]
+    if max_tags_per_pixel and len(kept):
+        kept = kept[max_tags_per_pixel_mask(kept.xyxy, kept.scores, kept.image_size, max_tags_per_pixel)]
+    if max_detections is not None and len(kept) > max_detections:
+        kept = kept[np.sort(np.argsort(-kept.scores, kind="stable")[:max_detections])]
+    return kept

@@ -1,0 +1,178 @@
+"""Label Studio JSON: the only module that knows LS's label config and result formats.
+
+LS rectangles are percentages of the image: x, y, width, height in [0, 100].
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+
+from .detections import Detections
+from .errors import LabelConfigError, LabelMismatchError
+
+RECTANGLE_TAG = "RectangleLabels"
+IMAGE_TAG = "Image"
+RESULT_TYPE = "rectanglelabels"
+
+
+@dataclass(frozen=True)
+class RectangleConfig:
+    """The parts of a label config that object detection needs.
+
+    `aliases` maps a lower-cased model class name to the config label it means:
+    the label itself, and every name in its `predicted_values` attribute.
+    """
+
+    from_name: str
+    to_name: str
+    value_key: str
+    labels: tuple[str, ...]
+    aliases: dict[str, str]
+
+
+@functools.lru_cache(maxsize=64)
+def parse_label_config(xml: str) -> RectangleConfig:
+    """Parse a label config with an <Image> and a <RectangleLabels> bound to it."""
+    # Imported here: the SDK import is slow and most modules never need it.
+    from label_studio_sdk.label_interface import LabelInterface
+
+    if not isinstance(xml, str) or not xml.strip():
+        raise LabelConfigError("label config is empty: send the project's XML label config")
+    try:
+        interface = LabelInterface(xml)
+    except Exception as exc:  # the SDK raises several XML error types
+        raise LabelConfigError(f"label config is not valid XML: {exc}") from None
+    rectangles = [c for c in interface.controls if c.tag == RECTANGLE_TAG]
+    if not rectangles:
+        raise LabelConfigError(
+            "label config has no <RectangleLabels> tag: object detection needs e.g. "
+            '<RectangleLabels name="label" toName="image"><Label value="bird"/></RectangleLabels>'
+        )
+    control = rectangles[0]
+    images = {o.name: o for o in interface.objects if o.tag == IMAGE_TAG}
+    targets = [name for name in control.to_name if name in images]
+    if not targets:
+        raise LabelConfigError(
+            f'<RectangleLabels name="{control.name}"> must point at an <Image> tag with toName; '
+            f"it points at {control.to_name or 'nothing'}"
+        )
+    image = images[targets[0]]
+    if not image.value or not image.value.startswith("$"):
+        raise LabelConfigError(f'<Image name="{image.name}"> needs value="$<data field>", e.g. value="$image"')
+    labels = tuple(control.labels)
+    if not labels:
+        raise LabelConfigError(f'<RectangleLabels name="{control.name}"> has no <Label> children: add one per class')
+    aliases: dict[str, str] = {}
+    for label in labels:
+        aliases.setdefault(label.lower(), label)
+    for label, tag in control.labels_attrs.items():
+        for alias in (tag.attr or {}).get("predicted_values", "").split(","):
+            if alias.strip():
+                aliases[alias.strip().lower()] = label
+    return RectangleConfig(control.name, image.name, image.value[1:], labels, aliases)
+
+
+def match_labels(model_classes: list[str] | tuple[str, ...], config: RectangleConfig) -> tuple[str | None, ...]:
+    """Map each model class index to its config label (None: not in the config).
+
+    Matching is by name, case-insensitive, or through a label's `predicted_values`.
+    Raises LabelMismatchError when no class matches at all.
+    """
+    mapping = tuple(config.aliases.get(str(name).lower()) for name in model_classes)
+    if not any(mapping):
+        shown = ", ".join(map(str, model_classes[:20])) + (" ..." if len(model_classes) > 20 else "")
+        raise LabelMismatchError(
+            f"none of the model's classes ({shown}) match the labels of "
+            f'<RectangleLabels name="{config.from_name}"> ({", ".join(config.labels)}). '
+            'Fix the label config: add <Label value="<class>"/> for each class the model predicts, '
+            'or map a label to model classes with predicted_values, e.g. '
+            f'<Label value="{config.labels[0]}" predicted_values="{model_classes[0] if model_classes else "class"}"/>'
+        )
+    return mapping
+
+
+def detections_to_results(
+    detections: Detections,
+    label_map: tuple[str | None, ...],
+    config: RectangleConfig,
+) -> list[dict]:
+    """Detections -> LS `rectanglelabels` results (percent coordinates, per-region score).
+
+    Boxes whose class has no label in the config are left out.
+    """
+    if detections.num_classes != len(label_map):
+        raise ValueError(f"label_map has {len(label_map)} entries for {detections.num_classes} classes")
+    width, height = detections.image_size
+    xyxy = detections.xyxy.copy()
+    xyxy[:, [0, 2]] = xyxy[:, [0, 2]].clip(0, width)
+    xyxy[:, [1, 3]] = xyxy[:, [1, 3]].clip(0, height)
+    results = []
+    for index, (box, class_id, score) in enumerate(zip(xyxy, detections.labels, detections.scores)):
+        label = label_map[class_id]
+        if label is None:
+            continue
+        x1, y1, x2, y2 = (float(v) for v in box)
+        results.append(
+            {
+                "id": f"r{index}",
+                "from_name": config.from_name,
+                "to_name": config.to_name,
+                "type": RESULT_TYPE,
+                "original_width": width,
+                "original_height": height,
+                "image_rotation": 0,
+                "value": {
+                    "x": 100.0 * x1 / width,
+                    "y": 100.0 * y1 / height,
+                    "width": 100.0 * (x2 - x1) / width,
+                    "height": 100.0 * (y2 - y1) / height,
+                    "rotation": 0,
+                    "rectanglelabels": [label],
+                },
+                "score": float(score),
+            }
+        )
+    return results
+
+
+def rectangle_to_xyxy(result: dict, image_size: tuple[int, int] | None = None) -> tuple[np.ndarray, str]:
+    """One LS rectangle result -> ((4,) xyxy pixels, label). Rotation must be 0.
+
+    `image_size` (width, height) is used when the result lacks original_width/height.
+    """
+    value = result.get("value") or {}
+    try:
+        width = float(result.get("original_width") or image_size[0])
+        height = float(result.get("original_height") or image_size[1])
+        x, y, w, h = (float(value[k]) for k in ("x", "y", "width", "height"))
+        label = value["rectanglelabels"][0]
+    except (KeyError, IndexError, TypeError, ValueError):
+        raise LabelConfigError(
+            f"result {result.get('id', '?')} is not a rectangle with x, y, width, height, rectanglelabels "
+            "and original_width/original_height"
+        ) from None
+    if abs(float(value.get("rotation") or 0.0)) > 1e-6:
+        raise LabelConfigError(f"result {result.get('id', '?')} is rotated; rotated boxes are not supported")
+    box = np.array([x * width / 100, y * height / 100, (x + w) * width / 100, (y + h) * height / 100])
+    return box, label
+
+
+def task_image_url(task: dict, config: RectangleConfig) -> str:
+    """The image URL of a task, read from the data field the <Image> tag names."""
+    data = task.get("data") if isinstance(task, dict) else None
+    if not isinstance(data, dict):
+        raise LabelConfigError(f"task {_task_id(task)} has no 'data' object")
+    url = data.get(config.value_key)
+    if not isinstance(url, str) or not url:
+        raise LabelConfigError(
+            f"task {_task_id(task)} has no data field '{config.value_key}' "
+            f'(named by <Image value="${config.value_key}"> in the label config)'
+        )
+    return url
+
+
+def _task_id(task) -> str:
+    return str(task.get("id", "?")) if isinstance(task, dict) else "?"

@@ -1,0 +1,108 @@
+"""Fetching and decoding task images, with an allow-list and size limits.
+
+Three sources are accepted:
+- paths Label Studio serves (`/data/upload/...`, `/data/local-files/?d=...`),
+  relative or on LS's own host: fetched through the LS client, authenticated;
+- http(s) URLs whose host is in ALLOWED_MEDIA_HOSTS: fetched without credentials;
+- nothing else (other hosts, other schemes): refused, so a task cannot make the
+  backend call arbitrary addresses.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import httpx
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import MediaError
+from .ls_client import LabelStudioClient, read_limited
+from .settings import Settings
+
+LS_MEDIA_PREFIX = "/data/"
+
+
+class MediaFetcher:
+    """Turns a task's image URL into a decoded RGB `PIL.Image`, or raises `MediaError`."""
+
+    def __init__(self, settings: Settings, ls_client: LabelStudioClient | None):
+        self.settings = settings
+        self.ls_client = ls_client
+        self.ls_netloc = urlsplit(settings.label_studio_url).netloc.lower()
+        self._http = httpx.Client(follow_redirects=False, timeout=settings.fetch_timeout)
+
+    def fetch(self, url: str) -> Image.Image:
+        return decode_image(self.fetch_bytes(url), self.settings.max_image_pixels)
+
+    def fetch_bytes(self, url: str) -> bytes:
+        split = urlsplit(url)
+        if not split.scheme and not split.netloc:
+            return self._from_label_studio(url)
+        if split.scheme not in ("http", "https"):
+            raise MediaError(
+                f"unsupported image URL scheme '{split.scheme}:' in {url[:80]!r}: import the image into "
+                "Label Studio, or serve it over http(s) from a host in ALLOWED_MEDIA_HOSTS"
+            )
+        host = (split.hostname or "").lower()
+        if split.netloc.lower() == self.ls_netloc:
+            return self._from_label_studio(split.path + (f"?{split.query}" if split.query else ""))
+        if host not in self.settings.allowed_media_hosts:
+            raise MediaError(
+                f"image host '{host}' is not allowed: add it to ALLOWED_MEDIA_HOSTS "
+                "(comma-separated host names) or import the image into Label Studio"
+            )
+        return self._from_allowed_host(url)
+
+    def _from_label_studio(self, path: str) -> bytes:
+        if not path.startswith(LS_MEDIA_PREFIX):
+            raise MediaError(f"'{path[:80]}' is not a Label Studio media path (expected {LS_MEDIA_PREFIX}...)")
+        _refuse_traversal(path)
+        if self.ls_client is None:
+            raise MediaError("LABEL_STUDIO_API_KEY is not set, so images stored in Label Studio cannot be read")
+        return self.ls_client.download(path, self.settings.max_image_bytes, self.settings.fetch_timeout)
+
+    def _from_allowed_host(self, url: str) -> bytes:
+        try:
+            with self._http.stream("GET", url) as response:
+                if response.is_redirect:
+                    raise MediaError(f"{url[:80]} redirects; redirects are not followed, use the final URL")
+                if response.status_code != 200:
+                    raise MediaError(f"{url[:80]} answered {response.status_code}")
+                return read_limited(response.iter_bytes(), self.settings.max_image_bytes, response.headers.get("content-length"))
+        except httpx.HTTPError as exc:
+            raise MediaError(f"cannot download {url[:80]}: {type(exc).__name__}: {exc}") from None
+
+
+def _refuse_traversal(path: str) -> None:
+    split = urlsplit(path)
+    candidates = [unquote(split.path)] + [unquote(v) for values in parse_qs(split.query).values() for v in values]
+    for candidate in candidates:
+        if ".." in candidate.replace("\\", "/").split("/"):
+            raise MediaError(f"path '{path[:80]}' contains '..'; only files inside Label Studio's storage are served")
+
+
+def decode_image(data: bytes, max_pixels: int) -> Image.Image:
+    """Decode bytes to an RGB image, refusing more than `max_pixels` before decoding pixels."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > max_pixels:
+                raise MediaError(
+                    f"image is {width}x{height} = {width * height} pixels, over MAX_IMAGE_PIXELS={max_pixels}"
+                )
+            image.load()
+    except MediaError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise MediaError(f"image refused as a decompression bomb: {exc}") from None
+    except UnidentifiedImageError:
+        raise MediaError("file is not an image Pillow can read (PNG, JPEG, TIFF, WebP, ...)") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise MediaError(f"image is corrupt or truncated: {exc}") from None
+    # Browsers honour EXIF orientation, so the annotator sees the transposed image.
+    image = ImageOps.exif_transpose(image)
+    return image.convert("RGB") if image.mode != "RGB" else image

@@ -1,0 +1,8 @@
+"""YOLOv5 adapter on ultralytics (its anchor-free YOLOv5u family).
+
+Entry point `yolov5` in the `label_studio_ale.adapters` group.
+"""
+
+from .adapter import YoloV5Adapter, train_yolo
+
+__all__ = ["YoloV5Adapter", "train_yolo"]

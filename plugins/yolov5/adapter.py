@@ -1,0 +1,211 @@
+"""YOLOv5u detector that keeps every kept box's full class-score vector.
+
+ultralytics' predictor reduces each box to (xyxy, conf, class) at NMS. This
+adapter runs the same letterbox -> forward -> NMS steps itself and asks NMS
+for the indices of the kept anchors (`return_idxs=True`), so it can gather the
+per-class sigmoid scores of those anchors from the raw head output
+(B, 4 + nc, anchors). For every kept box, `class_probs.max()` is exactly the
+box confidence and `argmax` its class.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from label_studio_ale.detections import Detections
+from label_studio_ale.errors import AdapterError
+from label_studio_ale.settings import Settings
+
+#: Scores below this never leave the model; serving thresholds apply later.
+DEFAULT_CONF_FLOOR = 0.001
+#: ultralytics' own predict default for class-aware NMS inside the model.
+DEFAULT_MODEL_IOU = 0.7
+DEFAULT_MAX_DET = 300
+
+
+def import_ultralytics():
+    """Import ultralytics configured never to reach the network (no hub, no pip, no fonts)."""
+    os.environ["YOLO_OFFLINE"] = "1"
+    os.environ["YOLO_AUTOINSTALL"] = "0"
+    os.environ.setdefault("YOLO_VERBOSE", "False")
+    import ultralytics
+
+    return ultralytics
+
+
+class YoloV5Adapter:
+    """Serve a YOLOv5u model: a user's `.pt` checkpoint, or a fresh model built from a yaml."""
+
+    name = "yolov5"
+
+    def __init__(
+        self,
+        weights: str | Path,
+        *,
+        classes: tuple[str, ...] | list[str] = (),
+        image_size: int = 640,
+        device: str = "cpu",
+        max_det: int = DEFAULT_MAX_DET,
+        conf_floor: float = DEFAULT_CONF_FLOOR,
+        model_iou: float = DEFAULT_MODEL_IOU,
+    ):
+        import_ultralytics()
+        import torch
+
+        self._torch = torch
+        self.weights = str(weights)
+        self.image_size = int(image_size)
+        self.device = torch.device(device)
+        self.max_det = int(max_det)
+        self.conf_floor = float(conf_floor)
+        self.model_iou = float(model_iou)
+        self.model, names = _load_model(self.weights, tuple(classes))
+        self.model.to(self.device).eval()
+        self.classes = tuple(names)
+        self.stride = int(max(self.model.stride.max().item(), 32))
+        self.version = _version_name(self.weights)
+        # One forward pass at a time: gunicorn threads share this model.
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "YoloV5Adapter":
+        return cls(
+            settings.model_weights,
+            classes=settings.model_classes,
+            image_size=settings.image_size,
+            device=settings.device,
+            max_det=settings.max_detections,
+        )
+
+    def predict(self, images: list[Image.Image]) -> list[Detections]:
+        """RGB images -> one `Detections` per image (pixels of the original image)."""
+        if not images:
+            return []
+        from ultralytics.utils.nms import non_max_suppression
+        from ultralytics.utils.ops import scale_boxes
+
+        torch = self._torch
+        arrays = [np.asarray(image.convert("RGB") if image.mode != "RGB" else image) for image in images]
+        batch = self._letterbox(arrays)
+        with self._lock, torch.inference_mode():
+            tensor = torch.from_numpy(batch).to(self.device).permute(0, 3, 1, 2).float().div_(255)
+            raw = self.model(tensor)
+            raw = raw[0] if isinstance(raw, (list, tuple)) else raw  # (B, 4 + nc, anchors)
+            kept, indices = non_max_suppression(
+                raw,
+                conf_thres=self.conf_floor,
+                iou_thres=self.model_iou,
+                max_det=self.max_det,
+                nc=len(self.classes),
+                return_idxs=True,
+            )
+            results = []
+            for b, (rows, idx) in enumerate(zip(kept, indices)):
+                class_scores = raw[b, 4 : 4 + len(self.classes), :][:, idx].T  # (n, nc)
+                boxes = scale_boxes(tensor.shape[2:], rows[:, :4].clone(), arrays[b].shape[:2])
+                height, width = arrays[b].shape[:2]
+                results.append(
+                    Detections(
+                        boxes.cpu().double().numpy(),
+                        class_scores.cpu().double().numpy().clip(0.0, 1.0),
+                        (width, height),
+                    )
+                )
+        return results
+
+    def _letterbox(self, arrays: list[np.ndarray]) -> np.ndarray:
+        """(H, W, 3) uint8 images -> (B, h, w, 3) uint8 batch, letterboxed like ultralytics' predictor."""
+        from ultralytics.data.augment import LetterBox
+
+        same_shapes = len({a.shape for a in arrays}) == 1
+        letterbox = LetterBox(self.image_size, auto=same_shapes, stride=self.stride)
+        return np.stack([letterbox(image=a) for a in arrays])
+
+
+def _load_model(weights: str, classes: tuple[str, ...]):
+    """-> (DetectionModel, class names). Never downloads: a weights file must exist."""
+    from ultralytics.nn.tasks import DetectionModel, load_checkpoint
+
+    path = Path(weights)
+    if path.suffix in (".yaml", ".yml"):
+        if not classes:
+            raise AdapterError(
+                f"MODEL_WEIGHTS={weights} builds an untrained model from yaml; set MODEL_CLASSES "
+                "(comma-separated class names) so it knows its classes, or point MODEL_WEIGHTS at a trained .pt"
+            )
+        try:
+            model = DetectionModel(weights, nc=len(classes), verbose=False)
+        except FileNotFoundError:
+            raise AdapterError(f"model yaml {weights} not found (a path, or an ultralytics name like yolov5n.yaml)") from None
+        model.names = dict(enumerate(classes))
+        return model.fuse(verbose=False), classes
+    if path.suffix != ".pt":
+        raise AdapterError(f"MODEL_WEIGHTS={weights} must be a .pt checkpoint or a model .yaml")
+    if not path.is_file():
+        raise AdapterError(f"MODEL_WEIGHTS={weights}: no such file (weights are never downloaded; copy the .pt there)")
+    try:
+        model, _ = load_checkpoint(str(path), device="cpu", inplace=True, fuse=True)
+    except Exception as exc:
+        raise AdapterError(
+            f"{weights} is not an ultralytics YOLO checkpoint ({type(exc).__name__}: {exc}); "
+            "original YOLOv5-repo (anchor-based) checkpoints cannot be loaded, retrain or export as YOLOv5u"
+        ) from None
+    names = model.names if isinstance(model.names, dict) else dict(enumerate(model.names))
+    names = tuple(str(names[i]) for i in range(len(names)))
+    if classes and tuple(classes) != names:
+        raise AdapterError(f"MODEL_CLASSES={','.join(classes)} does not match the checkpoint's classes {','.join(names)}")
+    return model.float(), names
+
+
+def _version_name(weights: str) -> str:
+    path = Path(weights)
+    if path.is_file():
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:8]
+        return f"{path.stem}-{digest}"
+    return f"{path.stem}-untrained"
+
+
+def train_yolo(
+    data_yaml: str | Path,
+    base: str | Path,
+    out_dir: str | Path,
+    *,
+    epochs: int,
+    image_size: int = 640,
+    batch: int = 16,
+    device: str = "cpu",
+    seed: int = 0,
+) -> Path:
+    """Fine-tune `base` (.pt or .yaml) on an ultralytics dataset yaml. Returns the best weights path."""
+    import_ultralytics()
+    from ultralytics import YOLO
+
+    base = str(base)
+    if base.endswith(".pt") and not Path(base).is_file():
+        raise AdapterError(f"base weights {base}: no such file (weights are never downloaded)")
+    out_dir = Path(out_dir)
+    model = YOLO(base)
+    model.train(
+        data=str(data_yaml),
+        epochs=epochs,
+        imgsz=image_size,
+        batch=batch,
+        device=device,
+        workers=0,  # dataloader workers fork; keep it in-process (see design: fork after torch threads)
+        plots=False,  # plots would fetch a font
+        amp=False,
+        seed=seed,
+        deterministic=True,
+        project=str(out_dir.parent),
+        name=out_dir.name,
+        exist_ok=True,
+        verbose=False,
+    )
+    best = Path(model.trainer.best)
+    return best if best.is_file() else Path(model.trainer.last)

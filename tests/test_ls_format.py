@@ -1,0 +1,110 @@
+import numpy as np
+import pytest
+
+from label_studio_ale.detections import Detections
+from label_studio_ale.errors import LabelConfigError, LabelMismatchError
+from label_studio_ale.ls_format import (
+    detections_to_results,
+    match_labels,
+    parse_label_config,
+    rectangle_to_xyxy,
+    task_image_url,
+)
+
+CONFIG = """
+<View>
+  <Image name="img" value="$photo"/>
+  <RectangleLabels name="species" toName="img">
+    <Label value="Bird" background="red"/>
+    <Label value="Nest" predicted_values="nid,nesting_site"/>
+  </RectangleLabels>
+</View>
+"""
+
+
+def test_parse_label_config_finds_names_and_labels():
+    config = parse_label_config(CONFIG)
+    assert (config.from_name, config.to_name, config.value_key) == ("species", "img", "photo")
+    assert config.labels == ("Bird", "Nest")
+    assert config.aliases == {"bird": "Bird", "nest": "Nest", "nid": "Nest", "nesting_site": "Nest"}
+
+
+@pytest.mark.parametrize(
+    "xml, match",
+    [
+        ("", "empty"),
+        ("<View><Image name='i' value='$image'", "not valid XML"),
+        ("<View><Image name='i' value='$image'/></View>", "no <RectangleLabels>"),
+        (
+            "<View><Image name='i' value='$image'/><RectangleLabels name='l' toName='i'></RectangleLabels></View>",
+            "no <Label>",
+        ),
+    ],
+)
+def test_bad_label_configs_say_what_is_wrong(xml, match):
+    with pytest.raises(LabelConfigError, match=match):
+        parse_label_config(xml)
+
+
+def test_match_labels_by_name_case_and_predicted_values():
+    config = parse_label_config(CONFIG)
+    assert match_labels(("bird", "nid", "cat"), config) == ("Bird", "Nest", None)
+
+
+def test_unknown_labels_error_explains_the_fix():
+    config = parse_label_config(CONFIG)
+    with pytest.raises(LabelMismatchError) as caught:
+        match_labels(("cat", "dog"), config)
+    message = str(caught.value)
+    assert "cat, dog" in message and "Bird, Nest" in message
+    assert '<Label value="<class>"/>' in message and "predicted_values" in message
+
+
+def test_detections_to_results_by_hand():
+    config = parse_label_config(CONFIG)
+    # 200 x 100 image; box (20, 10)-(60, 60) is x=10%, y=10%, w=20%, h=50%.
+    det = Detections([[20, 10, 60, 60], [0, 0, 5, 5]], [[0.1, 0.8], [0.3, 0.2]], (200, 100))
+    results = detections_to_results(det, ("Bird", "Nest"), config)
+    assert len(results) == 2
+    first = results[0]
+    assert first["from_name"] == "species" and first["to_name"] == "img" and first["type"] == "rectanglelabels"
+    assert (first["original_width"], first["original_height"]) == (200, 100)
+    value = first["value"]
+    assert (value["x"], value["y"], value["width"], value["height"]) == pytest.approx((10, 10, 20, 50))
+    assert value["rectanglelabels"] == ["Nest"] and first["score"] == pytest.approx(0.8)
+    assert results[1]["value"]["rectanglelabels"] == ["Bird"] and results[1]["score"] == pytest.approx(0.3)
+
+
+def test_unmapped_classes_are_left_out_and_boxes_clipped():
+    config = parse_label_config(CONFIG)
+    det = Detections([[-10, -5, 250, 50], [0, 0, 5, 5]], [[0.9, 0.0], [0.0, 0.9]], (200, 100))
+    results = detections_to_results(det, ("Bird", None), config)
+    assert len(results) == 1
+    value = results[0]["value"]
+    assert (value["x"], value["y"], value["width"], value["height"]) == pytest.approx((0, 0, 100, 50))
+
+
+def test_rectangle_round_trip():
+    config = parse_label_config(CONFIG)
+    det = Detections([[20.5, 10.25, 60, 61]], [[0.9, 0.1]], (200, 100))
+    (result,) = detections_to_results(det, ("Bird", "Nest"), config)
+    box, label = rectangle_to_xyxy(result)
+    assert label == "Bird"
+    assert box == pytest.approx([20.5, 10.25, 60, 61])
+
+
+def test_rectangle_to_xyxy_rejects_malformed_and_rotated():
+    with pytest.raises(LabelConfigError, match="not a rectangle"):
+        rectangle_to_xyxy({"id": "a", "value": {"x": 1}})
+    rotated = {"original_width": 10, "original_height": 10, "value": {"x": 0, "y": 0, "width": 1, "height": 1, "rotation": 30, "rectanglelabels": ["Bird"]}}
+    with pytest.raises(LabelConfigError, match="rotated"):
+        rectangle_to_xyxy(rotated)
+
+
+def test_task_image_url():
+    config = parse_label_config(CONFIG)
+    assert task_image_url({"id": 1, "data": {"photo": "/data/upload/1/a.png"}}, config) == "/data/upload/1/a.png"
+    with pytest.raises(LabelConfigError, match="no data field 'photo'"):
+        task_image_url({"id": 7, "data": {"image": "x"}}, config)
+    with pytest.raises(LabelConfigError, match="no 'data'"):
+        task_image_url({"id": 7}, config)

@@ -1,0 +1,66 @@
+from pathlib import Path
+
+import pytest
+
+from label_studio_ale.errors import ConfigError
+from label_studio_ale.settings import ENV_VARS, Settings
+
+
+def test_defaults_without_environment():
+    settings = Settings.from_env({})
+    assert settings.adapter == "yolov5" and settings.nms_metric == "iou" and settings.max_tags_per_pixel == 0
+
+
+def test_every_variable_is_read():
+    env = {
+        "LABEL_STUDIO_URL": "http://ls:8080/",
+        "LABEL_STUDIO_API_KEY": "secret-key",
+        "MODEL_DIR": "/models",
+        "ADAPTER": "tfod",
+        "MODEL_WEIGHTS": "w.pt",
+        "MODEL_CLASSES": "bird, nest,,",
+        "DEVICE": "cuda:0",
+        "IMAGE_SIZE": "320",
+        "PREDICT_BATCH_SIZE": "4",
+        "SCORE_THRESHOLD": "0.1",
+        "NMS_METRIC": "IoMin",
+        "NMS_THRESHOLD": "0.6",
+        "MAX_TAGS_PER_PIXEL": "2",
+        "MAX_DETECTIONS": "50",
+        "MAX_IMAGE_PIXELS": "1000",
+        "MAX_IMAGE_BYTES": "2000",
+        "FETCH_TIMEOUT": "3",
+        "ALLOWED_MEDIA_HOSTS": "Images.Example.org, cdn.example.org",
+        "BASIC_AUTH_USER": "ls",
+        "BASIC_AUTH_PASS": "pw",
+        "LOG_LEVEL": "debug",
+    }
+    assert set(env) == set(ENV_VARS)
+    s = Settings.from_env(env)
+    assert s.label_studio_url == "http://ls:8080" and s.model_dir == Path("/models")
+    assert s.model_classes == ("bird", "nest") and s.nms_metric == "iomin" and s.max_tags_per_pixel == 2
+    assert s.allowed_media_hosts == ("images.example.org", "cdn.example.org")
+    assert s.log_level == "DEBUG" and s.image_size == 320 and s.fetch_timeout == 3.0
+
+
+def test_secrets_are_not_in_repr():
+    s = Settings.from_env({"LABEL_STUDIO_API_KEY": "top-secret", "BASIC_AUTH_USER": "u", "BASIC_AUTH_PASS": "pw-secret"})
+    assert "top-secret" not in repr(s) and "pw-secret" not in repr(s)
+
+
+@pytest.mark.parametrize(
+    "env, field",
+    [
+        ({"NMS_METRIC": "giou"}, "NMS_METRIC"),
+        ({"SCORE_THRESHOLD": "2"}, "SCORE_THRESHOLD"),
+        ({"SCORE_THRESHOLD": "high"}, "SCORE_THRESHOLD"),
+        ({"IMAGE_SIZE": "0"}, "IMAGE_SIZE"),
+        ({"MAX_TAGS_PER_PIXEL": "-1"}, "MAX_TAGS_PER_PIXEL"),
+        ({"BASIC_AUTH_USER": "only-user"}, "BASIC_AUTH_USER"),
+        ({"LABEL_STUDIO_URL": "ls:8080"}, "LABEL_STUDIO_URL"),
+    ],
+)
+def test_bad_values_name_the_variable(env, field):
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(env)
+    assert caught.value.field == field and str(caught.value).startswith(field)
