@@ -1,0 +1,14 @@
+import os
+
+import pytest
+
+# ultralytics writes its settings file on import; keep it out of the user's home.
+os.environ.setdefault("YOLO_CONFIG_DIR", os.path.join(os.environ.get("TMPDIR", "/tmp"), "ale-tests-yolo-config"))
+
+
+@pytest.fixture(scope="session")
+def trained_weights(tmp_path_factory):
+    """Path of a yolov5n .pt trained for the tests on generated bird/nest scenes."""
+    from tests.support.models import train_tiny_detector
+
+    return train_tiny_detector(tmp_path_factory.mktemp("tiny-detector"))

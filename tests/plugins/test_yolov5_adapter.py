@@ -1,0 +1,102 @@
+import numpy as np
+import pytest
+
+from label_studio_ale.boxes import box_iou
+from label_studio_ale.errors import AdapterError
+from label_studio_ale.synthetic import make_scene
+from label_studio_ale_plugins.yolov5 import YoloV5Adapter
+from tests.support.models import CLASSES, HELD_OUT_SEEDS, IMAGE_SIZE
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def adapter(trained_weights):
+    return YoloV5Adapter(trained_weights, image_size=IMAGE_SIZE)
+
+
+@pytest.fixture(scope="module")
+def scenes():
+    return [make_scene(seed) for seed in HELD_OUT_SEEDS]
+
+
+def test_classes_and_version_come_from_the_checkpoint(adapter, trained_weights):
+    assert adapter.classes == tuple(CLASSES)
+    assert adapter.version.startswith(trained_weights.stem + "-") and len(adapter.version) == len(trained_weights.stem) + 9
+
+
+def test_every_kept_box_keeps_its_full_class_vector(adapter, scenes):
+    """Same boxes as ultralytics' own predictor; its conf is our max, its class our argmax."""
+    from ultralytics import YOLO
+
+    ours = adapter.predict([s.image for s in scenes])
+    theirs = YOLO(str(adapter.weights)).predict(
+        [s.image for s in scenes], imgsz=IMAGE_SIZE, conf=adapter.conf_floor, iou=adapter.model_iou, verbose=False
+    )
+    total = 0
+    for det, ref in zip(ours, theirs):
+        assert det.class_probs.shape == (len(det), len(CLASSES))
+        assert len(det) == len(ref.boxes) and len(det) > 0
+        order = np.argsort(-det.scores, kind="stable")
+        ref_order = np.argsort(-ref.boxes.conf.numpy(), kind="stable")
+        assert np.allclose(det.xyxy[order], ref.boxes.xyxy.numpy()[ref_order], atol=1e-2)
+        assert np.allclose(det.class_probs.max(axis=1)[order], ref.boxes.conf.numpy()[ref_order], atol=1e-5)
+        assert np.array_equal(det.class_probs.argmax(axis=1)[order], ref.boxes.cls.numpy().astype(int)[ref_order])
+        # the vector is not one-hot: the other class keeps its own score
+        assert (det.class_probs.min(axis=1) < det.class_probs.max(axis=1)).all()
+        total += len(det)
+    assert total > len(scenes)
+
+
+def test_trained_model_finds_the_generated_objects(adapter, scenes):
+    found = matched = 0
+    for det, scene in zip(adapter.predict([s.image for s in scenes]), scenes):
+        det = det[det.scores >= 0.25]
+        for box, label in zip(scene.xyxy, scene.labels):
+            found += 1
+            if len(det) == 0:
+                continue
+            overlap = box_iou(box[None], det.xyxy)[0]
+            best = overlap.argmax()
+            matched += bool(overlap[best] >= 0.5 and det.labels[best] == label)
+    assert matched / found >= 0.8, f"recall {matched}/{found}"
+
+
+def test_boxes_are_in_original_pixels_for_any_image_size(adapter):
+    scene = make_scene(3, size=(320, 200))
+    (det,) = adapter.predict([scene.image])
+    assert det.image_size == (320, 200)
+    assert (det.xyxy[:, [0, 2]] <= 320).all() and (det.xyxy[:, [1, 3]] <= 200).all()
+
+
+def test_predicting_nothing_and_grey_images(adapter):
+    from PIL import Image
+
+    assert adapter.predict([]) == []
+    (det,) = adapter.predict([Image.new("L", (64, 48), 128)])
+    assert det.image_size == (64, 48)
+
+
+def test_yaml_model_needs_class_names():
+    with pytest.raises(AdapterError, match="MODEL_CLASSES"):
+        YoloV5Adapter("yolov5n.yaml")
+    built = YoloV5Adapter("yolov5n.yaml", classes=["bird", "nest", "egg"], image_size=64)
+    assert built.classes == ("bird", "nest", "egg") and built.version == "yolov5n-untrained"
+    (det,) = built.predict([make_scene(0).image])
+    assert det.class_probs.shape[1] == 3
+
+
+def test_missing_or_foreign_weights_are_refused_without_download(tmp_path):
+    with pytest.raises(AdapterError, match="never downloaded"):
+        YoloV5Adapter(tmp_path / "yolov5s.pt")
+    bogus = tmp_path / "bogus.pt"
+    bogus.write_bytes(b"not a checkpoint")
+    with pytest.raises(AdapterError, match="not an ultralytics YOLO checkpoint"):
+        YoloV5Adapter(bogus)
+    with pytest.raises(AdapterError, match=".pt checkpoint or a model .yaml"):
+        YoloV5Adapter(tmp_path / "model.onnx")
+
+
+def test_checkpoint_class_names_must_match_configured_classes(trained_weights):
+    with pytest.raises(AdapterError, match="does not match"):
+        YoloV5Adapter(trained_weights, classes=["cat", "dog"])
