@@ -103,6 +103,8 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
         raise MediaError("file is not an image Pillow can read (PNG, JPEG, TIFF, WebP, ...)") from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise MediaError(f"image is corrupt or truncated: {exc}") from None
+    except Exception as exc:  # third-party decoder plugins raise their own types
+        raise MediaError(f"image cannot be decoded: {type(exc).__name__}: {exc}") from None
     # Browsers honour EXIF orientation, so the annotator sees the transposed image.
     image = ImageOps.exif_transpose(image)
     return image.convert("RGB") if image.mode != "RGB" else image

@@ -1,0 +1,155 @@
+"""Protocol-level tests of the Flask app, with a fixed-output adapter at the model seam."""
+
+import base64
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from label_studio_ale.app import create_app
+from label_studio_ale.detections import Detections
+from label_studio_ale.settings import Settings
+
+CONFIG = (
+    '<View><Image name="image" value="$image"/>'
+    '<RectangleLabels name="label" toName="image"><Label value="bird"/><Label value="nest"/></RectangleLabels></View>'
+)
+
+
+class FixedAdapter:
+    """Two boxes per image: a confident bird and an unsure nest."""
+
+    classes = ("bird", "nest")
+    version = "fixed-1"
+
+    def __init__(self):
+        self.calls = []
+
+    def predict(self, images):
+        self.calls.append(len(images))
+        out = []
+        for image in images:
+            w, h = image.size
+            out.append(Detections([[0, 0, w / 2, h / 2], [w / 2, h / 2, w, h]], [[0.9, 0.1], [0.2, 0.4]], (w, h)))
+        return out
+
+
+@pytest.fixture
+def adapter():
+    return FixedAdapter()
+
+
+def make_client(adapter, **overrides):
+    settings = Settings(**({"allowed_media_hosts": ("127.0.0.1",)} | overrides))
+    return create_app(settings, adapter_factory=lambda: adapter).test_client()
+
+
+def test_health_is_fast_and_does_not_load_the_model(adapter):
+    client = make_client(adapter)
+    body = client.get("/health").get_json()
+    assert body["status"] == "UP" and body["model_loaded"] is False
+
+
+def test_setup_returns_model_version(adapter):
+    client = make_client(adapter)
+    response = client.post("/setup", json={"project": "3.1700000000", "schema": CONFIG})
+    assert response.status_code == 200 and response.get_json() == {"model_version": "fixed-1"}
+    assert client.get("/versions").get_json() == {"versions": ["fixed-1"]}
+
+
+def test_setup_with_unknown_labels_explains_the_fix(adapter):
+    client = make_client(adapter)
+    config = CONFIG.replace('"bird"', '"cat"').replace('"nest"', '"dog"')
+    response = client.post("/setup", json={"project": "3", "schema": config})
+    assert response.status_code == 400
+    assert "none of the model's classes (bird, nest)" in response.get_json()["error"]
+
+
+@pytest.mark.parametrize(
+    "body, content_type, message",
+    [
+        (b"{not json", "application/json", "not valid JSON"),
+        (b"", "application/json", "empty"),
+        (b"[1, 2]", "application/json", "must be a JSON object"),
+        (b'{"tasks": "x", "label_config": "<View/>"}', "application/json", "'tasks' must be a list"),
+        (b'{"tasks": [1], "label_config": "<View/>"}', "application/json", "'tasks' must be a list"),
+        (b'{"tasks": []}', "application/json", "'label_config' is missing"),
+        (b'{"tasks": [], "label_config": "<View><Image"}', "text/plain", "not valid XML"),
+    ],
+)
+def test_malformed_predict_requests_get_clear_400s(adapter, body, content_type, message):
+    response = make_client(adapter).post("/predict", data=body, content_type=content_type)
+    assert response.status_code == 400
+    assert message in response.get_json()["error"]
+
+
+def test_predict_uses_label_config_from_setup_when_request_has_none(adapter):
+    client = make_client(adapter)
+    client.post("/setup", json={"project": "9.123", "schema": CONFIG})
+    response = client.post("/predict", json={"project": "9.456", "tasks": []})
+    assert response.status_code == 200 and response.get_json()["results"] == []
+
+
+def test_webhook_acknowledges_events_and_refuses_training_for_now(adapter):
+    client = make_client(adapter)
+    for action in ("PROJECT_UPDATED", "ANNOTATION_CREATED", "ANNOTATIONS_DELETED", "TASKS_CREATED"):
+        response = client.post("/webhook", json={"action": action, "project": {"id": 1}})
+        assert response.status_code == 200 and response.get_json() == {"status": "ignored", "action": action}
+    response = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 1}})
+    assert response.status_code == 501 and "training is not available" in response.get_json()["error"]
+    assert client.post("/webhook", json={"project": {}}).status_code == 400
+    assert adapter.calls == []  # no event touches the model
+
+
+def test_basic_auth_guards_everything_but_health(adapter):
+    client = make_client(adapter, basic_auth_user="ls", basic_auth_password="s3cret-pw")
+    assert client.get("/health").status_code == 200
+    for method, path in (("get", "/versions"), ("get", "/metrics"), ("post", "/setup"), ("post", "/predict"), ("post", "/webhook")):
+        response = getattr(client, method)(path, json={})
+        assert response.status_code == 401, path
+        assert "s3cret-pw" not in response.get_data(as_text=True)
+    wrong = base64.b64encode(b"ls:nope").decode()
+    assert client.get("/versions", headers={"Authorization": f"Basic {wrong}"}).status_code == 401
+    right = base64.b64encode(b"ls:s3cret-pw").decode()
+    assert client.get("/versions", headers={"Authorization": f"Basic {right}"}).status_code == 200
+
+
+def test_unknown_route_and_method_are_json_errors(adapter):
+    client = make_client(adapter)
+    response = client.get("/nope")
+    assert response.status_code == 404 and "error" in response.get_json()
+    assert client.get("/predict").status_code == 405
+
+
+def test_predict_end_to_end_through_the_app(adapter, tmp_path):
+    import io
+
+    from tests.support.http import serve_files
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (200, 100), (10, 20, 30)).save(buffer, format="PNG")
+    with serve_files({"/a.png": buffer.getvalue()}) as base:
+        client = make_client(adapter, score_threshold=0.3)
+        response = client.post("/predict", json={"tasks": [{"id": 1, "data": {"image": f"{base}/a.png"}}], "label_config": CONFIG})
+    assert response.status_code == 200
+    (prediction,) = response.get_json()["results"]
+    # the 0.2/0.4 nest box passes the 0.3 threshold with score 0.4
+    assert [r["value"]["rectanglelabels"] for r in prediction["result"]] == [["bird"], ["nest"]]
+    assert prediction["score"] == pytest.approx(0.4) and prediction["model_version"] == "fixed-1"
+    metrics = client.get("/metrics").get_json()
+    assert metrics["predict_requests"] == 1 and metrics["tasks_predicted"] == 1 and metrics["tasks_failed"] == 0
+
+
+def test_batches_follow_predict_batch_size(adapter):
+    import io
+
+    from tests.support.http import serve_files
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32)).save(buffer, format="PNG")
+    with serve_files({"/a.png": buffer.getvalue()}) as base:
+        client = make_client(adapter, predict_batch_size=2)
+        tasks = [{"id": i, "data": {"image": f"{base}/a.png"}} for i in range(5)]
+        response = client.post("/predict", json={"tasks": tasks, "label_config": CONFIG})
+    assert len(response.get_json()["results"]) == 5
+    assert adapter.calls == [2, 2, 1]
