@@ -1,0 +1,18 @@
+import pytest
+
+from tests.support.label_studio import start_label_studio
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory):
+    """A real Label Studio 1.23.2 on 127.0.0.1, authenticated with a personal access token."""
+    server = start_label_studio(tmp_path_factory.mktemp("label-studio"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def ls_sdk(label_studio):
+    from label_studio_sdk import LabelStudio
+
+    return LabelStudio(base_url=label_studio.url, api_key=label_studio.token)

@@ -1,0 +1,108 @@
+"""Label Studio's own "Retrieve Predictions" action against the running backend. No mocks."""
+
+import io
+
+import numpy as np
+import pytest
+
+from label_studio_ale.boxes import box_iou
+from label_studio_ale.ls_format import rectangle_to_xyxy
+from label_studio_ale.synthetic import make_scene
+from tests.support.backend import run_backend
+from tests.support.label_studio import upload_images
+from tests.support.models import CLASSES, IMAGE_SIZE
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+LABEL_CONFIG = """
+<View>
+  <Image name="image" value="$image"/>
+  <RectangleLabels name="label" toName="image">
+    <Label value="Bird" predicted_values="bird"/>
+    <Label value="Nest" predicted_values="nest"/>
+  </RectangleLabels>
+</View>
+"""
+SEEDS = list(range(20_000, 20_006))
+AUTH = ("label-studio", "backend-basic-pw")
+
+
+def png(scene) -> bytes:
+    buffer = io.BytesIO()
+    scene.image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def backend(label_studio, trained_weights, tmp_path_factory):
+    env = {
+        "LABEL_STUDIO_URL": label_studio.url,
+        "LABEL_STUDIO_API_KEY": label_studio.token,
+        "MODEL_WEIGHTS": str(trained_weights),
+        "IMAGE_SIZE": str(IMAGE_SIZE),
+        "SCORE_THRESHOLD": "0.25",
+        "BASIC_AUTH_USER": AUTH[0],
+        "BASIC_AUTH_PASS": AUTH[1],
+    }
+    with run_backend(env, tmp_path_factory.mktemp("backend")) as url:
+        yield url
+
+
+def test_retrieve_predictions_stores_boxes_labels_and_scores(ls_sdk, backend):
+    project = ls_sdk.projects.create(title="birds", label_config=LABEL_CONFIG)
+    scenes = {f"scene{seed}.png": make_scene(seed) for seed in SEEDS}
+    task_ids = upload_images(ls_sdk, project.id, [(name, png(scene)) for name, scene in scenes.items()])
+    assert len(task_ids) == len(SEEDS)
+
+    # Settings -> Model -> Connect: LS calls /health and /setup with Basic Auth.
+    ml = ls_sdk.ml.create(
+        project=project.id,
+        url=backend,
+        title="ale",
+        auth_method="BASIC_AUTH",
+        basic_auth_user=AUTH[0],
+        basic_auth_pass=AUTH[1],
+    )
+    assert ml.id
+
+    # Data Manager -> select all -> Actions -> Retrieve Predictions.
+    ls_sdk.actions.create(id="retrieve_tasks_predictions", project=project.id, selected_items={"all": True, "excluded": []})
+
+    versions = set()
+    matched = total = 0
+    for task_id in task_ids:
+        task = ls_sdk.tasks.get(id=task_id)
+        predictions = ls_sdk.predictions.list(task=task_id)
+        assert len(predictions) == 1, f"task {task_id} has {len(predictions)} predictions"
+        prediction = predictions[0]
+        versions.add(prediction.model_version)
+        assert 0.0 <= prediction.score <= 1.0
+        assert prediction.result, f"task {task_id}: no boxes"
+        scene = scenes[task.data["image"].rsplit("-", 1)[-1]]  # LS prefixes uploads with a random id
+        boxes, labels = [], []
+        for region in prediction.result:
+            assert region["type"] == "rectanglelabels" and region["from_name"] == "label" and region["to_name"] == "image"
+            assert region["value"]["rectanglelabels"][0] in ("Bird", "Nest")
+            assert 0.25 <= region["score"] <= 1.0
+            box, label = rectangle_to_xyxy(region)
+            boxes.append(box)
+            labels.append(label)
+        # The task score is the lowest region score (least confident box first).
+        assert prediction.score == pytest.approx(min(r["score"] for r in prediction.result))
+        # The boxes LS stored are where the generated objects are.
+        for gt_box, gt_label in zip(scene.xyxy, scene.labels):
+            total += 1
+            overlap = box_iou(gt_box[None], np.array(boxes))[0]
+            best = int(overlap.argmax())
+            expected = ("Bird", "Nest")[gt_label]
+            matched += bool(overlap[best] >= 0.5 and labels[best] == expected)
+    assert len(versions) == 1 and versions.pop().startswith("best-")
+    assert matched / total >= 0.8, f"{matched}/{total} ground-truth boxes found in LS's predictions"
+
+
+def test_backend_answers_ls_only_with_credentials(backend):
+    import httpx
+
+    assert httpx.get(f"{backend}/health").status_code == 200
+    assert httpx.get(f"{backend}/versions").status_code == 401
+    assert httpx.get(f"{backend}/versions", auth=AUTH).json()["versions"][0].startswith("best-")

@@ -1,0 +1,42 @@
+"""Run the backend as a real `ale serve` (gunicorn) subprocess on loopback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+from tests.support.label_studio import free_port, stop_process, wait_for_http
+
+START_TIMEOUT = 120
+
+
+@contextmanager
+def run_backend(env: dict[str, str], workdir: Path, threads: int = 4):
+    """Start `ale serve` with `env` added to this environment; yields its URL once the model is loaded."""
+    port = free_port()
+    log = workdir / f"backend-{port}.log"
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("LABEL_STUDIO_")} | env
+    process = subprocess.Popen(
+        [sys.executable, "-m", "label_studio_ale.cli", "serve", "--host", "127.0.0.1", "--port", str(port), "--threads", str(threads)],
+        env=full_env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{url}/health", START_TIMEOUT, process, log)
+        deadline = time.monotonic() + START_TIMEOUT
+        while not httpx.get(f"{url}/health", timeout=5).json()["model_loaded"]:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"model did not load: {log.read_text()[-2000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        stop_process(process)
