@@ -81,6 +81,9 @@ class YoloV5Adapter:
             image_size=settings.image_size,
             device=settings.device,
             max_det=settings.max_detections,
+            # Boxes under the serving threshold are never used: drop them before
+            # NMS, as ultralytics' predictor does with its own `conf`.
+            conf_floor=settings.score_threshold,
         )
 
     def predict(self, images: list[Image.Image]) -> list[Detections]:
@@ -107,7 +110,7 @@ class YoloV5Adapter:
             )
             results = []
             for b, (rows, idx) in enumerate(zip(kept, indices)):
-                class_scores = raw[b, 4 : 4 + len(self.classes), :][:, idx].T  # (n, nc)
+                class_scores = raw[b, 4 : 4 + len(self.classes), :][:, idx.long().view(-1)].T  # (n, nc); empty idx comes as float (0, 1)
                 boxes = scale_boxes(tensor.shape[2:], rows[:, :4].clone(), arrays[b].shape[:2])
                 height, width = arrays[b].shape[:2]
                 results.append(
