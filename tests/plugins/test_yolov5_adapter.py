@@ -105,3 +105,16 @@ def test_missing_or_foreign_weights_are_refused_without_download(tmp_path):
 def test_checkpoint_class_names_must_match_configured_classes(trained_weights):
     with pytest.raises(AdapterError, match="does not match"):
         YoloV5Adapter(trained_weights, classes=["cat", "dog"])
+
+
+def test_concurrent_predicts_from_threads_match_sequential(adapter, scenes):
+    """gunicorn threads share one adapter: results must not mix between requests."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    images = [s.image for s in scenes[:6]]
+    expected = [adapter.predict([image])[0] for image in images]
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        got = list(pool.map(lambda image: adapter.predict([image])[0], images * 3))
+    for index, det in enumerate(got):
+        ref = expected[index % len(images)]
+        assert np.allclose(det.xyxy, ref.xyxy) and np.allclose(det.class_probs, ref.class_probs)
