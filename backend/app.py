@@ -13,15 +13,17 @@ import threading
 from typing import Callable
 
 from flask import Flask, jsonify, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, NotFound
 
 from . import __version__
 from .adapters import Adapter, load_adapter
 from .errors import AdapterError, AleError, PayloadError
+from .jobqueue import QUEUE_PREDICT, QUEUE_SYNC, make_job_queue
 from .ls_client import LabelStudioClient
 from .ls_format import match_labels, parse_label_config
 from .media import MediaFetcher
 from .predictor import Predictor
+from .runtime import Runtime
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -29,6 +31,7 @@ log = logging.getLogger(__name__)
 #: Largest request body accepted; a /predict for thousands of tasks is far below it.
 MAX_REQUEST_BYTES = 16 * 1024 * 1024
 START_TRAINING = "START_TRAINING"
+TASKS_CREATED = "TASKS_CREATED"
 
 
 class ModelHolder:
@@ -115,7 +118,16 @@ def create_app(
     fetcher = MediaFetcher(settings, ls_client)
     metrics = Metrics()
     label_configs: dict[str, str] = {}  # project id -> label config seen at /setup
-    app.extensions["ale"] = {"settings": settings, "model": holder, "metrics": metrics}
+    runtime = Runtime(settings, ls=ls_client, adapter_factory=holder.get)
+    job_queue = None  # created on first use: the embedded one starts a thread
+
+    def jobs():
+        nonlocal job_queue
+        if job_queue is None:
+            job_queue = make_job_queue(runtime)
+        return job_queue
+
+    app.extensions["ale"] = {"settings": settings, "model": holder, "metrics": metrics, "runtime": runtime, "jobs": jobs}
     if warm:
         holder.warm()
 
@@ -150,6 +162,10 @@ def create_app(
         project = _project_id(body.get("project"))
         if project:
             label_configs[project] = schema
+            if runtime.redis is not None and project.isdigit():
+                from .jobs import PROJECTS_KEY
+
+                runtime.redis.sadd(PROJECTS_KEY, project)
         return jsonify(model_version=adapter.version)
 
     @app.post("/predict")
@@ -190,7 +206,24 @@ def create_app(
             )
             response.status_code = 501
             return response
+        if action == TASKS_CREATED:
+            from .jobs import predict_pool, sync_priorities
+
+            project = _project_from_event(body)
+            task_ids = [t["id"] for t in body.get("tasks") or [] if isinstance(t, dict) and isinstance(t.get("id"), int)]
+            queued = [
+                jobs().enqueue(QUEUE_PREDICT, predict_pool, project, task_ids or None),
+                jobs().enqueue(QUEUE_SYNC, sync_priorities, project, retry=True),
+            ]
+            return jsonify(status="queued", action=action, jobs=queued)
         return jsonify(status="ignored", action=action)
+
+    @app.get("/jobs/<job_id>")
+    def job_status(job_id: str):
+        info = jobs().info(job_id)
+        if info is None:
+            raise NotFound(f"no job {job_id!r} (finished jobs are kept for a limited time)")
+        return jsonify(id=info.id, name=info.name, status=info.status, error=info.error, meta=info.meta)
 
     @app.get("/versions")
     def versions():
@@ -230,6 +263,14 @@ def _json_object() -> dict:
     if not isinstance(body, dict):
         raise PayloadError(f"request body must be a JSON object, got {type(body).__name__}")
     return body
+
+
+def _project_from_event(body: dict) -> int:
+    project = body.get("project")
+    project_id = project.get("id") if isinstance(project, dict) else None
+    if not isinstance(project_id, int):
+        raise PayloadError("webhook event has no project id: expected {\"project\": {\"id\": <int>, ...}}")
+    return project_id
 
 
 def _project_id(project) -> str | None:

@@ -30,6 +30,22 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="request threads per process")
     serve.add_argument("--timeout", type=int, default=DEFAULT_TIMEOUT, help="seconds before a stuck request is killed")
 
+    worker = commands.add_parser("worker", help="run an rq worker for the predict and sync queues (needs REDIS_URL)")
+    worker.add_argument("--queues", default="predict,sync", help="comma-separated queue names, in priority order")
+    worker.add_argument("--burst", action="store_true", help="exit when the queues are empty")
+
+    commands.add_parser("cron", help="enqueue the priority sync every SYNC_INTERVAL seconds (rq cron; needs REDIS_URL)")
+
+    sync = commands.add_parser("sync", help="rank a project's unlabeled tasks and write LS's queue now")
+    sync.add_argument("--project", type=int, required=True)
+
+    rank = commands.add_parser("rank", help="print the top of the queue a sync would write (writes nothing to LS)")
+    rank.add_argument("--project", type=int, required=True)
+    rank.add_argument("--top", type=int, default=20)
+
+    jobs = commands.add_parser("jobs", help="list queued, running, finished and failed jobs (needs REDIS_URL)")
+    jobs.add_argument("--limit", type=int, default=20)
+
     commands.add_parser("config", help="print the effective settings (secrets hidden)")
     commands.add_parser("adapters", help="list installed model adapters")
 
@@ -43,6 +59,16 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "serve":
         return _serve(settings, args)
+    if args.command == "worker":
+        return _worker(settings, args)
+    if args.command == "cron":
+        return _cron(settings)
+    if args.command == "sync":
+        return _sync(settings, args)
+    if args.command == "rank":
+        return _rank(settings, args)
+    if args.command == "jobs":
+        return _jobs(settings, args)
     if args.command == "config":
         shown = {k: (str(v) if not isinstance(v, tuple) else list(v)) for k, v in asdict(settings).items()}
         for secret in ("label_studio_api_key", "basic_auth_password"):
@@ -77,6 +103,121 @@ def _serve(settings: Settings, args) -> int:
             return create_app(settings, warm=True)
 
     Server().run()
+    return 0
+
+
+def _need_redis(settings: Settings):
+    if not settings.redis_url:
+        raise SystemExit("REDIS_URL is not set: workers and the scheduler share jobs through Redis, e.g. redis://localhost:6379/0")
+    from redis import Redis
+
+    return Redis.from_url(settings.redis_url)
+
+
+def _worker(settings: Settings, args) -> int:
+    from rq import Queue, SimpleWorker
+
+    redis = _need_redis(settings)
+    queues = [Queue(name.strip(), connection=redis) for name in args.queues.split(",") if name.strip()]
+    # SimpleWorker runs jobs in this process: no fork after torch has started
+    # its threads (a forked child would hang), and the model stays loaded.
+    worker = SimpleWorker(queues, connection=redis)
+    worker.work(burst=args.burst, with_scheduler=True)
+    return 0
+
+
+def _cron(settings: Settings) -> int:
+    from rq.cron import CronScheduler
+
+    from .jobqueue import QUEUE_SYNC
+    from .jobs import sync_all
+
+    scheduler = CronScheduler(connection=_need_redis(settings), logging_level=settings.log_level)
+    scheduler.register(sync_all, queue_name=QUEUE_SYNC, interval=settings.sync_interval)
+    scheduler.start()
+    return 0
+
+
+class _Bars:
+    """tqdm progress bars, one per job phase."""
+
+    def __init__(self):
+        from tqdm import tqdm
+
+        self._tqdm = tqdm
+        self._bars = {}
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        bar = self._bars.get(phase)
+        if bar is None:
+            bar = self._bars[phase] = self._tqdm(total=total, desc=f"{phase:>8}", unit="task", leave=True)
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    def close(self) -> None:
+        for bar in self._bars.values():
+            bar.close()
+
+
+def _sync(settings: Settings, args) -> int:
+    from .jobs import sync_priorities
+    from .runtime import Runtime
+
+    bars = _Bars()
+    try:
+        result = sync_priorities(args.project, runtime=Runtime(settings), progress=bars)
+    finally:
+        bars.close()
+    if result["status"] != "synced":
+        print(f"project {args.project}: {result['status']}: {result.get('reason', '')}")
+        return 1
+    print(f"project {args.project}: {result['tasks']} tasks ranked by {result['policy']}, now served as {result['model_version']}")
+    print("  ".join(f"{name} {seconds:.2f}s" for name, seconds in result["phases"].items()))
+    return 0
+
+
+def _rank(settings: Settings, args) -> int:
+    from .jobs import preview_ranking
+    from .runtime import Runtime
+
+    bars = _Bars()
+    try:
+        rows = preview_ranking(args.project, runtime=Runtime(settings), progress=bars)
+    finally:
+        bars.close()
+    print(f"{'rank':>5} {'task':>8} {'score':>10} {'boxes':>6}  image   (policy {settings.policy})")
+    for row in rows[: args.top]:
+        print(f"{row['rank']:>5} {row['task']:>8} {row['usefulness']:>10.4f} {row['boxes']:>6}  {row['image']}")
+    return 0
+
+
+def _jobs(settings: Settings, args) -> int:
+    from rq import Queue
+    from rq.job import Job
+
+    from .jobqueue import QUEUES
+
+    redis = _need_redis(settings)
+    print(f"{'queue':<8} {'status':<9} {'job':<36} {'function':<40} progress / error")
+    for name in QUEUES:
+        queue = Queue(name, connection=redis)
+        registries = (
+            ("queued", queue.get_job_ids()),
+            ("started", queue.started_job_registry.get_job_ids()),
+            ("finished", queue.finished_job_registry.get_job_ids()),
+            ("failed", queue.failed_job_registry.get_job_ids()),
+        )
+        for status, ids in registries:
+            for job in Job.fetch_many(ids[-args.limit :], connection=redis):
+                if job is None:
+                    continue
+                progress = job.meta.get("progress")
+                detail = f"{progress['phase']} {progress['done']}/{progress['total']}" if progress else ""
+                if status == "failed":
+                    latest = job.latest_result()
+                    detail = (latest.exc_string or "").strip().splitlines()[-1] if latest and latest.exc_string else "failed"
+                print(f"{name:<8} {status:<9} {job.id:<36} {job.func_name:<40} {detail}")
     return 0
 
 

@@ -6,11 +6,35 @@ exchanged for short-lived access tokens) and a legacy `Token` key.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Iterator
 from urllib.parse import urlsplit
 
-from .errors import MediaError
+from .errors import AleError, MediaError
 
 DEFAULT_TIMEOUT = 30.0
+TASK_PAGE_SIZE = 1000
+UNCERTAINTY_SAMPLING = "Uncertainty sampling"
+
+
+class LabelStudioError(AleError):
+    """Label Studio refused or failed a request the backend needs."""
+
+    status = 502
+
+
+@dataclass(frozen=True)
+class ProjectInfo:
+    id: int
+    label_config: str
+    model_version: str
+    sampling: str
+
+
+@dataclass(frozen=True)
+class TaskRef:
+    id: int
+    data: dict
 
 
 class LabelStudioClient:
@@ -31,9 +55,56 @@ class LabelStudioClient:
         # environment variable read at its import time.
         self.sdk = LabelStudio(base_url=self.url, api_key=api_key, timeout=timeout)
 
+    def project(self, project_id: int) -> ProjectInfo:
+        p = self.sdk.projects.get(id=project_id)
+        return ProjectInfo(p.id, p.label_config or "", p.model_version or "", p.sampling or "")
+
+    def unlabeled_tasks(self, project_id: int) -> Iterator[TaskRef]:
+        """Every task of the project nobody has labelled yet (LS's is_labeled), page by page."""
+        for task in self.sdk.tasks.list(project=project_id, fields="task_only", page_size=TASK_PAGE_SIZE):
+            if not task.is_labeled:
+                yield TaskRef(task.id, dict(task.data or {}))
+
+    def import_predictions(self, project_id: int, items: list[dict]) -> int:
+        """Bulk-create predictions; raises unless LS created every item (it drops invalid ones silently)."""
+        response = self.sdk.projects.import_predictions(id=project_id, request=items)
+        created = int(getattr(response, "created", 0) or 0)
+        if created != len(items):
+            raise LabelStudioError(
+                f"Label Studio created {created} of {len(items)} predictions in project {project_id}; "
+                "items with a label missing from the config or a score outside [0, 1] are dropped"
+            )
+        return created
+
+    def switch_queue(self, project_id: int, model_version: str) -> None:
+        """Serve tasks by ascending score of the predictions of `model_version`: one PATCH."""
+        self.sdk.projects.update(id=project_id, model_version=model_version, sampling=UNCERTAINTY_SAMPLING)
+
+    def model_versions(self, project_id: int) -> dict[str, int]:
+        """Prediction model versions of a project -> number of predictions each."""
+        response = self._http().request(f"api/projects/{project_id}/model-versions/", method="GET")
+        self._check(response, "list model versions")
+        return {str(k): int(v) for k, v in response.json().items()}
+
+    def delete_model_version(self, project_id: int, model_version: str) -> int:
+        response = self._http().request(
+            f"api/projects/{project_id}/model-versions/", method="DELETE", json={"model_version": model_version}
+        )
+        self._check(response, f"delete model version {model_version}")
+        return int(response.json().get("deleted_predictions", 0))
+
+    def _http(self):
+        # The SDK has no call for model-versions; its authenticated client reaches the route.
+        return self.sdk._client_wrapper.httpx_client
+
+    @staticmethod
+    def _check(response, action: str) -> None:
+        if response.status_code >= 300:
+            raise LabelStudioError(f"Label Studio could not {action}: {response.status_code} {response.text[:300]}")
+
     def download(self, path_and_query: str, max_bytes: int, timeout: float) -> bytes:
         """GET a file LS serves (e.g. /data/upload/1/x.png), authenticated, at most `max_bytes`."""
-        http = self.sdk._client_wrapper.httpx_client  # the SDK's authenticated HTTP client
+        http = self._http()
         try:
             with http.stream(path_and_query.lstrip("/"), method="GET", request_options={"timeout_in_seconds": timeout}) as response:
                 if response.status_code != 200:

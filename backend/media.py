@@ -108,3 +108,18 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
     # Browsers honour EXIF orientation, so the annotator sees the transposed image.
     image = ImageOps.exif_transpose(image)
     return image.convert("RGB") if image.mode != "RGB" else image
+
+
+def average_hash(image: Image.Image, size: int = 8) -> int:
+    """64-bit average hash: bit i is set where the 8x8 grey thumbnail is above its mean.
+
+    Near-duplicate images (burst frames of a camera trap) differ in few bits.
+    """
+    small = image.convert("L").resize((size, size), Image.Resampling.BILINEAR)
+    pixels = list(small.getdata())
+    mean = sum(pixels) / len(pixels)
+    value = 0
+    for bit, pixel in enumerate(pixels):
+        if pixel > mean:
+            value |= 1 << bit
+    return value

@@ -1,12 +1,115 @@
-"""Image usefulness scores: pure numpy, no I/O.
+"""Uncertainty metrics and image aggregation: pure numpy, no I/O.
 
-Lower task score = more useful to label, because Label Studio serves tasks by
-ascending prediction score.
+Per kept box (rows of a class-score matrix):
+- box confidence: p1, the highest raw class score (seed 000)
+- least confidence, the ALE paper's margin form: LC = 1 - (p1 - p2)
+- entropy: H = -sum p_i log p_i, optionally divided by log K
+
+Per image, an aggregation A over its boxes' values: sum, max, mean or min;
+the ALE extension multiplies by sqrt(N), N = number of boxes. An image with
+no boxes scores 0 under every aggregation.
+
+YOLO's class scores are independent sigmoids, not a distribution. LC and
+entropy are computed on `box_distribution`: the scores plus a background mass
+`1 - max(score)`, renormalised to sum to 1. A box that is confidently one class
+becomes a peaked distribution; a box unsure whether it is anything at all keeps
+a large background share and scores as uncertain.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+AGGREGATIONS = ("sum", "max", "mean", "min")
+_EPS = 1e-12
+
+
+def box_distribution(class_probs: np.ndarray) -> np.ndarray:
+    """(n, C) raw class scores in [0, 1] -> (n, C + 1) distribution with a background column last."""
+    scores = np.asarray(class_probs, dtype=np.float64)
+    if scores.ndim != 2:
+        raise ValueError(f"class_probs must have shape (n, C), got {scores.shape}")
+    background = 1.0 - scores.max(axis=1, initial=0.0)
+    full = np.concatenate([scores, background[:, None]], axis=1)
+    total = full.sum(axis=1, keepdims=True)
+    return full / np.maximum(total, _EPS)
+
+
+def box_confidence(class_probs: np.ndarray) -> np.ndarray:
+    """(n, C) -> (n,) the highest class score of each box."""
+    scores = np.asarray(class_probs, dtype=np.float64)
+    return scores.max(axis=1) if scores.shape[0] else np.zeros(0)
+
+
+def least_confidence(distribution: np.ndarray) -> np.ndarray:
+    """(n, K) distributions, K >= 2 -> (n,) 1 - (p1 - p2), in [0, 1]."""
+    p = np.asarray(distribution, dtype=np.float64)
+    if p.ndim != 2 or p.shape[1] < 2:
+        raise ValueError(f"least confidence needs (n, K >= 2) distributions, got {p.shape}")
+    if p.shape[0] == 0:
+        return np.zeros(0)
+    top2 = -np.partition(-p, 1, axis=1)[:, :2]
+    return 1.0 - (top2[:, 0] - top2[:, 1])
+
+
+def entropy(distribution: np.ndarray, normalised: bool = False) -> np.ndarray:
+    """(n, K) distributions -> (n,) -sum p log p (natural log); divided by log K when `normalised`."""
+    p = np.asarray(distribution, dtype=np.float64)
+    if p.ndim != 2 or p.shape[1] < 1:
+        raise ValueError(f"entropy needs (n, K) distributions, got {p.shape}")
+    h = -(p * np.log(np.maximum(p, _EPS))).sum(axis=1)  # 0 log 0 = 0
+    h = np.maximum(h, 0.0)
+    if normalised:
+        return h / np.log(p.shape[1]) if p.shape[1] > 1 else np.zeros_like(h)
+    return h
+
+
+def aggregate(values: np.ndarray, how: str) -> float:
+    """(n,) box values -> one image value. Empty image -> 0."""
+    _check_aggregation(how)
+    values = np.asarray(values, dtype=np.float64).reshape(-1)
+    if values.size == 0:
+        return 0.0
+    return float({"sum": np.sum, "max": np.max, "mean": np.mean, "min": np.min}[how](values))
+
+
+def ale(values: np.ndarray, how: str) -> float:
+    """The ALE extension: aggregate(values) x sqrt(N). Empty image -> 0."""
+    values = np.asarray(values, dtype=np.float64).reshape(-1)
+    return aggregate(values, how) * float(np.sqrt(values.size))
+
+
+def aggregate_segments(values: np.ndarray, counts: np.ndarray, how: str) -> np.ndarray:
+    """Aggregate many images at once.
+
+    values: (total,) box values of all images, concatenated in image order
+    counts: (m,) boxes per image (0 allowed); sum(counts) == total
+    -> (m,) one value per image, 0 where counts == 0
+    """
+    _check_aggregation(how)
+    values = np.asarray(values, dtype=np.float64).reshape(-1)
+    counts = np.asarray(counts, dtype=np.int64).reshape(-1)
+    if (counts < 0).any() or counts.sum() != values.size:
+        raise ValueError(f"counts must be >= 0 and sum to {values.size}, got sum {counts.sum()}")
+    out = np.zeros(counts.size)
+    nonempty = counts > 0
+    if not nonempty.any():
+        return out
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])[nonempty]
+    if how == "sum":
+        out[nonempty] = np.add.reduceat(values, starts)
+    elif how == "mean":
+        out[nonempty] = np.add.reduceat(values, starts) / counts[nonempty]
+    elif how == "max":
+        out[nonempty] = np.maximum.reduceat(values, starts)
+    else:
+        out[nonempty] = np.minimum.reduceat(values, starts)
+    return out
+
+
+def ale_segments(values: np.ndarray, counts: np.ndarray, how: str) -> np.ndarray:
+    """`aggregate_segments` x sqrt(counts): ALE for many images at once."""
+    return aggregate_segments(values, counts, how) * np.sqrt(np.asarray(counts, dtype=np.float64))
 
 
 def min_confidence(box_scores: np.ndarray) -> float:
@@ -19,3 +122,8 @@ def min_confidence(box_scores: np.ndarray) -> float:
     if box_scores.size == 0:
         return 1.0
     return float(np.clip(box_scores.min(), 0.0, 1.0))
+
+
+def _check_aggregation(how: str) -> None:
+    if how not in AGGREGATIONS:
+        raise ValueError(f"aggregation must be one of {', '.join(AGGREGATIONS)}, got {how!r}")

@@ -27,6 +27,11 @@ DEFAULT_MAX_IMAGE_BYTES = 50 * 1024 * 1024
 DEFAULT_FETCH_TIMEOUT = 10.0
 DEFAULT_MAX_DETECTIONS = 300
 
+DEFAULT_POLICY = "ale-entropy-sum"
+DEFAULT_SYNC_INTERVAL = 300  # seconds between scheduled priority syncs
+DEFAULT_SYNC_BATCH_SIZE = 50
+DEFAULT_IMPORT_CHUNK_SIZE = 500  # predictions per LS import request
+
 NMS_METRICS = ("iou", "iomin")
 
 
@@ -55,6 +60,17 @@ class Settings:
     basic_auth_user: str = ""
     basic_auth_password: str = field(default="", repr=False)
     log_level: str = "INFO"
+    redis_url: str = field(default="", repr=False)
+    policy: str = DEFAULT_POLICY
+    policy_seed: int = 0
+    sync_interval: int = DEFAULT_SYNC_INTERVAL
+    sync_projects: tuple[int, ...] = ()
+    sync_batch_size: int = DEFAULT_SYNC_BATCH_SIZE
+    exploration_fraction: float = 0.0
+    empty_quota: float = 0.0
+    class_balance: tuple[tuple[str, float], ...] = ()
+    duplicate_distance: int = -1
+    import_chunk_size: int = DEFAULT_IMPORT_CHUNK_SIZE
 
     def __post_init__(self) -> None:
         if self.nms_metric not in NMS_METRICS:
@@ -71,6 +87,20 @@ class Settings:
         ):
             if value <= 0:
                 raise ConfigError(name, f"must be a positive number, got {value}")
+        for name, value in (("EXPLORATION_FRACTION", self.exploration_fraction), ("EMPTY_QUOTA", self.empty_quota)):
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(name, f"must be a fraction between 0 and 1, got {value}")
+        for name, value in (
+            ("SYNC_INTERVAL", self.sync_interval),
+            ("SYNC_BATCH_SIZE", self.sync_batch_size),
+            ("IMPORT_CHUNK_SIZE", self.import_chunk_size),
+        ):
+            if value <= 0:
+                raise ConfigError(name, f"must be a positive number, got {value}")
+        if self.duplicate_distance < -1 or self.duplicate_distance > 64:
+            raise ConfigError("DUPLICATE_DISTANCE", f"must be -1 (off) or 0..64 bits, got {self.duplicate_distance}")
+        if any(share < 0 for _, share in self.class_balance):
+            raise ConfigError("CLASS_BALANCE", "shares must be non-negative, e.g. bird=0.7,nest=0.3")
         if self.max_tags_per_pixel < 0:
             raise ConfigError("MAX_TAGS_PER_PIXEL", f"must be 0 (off) or a positive count, got {self.max_tags_per_pixel}")
         if self.fetch_timeout <= 0:
@@ -105,6 +135,21 @@ def _csv(raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
 
+def _ints(raw: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in _csv(raw))
+
+
+def _shares(raw: str) -> tuple[tuple[str, float], ...]:
+    """"bird=0.7,nest=0.3" -> (("bird", 0.7), ("nest", 0.3))"""
+    pairs = []
+    for part in _csv(raw):
+        name, sep, share = part.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"expected label=share pairs like bird=0.7, got {part!r}")
+        pairs.append((name.strip(), float(share)))
+    return tuple(pairs)
+
+
 def _hosts(raw: str) -> tuple[str, ...]:
     return tuple(host.lower() for host in _csv(raw))
 
@@ -132,4 +177,15 @@ ENV_VARS = {
     "BASIC_AUTH_USER": ("basic_auth_user", str),
     "BASIC_AUTH_PASS": ("basic_auth_password", str),
     "LOG_LEVEL": ("log_level", str.upper),
+    "REDIS_URL": ("redis_url", str),
+    "POLICY": ("policy", str),
+    "POLICY_SEED": ("policy_seed", int),
+    "SYNC_INTERVAL": ("sync_interval", int),
+    "SYNC_PROJECTS": ("sync_projects", _ints),
+    "SYNC_BATCH_SIZE": ("sync_batch_size", int),
+    "EXPLORATION_FRACTION": ("exploration_fraction", float),
+    "EMPTY_QUOTA": ("empty_quota", float),
+    "CLASS_BALANCE": ("class_balance", _shares),
+    "DUPLICATE_DISTANCE": ("duplicate_distance", int),
+    "IMPORT_CHUNK_SIZE": ("import_chunk_size", int),
 }

@@ -34,6 +34,17 @@ def test_every_variable_is_read():
         "BASIC_AUTH_USER": "ls",
         "BASIC_AUTH_PASS": "pw",
         "LOG_LEVEL": "debug",
+        "REDIS_URL": "redis://127.0.0.1:6379/3",
+        "POLICY": "ale-lc-max",
+        "POLICY_SEED": "7",
+        "SYNC_INTERVAL": "60",
+        "SYNC_PROJECTS": "1, 4",
+        "SYNC_BATCH_SIZE": "20",
+        "EXPLORATION_FRACTION": "0.1",
+        "EMPTY_QUOTA": "0.05",
+        "CLASS_BALANCE": "bird=0.7, nest=0.3",
+        "DUPLICATE_DISTANCE": "4",
+        "IMPORT_CHUNK_SIZE": "100",
     }
     assert set(env) == set(ENV_VARS)
     s = Settings.from_env(env)
@@ -41,6 +52,8 @@ def test_every_variable_is_read():
     assert s.model_classes == ("bird", "nest") and s.nms_metric == "iomin" and s.max_tags_per_pixel == 2
     assert s.allowed_media_hosts == ("images.example.org", "cdn.example.org")
     assert s.log_level == "DEBUG" and s.image_size == 320 and s.fetch_timeout == 3.0
+    assert s.redis_url.endswith("/3") and s.policy == "ale-lc-max" and s.sync_projects == (1, 4)
+    assert s.class_balance == (("bird", 0.7), ("nest", 0.3)) and s.duplicate_distance == 4
 
 
 def test_secrets_are_not_in_repr():
@@ -58,6 +71,10 @@ def test_secrets_are_not_in_repr():
         ({"MAX_TAGS_PER_PIXEL": "-1"}, "MAX_TAGS_PER_PIXEL"),
         ({"BASIC_AUTH_USER": "only-user"}, "BASIC_AUTH_USER"),
         ({"LABEL_STUDIO_URL": "ls:8080"}, "LABEL_STUDIO_URL"),
+        ({"EXPLORATION_FRACTION": "1.5"}, "EXPLORATION_FRACTION"),
+        ({"CLASS_BALANCE": "bird"}, "CLASS_BALANCE"),
+        ({"SYNC_PROJECTS": "one"}, "SYNC_PROJECTS"),
+        ({"DUPLICATE_DISTANCE": "-5"}, "DUPLICATE_DISTANCE"),
     ],
 )
 def test_bad_values_name_the_variable(env, field):

@@ -1,0 +1,112 @@
+"""Where jobs run: rq queues on Redis (`ale worker` processes), or in-process.
+
+With REDIS_URL set, jobs go to rq queues that any number of `ale worker`
+processes (on any machine reaching Redis) consume. Without it, the embedded
+queue runs the same job functions on one background thread of this process.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import uuid
+from dataclasses import dataclass, field
+from typing import Callable
+
+log = logging.getLogger(__name__)
+
+QUEUE_PREDICT = "predict"
+QUEUE_SYNC = "sync"
+QUEUES = (QUEUE_PREDICT, QUEUE_SYNC)
+#: LS down: retry the sync after 10 s, 30 s, then 90 s.
+SYNC_RETRY_INTERVALS = (10, 30, 90)
+JOB_TIMEOUT = 60 * 60
+
+
+@dataclass
+class JobInfo:
+    id: str
+    name: str
+    status: str  # queued, started, finished, failed
+    result: object = None
+    error: str | None = None
+    meta: dict = field(default_factory=dict)
+
+
+class RedisJobQueue:
+    def __init__(self, redis):
+        from rq import Queue
+
+        self.redis = redis
+        self.queues = {name: Queue(name, connection=redis) for name in QUEUES}
+
+    def enqueue(self, queue_name: str, func: Callable, *args, retry: bool = False, **kwargs) -> str:
+        from rq import Retry
+
+        options = {"job_timeout": JOB_TIMEOUT}
+        if retry:
+            options["retry"] = Retry(max=len(SYNC_RETRY_INTERVALS), interval=list(SYNC_RETRY_INTERVALS))
+        job = self.queues[queue_name].enqueue(func, *args, kwargs=kwargs, **options)
+        return job.id
+
+    def info(self, job_id: str) -> JobInfo | None:
+        from rq.exceptions import NoSuchJobError
+        from rq.job import Job
+
+        try:
+            job = Job.fetch(job_id, connection=self.redis)
+        except NoSuchJobError:
+            return None
+        status = job.get_status(refresh=True)
+        error = None
+        if status == "failed":
+            latest = job.latest_result()
+            error = (latest.exc_string or "").strip().splitlines()[-1] if latest and latest.exc_string else "failed"
+        return JobInfo(job.id, job.func_name, str(status.value if hasattr(status, "value") else status), job.return_value(), error, dict(job.meta))
+
+
+class EmbeddedJobQueue:
+    """One daemon thread running jobs in order; enough for a small project without Redis.
+
+    Jobs get this process's `runtime` passed in, instead of building one from the environment.
+    """
+
+    def __init__(self, runtime=None):
+        self.runtime = runtime
+        self._jobs: dict[str, JobInfo] = {}
+        self._queue: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="ale-embedded-jobs", daemon=True)
+        self._thread.start()
+
+    def enqueue(self, queue_name: str, func: Callable, *args, retry: bool = False, **kwargs) -> str:
+        job_id = uuid.uuid4().hex
+        self._jobs[job_id] = JobInfo(job_id, f"{func.__module__}.{func.__name__}", "queued")
+        if self.runtime is not None:
+            kwargs = kwargs | {"runtime": self.runtime}
+        self._queue.put((job_id, func, args, kwargs))
+        return job_id
+
+    def info(self, job_id: str) -> JobInfo | None:
+        return self._jobs.get(job_id)
+
+    def join(self) -> None:
+        self._queue.join()
+
+    def _run(self) -> None:
+        while True:
+            job_id, func, args, kwargs = self._queue.get()
+            info = self._jobs[job_id]
+            info.status = "started"
+            try:
+                info.result = func(*args, **kwargs)
+                info.status = "finished"
+            except Exception as exc:
+                log.exception("job %s (%s) failed", job_id, info.name)
+                info.status, info.error = "failed", f"{type(exc).__name__}: {exc}"
+            finally:
+                self._queue.task_done()
+
+
+def make_job_queue(runtime) -> RedisJobQueue | EmbeddedJobQueue:
+    return RedisJobQueue(runtime.redis) if runtime.redis is not None else EmbeddedJobQueue(runtime)

@@ -1,0 +1,171 @@
+"""From usefulness to Label Studio's queue order.
+
+`select_order` ranks images by usefulness (ties: lower task id first), then
+reshapes the head of the queue — the next `batch_size` images annotators will
+be served — with the batch extras:
+
+1. near-duplicate suppression: an image whose 64-bit average hash is within
+   `duplicate_distance` bits of one already in the batch moves out of it;
+2. class balance (seed 000's `ideal_class_balance`): each batch slot goes to
+   the first candidate, among the next `balance_window`, whose predicted
+   dominant class is furthest below its target share;
+3. empty quota: at least this fraction of the batch are images with no
+   predictions (the model may be blind to what they contain);
+4. exploration: this fraction of the batch is drawn at random from the most
+   confident half of the pool (seed 000's remedy for confident mistakes).
+
+`ls_scores` maps the final order to LS prediction scores: position / (m - 1)
+in [0, 1], most useful = 0, because LS serves ascending scores.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from .detections import Detections
+
+DEFAULT_BATCH_SIZE = 50
+DEFAULT_BALANCE_WINDOW = 20
+
+
+@dataclass(frozen=True)
+class BatchExtras:
+    batch_size: int = DEFAULT_BATCH_SIZE
+    exploration: float = 0.0
+    empty_quota: float = 0.0
+    class_balance: dict[int, float] = field(default_factory=dict)
+    duplicate_distance: int = -1  # -1: off; 0: identical hashes only
+    balance_window: int = DEFAULT_BALANCE_WINDOW
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        for name in ("exploration", "empty_quota"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be a fraction in [0, 1], got {getattr(self, name)}")
+        if any(v < 0 for v in self.class_balance.values()) or (self.class_balance and sum(self.class_balance.values()) <= 0):
+            raise ValueError("class_balance needs non-negative target shares with a positive sum")
+
+
+def rank(usefulness: np.ndarray, task_ids: np.ndarray) -> np.ndarray:
+    """(m,), (m,) -> (m,) indices, most useful first; ties broken by ascending task id."""
+    usefulness = np.asarray(usefulness, dtype=np.float64)
+    task_ids = np.asarray(task_ids)
+    if usefulness.shape != task_ids.shape:
+        raise ValueError(f"usefulness {usefulness.shape} and task_ids {task_ids.shape} must match")
+    return np.lexsort((task_ids, -usefulness))
+
+
+def ls_scores(order: np.ndarray) -> np.ndarray:
+    """(m,) queue order -> (m,) LS score per image index: position / (m - 1); a lone image scores 0."""
+    order = np.asarray(order)
+    m = order.size
+    scores = np.zeros(m)
+    if m > 1:
+        scores[order] = np.arange(m) / (m - 1)
+    return scores
+
+
+def select_order(
+    usefulness: np.ndarray,
+    task_ids: np.ndarray,
+    detections: Sequence[Detections] | None = None,
+    hashes: Sequence[int | None] | None = None,
+    extras: BatchExtras = BatchExtras(),
+) -> np.ndarray:
+    """Rank, then apply the batch extras to the head of the queue. Returns (m,) indices."""
+    order = list(rank(usefulness, task_ids))
+    m = len(order)
+    size = min(extras.batch_size, m)
+    if size == 0:
+        return np.asarray(order, dtype=np.int64)
+
+    if extras.duplicate_distance >= 0 and hashes is not None:
+        order = _suppress_duplicates(order, hashes, size, extras.duplicate_distance)
+    if extras.class_balance and detections is not None:
+        order = _balance_classes(order, detections, size, extras)
+    if extras.empty_quota > 0 and detections is not None:
+        order = _ensure_empty(order, detections, size, math.ceil(extras.empty_quota * size))
+    if extras.exploration > 0:
+        order = _explore(order, size, round(extras.exploration * size), extras.seed)
+    return np.asarray(order, dtype=np.int64)
+
+
+def _suppress_duplicates(order: list[int], hashes, size: int, distance: int) -> list[int]:
+    head: list[int] = []
+    moved: list[int] = []
+    rest = iter(order)
+    for index in rest:
+        h = hashes[index]
+        if h is not None and any(
+            hashes[j] is not None and (int(h) ^ int(hashes[j])).bit_count() <= distance for j in head
+        ):
+            moved.append(index)
+            continue
+        head.append(index)
+        if len(head) == size:
+            break
+    return head + moved + list(rest)
+
+
+def _dominant_class(d: Detections) -> int | None:
+    if len(d) == 0:
+        return None
+    return int(np.bincount(d.labels).argmax())
+
+
+def _balance_classes(order: list[int], detections, size: int, extras: BatchExtras) -> list[int]:
+    total = sum(extras.class_balance.values())
+    target = {int(k): v / total for k, v in extras.class_balance.items()}
+    counts = {k: 0 for k in target}
+    remaining = list(order)
+    head: list[int] = []
+    while remaining and len(head) < size:
+        window = remaining[: extras.balance_window]
+        filled = len(head) + 1
+
+        def deficit(index: int) -> float:
+            cls = _dominant_class(detections[index])
+            return target[cls] * filled - counts[cls] if cls in target else -math.inf
+
+        best = max(window, key=deficit)  # max keeps the first of equal deficits: usefulness order
+        if deficit(best) == -math.inf:
+            best = window[0]
+        remaining.remove(best)
+        head.append(best)
+        cls = _dominant_class(detections[best])
+        if cls in counts:
+            counts[cls] += 1
+    return head + remaining
+
+
+def _ensure_empty(order: list[int], detections, size: int, quota: int) -> list[int]:
+    head, tail = order[:size], order[size:]
+    have = sum(len(detections[i]) == 0 for i in head)
+    promote = [i for i in tail if len(detections[i]) == 0][: max(0, quota - have)]
+    if not promote:
+        return order
+    # the least useful non-empty images of the batch make room
+    demote = [i for i in reversed(head) if len(detections[i]) > 0][: len(promote)]
+    head = [i for i in head if i not in demote] + promote
+    tail = demote + [i for i in tail if i not in promote]
+    return head + tail
+
+
+def _explore(order: list[int], size: int, count: int, seed: int) -> list[int]:
+    head, tail = order[:size], order[size:]
+    if count == 0 or not tail:
+        return order
+    # the tail is in usefulness order, so its second half is the most confident
+    confident = tail[len(tail) // 2 :] if len(tail) > 1 else tail
+    rng = np.random.default_rng(seed)
+    picks = [confident[i] for i in rng.choice(len(confident), size=min(count, len(confident)), replace=False)]
+    dropped = head[len(head) - len(picks) :]
+    head = head[: len(head) - len(picks)] + picks
+    tail = dropped + [i for i in tail if i not in set(picks)]
+    return head + tail
