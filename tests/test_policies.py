@@ -1,0 +1,89 @@
+import math
+
+import numpy as np
+import pytest
+
+from label_studio_ale.detections import Detections
+from label_studio_ale.policies import (
+    DEFAULT_POLICY,
+    ConfidencePolicy,
+    CustomPolicy,
+    UncertaintyPolicy,
+    get_policy,
+    policy_names,
+    single_object_confidence,
+)
+
+H_A = -(0.5 * math.log(0.5) + 1 / 6 * math.log(1 / 6) + 1 / 3 * math.log(1 / 3))
+H_B = -(0.9 * math.log(0.9) + 0.1 * math.log(0.1))
+LC_A, LC_B = 5 / 6, 0.2
+
+TWO = Detections([[0, 0, 10, 10], [0, 0, 20, 10]], [[0.6, 0.2], [0.9, 0.0]], (64, 64))
+ONE = Detections([[0, 0, 10, 10]], [[0.6, 0.2]], (64, 64))
+NONE = Detections.empty(2, (64, 64))
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("ale-entropy-sum", [(H_A + H_B) * math.sqrt(2), H_A, 0.0]),
+        ("entropy-sum", [H_A + H_B, H_A, 0.0]),
+        ("ale-entropy-max", [H_A * math.sqrt(2), H_A, 0.0]),
+        ("entropy-mean", [(H_A + H_B) / 2, H_A, 0.0]),
+        ("ale-lc-max", [LC_A * math.sqrt(2), LC_A, 0.0]),
+        ("lc-sum", [LC_A + LC_B, LC_A, 0.0]),
+        ("ale-lc-mean", [(LC_A + LC_B) / 2 * math.sqrt(2), LC_A, 0.0]),
+        ("lc-min", [LC_B, LC_A, 0.0]),
+        # seed 000: usefulness = 1 - confidence; weighted by box area (100 and 200 px)
+        ("min-confidence", [0.4, 0.4, 0.0]),
+        ("mean-confidence", [0.25, 0.4, 0.0]),
+        ("weighted-confidence", [1 - (0.6 * 100 + 0.9 * 200) / 300, 0.4, 0.0]),
+    ],
+)
+def test_policy_values_by_hand_on_two_one_and_zero_boxes(name, expected):
+    policy = get_policy(name)
+    assert policy.name == name
+    assert policy.usefulness([TWO, ONE, NONE]) == pytest.approx(expected)
+
+
+def test_default_is_ale_entropy_sum_and_names_resolve():
+    assert DEFAULT_POLICY == "ale-entropy-sum"
+    for name in policy_names():
+        assert get_policy(name).name == name
+    assert isinstance(get_policy("ale-lc-sum"), UncertaintyPolicy) and isinstance(get_policy("min-confidence"), ConfidencePolicy)
+
+
+def test_random_policy_is_seeded():
+    a = get_policy("random", seed=3).usefulness([ONE] * 5)
+    b = get_policy("random", seed=3).usefulness([ONE] * 5)
+    c = get_policy("random", seed=4).usefulness([ONE] * 5)
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_seed_000_custom_policy_by_dotted_path():
+    policy = get_policy("label_studio_ale.policies:single_object_confidence")
+    assert isinstance(policy, CustomPolicy)
+    # confidence 0 unless exactly one object -> those come first
+    assert policy.usefulness([TWO, ONE, NONE]) == pytest.approx([0.0, -0.6, 0.0])
+    assert single_object_confidence(ONE) == pytest.approx(0.6)
+
+
+def test_unknown_and_broken_policies_are_clear_errors():
+    with pytest.raises(ValueError, match="unknown; choose one of"):
+        get_policy("entropy-median")
+    with pytest.raises(ValueError, match="cannot import"):
+        get_policy("no_such_module:f")
+    with pytest.raises(ValueError, match="is not a function"):
+        get_policy("label_studio_ale.policies:DEFAULT_POLICY")
+    with pytest.raises(ValueError, match="non-finite"):
+        CustomPolicy("nan", lambda d: float("nan")).usefulness([ONE])
+
+
+def test_uncertainty_policy_is_vectorised_over_many_images():
+    rng = np.random.default_rng(0)
+    images = [Detections(np.tile([0, 0, 5, 5], (n, 1)), rng.uniform(0, 1, (n, 3)), (10, 10)) for n in (0, 3, 1, 0, 7)]
+    policy = get_policy("ale-entropy-sum")
+    together = policy.usefulness(images)
+    one_by_one = [policy.usefulness([d])[0] for d in images]
+    assert together == pytest.approx(one_by_one)
+    assert together[0] == 0 and together[3] == 0

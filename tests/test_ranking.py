@@ -1,0 +1,76 @@
+import numpy as np
+import pytest
+
+from label_studio_ale.detections import Detections
+from label_studio_ale.ranking import BatchExtras, ls_scores, rank, select_order
+
+
+def det(labels, n_classes=2):
+    probs = np.zeros((len(labels), n_classes))
+    for i, label in enumerate(labels):
+        probs[i, label] = 0.9
+    return Detections(np.tile([0.0, 0.0, 5.0, 5.0], (len(labels), 1)), probs, (10, 10))
+
+
+def test_rank_is_descending_usefulness_with_task_id_ties():
+    order = rank(np.array([0.2, 0.9, 0.2, 0.5]), np.array([30, 10, 20, 40]))
+    assert order.tolist() == [1, 3, 2, 0]  # the 0.2 tie: task 20 before task 30
+
+
+def test_ls_scores_most_useful_is_zero():
+    assert ls_scores(np.array([2, 0, 1])).tolist() == [0.5, 1.0, 0.0]
+    assert ls_scores(np.array([0])).tolist() == [0.0]
+    assert ls_scores(np.array([], dtype=int)).tolist() == []
+
+
+def test_without_extras_the_order_is_the_rank():
+    u = np.array([0.1, 0.3, 0.2])
+    assert select_order(u, np.array([1, 2, 3])).tolist() == [1, 2, 0]
+
+
+def test_near_duplicates_leave_the_batch():
+    u = np.array([0.9, 0.8, 0.7, 0.6])
+    hashes = [0b1111, 0b1110, 0b0000_1111_0000, None]  # image 1 is 1 bit from image 0
+    order = select_order(u, np.arange(4), hashes=hashes, extras=BatchExtras(batch_size=3, duplicate_distance=2))
+    assert order.tolist() == [0, 2, 3, 1]
+    off = select_order(u, np.arange(4), hashes=hashes, extras=BatchExtras(batch_size=3))
+    assert off.tolist() == [0, 1, 2, 3]
+
+
+def test_class_balance_fills_the_batch_towards_targets():
+    # the most useful four are all class 0; class 1 waits behind them
+    detections = [det([0]), det([0]), det([0]), det([0]), det([1]), det([1])]
+    u = np.linspace(1, 0.5, 6)
+    extras = BatchExtras(batch_size=4, class_balance={0: 0.5, 1: 0.5})
+    order = select_order(u, np.arange(6), detections, extras=extras)
+    head = order[:4].tolist()
+    assert sorted(d for d in head if d >= 4) == [4, 5]  # both class-1 images made the batch
+    assert head[0] == 0  # the most useful image still comes first
+    assert sorted(order.tolist()) == list(range(6))
+
+
+def test_empty_quota_brings_images_without_predictions_into_the_batch():
+    detections = [det([0]), det([1]), det([0]), det([]), det([])]
+    u = np.array([0.9, 0.8, 0.7, 0.0, 0.0])
+    order = select_order(u, np.arange(5), detections, extras=BatchExtras(batch_size=3, empty_quota=0.3))  # ceil(0.9) = 1 slot
+    assert order[:3].tolist() == [0, 1, 3] and order.tolist()[3:] == [2, 4]
+
+
+def test_exploration_swaps_in_confident_images_reproducibly():
+    u = np.linspace(1, 0, 20)
+    extras = BatchExtras(batch_size=5, exploration=0.4, seed=1)
+    first = select_order(u, np.arange(20), extras=extras)
+    assert np.array_equal(first, select_order(u, np.arange(20), extras=extras))
+    head = first[:5].tolist()
+    assert head[:3] == [0, 1, 2]
+    assert all(i >= 5 + 15 // 2 for i in head[3:])  # from the most confident half of the rest
+    assert sorted(first.tolist()) == list(range(20))
+
+
+def test_bad_extras_are_named():
+    with pytest.raises(ValueError, match="exploration"):
+        BatchExtras(exploration=2)
+    with pytest.raises(ValueError, match="batch_size"):
+        BatchExtras(batch_size=0)
+    with pytest.raises(ValueError, match="class_balance"):
+        BatchExtras(class_balance={0: -1})
