@@ -47,7 +47,7 @@ class RedisJobQueue:
         options = {"job_timeout": JOB_TIMEOUT}
         if retry:
             options["retry"] = Retry(max=len(SYNC_RETRY_INTERVALS), interval=list(SYNC_RETRY_INTERVALS))
-        job = self.queues[queue_name].enqueue(func, *args, kwargs=kwargs, **options)
+        job = self.queues[queue_name].enqueue(func, args=args, kwargs=kwargs, **options)
         return job.id
 
     def info(self, job_id: str) -> JobInfo | None:

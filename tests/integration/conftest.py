@@ -16,3 +16,13 @@ def ls_sdk(label_studio):
     from label_studio_sdk import LabelStudio
 
     return LabelStudio(base_url=label_studio.url, api_key=label_studio.token)
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    """A real Redis of our own: isolated state, and free to stop in fault tests."""
+    from tests.support.redis_server import start_redis
+
+    server = start_redis()
+    yield server
+    server.stop()

@@ -40,3 +40,24 @@ def run_backend(env: dict[str, str], workdir: Path, threads: int = 4):
         yield url
     finally:
         stop_process(process)
+
+
+@contextmanager
+def run_worker(env: dict[str, str], workdir: Path, queues: str = "predict,sync"):
+    """Start `ale worker` (a real rq worker process) with `env` added; yields the process."""
+    log = workdir / f"worker-{time.monotonic_ns()}.log"
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("LABEL_STUDIO_")} | env
+    process = subprocess.Popen(
+        [sys.executable, "-m", "label_studio_ale.cli", "worker", "--queues", queues],
+        env=full_env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        time.sleep(0.5)
+        if process.poll() is not None:
+            raise RuntimeError(f"worker exited at start: {log.read_text()[-2000:]}")
+        yield process
+    finally:
+        stop_process(process)

@@ -89,15 +89,25 @@ class LabelStudioServer:
     process: subprocess.Popen
     data_dir: Path
     log: Path
+    port: int
 
     def stop(self) -> None:
         stop_process(self.process)
 
+    def kill(self) -> None:
+        """Die at once, as a crashed server would."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
 
-def start_label_studio(data_dir: Path) -> LabelStudioServer:
+    def restart(self) -> None:
+        """Start again on the same port and data (the database and secret key persist)."""
+        self.stop()
+        self.process = _launch(self.data_dir, self.port, self.log)
+        wait_for_http(f"{self.url}/health", START_TIMEOUT, self.process, self.log)
+
+
+def _launch(data_dir: Path, port: int, log: Path) -> subprocess.Popen:
     venv = ensure_venv()
-    port = free_port()
-    data_dir.mkdir(parents=True, exist_ok=True)
     env = {
         "PATH": f"{venv / 'bin'}:{os.environ.get('PATH', '')}",
         "HOME": str(data_dir),
@@ -112,14 +122,20 @@ def start_label_studio(data_dir: Path) -> LabelStudioServer:
         "DJANGO_DB": "sqlite",
         "LOG_LEVEL": "WARNING",
     }
-    log = data_dir / "label-studio.log"
-    process = subprocess.Popen(
+    return subprocess.Popen(
         [str(venv / "bin" / "label-studio"), "start", "--no-browser", "--internal-host", "127.0.0.1", "--port", str(port)],
         env=env,
-        stdout=log.open("wb"),
+        stdout=log.open("ab"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+
+
+def start_label_studio(data_dir: Path) -> LabelStudioServer:
+    port = free_port()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log = data_dir / "label-studio.log"
+    process = _launch(data_dir, port, log)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for_http(f"{url}/health", START_TIMEOUT, process, log)
@@ -127,21 +143,22 @@ def start_label_studio(data_dir: Path) -> LabelStudioServer:
     except BaseException:
         stop_process(process)
         raise
-    return LabelStudioServer(url, token, process, data_dir, log)
+    return LabelStudioServer(url, token, process, data_dir, log, port)
 
 
-def create_personal_access_token(url: str) -> str:
-    """Log in through LS's web form (as a person would) and create a PAT."""
+def create_personal_access_token(url: str, email: str = USERNAME, password: str = PASSWORD, signup: bool = False) -> str:
+    """Log in (or sign up) through LS's web forms, as a person would, and create a PAT."""
+    page = "/user/signup/" if signup else "/user/login/"
     with httpx.Client(base_url=url, timeout=30, follow_redirects=False) as client:
-        client.get("/user/login/")
+        client.get(page)
         csrf = client.cookies["csrftoken"]
         login = client.post(
-            "/user/login/",
-            data={"email": USERNAME, "password": PASSWORD, "csrfmiddlewaretoken": csrf},
-            headers={"Referer": f"{url}/user/login/"},
+            page,
+            data={"email": email, "password": password, "csrfmiddlewaretoken": csrf},
+            headers={"Referer": f"{url}{page}"},
         )
         if login.status_code != 302:
-            raise RuntimeError(f"login to Label Studio failed: {login.status_code} {login.text[:300]}")
+            raise RuntimeError(f"{page} on Label Studio failed: {login.status_code} {login.text[:300]}")
         response = client.post("/api/token/", headers={"X-CSRFToken": client.cookies["csrftoken"], "Referer": f"{url}/"})
         response.raise_for_status()
         return response.json()["token"]
