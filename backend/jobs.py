@@ -144,7 +144,21 @@ def sync_priorities(project: int, *, runtime: Runtime | None = None, progress: P
         if not acquired:
             log.info("project %s: a sync is already running; skipped", project)
             return {"status": "skipped", "reason": "another sync of this project is running"}
-        return _sync(rt, project, progress)
+        result = _sync(rt, project, progress)
+    # Deleting predictions is slow in LS (~7 ms each) and does not affect the
+    # order served, so it runs after the lock is released. Only versions that
+    # existed before this sync started are deleted: a later sync's version,
+    # possibly still importing, is never touched.
+    started = time.perf_counter()
+    result["deleted_versions"] = []
+    for old in result.pop("stale_versions"):
+        try:
+            rt.ls.delete_model_version(project, old)
+            result["deleted_versions"].append(old)
+        except Exception as exc:  # left for the next sync to remove
+            log.warning("project %s: could not delete old version %s: %s", project, old, exc)
+    result["phases"]["cleanup"] = round(time.perf_counter() - started, 3)
+    return result
 
 
 def _sync(rt: Runtime, project: int, progress: Progress) -> dict:
@@ -161,6 +175,7 @@ def _sync(rt: Runtime, project: int, progress: Progress) -> dict:
     config = parse_label_config(info.label_config)
     label_map = match_labels(rt.adapter.classes, config)
     tasks = list(rt.ls.unlabeled_tasks(project))
+    previous = [v for v in _versions(rt, project) if v.startswith(SYNC_VERSION_PREFIX)]
     phase_done("list")
     predicted = _predict_missing(rt, project, config, tasks, progress)
     phase_done("predict")
@@ -192,10 +207,6 @@ def _sync(rt: Runtime, project: int, progress: Progress) -> dict:
         _discard(rt, project, version)
         raise SyncError(f"sync of project {project} failed before switching; the previous order stays: {exc}") from exc
 
-    stale = [v for v in _versions(rt, project) if v.startswith(SYNC_VERSION_PREFIX) and v != version]
-    for old in stale:
-        rt.ls.delete_model_version(project, old)
-    phase_done("cleanup")
     order_ids = [tasks[i].id for i in ranked["order"]]
     log.info("project %s: queue synced, %d tasks, version %s, phases %s", project, len(tasks), version, phases)
     return {
@@ -207,7 +218,7 @@ def _sync(rt: Runtime, project: int, progress: Progress) -> dict:
         "order": order_ids,
         "usefulness": {tasks[i].id: float(ranked["usefulness"][i]) for i in range(len(tasks))},
         "predicted": predicted,
-        "deleted_versions": stale,
+        "stale_versions": previous,
         "phases": phases,
     }
 

@@ -13,6 +13,8 @@ from urllib.parse import urlsplit
 from .errors import AleError, MediaError
 
 DEFAULT_TIMEOUT = 30.0
+DELETE_TIMEOUT = 900.0
+IMPORT_TIMEOUT = 600.0
 TASK_PAGE_SIZE = 1000
 UNCERTAINTY_SAMPLING = "Uncertainty sampling"
 
@@ -61,13 +63,17 @@ class LabelStudioClient:
 
     def unlabeled_tasks(self, project_id: int) -> Iterator[TaskRef]:
         """Every task of the project nobody has labelled yet (LS's is_labeled), page by page."""
-        for task in self.sdk.tasks.list(project=project_id, fields="task_only", page_size=TASK_PAGE_SIZE):
+        # `include` spares LS computing fields nobody reads: 3x faster on 10,000 tasks.
+        pages = self.sdk.tasks.list(project=project_id, fields="task_only", include="id,data,is_labeled", page_size=TASK_PAGE_SIZE)
+        for task in pages:
             if not task.is_labeled:
                 yield TaskRef(task.id, dict(task.data or {}))
 
     def import_predictions(self, project_id: int, items: list[dict]) -> int:
         """Bulk-create predictions; raises unless LS created every item (it drops invalid ones silently)."""
-        response = self.sdk.projects.import_predictions(id=project_id, request=items)
+        response = self.sdk.projects.import_predictions(
+            id=project_id, request=items, request_options={"timeout_in_seconds": IMPORT_TIMEOUT}
+        )
         created = int(getattr(response, "created", 0) or 0)
         if created != len(items):
             raise LabelStudioError(
@@ -88,7 +94,11 @@ class LabelStudioClient:
 
     def delete_model_version(self, project_id: int, model_version: str) -> int:
         response = self._http().request(
-            f"api/projects/{project_id}/model-versions/", method="DELETE", json={"model_version": model_version}
+            f"api/projects/{project_id}/model-versions/",
+            method="DELETE",
+            json={"model_version": model_version},
+            # LS deletes predictions one by one: ~10,000 take minutes on SQLite.
+            request_options={"timeout_in_seconds": DELETE_TIMEOUT},
         )
         self._check(response, f"delete model version {model_version}")
         return int(response.json().get("deleted_predictions", 0))

@@ -115,11 +115,8 @@ def average_hash(image: Image.Image, size: int = 8) -> int:
 
     Near-duplicate images (burst frames of a camera trap) differ in few bits.
     """
-    small = image.convert("L").resize((size, size), Image.Resampling.BILINEAR)
-    pixels = list(small.getdata())
-    mean = sum(pixels) / len(pixels)
-    value = 0
-    for bit, pixel in enumerate(pixels):
-        if pixel > mean:
-            value |= 1 << bit
-    return value
+    import numpy as np
+
+    pixels = np.asarray(image.convert("L").resize((size, size), Image.Resampling.BILINEAR), dtype=np.float64).ravel()
+    bits = pixels > pixels.mean()
+    return int(sum(1 << i for i in np.flatnonzero(bits)))

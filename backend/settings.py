@@ -30,7 +30,10 @@ DEFAULT_MAX_DETECTIONS = 300
 DEFAULT_POLICY = "ale-entropy-sum"
 DEFAULT_SYNC_INTERVAL = 300  # seconds between scheduled priority syncs
 DEFAULT_SYNC_BATCH_SIZE = 50
-DEFAULT_IMPORT_CHUNK_SIZE = 500  # predictions per LS import request
+# Predictions per LS import request. LS 1.23 recounts every task of the project
+# after each import request, so few large requests are far faster than many
+# small ones (10,000 predictions: 9 s in one request, 62 s in chunks of 500).
+DEFAULT_IMPORT_CHUNK_SIZE = 10_000
 
 NMS_METRICS = ("iou", "iomin")
 
