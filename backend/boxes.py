@@ -51,6 +51,15 @@ def box_iomin(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 _OVERLAP = {NMS_IOU: box_iou, NMS_IOMIN: box_iomin}
 
 
+def _boxes_and_scores(xyxy, scores) -> tuple[np.ndarray, np.ndarray]:
+    """-> ((n, 4), (n,)) float arrays, or ValueError when the lengths differ."""
+    xyxy = np.asarray(xyxy, dtype=np.float64).reshape(-1, 4)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if scores.shape[0] != xyxy.shape[0]:
+        raise ValueError(f"scores must have shape ({xyxy.shape[0]},), got {scores.shape}")
+    return xyxy, scores
+
+
 def nms_mask(
     xyxy: np.ndarray,
     scores: np.ndarray,
@@ -69,11 +78,8 @@ def nms_mask(
         raise ValueError(f"metric must be one of {sorted(_OVERLAP)}, got {metric!r}")
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be in [0, 1], got {threshold}")
-    xyxy = np.asarray(xyxy, dtype=np.float64).reshape(-1, 4)
-    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    xyxy, scores = _boxes_and_scores(xyxy, scores)
     n = xyxy.shape[0]
-    if scores.shape[0] != n:
-        raise ValueError(f"scores must have shape ({n},), got {scores.shape}")
     keep = np.zeros(n, dtype=bool)
     if n == 0:
         return keep
@@ -106,11 +112,8 @@ def max_tags_per_pixel_mask(
     """
     if limit < 0:
         raise ValueError(f"limit must be 0 (off) or positive, got {limit}")
-    xyxy = np.asarray(xyxy, dtype=np.float64).reshape(-1, 4)
-    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    xyxy, scores = _boxes_and_scores(xyxy, scores)
     n = xyxy.shape[0]
-    if scores.shape[0] != n:
-        raise ValueError(f"scores must have shape ({n},), got {scores.shape}")
     if limit == 0 or n == 0:
         return np.ones(n, dtype=bool)
     width, height = image_size

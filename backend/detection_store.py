@@ -65,8 +65,7 @@ class DetectionStore:
         now = time.time()
         for item in items:
             d = item.detections
-            # image hashes are unsigned 64-bit; SQLite integers are signed
-            image_hash = None if item.image_hash is None else int(np.uint64(item.image_hash).astype(np.int64))
+            image_hash = None if item.image_hash is None else _to_signed(item.image_hash)
             if d is None:
                 rows.append((project, model_version, item.task_id, None, None, None, None, None, image_hash, item.error, now))
             else:
@@ -105,10 +104,22 @@ class DetectionStore:
                     np.frombuffer(probs, dtype=np.float32).reshape(n_boxes, num_classes).astype(np.float64),
                     (width, height),
                 )
-            unsigned = None if image_hash is None else int(np.int64(image_hash).astype(np.uint64))
+            unsigned = None if image_hash is None else _to_unsigned(image_hash)
             out[task_id] = StoredDetections(task_id, detections, unsigned, error)
         return out
 
     def delete_version(self, project: int, model_version: str) -> int:
         with self._connect() as db:
             return db.execute("DELETE FROM detections WHERE project=? AND model_version=?", (project, model_version)).rowcount
+
+
+# Image hashes are unsigned 64-bit; SQLite integers are signed 64-bit.
+def _to_signed(value: int) -> int:
+    value = int(value)
+    if not 0 <= value < 2**64:
+        raise ValueError(f"image hash must be an unsigned 64-bit integer, got {value}")
+    return value - 2**64 if value >= 2**63 else value
+
+
+def _to_unsigned(value: int) -> int:
+    return value + 2**64 if value < 0 else value

@@ -119,4 +119,4 @@ def average_hash(image: Image.Image, size: int = 8) -> int:
 
     pixels = np.asarray(image.convert("L").resize((size, size), Image.Resampling.BILINEAR), dtype=np.float64).ravel()
     bits = pixels > pixels.mean()
-    return int(sum(1 << i for i in np.flatnonzero(bits)))
+    return sum(1 << int(i) for i in np.flatnonzero(bits))  # Python ints: bit 63 must not wrap

@@ -2,7 +2,6 @@
 
 import base64
 
-import numpy as np
 import pytest
 from PIL import Image
 

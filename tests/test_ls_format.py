@@ -1,4 +1,3 @@
-import numpy as np
 import pytest
 
 from label_studio_ale.detections import Detections

@@ -13,3 +13,7 @@ def test_average_hash_is_close_for_near_duplicates_and_far_otherwise():
     assert (h ^ average_hash(burst)).bit_count() <= 4
     assert (h ^ average_hash(other)).bit_count() > 8
     assert average_hash(Image.new("RGB", (10, 10))) == 0  # flat image: nothing above the mean
+    # the last pixel bright: bit 63 set, still a non-negative Python int
+    corner = Image.new("L", (8, 8))
+    corner.putpixel((7, 7), 255)
+    assert average_hash(corner) == 2**63 and type(average_hash(corner)) is int

@@ -1,6 +1,5 @@
 """The same jobs in every mode: embedded (no Redis), rq cron + worker processes, and the CLI."""
 
-import io
 import os
 import subprocess
 import sys
@@ -11,28 +10,16 @@ import pytest
 from label_studio_ale.app import create_app
 from label_studio_ale.jobs import SYNC_VERSION_PREFIX
 from label_studio_ale.settings import Settings
-from label_studio_ale.synthetic import make_scene
 from label_studio_ale_plugins.yolov5 import YoloV5Adapter
 from tests.support.backend import run_worker
-from tests.support.label_studio import stop_process, upload_images
+from tests.support.label_studio import stop_process
 from tests.support.models import IMAGE_SIZE
+from tests.support.projects import create_project
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-LABEL_CONFIG = (
-    '<View><Image name="image" value="$image"/><RectangleLabels name="label" toName="image">'
-    '<Label value="bird"/><Label value="nest"/></RectangleLabels></View>'
-)
-
-
 def make_project(ls, seeds, title):
-    project = ls.projects.create(title=title, label_config=LABEL_CONFIG)
-    files = []
-    for seed in seeds:
-        buffer = io.BytesIO()
-        make_scene(seed, max_objects=4).image.save(buffer, format="PNG")
-        files.append((f"s{seed}.png", buffer.getvalue()))
-    return project.id, upload_images(ls, project.id, files)
+    return create_project(ls, seeds, title, max_objects=4)
 
 
 def base_env(label_studio, trained_weights, model_dir):

@@ -10,7 +10,7 @@ from label_studio_ale.ls_format import rectangle_to_xyxy
 from label_studio_ale.synthetic import make_scene
 from tests.support.backend import run_backend
 from tests.support.label_studio import upload_images
-from tests.support.models import CLASSES, IMAGE_SIZE
+from tests.support.models import IMAGE_SIZE
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

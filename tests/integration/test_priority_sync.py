@@ -4,7 +4,6 @@ Annotators ask LS for their next task (GET /api/projects/P/next/) and submit,
 exactly as "Label All Tasks" does; LS must serve the backend's ranking.
 """
 
-import io
 import time
 
 import numpy as np
@@ -18,21 +17,13 @@ from label_studio_ale.policies import DEFAULT_POLICY, get_policy
 from label_studio_ale.ranking import rank
 from label_studio_ale.runtime import Runtime
 from label_studio_ale.settings import Settings
-from label_studio_ale.synthetic import make_scene
 from tests.support.backend import run_worker
-from tests.support.label_studio import create_personal_access_token, upload_images
+from tests.support.label_studio import create_personal_access_token
 from tests.support.models import IMAGE_SIZE
+from tests.support.projects import create_project
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-LABEL_CONFIG = """
-<View>
-  <Image name="image" value="$image"/>
-  <RectangleLabels name="label" toName="image">
-    <Label value="bird"/><Label value="nest"/>
-  </RectangleLabels>
-</View>
-"""
 JOB_TIMEOUT = 180
 
 
@@ -76,15 +67,7 @@ def second_annotator(label_studio):
 
 
 def make_project(ls, seeds, title):
-    project = ls.projects.create(title=title, label_config=LABEL_CONFIG)
-    files = []
-    for seed in seeds:
-        buffer = io.BytesIO()
-        make_scene(seed, max_objects=5, min_side=14, max_side=30).image.save(buffer, format="PNG")
-        files.append((f"s{seed}.png", buffer.getvalue()))
-    task_ids = upload_images(ls, project.id, files)
-    assert len(task_ids) == len(seeds)
-    return project.id, task_ids
+    return create_project(ls, seeds, title, max_objects=5, min_side=14, max_side=30)
 
 
 def run_sync(jobs, project, timeout=JOB_TIMEOUT):
