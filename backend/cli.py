@@ -160,15 +160,21 @@ class _Bars:
             bar.close()
 
 
-def _sync(settings: Settings, args) -> int:
-    from .jobs import sync_priorities
+def _with_bars(job, project: int, settings: Settings):
+    """Run a job function in the foreground with progress bars."""
     from .runtime import Runtime
 
     bars = _Bars()
     try:
-        result = sync_priorities(args.project, runtime=Runtime(settings), progress=bars)
+        return job(project, runtime=Runtime(settings), progress=bars)
     finally:
         bars.close()
+
+
+def _sync(settings: Settings, args) -> int:
+    from .jobs import sync_priorities
+
+    result = _with_bars(sync_priorities, args.project, settings)
     if result["status"] != "synced":
         print(f"project {args.project}: {result['status']}: {result.get('reason', '')}")
         return 1
@@ -179,13 +185,8 @@ def _sync(settings: Settings, args) -> int:
 
 def _rank(settings: Settings, args) -> int:
     from .jobs import preview_ranking
-    from .runtime import Runtime
 
-    bars = _Bars()
-    try:
-        rows = preview_ranking(args.project, runtime=Runtime(settings), progress=bars)
-    finally:
-        bars.close()
+    rows = _with_bars(preview_ranking, args.project, settings)
     print(f"{'rank':>5} {'task':>8} {'score':>10} {'boxes':>6}  image   (policy {settings.policy})")
     for row in rows[: args.top]:
         print(f"{row['rank']:>5} {row['task']:>8} {row['usefulness']:>10.4f} {row['boxes']:>6}  {row['image']}")

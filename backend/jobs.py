@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Callable
 
@@ -19,10 +18,10 @@ from .detection_store import StoredDetections
 from .detections import Detections
 from .errors import AleError
 from .ls_client import LabelStudioError, TaskRef
-from .ls_format import detections_to_results, match_labels, parse_label_config, task_image_url
+from .ls_format import detections_to_results, match_labels, parse_label_config
 from .media import MediaFetcher, average_hash
 from .policies import get_policy
-from .predictor import FETCH_WORKERS, Predictor
+from .predictor import Predictor
 from .ranking import BatchExtras, ls_scores, select_order
 from .runtime import Runtime, current_runtime
 
@@ -57,22 +56,12 @@ def _predict_missing(rt: Runtime, project: int, config, tasks: list[TaskRef], pr
     progress("predict", 0, len(missing))
     for start in range(0, len(missing), PREDICT_CHUNK):
         chunk = missing[start : start + PREDICT_CHUNK]
-        images: list = [None] * len(chunk)
-        errors: list[str | None] = [None] * len(chunk)
-
-        def load(i: int) -> None:
-            try:
-                images[i] = predictor.fetcher.fetch(task_image_url({"id": chunk[i].id, "data": chunk[i].data}, config))
-            except AleError as exc:
-                errors[i] = str(exc)
-
-        with ThreadPoolExecutor(max_workers=FETCH_WORKERS) as pool:
-            list(pool.map(load, range(len(chunk))))
+        images, errors = predictor.fetch_images([{"id": t.id, "data": t.data} for t in chunk], config)
         ready = [i for i in range(len(chunk)) if images[i] is not None]
         found = dict(zip(ready, predictor.detect([images[i] for i in ready])))
         items = []
         for i, task in enumerate(chunk):
-            if errors[i] is not None:
+            if i in errors:
                 failed += 1
                 log.warning("project %s task %s: not predicted: %s", project, task.id, errors[i])
                 items.append(StoredDetections(task.id, None, None, errors[i]))
@@ -106,11 +95,9 @@ def rank_pool(rt: Runtime, project: int, tasks: list[TaskRef]) -> dict:
 def preview_ranking(project: int, *, runtime: Runtime | None = None, progress: Progress | None = None) -> list[dict]:
     """The queue a sync would write, without writing it: one row per unlabeled task, in order."""
     rt = runtime or current_runtime()
-    progress = progress or _job_progress
-    info = rt.ls.project(project)
-    config = parse_label_config(info.label_config)
+    config = parse_label_config(rt.ls.project(project).label_config)
     tasks = list(rt.ls.unlabeled_tasks(project))
-    _predict_missing(rt, project, config, tasks, progress)
+    _predict_missing(rt, project, config, tasks, progress or _job_progress)
     ranked = rank_pool(rt, project, tasks)
     scores = ls_scores(ranked["order"])
     rows = []

@@ -14,7 +14,7 @@ from .adapters import Adapter
 from .boxes import filter_detections
 from .detections import Detections
 from .errors import AleError
-from .ls_format import detections_to_results, match_labels, parse_label_config, task_image_url
+from .ls_format import RectangleConfig, detections_to_results, match_labels, parse_label_config, task_image_url
 from .media import MediaFetcher
 from .scoring import min_confidence
 from .settings import Settings
@@ -64,23 +64,28 @@ class Predictor:
             for d in detections
         ]
 
+    def fetch_images(self, tasks: list[dict], config: RectangleConfig) -> tuple[list[Image.Image | None], dict[int, str]]:
+        """Fetch each task's image in parallel. -> (image or None per task, {position: reason})."""
+        images: list[Image.Image | None] = [None] * len(tasks)
+        errors: dict[int, str] = {}
+
+        def load(position: int) -> None:
+            try:
+                images[position] = self.fetcher.fetch(task_image_url(tasks[position], config))
+            except AleError as exc:
+                errors[position] = str(exc)
+
+        with ThreadPoolExecutor(max_workers=min(FETCH_WORKERS, max(1, len(tasks)))) as pool:
+            list(pool.map(load, range(len(tasks))))
+        return images, errors
+
     def predict_tasks(self, tasks: list[dict], label_config: str) -> PredictOutcome:
         """LS tasks -> one prediction each. A task whose image fails gets an empty result."""
         started = time.perf_counter()
         config = parse_label_config(label_config)
         label_map = match_labels(self.adapter.classes, config)
-        images: list[Image.Image | None] = [None] * len(tasks)
-        failures: dict[int, TaskFailure] = {}
-
-        def load(position: int) -> None:
-            task = tasks[position]
-            try:
-                images[position] = self.fetcher.fetch(task_image_url(task, config))
-            except AleError as exc:
-                failures[position] = TaskFailure(task.get("id"), str(exc))
-
-        with ThreadPoolExecutor(max_workers=min(FETCH_WORKERS, max(1, len(tasks)))) as pool:
-            list(pool.map(load, range(len(tasks))))
+        images, errors = self.fetch_images(tasks, config)
+        failures = {i: TaskFailure(tasks[i].get("id"), reason) for i, reason in errors.items()}
 
         ready = [i for i in range(len(tasks)) if images[i] is not None]
         detections = dict(zip(ready, self.detect([images[i] for i in ready])))
