@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 from dataclasses import asdict
+from pathlib import Path
 
 from .errors import AleError
 from .settings import Settings
@@ -46,6 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     jobs = commands.add_parser("jobs", help="list queued, running, finished and failed jobs (needs REDIS_URL)")
     jobs.add_argument("--limit", type=int, default=20)
 
+    evaluate = commands.add_parser("evaluate", help="COCO and VOC metrics of a model on a labelled YOLO-format dataset")
+    evaluate.add_argument("--weights", required=True, help="model weights (.pt)")
+    evaluate.add_argument("--data", required=True, help="dataset yaml (ultralytics layout: images/<split>, labels/<split>)")
+    evaluate.add_argument("--split", default="val")
+    evaluate.add_argument("--out", help="also write the metrics as JSON here")
+
     commands.add_parser("config", help="print the effective settings (secrets hidden)")
     commands.add_parser("adapters", help="list installed model adapters")
 
@@ -69,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         return _rank(settings, args)
     if args.command == "jobs":
         return _jobs(settings, args)
+    if args.command == "evaluate":
+        return _evaluate(settings, args)
     if args.command == "config":
         shown = {k: (str(v) if not isinstance(v, tuple) else list(v)) for k, v in asdict(settings).items()}
         for secret in ("label_studio_api_key", "basic_auth_password"):
@@ -158,6 +167,38 @@ class _Bars:
     def close(self) -> None:
         for bar in self._bars.values():
             bar.close()
+
+
+def _evaluate(settings: Settings, args) -> int:
+    from PIL import Image
+
+    from .adapters import load_adapter
+    from .datasets import read_yolo_split
+    from .evaluation import evaluate
+
+    names, items = read_yolo_split(args.data, args.split)
+    # Every box counts for AP: keep them down to the model's own floor.
+    adapter = load_adapter(settings.replace(model_weights=args.weights, score_threshold=0.001))
+    if tuple(names) != tuple(adapter.classes):
+        print(f"class names differ: dataset {names}, model {list(adapter.classes)}", file=sys.stderr)
+        return 2
+    predictions = []
+    for start in range(0, len(items), settings.predict_batch_size):
+        batch = items[start : start + settings.predict_batch_size]
+        images = []
+        for item in batch:
+            with Image.open(item.path) as image:
+                images.append(image.convert("RGB"))
+        predictions.extend(adapter.predict(images))
+    metrics = evaluate([item.truth for item in items], predictions, names)
+    print(f"{len(items)} images of '{args.split}', model {adapter.version}")
+    print(f"{'class':<16}{'mAP':>8}{'mAP50':>8}{'VOC07':>8}{'VOC12':>8}")
+    for name, row in metrics["per_class"].items():
+        print(f"{name:<16}{row.get('map', 0):>8.3f}{row.get('map50', 0):>8.3f}{row.get('voc07_ap50', 0):>8.3f}{row.get('voc12_ap50', 0):>8.3f}")
+    print(f"{'all':<16}{metrics['map']:>8.3f}{metrics['map50']:>8.3f}{metrics['voc07_map50']:>8.3f}{metrics['voc12_map50']:>8.3f}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(metrics, indent=2))
+    return 0
 
 
 def _with_bars(job, project: int, settings: Settings):

@@ -118,3 +118,28 @@ def test_concurrent_predicts_from_threads_match_sequential(adapter, scenes):
     for index, det in enumerate(got):
         ref = expected[index % len(images)]
         assert np.allclose(det.xyxy, ref.xyxy) and np.allclose(det.class_probs, ref.class_probs)
+
+
+def test_ale_evaluate_reports_coco_and_voc_metrics(trained_weights, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from label_studio_ale.synthetic import write_yolo_dataset
+
+    write_yolo_dataset(tmp_path, [make_scene(seed) for seed in HELD_OUT_SEEDS], CLASSES, "val")
+    (tmp_path / "data.yaml").write_text("names:\n  0: bird\n  1: nest\n")
+    out = tmp_path / "metrics.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "label_studio_ale.cli", "evaluate", "--weights", str(trained_weights),
+         "--data", str(tmp_path / "data.yaml"), "--out", str(out)],
+        env={"IMAGE_SIZE": str(IMAGE_SIZE), "PATH": "/usr/bin:/bin", "YOLO_CONFIG_DIR": str(tmp_path / "cfg")},
+        capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "VOC07" in run.stdout and run.stdout.strip().splitlines()[-1].startswith("all")
+    metrics = json.loads(out.read_text())
+    assert set(metrics["per_class"]) == set(CLASSES)
+    # the tiny model learned the generated shapes: high AP50, lower strict COCO mAP
+    assert metrics["map50"] > 0.8 and metrics["voc12_map50"] > 0.8 and metrics["voc07_map50"] > 0.8
+    assert metrics["map"] < metrics["map50"]
