@@ -1,0 +1,104 @@
+"""Model versions on disk: MODEL_DIR/<project>/<version>/ and an atomically switched pointer.
+
+A version directory holds the weights, `classes.json`, `metrics.json` and
+`manifest.json`. It is written under a temporary name and renamed into place
+only when complete, and `current` (a one-line file naming the served version)
+is replaced with `os.replace`: a crash at any moment leaves `current` naming a
+complete version, or no version at all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+CURRENT = "current"
+WEIGHTS = "weights.pt"
+_VERSION_NAME = re.compile(r"^v\d{4,}$")
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    name: str
+    path: Path
+    classes: tuple[str, ...]
+    metrics: dict
+    manifest: dict
+
+    @property
+    def weights(self) -> Path:
+        return self.path / WEIGHTS
+
+
+class ModelStore:
+    def __init__(self, root: str | Path, project: int):
+        if not isinstance(project, int) or project < 0:
+            raise ValueError(f"project must be a non-negative integer id, got {project!r}")
+        self.dir = Path(root) / str(project)
+
+    def versions(self) -> list[ModelVersion]:
+        """Complete versions, oldest first."""
+        if not self.dir.is_dir():
+            return []
+        names = sorted(p.name for p in self.dir.iterdir() if p.is_dir() and _VERSION_NAME.match(p.name))
+        return [self.get(name) for name in names]
+
+    def get(self, name: str) -> ModelVersion:
+        if not _VERSION_NAME.match(name or ""):
+            raise ValueError(f"not a version name: {name!r}")
+        path = self.dir / name
+        try:
+            classes = tuple(json.loads((path / "classes.json").read_text()))
+            metrics = json.loads((path / "metrics.json").read_text())
+            manifest = json.loads((path / "manifest.json").read_text())
+        except FileNotFoundError:
+            raise LookupError(f"model version {name} of {self.dir} is missing or incomplete") from None
+        return ModelVersion(name, path, classes, metrics, manifest)
+
+    def current(self) -> ModelVersion | None:
+        pointer = self.dir / CURRENT
+        if not pointer.exists():
+            return None
+        return self.get(pointer.read_text().strip())
+
+    def add(self, weights: str | Path, classes, metrics: dict, manifest: dict) -> ModelVersion:
+        """Copy `weights` in as a new complete version (not yet current)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".incoming-", dir=self.dir))
+        try:
+            shutil.copyfile(weights, staging / WEIGHTS)
+            (staging / "classes.json").write_text(json.dumps(list(classes)))
+            (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
+            (staging / "manifest.json").write_text(json.dumps(manifest | {"created": time.time()}, indent=2))
+            for _ in range(100):  # another writer may take the same number: try the next
+                name = self._next_name()
+                try:
+                    os.rename(staging, self.dir / name)
+                    return self.get(name)
+                except OSError:
+                    if not (self.dir / name).exists():
+                        raise
+            raise RuntimeError(f"could not allocate a version name in {self.dir}")
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+
+    def promote(self, name: str) -> None:
+        """Make `name` the served version, atomically."""
+        self.get(name)  # must be complete
+        handle, temp = tempfile.mkstemp(prefix=".current-", dir=self.dir)
+        with os.fdopen(handle, "w") as f:
+            f.write(name + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, self.dir / CURRENT)
+
+    def _next_name(self) -> str:
+        numbers = [int(p.name[1:]) for p in self.dir.iterdir() if _VERSION_NAME.match(p.name)] if self.dir.is_dir() else []
+        return f"v{max(numbers, default=0) + 1:04d}"

@@ -1,0 +1,70 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from label_studio_ale.model_store import ModelStore
+
+
+@pytest.fixture
+def weights(tmp_path):
+    path = tmp_path / "best.pt"
+    path.write_bytes(b"weights-bytes")
+    return path
+
+
+def test_versions_are_numbered_complete_and_promoted_atomically(tmp_path, weights):
+    store = ModelStore(tmp_path / "models", 7)
+    assert store.versions() == [] and store.current() is None
+    first = store.add(weights, ["bird", "nest"], {"map50": 0.5}, {"epochs": 3})
+    second = store.add(weights, ["bird", "nest", "egg"], {"map50": 0.6}, {"epochs": 3})
+    assert (first.name, second.name) == ("v0001", "v0002")
+    assert store.current() is None  # adding does not serve
+    store.promote(first.name)
+    assert store.current().name == "v0001" and store.current().classes == ("bird", "nest")
+    store.promote(second.name)
+    current = store.current()
+    assert current.name == "v0002" and current.metrics == {"map50": 0.6} and current.weights.read_bytes() == b"weights-bytes"
+    assert [v.name for v in store.versions()] == ["v0001", "v0002"]
+    assert not [p for p in store.dir.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_incomplete_versions_are_invisible_and_never_promoted(tmp_path, weights):
+    store = ModelStore(tmp_path, 1)
+    good = store.add(weights, ["bird"], {}, {})
+    store.promote(good.name)
+    broken = store.dir / "v0002"
+    broken.mkdir()
+    (broken / "weights.pt").write_bytes(b"half")
+    with pytest.raises(LookupError, match="incomplete"):
+        store.promote("v0002")
+    assert store.current().name == good.name
+    with pytest.raises(ValueError, match="not a version name"):
+        store.get("../../etc")
+
+
+def test_a_crash_while_writing_a_version_leaves_the_current_pointer_complete(tmp_path, weights):
+    """Kill a writer midway (SIGKILL in the middle of add): current still names the complete v0001."""
+    store = ModelStore(tmp_path, 3)
+    store.promote(store.add(weights, ["bird"], {"map50": 0.4}, {}).name)
+    big = tmp_path / "big.pt"
+    big.write_bytes(os.urandom(64 * 1024 * 1024))
+    script = (
+        "import os, shutil, sys\n"
+        "from label_studio_ale.model_store import ModelStore\n"
+        "real = shutil.copyfile\n"
+        "def dying_copy(src, dst):\n"
+        "    real(src, dst)\n"
+        "    os.kill(os.getpid(), 9)  # die after the weights, before the metadata\n"
+        "shutil.copyfile = dying_copy\n"
+        f"store = ModelStore({str(tmp_path)!r}, 3)\n"
+        f"v = store.add({str(big)!r}, ['bird'], {{}}, {{}})\n"
+        "store.promote(v.name)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True)
+    assert run.returncode == -9
+    assert store.current().name == "v0001" and store.current().metrics == {"map50": 0.4}
+    assert [v.name for v in store.versions()] == ["v0001"]
+    assert json.loads((store.dir / "v0001" / "classes.json").read_text()) == ["bird"]
