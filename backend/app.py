@@ -18,7 +18,7 @@ from werkzeug.exceptions import HTTPException, NotFound
 from . import __version__
 from .adapters import Adapter, load_adapter
 from .errors import AdapterError, AleError, PayloadError
-from .jobqueue import QUEUE_PREDICT, QUEUE_SYNC, make_job_queue
+from .jobqueue import ACTIVE, QUEUE_PREDICT, QUEUE_SYNC, QUEUE_TRAIN, make_job_queue
 from .ls_client import LabelStudioClient
 from .ls_format import match_labels, parse_label_config
 from .media import MediaFetcher
@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 #: Largest request body accepted; a /predict for thousands of tasks is far below it.
 MAX_REQUEST_BYTES = 16 * 1024 * 1024
 START_TRAINING = "START_TRAINING"
+#: How long Redis remembers a project's latest train job for deduplication.
+JOB_MEMORY_SECONDS = 24 * 60 * 60
 TASKS_CREATED = "TASKS_CREATED"
 
 
@@ -127,6 +129,11 @@ def create_app(
             job_queue = make_job_queue(runtime)
         return job_queue
 
+    training_jobs: dict[int, str] = {}  # embedded mode: project -> latest train job
+
+    def _adapter(project: str | None) -> Adapter:
+        return runtime.adapter_for(int(project)) if project and project.isdigit() else holder.get()
+
     app.extensions["ale"] = {"settings": settings, "model": holder, "metrics": metrics, "runtime": runtime, "jobs": jobs}
     if warm:
         holder.warm()
@@ -157,9 +164,9 @@ def create_app(
         body = _json_object()
         schema = body.get("schema")
         config = parse_label_config(schema)
-        adapter = holder.get()
-        match_labels(adapter.classes, config)
         project = _project_id(body.get("project"))
+        adapter = _adapter(project)
+        match_labels(adapter.classes, config)
         if project:
             label_configs[project] = schema
             if runtime.redis is not None and project.isdigit():
@@ -177,7 +184,7 @@ def create_app(
         label_config = body.get("label_config") or label_configs.get(_project_id(body.get("project")) or "")
         if not label_config:
             raise PayloadError("'label_config' is missing: send the project's label config, or call /setup first")
-        adapter = holder.get()
+        adapter = _adapter(_project_id(body.get("project")))
         outcome = Predictor(settings, adapter, fetcher).predict_tasks(tasks, label_config)
         metrics.add(
             predict_requests=1,
@@ -199,12 +206,22 @@ def create_app(
             raise PayloadError("'action' is missing: Label Studio webhooks send e.g. {\"action\": \"ANNOTATION_CREATED\"}")
         metrics.add(webhooks=1)
         if action == START_TRAINING:
-            response = jsonify(
-                error="training is not available in this version of the backend; "
-                "annotations are kept in Label Studio and will be used once training is enabled",
-                action=action,
-            )
-            response.status_code = 501
+            from .training import train_project
+
+            project = _project_from_event(body)
+            # One training per project: a second press returns the running job.
+            with runtime.lock(f"train-enqueue:{project}", wait=5):
+                running = training_jobs.get(project) if runtime.redis is None else runtime.redis.get(f"ale:train:{project}")
+                running = running.decode() if isinstance(running, bytes) else running
+                info = jobs().info(running) if running else None
+                if info is not None and info.status in ACTIVE:
+                    return jsonify(status="already training", action=action, job=running)
+                job_id = jobs().enqueue(QUEUE_TRAIN, train_project, project)
+                training_jobs[project] = job_id
+                if runtime.redis is not None:
+                    runtime.redis.set(f"ale:train:{project}", job_id, ex=JOB_MEMORY_SECONDS)
+            response = jsonify(status="queued", action=action, job=job_id)
+            response.status_code = 201
             return response
         if action == TASKS_CREATED:
             from .jobs import predict_pool, sync_priorities
@@ -227,6 +244,20 @@ def create_app(
 
     @app.get("/versions")
     def versions():
+        project = request.args.get("project", type=int)
+        if project is not None:
+            from .model_store import ModelStore
+
+            store = ModelStore(settings.model_dir, project)
+            served = store.current()
+            return jsonify(
+                versions=[v.name for v in store.versions()],
+                current=served.name if served else None,
+                details=[
+                    {"version": v.name, "metrics": v.metrics, "manifest": v.manifest, "classes": list(v.classes)}
+                    for v in store.versions()
+                ],
+            )
         try:
             current = [holder.get().version]
         except AleError:

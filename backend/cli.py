@@ -31,8 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="request threads per process")
     serve.add_argument("--timeout", type=int, default=DEFAULT_TIMEOUT, help="seconds before a stuck request is killed")
 
-    worker = commands.add_parser("worker", help="run an rq worker for the predict and sync queues (needs REDIS_URL)")
-    worker.add_argument("--queues", default="predict,sync", help="comma-separated queue names, in priority order")
+    worker = commands.add_parser("worker", help="run an rq worker for the train, predict and sync queues (needs REDIS_URL)")
+    worker.add_argument(
+        "--queues", default="train,predict,sync", help="comma-separated queue names, in priority order (a GPU box: train)"
+    )
     worker.add_argument("--burst", action="store_true", help="exit when the queues are empty")
 
     commands.add_parser("cron", help="enqueue the priority sync every SYNC_INTERVAL seconds (rq cron; needs REDIS_URL)")
@@ -52,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--data", required=True, help="dataset yaml (ultralytics layout: images/<split>, labels/<split>)")
     evaluate.add_argument("--split", default="val")
     evaluate.add_argument("--out", help="also write the metrics as JSON here")
+
+    models = commands.add_parser("models", help="list a project's model versions with their metrics")
+    models.add_argument("--project", type=int, required=True)
+    models.add_argument("--plot", help="also draw mAP per version into this PNG")
 
     commands.add_parser("config", help="print the effective settings (secrets hidden)")
     commands.add_parser("adapters", help="list installed model adapters")
@@ -78,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         return _jobs(settings, args)
     if args.command == "evaluate":
         return _evaluate(settings, args)
+    if args.command == "models":
+        return _models(settings, args)
     if args.command == "config":
         shown = {k: (str(v) if not isinstance(v, tuple) else list(v)) for k, v in asdict(settings).items()}
         for secret in ("label_studio_api_key", "basic_auth_password"):
@@ -198,6 +206,42 @@ def _evaluate(settings: Settings, args) -> int:
     print(f"{'all':<16}{metrics['map']:>8.3f}{metrics['map50']:>8.3f}{metrics['voc07_map50']:>8.3f}{metrics['voc12_map50']:>8.3f}")
     if args.out:
         Path(args.out).write_text(json.dumps(metrics, indent=2))
+    return 0
+
+
+def _models(settings: Settings, args) -> int:
+    from .model_store import ModelStore
+
+    store = ModelStore(settings.model_dir, args.project)
+    versions = store.versions()
+    current = store.current()
+    if not versions:
+        print(f"project {args.project} has no trained versions in {store.dir}")
+        return 0
+    print(f"{'version':<9}{'served':>7}{'mAP':>8}{'mAP50':>8}{'VOC07':>8}{'VOC12':>8}{'train':>7}{'val':>5}  classes")
+    for v in versions:
+        m, served = v.metrics, "*" if current and current.name == v.name else ""
+        print(
+            f"{v.name:<9}{served:>7}{m.get('map', 0):>8.3f}{m.get('map50', 0):>8.3f}{m.get('voc07_map50', 0):>8.3f}"
+            f"{m.get('voc12_map50', 0):>8.3f}{v.manifest.get('train_images', 0):>7}{v.manifest.get('val_images', 0):>5}  {','.join(v.classes)}"
+        )
+    if args.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        names = [v.name for v in versions]
+        figure, axes = plt.subplots(figsize=(6, 3.5))
+        for key, label in (("map", "COCO mAP@[.5:.95]"), ("map50", "mAP50"), ("voc07_map50", "VOC07 AP50")):
+            axes.plot(names, [v.metrics.get(key, 0) for v in versions], marker="o", label=label)
+        axes.set_ylim(0, 1)
+        axes.set_xlabel("model version")
+        axes.set_title(f"project {args.project}")
+        axes.legend()
+        figure.tight_layout()
+        figure.savefig(args.plot, dpi=100)
+        print(f"plot written to {args.plot}")
     return 0
 
 

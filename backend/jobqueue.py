@@ -16,12 +16,15 @@ from typing import Callable
 
 log = logging.getLogger(__name__)
 
+QUEUE_TRAIN = "train"
 QUEUE_PREDICT = "predict"
 QUEUE_SYNC = "sync"
-QUEUES = (QUEUE_PREDICT, QUEUE_SYNC)
+QUEUES = (QUEUE_TRAIN, QUEUE_PREDICT, QUEUE_SYNC)
+#: Jobs in these states still count as "running" for deduplication.
+ACTIVE = ("queued", "started", "scheduled", "deferred")
 #: LS down: retry the sync after 10 s, 30 s, then 90 s.
 SYNC_RETRY_INTERVALS = (10, 30, 90)
-JOB_TIMEOUT = 60 * 60
+JOB_TIMEOUT = 6 * 60 * 60  # training on a CPU takes a while
 
 
 @dataclass

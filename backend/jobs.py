@@ -48,10 +48,11 @@ def predict_pool(project: int, task_ids: list[int] | None = None, *, runtime: Ru
 
 
 def _predict_missing(rt: Runtime, project: int, config, tasks: list[TaskRef], progress: Progress) -> dict:
-    version = rt.adapter.version
+    adapter = rt.adapter_for(project)
+    version = adapter.version
     stored = rt.store.get_many(project, version)
     missing = [t for t in tasks if t.id not in stored or stored[t.id].error is not None]
-    predictor = Predictor(rt.settings, rt.adapter, MediaFetcher(rt.settings, rt.ls))
+    predictor = Predictor(rt.settings, adapter, MediaFetcher(rt.settings, rt.ls))
     failed = 0
     progress("predict", 0, len(missing))
     for start in range(0, len(missing), PREDICT_CHUNK):
@@ -74,9 +75,9 @@ def _predict_missing(rt: Runtime, project: int, config, tasks: list[TaskRef], pr
 
 def rank_pool(rt: Runtime, project: int, tasks: list[TaskRef]) -> dict:
     """Score and order the stored detections of `tasks`. Returns arrays aligned with `tasks`."""
-    version = rt.adapter.version
-    stored = rt.store.get_many(project, version, [t.id for t in tasks])
-    num_classes = len(rt.adapter.classes)
+    adapter = rt.adapter_for(project)
+    stored = rt.store.get_many(project, adapter.version, [t.id for t in tasks])
+    num_classes = len(adapter.classes)
     detections, hashes, usable = [], [], []
     for task in tasks:
         item = stored.get(task.id)
@@ -88,7 +89,7 @@ def rank_pool(rt: Runtime, project: int, tasks: list[TaskRef]) -> dict:
     usefulness = policy.usefulness(detections) if tasks else np.zeros(0)
     # Images that could not be fetched or decoded go to the very end of the queue.
     usefulness = np.where(np.array(usable, dtype=bool), usefulness, -np.inf) if tasks else usefulness
-    order = select_order(usefulness, np.array([t.id for t in tasks]), detections, hashes, _extras(rt))
+    order = select_order(usefulness, np.array([t.id for t in tasks]), detections, hashes, _extras(rt, adapter.classes))
     return {"policy": policy.name, "detections": detections, "usefulness": usefulness, "order": order, "usable": usable}
 
 
@@ -160,7 +161,8 @@ def _sync(rt: Runtime, project: int, progress: Progress) -> dict:
 
     info = rt.ls.project(project)
     config = parse_label_config(info.label_config)
-    label_map = match_labels(rt.adapter.classes, config)
+    adapter = rt.adapter_for(project)
+    label_map = match_labels(adapter.classes, config)
     tasks = list(rt.ls.unlabeled_tasks(project))
     previous = [v for v in _versions(rt, project) if v.startswith(SYNC_VERSION_PREFIX)]
     phase_done("list")
@@ -170,7 +172,7 @@ def _sync(rt: Runtime, project: int, progress: Progress) -> dict:
     scores = ls_scores(ranked["order"])
     phase_done("score")
 
-    version = f"{SYNC_VERSION_PREFIX}{rt.adapter.version}:{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S.%fZ')}"
+    version = f"{SYNC_VERSION_PREFIX}{adapter.version}:{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S.%fZ')}"
     items = [
         {
             "task": task.id,
@@ -246,13 +248,13 @@ def _discard(rt: Runtime, project: int, version: str) -> None:
         log.warning("project %s: could not remove partial version %s yet", project, version)
 
 
-def _extras(rt: Runtime) -> BatchExtras:
+def _extras(rt: Runtime, model_classes) -> BatchExtras:
     s = rt.settings
-    classes = {name.lower(): i for i, name in enumerate(rt.adapter.classes)}
+    classes = {name.lower(): i for i, name in enumerate(model_classes)}
     balance = {}
     for name, share in s.class_balance:
         if name.lower() not in classes:
-            raise ValueError(f"CLASS_BALANCE names {name!r}, which is not a model class ({', '.join(rt.adapter.classes)})")
+            raise ValueError(f"CLASS_BALANCE names {name!r}, which is not a model class ({', '.join(model_classes)})")
         balance[classes[name.lower()]] = share
     return BatchExtras(
         batch_size=s.sync_batch_size,

@@ -69,6 +69,14 @@ class LabelStudioClient:
             if not task.is_labeled:
                 yield TaskRef(task.id, dict(task.data or {}))
 
+    def annotated_tasks(self, project_id: int) -> Iterator[tuple[TaskRef, list[dict]]]:
+        """Tasks with at least one submitted (not skipped) annotation, with the latest one's result."""
+        for task in self.sdk.tasks.list(project=project_id, fields="all", page_size=TASK_PAGE_SIZE):
+            kept = [a for a in (task.annotations or []) if not a.get("was_cancelled")]
+            if kept:
+                latest = max(kept, key=lambda a: (a.get("updated_at") or "", a.get("id") or 0))
+                yield TaskRef(task.id, dict(task.data or {})), list(latest.get("result") or [])
+
     def import_predictions(self, project_id: int, items: list[dict]) -> int:
         """Bulk-create predictions; raises unless LS created every item (it drops invalid ones silently)."""
         response = self.sdk.projects.import_predictions(

@@ -35,6 +35,7 @@ class Runtime:
         self._adapter: Adapter | None = None
         self._adapter_lock = threading.Lock()
         self._local_locks: dict[str, threading.Lock] = {}
+        self._project_adapters: dict[int, tuple[str, Adapter]] = {}
         self.redis = redis
         if self.redis is None and settings.redis_url:
             from redis import Redis
@@ -61,6 +62,23 @@ class Runtime:
                 if self._adapter is None:
                     self._adapter = self._adapter_factory()
         return self._adapter
+
+    def adapter_for(self, project: int | None) -> Adapter:
+        """The model serving `project`: its current trained version if it has one, else the configured one."""
+        if project is None:
+            return self.adapter
+        from .model_store import ModelStore
+
+        version = ModelStore(self.settings.model_dir, int(project)).current()
+        if version is None:
+            return self.adapter
+        with self._adapter_lock:
+            cached = self._project_adapters.get(project)
+            if cached is None or cached[0] != version.name:
+                adapter = load_adapter(self.settings.replace(model_weights=str(version.weights), model_classes=()))
+                adapter.version = version.name  # LS shows the store's version name
+                self._project_adapters[project] = cached = (version.name, adapter)
+        return cached[1]
 
     @contextmanager
     def lock(self, name: str, wait: float = 0.0) -> Iterator[bool]:

@@ -35,6 +35,11 @@ DEFAULT_SYNC_BATCH_SIZE = 50
 # small ones (10,000 predictions: 9 s in one request, 62 s in chunks of 500).
 DEFAULT_IMPORT_CHUNK_SIZE = 10_000
 
+DEFAULT_BASE_MODEL = "yolov5n.yaml"
+DEFAULT_TRAIN_EPOCHS = 30
+DEFAULT_TRAIN_BATCH = 16
+PROMOTION_POLICIES = ("if-not-worse", "always")
+
 NMS_METRICS = ("iou", "iomin")
 
 
@@ -74,6 +79,10 @@ class Settings:
     class_balance: tuple[tuple[str, float], ...] = ()
     duplicate_distance: int = -1
     import_chunk_size: int = DEFAULT_IMPORT_CHUNK_SIZE
+    base_model: str = DEFAULT_BASE_MODEL
+    train_epochs: int = DEFAULT_TRAIN_EPOCHS
+    train_batch: int = DEFAULT_TRAIN_BATCH
+    promotion: str = PROMOTION_POLICIES[0]
 
     def __post_init__(self) -> None:
         if self.nms_metric not in NMS_METRICS:
@@ -98,6 +107,11 @@ class Settings:
             ("SYNC_BATCH_SIZE", self.sync_batch_size),
             ("IMPORT_CHUNK_SIZE", self.import_chunk_size),
         ):
+            if value <= 0:
+                raise ConfigError(name, f"must be a positive number, got {value}")
+        if self.promotion not in PROMOTION_POLICIES:
+            raise ConfigError("PROMOTION", f"must be one of {', '.join(PROMOTION_POLICIES)}, got {self.promotion!r}")
+        for name, value in (("TRAIN_EPOCHS", self.train_epochs), ("TRAIN_BATCH", self.train_batch)):
             if value <= 0:
                 raise ConfigError(name, f"must be a positive number, got {value}")
         if self.duplicate_distance < -1 or self.duplicate_distance > 64:
@@ -191,4 +205,8 @@ ENV_VARS = {
     "CLASS_BALANCE": ("class_balance", _shares),
     "DUPLICATE_DISTANCE": ("duplicate_distance", int),
     "IMPORT_CHUNK_SIZE": ("import_chunk_size", int),
+    "BASE_MODEL": ("base_model", str),
+    "TRAIN_EPOCHS": ("train_epochs", int),
+    "TRAIN_BATCH": ("train_batch", int),
+    "PROMOTION": ("promotion", str.lower),
 }

@@ -89,13 +89,13 @@ def test_predict_uses_label_config_from_setup_when_request_has_none(adapter):
     assert response.status_code == 200 and response.get_json()["results"] == []
 
 
-def test_webhook_acknowledges_events_and_refuses_training_for_now(adapter):
+def test_webhook_acknowledges_events_and_never_trains_on_project_updates(adapter):
     client = make_client(adapter)
     for action in ("PROJECT_UPDATED", "ANNOTATION_CREATED", "ANNOTATIONS_DELETED", "ANNOTATION_UPDATED"):
         response = client.post("/webhook", json={"action": action, "project": {"id": 1}})
         assert response.status_code == 200 and response.get_json() == {"status": "ignored", "action": action}
-    response = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 1}})
-    assert response.status_code == 501 and "training is not available" in response.get_json()["error"]
+    response = client.post("/webhook", json={"action": "START_TRAINING", "project": {"title": "no id"}})
+    assert response.status_code == 400 and "no project id" in response.get_json()["error"]
     assert client.post("/webhook", json={"project": {}}).status_code == 400
     response = client.post("/webhook", json={"action": "TASKS_CREATED", "project": "nope"})
     assert response.status_code == 400 and "no project id" in response.get_json()["error"]

@@ -45,6 +45,10 @@ def test_every_variable_is_read():
         "CLASS_BALANCE": "bird=0.7, nest=0.3",
         "DUPLICATE_DISTANCE": "4",
         "IMPORT_CHUNK_SIZE": "100",
+        "BASE_MODEL": "yolov5s.yaml",
+        "TRAIN_EPOCHS": "5",
+        "TRAIN_BATCH": "8",
+        "PROMOTION": "Always",
     }
     assert set(env) == set(ENV_VARS)
     s = Settings.from_env(env)
@@ -75,6 +79,8 @@ def test_secrets_are_not_in_repr():
         ({"CLASS_BALANCE": "bird"}, "CLASS_BALANCE"),
         ({"SYNC_PROJECTS": "one"}, "SYNC_PROJECTS"),
         ({"DUPLICATE_DISTANCE": "-5"}, "DUPLICATE_DISTANCE"),
+        ({"PROMOTION": "sometimes"}, "PROMOTION"),
+        ({"TRAIN_EPOCHS": "0"}, "TRAIN_EPOCHS"),
     ],
 )
 def test_bad_values_name_the_variable(env, field):

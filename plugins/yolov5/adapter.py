@@ -184,8 +184,12 @@ def train_yolo(
     batch: int = 16,
     device: str = "cpu",
     seed: int = 0,
+    on_epoch=None,
 ) -> Path:
-    """Fine-tune `base` (.pt or .yaml) on an ultralytics dataset yaml. Returns the best weights path."""
+    """Fine-tune `base` (.pt or .yaml) on an ultralytics dataset yaml. Returns the best weights path.
+
+    `on_epoch(epoch, epochs, metrics)` is called after each epoch (1-based).
+    """
     import_ultralytics()
     from ultralytics import YOLO
 
@@ -194,6 +198,11 @@ def train_yolo(
         raise AdapterError(f"base weights {base}: no such file (weights are never downloaded)")
     out_dir = Path(out_dir)
     model = YOLO(base)
+    if on_epoch is not None:
+        model.add_callback(
+            "on_fit_epoch_end",
+            lambda trainer: on_epoch(trainer.epoch + 1, trainer.epochs, {k: float(v) for k, v in (trainer.metrics or {}).items()}),
+        )
     model.train(
         data=str(data_yaml),
         epochs=epochs,

@@ -1,0 +1,187 @@
+"""The train job: annotations from Label Studio -> dataset -> fine-tune -> evaluate -> new version.
+
+The validation split is decided per task by a hash of its id, so a task stays
+in the same split across versions and versions are compared on the same images.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+import zlib
+from pathlib import Path
+
+from PIL import Image
+
+from .errors import AleError
+from .evaluation import evaluate
+from .ls_format import parse_label_config, rectangle_to_xyxy, task_image_url
+from .media import MediaFetcher
+from .model_store import ModelStore
+from .runtime import Runtime, current_runtime
+
+log = logging.getLogger(__name__)
+
+#: Share of annotated tasks kept for validation (by task-id hash, stable across versions).
+VAL_PERCENT = 20
+MIN_VAL_TASKS = 1
+MIN_TRAIN_TASKS = 2
+
+
+class TrainingError(AleError):
+    """Training cannot run; the message says why and what to do. The served model is untouched."""
+
+    status = 409
+
+
+def is_validation(task_id: int) -> bool:
+    return zlib.crc32(str(task_id).encode()) % 100 < VAL_PERCENT
+
+
+def train_project(project: int, *, runtime: Runtime | None = None, progress=None, then_sync: bool = True) -> dict:
+    """Train a new version for `project` from its annotations; promote it by PROMOTION; re-sync the queue."""
+    from label_studio_ale_plugins.yolov5 import train_yolo
+
+    rt = runtime or current_runtime()
+    progress = progress or _job_progress
+    settings = rt.settings
+    with rt.lock(f"train:{project}") as acquired:
+        if not acquired:
+            return {"status": "skipped", "reason": "a training of this project is already running"}
+        config = parse_label_config(rt.ls.project(project).label_config)
+        classes = list(config.labels)
+        store = ModelStore(settings.model_dir, project)
+        work = store.dir / f".work-{int(time.time() * 1000)}"
+        try:
+            dataset, counts = _build_dataset(rt, project, config, classes, work)
+            current = store.current()
+            base = str(current.weights) if current is not None and list(current.classes) == classes else settings.base_model
+            progress("train", 0, settings.train_epochs)
+            best = train_yolo(
+                dataset / "data.yaml",
+                base,
+                work / "run",
+                epochs=settings.train_epochs,
+                image_size=settings.image_size,
+                batch=settings.train_batch,
+                device=settings.device,
+                on_epoch=lambda epoch, epochs, metrics: progress("train", epoch, epochs, metrics),
+            )
+            metrics = _evaluate_weights(rt, best, dataset, classes)
+            baseline = _evaluate_weights(rt, current.weights, dataset, classes) if base != settings.base_model else None
+            manifest = {
+                "base": base if base == settings.base_model else current.name,
+                "epochs": settings.train_epochs,
+                "image_size": settings.image_size,
+                "label_config_labels": classes,
+                **counts,
+            }
+            version = store.add(best, classes, metrics, manifest)
+            promote = settings.promotion == "always" or baseline is None or metrics["map50"] >= baseline["map50"]
+            if promote:
+                store.promote(version.name)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    result = {
+        "status": "trained",
+        "version": version.name,
+        "promoted": promote,
+        "metrics": metrics,
+        "previous_metrics_on_same_validation": baseline,
+        **counts,
+    }
+    log.info("project %s: trained %s (promoted: %s) map50 %.3f", project, version.name, promote, metrics["map50"])
+    if promote and then_sync:
+        from .jobs import sync_priorities
+
+        result["sync"] = {k: v for k, v in sync_priorities(project, runtime=rt).items() if k in ("status", "model_version", "tasks")}
+    return result
+
+
+def _build_dataset(rt: Runtime, project: int, config, classes: list[str], work: Path) -> tuple[Path, dict]:
+    """Write an ultralytics dataset of the annotated tasks. Images are cached per task across runs."""
+    cache = ModelStore(rt.settings.model_dir, project).dir / "images"
+    cache.mkdir(parents=True, exist_ok=True)
+    fetcher = MediaFetcher(rt.settings, rt.ls)
+    counts = {"train_images": 0, "val_images": 0, "boxes": 0, "skipped_images": 0, "skipped_boxes": 0}
+    for split in ("train", "val"):
+        (work / "images" / split).mkdir(parents=True, exist_ok=True)
+        (work / "labels" / split).mkdir(parents=True, exist_ok=True)
+    for task, result in rt.ls.annotated_tasks(project):
+        cached = cache / f"{task.id}.png"
+        try:
+            if not cached.exists():
+                image = fetcher.fetch(task_image_url({"id": task.id, "data": task.data}, config))
+                image.save(cached.with_suffix(".tmp.png"))
+                cached.with_suffix(".tmp.png").replace(cached)
+            with Image.open(cached) as image:
+                width, height = image.size
+        except AleError as exc:
+            log.warning("project %s task %s: image skipped for training: %s", project, task.id, exc)
+            counts["skipped_images"] += 1
+            continue
+        lines = []
+        for region in result:
+            if region.get("type") != "rectanglelabels" or region.get("from_name") != config.from_name:
+                continue
+            try:
+                box, label = rectangle_to_xyxy(region, (width, height))
+            except AleError:
+                counts["skipped_boxes"] += 1
+                continue
+            if label not in classes:
+                counts["skipped_boxes"] += 1
+                continue
+            x1, y1, x2, y2 = (min(max(v, 0.0), limit) for v, limit in zip(box, (width, height, width, height)))
+            if x2 <= x1 or y2 <= y1:
+                counts["skipped_boxes"] += 1
+                continue
+            cx, cy, w, h = (x1 + x2) / 2 / width, (y1 + y2) / 2 / height, (x2 - x1) / width, (y2 - y1) / height
+            lines.append(f"{classes.index(label)} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}")
+        split = "val" if is_validation(task.id) else "train"
+        shutil.copyfile(cached, work / "images" / split / f"{task.id}.png")
+        (work / "labels" / split / f"{task.id}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
+        counts[f"{split}_images"] += 1
+        counts["boxes"] += len(lines)
+    if counts["train_images"] + counts["val_images"] == 0:
+        raise TrainingError(f"project {project} has no annotations yet: label some images in Label Studio, then press Start Training")
+    if counts["val_images"] < MIN_VAL_TASKS or counts["train_images"] < MIN_TRAIN_TASKS:
+        raise TrainingError(
+            f"project {project} has {counts['train_images']} training and {counts['val_images']} validation images; "
+            f"annotate more images (about 1 in {100 // VAL_PERCENT} goes to validation) and try again"
+        )
+    names = "".join(f"  {i}: {name}\n" for i, name in enumerate(classes))
+    (work / "data.yaml").write_text(f"path: {work}\ntrain: images/train\nval: images/val\nnames:\n{names}")
+    return work, counts
+
+
+def _evaluate_weights(rt: Runtime, weights, dataset: Path, classes: list[str]) -> dict:
+    from .adapters import load_adapter
+    from .datasets import read_yolo_split
+
+    names, items = read_yolo_split(dataset / "data.yaml", "val")
+    adapter = load_adapter(rt.settings.replace(model_weights=str(weights), model_classes=(), score_threshold=0.001))
+    predictions = []
+    for start in range(0, len(items), rt.settings.predict_batch_size):
+        batch = items[start : start + rt.settings.predict_batch_size]
+        images = []
+        for item in batch:
+            with Image.open(item.path) as image:
+                images.append(image.convert("RGB"))
+        predictions.extend(adapter.predict(images))
+    truths = [item.truth for item in items]
+    if not any(len(t.labels) for t in truths):
+        return {"map": 0.0, "map50": 0.0, "map75": 0.0, "voc07_map50": 0.0, "voc12_map50": 0.0, "per_class": {}}
+    return evaluate(truths, predictions, names)
+
+
+def _job_progress(phase: str, done: int, total: int, metrics: dict | None = None) -> None:
+    try:
+        from rq import get_current_job
+    except ImportError:
+        return
+    job = get_current_job()
+    if job is not None:
+        job.meta["progress"] = {"phase": phase, "done": done, "total": total, "metrics": metrics or {}}
+        job.save_meta()

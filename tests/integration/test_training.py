@@ -1,0 +1,155 @@
+"""Start Training end to end: real LS 1.23.2 presses the button, a real rq worker trains, evaluates,
+versions the model and re-syncs the queue."""
+
+import time
+
+import httpx
+import pytest
+from redis import Redis
+from rq import Queue
+
+from label_studio_ale.jobqueue import QUEUE_TRAIN, RedisJobQueue
+from label_studio_ale.model_store import ModelStore
+from label_studio_ale.synthetic import make_scene
+from tests.support.backend import run_backend, run_worker
+from tests.support.models import IMAGE_SIZE
+from tests.support.projects import create_project
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+SCENE = {"max_objects": 3}
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("trained-models")
+
+
+@pytest.fixture(scope="module")
+def env(label_studio, redis_server, trained_weights, model_dir):
+    return {
+        "REDIS_URL": redis_server.url,
+        "LABEL_STUDIO_URL": label_studio.url,
+        "LABEL_STUDIO_API_KEY": label_studio.token,
+        "MODEL_WEIGHTS": str(trained_weights),  # served until a project has its own version
+        "MODEL_DIR": str(model_dir),
+        "IMAGE_SIZE": str(IMAGE_SIZE),
+        "BASE_MODEL": "yolov5n.yaml",
+        "TRAIN_EPOCHS": "3",
+        "TRAIN_BATCH": "8",
+    }
+
+
+@pytest.fixture(scope="module")
+def services(env, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("training-services")
+    with run_backend(env, workdir) as backend, run_worker(env, workdir, queues="train,predict,sync"):
+        yield backend
+
+
+def annotate(ls, task_id, scene, cancelled=False):
+    width, height = scene.image.size
+    result = [
+        {
+            "from_name": "label",
+            "to_name": "image",
+            "type": "rectanglelabels",
+            "original_width": width,
+            "original_height": height,
+            "value": {
+                "x": 100 * x1 / width,
+                "y": 100 * y1 / height,
+                "width": 100 * (x2 - x1) / width,
+                "height": 100 * (y2 - y1) / height,
+                "rotation": 0,
+                "rectanglelabels": [("bird", "nest")[label]],
+            },
+        }
+        for (x1, y1, x2, y2), label in zip(scene.xyxy, scene.labels)
+    ]
+    ls.annotations.create(id=task_id, result=[] if cancelled else result, was_cancelled=cancelled)
+
+
+def train_jobs_for(redis_url, project):
+    queue = Queue(QUEUE_TRAIN, connection=Redis.from_url(redis_url))
+    ids = set(queue.get_job_ids()) | set(queue.started_job_registry.get_job_ids())
+    ids |= set(queue.finished_job_registry.get_job_ids()) | set(queue.failed_job_registry.get_job_ids())
+    return [job for job in queue.job_class.fetch_many(list(ids), connection=queue.connection) if job and job.args[0] == project]
+
+
+def test_start_training_from_label_studio_trains_versions_and_resyncs(ls_sdk, services, env, model_dir, redis_server):
+    seeds = list(range(50_000, 50_020))
+    project, task_ids = create_project(ls_sdk, seeds, "start training", **SCENE)
+    scenes = dict(zip(task_ids, (make_scene(seed, **SCENE) for seed in seeds)))
+    annotated = task_ids[:14]
+    for task_id in annotated:
+        annotate(ls_sdk, task_id, scenes[task_id])
+    annotate(ls_sdk, task_ids[14], scenes[task_ids[14]], cancelled=True)  # a skip: not training data
+
+    ml = ls_sdk.ml.create(project=project, url=services, title="ale")
+    # Two presses of Start Training in a row: one job.
+    ls_sdk.ml.train(id=ml.id)
+    ls_sdk.ml.train(id=ml.id)
+    jobs = train_jobs_for(redis_server.url, project)
+    assert len(jobs) == 1
+
+    store = ModelStore(model_dir, project)
+    deadline = time.monotonic() + 300
+    while store.current() is None:
+        job = jobs[0]
+        job.refresh()
+        assert job.get_status() != "failed", job.latest_result().exc_string if job.latest_result() else "failed"
+        assert time.monotonic() < deadline, "training did not produce a version"
+        time.sleep(1)
+    version = store.current()
+    assert version.name == "v0001" and version.classes == ("bird", "nest")
+    assert version.manifest["train_images"] + version.manifest["val_images"] == len(annotated)
+    assert version.manifest["val_images"] >= 1 and version.manifest["boxes"] > len(annotated)
+
+    # /versions lists it with its metrics (COCO and VOC, per class).
+    listed = httpx.get(f"{services}/versions", params={"project": project}, timeout=10).json()
+    assert listed["versions"] == ["v0001"] and listed["current"] == "v0001"
+    metrics = listed["details"][0]["metrics"]
+    for key in ("map", "map50", "map75", "voc07_map50", "voc12_map50", "per_class"):
+        assert key in metrics
+    assert 0.0 <= metrics["map"] <= metrics["map50"] <= 1.0
+
+    # The job ends by re-syncing: LS now ranks the unlabeled tasks with the new model's predictions.
+    jobs[0].refresh()
+    deadline = time.monotonic() + 120
+    while jobs[0].get_status() != "finished":
+        assert time.monotonic() < deadline, "train job did not finish"
+        time.sleep(0.5)
+        jobs[0].refresh()
+    assert jobs[0].return_value()["sync"]["status"] == "synced"
+    served = ls_sdk.projects.get(id=project).model_version
+    assert served.startswith("ale:v0001:")
+    unlabeled = set(task_ids) - set(annotated)
+    refreshed = {p.task for p in ls_sdk.predictions.list(project=project) if p.model_version == served}
+    assert refreshed == unlabeled
+    # and /predict for this project now answers with the trained version
+    response = httpx.post(
+        f"{services}/predict",
+        json={"project": f"{project}.1", "tasks": [{"id": task_ids[-1], "data": ls_sdk.tasks.get(id=task_ids[-1]).data}],
+              "label_config": ls_sdk.projects.get(id=project).label_config},
+        timeout=60,
+    )
+    assert response.json()["model_version"] == "v0001"
+
+
+def test_training_without_annotations_fails_readably_and_keeps_serving(ls_sdk, services, redis_server, model_dir):
+    project, _ = create_project(ls_sdk, range(51_000, 51_003), "nothing labelled", **SCENE)
+    response = httpx.post(f"{services}/webhook", json={"action": "START_TRAINING", "project": {"id": project}}, timeout=5)
+    assert response.status_code == 201
+    job_id = response.json()["job"]
+    jobs = RedisJobQueue(Redis.from_url(redis_server.url))
+    deadline = time.monotonic() + 120
+    while (info := jobs.info(job_id)).status not in ("failed", "finished"):
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    assert info.status == "failed" and "no annotations yet" in info.error
+    assert ModelStore(model_dir, project).current() is None
+    assert httpx.get(f"{services}/health", timeout=5).json()["status"] == "UP"
+    # a new press is accepted again once the failed job is over
+    again = httpx.post(f"{services}/webhook", json={"action": "START_TRAINING", "project": {"id": project}}, timeout=5)
+    assert again.status_code == 201 and again.json()["job"] != job_id
