@@ -56,7 +56,15 @@ def train_project(project: int, *, runtime: Runtime | None = None, progress=None
         try:
             dataset, counts = _build_dataset(rt, project, config, classes, work)
             current = store.current()
-            base = str(current.weights) if current is not None and list(current.classes) == classes else settings.base_model
+            base, origin = settings.base_model, "base model"
+            if current is not None and list(current.classes) == classes:
+                base, origin = str(current.weights), current.name
+            elif current is not None and set(current.classes) & set(classes):
+                # New (or removed) labels: grow the head, keeping the known classes.
+                from label_studio_ale_plugins.yolov5 import grow_head
+
+                base = str(grow_head(current.weights, classes, work / "grown.pt"))
+                origin = f"{current.name}, head grown to {len(classes)} classes"
             progress("train", 0, settings.train_epochs)
             best = train_yolo(
                 dataset / "data.yaml",
@@ -69,9 +77,10 @@ def train_project(project: int, *, runtime: Runtime | None = None, progress=None
                 on_epoch=lambda epoch, epochs, metrics: progress("train", epoch, epochs, metrics),
             )
             metrics = _evaluate_weights(rt, best, dataset, classes)
-            baseline = _evaluate_weights(rt, current.weights, dataset, classes) if base != settings.base_model else None
+            same_classes = current is not None and list(current.classes) == classes
+            baseline = _evaluate_weights(rt, current.weights, dataset, classes) if same_classes else None
             manifest = {
-                "base": base if base == settings.base_model else current.name,
+                "base": settings.base_model if origin == "base model" else origin,
                 "epochs": settings.train_epochs,
                 "image_size": settings.image_size,
                 "label_config_labels": classes,

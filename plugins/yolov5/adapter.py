@@ -221,3 +221,52 @@ def train_yolo(
     )
     best = Path(model.trainer.best)
     return best if best.is_file() else Path(model.trainer.last)
+
+
+def grow_head(weights: str | Path, classes: list[str] | tuple[str, ...], out: str | Path) -> Path:
+    """Checkpoint for new class names, keeping what the model knows about the ones it had.
+
+    Every parameter is copied from `weights`; in the classification layers
+    (first dimension = number of classes) each class's row moves to its
+    position in `classes`, matched by name, and new classes start from the
+    fresh initialisation. Returns `out`, a checkpoint ultralytics trains from.
+    """
+    import_ultralytics()
+    import torch
+    from ultralytics.nn.tasks import DetectionModel, load_checkpoint
+
+    old, _ = load_checkpoint(str(weights), device="cpu", inplace=True, fuse=False)
+    old = old.float()
+    names = old.names if isinstance(old.names, dict) else dict(enumerate(old.names))
+    old_classes = [str(names[i]) for i in range(len(names))]
+    new = DetectionModel(old.yaml, nc=len(classes), verbose=False)
+    old_state, new_state = old.state_dict(), new.state_dict()
+    moved = [(classes.index(name), old_classes.index(name)) for name in old_classes if name in classes]
+    if not moved:
+        raise AdapterError(f"none of the model's classes ({', '.join(old_classes)}) are in the new classes ({', '.join(classes)})")
+    new_rows = torch.tensor([n for n, _ in moved])
+    old_rows = torch.tensor([o for _, o in moved])
+    for key, value in new_state.items():
+        before = old_state.get(key)
+        if before is None:
+            continue
+        if _is_class_layer(key, new):
+            value = value.clone()
+            value[new_rows] = before[old_rows]
+            new_state[key] = value
+        elif before.shape == value.shape:
+            new_state[key] = before
+    new.load_state_dict(new_state)
+    new.names = dict(enumerate(classes))
+    new.args = getattr(old, "args", {})
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": new, "train_args": {}, "epoch": -1}, out)
+    return out
+
+
+def _is_class_layer(key: str, model) -> bool:
+    """The last conv of each classification branch of the Detect head (cv3.<level>.2)."""
+    import re
+
+    return re.fullmatch(rf"model\.{len(model.model) - 1}\.cv3\.\d+\.2\.(weight|bias)", key) is not None

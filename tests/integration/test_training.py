@@ -1,6 +1,7 @@
 """Start Training end to end: real LS 1.23.2 presses the button, a real rq worker trains, evaluates,
 versions the model and re-syncs the queue."""
 
+import io
 import time
 
 import httpx
@@ -12,8 +13,9 @@ from label_studio_ale.jobqueue import QUEUE_TRAIN, RedisJobQueue
 from label_studio_ale.model_store import ModelStore
 from label_studio_ale.synthetic import make_scene
 from tests.support.backend import run_backend, run_worker
-from tests.support.models import IMAGE_SIZE
-from tests.support.projects import create_project
+from tests.support.label_studio import upload_images
+from tests.support.models import HELD_OUT_SEEDS, IMAGE_SIZE
+from tests.support.projects import LABEL_CONFIG, create_project
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -34,7 +36,8 @@ def env(label_studio, redis_server, trained_weights, model_dir):
         "MODEL_WEIGHTS": str(trained_weights),  # served until a project has its own version
         "MODEL_DIR": str(model_dir),
         "IMAGE_SIZE": str(IMAGE_SIZE),
-        "BASE_MODEL": "yolov5n.yaml",
+        # first versions fine-tune the tiny pre-trained bird/nest detector
+        "BASE_MODEL": str(trained_weights),
         "TRAIN_EPOCHS": "3",
         "TRAIN_BATCH": "8",
     }
@@ -47,7 +50,7 @@ def services(env, tmp_path_factory):
         yield backend
 
 
-def annotate(ls, task_id, scene, cancelled=False):
+def annotate(ls, task_id, scene, cancelled=False, names=("bird", "nest")):
     width, height = scene.image.size
     result = [
         {
@@ -62,7 +65,7 @@ def annotate(ls, task_id, scene, cancelled=False):
                 "width": 100 * (x2 - x1) / width,
                 "height": 100 * (y2 - y1) / height,
                 "rotation": 0,
-                "rectanglelabels": [("bird", "nest")[label]],
+                "rectanglelabels": [names[label]],
             },
         }
         for (x1, y1, x2, y2), label in zip(scene.xyxy, scene.labels)
@@ -153,3 +156,60 @@ def test_training_without_annotations_fails_readably_and_keeps_serving(ls_sdk, s
     # a new press is accepted again once the failed job is over
     again = httpx.post(f"{services}/webhook", json={"action": "START_TRAINING", "project": {"id": project}}, timeout=5)
     assert again.status_code == 201 and again.json()["job"] != job_id
+
+
+def press_and_wait(services, redis_server, project, timeout=300):
+    response = httpx.post(f"{services}/webhook", json={"action": "START_TRAINING", "project": {"id": project}}, timeout=5)
+    assert response.status_code == 201, response.text
+    jobs = RedisJobQueue(Redis.from_url(redis_server.url))
+    deadline = time.monotonic() + timeout
+    while (info := jobs.info(response.json()["job"])).status not in ("failed", "finished"):
+        assert time.monotonic() < deadline, "training did not finish"
+        time.sleep(0.5)
+    assert info.status == "finished", info.error
+    return info.result
+
+
+def test_a_new_label_grows_the_head_and_the_old_classes_keep_working(ls_sdk, services, redis_server, model_dir):
+    from label_studio_ale.boxes import box_iou
+    from label_studio_ale_plugins.yolov5 import YoloV5Adapter
+
+    old_seeds = list(range(52_000, 52_016))
+    project, old_tasks = create_project(ls_sdk, old_seeds, "new species", **SCENE)
+    for task_id, seed in list(zip(old_tasks, old_seeds))[:12]:
+        annotate(ls_sdk, task_id, make_scene(seed, **SCENE))
+    first = press_and_wait(services, redis_server, project)
+    assert first["version"] == "v0001"
+
+    # The ecologists add a species to the label config and label a few images of it.
+    ls_sdk.projects.update(id=project, label_config=LABEL_CONFIG.replace('<Label value="nest"/>', '<Label value="nest"/><Label value="egg"/>'))
+    egg_scenes = [make_scene(seed, num_classes=3, **SCENE) for seed in range(52_100, 52_110)]
+    files = []
+    for seed, scene in zip(range(52_100, 52_110), egg_scenes):
+        buffer = io.BytesIO()
+        scene.image.save(buffer, format="PNG")
+        files.append((f"egg{seed}.png", buffer.getvalue()))
+    egg_tasks = upload_images(ls_sdk, project, files)
+    for task_id, scene in list(zip(egg_tasks, egg_scenes))[:8]:
+        annotate(ls_sdk, task_id, scene, names=("bird", "nest", "egg"))
+
+    second = press_and_wait(services, redis_server, project)
+    version = ModelStore(model_dir, project).get(second["version"])
+    assert version.classes == ("bird", "nest", "egg")
+    assert version.manifest["base"] == "v0001, head grown to 3 classes"
+    assert "egg" in ls_sdk.projects.get(id=project).label_config
+
+    # The grown model still finds the old species on images it never saw.
+    adapter = YoloV5Adapter(version.weights, image_size=IMAGE_SIZE)
+    scenes = [make_scene(seed) for seed in HELD_OUT_SEEDS]
+    found = total = 0
+    for det, scene in zip(adapter.predict([s.image for s in scenes]), scenes):
+        det = det[det.scores >= 0.25]
+        for box, label in zip(scene.xyxy, scene.labels):
+            total += 1
+            if len(det):
+                overlap = box_iou(box[None], det.xyxy)[0]
+                best = int(overlap.argmax())
+                found += bool(overlap[best] >= 0.5 and det.labels[best] == label)
+    assert found / total >= 0.5, f"old classes found {found}/{total}"
+    assert second["sync"]["model_version"].startswith("ale:v0002:")

@@ -143,3 +143,28 @@ def test_ale_evaluate_reports_coco_and_voc_metrics(trained_weights, tmp_path):
     # the tiny model learned the generated shapes: high AP50, lower strict COCO mAP
     assert metrics["map50"] > 0.8 and metrics["voc12_map50"] > 0.8 and metrics["voc07_map50"] > 0.8
     assert metrics["map"] < metrics["map50"]
+
+
+def test_grow_head_keeps_every_known_class_exactly(trained_weights, tmp_path, scenes):
+    """A new label in the middle of the list: the head's outputs for the old classes are unchanged."""
+    import torch
+
+    from label_studio_ale_plugins.yolov5 import grow_head
+
+    grown_path = grow_head(trained_weights, ["bird", "egg", "nest"], tmp_path / "grown.pt")
+    old = YoloV5Adapter(trained_weights, image_size=IMAGE_SIZE)
+    grown = YoloV5Adapter(grown_path, image_size=IMAGE_SIZE)
+    assert grown.classes == ("bird", "egg", "nest")
+    batch = old._letterbox([np.asarray(s.image) for s in scenes[:4]])
+    tensor = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div(255)
+    with torch.inference_mode():
+        before, after = old.model(tensor)[0], grown.model(tensor)[0]  # (B, 4 + nc, anchors)
+    assert after.shape[1] == before.shape[1] + 1
+    assert torch.allclose(after[:, :4], before[:, :4], atol=1e-4)  # boxes
+    assert torch.allclose(after[:, 4], before[:, 4], atol=1e-5)  # bird
+    assert torch.allclose(after[:, 6], before[:, 5], atol=1e-5)  # nest moved one row down
+    # and the served detections still name the old classes
+    labels = {grown.classes[i] for det in grown.predict([s.image for s in scenes[:4]]) for i in det[det.scores > 0.25].labels}
+    assert labels == {"bird", "nest"}
+    with pytest.raises(AdapterError, match="none of the model's classes"):
+        grow_head(trained_weights, ["cat"], tmp_path / "x.pt")
