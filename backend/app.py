@@ -34,6 +34,7 @@ START_TRAINING = "START_TRAINING"
 #: How long Redis remembers a project's latest train job for deduplication.
 JOB_MEMORY_SECONDS = 24 * 60 * 60
 TASKS_CREATED = "TASKS_CREATED"
+ANNOTATION_CREATED = "ANNOTATION_CREATED"
 
 
 class ModelHolder:
@@ -131,6 +132,35 @@ def create_app(
 
     training_jobs: dict[int, str] = {}  # embedded mode: project -> latest train job
 
+    annotation_counts: dict[int, int] = {}  # embedded mode: new annotations since the last auto-training
+
+    def _start_training(project: int) -> tuple[str, bool]:
+        """Enqueue one train job per project. -> (job id, whether a new job was created)."""
+        from .training import train_project
+
+        with runtime.lock(f"train-enqueue:{project}", wait=5):
+            running = training_jobs.get(project) if runtime.redis is None else runtime.redis.get(f"ale:train:{project}")
+            running = running.decode() if isinstance(running, bytes) else running
+            info = jobs().info(running) if running else None
+            if info is not None and info.status in ACTIVE:
+                return running, False
+            job_id = jobs().enqueue(QUEUE_TRAIN, train_project, project)
+            training_jobs[project] = job_id
+            if runtime.redis is not None:
+                runtime.redis.set(f"ale:train:{project}", job_id, ex=JOB_MEMORY_SECONDS)
+            return job_id, True
+
+    def _count_new_annotation(project: int) -> int:
+        if runtime.redis is not None:
+            return int(runtime.redis.incr(f"ale:new-annotations:{project}"))
+        annotation_counts[project] = annotation_counts.get(project, 0) + 1
+        return annotation_counts[project]
+
+    def _reset_annotation_count(project: int) -> None:
+        if runtime.redis is not None:
+            runtime.redis.delete(f"ale:new-annotations:{project}")
+        annotation_counts.pop(project, None)
+
     def _adapter(project: str | None) -> Adapter:
         return runtime.adapter_for(int(project)) if project and project.isdigit() else holder.get()
 
@@ -206,23 +236,17 @@ def create_app(
             raise PayloadError("'action' is missing: Label Studio webhooks send e.g. {\"action\": \"ANNOTATION_CREATED\"}")
         metrics.add(webhooks=1)
         if action == START_TRAINING:
-            from .training import train_project
-
-            project = _project_from_event(body)
-            # One training per project: a second press returns the running job.
-            with runtime.lock(f"train-enqueue:{project}", wait=5):
-                running = training_jobs.get(project) if runtime.redis is None else runtime.redis.get(f"ale:train:{project}")
-                running = running.decode() if isinstance(running, bytes) else running
-                info = jobs().info(running) if running else None
-                if info is not None and info.status in ACTIVE:
-                    return jsonify(status="already training", action=action, job=running)
-                job_id = jobs().enqueue(QUEUE_TRAIN, train_project, project)
-                training_jobs[project] = job_id
-                if runtime.redis is not None:
-                    runtime.redis.set(f"ale:train:{project}", job_id, ex=JOB_MEMORY_SECONDS)
-            response = jsonify(status="queued", action=action, job=job_id)
-            response.status_code = 201
+            job_id, started = _start_training(_project_from_event(body))
+            response = jsonify(status="queued" if started else "already training", action=action, job=job_id)
+            response.status_code = 201 if started else 200
             return response
+        if action == ANNOTATION_CREATED and settings.auto_train_after:
+            project = _project_from_event(body)
+            if _count_new_annotation(project) >= settings.auto_train_after:
+                _reset_annotation_count(project)
+                job_id, started = _start_training(project)
+                return jsonify(status="training" if started else "already training", action=action, job=job_id)
+            return jsonify(status="counted", action=action)
         if action == TASKS_CREATED:
             from .jobs import predict_pool, sync_priorities
 

@@ -83,6 +83,7 @@ class Settings:
     train_epochs: int = DEFAULT_TRAIN_EPOCHS
     train_batch: int = DEFAULT_TRAIN_BATCH
     promotion: str = PROMOTION_POLICIES[0]
+    auto_train_after: int = 0
 
     def __post_init__(self) -> None:
         if self.nms_metric not in NMS_METRICS:
@@ -114,6 +115,8 @@ class Settings:
         for name, value in (("TRAIN_EPOCHS", self.train_epochs), ("TRAIN_BATCH", self.train_batch)):
             if value <= 0:
                 raise ConfigError(name, f"must be a positive number, got {value}")
+        if self.auto_train_after < 0:
+            raise ConfigError("AUTO_TRAIN_AFTER", f"must be 0 (off) or a number of new annotations, got {self.auto_train_after}")
         if self.duplicate_distance < -1 or self.duplicate_distance > 64:
             raise ConfigError("DUPLICATE_DISTANCE", f"must be -1 (off) or 0..64 bits, got {self.duplicate_distance}")
         if any(share < 0 for _, share in self.class_balance):
@@ -209,4 +212,5 @@ ENV_VARS = {
     "TRAIN_EPOCHS": ("train_epochs", int),
     "TRAIN_BATCH": ("train_batch", int),
     "PROMOTION": ("promotion", str.lower),
+    "AUTO_TRAIN_AFTER": ("auto_train_after", int),
 }

@@ -186,11 +186,14 @@ def _evaluate_weights(rt: Runtime, weights, dataset: Path, classes: list[str]) -
 
 
 def _job_progress(phase: str, done: int, total: int, metrics: dict | None = None) -> None:
+    """Inside an rq job: publish progress; the training's own epoch record survives the later sync phases."""
     try:
         from rq import get_current_job
     except ImportError:
         return
     job = get_current_job()
     if job is not None:
-        job.meta["progress"] = {"phase": phase, "done": done, "total": total, "metrics": metrics or {}}
+        job.meta["progress"] = {"phase": phase, "done": done, "total": total}
+        if phase == "train":
+            job.meta["training"] = {"epoch": done, "epochs": total, "metrics": metrics or {}}
         job.save_meta()

@@ -49,6 +49,7 @@ def test_every_variable_is_read():
         "TRAIN_EPOCHS": "5",
         "TRAIN_BATCH": "8",
         "PROMOTION": "Always",
+        "AUTO_TRAIN_AFTER": "25",
     }
     assert set(env) == set(ENV_VARS)
     s = Settings.from_env(env)
@@ -81,6 +82,7 @@ def test_secrets_are_not_in_repr():
         ({"DUPLICATE_DISTANCE": "-5"}, "DUPLICATE_DISTANCE"),
         ({"PROMOTION": "sometimes"}, "PROMOTION"),
         ({"TRAIN_EPOCHS": "0"}, "TRAIN_EPOCHS"),
+        ({"AUTO_TRAIN_AFTER": "-1"}, "AUTO_TRAIN_AFTER"),
     ],
 )
 def test_bad_values_name_the_variable(env, field):

@@ -201,7 +201,10 @@ def train_yolo(
     if on_epoch is not None:
         model.add_callback(
             "on_fit_epoch_end",
-            lambda trainer: on_epoch(trainer.epoch + 1, trainer.epochs, {k: float(v) for k, v in (trainer.metrics or {}).items()}),
+            # the final validation of the best weights reports once more, past the last epoch
+            lambda trainer: on_epoch(
+                min(trainer.epoch + 1, trainer.epochs), trainer.epochs, {k: float(v) for k, v in (trainer.metrics or {}).items()}
+            ),
         )
     model.train(
         data=str(data_yaml),

@@ -40,6 +40,7 @@ def env(label_studio, redis_server, trained_weights, model_dir):
         "BASE_MODEL": str(trained_weights),
         "TRAIN_EPOCHS": "3",
         "TRAIN_BATCH": "8",
+        "AUTO_TRAIN_AFTER": "3",
     }
 
 
@@ -125,6 +126,9 @@ def test_start_training_from_label_studio_trains_versions_and_resyncs(ls_sdk, se
         time.sleep(0.5)
         jobs[0].refresh()
     assert jobs[0].return_value()["sync"]["status"] == "synced"
+    # progress was published per epoch, with the latest training metrics
+    training = jobs[0].meta["training"]
+    assert training["epoch"] == training["epochs"] == 3 and training["metrics"]
     served = ls_sdk.projects.get(id=project).model_version
     assert served.startswith("ale:v0001:")
     unlabeled = set(task_ids) - set(annotated)
@@ -138,6 +142,21 @@ def test_start_training_from_label_studio_trains_versions_and_resyncs(ls_sdk, se
         timeout=60,
     )
     assert response.json()["model_version"] == "v0001"
+
+    # ale models lists the version with its metrics and draws them
+    import os
+    import subprocess
+    import sys
+
+    plot = model_dir / "maps.png"
+    listing = subprocess.run(
+        [sys.executable, "-m", "label_studio_ale.cli", "models", "--project", str(project), "--plot", str(plot)],
+        env={**os.environ, **env}, capture_output=True, text=True, timeout=120,
+    )
+    assert listing.returncode == 0, listing.stderr[-2000:]
+    row = listing.stdout.splitlines()[1].split()
+    assert row[0] == "v0001" and row[1] == "*" and float(row[3]) == pytest.approx(metrics["map50"], abs=1e-3)
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_training_without_annotations_fails_readably_and_keeps_serving(ls_sdk, services, redis_server, model_dir):
@@ -213,3 +232,40 @@ def test_a_new_label_grows_the_head_and_the_old_classes_keep_working(ls_sdk, ser
                 found += bool(overlap[best] >= 0.5 and det.labels[best] == label)
     assert found / total >= 0.5, f"old classes found {found}/{total}"
     assert second["sync"]["model_version"].startswith("ale:v0002:")
+
+
+def test_too_few_annotations_for_a_validation_split_is_a_readable_failure(ls_sdk, services, redis_server, model_dir):
+    project, task_ids = create_project(ls_sdk, range(53_000, 53_002), "two images", **SCENE)
+    for task_id, seed in zip(task_ids, range(53_000, 53_002)):
+        annotate(ls_sdk, task_id, make_scene(seed, **SCENE))
+    response = httpx.post(f"{services}/webhook", json={"action": "START_TRAINING", "project": {"id": project}}, timeout=5)
+    jobs = RedisJobQueue(Redis.from_url(redis_server.url))
+    deadline = time.monotonic() + 120
+    while (info := jobs.info(response.json()["job"])).status not in ("failed", "finished"):
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    assert info.status == "failed" and "annotate more images" in info.error
+    assert ModelStore(model_dir, project).versions() == []
+
+
+def test_auto_training_after_n_new_annotations(ls_sdk, services, redis_server, model_dir):
+    seeds = list(range(54_000, 54_012))
+    project, task_ids = create_project(ls_sdk, seeds, "auto training", **SCENE)
+    replies = []
+    for task_id, seed in zip(task_ids, seeds):
+        annotate(ls_sdk, task_id, make_scene(seed, **SCENE))
+        # what LS posts to a connected backend after each submit (AUTO_TRAIN_AFTER=3)
+        event = {"action": "ANNOTATION_CREATED", "project": {"id": project}, "task": {"id": task_id}, "annotation": {}}
+        replies.append(httpx.post(f"{services}/webhook", json=event, timeout=5).json())
+        if len(replies) == 3:
+            break
+    assert [r["status"] for r in replies] == ["counted", "counted", "training"]
+    jobs = RedisJobQueue(Redis.from_url(redis_server.url))
+    deadline = time.monotonic() + 300
+    while (info := jobs.info(replies[-1]["job"])).status not in ("failed", "finished"):
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    # three annotations are too few for a split: the job ran and said so; the counter restarted
+    assert info.status == "failed" and "annotate more images" in info.error
+    fourth = {"action": "ANNOTATION_CREATED", "project": {"id": project}, "task": {"id": task_ids[3]}, "annotation": {}}
+    assert httpx.post(f"{services}/webhook", json=fourth, timeout=5).json()["status"] == "counted"
