@@ -15,7 +15,7 @@ from label_studio_ale.synthetic import make_scene
 from tests.support.backend import run_backend, run_worker
 from tests.support.label_studio import upload_images
 from tests.support.models import HELD_OUT_SEEDS, IMAGE_SIZE
-from tests.support.projects import LABEL_CONFIG, create_project
+from tests.support.projects import LABEL_CONFIG, create_project, create_split_project
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -82,13 +82,12 @@ def train_jobs_for(redis_url, project):
 
 
 def test_start_training_from_label_studio_trains_versions_and_resyncs(ls_sdk, services, env, model_dir, redis_server):
-    seeds = list(range(50_000, 50_020))
-    project, task_ids = create_project(ls_sdk, seeds, "start training", **SCENE)
-    scenes = dict(zip(task_ids, (make_scene(seed, **SCENE) for seed in seeds)))
-    annotated = task_ids[:14]
+    project, train, val, scenes = create_split_project(ls_sdk, "start training", 12, 3, 50_000, **SCENE)
+    task_ids = sorted(scenes)
+    annotated = train[:11] + val
     for task_id in annotated:
         annotate(ls_sdk, task_id, scenes[task_id])
-    annotate(ls_sdk, task_ids[14], scenes[task_ids[14]], cancelled=True)  # a skip: not training data
+    annotate(ls_sdk, train[11], scenes[train[11]], cancelled=True)  # a skip: not training data
 
     ml = ls_sdk.ml.create(project=project, url=services, title="ale")
     # Two presses of Start Training in a row: one job.
@@ -193,10 +192,9 @@ def test_a_new_label_grows_the_head_and_the_old_classes_keep_working(ls_sdk, ser
     from label_studio_ale.boxes import box_iou
     from label_studio_ale_plugins.yolov5 import YoloV5Adapter
 
-    old_seeds = list(range(52_000, 52_016))
-    project, old_tasks = create_project(ls_sdk, old_seeds, "new species", **SCENE)
-    for task_id, seed in list(zip(old_tasks, old_seeds))[:12]:
-        annotate(ls_sdk, task_id, make_scene(seed, **SCENE))
+    project, train, val, scenes = create_split_project(ls_sdk, "new species", 10, 2, 52_000, **SCENE)
+    for task_id in train + val:
+        annotate(ls_sdk, task_id, scenes[task_id])
     first = press_and_wait(services, redis_server, project)
     assert first["version"] == "v0001"
 
@@ -249,11 +247,11 @@ def test_too_few_annotations_for_a_validation_split_is_a_readable_failure(ls_sdk
 
 
 def test_auto_training_after_n_new_annotations(ls_sdk, services, redis_server, model_dir):
-    seeds = list(range(54_000, 54_012))
-    project, task_ids = create_project(ls_sdk, seeds, "auto training", **SCENE)
+    # four training-split tasks and no validation one: the triggered job must refuse to train
+    project, train, _, scenes = create_split_project(ls_sdk, "auto training", 4, 0, 54_000, **SCENE)
     replies = []
-    for task_id, seed in zip(task_ids, seeds):
-        annotate(ls_sdk, task_id, make_scene(seed, **SCENE))
+    for task_id in train:
+        annotate(ls_sdk, task_id, scenes[task_id])
         # what LS posts to a connected backend after each submit (AUTO_TRAIN_AFTER=3)
         event = {"action": "ANNOTATION_CREATED", "project": {"id": project}, "task": {"id": task_id}, "annotation": {}}
         replies.append(httpx.post(f"{services}/webhook", json=event, timeout=5).json())
@@ -265,7 +263,7 @@ def test_auto_training_after_n_new_annotations(ls_sdk, services, redis_server, m
     while (info := jobs.info(replies[-1]["job"])).status not in ("failed", "finished"):
         assert time.monotonic() < deadline
         time.sleep(0.5)
-    # three annotations are too few for a split: the job ran and said so; the counter restarted
-    assert info.status == "failed" and "annotate more images" in info.error
-    fourth = {"action": "ANNOTATION_CREATED", "project": {"id": project}, "task": {"id": task_ids[3]}, "annotation": {}}
+    # no validation image among them: the job ran and said so; the counter restarted
+    assert info.status == "failed" and "0 validation images" in info.error
+    fourth = {"action": "ANNOTATION_CREATED", "project": {"id": project}, "task": {"id": train[3]}, "annotation": {}}
     assert httpx.post(f"{services}/webhook", json=fourth, timeout=5).json()["status"] == "counted"

@@ -25,3 +25,31 @@ def create_project(ls, seeds, title: str, label_config: str = LABEL_CONFIG, **sc
     if len(task_ids) != len(files):
         raise RuntimeError(f"uploaded {len(files)} images but LS made {len(task_ids)} tasks")
     return project.id, task_ids
+
+
+def create_split_project(ls, title: str, n_train: int, n_val: int, first_seed: int, **scene_options):
+    """A project with at least `n_train` training and `n_val` validation tasks (by the training split).
+
+    Which task lands in validation depends on its id, so images are uploaded
+    until both counts are reached. -> (project id, train task ids, val task ids, {task id: Scene}).
+    """
+    from label_studio_ale.training import is_validation
+
+    seeds = list(range(first_seed, first_seed + n_train + n_val))
+    project, task_ids = create_project(ls, seeds, title, **scene_options)
+    scenes = {task: make_scene(seed, **scene_options) for task, seed in zip(task_ids, seeds)}
+    next_seed = seeds[-1] + 1
+    for _ in range(50):
+        val = [t for t in scenes if is_validation(t)]
+        train = [t for t in scenes if not is_validation(t)]
+        if len(train) >= n_train and len(val) >= n_val:
+            return project, train[:n_train], val[:n_val], scenes
+        batch = list(range(next_seed, next_seed + 10))
+        next_seed += 10
+        files = []
+        for seed in batch:
+            buffer = io.BytesIO()
+            make_scene(seed, **scene_options).image.save(buffer, format="PNG")
+            files.append((f"s{seed}.png", buffer.getvalue()))
+        scenes.update({task: make_scene(seed, **scene_options) for task, seed in zip(upload_images(ls, project, files), batch)})
+    raise RuntimeError("could not reach the wanted training/validation split")
