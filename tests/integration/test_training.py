@@ -88,6 +88,9 @@ def test_start_training_from_label_studio_trains_versions_and_resyncs(ls_sdk, se
     for task_id in annotated:
         annotate(ls_sdk, task_id, scenes[task_id])
     annotate(ls_sdk, train[11], scenes[train[11]], cancelled=True)  # a skip: not training data
+    # an annotated task whose file is not an image: skipped and counted, never fatal
+    (broken,) = upload_images(ls_sdk, project, [("broken.png", b"\x89PNG\r\n\x1a\n truncated")])
+    annotate(ls_sdk, broken, scenes[train[0]])
 
     ml = ls_sdk.ml.create(project=project, url=services, title="ale")
     # Two presses of Start Training in a row: one job.
@@ -108,6 +111,7 @@ def test_start_training_from_label_studio_trains_versions_and_resyncs(ls_sdk, se
     assert version.name == "v0001" and version.classes == ("bird", "nest")
     assert version.manifest["train_images"] + version.manifest["val_images"] == len(annotated)
     assert version.manifest["val_images"] >= 1 and version.manifest["boxes"] > len(annotated)
+    assert version.manifest["skipped_images"] == 1
 
     # /versions lists it with its metrics (COCO and VOC, per class).
     listed = httpx.get(f"{services}/versions", params={"project": project}, timeout=10).json()
