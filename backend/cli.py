@@ -178,10 +178,8 @@ class _Bars:
 
 
 def _evaluate(settings: Settings, args) -> int:
-    from PIL import Image
-
     from .adapters import load_adapter
-    from .datasets import read_yolo_split
+    from .datasets import predict_items, read_yolo_split
     from .evaluation import evaluate
 
     names, items = read_yolo_split(args.data, args.split)
@@ -190,14 +188,7 @@ def _evaluate(settings: Settings, args) -> int:
     if tuple(names) != tuple(adapter.classes):
         print(f"class names differ: dataset {names}, model {list(adapter.classes)}", file=sys.stderr)
         return 2
-    predictions = []
-    for start in range(0, len(items), settings.predict_batch_size):
-        batch = items[start : start + settings.predict_batch_size]
-        images = []
-        for item in batch:
-            with Image.open(item.path) as image:
-                images.append(image.convert("RGB"))
-        predictions.extend(adapter.predict(images))
+    predictions = predict_items(adapter, items, settings.predict_batch_size)
     metrics = evaluate([item.truth for item in items], predictions, names)
     print(f"{len(items)} images of '{args.split}', model {adapter.version}")
     print(f"{'class':<16}{'mAP':>8}{'mAP50':>8}{'VOC07':>8}{'VOC12':>8}")

@@ -62,3 +62,15 @@ def read_yolo_split(data_yaml: str | Path, split: str = "val") -> tuple[list[str
     if not items:
         raise ValueError(f"{image_dir} holds no images")
     return names, items
+
+
+def predict_items(adapter, items: list[LabelledImage], batch_size: int) -> list:
+    """Run `adapter` over the images of `items`, `batch_size` at a time. -> one Detections per item."""
+    predictions = []
+    for start in range(0, len(items), batch_size):
+        images = []
+        for item in items[start : start + batch_size]:
+            with Image.open(item.path) as image:
+                images.append(image.convert("RGB"))
+        predictions.extend(adapter.predict(images))
+    return predictions

@@ -266,8 +266,11 @@ def _extras(rt: Runtime, model_classes) -> BatchExtras:
     )
 
 
-def _job_progress(phase: str, done: int, total: int) -> None:
-    """Inside an rq job: publish progress in job.meta (read by `ale jobs` and status routes)."""
+def _job_progress(phase: str, done: int, total: int, metrics: dict | None = None) -> None:
+    """Inside an rq job: publish progress in job.meta (read by `ale jobs` and GET /jobs/<id>).
+
+    A training's epoch record is kept apart, so it survives the sync that follows it.
+    """
     try:
         from rq import get_current_job
     except ImportError:
@@ -275,4 +278,6 @@ def _job_progress(phase: str, done: int, total: int) -> None:
     job = get_current_job()
     if job is not None:
         job.meta["progress"] = {"phase": phase, "done": done, "total": total}
+        if phase == "train":
+            job.meta["training"] = {"epoch": done, "epochs": total, "metrics": metrics or {}}
         job.save_meta()

@@ -43,6 +43,8 @@ def train_project(project: int, *, runtime: Runtime | None = None, progress=None
     """Train a new version for `project` from its annotations; promote it by PROMOTION; re-sync the queue."""
     from label_studio_ale_plugins.yolov5 import train_yolo
 
+    from .jobs import _job_progress
+
     rt = runtime or current_runtime()
     progress = progress or _job_progress
     settings = rt.settings
@@ -167,33 +169,12 @@ def _build_dataset(rt: Runtime, project: int, config, classes: list[str], work: 
 
 def _evaluate_weights(rt: Runtime, weights, dataset: Path, classes: list[str]) -> dict:
     from .adapters import load_adapter
-    from .datasets import read_yolo_split
+    from .datasets import predict_items, read_yolo_split
 
     names, items = read_yolo_split(dataset / "data.yaml", "val")
     adapter = load_adapter(rt.settings.replace(model_weights=str(weights), model_classes=(), score_threshold=0.001))
-    predictions = []
-    for start in range(0, len(items), rt.settings.predict_batch_size):
-        batch = items[start : start + rt.settings.predict_batch_size]
-        images = []
-        for item in batch:
-            with Image.open(item.path) as image:
-                images.append(image.convert("RGB"))
-        predictions.extend(adapter.predict(images))
+    predictions = predict_items(adapter, items, rt.settings.predict_batch_size)
     truths = [item.truth for item in items]
     if not any(len(t.labels) for t in truths):
         return {"map": 0.0, "map50": 0.0, "map75": 0.0, "voc07_map50": 0.0, "voc12_map50": 0.0, "per_class": {}}
     return evaluate(truths, predictions, names)
-
-
-def _job_progress(phase: str, done: int, total: int, metrics: dict | None = None) -> None:
-    """Inside an rq job: publish progress; the training's own epoch record survives the later sync phases."""
-    try:
-        from rq import get_current_job
-    except ImportError:
-        return
-    job = get_current_job()
-    if job is not None:
-        job.meta["progress"] = {"phase": phase, "done": done, "total": total}
-        if phase == "train":
-            job.meta["training"] = {"epoch": done, "epochs": total, "metrics": metrics or {}}
-        job.save_meta()
