@@ -1,6 +1,5 @@
 """The same jobs in every mode: embedded (no Redis), rq cron + worker processes, and the CLI."""
 
-import os
 import subprocess
 import sys
 import time
@@ -11,7 +10,7 @@ from label_studio_ale.app import create_app
 from label_studio_ale.jobs import SYNC_VERSION_PREFIX
 from label_studio_ale.settings import Settings
 from label_studio_ale_plugins.yolov5 import YoloV5Adapter
-from tests.support.backend import run_worker
+from tests.support.backend import backend_env, process_env, run_worker
 from tests.support.label_studio import stop_process
 from tests.support.models import IMAGE_SIZE
 from tests.support.projects import create_project
@@ -20,16 +19,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 def make_project(ls, seeds, title):
     return create_project(ls, seeds, title, max_objects=4)
-
-
-def base_env(label_studio, trained_weights, model_dir):
-    return {
-        "LABEL_STUDIO_URL": label_studio.url,
-        "LABEL_STUDIO_API_KEY": label_studio.token,
-        "MODEL_WEIGHTS": str(trained_weights),
-        "MODEL_DIR": str(model_dir),
-        "IMAGE_SIZE": str(IMAGE_SIZE),
-    }
 
 
 def wait_until(predicate, timeout, message):
@@ -44,7 +33,7 @@ def wait_until(predicate, timeout, message):
 def test_embedded_queue_runs_jobs_in_process_without_redis(ls_sdk, label_studio, trained_weights, tmp_path):
     """`ale serve` alone: TASKS_CREATED predicts the new tasks and re-syncs, on a thread of the app."""
     project, task_ids = make_project(ls_sdk, range(40_000, 40_005), "embedded mode")
-    settings = Settings.from_env(base_env(label_studio, trained_weights, tmp_path))
+    settings = Settings.from_env(backend_env(label_studio, trained_weights, tmp_path))
     assert settings.redis_url == ""
     adapter = YoloV5Adapter(trained_weights, image_size=IMAGE_SIZE)
     client = create_app(settings, adapter_factory=lambda: adapter).test_client()
@@ -70,16 +59,15 @@ def test_embedded_queue_runs_jobs_in_process_without_redis(ls_sdk, label_studio,
 
 def test_rq_cron_schedules_syncs_that_a_worker_runs(ls_sdk, label_studio, redis_server, trained_weights, tmp_path):
     project, _ = make_project(ls_sdk, range(41_000, 41_004), "scheduled sync")
-    env = base_env(label_studio, trained_weights, tmp_path) | {
+    env = backend_env(label_studio, trained_weights, tmp_path) | {
         "REDIS_URL": redis_server.url,
         "SYNC_INTERVAL": "2",
         "SYNC_PROJECTS": str(project),
     }
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("LABEL_STUDIO_")} | env
     log = tmp_path / "cron.log"
     cron = subprocess.Popen(
         [sys.executable, "-m", "label_studio_ale.cli", "cron"],
-        env=full_env,
+        env=process_env(env),
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -105,8 +93,7 @@ def test_rq_cron_schedules_syncs_that_a_worker_runs(ls_sdk, label_studio, redis_
 
 def test_cli_rank_and_sync(ls_sdk, label_studio, trained_weights, tmp_path):
     project, task_ids = make_project(ls_sdk, range(42_000, 42_005), "cli")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LABEL_STUDIO_")}
-    env |= base_env(label_studio, trained_weights, tmp_path)
+    env = process_env(backend_env(label_studio, trained_weights, tmp_path))
     rank = subprocess.run(
         [sys.executable, "-m", "label_studio_ale.cli", "rank", "--project", str(project), "--top", "3"],
         env=env, capture_output=True, text=True, timeout=300,

@@ -17,7 +17,7 @@ from label_studio_ale.policies import DEFAULT_POLICY, get_policy
 from label_studio_ale.ranking import rank
 from label_studio_ale.runtime import Runtime
 from label_studio_ale.settings import Settings
-from tests.support.backend import run_worker
+from tests.support.backend import backend_env, run_worker
 from tests.support.label_studio import create_personal_access_token
 from tests.support.models import IMAGE_SIZE
 from tests.support.projects import create_project
@@ -34,17 +34,8 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def worker_env(label_studio, redis_server, trained_weights, model_dir):
-    return {
-        "REDIS_URL": redis_server.url,
-        "LABEL_STUDIO_URL": label_studio.url,
-        "LABEL_STUDIO_API_KEY": label_studio.token,
-        "MODEL_WEIGHTS": str(trained_weights),
-        "MODEL_DIR": str(model_dir),
-        "IMAGE_SIZE": str(IMAGE_SIZE),
-        "SCORE_THRESHOLD": "0.25",
-        # small imports make the import phase long enough to kill LS in the middle of it
-        "IMPORT_CHUNK_SIZE": "2",
-    }
+    # small imports make the import phase long enough to kill LS in the middle of it
+    return backend_env(label_studio, trained_weights, model_dir, redis_server, SCORE_THRESHOLD="0.25", IMPORT_CHUNK_SIZE="2")
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from rq import Queue
 from label_studio_ale.jobqueue import QUEUE_TRAIN, RedisJobQueue
 from label_studio_ale.model_store import ModelStore
 from label_studio_ale.synthetic import make_scene
-from tests.support.backend import run_backend, run_worker
+from tests.support.backend import backend_env, process_env, run_backend, run_worker
 from tests.support.label_studio import upload_images
 from tests.support.models import HELD_OUT_SEEDS, IMAGE_SIZE
 from tests.support.projects import LABEL_CONFIG, create_project, create_split_project
@@ -29,19 +29,16 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def env(label_studio, redis_server, trained_weights, model_dir):
-    return {
-        "REDIS_URL": redis_server.url,
-        "LABEL_STUDIO_URL": label_studio.url,
-        "LABEL_STUDIO_API_KEY": label_studio.token,
-        "MODEL_WEIGHTS": str(trained_weights),  # served until a project has its own version
-        "MODEL_DIR": str(model_dir),
-        "IMAGE_SIZE": str(IMAGE_SIZE),
-        # first versions fine-tune the tiny pre-trained bird/nest detector
-        "BASE_MODEL": str(trained_weights),
-        "TRAIN_EPOCHS": "3",
-        "TRAIN_BATCH": "8",
-        "AUTO_TRAIN_AFTER": "3",
-    }
+    return backend_env(
+        label_studio,
+        trained_weights,  # served until a project has its own version
+        model_dir,
+        redis_server,
+        BASE_MODEL=str(trained_weights),  # first versions fine-tune the tiny pre-trained bird/nest detector
+        TRAIN_EPOCHS="3",
+        TRAIN_BATCH="8",
+        AUTO_TRAIN_AFTER="3",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -147,14 +144,13 @@ def test_start_training_from_label_studio_trains_versions_and_resyncs(ls_sdk, se
     assert response.json()["model_version"] == "v0001"
 
     # ale models lists the version with its metrics and draws them
-    import os
     import subprocess
     import sys
 
     plot = model_dir / "maps.png"
     listing = subprocess.run(
         [sys.executable, "-m", "label_studio_ale.cli", "models", "--project", str(project), "--plot", str(plot)],
-        env={**os.environ, **env}, capture_output=True, text=True, timeout=120,
+        env=process_env(env), capture_output=True, text=True, timeout=120,
     )
     assert listing.returncode == 0, listing.stderr[-2000:]
     row = listing.stdout.splitlines()[1].split()

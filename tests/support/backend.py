@@ -12,8 +12,28 @@ from pathlib import Path
 import httpx
 
 from tests.support.label_studio import free_port, stop_process, wait_for_http
+from tests.support.models import IMAGE_SIZE
 
 START_TIMEOUT = 120
+
+
+def backend_env(label_studio, weights, model_dir, redis=None, **extra: str) -> dict[str, str]:
+    """The settings every backend process of the integration tests shares, plus `extra`."""
+    env = {
+        "LABEL_STUDIO_URL": label_studio.url,
+        "LABEL_STUDIO_API_KEY": label_studio.token,
+        "MODEL_WEIGHTS": str(weights),
+        "MODEL_DIR": str(model_dir),
+        "IMAGE_SIZE": str(IMAGE_SIZE),
+    }
+    if redis is not None:
+        env["REDIS_URL"] = redis.url
+    return env | extra
+
+
+def process_env(env: dict[str, str]) -> dict[str, str]:
+    """This process's environment without any LABEL_STUDIO_* of the developer's, plus `env`."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("LABEL_STUDIO_")} | env
 
 
 @contextmanager
@@ -21,10 +41,9 @@ def run_backend(env: dict[str, str], workdir: Path, threads: int = 4):
     """Start `ale serve` with `env` added to this environment; yields its URL once the model is loaded."""
     port = free_port()
     log = workdir / f"backend-{port}.log"
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("LABEL_STUDIO_")} | env
     process = subprocess.Popen(
         [sys.executable, "-m", "label_studio_ale.cli", "serve", "--host", "127.0.0.1", "--port", str(port), "--threads", str(threads)],
-        env=full_env,
+        env=process_env(env),
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -46,10 +65,9 @@ def run_backend(env: dict[str, str], workdir: Path, threads: int = 4):
 def run_worker(env: dict[str, str], workdir: Path, queues: str = "predict,sync"):
     """Start `ale worker` (a real rq worker process) with `env` added; yields the process."""
     log = workdir / f"worker-{time.monotonic_ns()}.log"
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("LABEL_STUDIO_")} | env
     process = subprocess.Popen(
         [sys.executable, "-m", "label_studio_ale.cli", "worker", "--queues", queues],
-        env=full_env,
+        env=process_env(env),
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
