@@ -1,0 +1,197 @@
+"""Dataset readers: the same two labelled images written as YOLO, COCO and VOC read back identically."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from label_studio_ale.datasets import detect_format, read_coco, read_dataset, read_voc, read_yolo
+
+NAMES = ["bird", "nest"]
+# (file, size, [(class, x1, y1, x2, y2)])
+IMAGES = [
+    ("a.png", (64, 48), [(0, 4.0, 6.0, 20.0, 30.0), (1, 30.0, 10.0, 60.0, 40.0)]),
+    ("b.png", (32, 32), []),
+    ("c.png", (40, 50), [(1, 0.0, 0.0, 10.0, 25.0)]),
+]
+
+
+def _images(folder):
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, size, _ in IMAGES:
+        Image.new("RGB", size, (90, 120, 60)).save(folder / name)
+
+
+def write_yolo(root, with_yaml=True):
+    _images(root / "images" / "train")
+    (root / "labels" / "train").mkdir(parents=True)
+    for name, (w, h), boxes in IMAGES:
+        lines = [f"{c} {(x1 + x2) / 2 / w} {(y1 + y2) / 2 / h} {(x2 - x1) / w} {(y2 - y1) / h}" for c, x1, y1, x2, y2 in boxes]
+        (root / "labels" / "train" / name.replace(".png", ".txt")).write_text("\n".join(lines))
+    if with_yaml:
+        (root / "data.yaml").write_text("names:\n  0: bird\n  1: nest\n")
+    else:  # Label Studio's YOLO export
+        (root / "classes.txt").write_text("bird\nnest\n")
+    return root
+
+
+def write_coco(root, crowd=False):
+    _images(root / "images")
+    data = {"images": [], "annotations": [], "categories": [{"id": 7, "name": "bird"}, {"id": 9, "name": "nest"}]}
+    for image_id, (name, (w, h), boxes) in enumerate(IMAGES, start=1):
+        data["images"].append({"id": image_id, "file_name": f"images/{name}", "width": w, "height": h})
+        for c, x1, y1, x2, y2 in boxes:
+            data["annotations"].append(
+                {"id": len(data["annotations"]) + 1, "image_id": image_id, "category_id": (7, 9)[c], "bbox": [x1, y1, x2 - x1, y2 - y1], "iscrowd": int(crowd)}
+            )
+    (root / "result.json").write_text(json.dumps(data))
+    return root / "result.json"
+
+
+def write_voc(root, difficult=False):
+    _images(root / "JPEGImages")
+    (root / "Annotations").mkdir()
+    for name, (w, h), boxes in IMAGES:
+        objects = "".join(
+            f"<object><name>{NAMES[c]}</name><difficult>{int(difficult)}</difficult>"
+            f"<bndbox><xmin>{x1}</xmin><ymin>{y1}</ymin><xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox></object>"
+            for c, x1, y1, x2, y2 in boxes
+        )
+        xml = f"<annotation><filename>{name}</filename><size><width>{w}</width><height>{h}</height></size>{objects}</annotation>"
+        (root / "Annotations" / name.replace(".png", ".xml")).write_text(xml)
+    return root
+
+
+def _check(names, items):
+    assert names == NAMES
+    by_name = {item.path.name: item for item in items}
+    assert sorted(by_name) == [name for name, _, _ in IMAGES]
+    for name, size, boxes in IMAGES:
+        truth = by_name[name].truth
+        assert truth.image_size == size
+        expected = np.array([b[1:] for b in boxes], dtype=float).reshape(-1, 4)
+        order = np.lexsort((truth.xyxy[:, 0], truth.labels))
+        np.testing.assert_allclose(truth.xyxy[order], expected, atol=1e-4)
+        assert truth.labels[order].tolist() == [b[0] for b in boxes]
+
+
+@pytest.mark.parametrize("with_yaml", [True, False], ids=["data.yaml", "classes.txt"])
+def test_yolo_reads_the_ultralytics_and_label_studio_layouts(tmp_path, with_yaml):
+    root = write_yolo(tmp_path / "yolo", with_yaml)
+    assert detect_format(root) == "yolo"
+    _check(*read_dataset(root))
+    _check(*read_yolo(root, "train"))
+
+
+def test_coco_reads_categories_in_id_order_and_file_names_relative_to_the_json(tmp_path):
+    path = write_coco(tmp_path / "coco")
+    assert detect_format(path) == "coco" and detect_format(path.parent) == "coco"
+    _check(*read_dataset(path))
+    _check(*read_dataset(path.parent))
+
+
+def test_coco_crowd_boxes_are_difficult_and_voc_difficult_flags_are_kept(tmp_path):
+    (tmp_path / "coco").mkdir()
+    _, coco_items = read_coco(write_coco(tmp_path / "coco", crowd=True))
+    (tmp_path / "voc").mkdir()
+    _, voc_items = read_voc(write_voc(tmp_path / "voc", difficult=True))
+    for items in (coco_items, voc_items):
+        flags = np.concatenate([item.truth.difficult for item in items])
+        assert flags.size == 3 and flags.all()
+
+
+def test_voc_reads_annotations_and_jpegimages(tmp_path):
+    root = tmp_path / "voc"
+    root.mkdir()
+    write_voc(root)
+    assert detect_format(root) == "voc"
+    _check(*read_dataset(root))
+
+
+def test_voc_keeps_a_given_class_order_and_rejects_unlisted_names(tmp_path):
+    root = tmp_path / "voc"
+    root.mkdir()
+    write_voc(root)
+    names, items = read_voc(root, ["nest", "bird", "egg"])
+    assert names == ["nest", "bird", "egg"]
+    assert sorted(items[0].truth.labels.tolist()) == [0, 1]
+    with pytest.raises(ValueError, match="nest are not among the classes bird"):
+        read_voc(root, ["bird"])
+
+
+def test_the_three_formats_agree_on_the_same_dataset(tmp_path):
+    yolo = read_dataset(write_yolo(tmp_path / "yolo"))
+    coco = read_dataset(write_coco(tmp_path / "coco"))
+    (tmp_path / "voc").mkdir()
+    voc = read_dataset(write_voc(tmp_path / "voc"))
+    for names, items in (yolo, coco, voc):
+        _check(names, items)
+        assert sum(len(item.truth.labels) for item in items) == 3
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda d: d["annotations"][0].update(category_id=99), "category_id 99, which is not in 'categories'"),
+        (lambda d: d["annotations"][0].update(image_id=42), "image_id 42, which is not in 'images'"),
+        (lambda d: d["annotations"][0].update(bbox=[1, 2, -3, 4]), r"bbox must be \[x, y, width, height\]"),
+        (lambda d: d["images"][0].update(file_name="images/missing.png"), "images/missing.png not found under"),
+        (lambda d: d.pop("categories"), "missing the 'categories' list"),
+    ],
+)
+def test_coco_errors_name_the_annotation_and_the_field(tmp_path, change, message):
+    path = write_coco(tmp_path)
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=message):
+        read_coco(path)
+
+
+def test_coco_that_is_not_json_says_so(tmp_path):
+    path = tmp_path / "broken.json"
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match="not a readable COCO json"):
+        read_coco(path)
+
+
+@pytest.mark.parametrize(
+    "xml, message",
+    [
+        ("<annotation><size/></annotation>", "no <filename>"),
+        ("<annotation><filename>zzz.png</filename></annotation>", "image zzz.png not found"),
+        ("<annotation><filename>a.png</filename><object><name>bird</name></object></annotation>", "needs a <name> and a <bndbox>"),
+        (
+            "<annotation><filename>a.png</filename><object><name>bird</name><bndbox><xmin>9</xmin><ymin>1</ymin>"
+            "<xmax>2</xmax><ymax>5</ymax></bndbox></object></annotation>",
+            "xmax < xmin",
+        ),
+        ("<annotation><filename>a.png", "not valid XML"),
+    ],
+)
+def test_voc_errors_name_the_file(tmp_path, xml, message):
+    _images(tmp_path / "JPEGImages")
+    (tmp_path / "Annotations").mkdir()
+    (tmp_path / "Annotations" / "a.xml").write_text(xml)
+    with pytest.raises(ValueError, match=message):
+        read_voc(tmp_path)
+
+
+def test_yolo_errors_name_the_label_file(tmp_path):
+    root = write_yolo(tmp_path / "yolo")
+    (root / "labels" / "train" / "a.txt").write_text("5 0.5 0.5 0.1 0.1\n")
+    with pytest.raises(ValueError, match=r"a.txt: class index outside 0..1"):
+        read_yolo(root)
+    (root / "labels" / "train" / "a.txt").write_text("0 0.5 0.5\n")
+    with pytest.raises(ValueError, match="expected 5 columns"):
+        read_yolo(root)
+
+
+def test_unrecognised_layouts_say_what_is_expected(tmp_path):
+    with pytest.raises(ValueError, match="cannot tell the format"):
+        read_dataset(tmp_path)
+    with pytest.raises(ValueError, match="does not exist"):
+        read_dataset(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="format 'csv' is unknown"):
+        read_dataset(tmp_path, "csv")
