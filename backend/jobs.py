@@ -24,6 +24,7 @@ from .policies import get_policy
 from .predictor import Predictor
 from .ranking import BatchExtras, ls_scores, select_order
 from .runtime import Runtime, current_runtime
+from .settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ def rank_pool(rt: Runtime, project: int, tasks: list[TaskRef]) -> dict:
     usefulness = policy.usefulness(detections) if tasks else np.zeros(0)
     # Images that could not be fetched or decoded go to the very end of the queue.
     usefulness = np.where(np.array(usable, dtype=bool), usefulness, -np.inf) if tasks else usefulness
-    order = select_order(usefulness, np.array([t.id for t in tasks]), detections, hashes, _extras(rt, adapter.classes))
+    order = select_order(usefulness, np.array([t.id for t in tasks]), detections, hashes, batch_extras(rt.settings, adapter.classes))
     return {"policy": policy.name, "detections": detections, "usefulness": usefulness, "order": order, "usable": usable}
 
 
@@ -248,8 +249,8 @@ def _discard(rt: Runtime, project: int, version: str) -> None:
         log.warning("project %s: could not remove partial version %s yet", project, version)
 
 
-def _extras(rt: Runtime, model_classes) -> BatchExtras:
-    s = rt.settings
+def batch_extras(s: Settings, model_classes) -> BatchExtras:
+    """The queue-shaping extras configured in the settings, for a model with these classes."""
     classes = {name.lower(): i for i, name in enumerate(model_classes)}
     balance = {}
     for name, share in s.class_balance:

@@ -10,16 +10,19 @@ import logging
 import shutil
 import time
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from .errors import AleError
 from .evaluation import evaluate
 from .ls_format import parse_label_config, rectangle_to_xyxy, task_image_url
 from .media import MediaFetcher
-from .model_store import ModelStore
+from .model_store import ModelStore, ModelVersion
 from .runtime import Runtime, current_runtime
+from .settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +42,26 @@ def is_validation(task_id: int) -> bool:
     return zlib.crc32(str(task_id).encode()) % 100 < VAL_PERCENT
 
 
+@dataclass(frozen=True)
+class TrainingSample:
+    """One annotated image: `xyxy` (n, 4) pixels, `labels` (n,) indices into the class names."""
+
+    task_id: int
+    image: Path
+    xyxy: np.ndarray
+    labels: np.ndarray
+
+
+@dataclass(frozen=True)
+class TrainedVersion:
+    version: ModelVersion
+    promoted: bool
+    metrics: dict
+    baseline: dict | None
+
+
 def train_project(project: int, *, runtime: Runtime | None = None, progress=None, then_sync: bool = True) -> dict:
     """Train a new version for `project` from its annotations; promote it by PROMOTION; re-sync the queue."""
-    from label_studio_ale_plugins.yolov5 import train_yolo
-
     from .jobs import _job_progress
 
     rt = runtime or current_runtime()
@@ -56,50 +75,25 @@ def train_project(project: int, *, runtime: Runtime | None = None, progress=None
         store = ModelStore(settings.model_dir, project)
         work = store.dir / f".work-{int(time.time() * 1000)}"
         try:
-            dataset, counts = _build_dataset(rt, project, config, classes, work)
-            current = store.current()
-            base, origin = settings.base_model, "base model"
-            if current is not None and list(current.classes) == classes:
-                base, origin = str(current.weights), current.name
-            elif current is not None and set(current.classes) & set(classes):
-                # New (or removed) labels: grow the head, keeping the known classes.
-                from label_studio_ale_plugins.yolov5 import grow_head
-
-                base = str(grow_head(current.weights, classes, work / "grown.pt"))
-                origin = f"{current.name}, head grown to {len(classes)} classes"
-            progress("train", 0, settings.train_epochs)
-            best = train_yolo(
-                dataset / "data.yaml",
-                base,
-                work / "run",
-                epochs=settings.train_epochs,
-                image_size=settings.image_size,
-                batch=settings.train_batch,
-                device=settings.device,
-                on_epoch=lambda epoch, epochs, metrics: progress("train", epoch, epochs, metrics),
-            )
-            metrics = _evaluate_weights(rt, best, dataset, classes)
-            same_classes = current is not None and list(current.classes) == classes
-            baseline = _evaluate_weights(rt, current.weights, dataset, classes) if same_classes else None
-            manifest = {
-                "base": settings.base_model if origin == "base model" else origin,
-                "epochs": settings.train_epochs,
-                "image_size": settings.image_size,
-                "label_config_labels": classes,
-                **counts,
-            }
-            version = store.add(best, classes, metrics, manifest)
-            promote = settings.promotion == "always" or baseline is None or metrics["map50"] >= baseline["map50"]
-            if promote:
-                store.promote(version.name)
+            samples, skipped = _annotated_samples(rt, project, config, classes)
+            if not samples:
+                raise TrainingError(f"project {project} has no annotations yet: label some images in Label Studio, then press Start Training")
+            try:
+                dataset, counts = write_training_set(work, samples, classes)
+            except TrainingError as exc:
+                raise TrainingError(f"project {project} has {exc}") from None
+            counts["skipped_images"] = skipped["skipped_images"]
+            counts["skipped_boxes"] += skipped["skipped_boxes"]
+            trained = train_version(settings, store, dataset, classes, work, progress=progress, counts=counts)
         finally:
             shutil.rmtree(work, ignore_errors=True)
+    version, promote, metrics = trained.version, trained.promoted, trained.metrics
     result = {
         "status": "trained",
         "version": version.name,
         "promoted": promote,
         "metrics": metrics,
-        "previous_metrics_on_same_validation": baseline,
+        "previous_metrics_on_same_validation": trained.baseline,
         **counts,
     }
     log.info("project %s: trained %s (promoted: %s) map50 %.3f", project, version.name, promote, metrics["map50"])
@@ -110,15 +104,77 @@ def train_project(project: int, *, runtime: Runtime | None = None, progress=None
     return result
 
 
-def _build_dataset(rt: Runtime, project: int, config, classes: list[str], work: Path) -> tuple[Path, dict]:
-    """Write an ultralytics dataset of the annotated tasks. Images are cached per task across runs."""
+def train_version(
+    settings: Settings,
+    store: ModelStore,
+    dataset: Path,
+    classes: list[str],
+    work: Path,
+    *,
+    progress=None,
+    counts: dict | None = None,
+    seed: int = 0,
+) -> TrainedVersion:
+    """Fine-tune the store's current version (or BASE_MODEL) on `dataset`, evaluate, store, promote by PROMOTION.
+
+    `dataset` is a data.yaml from `write_training_set`. New labels grow the
+    current model's head, keeping what it knows of the others.
+    """
+    from label_studio_ale_plugins.yolov5 import train_yolo
+
+    progress = progress or (lambda *args: None)
+    from label_studio_ale_plugins.yolov5 import checkpoint_classes, grow_head
+
+    current = store.current()
+    base, origin = settings.base_model, "base model"
+    if current is not None and list(current.classes) == classes:
+        base, origin = str(current.weights), current.name
+    elif current is not None and set(current.classes) & set(classes):
+        # New (or removed) labels: grow the head, keeping the known classes.
+        base = str(grow_head(current.weights, classes, work / "grown.pt"))
+        origin = f"{current.name}, head grown to {len(classes)} classes"
+    elif current is None and base.endswith(".pt"):
+        # A model brought from earlier work: keep what it knows of the labels it shares with this project.
+        known = checkpoint_classes(base)
+        if known != classes and set(known) & set(classes):
+            base = str(grow_head(base, classes, work / "grown.pt"))
+            origin = f"{settings.base_model}, head grown to {len(classes)} classes"
+    progress("train", 0, settings.train_epochs)
+    best = train_yolo(
+        dataset,
+        base,
+        work / "run",
+        epochs=settings.train_epochs,
+        image_size=settings.image_size,
+        batch=settings.train_batch,
+        device=settings.device,
+        seed=seed,
+        on_epoch=lambda epoch, epochs, metrics: progress("train", epoch, epochs, metrics),
+    )
+    metrics = evaluate_weights(settings, best, dataset, classes)
+    same_classes = current is not None and list(current.classes) == classes
+    baseline = evaluate_weights(settings, current.weights, dataset, classes) if same_classes else None
+    manifest = {
+        "base": settings.base_model if origin == "base model" else origin,
+        "epochs": settings.train_epochs,
+        "image_size": settings.image_size,
+        "label_config_labels": classes,
+        **(counts or {}),
+    }
+    version = store.add(best, classes, metrics, manifest)
+    promote = settings.promotion == "always" or baseline is None or metrics["map50"] >= baseline["map50"]
+    if promote:
+        store.promote(version.name)
+    return TrainedVersion(version, promote, metrics, baseline)
+
+
+def _annotated_samples(rt: Runtime, project: int, config, classes: list[str]) -> tuple[list[TrainingSample], dict]:
+    """The project's annotated tasks as samples. Images are cached per task across runs."""
     cache = ModelStore(rt.settings.model_dir, project).dir / "images"
     cache.mkdir(parents=True, exist_ok=True)
     fetcher = MediaFetcher(rt.settings, rt.ls)
-    counts = {"train_images": 0, "val_images": 0, "boxes": 0, "skipped_images": 0, "skipped_boxes": 0}
-    for split in ("train", "val"):
-        (work / "images" / split).mkdir(parents=True, exist_ok=True)
-        (work / "labels" / split).mkdir(parents=True, exist_ok=True)
+    skipped = {"skipped_images": 0, "skipped_boxes": 0}
+    samples = []
     for task, result in rt.ls.annotated_tasks(project):
         cached = cache / f"{task.id}.png"
         try:
@@ -127,53 +183,80 @@ def _build_dataset(rt: Runtime, project: int, config, classes: list[str], work: 
                 image.save(cached.with_suffix(".tmp.png"))
                 cached.with_suffix(".tmp.png").replace(cached)
             with Image.open(cached) as image:
-                width, height = image.size
+                size = image.size
         except AleError as exc:
             log.warning("project %s task %s: image skipped for training: %s", project, task.id, exc)
-            counts["skipped_images"] += 1
+            skipped["skipped_images"] += 1
             continue
-        lines = []
+        boxes, labels = [], []
         for region in result:
             if region.get("type") != "rectanglelabels" or region.get("from_name") != config.from_name:
                 continue
             try:
-                box, label = rectangle_to_xyxy(region, (width, height))
+                box, label = rectangle_to_xyxy(region, size)
             except AleError:
-                counts["skipped_boxes"] += 1
+                skipped["skipped_boxes"] += 1
                 continue
             if label not in classes:
-                counts["skipped_boxes"] += 1
+                skipped["skipped_boxes"] += 1
                 continue
-            x1, y1, x2, y2 = (min(max(v, 0.0), limit) for v, limit in zip(box, (width, height, width, height)))
+            boxes.append(box)
+            labels.append(classes.index(label))
+        samples.append(TrainingSample(task.id, cached, np.asarray(boxes, dtype=np.float64).reshape(-1, 4), np.asarray(labels, dtype=np.int64)))
+    return samples, skipped
+
+
+def write_training_set(work: Path, samples: list[TrainingSample], classes: list[str]) -> tuple[Path, dict]:
+    """Write an ultralytics dataset under `work`, split by `is_validation(task_id)`. -> (data.yaml, counts).
+
+    Boxes are clipped to the image; boxes with no area left are skipped and counted.
+    """
+    counts = {"train_images": 0, "val_images": 0, "boxes": 0, "skipped_boxes": 0}
+    for split in ("train", "val"):
+        (work / "images" / split).mkdir(parents=True, exist_ok=True)
+        (work / "labels" / split).mkdir(parents=True, exist_ok=True)
+    for sample in samples:
+        with Image.open(sample.image) as image:
+            width, height = image.size
+        lines = []
+        for (x1, y1, x2, y2), label in zip(sample.xyxy, sample.labels):
+            x1, x2 = min(max(x1, 0.0), width), min(max(x2, 0.0), width)
+            y1, y2 = min(max(y1, 0.0), height), min(max(y2, 0.0), height)
             if x2 <= x1 or y2 <= y1:
                 counts["skipped_boxes"] += 1
                 continue
             cx, cy, w, h = (x1 + x2) / 2 / width, (y1 + y2) / 2 / height, (x2 - x1) / width, (y2 - y1) / height
-            lines.append(f"{classes.index(label)} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}")
-        split = "val" if is_validation(task.id) else "train"
-        shutil.copyfile(cached, work / "images" / split / f"{task.id}.png")
-        (work / "labels" / split / f"{task.id}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
+            lines.append(f"{int(label)} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}")
+        split = "val" if is_validation(sample.task_id) else "train"
+        shutil.copyfile(sample.image, work / "images" / split / f"{sample.task_id}{sample.image.suffix}")
+        (work / "labels" / split / f"{sample.task_id}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
         counts[f"{split}_images"] += 1
         counts["boxes"] += len(lines)
-    if counts["train_images"] + counts["val_images"] == 0:
-        raise TrainingError(f"project {project} has no annotations yet: label some images in Label Studio, then press Start Training")
     if counts["val_images"] < MIN_VAL_TASKS or counts["train_images"] < MIN_TRAIN_TASKS:
         raise TrainingError(
-            f"project {project} has {counts['train_images']} training and {counts['val_images']} validation images; "
+            f"{counts['train_images']} training and {counts['val_images']} validation images; "
             f"annotate more images (about 1 in {100 // VAL_PERCENT} goes to validation) and try again"
         )
     names = "".join(f"  {i}: {name}\n" for i, name in enumerate(classes))
     (work / "data.yaml").write_text(f"path: {work}\ntrain: images/train\nval: images/val\nnames:\n{names}")
-    return work, counts
+    return work / "data.yaml", counts
 
 
-def _evaluate_weights(rt: Runtime, weights, dataset: Path, classes: list[str]) -> dict:
+def evaluate_weights(settings: Settings, weights, dataset: Path, classes: list[str], split: str = "val") -> dict:
+    """COCO and VOC metrics of `weights` on a split of a data.yaml dataset."""
+    from .datasets import read_yolo_split
+
+    names, items = read_yolo_split(dataset, split)
+    return evaluate_items(settings, weights, items, names)
+
+
+def evaluate_items(settings: Settings, weights, items, names: list[str]) -> dict:
+    """COCO and VOC metrics of `weights` on labelled images; every box down to the model's floor counts."""
     from .adapters import load_adapter
-    from .datasets import predict_items, read_yolo_split
+    from .datasets import predict_items
 
-    names, items = read_yolo_split(dataset / "data.yaml", "val")
-    adapter = load_adapter(rt.settings.replace(model_weights=str(weights), model_classes=(), score_threshold=0.001))
-    predictions = predict_items(adapter, items, rt.settings.predict_batch_size)
+    adapter = load_adapter(settings.replace(model_weights=str(weights), model_classes=(), score_threshold=0.001))
+    predictions = predict_items(adapter, items, settings.predict_batch_size)
     truths = [item.truth for item in items]
     if not any(len(t.labels) for t in truths):
         return {"map": 0.0, "map50": 0.0, "map75": 0.0, "voc07_map50": 0.0, "voc12_map50": 0.0, "per_class": {}}

@@ -3,6 +3,6 @@
 Entry point `yolov5` in the `label_studio_ale.adapters` group.
 """
 
-from .adapter import YoloV5Adapter, grow_head, train_yolo
+from .adapter import YoloV5Adapter, checkpoint_classes, grow_head, train_yolo
 
-__all__ = ["YoloV5Adapter", "grow_head", "train_yolo"]
+__all__ = ["YoloV5Adapter", "checkpoint_classes", "grow_head", "train_yolo"]

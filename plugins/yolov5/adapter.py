@@ -226,6 +226,18 @@ def train_yolo(
     return best if best.is_file() else Path(model.trainer.last)
 
 
+def checkpoint_classes(weights: str | Path) -> list[str]:
+    """Class names stored in an ultralytics checkpoint, in index order."""
+    import_ultralytics()
+    from ultralytics.nn.tasks import load_checkpoint
+
+    if not Path(weights).is_file():
+        raise AdapterError(f"{weights}: no such file (weights are never downloaded)")
+    model, _ = load_checkpoint(str(weights), device="cpu", inplace=True, fuse=False)
+    names = model.names if isinstance(model.names, dict) else dict(enumerate(model.names))
+    return [str(names[i]) for i in range(len(names))]
+
+
 def grow_head(weights: str | Path, classes: list[str] | tuple[str, ...], out: str | Path) -> Path:
     """Checkpoint for new class names, keeping what the model knows about the ones it had.
 

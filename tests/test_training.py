@@ -1,0 +1,56 @@
+"""Training pieces shared by Start Training and the benchmark: the dataset writer and train_version."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from label_studio_ale.model_store import ModelStore
+from label_studio_ale.settings import Settings
+from label_studio_ale.synthetic import make_scene
+from label_studio_ale.training import TrainingError, TrainingSample, is_validation, train_version, write_training_set
+from tests.support.models import IMAGE_SIZE
+
+
+def _sample(task_id, tmp_path, xyxy, labels, size=(100, 50)):
+    path = tmp_path / f"img{task_id}.png"
+    Image.new("RGB", size).save(path)
+    return TrainingSample(task_id, path, np.asarray(xyxy, dtype=float).reshape(-1, 4), np.asarray(labels))
+
+
+def test_the_dataset_is_split_by_task_id_and_boxes_are_clipped(tmp_path):
+    ids = list(range(1, 21))
+    samples = [_sample(i, tmp_path, [[-10, 10, 50, 40], [90, 0, 130, 80], [120, 5, 150, 9]], [0, 1, 1]) for i in ids]
+    data_yaml, counts = write_training_set(tmp_path / "ds", samples, ["bird", "nest"])
+    val = [i for i in ids if is_validation(i)]
+    assert counts == {"train_images": 20 - len(val), "val_images": len(val), "boxes": 40, "skipped_boxes": 20}
+    assert sorted(int(p.stem) for p in (tmp_path / "ds" / "images" / "val").iterdir()) == val
+    rows = np.loadtxt(tmp_path / "ds" / "labels" / "train" / f"{[i for i in ids if i not in val][0]}.txt", ndmin=2)
+    # the first box is clipped at x = 0, the second at the right and bottom edges; the third lies outside
+    np.testing.assert_allclose(rows, [[0, 0.25, 0.5, 0.5, 0.6], [1, 0.95, 0.5, 0.1, 1.0]], atol=1e-6)
+    assert "names:\n  0: bird\n  1: nest\n" in data_yaml.read_text()
+
+
+def test_too_few_images_for_a_validation_split_is_refused(tmp_path):
+    train_only = [i for i in range(1, 40) if not is_validation(i)][:5]
+    with pytest.raises(TrainingError, match="5 training and 0 validation images; annotate more images"):
+        write_training_set(tmp_path / "ds", [_sample(i, tmp_path, [], []) for i in train_only], ["bird"])
+
+
+@pytest.mark.slow
+def test_a_base_model_with_some_of_the_labels_has_its_head_grown(trained_weights, tmp_path):
+    """BASE_MODEL knows bird and nest; the project adds egg: the first version keeps bird and nest."""
+    scenes = [make_scene(20_000 + i) for i in range(30)]
+    samples = []
+    for i, scene in enumerate(scenes, start=1):
+        scene.image.save(tmp_path / f"{i}.png")
+        samples.append(TrainingSample(i, tmp_path / f"{i}.png", scene.xyxy, np.where(scene.labels == 1, 2, scene.labels)))
+    classes = ["bird", "egg", "nest"]
+    data_yaml, _ = write_training_set(tmp_path / "ds", samples, classes)
+    settings = Settings(base_model=str(trained_weights), train_epochs=1, train_batch=8, image_size=IMAGE_SIZE, model_dir=str(tmp_path / "models"))
+    store = ModelStore(settings.model_dir, 1)
+    trained = train_version(settings, store, data_yaml, classes, tmp_path / "work")
+    assert trained.promoted and store.current().classes == tuple(classes)
+    assert trained.version.manifest["base"] == f"{trained_weights}, head grown to 3 classes"
+    # one epoch from fresh class rows would know nothing yet; grown rows still find birds and nests
+    assert trained.metrics["per_class"]["bird"]["map50"] > 0.6
+    assert trained.metrics["per_class"]["nest"]["map50"] > 0.6
