@@ -9,6 +9,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from .bench import cli as bench_cli
 from .errors import AleError
 from .settings import Settings
 
@@ -59,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     models.add_argument("--project", type=int, required=True)
     models.add_argument("--plot", help="also draw mAP per version into this PNG")
 
+    bench_cli.add_parser(commands)
+
     commands.add_parser("config", help="print the effective settings (secrets hidden)")
     commands.add_parser("adapters", help="list installed model adapters")
 
@@ -86,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         return _evaluate(settings, args)
     if args.command == "models":
         return _models(settings, args)
+    if args.command == "bench":
+        return bench_cli.run(settings, args, sys.argv[1:] if argv is None else argv)
     if args.command == "config":
         shown = {k: (str(v) if not isinstance(v, tuple) else list(v)) for k, v in asdict(settings).items()}
         for secret in ("label_studio_api_key", "basic_auth_password"):

@@ -1,0 +1,195 @@
+"""`ale bench al`: the label-efficiency benchmark; `ale bench report`: re-render a results.json."""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from ..datasets import FORMATS
+from ..settings import Settings
+
+DEFAULT_OUT = "bench-al"
+DEFAULT_CACHE = Path.home() / ".cache" / "label-studio-ale" / "bench"
+
+#: The CPU preset's policies: random, seed 000's default, and the two ALE
+#: variants the paper found best (ALE entropy-sum, ALE LC-max) beside their
+#: plain counterparts. The large preset runs every policy.
+SMALL_POLICIES = ("random", "min-confidence", "entropy-sum", "lc-max", "ale-entropy-sum", "ale-lc-max")
+
+#: small: about 15 minutes on a 2-core CPU; large: a GPU.
+PRESETS = {
+    "small": {
+        "pool": 320,
+        "eval": 120,
+        "base_images": 300,
+        "base_epochs": 25,
+        "policies": SMALL_POLICIES,
+        "seeds": (0, 1),
+        "initial": 24,
+        "budget": 24,
+        "cycles": 2,
+        "image_size": 128,
+        "initial_epochs": 15,
+        # ultralytics warms the learning rate up over the first 100 iterations
+        # of every run: a fine-tune needs well over that to learn a new class
+        "epochs": 20,
+        "batch": 8,
+    },
+    "large": {
+        "pool": 3000,
+        "eval": 600,
+        "base_images": 3000,
+        "base_epochs": 60,
+        "policies": None,  # every policy
+        "seeds": (0, 1, 2, 3, 4),
+        "initial": 100,
+        "budget": 100,
+        "cycles": 5,
+        "image_size": 256,
+        "initial_epochs": 30,
+        "epochs": 20,
+        "batch": 32,
+    },
+}
+
+
+def add_parser(commands) -> None:
+    bench = commands.add_parser("bench", help="label-efficiency benchmarks of the selection policies")
+    kinds = bench.add_subparsers(dest="bench_command", required=True)
+    al = kinds.add_parser(
+        "al",
+        help="simulated active-learning cycles (the ground truth plays the annotator): mAP per policy and cycle",
+        description="Simulate labelling cycles with each policy and compare the models. Without --data it uses "
+        "a built-in dataset (handwritten digits on photographs) whose last class appears only in the pool.",
+    )
+    al.add_argument("--preset", choices=sorted(PRESETS), default="small", help="defaults for everything below (default: small)")
+    al.add_argument("--data", help="your labelled dataset: a COCO .json, a YOLO folder or data.yaml, or a VOC folder")
+    al.add_argument("--format", choices=FORMATS, help="the dataset's format (default: detected)")
+    al.add_argument("--images", help="COCO: the folder file_name is relative to (default: the json's folder)")
+    al.add_argument("--eval-data", help="a separate evaluation dataset (default: a fixed share of --data)")
+    al.add_argument("--eval-percent", type=int, default=25, help="share of --data held out for evaluation (default 25)")
+    al.add_argument("--new-class", help="a class left out of the initial labelled set (built-in: its last class; 'none' for no such class)")
+    al.add_argument("--policies", help="comma-separated policy names (default: the preset's)")
+    al.add_argument("--seeds", help="comma-separated seeds; each draws its own initial set (default: the preset's)")
+    for name, what in (
+        ("initial", "images labelled before the first cycle"),
+        ("budget", "images labelled per cycle"),
+        ("cycles", "labelling cycles"),
+        ("image-size", "training and inference image size"),
+        ("initial-epochs", "epochs of the first model (base model fine-tuned on the initial set)"),
+        ("epochs", "epochs of each cycle's fine-tuning"),
+        ("batch", "training batch size"),
+        ("pool", "built-in dataset: pool images"),
+        ("eval", "built-in dataset: evaluation images"),
+        ("base-images", "built-in dataset: images of the base model's own training set (no new class)"),
+        ("base-epochs", "built-in dataset: epochs of the base model"),
+    ):
+        al.add_argument(f"--{name}", type=int, help=f"{what} (default: the preset's)")
+    al.add_argument("--base-model", help="weights every seed starts from (default: BASE_MODEL; built-in: a base model trained once and cached)")
+    al.add_argument("--promotion", choices=("always", "if-not-worse"), default="always", help="keep every cycle's model, or gate like the server")
+    al.add_argument("--device", help="torch device (default: DEVICE)")
+    al.add_argument("--out", default=DEFAULT_OUT, help=f"folder for results.json, table.md and learning_curve.png (default {DEFAULT_OUT})")
+    al.add_argument("--cache", default=str(DEFAULT_CACHE), help="where built-in datasets and base models are kept between runs")
+
+    report = kinds.add_parser("report", help="write the table and the plot of a results.json again")
+    report.add_argument("results", help="a results.json written by `ale bench al`")
+    report.add_argument("--out", help="folder for table.md and learning_curve.png (default: beside the results)")
+
+
+def run(settings: Settings, args, argv: list[str]) -> int:
+    if args.bench_command == "report":
+        path = Path(args.results)
+        if not path.is_file():
+            print(f"{path}: no such file", file=sys.stderr)
+            return 2
+        _render(json.loads(path.read_text()), Path(args.out) if args.out else path.parent)
+        return 0
+    return _run_al(settings, args, argv)
+
+
+def _run_al(settings: Settings, args, argv: list[str]) -> int:
+    from .simulation import DEFAULT_POLICIES, BenchConfig, simulate
+    from .sources import builtin_data, builtin_base_model, user_data
+
+    preset = PRESETS[args.preset]
+
+    def pick(name):
+        value = getattr(args, name)
+        return preset[name] if value is None else value
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cache = Path(args.cache)
+    device = args.device or settings.device
+    started = time.monotonic()
+    try:
+        if args.data:
+            data = user_data(args.data, args.format, images=args.images, eval_path=args.eval_data, eval_percent=args.eval_percent)
+            new_class = args.new_class
+            base_model = args.base_model or settings.base_model
+        else:
+            data, new_class = builtin_data(cache, pick("pool"), pick("eval"), pick("image_size"))
+            new_class = args.new_class or new_class
+            base_model = args.base_model or str(
+                builtin_base_model(cache, settings, pick("base_images"), pick("base_epochs"), pick("image_size"), device, log=_log)
+            )
+        if new_class is not None and new_class.lower() == "none":
+            new_class = None
+        config = BenchConfig(
+            policies=tuple(_csv(args.policies)) if args.policies else (preset["policies"] or DEFAULT_POLICIES),
+            seeds=tuple(int(s) for s in _csv(args.seeds)) if args.seeds else preset["seeds"],
+            initial=pick("initial"),
+            budget=pick("budget"),
+            cycles=pick("cycles"),
+            image_size=pick("image_size"),
+            initial_epochs=pick("initial_epochs"),
+            epochs=pick("epochs"),
+            batch=pick("batch"),
+            new_class=new_class,
+            promotion=args.promotion,
+            base_model=base_model,
+            device=device,
+        )
+    except ValueError as exc:
+        print(f"ale bench al: {exc}", file=sys.stderr)
+        return 2
+    _log(f"{data.description}; classes {', '.join(data.names)}; new class: {config.new_class or 'none'}")
+    _log(
+        f"{len(config.policies)} policies x {len(config.seeds)} seeds x {config.cycles} cycles: "
+        f"{config.initial} initial + {config.budget} per cycle, {config.epochs} epochs each, base {config.base_model}"
+    )
+    with tempfile.TemporaryDirectory(prefix="ale-bench-", dir=out) as work:
+        try:
+            results = simulate(config, data, settings, work, log=_log, results_path=out / "results.json")
+        except ValueError as exc:
+            print(f"ale bench al: {exc}", file=sys.stderr)
+            return 2
+    results["command"] = " ".join(["ale", *argv])
+    results["seconds"] = round(time.monotonic() - started, 1)
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    _render(results, out)
+    _log(f"done in {results['seconds'] / 60:.1f} min")
+    return 0
+
+
+def _render(results: dict, out: Path) -> None:
+    from .report import markdown_table, plot, summarise
+
+    out.mkdir(parents=True, exist_ok=True)
+    summary = summarise(results)
+    table = markdown_table(summary)
+    (out / "table.md").write_text(table + "\n")
+    plot(summary, results, out / "learning_curve.png")
+    print(table)
+    print(f"\nwritten: {out / 'results.json'}, {out / 'table.md'}, {out / 'learning_curve.png'}")
+
+
+def _csv(raw: str) -> list[str]:
+    return [part.strip() for part in raw.split(",") if part.strip()]
+
+
+def _log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)

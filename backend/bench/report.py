@@ -1,0 +1,119 @@
+"""Benchmark results -> summary statistics, a markdown table and a learning-curve plot.
+
+Gains are measured per seed against the random policy of the same seed (same
+initial set, same initial model), then averaged over seeds; they are given in
+percentage points of mAP50, as in the ALE paper's tables.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .simulation import BASELINE_POLICY
+
+METRIC = "map50"
+
+
+def summarise(results: dict, metric: str = METRIC) -> dict:
+    """-> {"labelled": [n per cycle], "policies": {name: per-cycle means/sds and gains over random}}."""
+    runs = results["runs"]
+    if not runs:
+        raise ValueError("the results hold no finished runs")
+    policies = list(dict.fromkeys(run["policy"] for run in runs))
+    by_key = {(run["policy"], run["seed"]): run for run in runs}
+    cycles = min(len(run["cycles"]) for run in runs)
+    labelled = [c["labelled_images"] for c in runs[0]["cycles"][:cycles]]
+    summary = {"metric": metric, "labelled": labelled, "seeds": sorted({run["seed"] for run in runs}), "policies": {}}
+    for name in policies:
+        seeds = sorted(seed for policy, seed in by_key if policy == name)
+        values = np.array([[c[metric] for c in by_key[(name, s)]["cycles"][:cycles]] for s in seeds])
+        row = {"seeds": len(seeds), "mean": values.mean(0).tolist(), "sd": _sd(values).tolist()}
+        baseline_seeds = [s for s in seeds if (BASELINE_POLICY, s) in by_key]
+        if baseline_seeds and name != BASELINE_POLICY:
+            baseline = np.array([[c[metric] for c in by_key[(BASELINE_POLICY, s)]["cycles"][:cycles]] for s in baseline_seeds])
+            mine = np.array([[c[metric] for c in by_key[(name, s)]["cycles"][:cycles]] for s in baseline_seeds])
+            gains = (mine - baseline)[:, 1:] * 100  # cycle 0 is the shared initial model
+            row["gain_final"] = {"mean": float(gains[:, -1].mean()), "sd": float(_sd(gains[:, -1]))} if gains.size else None
+            row["gain_mean"] = {"mean": float(gains.mean()), "sd": float(_sd(gains.mean(1)))} if gains.size else None
+        row["labelled_objects"] = float(np.mean([sum(by_key[(name, s)]["cycles"][cycles - 1]["labelled_objects"].values()) for s in seeds]))
+        new_class = [by_key[(name, s)]["cycles"][cycles - 1].get("new_class_ap50") for s in seeds]
+        if all(v is not None for v in new_class):
+            row["new_class_ap50"] = float(np.mean(new_class))
+            row["new_class_objects"] = float(
+                np.mean([by_key[(name, s)]["cycles"][cycles - 1]["labelled_objects"][results["dataset"]["new_class"]] for s in seeds])
+            )
+        summary["policies"][name] = row
+    return summary
+
+
+def _sd(values: np.ndarray) -> np.ndarray:
+    values = np.asarray(values, dtype=np.float64)
+    return values.std(0, ddof=1) if values.shape[0] > 1 else np.zeros(values.shape[1:])
+
+
+def markdown_table(summary: dict) -> str:
+    """One row per policy, best mean gain first: mAP50 per cycle (mean ± sd over seeds), gains over random.
+
+    Boxes labelled (mean over seeds, after the last cycle) show the cost side:
+    policies that favour crowded images buy their gains with more boxes to draw.
+    """
+    labelled = summary["labelled"]
+    has_new = any("new_class_ap50" in row for row in summary["policies"].values())
+    header = ["policy"] + [f"{n} img" for n in labelled] + ["gain, last (pp)", "gain, mean (pp)", "boxes labelled"]
+    if has_new:
+        header += ["new class AP50", "new-class boxes"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+
+    def order(item):
+        gain = item[1].get("gain_mean")
+        return -(gain["mean"] if gain else 0.0)
+
+    for name, row in sorted(summary["policies"].items(), key=order):
+        cells = [name] + [f"{m:.3f} ± {s:.3f}" for m, s in zip(row["mean"], row["sd"])]
+        for key in ("gain_final", "gain_mean"):
+            gain = row.get(key)
+            cells.append(f"{gain['mean']:+.1f} ± {gain['sd']:.1f}" if gain else "—")
+        cells.append(f"{row['labelled_objects']:.0f}")
+        if has_new:
+            cells += [f"{row.get('new_class_ap50', 0):.3f}", f"{row.get('new_class_objects', 0):.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(summary: dict, results: dict, path: str | Path) -> Path:
+    """Learning curves (mAP50 and, with a new class, its AP50) against labelled images, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    policies = summary["policies"]
+    panels = [("mAP50 (evaluation set)", METRIC)]
+    new_class = results["dataset"].get("new_class")
+    if new_class:
+        panels.append((f"AP50 of the new class '{new_class}'", "new_class_ap50"))
+    figure, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), squeeze=False)
+    colours = plt.get_cmap("tab10").colors
+    for axis, (title, key) in zip(axes[0], panels):
+        for k, name in enumerate(policies):
+            runs = [r for r in results["runs"] if r["policy"] == name]
+            cycles = len(summary["labelled"])
+            values = np.array([[c.get(key, 0.0) for c in r["cycles"][:cycles]] for r in runs])
+            style = {"color": "black", "linewidth": 2.5, "linestyle": "--"} if name == BASELINE_POLICY else {
+                "color": colours[k % len(colours)],
+                "linewidth": 1.8 if name.startswith("ale-") else 1.2,
+                "linestyle": "-" if name.startswith("ale-") else ":",
+            }
+            axis.plot(summary["labelled"], values.mean(0), marker="o", markersize=3, label=name, **style)
+        axis.set_xlabel("labelled images")
+        axis.set_title(title)
+        axis.grid(alpha=0.3)
+    axes[0][0].set_ylabel(f"mean over {len(summary['seeds'])} seed(s)")
+    axes[0][0].legend(fontsize=7, loc="upper left", ncol=2)
+    figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path

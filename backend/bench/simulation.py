@@ -1,0 +1,269 @@
+"""Simulated active-learning cycles: the ground truth plays the annotator.
+
+Per seed, an initial labelled set is drawn from the pool (without any image of
+the new class, when there is one: the ALE paper's scenario of a class the
+first model never saw) and a first model is trained on it. Then, for every
+policy, starting from that same model, each cycle:
+
+1. predicts the unlabeled pool with the served version (same adapter and
+   serving filters as /predict and the sync),
+2. ranks it with the policy and the batch extras (same `select_order` as the
+   priority sync) and "labels" the first `budget` images from the ground truth,
+3. trains a new version on everything labelled so far (same `train_version`
+   as Start Training: fine-tune from the current version, validation split
+   by task id, promotion by PROMOTION),
+4. evaluates the served version on a fixed evaluation set shared by all
+   policies and seeds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from ..datasets import LabelledImage
+from ..model_store import ModelStore
+from ..policies import get_policy
+from ..settings import PROMOTION_POLICIES, Settings
+
+#: Every policy the paper compares, random first: gains are measured against it.
+DEFAULT_POLICIES = (
+    "random",
+    "min-confidence",
+    "entropy-sum",
+    "entropy-max",
+    "entropy-mean",
+    "lc-sum",
+    "lc-max",
+    "lc-mean",
+    "ale-entropy-sum",
+    "ale-entropy-max",
+    "ale-entropy-mean",
+    "ale-lc-sum",
+    "ale-lc-max",
+    "ale-lc-mean",
+)
+BASELINE_POLICY = "random"
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """One benchmark run. Image counts are images labelled; epochs are training epochs per model."""
+
+    policies: tuple[str, ...] = DEFAULT_POLICIES
+    seeds: tuple[int, ...] = (0, 1)
+    initial: int = 24
+    budget: int = 16
+    cycles: int = 3
+    image_size: int = 128
+    initial_epochs: int = 40
+    epochs: int = 10
+    batch: int = 16
+    new_class: str | None = None
+    # The question is which images teach most, so every cycle's model is kept;
+    # `if-not-worse` reproduces the server's default gate instead.
+    promotion: str = "always"
+    base_model: str = "yolov5n.yaml"
+    device: str = "cpu"
+
+    def __post_init__(self):
+        for name in ("initial", "budget", "cycles", "image_size", "initial_epochs", "epochs", "batch"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not self.policies:
+            raise ValueError("policies is empty: name at least one, e.g. random,ale-entropy-sum")
+        if len(set(self.policies)) != len(self.policies):
+            raise ValueError(f"policies lists a name twice: {','.join(self.policies)}")
+        for name in self.policies:
+            get_policy(name)  # unknown names fail here, before any training
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct integers, got {self.seeds}")
+        if self.promotion not in PROMOTION_POLICIES:
+            raise ValueError(f"promotion must be one of {', '.join(PROMOTION_POLICIES)}, got {self.promotion!r}")
+
+    def labelled_after(self, cycle: int) -> int:
+        return self.initial + cycle * self.budget
+
+
+@dataclass
+class BenchData:
+    """Class names, the pool the policies choose from, and the fixed evaluation set."""
+
+    names: list[str]
+    pool: list[LabelledImage]
+    evaluation: list[LabelledImage]
+    description: str = ""
+    images: list[Image.Image] = field(default_factory=list, repr=False)
+
+    def __post_init__(self):
+        if not self.pool or not self.evaluation:
+            raise ValueError(f"the pool ({len(self.pool)} images) and the evaluation set ({len(self.evaluation)}) must not be empty")
+
+
+Log = Callable[[str], None]
+
+
+def simulate(config: BenchConfig, data: BenchData, settings: Settings, work: str | Path, *, log: Log = print, results_path: Path | None = None) -> dict:
+    """Run every (seed, policy) and return the results; written to `results_path` after each run if given."""
+    work = Path(work)
+    new_index = _new_class_index(config, data)
+    needed = config.labelled_after(config.cycles)
+    eligible = [i for i, item in enumerate(data.pool) if new_index is None or new_index not in item.truth.labels]
+    if len(eligible) < config.initial or len(data.pool) < needed:
+        raise ValueError(
+            f"the pool has {len(data.pool)} images ({len(eligible)} usable for the initial set); the configuration needs "
+            f"{config.initial} initial and {needed} in all: lower --initial, --budget or --cycles, or use a larger dataset"
+        )
+    settings = settings.replace(
+        image_size=config.image_size,
+        train_batch=config.batch,
+        base_model=config.base_model,
+        device=config.device,
+        promotion=config.promotion,
+        model_dir=str(work / "models"),
+    )
+    if not data.images:
+        data.images = [_load(item.path) for item in data.pool]
+    hashes = _hashes(settings, data.images)
+    results = {
+        "config": dataclasses.asdict(config),
+        "dataset": {
+            "description": data.description,
+            "classes": data.names,
+            "pool_images": len(data.pool),
+            "evaluation_images": len(data.evaluation),
+            "new_class": config.new_class,
+        },
+        "runs": [],
+    }
+    for seed in config.seeds:
+        rng = np.random.default_rng(seed)
+        initial = sorted(int(i) for i in rng.choice(eligible, size=config.initial, replace=False))
+        start = time.monotonic()
+        first = ModelStore(work / f"seed{seed}" / "initial", 0)
+        _train(settings.replace(train_epochs=config.initial_epochs), first, data, initial, work / f"seed{seed}" / "work", seed)
+        first_metrics = _evaluate(settings, first, data)
+        log(f"seed {seed}: initial model on {len(initial)} images: mAP50 {first_metrics['map50']:.3f} ({time.monotonic() - start:.0f} s)")
+        for policy_name in config.policies:
+            run_dir = work / f"seed{seed}" / policy_name
+            shutil.copytree(first.dir, run_dir / "models" / "0")
+            run = _run_policy(config, data, settings.replace(train_epochs=config.epochs), policy_name, seed, initial, hashes, run_dir, new_index, log)
+            run["cycles"].insert(0, _cycle_record(0, initial, first_metrics, data, new_index, 0.0))
+            results["runs"].append(run)
+            shutil.rmtree(run_dir, ignore_errors=True)  # versions are large; the metrics are kept
+            if results_path is not None:
+                _write_json(results_path, results)
+        shutil.rmtree(first.dir.parent, ignore_errors=True)
+    return results
+
+
+def _run_policy(config, data, settings, policy_name, seed, initial, hashes, run_dir, new_index, log) -> dict:
+    from ..adapters import load_adapter
+    from ..predictor import Predictor
+
+    store = ModelStore(run_dir / "models", 0)
+    labelled = list(initial)
+    cycles = []
+    for cycle in range(1, config.cycles + 1):
+        start = time.monotonic()
+        unlabeled = np.setdiff1d(np.arange(len(data.pool)), labelled)
+        adapter = load_adapter(settings.replace(model_weights=str(store.current().weights), model_classes=()))
+        detections = Predictor(settings, adapter, None).detect([data.images[i] for i in unlabeled])
+        picked = select_batch(
+            settings, policy_name, detections, unlabeled + 1, [hashes[i] for i in unlabeled] if hashes else None,
+            adapter.classes, config.budget, seed * 1000 + cycle,
+        )
+        labelled += [int(unlabeled[i]) for i in picked]
+        _train(settings, store, data, labelled, run_dir / "work", seed)
+        metrics = _evaluate(settings, store, data)
+        cycles.append(_cycle_record(cycle, labelled, metrics, data, new_index, time.monotonic() - start))
+        log(f"seed {seed}: {policy_name:<17} cycle {cycle}: {len(labelled)} images, mAP50 {metrics['map50']:.3f} ({time.monotonic() - start:.0f} s)")
+    return {"seed": seed, "policy": policy_name, "cycles": cycles}
+
+
+def select_batch(settings: Settings, policy_name: str, detections, task_ids: np.ndarray, hashes, classes, budget: int, seed: int) -> np.ndarray:
+    """The `budget` images a sync would put first in the queue: (m,) detections and task ids -> (budget,) positions.
+
+    Same policy, batch extras and `select_order` as the priority sync; `seed`
+    drives the random policy and the exploration draw.
+    """
+    from ..jobs import batch_extras
+    from ..ranking import select_order
+
+    usefulness = get_policy(policy_name, seed=seed).usefulness(detections)
+    extras = dataclasses.replace(batch_extras(settings, classes), batch_size=budget, seed=seed)
+    return select_order(usefulness, np.asarray(task_ids), detections, hashes, extras)[:budget]
+
+
+def _train(settings: Settings, store, data: BenchData, labelled: list[int], work: Path, seed: int) -> None:
+    """Train a version on the labelled pool images (task id = pool index + 1) into `store`."""
+    from ..training import TrainingSample, train_version, write_training_set
+
+    samples = [TrainingSample(i + 1, data.pool[i].path, data.pool[i].truth.xyxy, data.pool[i].truth.labels) for i in labelled]
+    shutil.rmtree(work, ignore_errors=True)
+    try:
+        dataset, _ = write_training_set(work, samples, data.names)
+        train_version(settings, store, dataset, data.names, work, seed=seed)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _evaluate(settings: Settings, store, data: BenchData) -> dict:
+    from ..training import evaluate_items
+
+    return evaluate_items(settings, store.current().weights, data.evaluation, data.names)
+
+
+def _cycle_record(cycle: int, labelled: list[int], metrics: dict, data: BenchData, new_index: int | None, seconds: float) -> dict:
+    objects = np.zeros(len(data.names), dtype=np.int64)
+    for i in labelled:
+        objects += np.bincount(data.pool[i].truth.labels, minlength=len(data.names))
+    record = {
+        "cycle": cycle,
+        "labelled_images": len(labelled),
+        "labelled_objects": {name: int(n) for name, n in zip(data.names, objects)},
+        "map": metrics["map"],
+        "map50": metrics["map50"],
+        "voc07_map50": metrics["voc07_map50"],
+        "ap50": {name: row.get("map50", 0.0) for name, row in metrics.get("per_class", {}).items()},
+        "seconds": round(seconds, 1),
+    }
+    if new_index is not None:
+        record["new_class_ap50"] = record["ap50"].get(data.names[new_index], 0.0)
+    return record
+
+
+def _new_class_index(config: BenchConfig, data: BenchData) -> int | None:
+    if config.new_class is None:
+        return None
+    if config.new_class not in data.names:
+        raise ValueError(f"new class {config.new_class!r} is not a class of the dataset ({', '.join(data.names)})")
+    return data.names.index(config.new_class)
+
+
+def _hashes(settings: Settings, images: list[Image.Image]) -> list[int] | None:
+    if settings.duplicate_distance < 0:
+        return None
+    from ..media import average_hash
+
+    return [average_hash(image) for image in images]
+
+
+def _load(path: Path) -> Image.Image:
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+def _write_json(path: Path, results: dict) -> None:
+    temp = path.with_suffix(".tmp")
+    temp.write_text(json.dumps(results, indent=1))
+    temp.replace(path)

@@ -1,0 +1,95 @@
+"""Where a benchmark's images come from: the built-in digit scenes or a user's labelled dataset."""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from ..datasets import read_dataset
+from ..settings import Settings
+from .digits import DigitScenes
+from .simulation import BenchData
+
+#: Seeds of the evaluation scenes and of the base model's scenes start here, far from the pool's.
+EVAL_SEED_OFFSET = 1_000_000
+BASE_SEED_OFFSET = 2_000_000
+DEFAULT_EVAL_PERCENT = 25
+
+
+def builtin_data(cache: str | Path, pool_size: int, eval_size: int, image_size: int = 128) -> tuple[BenchData, str]:
+    """Generate (or reuse) the digit scenes under `cache`. -> (data, name of its new class)."""
+    scenes = DigitScenes(size=image_size)
+    root = Path(cache) / f"digits-{scenes.key}"
+    parts = {}
+    for part, count, first_seed, half in (("pool", pool_size, 0, 0), ("eval", eval_size, EVAL_SEED_OFFSET, 1)):
+        folder = root / f"{part}-{count}"
+        if not (folder / "data.yaml").is_file():  # data.yaml is written last: its presence means complete
+            scenes.write(folder, count, first_seed, half)
+        parts[part] = read_dataset(folder, "yolo")[1]
+    description = (
+        f"built-in: scikit-learn handwritten digits on photographs, {image_size}px, "
+        f"{pool_size} pool + {eval_size} evaluation scenes"
+    )
+    return BenchData(scenes.class_names, parts["pool"], parts["eval"], description), scenes.class_names[scenes.new_class]
+
+
+def builtin_base_model(cache: str | Path, settings: Settings, images: int, epochs: int, image_size: int, device: str, log=print) -> Path:
+    """The built-in dataset's base model, trained once and cached: `images` scenes without the new class.
+
+    It plays the model a user brings from earlier work (BASE_MODEL): it knows
+    the old classes and has never seen the new one.
+    """
+    from ..model_store import ModelStore
+    from ..training import TrainingSample, train_version, write_training_set
+
+    scenes = DigitScenes(size=image_size)
+    store = ModelStore(Path(cache) / f"digits-{scenes.key}" / f"base-{images}-{epochs}ep", 0)
+    if store.current() is not None:
+        return store.current().weights
+    folder = store.dir.parent / "scenes"
+    if not (folder / "data.yaml").is_file():
+        scenes.write(folder, images, BASE_SEED_OFFSET, 0, with_new_class=False)
+    names, items = read_dataset(folder, "yolo")
+    # The base model's classes are the old ones only: the new class joins the
+    # label config later, and training grows the head for it.
+    known = [name for i, name in enumerate(names) if i != scenes.new_class]
+    log(f"training the built-in base model once: {images} scenes of {', '.join(known)}, {epochs} epochs (cached in {store.dir})")
+    remap = np.array([known.index(name) if name in known else -1 for name in names])
+    samples = [TrainingSample(i + 1, item.path, item.truth.xyxy, remap[item.truth.labels]) for i, item in enumerate(items)]
+    work = store.dir.parent / "work"
+    try:
+        dataset, _ = write_training_set(work, samples, known)
+        trained = settings.replace(image_size=image_size, train_epochs=epochs, base_model="yolov5n.yaml", device=device, promotion="always")
+        train_version(trained, store, dataset, known, work)
+    finally:
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(folder, ignore_errors=True)
+    return store.current().weights
+
+
+def user_data(
+    path: str | Path,
+    format: str | None = None,
+    *,
+    images: str | Path | None = None,
+    eval_path: str | Path | None = None,
+    eval_percent: int = DEFAULT_EVAL_PERCENT,
+) -> BenchData:
+    """A user's dataset; its evaluation set is `eval_path`, else a fixed `eval_percent` of it (by file-name hash)."""
+    names, items = read_dataset(path, format, images=images)
+    if eval_path is not None:
+        eval_names, evaluation = read_dataset(eval_path, format, images=images)
+        if eval_names != names:
+            raise ValueError(f"the evaluation set's classes ({', '.join(eval_names)}) differ from the pool's ({', '.join(names)})")
+        pool = items
+    else:
+        if not 0 < eval_percent < 100:
+            raise ValueError(f"eval percent must be in 1..99, got {eval_percent}")
+        held_out = [zlib.crc32(item.path.name.encode()) % 100 < eval_percent for item in items]
+        pool = [item for item, out in zip(items, held_out) if not out]
+        evaluation = [item for item, out in zip(items, held_out) if out]
+    return BenchData(names, pool, evaluation, f"{path}: {len(pool)} pool + {len(evaluation)} evaluation images")

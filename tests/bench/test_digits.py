@@ -1,0 +1,63 @@
+"""The built-in benchmark scenes: deterministic, boxes on the ink, the new class only where asked."""
+
+import numpy as np
+import pytest
+
+from label_studio_ale.bench.digits import DigitScenes
+from label_studio_ale.datasets import read_dataset
+
+
+def test_the_same_seed_gives_the_same_pixels_and_boxes():
+    scenes = DigitScenes()
+    a, b = scenes.scene(7, 0), scenes.scene(7, 0)
+    assert np.array_equal(np.asarray(a.image), np.asarray(b.image))
+    assert np.array_equal(a.xyxy, b.xyxy) and np.array_equal(a.labels, b.labels)
+    assert not np.array_equal(np.asarray(a.image), np.asarray(scenes.scene(8, 0).image))
+
+
+def test_boxes_lie_inside_the_image_around_visible_ink():
+    scenes = DigitScenes(size=128)
+    counts = []
+    for seed in range(40):
+        scene = scenes.scene(seed, 0)
+        counts.append(len(scene.labels))
+        assert scene.image.size == (128, 128)
+        assert ((scene.xyxy >= 0) & (scene.xyxy <= 128)).all()
+        assert (scene.xyxy[:, 2] > scene.xyxy[:, 0]).all() and (scene.xyxy[:, 3] > scene.xyxy[:, 1]).all()
+        pixels = np.asarray(scene.image, dtype=float)
+        for x1, y1, x2, y2 in scene.xyxy.astype(int):
+            # ink contrasts with its surroundings: the box is not flat background
+            assert pixels[y1:y2, x1:x2].std() > 15
+    # field-like counts: mostly one or two objects, some crowded scenes
+    assert max(counts) >= 4 and np.mean(counts) > 1.2
+
+
+def test_the_new_class_is_rare_and_can_be_left_out():
+    scenes = DigitScenes()
+    new = scenes.new_class
+    with_new = np.concatenate([scenes.scene(s, 0).labels for s in range(200)])
+    without = np.concatenate([scenes.scene(s, 0, with_new_class=False).labels for s in range(200)])
+    share = np.mean(with_new == new)
+    assert 0.04 < share < 0.25
+    assert new not in without and set(without) == set(range(len(scenes.digits))) - {new}
+
+
+def test_written_scenes_read_back_as_a_yolo_dataset(tmp_path):
+    scenes = DigitScenes(size=96, max_side=30)
+    root = scenes.write(tmp_path / "pool", 5, 0, 0)
+    names, items = read_dataset(root)
+    assert names == ["digit-1", "digit-4", "digit-7", "digit-0"]
+    assert len(items) == 5
+    for seed, item in enumerate(items):
+        scene = scenes.scene(seed, 0)
+        np.testing.assert_allclose(item.truth.xyxy, scene.xyxy, atol=1e-3)
+        assert item.truth.labels.tolist() == scene.labels.tolist()
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [({"digits": (1, 1)}, "distinct"), ({"digits": (3, 12)}, "0..9"), ({"size": 40, "max_side": 36}, "too small"), ({"new_class": 9}, "new_class must index")],
+)
+def test_bad_generator_settings_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        DigitScenes(**kwargs)

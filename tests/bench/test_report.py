@@ -1,0 +1,58 @@
+"""Summary statistics and rendering of benchmark results."""
+
+import pytest
+
+from label_studio_ale.bench.report import markdown_table, plot, summarise
+
+
+def _run(policy, seed, map50s, new_ap=None):
+    cycles = []
+    for c, value in enumerate(map50s):
+        record = {"cycle": c, "labelled_images": 10 + 5 * c, "map50": value, "labelled_objects": {"old": 3 * c, "new": c}}
+        if new_ap is not None:
+            record["new_class_ap50"] = new_ap[c]
+        cycles.append(record)
+    return {"policy": policy, "seed": seed, "cycles": cycles}
+
+
+RESULTS = {
+    "dataset": {"new_class": "new"},
+    "runs": [
+        _run("random", 0, [0.30, 0.40, 0.50], [0, 0.1, 0.2]),
+        _run("ale-entropy-sum", 0, [0.30, 0.45, 0.60], [0, 0.3, 0.5]),
+        _run("random", 1, [0.20, 0.30, 0.40], [0, 0.0, 0.1]),
+        _run("ale-entropy-sum", 1, [0.20, 0.30, 0.44], [0, 0.2, 0.3]),
+    ],
+}
+
+
+def test_gains_are_per_seed_differences_to_random_in_points():
+    summary = summarise(RESULTS)
+    assert summary["labelled"] == [10, 15, 20]
+    ale = summary["policies"]["ale-entropy-sum"]
+    assert ale["mean"] == pytest.approx([0.25, 0.375, 0.52])
+    # last cycle: +10 and +4 points -> mean 7, sample sd 4.243
+    assert ale["gain_final"]["mean"] == pytest.approx(7.0)
+    assert ale["gain_final"]["sd"] == pytest.approx(4.2426, abs=1e-3)
+    # cycles 1..2 (cycle 0 is the shared initial model): seed 0 (5 + 10) / 2, seed 1 (0 + 4) / 2
+    assert ale["gain_mean"]["mean"] == pytest.approx((7.5 + 2.0) / 2)
+    assert ale["new_class_ap50"] == pytest.approx(0.4)
+    assert ale["new_class_objects"] == pytest.approx(2.0)
+    assert ale["labelled_objects"] == pytest.approx(8.0)
+    assert "gain_final" not in summary["policies"]["random"]
+
+
+def test_the_table_puts_the_best_mean_gain_first_and_the_plot_is_a_png(tmp_path):
+    table = markdown_table(summarise(RESULTS))
+    lines = table.splitlines()
+    assert lines[0].startswith("| policy | 10 img | 15 img | 20 img | gain, last (pp) | gain, mean (pp) | boxes labelled | new class AP50")
+    assert lines[2].startswith("| ale-entropy-sum | 0.250 ± 0.071 |")
+    assert "+7.0 ± 4.2" in lines[2]
+    assert lines[3].startswith("| random |") and "—" in lines[3]
+    path = plot(summarise(RESULTS), RESULTS, tmp_path / "curve.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_results_without_runs_are_refused():
+    with pytest.raises(ValueError, match="no finished runs"):
+        summarise({"dataset": {}, "runs": []})

@@ -1,0 +1,141 @@
+"""The simulation loop: selection through the sync's ranking code, real (tiny) training, the CLI end to end."""
+
+import json
+
+import numpy as np
+import pytest
+
+from label_studio_ale.bench.cli import PRESETS
+from label_studio_ale.bench.digits import DigitScenes
+from label_studio_ale.bench.simulation import DEFAULT_POLICIES, BenchConfig, select_batch
+from label_studio_ale.cli import main
+from label_studio_ale.detections import Detections
+from label_studio_ale.settings import Settings
+from label_studio_ale.synthetic import make_scene, write_yolo_dataset
+
+
+def _image(boxes: int, top: float) -> Detections:
+    """`boxes` boxes whose class scores are (top, 1 - top)."""
+    probs = np.tile([top, 1.0 - top], (boxes, 1))
+    xyxy = np.tile([0.0, 0.0, 10.0, 10.0], (boxes, 1)) + np.arange(boxes)[:, None] * 12
+    return Detections(xyxy, probs, (100, 100))
+
+
+POOL = [_image(1, 0.55), _image(4, 0.9), _image(0, 0.0), _image(2, 0.6), _image(1, 0.99), _image(3, 0.5)]
+IDS = np.arange(1, len(POOL) + 1)
+
+
+@pytest.mark.parametrize(
+    "policy, expected",
+    [
+        # most uncertainty in total: 3 boxes at 0.5, then the 4 boxes at 0.9
+        # (0.6 nats each: the background mass 1 - max counts, see scoring)
+        ("entropy-sum", [5, 1]),
+        # the single most uncertain box decides
+        ("entropy-max", [5, 0]),
+        # seed 000: lowest box confidence first
+        ("min-confidence", [5, 0]),
+    ],
+)
+def test_selection_uses_the_sync_policies(policy, expected):
+    picked = select_batch(Settings(), policy, POOL, IDS, None, ("a", "b"), 2, seed=0)
+    assert picked.tolist() == expected
+
+
+def test_ale_weights_the_number_of_boxes_and_random_follows_its_seed():
+    plain = select_batch(Settings(), "lc-mean", POOL, IDS, None, ("a", "b"), 2, seed=0).tolist()
+    ale = select_batch(Settings(), "ale-lc-mean", POOL, IDS, None, ("a", "b"), 2, seed=0).tolist()
+    # the lone 0.55 box is the more uncertain on average, but x sqrt(2) lifts the two 0.6 boxes above it
+    assert plain == [5, 0] and ale == [5, 3]
+    a = select_batch(Settings(), "random", POOL, IDS, None, ("a", "b"), 3, seed=1)
+    assert np.array_equal(a, select_batch(Settings(), "random", POOL, IDS, None, ("a", "b"), 3, seed=1))
+    assert len(set(a.tolist())) == 3
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"policies": ("random", "nope")}, "POLICY='nope' is unknown"),
+        ({"policies": ("random", "random")}, "lists a name twice"),
+        ({"budget": 0}, "budget must be a positive integer"),
+        ({"seeds": ()}, "seeds must be distinct"),
+        ({"promotion": "sometimes"}, "promotion must be one of"),
+    ],
+)
+def test_bad_configurations_fail_before_any_training(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        BenchConfig(**kwargs)
+
+
+@pytest.fixture(scope="module")
+def shapes_dataset(tmp_path_factory):
+    """40 generated scenes of three shape classes as a YOLO folder."""
+    root = tmp_path_factory.mktemp("shapes")
+    scenes = [make_scene(seed, size=(64, 64), num_classes=3, max_objects=3, min_side=12, max_side=24) for seed in range(40)]
+    write_yolo_dataset(root, scenes, ["ellipse", "box", "triangle"], split="train")
+    (root / "data.yaml").write_text("names: [ellipse, box, triangle]\n")
+    return root
+
+
+@pytest.mark.slow
+def test_bench_al_runs_every_policy_and_seed_and_writes_table_and_plot(shapes_dataset, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(
+        ["bench", "al", "--data", str(shapes_dataset), "--new-class", "triangle", "--policies", "random,ale-entropy-sum",
+         "--seeds", "0,1", "--initial", "6", "--budget", "4", "--cycles", "2", "--image-size", "64",
+         "--initial-epochs", "1", "--epochs", "1", "--batch", "4", "--base-model", "yolov5n.yaml", "--out", str(out)]
+    )  # fmt: skip
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["dataset"]["classes"] == ["ellipse", "box", "triangle"]
+    assert results["dataset"]["pool_images"] + results["dataset"]["evaluation_images"] == 40
+    runs = {(r["policy"], r["seed"]): r for r in results["runs"]}
+    assert sorted(runs) == [("ale-entropy-sum", 0), ("ale-entropy-sum", 1), ("random", 0), ("random", 1)]
+    for (policy, seed), run in runs.items():
+        assert [c["labelled_images"] for c in run["cycles"]] == [6, 10, 14]
+        # the new class is kept out of the initial set only
+        assert run["cycles"][0]["labelled_objects"]["triangle"] == 0
+        assert run["cycles"][0] == runs[("random", seed)]["cycles"][0]
+        for c in run["cycles"]:
+            assert 0.0 <= c["map50"] <= 1.0 and set(c["ap50"]) <= {"ellipse", "box", "triangle"}
+            assert "new_class_ap50" in c
+    # the seeds draw different initial sets
+    assert runs[("random", 0)]["cycles"][0]["labelled_objects"] != runs[("random", 1)]["cycles"][0]["labelled_objects"]
+    table = (out / "table.md").read_text()
+    assert "| ale-entropy-sum |" in table and "| random |" in table and "| 6 img | 10 img | 14 img |" in table
+    assert (out / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert "written:" in capsys.readouterr().out
+    assert results["command"].startswith("ale bench al --data ")
+    # no model versions or work folders are left behind
+    assert {p.name for p in out.iterdir()} == {"results.json", "table.md", "learning_curve.png"}
+
+    assert main(["bench", "report", str(out / "results.json"), "--out", str(tmp_path / "again")]) == 0
+    assert (tmp_path / "again" / "table.md").read_text() == table
+
+
+def test_bench_al_explains_a_pool_too_small_for_the_configuration(shapes_dataset, tmp_path, capsys):
+    code = main(
+        ["bench", "al", "--data", str(shapes_dataset), "--policies", "random", "--seeds", "0", "--initial", "30",
+         "--budget", "20", "--cycles", "2", "--base-model", "yolov5n.yaml", "--out", str(tmp_path)]
+    )  # fmt: skip
+    assert code == 2
+    assert "lower --initial, --budget or --cycles" in capsys.readouterr().err
+
+
+def test_bench_al_names_an_unknown_new_class(shapes_dataset, tmp_path, capsys):
+    code = main(["bench", "al", "--data", str(shapes_dataset), "--new-class", "hexagon", "--out", str(tmp_path)])
+    assert code == 2
+    assert "new class 'hexagon' is not a class of the dataset (ellipse, box, triangle)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_is_a_valid_configuration(name):
+    preset = PRESETS[name]
+    config = BenchConfig(
+        policies=preset["policies"] or DEFAULT_POLICIES,
+        seeds=preset["seeds"],
+        **{k: preset[k] for k in ("initial", "budget", "cycles", "image_size", "initial_epochs", "epochs", "batch")},
+    )
+    scenes = DigitScenes(size=preset["image_size"])
+    assert config.labelled_after(config.cycles) < preset["pool"]
+    assert scenes.scene(0, 0).image.size == (preset["image_size"],) * 2
