@@ -18,7 +18,7 @@ from typing import Protocol, runtime_checkable
 from PIL import Image
 
 from .detections import Detections
-from .errors import AdapterError
+from .errors import AdapterError, PolicyError
 from .settings import Settings
 
 ENTRY_POINT_GROUP = "label_studio_ale.adapters"
@@ -32,6 +32,8 @@ class Adapter(Protocol):
     version: a short string naming the weights (shown in LS as model_version)
     predict: RGB images -> one `Detections` per image, in pixels of that image,
              with every box's full class-score vector
+    has_class_vectors (optional, default True): False when the model gives each
+             box only its own score, so uncertainty policies cannot rank
     """
 
     classes: tuple[str, ...]
@@ -42,6 +44,19 @@ class Adapter(Protocol):
 
 def available_adapters() -> dict[str, EntryPoint]:
     return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def check_policy_fits(adapter: Adapter, policy_name: str) -> None:
+    """Refuse an uncertainty policy for a model that exports no per-class scores (its boxes carry one score each)."""
+    from .policies import get_policy
+
+    policy = get_policy(policy_name)
+    if policy.needs_class_vectors and not getattr(adapter, "has_class_vectors", True):
+        raise PolicyError(
+            f"POLICY={policy_name} needs every box's per-class scores, but the model {adapter.version} does not export "
+            "them (TF OD API: detection_multiclass_scores). Use a confidence policy (min-confidence, mean-confidence, "
+            "weighted-confidence) or random, or re-export the model with its multiclass scores"
+        )
 
 
 def load_adapter(settings: Settings) -> Adapter:

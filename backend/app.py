@@ -16,7 +16,7 @@ from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException, NotFound
 
 from . import __version__
-from .adapters import Adapter, load_adapter
+from .adapters import Adapter, check_policy_fits, load_adapter
 from .errors import AdapterError, AleError, PayloadError
 from .jobqueue import ACTIVE, QUEUE_PREDICT, QUEUE_SYNC, QUEUE_TRAIN, make_job_queue
 from .ls_client import LabelStudioClient
@@ -197,6 +197,7 @@ def create_app(
         project = _project_id(body.get("project"))
         adapter = _adapter(project)
         match_labels(adapter.classes, config)
+        check_policy_fits(adapter, settings.policy)
         if project:
             label_configs[project] = schema
             if runtime.redis is not None and project.isdigit():

@@ -39,3 +39,7 @@ class AdapterError(AleError):
     """A model adapter is missing, misconfigured or failed to load."""
 
     status = 500
+
+
+class PolicyError(AleError, ValueError):
+    """The configured selection policy cannot run with this model."""

@@ -14,6 +14,7 @@ from typing import Callable
 
 import numpy as np
 
+from .adapters import check_policy_fits
 from .detection_store import StoredDetections
 from .detections import Detections
 from .errors import AleError
@@ -86,6 +87,7 @@ def rank_pool(rt: Runtime, project: int, tasks: list[TaskRef]) -> dict:
         detections.append(item.detections if ok else Detections.empty(num_classes, (1, 1)))
         hashes.append(item.image_hash if ok else None)
         usable.append(ok)
+    check_policy_fits(adapter, rt.settings.policy)
     policy = get_policy(rt.settings.policy, rt.settings.policy_seed)
     usefulness = policy.usefulness(detections) if tasks else np.zeros(0)
     # Images that could not be fetched or decoded go to the very end of the queue.

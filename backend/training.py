@@ -120,6 +120,11 @@ def train_version(
     `dataset` is a data.yaml from `write_training_set`. New labels grow the
     current model's head, keeping what it knows of the others.
     """
+    if settings.adapter != "yolov5":
+        raise TrainingError(
+            f"ADAPTER={settings.adapter} cannot fine-tune here yet: train and export the model outside, then point "
+            "MODEL_WEIGHTS at the export (the served model is unchanged)"
+        )
     from label_studio_ale_plugins.yolov5 import train_yolo
 
     progress = progress or (lambda *args: None)

@@ -1,0 +1,151 @@
+"""Serve a SavedModel exported by the TensorFlow Object Detection API.
+
+The OD API's `serving_default` signature takes `input_tensor` (1, H, W, 3)
+uint8 and returns `detection_boxes` (1, N, 4) as normalised [ymin, xmin, ymax,
+xmax], `detection_scores`, `detection_classes` (1-based ids), `num_detections`
+and, when the exporter kept it, `detection_multiclass_scores` (1, N, C + 1)
+with the background in column 0. That last output is the class distribution
+the uncertainty policies need; without it every box carries only its own
+score, and only the confidence policies can rank (checked at /setup).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from label_studio_ale.detections import Detections
+from label_studio_ale.errors import AdapterError
+from label_studio_ale.settings import Settings
+
+SIGNATURE = "serving_default"
+REQUIRED_OUTPUTS = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
+MULTICLASS_OUTPUT = "detection_multiclass_scores"
+LABEL_MAP_NAMES = ("label_map.pbtxt", "labelmap.pbtxt")
+#: Scores below this never leave the adapter; serving thresholds apply later.
+DEFAULT_SCORE_FLOOR = 0.001
+
+
+class TfodAdapter:
+    """An exported OD API SavedModel: MODEL_WEIGHTS is its folder (or the export folder holding `saved_model/`)."""
+
+    name = "tfod"
+
+    def __init__(self, saved_model: str | Path, *, classes: tuple[str, ...] | list[str] = (), score_floor: float = DEFAULT_SCORE_FLOOR):
+        import tensorflow as tf
+
+        self._tf = tf
+        path = _saved_model_dir(Path(saved_model))
+        try:
+            loaded = tf.saved_model.load(str(path))
+        except Exception as exc:  # TF raises many kinds for a broken export
+            raise AdapterError(f"{path} is not a loadable SavedModel ({type(exc).__name__}: {exc})") from None
+        if SIGNATURE not in loaded.signatures:
+            raise AdapterError(f"{path} has no '{SIGNATURE}' signature (signatures: {', '.join(loaded.signatures) or 'none'})")
+        self._loaded = loaded  # keeps the function's variables alive
+        self._fn = loaded.signatures[SIGNATURE]
+        inputs = self._fn.structured_input_signature[1]
+        if "input_tensor" not in inputs:
+            raise AdapterError(f"{path}: '{SIGNATURE}' must take 'input_tensor' (uint8 images), it takes {', '.join(inputs)}")
+        outputs = set(self._fn.structured_outputs)
+        missing = [name for name in REQUIRED_OUTPUTS if name not in outputs]
+        if missing:
+            raise AdapterError(f"{path}: '{SIGNATURE}' lacks {', '.join(missing)}: export it with the OD API's exporter_main_v2.py")
+        self.has_class_vectors = MULTICLASS_OUTPUT in outputs
+        self.classes = tuple(classes) if classes else tuple(_find_label_map(path))
+        self.score_floor = float(score_floor)
+        self.weights = str(path)
+        self.version = f"{path.parent.name if path.name == 'saved_model' else path.name}-{_digest(path)}"
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "TfodAdapter":
+        return cls(settings.model_weights, classes=settings.model_classes, score_floor=settings.score_threshold)
+
+    def predict(self, images: list[Image.Image]) -> list[Detections]:
+        """RGB images -> one `Detections` per image, in pixels of that image."""
+        return [self._predict_one(image) for image in images]
+
+    def _predict_one(self, image: Image.Image) -> Detections:
+        tf = self._tf
+        array = np.asarray(image.convert("RGB") if image.mode != "RGB" else image, dtype=np.uint8)
+        height, width = array.shape[:2]
+        with self._lock:
+            out = self._fn(input_tensor=tf.constant(array[None]))
+        count = int(np.asarray(out["num_detections"]).reshape(-1)[0])
+        boxes = np.asarray(out["detection_boxes"], dtype=np.float64)[0, :count]
+        scores = np.asarray(out["detection_scores"], dtype=np.float64)[0, :count]
+        ids = np.asarray(out["detection_classes"]).astype(np.int64)[0, :count]
+        num_classes = len(self.classes)
+        if self.has_class_vectors:
+            multi = np.asarray(out[MULTICLASS_OUTPUT], dtype=np.float64)[0, :count]
+            if multi.shape[1] != num_classes + 1:
+                raise AdapterError(
+                    f"{MULTICLASS_OUTPUT} has {multi.shape[1]} columns, expected {num_classes + 1} "
+                    f"(background + {num_classes} classes): check MODEL_CLASSES or the label map"
+                )
+            probs = multi[:, 1:]
+        else:
+            if count and (ids.min() < 1 or ids.max() > num_classes):
+                raise AdapterError(f"detection_classes holds ids outside 1..{num_classes}: check MODEL_CLASSES or the label map")
+            probs = np.zeros((count, num_classes))
+            probs[np.arange(count), ids - 1] = scores
+        keep = probs.max(axis=1, initial=0.0) >= self.score_floor if count else np.zeros(0, dtype=bool)
+        ymin, xmin, ymax, xmax = (boxes[:, k] for k in range(4))
+        xyxy = np.stack([xmin * width, ymin * height, xmax * width, ymax * height], axis=1)
+        return Detections(xyxy[keep], probs[keep].clip(0.0, 1.0), (width, height))
+
+
+def _saved_model_dir(path: Path) -> Path:
+    if (path / "saved_model" / "saved_model.pb").is_file():
+        return path / "saved_model"
+    if (path / "saved_model.pb").is_file():
+        return path
+    raise AdapterError(
+        f"MODEL_WEIGHTS={path}: no saved_model.pb there or in its saved_model/ folder "
+        "(point it at the folder exporter_main_v2.py wrote; nothing is downloaded)"
+    )
+
+
+def _find_label_map(path: Path) -> list[str]:
+    for folder in (path, path.parent):
+        for name in LABEL_MAP_NAMES:
+            if (folder / name).is_file():
+                return read_label_map(folder / name)
+    raise AdapterError(
+        f"{path}: no label_map.pbtxt beside the SavedModel; set MODEL_CLASSES (comma-separated, in class-id order) "
+        "or copy the training label map there"
+    )
+
+
+_ITEM = re.compile(r"item\s*\{(.*?)\}", re.S)
+_FIELD = re.compile(r"\b(id|name|display_name)\s*:\s*(?:\"([^\"]*)\"|'([^']*)'|(\d+))")
+
+
+def read_label_map(path: str | Path) -> list[str]:
+    """An OD API label map (`item { id: 1 name: 'bird' }`) -> class names in id order; ids must be 1..C."""
+    text = Path(path).read_text()
+    found = {}
+    for block in _ITEM.findall(text):
+        fields = {key: next(v for v in values if v) for key, *values in _FIELD.findall(block)}
+        if "id" not in fields or not ({"name", "display_name"} & set(fields)):
+            raise AdapterError(f"{path}: every item needs an id and a name: {block.strip()!r}")
+        found[int(fields["id"])] = fields.get("name") or fields["display_name"]
+    if not found:
+        raise AdapterError(f"{path} holds no `item {{ id: ... name: ... }}` entries")
+    if sorted(found) != list(range(1, len(found) + 1)):
+        raise AdapterError(f"{path}: class ids must be 1..{len(found)} without gaps, got {sorted(found)}")
+    return [found[i] for i in range(1, len(found) + 1)]
+
+
+def _digest(path: Path) -> str:
+    digest = hashlib.sha256((path / "saved_model.pb").read_bytes())
+    variables = path / "variables" / "variables.index"
+    if variables.is_file():
+        digest.update(variables.read_bytes())
+    return digest.hexdigest()[:8]

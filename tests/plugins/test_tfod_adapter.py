@@ -1,0 +1,78 @@
+"""The TensorFlow OD API adapter. Runs only in the TensorFlow environment (scripts/setup tfod), never beside torch."""
+
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+tf = pytest.importorskip("tensorflow", reason="the tfod tests run in the TensorFlow environment: scripts/test runs them there")
+
+from label_studio_ale.errors import AdapterError  # noqa: E402
+from label_studio_ale_plugins.tfod import TfodAdapter, read_label_map  # noqa: E402
+from tests.support.tf_models import BOXES, MULTICLASS, export_od_model  # noqa: E402
+
+
+def test_torch_is_never_loaded_beside_tensorflow():
+    assert "torch" not in sys.modules and "ultralytics" not in sys.modules
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory):
+    return export_od_model(tmp_path_factory.mktemp("od"))
+
+
+def test_boxes_come_back_in_pixels_with_the_multiclass_scores_minus_background(export):
+    adapter = TfodAdapter(export)
+    assert adapter.classes == ("bird", "nest") and adapter.has_class_vectors
+    assert adapter.version.startswith(f"{export.name}-")
+    for size in ((200, 100), (64, 480)):
+        (det,) = adapter.predict([Image.new("RGB", size)])
+        width, height = size
+        expected = BOXES[:2][:, [1, 0, 3, 2]] * [width, height, width, height]
+        np.testing.assert_allclose(det.xyxy, expected, rtol=1e-5)
+        np.testing.assert_allclose(det.class_probs, MULTICLASS[:2, 1:], rtol=1e-6)
+        assert det.labels.tolist() == [0, 1] and det.image_size == size
+
+
+def test_without_multiclass_scores_each_box_carries_only_its_own_score(tmp_path):
+    adapter = TfodAdapter(export_od_model(tmp_path, multiclass=False))
+    assert not adapter.has_class_vectors
+    (det,) = adapter.predict([Image.new("RGB", (50, 50))])
+    np.testing.assert_allclose(det.class_probs, [[0.8, 0.0], [0.0, 0.45]], rtol=1e-6)
+
+
+def test_classes_from_settings_override_the_label_map_and_must_fit_the_outputs(export):
+    assert TfodAdapter(export, classes=("a", "b")).classes == ("a", "b")
+    with pytest.raises(AdapterError, match="has 3 columns, expected 4"):
+        TfodAdapter(export, classes=("a", "b", "c")).predict([Image.new("RGB", (8, 8))])
+
+
+def test_the_score_floor_drops_weak_boxes(export):
+    (det,) = TfodAdapter(export, score_floor=0.5).predict([Image.new("RGB", (10, 10))])
+    assert len(det) == 1 and det.labels.tolist() == [0]
+
+
+def test_unusable_exports_are_refused_with_the_fix(tmp_path):
+    with pytest.raises(AdapterError, match="no saved_model.pb"):
+        TfodAdapter(tmp_path)
+    export_od_model(tmp_path / "nolabels", label_map=None)
+    with pytest.raises(AdapterError, match="set MODEL_CLASSES"):
+        TfodAdapter(tmp_path / "nolabels")
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("item { id: 1 name: 'a' }\nitem { id: 3 name: 'c' }", r"ids must be 1..2 without gaps"),
+        ("item { name: 'a' }", "needs an id and a name"),
+        ("nothing here", "holds no"),
+    ],
+)
+def test_label_maps_are_read_in_id_order_and_checked(tmp_path, text, message):
+    path = tmp_path / "label_map.pbtxt"
+    path.write_text('item {\n  id: 2\n  name: "nest"\n}\nitem {\n  id: 1\n  display_name: "bird"\n}\n')
+    assert read_label_map(path) == ["bird", "nest"]
+    path.write_text(text)
+    with pytest.raises(AdapterError, match=message):
+        read_label_map(path)

@@ -1,0 +1,40 @@
+"""SavedModels in the TF Object Detection API's export format, written by the tests (TensorFlow processes only)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+#: Two kept detections out of four slots, as the OD API pads its outputs.
+BOXES = np.array([[0.10, 0.20, 0.50, 0.60], [0.40, 0.05, 0.90, 0.45], [0, 0, 0, 0], [0, 0, 0, 0]], dtype=np.float32)
+# background, bird, nest
+MULTICLASS = np.array([[0.05, 0.80, 0.15], [0.30, 0.25, 0.45], [1, 0, 0], [1, 0, 0]], dtype=np.float32)
+
+
+def export_od_model(path: Path, *, multiclass: bool = True, label_map: str | None = "item { id: 1 name: 'bird' }\nitem { id: 2 name: 'nest' }\n") -> Path:
+    """Write an OD API-style SavedModel whose detections are BOXES / MULTICLASS for any image."""
+    import tensorflow as tf
+
+    class Exported(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([1, None, None, 3], tf.uint8)])
+        def serve(self, input_tensor):
+            # the outputs depend on the input only through its batch, like a real export's shapes
+            batch = tf.shape(input_tensor)[0]
+            scores = MULTICLASS[:, 1:].max(axis=1) * np.array([1, 1, 0, 0], dtype=np.float32)
+            classes = (MULTICLASS[:, 1:].argmax(axis=1) + 1).astype(np.float32)
+            out = {
+                "detection_boxes": tf.tile(tf.constant(BOXES)[None], [batch, 1, 1]),
+                "detection_scores": tf.tile(tf.constant(scores)[None], [batch, 1]),
+                "detection_classes": tf.tile(tf.constant(classes)[None], [batch, 1]),
+                "num_detections": tf.fill([batch], tf.constant(2.0)),
+            }
+            if multiclass:
+                out["detection_multiclass_scores"] = tf.tile(tf.constant(MULTICLASS)[None], [batch, 1, 1])
+            return out
+
+    module = Exported()
+    tf.saved_model.save(module, str(path / "saved_model"), signatures={"serving_default": module.serve})
+    if label_map is not None:
+        (path / "label_map.pbtxt").write_text(label_map)
+    return path
