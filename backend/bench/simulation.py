@@ -22,7 +22,7 @@ import dataclasses
 import json
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -52,6 +52,8 @@ DEFAULT_POLICIES = (
     "ale-lc-mean",
 )
 BASELINE_POLICY = "random"
+#: Pool images loaded and predicted at a time.
+LOAD_CHUNK = 64
 
 
 @dataclass(frozen=True)
@@ -102,7 +104,6 @@ class BenchData:
     pool: list[LabelledImage]
     evaluation: list[LabelledImage]
     description: str = ""
-    images: list[Image.Image] = field(default_factory=list, repr=False)
 
     def __post_init__(self):
         if not self.pool or not self.evaluation:
@@ -131,9 +132,7 @@ def simulate(config: BenchConfig, data: BenchData, settings: Settings, work: str
         promotion=config.promotion,
         model_dir=str(work / "models"),
     )
-    if not data.images:
-        data.images = [_load(item.path) for item in data.pool]
-    hashes = _hashes(settings, data.images)
+    hashes = _hashes(settings, data.pool)
     results = {
         "config": dataclasses.asdict(config),
         "dataset": {
@@ -177,7 +176,10 @@ def _run_policy(config, data, settings, policy_name, seed, initial, hashes, run_
         start = time.monotonic()
         unlabeled = np.setdiff1d(np.arange(len(data.pool)), labelled)
         adapter = load_adapter(settings.replace(model_weights=str(store.current().weights), model_classes=()))
-        detections = Predictor(settings, adapter, None).detect([data.images[i] for i in unlabeled])
+        predictor = Predictor(settings, adapter, None)
+        detections = []
+        for start in range(0, len(unlabeled), LOAD_CHUNK):  # user photos can be large: never all in memory
+            detections += predictor.detect([_load(data.pool[i].path) for i in unlabeled[start : start + LOAD_CHUNK]])
         picked = select_batch(
             settings, policy_name, detections, unlabeled + 1, [hashes[i] for i in unlabeled] if hashes else None,
             adapter.classes, config.budget, seed * 1000 + cycle,
@@ -250,12 +252,13 @@ def _new_class_index(config: BenchConfig, data: BenchData) -> int | None:
     return data.names.index(config.new_class)
 
 
-def _hashes(settings: Settings, images: list[Image.Image]) -> list[int] | None:
+def _hashes(settings: Settings, pool: list[LabelledImage]) -> list[int] | None:
+    """Average hashes for near-duplicate suppression, when DUPLICATE_DISTANCE turns it on."""
     if settings.duplicate_distance < 0:
         return None
     from ..media import average_hash
 
-    return [average_hash(image) for image in images]
+    return [average_hash(_load(item.path)) for item in pool]
 
 
 def _load(path: Path) -> Image.Image:
