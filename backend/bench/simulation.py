@@ -178,8 +178,8 @@ def _run_policy(config, data, settings, policy_name, seed, initial, hashes, run_
         adapter = load_adapter(settings.replace(model_weights=str(store.current().weights), model_classes=()))
         predictor = Predictor(settings, adapter, None)
         detections = []
-        for start in range(0, len(unlabeled), LOAD_CHUNK):  # user photos can be large: never all in memory
-            detections += predictor.detect([_load(data.pool[i].path) for i in unlabeled[start : start + LOAD_CHUNK]])
+        for offset in range(0, len(unlabeled), LOAD_CHUNK):  # user photos can be large: never all in memory
+            detections += predictor.detect([_load(data.pool[i].path) for i in unlabeled[offset : offset + LOAD_CHUNK]])
         picked = select_batch(
             settings, policy_name, detections, unlabeled + 1, [hashes[i] for i in unlabeled] if hashes else None,
             adapter.classes, config.budget, seed * 1000 + cycle,

@@ -98,6 +98,7 @@ def test_bench_al_runs_every_policy_and_seed_and_writes_table_and_plot(shapes_da
         assert run["cycles"][0] == runs[("random", seed)]["cycles"][0]
         for c in run["cycles"]:
             assert 0.0 <= c["map50"] <= 1.0 and set(c["ap50"]) <= {"ellipse", "box", "triangle"}
+            assert 0.0 <= c["seconds"] < results["seconds"]
             assert "new_class_ap50" in c
     # the seeds draw different initial sets
     assert runs[("random", 0)]["cycles"][0]["labelled_objects"] != runs[("random", 1)]["cycles"][0]["labelled_objects"]
