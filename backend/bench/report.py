@@ -71,10 +71,12 @@ def markdown_table(summary: dict) -> str:
         return -(gain["mean"] if gain else 0.0)
 
     for name, row in sorted(summary["policies"].items(), key=order):
-        cells = [name] + [f"{m:.3f} ± {s:.3f}" for m, s in zip(row["mean"], row["sd"])]
+        # one seed has no spread to show
+        spread = len(summary["seeds"]) > 1
+        cells = [name] + [f"{m:.3f} ± {s:.3f}" if spread else f"{m:.3f}" for m, s in zip(row["mean"], row["sd"])]
         for key in ("gain_final", "gain_mean"):
             gain = row.get(key)
-            cells.append(f"{gain['mean']:+.1f} ± {gain['sd']:.1f}" if gain else "—")
+            cells.append(("—" if not gain else f"{gain['mean']:+.1f} ± {gain['sd']:.1f}" if spread else f"{gain['mean']:+.1f}"))
         cells.append(f"{row['labelled_objects']:.0f}")
         if has_new:
             cells += [f"{row.get('new_class_ap50', 0):.3f}", f"{row.get('new_class_objects', 0):.1f}"]

@@ -56,3 +56,10 @@ def test_the_table_puts_the_best_mean_gain_first_and_the_plot_is_a_png(tmp_path)
 def test_results_without_runs_are_refused():
     with pytest.raises(ValueError, match="no finished runs"):
         summarise({"dataset": {}, "runs": []})
+
+
+def test_one_seed_shows_no_spread():
+    one_seed = {"dataset": RESULTS["dataset"], "runs": [r for r in RESULTS["runs"] if r["seed"] == 0]}
+    lines = markdown_table(summarise(one_seed)).splitlines()
+    assert lines[2].startswith("| ale-entropy-sum | 0.300 | 0.450 | 0.600 | +10.0 | +7.5 |")
+    assert "±" not in "\n".join(lines)
