@@ -140,7 +140,7 @@ def _run_al(settings: Settings, args, argv: list[str]) -> int:
             new_class = None
         config = BenchConfig(
             policies=tuple(_csv(args.policies)) if args.policies else (preset["policies"] or DEFAULT_POLICIES),
-            seeds=tuple(int(s) for s in _csv(args.seeds)) if args.seeds else preset["seeds"],
+            seeds=_seeds(args.seeds) if args.seeds else preset["seeds"],
             initial=pick("initial"),
             budget=pick("budget"),
             cycles=pick("cycles"),
@@ -185,6 +185,13 @@ def _render(results: dict, out: Path) -> None:
     plot(summary, results, out / "learning_curve.png")
     print(table)
     print(f"\nwritten: {out / 'results.json'}, {out / 'table.md'}, {out / 'learning_curve.png'}")
+
+
+def _seeds(raw: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(s) for s in _csv(raw))
+    except ValueError:
+        raise ValueError(f"--seeds must be comma-separated integers, e.g. 0,1,2; got {raw!r}") from None
 
 
 def _csv(raw: str) -> list[str]:

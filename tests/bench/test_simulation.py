@@ -140,3 +140,11 @@ def test_every_preset_is_a_valid_configuration(name):
     scenes = DigitScenes(size=preset["image_size"])
     assert config.labelled_after(config.cycles) < preset["pool"]
     assert scenes.scene(0, 0).image.size == (preset["image_size"],) * 2
+
+
+def test_bench_al_explains_bad_seeds_and_policies(shapes_dataset, tmp_path, capsys):
+    assert main(["bench", "al", "--data", str(shapes_dataset), "--seeds", "0,x", "--out", str(tmp_path)]) == 2
+    assert "--seeds must be comma-separated integers, e.g. 0,1,2; got '0,x'" in capsys.readouterr().err
+    assert main(["bench", "al", "--data", str(shapes_dataset), "--policies", "random,best", "--out", str(tmp_path)]) == 2
+    assert "POLICY='best' is unknown" in capsys.readouterr().err
+    assert main(["bench", "report", str(tmp_path / "missing.json")]) == 2
