@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import zlib
 from pathlib import Path
 
@@ -64,8 +65,6 @@ def builtin_base_model(cache: str | Path, settings: Settings, images: int, epoch
         trained = settings.replace(image_size=image_size, train_epochs=epochs, base_model="yolov5n.yaml", device=device, promotion="always")
         train_version(trained, store, dataset, known, work)
     finally:
-        import shutil
-
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(folder, ignore_errors=True)
     return store.current().weights
