@@ -66,7 +66,7 @@ def make_scene(
         x1 = int(rng.integers(0, width - w))
         y1 = int(rng.integers(0, height - h))
         box = [x1, y1, x1 + w, y1 + h]
-        if any(_overlaps(box, other) for other in boxes):
+        if any(overlaps(box, other) for other in boxes):
             continue
         label = int(rng.integers(0, num_classes))
         _draw_shape(draw, box, label)
@@ -75,7 +75,8 @@ def make_scene(
     return Scene(image=image, xyxy=np.asarray(boxes, dtype=np.float64).reshape(-1, 4), labels=np.asarray(labels, dtype=np.int64))
 
 
-def _overlaps(a: list[float], b: list[float]) -> bool:
+def overlaps(a: list[float], b: list[float]) -> bool:
+    """Whether two [x1, y1, x2, y2] boxes share any area (touching edges do not count)."""
     return not (a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1])
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..synthetic import Scene, write_yolo_dataset
+from ..synthetic import Scene, overlaps, write_yolo_dataset
 
 #: Bump when the drawing changes, so cached scenes and base models are rebuilt.
 GENERATOR_VERSION = 1
@@ -82,7 +82,7 @@ class DigitScenes:
             side = int(rng.integers(self.min_side, self.max_side + 1))
             x1, y1 = (int(v) for v in rng.integers(0, self.size - side, size=2))
             box = [x1, y1, x1 + side, y1 + side]
-            if any(not (box[2] <= b[0] or b[2] <= box[0] or box[3] <= b[1] or b[3] <= box[1]) for b in boxes):
+            if any(overlaps(box, b) for b in boxes):
                 continue
             label = int(rng.choice(len(self.digits), p=share / share.sum()))
             xyxy = _ink_digit(canvas, rng, self.digits[label], half, box)
