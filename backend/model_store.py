@@ -1,7 +1,8 @@
 """Model versions on disk: MODEL_DIR/<project>/<version>/ and an atomically switched pointer.
 
-A version directory holds the weights, `classes.json`, `metrics.json` and
-`manifest.json`. It is written under a temporary name and renamed into place
+A version directory holds the weights (`weights.pt`, or a `model/` folder for
+adapters whose models are folders, such as a SavedModel), `classes.json`,
+`metrics.json` and `manifest.json`. It is written under a temporary name and renamed into place
 only when complete, and `current` (a one-line file naming the served version)
 is replaced with `os.replace`: a crash at any moment leaves `current` naming a
 complete version, or no version at all.
@@ -20,6 +21,8 @@ from pathlib import Path
 
 CURRENT = "current"
 WEIGHTS = "weights.pt"
+#: Where a version keeps weights that are a folder (e.g. a SavedModel export).
+WEIGHTS_DIR = "model"
 _VERSION_NAME = re.compile(r"^v\d{4,}$")
 
 
@@ -33,7 +36,8 @@ class ModelVersion:
 
     @property
     def weights(self) -> Path:
-        return self.path / WEIGHTS
+        folder = self.path / WEIGHTS_DIR
+        return folder if folder.is_dir() else self.path / WEIGHTS
 
 
 class ModelStore:
@@ -68,11 +72,14 @@ class ModelStore:
         return self.get(pointer.read_text().strip())
 
     def add(self, weights: str | Path, classes, metrics: dict, manifest: dict) -> ModelVersion:
-        """Copy `weights` in as a new complete version (not yet current)."""
+        """Copy `weights` (a file, or a folder such as a SavedModel) in as a new complete version (not yet current)."""
         self.dir.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".incoming-", dir=self.dir))
         try:
-            shutil.copyfile(weights, staging / WEIGHTS)
+            if Path(weights).is_dir():
+                shutil.copytree(weights, staging / WEIGHTS_DIR)
+            else:
+                shutil.copyfile(weights, staging / WEIGHTS)
             (staging / "classes.json").write_text(json.dumps(list(classes)))
             (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
             (staging / "manifest.json").write_text(json.dumps(manifest | {"created": time.time()}, indent=2))

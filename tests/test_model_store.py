@@ -68,3 +68,18 @@ def test_a_crash_while_writing_a_version_leaves_the_current_pointer_complete(tmp
     assert store.current().name == "v0001" and store.current().metrics == {"map50": 0.4}
     assert [v.name for v in store.versions()] == ["v0001"]
     assert json.loads((store.dir / "v0001" / "classes.json").read_text()) == ["bird"]
+
+
+def test_a_weights_folder_is_stored_whole(tmp_path):
+    """Adapters whose models are folders (a SavedModel) store them as the version's `model/`."""
+    export = tmp_path / "export"
+    (export / "variables").mkdir(parents=True)
+    (export / "saved_model.pb").write_bytes(b"graph")
+    (export / "variables" / "variables.index").write_bytes(b"index")
+    store = ModelStore(tmp_path / "models", 2)
+    version = store.add(export, ["bird"], {"map50": 0.1}, {})
+    store.promote(version.name)
+    weights = store.current().weights
+    assert weights == version.path / "model" and weights.is_dir()
+    assert (weights / "saved_model.pb").read_bytes() == b"graph"
+    assert (weights / "variables" / "variables.index").read_bytes() == b"index"
