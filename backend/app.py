@@ -201,9 +201,9 @@ def create_app(
         if project:
             label_configs[project] = schema
             if runtime.redis is not None and project.isdigit():
-                from .jobs import PROJECTS_KEY
+                from .jobs import projects_key
 
-                runtime.redis.sadd(PROJECTS_KEY, project)
+                runtime.redis.sadd(projects_key(settings.adapter), project)
         return jsonify(model_version=adapter.version)
 
     @app.post("/predict")

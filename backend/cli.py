@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
 
     worker = commands.add_parser("worker", help="run an rq worker for the train, predict and sync queues (needs REDIS_URL)")
     worker.add_argument(
-        "--queues", default="train,predict,sync", help="comma-separated queue names, in priority order (a GPU box: train)"
+        "--queues", default="train,predict,sync", help="comma-separated job kinds, in priority order (a GPU box: train); the queues are ADAPTER's, e.g. yolov5-train"
     )
     worker.add_argument("--burst", action="store_true", help="exit when the queues are empty")
 
@@ -140,7 +140,14 @@ def _worker(settings: Settings, args) -> int:
     from rq import Queue, SimpleWorker
 
     redis = _need_redis(settings)
-    queues = [Queue(name.strip(), connection=redis) for name in args.queues.split(",") if name.strip()]
+    from .jobqueue import QUEUES, queue_name
+
+    kinds = [kind.strip() for kind in args.queues.split(",") if kind.strip()]
+    unknown = [kind for kind in kinds if kind not in QUEUES]
+    if unknown or not kinds:
+        raise SystemExit(f"--queues takes job kinds among {','.join(QUEUES)}, got {args.queues!r}")
+    # The worker takes this stack's queues only (ADAPTER): jobs load its framework.
+    queues = [Queue(queue_name(settings.adapter, kind), connection=redis) for kind in kinds]
     # SimpleWorker runs jobs in this process: no fork after torch has started
     # its threads (a forked child would hang), and the model stays loaded.
     worker = SimpleWorker(queues, connection=redis)
@@ -151,11 +158,11 @@ def _worker(settings: Settings, args) -> int:
 def _cron(settings: Settings) -> int:
     from rq.cron import CronScheduler
 
-    from .jobqueue import QUEUE_SYNC
+    from .jobqueue import QUEUE_SYNC, queue_name
     from .jobs import sync_all
 
     scheduler = CronScheduler(connection=_need_redis(settings), logging_level=settings.log_level)
-    scheduler.register(sync_all, queue_name=QUEUE_SYNC, interval=settings.sync_interval)
+    scheduler.register(sync_all, queue_name=queue_name(settings.adapter, QUEUE_SYNC), interval=settings.sync_interval)
     scheduler.start()
     return 0
 
@@ -278,11 +285,12 @@ def _jobs(settings: Settings, args) -> int:
     from rq import Queue
     from rq.job import Job
 
-    from .jobqueue import QUEUES
+    from .jobqueue import QUEUES, queue_name
 
     redis = _need_redis(settings)
-    print(f"{'queue':<8} {'status':<9} {'job':<36} {'function':<40} progress / error")
-    for name in QUEUES:
+    print(f"{'queue':<14} {'status':<9} {'job':<36} {'function':<40} progress / error")
+    for kind in QUEUES:
+        name = queue_name(settings.adapter, kind)
         queue = Queue(name, connection=redis)
         registries = (
             ("queued", queue.get_job_ids()),
@@ -299,7 +307,7 @@ def _jobs(settings: Settings, args) -> int:
                 if status == "failed":
                     latest = job.latest_result()
                     detail = (latest.exc_string or "").strip().splitlines()[-1] if latest and latest.exc_string else "failed"
-                print(f"{name:<8} {status:<9} {job.id:<36} {job.func_name:<40} {detail}")
+                print(f"{name:<14} {status:<9} {job.id:<36} {job.func_name:<40} {detail}")
     return 0
 
 

@@ -19,12 +19,25 @@ log = logging.getLogger(__name__)
 QUEUE_TRAIN = "train"
 QUEUE_PREDICT = "predict"
 QUEUE_SYNC = "sync"
+#: The kinds of job; each adapter has one rq queue per kind (`queue_name`).
 QUEUES = (QUEUE_TRAIN, QUEUE_PREDICT, QUEUE_SYNC)
 #: Jobs in these states still count as "running" for deduplication.
 ACTIVE = ("queued", "started", "scheduled", "deferred")
 #: LS down: retry the sync after 10 s, 30 s, then 90 s.
 SYNC_RETRY_INTERVALS = (10, 30, 90)
 JOB_TIMEOUT = 6 * 60 * 60  # training on a CPU takes a while
+
+
+def queue_name(adapter: str, kind: str) -> str:
+    """The rq queue of `kind` jobs for a stack serving ADAPTER=`adapter`, e.g. "yolov5-train".
+
+    Jobs load the adapter's framework, and TensorFlow and torch cannot share
+    a process: a tfod stack and a yolov5 stack on one Redis must never take
+    each other's jobs.
+    """
+    if kind not in QUEUES:
+        raise ValueError(f"queue kind must be one of {', '.join(QUEUES)}, got {kind!r}")
+    return f"{adapter}-{kind}"
 
 
 @dataclass
@@ -38,11 +51,11 @@ class JobInfo:
 
 
 class RedisJobQueue:
-    def __init__(self, redis):
+    def __init__(self, redis, adapter: str):
         from rq import Queue
 
         self.redis = redis
-        self.queues = {name: Queue(name, connection=redis) for name in QUEUES}
+        self.queues = {kind: Queue(queue_name(adapter, kind), connection=redis) for kind in QUEUES}
 
     def enqueue(self, queue_name: str, func: Callable, *args, retry: bool = False, **kwargs) -> str:
         from rq import Retry
@@ -112,4 +125,6 @@ class EmbeddedJobQueue:
 
 
 def make_job_queue(runtime) -> RedisJobQueue | EmbeddedJobQueue:
-    return RedisJobQueue(runtime.redis) if runtime.redis is not None else EmbeddedJobQueue(runtime)
+    if runtime.redis is not None:
+        return RedisJobQueue(runtime.redis, runtime.settings.adapter)
+    return EmbeddedJobQueue(runtime)

@@ -220,7 +220,7 @@ def sync_all(*, runtime: Runtime | None = None) -> dict:
     rt = runtime or current_runtime()
     projects = set(rt.settings.sync_projects)
     if rt.redis is not None:
-        projects |= {int(p) for p in rt.redis.smembers(PROJECTS_KEY)}
+        projects |= {int(p) for p in rt.redis.smembers(projects_key(rt.settings.adapter))}
     results = {}
     for project in sorted(projects):
         try:
@@ -231,8 +231,9 @@ def sync_all(*, runtime: Runtime | None = None) -> dict:
     return results
 
 
-#: Redis set of the project ids that connected to this backend (/setup).
-PROJECTS_KEY = "ale:projects"
+def projects_key(adapter: str) -> str:
+    """The Redis set of the project ids that connected (/setup) to backends serving ADAPTER=`adapter`."""
+    return f"ale:{adapter}:projects"
 
 
 def _versions(rt: Runtime, project: int) -> list[str]:

@@ -46,7 +46,7 @@ def worker(worker_env, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def jobs(redis_server):
-    return RedisJobQueue(Redis.from_url(redis_server.url))
+    return RedisJobQueue(Redis.from_url(redis_server.url), "yolov5")
 
 
 @pytest.fixture(scope="module")
