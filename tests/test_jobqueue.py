@@ -1,0 +1,23 @@
+"""Queue names: one rq queue per adapter and job kind."""
+
+import subprocess
+import sys
+
+import pytest
+
+from label_studio_ale.jobqueue import QUEUES, queue_name
+
+
+def test_every_adapter_has_its_own_queue_per_kind():
+    assert [queue_name("yolov5", kind) for kind in QUEUES] == ["yolov5-train", "yolov5-predict", "yolov5-sync"]
+    assert queue_name("tfod", "train") == "tfod-train"
+    with pytest.raises(ValueError, match="queue kind must be one of train, predict, sync, got 'gpu'"):
+        queue_name("tfod", "gpu")
+
+
+def test_a_worker_refuses_an_unknown_job_kind():
+    done = subprocess.run(
+        [sys.executable, "-m", "label_studio_ale.cli", "worker", "--queues", "train,gpu", "--burst"],
+        env={"REDIS_URL": "redis://127.0.0.1:1/0", "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode != 0 and "--queues takes job kinds among train,predict,sync, got 'train,gpu'" in done.stderr
