@@ -1,4 +1,4 @@
-"""TensorFlow Object Detection API adapter: serves exported SavedModels.
+"""TensorFlow Object Detection API adapter: serves exported SavedModels, fine-tunes a keras-hub RetinaNet.
 
 Entry point `tfod` in the `label_studio_ale.adapters` group. TensorFlow and
 torch must never share a process (it crashes), so this package imports
