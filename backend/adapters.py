@@ -13,6 +13,7 @@ an adapter's heavy imports (torch, tensorflow) happen only when it is chosen.
 from __future__ import annotations
 
 from importlib.metadata import EntryPoint, entry_points
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from PIL import Image
@@ -42,6 +43,28 @@ class Adapter(Protocol):
     def predict(self, images: list[Image.Image]) -> list[Detections]: ...
 
 
+@runtime_checkable
+class Trainer(Protocol):
+    """What Start Training needs from an adapter class, beside serving (all class-level).
+
+    fresh_model: what a first training starts from when BASE_MODEL is unset
+    base_classes(weights): the classes `weights` was trained for; None for a fresh model
+    grow(weights, classes, out): weights for `classes` that keep what `weights`
+        knows of the classes both share -> a path (file or folder) near `out`
+    fine_tune(settings, weights, data_yaml, work, seed=, on_epoch=): fine-tune on an
+        ultralytics-layout dataset -> the trained weights (file or folder) under `work`;
+        `on_epoch(epoch, epochs, metrics)` after every epoch
+    """
+
+    fresh_model: str
+
+    def base_classes(self, weights: str) -> list[str] | None: ...
+
+    def grow(self, weights: str, classes: list[str], out: Path) -> Path: ...
+
+    def fine_tune(self, settings: Settings, weights: str, data_yaml: Path, work: Path, *, seed: int = 0, on_epoch=None) -> Path: ...
+
+
 def available_adapters() -> dict[str, EntryPoint]:
     return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
@@ -61,6 +84,14 @@ def check_policy_fits(adapter: Adapter, policy_name: str) -> None:
 
 def load_adapter(settings: Settings) -> Adapter:
     """Load the adapter named by `settings.adapter` and build it from the settings."""
+    adapter = adapter_class(settings).from_settings(settings)
+    if not isinstance(adapter, Adapter):
+        raise AdapterError(f"adapter {settings.adapter!r} does not provide classes, version and predict()")
+    return adapter
+
+
+def adapter_class(settings: Settings):
+    """The class (entry point) named by `settings.adapter`, imported now."""
     found = available_adapters()
     if settings.adapter not in found:
         raise AdapterError(
@@ -74,7 +105,4 @@ def load_adapter(settings: Settings) -> Adapter:
             f"adapter {settings.adapter!r} cannot be imported ({exc}); "
             f"install its dependencies: pip install 'label-studio-ale[{settings.adapter}]'"
         ) from None
-    adapter = factory.from_settings(settings)
-    if not isinstance(adapter, Adapter):
-        raise AdapterError(f"adapter {settings.adapter!r} does not provide classes, version and predict()")
-    return adapter
+    return factory

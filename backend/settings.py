@@ -35,7 +35,8 @@ DEFAULT_SYNC_BATCH_SIZE = 50
 # small ones (10,000 predictions: 9 s in one request, 62 s in chunks of 500).
 DEFAULT_IMPORT_CHUNK_SIZE = 10_000
 
-DEFAULT_BASE_MODEL = "yolov5n.yaml"
+#: Empty: the adapter's own fresh model (yolov5: yolov5n.yaml, tfod: retinanet).
+DEFAULT_BASE_MODEL = ""
 DEFAULT_TRAIN_EPOCHS = 30
 DEFAULT_TRAIN_BATCH = 16
 PROMOTION_POLICIES = ("if-not-worse", "always")

@@ -120,47 +120,39 @@ def train_version(
     `dataset` is a data.yaml from `write_training_set`. New labels grow the
     current model's head, keeping what it knows of the others.
     """
-    if settings.adapter != "yolov5":
+    from .adapters import Trainer, adapter_class
+
+    factory = adapter_class(settings)
+    if not isinstance(factory, Trainer):
         raise TrainingError(
-            f"ADAPTER={settings.adapter} cannot fine-tune here yet: train and export the model outside, then point "
+            f"ADAPTER={settings.adapter} cannot fine-tune: train and export the model outside, then point "
             "MODEL_WEIGHTS at the export (the served model is unchanged)"
         )
-    from label_studio_ale_plugins.yolov5 import train_yolo
-
     progress = progress or (lambda *args: None)
-    from label_studio_ale_plugins.yolov5 import checkpoint_classes, grow_head
-
     current = store.current()
-    base, origin = settings.base_model, "base model"
+    base = settings.base_model or factory.fresh_model
+    origin = "base model"
     if current is not None and list(current.classes) == classes:
         base, origin = str(current.weights), current.name
     elif current is not None and set(current.classes) & set(classes):
         # New (or removed) labels: grow the head, keeping the known classes.
-        base = str(grow_head(current.weights, classes, work / "grown.pt"))
+        base = str(factory.grow(str(current.weights), classes, work / "grown"))
         origin = f"{current.name}, head grown to {len(classes)} classes"
-    elif current is None and base.endswith(".pt"):
+    elif current is None:
         # A model brought from earlier work: keep what it knows of the labels it shares with this project.
-        known = checkpoint_classes(base)
-        if known != classes and set(known) & set(classes):
-            base = str(grow_head(base, classes, work / "grown.pt"))
-            origin = f"{settings.base_model}, head grown to {len(classes)} classes"
+        known = factory.base_classes(base)
+        if known and known != classes and set(known) & set(classes):
+            origin = f"{base}, head grown to {len(classes)} classes"
+            base = str(factory.grow(base, classes, work / "grown"))
     progress("train", 0, settings.train_epochs)
-    best = train_yolo(
-        dataset,
-        base,
-        work / "run",
-        epochs=settings.train_epochs,
-        image_size=settings.image_size,
-        batch=settings.train_batch,
-        device=settings.device,
-        seed=seed,
-        on_epoch=lambda epoch, epochs, metrics: progress("train", epoch, epochs, metrics),
+    best = factory.fine_tune(
+        settings, base, dataset, work, seed=seed, on_epoch=lambda epoch, epochs, metrics: progress("train", epoch, epochs, metrics)
     )
     metrics = evaluate_weights(settings, best, dataset, classes)
     same_classes = current is not None and list(current.classes) == classes
     baseline = evaluate_weights(settings, current.weights, dataset, classes) if same_classes else None
     manifest = {
-        "base": settings.base_model if origin == "base model" else origin,
+        "base": (settings.base_model or factory.fresh_model) if origin == "base model" else origin,
         "epochs": settings.train_epochs,
         "image_size": settings.image_size,
         "label_config_labels": classes,

@@ -57,9 +57,30 @@ def test_a_base_model_with_some_of_the_labels_has_its_head_grown(trained_weights
     assert trained.metrics["per_class"]["nest"]["map50"] > 0.3
 
 
-def test_an_adapter_that_cannot_train_says_so_and_stores_nothing(tmp_path):
-    settings = Settings(adapter="tfod", model_dir=str(tmp_path / "models"))
+class ServeOnly:
+    """An adapter class that serves but has no Trainer methods (fresh_model, base_classes, grow, fine_tune)."""
+
+    @classmethod
+    def from_settings(cls, settings):
+        raise AssertionError("training must not build the serving model")
+
+
+def test_an_adapter_that_cannot_train_says_so_and_stores_nothing(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from label_studio_ale import adapters
+
+    monkeypatch.setattr(adapters, "available_adapters", lambda: {"serveonly": SimpleNamespace(load=lambda: ServeOnly)})
+    settings = Settings(adapter="serveonly", model_dir=str(tmp_path / "models"))
     store = ModelStore(settings.model_dir, 1)
-    with pytest.raises(TrainingError, match="ADAPTER=tfod cannot fine-tune here yet"):
+    with pytest.raises(TrainingError, match="ADAPTER=serveonly cannot fine-tune: train and export the model outside"):
         train_version(settings, store, tmp_path / "data.yaml", ["bird"], tmp_path / "work")
     assert store.versions() == [] and store.current() is None
+
+
+def test_both_adapters_can_fine_tune():
+    from label_studio_ale.adapters import Trainer, adapter_class
+
+    for name, fresh in (("yolov5", "yolov5n.yaml"), ("tfod", "retinanet")):
+        factory = adapter_class(Settings(adapter=name))
+        assert isinstance(factory, Trainer) and factory.fresh_model == fresh

@@ -1,4 +1,4 @@
-"""Serve a SavedModel exported by the TensorFlow Object Detection API.
+"""Serve a SavedModel exported by the TensorFlow Object Detection API; fine-tune a RetinaNet in that format.
 
 The OD API's `serving_default` signature takes `input_tensor` (1, H, W, 3)
 uint8 and returns `detection_boxes` (1, N, 4) as normalised [ymin, xmin, ymax,
@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +63,38 @@ class TfodAdapter:
         self.weights = str(path)
         self.version = f"{path.parent.name if path.name == 'saved_model' else path.name}-{_digest(path)}"
         self._lock = threading.Lock()
+
+    # Start Training (label_studio_ale.adapters.Trainer): a keras-hub RetinaNet, see detector.py
+    fresh_model = "retinanet"
+
+    @staticmethod
+    def base_classes(weights: str) -> list[str] | None:
+        from .training import base_classes
+
+        return base_classes(weights)
+
+    @staticmethod
+    def grow(weights: str, classes: list[str], out: Path) -> Path:
+        from .detector import grow_head, load_detector, save_detector
+
+        model, spec = load_detector(weights)
+        grown = replace(spec, classes=tuple(classes))
+        return save_detector(grow_head(model, spec, grown), grown, Path(out))
+
+    @staticmethod
+    def fine_tune(settings: Settings, weights: str, data_yaml: Path, work: Path, *, seed: int = 0, on_epoch=None) -> Path:
+        from .training import train_detector
+
+        return train_detector(
+            data_yaml,
+            weights,
+            Path(work) / "trained",
+            epochs=settings.train_epochs,
+            image_size=settings.image_size,
+            batch=settings.train_batch,
+            seed=seed,
+            on_epoch=on_epoch,
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "TfodAdapter":

@@ -73,6 +73,31 @@ class YoloV5Adapter:
         # One forward pass at a time: gunicorn threads share this model.
         self._lock = threading.Lock()
 
+    # Start Training (label_studio_ale.adapters.Trainer)
+    fresh_model = "yolov5n.yaml"
+
+    @staticmethod
+    def base_classes(weights: str) -> list[str] | None:
+        return checkpoint_classes(weights) if str(weights).endswith(".pt") else None
+
+    @staticmethod
+    def grow(weights: str, classes: list[str], out: Path) -> Path:
+        return grow_head(weights, classes, Path(out).with_suffix(".pt"))
+
+    @staticmethod
+    def fine_tune(settings: Settings, weights: str, data_yaml: Path, work: Path, *, seed: int = 0, on_epoch=None) -> Path:
+        return train_yolo(
+            data_yaml,
+            weights,
+            Path(work) / "run",
+            epochs=settings.train_epochs,
+            image_size=settings.image_size,
+            batch=settings.train_batch,
+            device=settings.device,
+            seed=seed,
+            on_epoch=on_epoch,
+        )
+
     @classmethod
     def from_settings(cls, settings: Settings) -> "YoloV5Adapter":
         return cls(
