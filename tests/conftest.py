@@ -12,3 +12,11 @@ def trained_weights(tmp_path_factory):
     from tests.support.models import train_tiny_detector
 
     return train_tiny_detector(tmp_path_factory.mktemp("tiny-detector"))
+
+
+@pytest.fixture(scope="session")
+def trained_tf_detector(tmp_path_factory):
+    """Folder of the tfod RetinaNet trained for the tests on generated bird/nest scenes (TensorFlow runs only)."""
+    from tests.support.tf_models import train_tiny_tf_detector
+
+    return train_tiny_tf_detector(tmp_path_factory.mktemp("tiny-tf-detector"))

@@ -9,13 +9,13 @@ import pytest
 from redis import Redis
 from rq import Queue
 
-from label_studio_ale.jobqueue import QUEUE_TRAIN, RedisJobQueue
+from label_studio_ale.jobqueue import QUEUE_TRAIN, RedisJobQueue, queue_name
 from label_studio_ale.model_store import ModelStore
 from label_studio_ale.synthetic import make_scene
 from tests.support.backend import backend_env, process_env, run_backend, run_worker
 from tests.support.label_studio import upload_images
 from tests.support.models import HELD_OUT_SEEDS, IMAGE_SIZE
-from tests.support.projects import LABEL_CONFIG, create_project, create_split_project
+from tests.support.projects import LABEL_CONFIG, annotate, create_project, create_split_project
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -48,31 +48,8 @@ def services(env, tmp_path_factory):
         yield backend
 
 
-def annotate(ls, task_id, scene, cancelled=False, names=("bird", "nest")):
-    width, height = scene.image.size
-    result = [
-        {
-            "from_name": "label",
-            "to_name": "image",
-            "type": "rectanglelabels",
-            "original_width": width,
-            "original_height": height,
-            "value": {
-                "x": 100 * x1 / width,
-                "y": 100 * y1 / height,
-                "width": 100 * (x2 - x1) / width,
-                "height": 100 * (y2 - y1) / height,
-                "rotation": 0,
-                "rectanglelabels": [names[label]],
-            },
-        }
-        for (x1, y1, x2, y2), label in zip(scene.xyxy, scene.labels)
-    ]
-    ls.annotations.create(id=task_id, result=[] if cancelled else result, was_cancelled=cancelled)
-
-
 def train_jobs_for(redis_url, project):
-    queue = Queue(QUEUE_TRAIN, connection=Redis.from_url(redis_url))
+    queue = Queue(queue_name("yolov5", QUEUE_TRAIN), connection=Redis.from_url(redis_url))
     ids = set(queue.get_job_ids()) | set(queue.started_job_registry.get_job_ids())
     ids |= set(queue.finished_job_registry.get_job_ids()) | set(queue.failed_job_registry.get_job_ids())
     return [job for job in queue.job_class.fetch_many(list(ids), connection=queue.connection) if job and job.args[0] == project]
@@ -163,7 +140,7 @@ def test_training_without_annotations_fails_readably_and_keeps_serving(ls_sdk, s
     response = httpx.post(f"{services}/webhook", json={"action": "START_TRAINING", "project": {"id": project}}, timeout=5)
     assert response.status_code == 201
     job_id = response.json()["job"]
-    jobs = RedisJobQueue(Redis.from_url(redis_server.url))
+    jobs = RedisJobQueue(Redis.from_url(redis_server.url), "yolov5")
     deadline = time.monotonic() + 120
     while (info := jobs.info(job_id)).status not in ("failed", "finished"):
         assert time.monotonic() < deadline
@@ -179,7 +156,7 @@ def test_training_without_annotations_fails_readably_and_keeps_serving(ls_sdk, s
 def press_and_wait(services, redis_server, project, timeout=300):
     response = httpx.post(f"{services}/webhook", json={"action": "START_TRAINING", "project": {"id": project}}, timeout=5)
     assert response.status_code == 201, response.text
-    jobs = RedisJobQueue(Redis.from_url(redis_server.url))
+    jobs = RedisJobQueue(Redis.from_url(redis_server.url), "yolov5")
     deadline = time.monotonic() + timeout
     while (info := jobs.info(response.json()["job"])).status not in ("failed", "finished"):
         assert time.monotonic() < deadline, "training did not finish"
@@ -237,7 +214,7 @@ def test_too_few_annotations_for_a_validation_split_is_a_readable_failure(ls_sdk
     for task_id, seed in zip(task_ids, range(53_000, 53_002)):
         annotate(ls_sdk, task_id, make_scene(seed, **SCENE))
     response = httpx.post(f"{services}/webhook", json={"action": "START_TRAINING", "project": {"id": project}}, timeout=5)
-    jobs = RedisJobQueue(Redis.from_url(redis_server.url))
+    jobs = RedisJobQueue(Redis.from_url(redis_server.url), "yolov5")
     deadline = time.monotonic() + 120
     while (info := jobs.info(response.json()["job"])).status not in ("failed", "finished"):
         assert time.monotonic() < deadline
@@ -258,7 +235,7 @@ def test_auto_training_after_n_new_annotations(ls_sdk, services, redis_server, m
         if len(replies) == 3:
             break
     assert [r["status"] for r in replies] == ["counted", "counted", "training"]
-    jobs = RedisJobQueue(Redis.from_url(redis_server.url))
+    jobs = RedisJobQueue(Redis.from_url(redis_server.url), "yolov5")
     deadline = time.monotonic() + 300
     while (info := jobs.info(replies[-1]["job"])).status not in ("failed", "finished"):
         assert time.monotonic() < deadline

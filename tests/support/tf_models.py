@@ -38,3 +38,23 @@ def export_od_model(path: Path, *, multiclass: bool = True, label_map: str | Non
     if label_map is not None:
         (path / "label_map.pbtxt").write_text(label_map)
     return path
+
+
+#: The tiny trained RetinaNet: generated bird/nest scenes, a few CPU minutes at most.
+TF_TRAIN_IMAGES = 40
+TF_VAL_IMAGES = 8
+TF_EPOCHS = 10
+
+
+def train_tiny_tf_detector(workdir: Path) -> Path:
+    """Train the tfod RetinaNet from config on generated scenes. -> its folder (OD export + Keras weights)."""
+    from label_studio_ale.synthetic import make_scene, write_yolo_dataset
+    from label_studio_ale_plugins.tfod.training import FRESH_MODEL, train_detector
+    from tests.support.models import CLASSES, IMAGE_SIZE
+
+    data = workdir / "data"
+    write_yolo_dataset(data, [make_scene(1_000 + i) for i in range(TF_TRAIN_IMAGES)], CLASSES, "train")
+    write_yolo_dataset(data, [make_scene(6_000 + i) for i in range(TF_VAL_IMAGES)], CLASSES, "val")
+    names = "".join(f"  {i}: {name}\n" for i, name in enumerate(CLASSES))
+    (data / "data.yaml").write_text(f"path: {data}\ntrain: images/train\nval: images/val\nnames:\n{names}")
+    return train_detector(data / "data.yaml", FRESH_MODEL, workdir / "detector", epochs=TF_EPOCHS, image_size=IMAGE_SIZE, batch=8)
