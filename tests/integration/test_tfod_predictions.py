@@ -93,3 +93,38 @@ def test_setup_refuses_an_uncertainty_policy_for_a_model_without_class_vectors(e
         assert "min-confidence" in answer.text
     with run_backend(env | {"MODEL_WEIGHTS": str(single), "POLICY": "min-confidence"}, tmp_path) as url:
         assert httpx.post(f"{url}/setup", json=payload, timeout=30).status_code == 200
+
+
+def test_retrieve_predictions_serves_the_tiny_trained_detector(ls_sdk, env, trained_tf_detector, tmp_path):
+    """The RetinaNet trained from config (tests/support/tf_models.py), exported, served to LS: it finds the objects."""
+    from label_studio_ale.boxes import box_iou
+    from label_studio_ale.synthetic import make_scene
+    from tests.support.models import HELD_OUT_SEEDS
+
+    scenes = [make_scene(seed) for seed in HELD_OUT_SEEDS[:6]]
+    files = []
+    for i, scene in enumerate(scenes):
+        buffer = io.BytesIO()
+        scene.image.save(buffer, format="PNG")
+        files.append((f"held{i}.png", buffer.getvalue()))
+    project = ls_sdk.projects.create(title="tfod trained", label_config=LABEL_CONFIG)
+    task_ids = upload_images(ls_sdk, project.id, files)
+    regions = recovered = 0
+    with run_backend(env | {"MODEL_WEIGHTS": str(trained_tf_detector)}, tmp_path) as url:
+        ls_sdk.ml.create(project=project.id, url=url, title="tfod trained")
+        ls_sdk.actions.create(id="retrieve_tasks_predictions", project=project.id, selected_items={"all": True, "excluded": []})
+        for task_id, scene in zip(task_ids, scenes):
+            (prediction,) = ls_sdk.predictions.list(task=task_id)
+            assert prediction.model_version.startswith("detector-")
+            boxes = {"bird": [], "nest": []}
+            for region in prediction.result:
+                xyxy, label = rectangle_to_xyxy(region)
+                assert region["score"] >= 0.25
+                boxes[label].append(xyxy)
+                regions += 1
+            for truth, label in zip(scene.xyxy, scene.labels):
+                same = boxes[("bird", "nest")[label]]
+                recovered += bool(same) and box_iou(truth[None], np.asarray(same)).max() >= 0.5
+    # LS now holds a pre-annotation for most objects: the right label on a box with IoU >= 0.5
+    truths = sum(len(scene.labels) for scene in scenes)
+    assert recovered >= 0.7 * truths and regions <= 6 * truths, (recovered, truths, regions)
