@@ -111,6 +111,34 @@ class LabelStudioClient:
         self._check(response, f"delete model version {model_version}")
         return int(response.json().get("deleted_predictions", 0))
 
+    # Project setup (`ale demo`): what a person does in LS's UI.
+
+    def create_project(self, title: str, label_config: str) -> int:
+        return int(self.sdk.projects.create(title=title, label_config=label_config).id)
+
+    def upload_images(self, project_id: int, files: list[tuple[str, bytes]]) -> list[int]:
+        """Upload PNG files (LS's Import dialog). -> the new task ids, in file order."""
+        return upload_images(self.sdk, project_id, files)
+
+    def annotate(self, task_id: int, result: list[dict]) -> None:
+        self.sdk.annotations.create(id=task_id, result=result, was_cancelled=False)
+
+    def connect_backend(self, project_id: int, url: str, title: str) -> int:
+        """Add an ML backend to a project (Settings -> Model -> Connect model). -> its id."""
+        return int(self.sdk.ml.create(project=project_id, url=url, title=title).id)
+
+    def start_training(self, backend_id: int) -> None:
+        """Press "Start Training" on a connected ML backend."""
+        self.sdk.ml.train(id=backend_id)
+
+    def next_task(self, project_id: int) -> int | None:
+        """The task LS gives this user next (the labelling stream), or None when nothing is left."""
+        response = self._http().request(f"api/projects/{project_id}/next/", method="GET")
+        if response.status_code == 404:
+            return None
+        self._check(response, "get the next task")
+        return int(response.json()["id"])
+
     def _http(self):
         # The SDK has no call for model-versions; its authenticated client reaches the route.
         return self.sdk._client_wrapper.httpx_client
@@ -132,6 +160,22 @@ class LabelStudioClient:
             raise
         except Exception as exc:  # httpx transport errors, token refresh failures
             raise MediaError(f"cannot download {path_and_query} from Label Studio: {type(exc).__name__}: {exc}") from None
+
+
+def upload_images(sdk, project_id: int, files: list[tuple[str, bytes]]) -> list[int]:
+    """Upload image files into a project with an SDK client. -> the new task ids."""
+    http = sdk._client_wrapper.httpx_client  # the SDK's authenticated client; the SDK has no upload helper
+    response = http.request(
+        f"api/projects/{project_id}/import",
+        method="POST",
+        params={"return_task_ids": "true"},
+        files={f"file{i}": (name, data, "image/png") for i, (name, data) in enumerate(files)},
+        force_multipart=True,
+        request_options={"timeout_in_seconds": IMPORT_TIMEOUT},
+    )
+    if response.status_code != 201:
+        raise LabelStudioError(f"Label Studio refused the upload: {response.status_code} {response.text[:500]}")
+    return list(response.json()["task_ids"])
 
 
 def read_limited(chunks, max_bytes: int, content_length: str | None = None) -> bytes:
