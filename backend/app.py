@@ -265,7 +265,7 @@ def create_app(
         info = jobs().info(job_id)
         if info is None:
             raise NotFound(f"no job {job_id!r} (finished jobs are kept for a limited time)")
-        return jsonify(id=info.id, name=info.name, status=info.status, error=info.error, meta=info.meta)
+        return jsonify(id=info.id, name=info.name, status=info.status, error=info.error, meta=info.meta, result=info.result)
 
     @app.get("/versions")
     def versions():

@@ -40,6 +40,14 @@ def queue_name(adapter: str, kind: str) -> str:
     return f"{adapter}-{kind}"
 
 
+_embedded = threading.local()
+
+
+def current_embedded_job() -> "JobInfo | None":
+    """The embedded queue's job running on this thread, if any (rq jobs have rq's get_current_job)."""
+    return getattr(_embedded, "job", None)
+
+
 @dataclass
 class JobInfo:
     id: str
@@ -114,6 +122,7 @@ class EmbeddedJobQueue:
             job_id, func, args, kwargs = self._queue.get()
             info = self._jobs[job_id]
             info.status = "started"
+            _embedded.job = info
             try:
                 info.result = func(*args, **kwargs)
                 info.status = "finished"
@@ -121,6 +130,7 @@ class EmbeddedJobQueue:
                 log.exception("job %s (%s) failed", job_id, info.name)
                 info.status, info.error = "failed", f"{type(exc).__name__}: {exc}"
             finally:
+                _embedded.job = None
                 self._queue.task_done()
 
 

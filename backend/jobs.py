@@ -271,17 +271,24 @@ def batch_extras(s: Settings, model_classes) -> BatchExtras:
 
 
 def _job_progress(phase: str, done: int, total: int, metrics: dict | None = None) -> None:
-    """Inside an rq job: publish progress in job.meta (read by `ale jobs` and GET /jobs/<id>).
+    """Inside a job: publish progress in its meta (read by `ale jobs` and GET /jobs/<id>).
 
     A training's epoch record is kept apart, so it survives the sync that follows it.
     """
+    from .jobqueue import current_embedded_job
+
+    record = {"progress": {"phase": phase, "done": done, "total": total}}
+    if phase == "train":
+        record["training"] = {"epoch": done, "epochs": total, "metrics": metrics or {}}
+    embedded = current_embedded_job()
+    if embedded is not None:
+        embedded.meta.update(record)
+        return
     try:
         from rq import get_current_job
     except ImportError:
         return
     job = get_current_job()
     if job is not None:
-        job.meta["progress"] = {"phase": phase, "done": done, "total": total}
-        if phase == "train":
-            job.meta["training"] = {"epoch": done, "epochs": total, "metrics": metrics or {}}
+        job.meta.update(record)
         job.save_meta()

@@ -21,3 +21,22 @@ def test_a_worker_refuses_an_unknown_job_kind():
         env={"REDIS_URL": "redis://127.0.0.1:1/0", "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=120,
     )
     assert done.returncode != 0 and "--queues takes job kinds among train,predict,sync, got 'train,gpu'" in done.stderr
+
+
+def _reports_progress():
+    from label_studio_ale.jobs import _job_progress
+
+    _job_progress("train", 2, 5, {"loss": 0.5})
+    return "done"
+
+
+def test_the_embedded_queue_publishes_job_progress_like_rq():
+    from label_studio_ale.jobqueue import EmbeddedJobQueue, current_embedded_job
+
+    jobs = EmbeddedJobQueue()
+    job_id = jobs.enqueue("train", _reports_progress)
+    jobs.join()
+    info = jobs.info(job_id)
+    assert info.status == "finished" and info.result == "done"
+    assert info.meta == {"progress": {"phase": "train", "done": 2, "total": 5}, "training": {"epoch": 2, "epochs": 5, "metrics": {"loss": 0.5}}}
+    assert current_embedded_job() is None  # outside a job, progress goes nowhere
