@@ -21,7 +21,8 @@ DEFAULT_THREADS = 4
 DEFAULT_TIMEOUT = 120
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """Every `ale` command and option (no side effects: importing a command's code waits for main)."""
     parser = argparse.ArgumentParser(prog="ale", description="Active-learning ML backend for Label Studio")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -62,10 +63,23 @@ def main(argv: list[str] | None = None) -> int:
 
     bench_cli.add_parser(commands)
 
+    from . import demo as demo_defaults
+
+    demo = commands.add_parser("demo", help="start Label Studio, the backend and jobs with a ready demo project (Ctrl-C stops)")
+    demo.add_argument("--workdir", default="ale-demo", help="folder for Label Studio's data, models and logs (reused by later runs)")
+    demo.add_argument("--ls-port", type=int, default=demo_defaults.DEFAULT_LS_PORT)
+    demo.add_argument("--backend-port", type=int, default=demo_defaults.DEFAULT_BACKEND_PORT)
+    demo.add_argument("--images", type=int, default=demo_defaults.DEFAULT_IMAGES, help="generated images in the project")
+    demo.add_argument("--annotated", type=int, default=demo_defaults.DEFAULT_ANNOTATED, help="of which annotated (the base set)")
+    demo.add_argument("--epochs", type=int, default=demo_defaults.DEFAULT_EPOCHS, help="epochs of each training")
+
     commands.add_parser("config", help="print the effective settings (secrets hidden)")
     commands.add_parser("adapters", help="list installed model adapters")
+    return parser
 
-    args = parser.parse_args(argv)
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         settings = Settings.from_env()
     except AleError as exc:
@@ -91,6 +105,17 @@ def main(argv: list[str] | None = None) -> int:
         return _models(settings, args)
     if args.command == "bench":
         return bench_cli.run(settings, args, sys.argv[1:] if argv is None else argv)
+    if args.command == "demo":
+        from .demo import run_demo
+
+        try:
+            return run_demo(
+                settings, Path(args.workdir), ls_port=args.ls_port, backend_port=args.backend_port,
+                images=args.images, annotated=args.annotated, epochs=args.epochs, log=lambda m: print(m, flush=True),
+            )
+        except AleError as exc:
+            print(f"demo: {exc}", file=sys.stderr)
+            return 1
     if args.command == "config":
         shown = {k: (str(v) if not isinstance(v, tuple) else list(v)) for k, v in asdict(settings).items()}
         for secret in ("label_studio_api_key", "basic_auth_password"):

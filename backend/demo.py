@@ -1,0 +1,262 @@
+"""`ale demo`: a working active-learning loop on this machine, in one command.
+
+It starts Label Studio (in its own environment), the backend (gunicorn) and,
+when Redis is configured or reachable, an rq worker and the rq cron scheduler
+(else jobs run on the backend's embedded queue). It then sets up what a team
+has after its first hour: a project of generated images (birds and nests) with
+a base set annotated, the backend connected, a first model trained by Start
+Training, and Label Studio's queue ranked by that model. It prints the URL and
+login and keeps everything running until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import AleError
+from .settings import Settings
+
+DEMO_TITLE = "ALE demo: birds and nests"
+DEMO_CLASSES = ("bird", "nest")
+DEMO_LABEL_CONFIG = (
+    '<View><Image name="image" value="$image"/><RectangleLabels name="label" toName="image">'
+    '<Label value="bird" background="#1f77b4"/><Label value="nest" background="#ff7f0e"/></RectangleLabels></View>'
+)
+DEFAULT_IMAGES = 60
+DEFAULT_ANNOTATED = 20
+DEFAULT_EPOCHS = 30
+DEFAULT_IMAGE_SIZE = 128  # the generated scenes' size: training stays a CPU minute or two
+DEFAULT_SEED = 70_000
+DEFAULT_LS_PORT = 8080
+DEFAULT_BACKEND_PORT = 9090
+USERNAME = "admin@example.com"
+#: A first model on a CPU: Start Training through the sync that ranks the queue.
+TRAIN_TIMEOUT = 30 * 60
+LOCAL_REDIS = "redis://127.0.0.1:6379/0"
+
+
+class DemoError(AleError):
+    """The demo could not be set up; the message says which step and why."""
+
+
+@dataclass(frozen=True)
+class DemoProject:
+    project: int
+    tasks: list[int]
+    annotated: list[int]
+    model_version: str
+    metrics: dict
+    next_task: int | None
+
+
+def prepare_demo(ls, backend_url: str, *, images: int = DEFAULT_IMAGES, annotated: int = DEFAULT_ANNOTATED,
+                 seed: int = DEFAULT_SEED, log=print, timeout: float = TRAIN_TIMEOUT) -> DemoProject:
+    """Create the demo project in LS (a `LabelStudioClient`), train its first model through `backend_url`, rank its queue.
+
+    The first `annotated` images get their true boxes as annotations (the base
+    set); the rest is the pool the model ranks.
+    """
+    import requests
+
+    from .synthetic import make_scene
+
+    if not 0 < annotated < images:
+        raise DemoError(f"annotated must be between 1 and images - 1 ({images - 1}), got {annotated}")
+    log(f"creating project '{DEMO_TITLE}' with {images} generated images")
+    project = ls.create_project(DEMO_TITLE, DEMO_LABEL_CONFIG)
+    scenes = [make_scene(seed + i, max_objects=4) for i in range(images)]
+    files = []
+    for i, scene in enumerate(scenes):
+        buffer = io.BytesIO()
+        scene.image.save(buffer, format="PNG")
+        files.append((f"scene-{i:03d}.png", buffer.getvalue()))
+    tasks = ls.upload_images(project, files)
+    log(f"annotating the base set: {annotated} images")
+    for task_id, scene in zip(tasks[:annotated], scenes[:annotated]):
+        ls.annotate(task_id, _regions(scene))
+    log(f"connecting the backend at {backend_url}")
+    ls.connect_backend(project, backend_url, "ALE")
+    log("training the first model (Start Training)")
+    answer = requests.post(f"{backend_url}/webhook", json={"action": "START_TRAINING", "project": {"id": project}}, timeout=30)
+    if answer.status_code not in (200, 201):
+        raise DemoError(f"the backend refused Start Training: {answer.status_code} {answer.text[:300]}")
+    job = answer.json()["job"]
+    result = _wait_for_job(backend_url, job, timeout, log)
+    if result.get("sync", {}).get("status") != "synced":
+        raise DemoError(f"the first model was trained but the queue was not ranked: {result.get('sync')}")
+    return DemoProject(project, tasks, tasks[:annotated], result["version"], result["metrics"], ls.next_task(project))
+
+
+def run_demo(settings: Settings, workdir: Path, *, ls_port: int = DEFAULT_LS_PORT, backend_port: int = DEFAULT_BACKEND_PORT,
+             images: int = DEFAULT_IMAGES, annotated: int = DEFAULT_ANNOTATED, epochs: int = DEFAULT_EPOCHS,
+             wait: bool = True, log=print) -> int:
+    """Start every service, prepare the demo project, print how to reach it; block until Ctrl-C (or return at once)."""
+    from .label_studio_server import port_is_free, start_label_studio, stop_process, wait_for_http
+    from .ls_client import LabelStudioClient
+
+    workdir = Path(workdir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    for name, port in (("Label Studio", ls_port), ("backend", backend_port)):
+        if not port_is_free(port):
+            raise DemoError(f"port {port} for the {name} is taken: stop what uses it, or pass --{'ls' if name == 'Label Studio' else 'backend'}-port")
+    login = _login(workdir)
+    password = login["password"]
+    redis_url = settings.redis_url or _local_redis(log)
+    processes: list[subprocess.Popen] = []
+    stopping = {"now": False}
+
+    def interrupt(signum, frame):
+        stopping["now"] = True
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    server = None
+    try:
+        log(f"[1/4] Label Studio on http://127.0.0.1:{ls_port} (data in {workdir / 'label-studio'})")
+        server = start_label_studio(workdir / "label-studio", USERNAME, password, port=ls_port, log=log, token=login.get("token"))
+        _save_login(workdir, login | {"token": server.token})
+        env = {
+            "LABEL_STUDIO_URL": server.url,
+            "LABEL_STUDIO_API_KEY": server.token,
+            "ADAPTER": "yolov5",
+            "MODEL_WEIGHTS": "yolov5n.yaml",
+            "MODEL_CLASSES": ",".join(DEMO_CLASSES),
+            "MODEL_DIR": str(workdir / "models"),
+            "IMAGE_SIZE": str(DEFAULT_IMAGE_SIZE),
+            "TRAIN_EPOCHS": str(epochs),
+            "TRAIN_BATCH": "8",
+            "REDIS_URL": redis_url,
+            "SYNC_INTERVAL": str(settings.sync_interval),
+        }
+        backend_url = f"http://127.0.0.1:{backend_port}"
+        mode = f"rq worker and cron on {redis_url}" if redis_url else "jobs on the backend's embedded queue (no Redis)"
+        log(f"[2/4] backend on {backend_url}; {mode}")
+        commands = [["serve", "--host", "127.0.0.1", "--port", str(backend_port)]]
+        if redis_url:
+            commands += [["worker"], ["cron"]]
+        for command in commands:
+            processes.append(_start_ale(command, env, workdir / "logs" / f"{command[0]}.log"))
+        wait_for_http(f"{backend_url}/health", 120, processes[0], workdir / "logs" / "serve.log")
+        log("[3/4] demo project")
+        ls = LabelStudioClient(server.url, server.token)
+        demo = prepare_demo(ls, backend_url, images=images, annotated=annotated, log=lambda m: log(f"      {m}"))
+        log(f"[4/4] ready: model {demo.model_version} (mAP50 {demo.metrics.get('map50', 0):.2f} on its validation images), queue ranked")
+        log("")
+        log(f"  Label Studio  {server.url}/projects/{demo.project}/data   (opens the demo project)")
+        log(f"  login         {USERNAME} / {password}")
+        log(f"  backend       {backend_url}   (Settings -> Model shows it connected)")
+        log(f"  next task     #{demo.next_task}: 'Label All Tasks' serves the most useful image first")
+        log("  the loop      label, press Start Training (Settings -> Model), and the queue is re-ranked")
+        log("")
+        if wait:
+            log("Ctrl-C stops everything (data stays in the work folder)")
+            while all(p.poll() is None for p in processes) and server.process.poll() is None:
+                time.sleep(1)
+            failed = [p.args[-1] if p.poll() is not None else "" for p in processes]
+            raise DemoError(f"a service stopped on its own ({', '.join(f for f in failed if f) or 'Label Studio'}): see {workdir / 'logs'}")
+        return 0
+    except KeyboardInterrupt:
+        log("stopping ...")
+        return 0
+    finally:
+        for process in reversed(processes):
+            stop_process(process)
+        if server is not None:
+            server.stop()
+        signal.signal(signal.SIGTERM, previous)
+        if stopping["now"] or wait:
+            log("stopped")
+
+
+def _start_ale(command: list[str], env: dict, log: Path) -> subprocess.Popen:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    # The developer's own LS/backend settings must not leak into the demo's processes.
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("LABEL_STUDIO_", "MODEL_", "REDIS_", "BASE_MODEL"))}
+    return subprocess.Popen(
+        [sys.executable, "-m", "label_studio_ale.cli", *command],
+        env=base | env,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # Ctrl-C reaches the demo only; it stops these in order
+    )
+
+
+def _wait_for_job(backend_url: str, job: str, timeout: float, log) -> dict:
+    import requests
+
+    deadline = time.monotonic() + timeout
+    shown = None
+    while time.monotonic() < deadline:
+        info = requests.get(f"{backend_url}/jobs/{job}", timeout=30).json()
+        if info["status"] == "failed":
+            raise DemoError(f"training failed: {info.get('error')}")
+        if info["status"] == "finished":
+            return info["result"]
+        training = (info.get("meta") or {}).get("training")
+        if training and training["epoch"] != shown:
+            shown = training["epoch"]
+            log(f"  epoch {training['epoch']}/{training['epochs']}")
+        time.sleep(1)
+    raise DemoError(f"training did not finish in {timeout:.0f} s; see the worker's log")
+
+
+def _login(workdir: Path) -> dict:
+    """The demo user's login, made once per work folder (LS keeps the user and its token in its database there)."""
+    path = workdir / "login.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    login = {"username": USERNAME, "password": secrets.token_urlsafe(12)}
+    _save_login(workdir, login)
+    return login
+
+
+def _save_login(workdir: Path, login: dict) -> None:
+    path = workdir / "login.json"
+    temp = path.with_suffix(".tmp")
+    temp.write_text(json.dumps(login))
+    temp.chmod(0o600)
+    temp.replace(path)
+
+
+def _local_redis(log) -> str:
+    """A Redis on the default local port, if one answers; else "" (the embedded queue)."""
+    try:
+        from redis import Redis
+
+        Redis.from_url(LOCAL_REDIS, socket_connect_timeout=0.5, socket_timeout=0.5).ping()
+    except Exception:
+        log("no Redis configured or on 127.0.0.1:6379: jobs run inside the backend (set REDIS_URL to use one)")
+        return ""
+    return LOCAL_REDIS
+
+
+def _regions(scene) -> list[dict]:
+    """A scene's true boxes as LS rectanglelabels results."""
+    width, height = scene.image.size
+    return [
+        {
+            "from_name": "label",
+            "to_name": "image",
+            "type": "rectanglelabels",
+            "original_width": width,
+            "original_height": height,
+            "value": {
+                "x": 100 * x1 / width,
+                "y": 100 * y1 / height,
+                "width": 100 * (x2 - x1) / width,
+                "height": 100 * (y2 - y1) / height,
+                "rotation": 0,
+                "rectanglelabels": [DEMO_CLASSES[int(label)]],
+            },
+        }
+        for (x1, y1, x2, y2), label in zip(scene.xyxy, scene.labels)
+    ]
