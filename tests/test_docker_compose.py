@@ -1,0 +1,154 @@
+"""docker-compose.yml refers only to things that exist, and .env.example documents every variable.
+
+No Docker engine is needed: the files are checked against the repository and the code.
+"""
+
+import ast
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+import yaml
+
+from label_studio_ale.cli import build_parser
+from label_studio_ale.settings import ENV_VARS
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE_FILES = [ROOT / "docker-compose.yml", ROOT / "docker" / "compose.gpu.yml"]
+#: Services that stay up and must say when they are ready.
+LONG_RUNNING_WITH_HEALTHCHECK = ("postgres", "label-studio", "redis", "backend")
+VARIABLE = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)(?::?[-?][^}]*)?\}")
+
+
+def compose():
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def documented() -> set[str]:
+    names = set()
+    for line in (ROOT / ".env.example").read_text().splitlines():
+        match = re.match(r"^([A-Z_][A-Z0-9_]*)=", line)
+        if match:
+            names.add(match.group(1))
+    return names
+
+
+def variables_read_by_the_code() -> set[str]:
+    """Settings' environment variables plus every literal name read through os.environ / os.getenv in backend/ and plugins/.
+
+    Assignments (os.environ["X"] = ...) are the code configuring a library, not a setting.
+    """
+    names = set(ENV_VARS)
+    for path in [*(ROOT / "backend").rglob("*.py"), *(ROOT / "plugins").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            target = None
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.args:
+                owner = ast.unparse(node.func.value)
+                if (owner == "os.environ" and node.func.attr in ("get", "setdefault", "pop")) or ast.unparse(node.func) == "os.getenv":
+                    target = node.args[0]
+            elif isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load) and ast.unparse(node.value) == "os.environ":
+                target = node.slice
+            if isinstance(target, ast.Constant) and isinstance(target.value, str):
+                names.add(target.value)
+    return names - {"PATH"}  # the system's own, passed through
+
+
+def test_every_variable_the_code_reads_is_documented_in_env_example():
+    read = variables_read_by_the_code()
+    assert {"LABEL_STUDIO_API_KEY", "REDIS_URL", "ALE_CACHE_DIR", "KERAS_BACKEND"} <= read  # the scan finds both kinds
+    missing = sorted(read - documented())
+    assert not missing, f".env.example lacks {missing}"
+
+
+def test_every_variable_the_compose_files_use_is_documented():
+    used = set()
+    for path in COMPOSE_FILES:
+        used |= set(VARIABLE.findall(path.read_text()))
+    missing = sorted(used - documented())
+    assert not missing, f".env.example lacks {missing}"
+
+
+def test_every_backend_setting_reaches_the_backend_containers():
+    stack = compose()
+    for name in ("backend", "worker", "scheduler"):
+        environment = stack["services"][name]["environment"]
+        assert set(ENV_VARS) <= set(environment), f"{name} lacks {sorted(set(ENV_VARS) - set(environment))}"
+        unknown = [key for key in environment if key not in ENV_VARS]
+        assert not unknown, f"{name} sets variables the backend never reads: {unknown}"
+
+
+def test_every_service_has_an_image_or_a_build_that_exists():
+    stack = compose()
+    built = {}
+    for name, service in stack["services"].items():
+        assert "image" in service or "build" in service, f"{name}: no image and no build"
+        if "build" in service:
+            build = service["build"]
+            context = ROOT / build["context"]
+            dockerfile = context / build["dockerfile"]
+            assert context.is_dir() and dockerfile.is_file(), f"{name}: {dockerfile} is missing"
+            for arg in build.get("args", {}):
+                assert re.search(rf"^ARG {arg}\b", dockerfile.read_text(), re.M), f"{name}: the Dockerfile declares no ARG {arg}"
+            built[service["image"]] = dockerfile
+    # Services without a build run an image another service builds, or a published one.
+    for name, service in stack["services"].items():
+        image = service["image"]
+        if image.startswith("label-studio-ale"):
+            assert image in built, f"{name} runs {image}, which no service builds"
+        else:
+            assert re.fullmatch(r"[a-z0-9./-]+:[A-Za-z0-9._-]+", image), f"{name}: pin a tag for {image}"
+
+
+def test_the_dockerfile_copies_files_that_exist():
+    for dockerfile in (ROOT / "docker").glob("Dockerfile*"):
+        for line in dockerfile.read_text().splitlines():
+            if line.startswith("COPY "):
+                sources = shlex.split(line)[1:-1]
+                for source in sources:
+                    assert (ROOT / source).exists(), f"{dockerfile.name}: COPY {source} does not exist"
+
+
+def test_our_services_run_real_ale_commands():
+    stack = compose()
+    ours = {name: s for name, s in stack["services"].items() if s["image"].startswith("label-studio-ale")}
+    assert set(ours) == {"backend", "worker", "scheduler"}
+    defaults = {"BACKEND_WORKERS": "1", "BACKEND_THREADS": "4", "WORKER_QUEUES": "train,predict,sync"}
+    for name, service in ours.items():
+        command = [VARIABLE.sub(lambda m: defaults[m.group(1)], part) for part in service["command"]]
+        assert command[0] == "ale", f"{name}: {command}"
+        build_parser().parse_args(command[1:])  # exits (fails the test) on an unknown command or option
+    assert ours["backend"]["command"][1] == "serve" and ours["worker"]["command"][1] == "worker" and ours["scheduler"]["command"][1] == "cron"
+
+
+def test_healthchecks_volumes_and_dependencies_fit_together():
+    stack = compose()
+    services = stack["services"]
+    for name in LONG_RUNNING_WITH_HEALTHCHECK:
+        assert services[name].get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
+    for name, service in services.items():
+        for dependency, rule in (service.get("depends_on") or {}).items():
+            assert dependency in services, f"{name} depends on unknown {dependency}"
+            if rule.get("condition") == "service_healthy":
+                assert "healthcheck" in services[dependency], f"{name} waits for {dependency} to be healthy, which has no healthcheck"
+        for volume in service.get("volumes", []):
+            source = volume.split(":", 1)[0]
+            assert source in stack["volumes"], f"{name} mounts undeclared volume {source}"
+    # the model store outlives containers and is shared by the backend and the workers
+    for name in ("backend", "worker"):
+        assert "models:/models" in services[name]["volumes"] and services[name]["environment"]["MODEL_DIR"] == "/models"
+
+
+def test_label_studio_accepts_a_backend_on_the_private_network():
+    """label-studio.md: since 1.23.1 LS refuses ML backends on private addresses unless SSRF protection is off."""
+    ls = compose()["services"]["label-studio"]
+    assert ls["image"] == "heartexlabs/label-studio:1.23.2"
+    assert ls["environment"]["SSRF_PROTECTION_ENABLED"] == "false" and ls["environment"]["ML_BLOCK_LOCAL_IP"] == "false"
+    assert ls["environment"]["DJANGO_DB"] == "default" and ls["environment"]["POSTGRE_HOST"] == "postgres"
+    assert compose()["services"]["backend"]["environment"]["LABEL_STUDIO_URL"].endswith("http://label-studio:8080}")
+
+
+@pytest.mark.parametrize("path", COMPOSE_FILES, ids=lambda p: p.name)
+def test_the_gpu_override_only_names_services_of_the_stack(path):
+    names = set(yaml.safe_load(path.read_text())["services"])
+    assert names <= set(compose()["services"])
