@@ -86,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # label-studio-sdk's HTTP client logs every request at INFO
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
 
     if args.command == "serve":
         return _serve(settings, args)

@@ -31,9 +31,11 @@ DEMO_LABEL_CONFIG = (
     '<View><Image name="image" value="$image"/><RectangleLabels name="label" toName="image">'
     '<Label value="bird" background="#1f77b4"/><Label value="nest" background="#ff7f0e"/></RectangleLabels></View>'
 )
-DEFAULT_IMAGES = 60
-DEFAULT_ANNOTATED = 20
-DEFAULT_EPOCHS = 30
+# A first model from scratch needs a few hundred iterations (ultralytics warms up over
+# the first 100): 48 annotated images (~38 for training, batch 8) x 50 epochs.
+DEFAULT_IMAGES = 120
+DEFAULT_ANNOTATED = 48
+DEFAULT_EPOCHS = 50
 DEFAULT_IMAGE_SIZE = 128  # the generated scenes' size: training stays a CPU minute or two
 DEFAULT_SEED = 70_000
 DEFAULT_LS_PORT = 8080
@@ -119,6 +121,7 @@ def run_demo(settings: Settings, workdir: Path, *, ls_port: int = DEFAULT_LS_POR
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, interrupt)
+    previous_int = signal.getsignal(signal.SIGINT)
     server = None
     try:
         log(f"[1/4] Label Studio on http://127.0.0.1:{ls_port} (data in {workdir / 'label-studio'})")
@@ -161,18 +164,22 @@ def run_demo(settings: Settings, workdir: Path, *, ls_port: int = DEFAULT_LS_POR
             log("Ctrl-C stops everything (data stays in the work folder)")
             while all(p.poll() is None for p in processes) and server.process.poll() is None:
                 time.sleep(1)
-            failed = [p.args[-1] if p.poll() is not None else "" for p in processes]
-            raise DemoError(f"a service stopped on its own ({', '.join(f for f in failed if f) or 'Label Studio'}): see {workdir / 'logs'}")
+            failed = [p.args[3] for p in processes if p.poll() is not None]  # [python, -m, module, command, ...]
+            raise DemoError(f"a service stopped on its own ({', '.join(failed) or 'Label Studio'}): see the logs in {workdir}")
         return 0
     except KeyboardInterrupt:
-        log("stopping ...")
+        log("stopping (a few seconds) ...")
         return 0
     finally:
+        # A second Ctrl-C must not cut the shutdown short: the services run in sessions of their own and would be left behind.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         for process in reversed(processes):
             stop_process(process)
         if server is not None:
             server.stop()
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
         if stopping["now"] or wait:
             log("stopped")
 
@@ -203,8 +210,10 @@ def _wait_for_job(backend_url: str, job: str, timeout: float, log) -> dict:
             return info["result"]
         training = (info.get("meta") or {}).get("training")
         if training and training["epoch"] != shown:
-            shown = training["epoch"]
-            log(f"  epoch {training['epoch']}/{training['epochs']}")
+            shown, epochs = training["epoch"], training["epochs"]
+            # about five progress lines per training, whatever its length
+            if shown and (shown == epochs or shown // max(1, epochs // 5) != (shown - 1) // max(1, epochs // 5)):
+                log(f"  epoch {shown}/{epochs}")
         time.sleep(1)
     raise DemoError(f"training did not finish in {timeout:.0f} s; see the worker's log")
 
@@ -240,23 +249,10 @@ def _local_redis(log) -> str:
 
 
 def _regions(scene) -> list[dict]:
-    """A scene's true boxes as LS rectanglelabels results."""
-    width, height = scene.image.size
+    """A scene's true boxes as LS rectanglelabels results (the demo config's `label` on `image`)."""
+    from .ls_format import rectangle_result
+
     return [
-        {
-            "from_name": "label",
-            "to_name": "image",
-            "type": "rectanglelabels",
-            "original_width": width,
-            "original_height": height,
-            "value": {
-                "x": 100 * x1 / width,
-                "y": 100 * y1 / height,
-                "width": 100 * (x2 - x1) / width,
-                "height": 100 * (y2 - y1) / height,
-                "rotation": 0,
-                "rectanglelabels": [DEMO_CLASSES[int(label)]],
-            },
-        }
-        for (x1, y1, x2, y2), label in zip(scene.xyxy, scene.labels)
+        rectangle_result(box, DEMO_CLASSES[int(label)], scene.image.size, "label", "image")
+        for box, label in zip(scene.xyxy, scene.labels)
     ]

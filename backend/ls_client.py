@@ -162,20 +162,28 @@ class LabelStudioClient:
             raise MediaError(f"cannot download {path_and_query} from Label Studio: {type(exc).__name__}: {exc}") from None
 
 
+#: LS refuses an import of more files than DATA_UPLOAD_MAX_NUMBER_FILES (100 by default) in one request.
+UPLOAD_CHUNK_FILES = 50
+
+
 def upload_images(sdk, project_id: int, files: list[tuple[str, bytes]]) -> list[int]:
-    """Upload image files into a project with an SDK client. -> the new task ids."""
+    """Upload image files into a project with an SDK client, UPLOAD_CHUNK_FILES per request. -> the new task ids."""
     http = sdk._client_wrapper.httpx_client  # the SDK's authenticated client; the SDK has no upload helper
-    response = http.request(
-        f"api/projects/{project_id}/import",
-        method="POST",
-        params={"return_task_ids": "true"},
-        files={f"file{i}": (name, data, "image/png") for i, (name, data) in enumerate(files)},
-        force_multipart=True,
-        request_options={"timeout_in_seconds": IMPORT_TIMEOUT},
-    )
-    if response.status_code != 201:
-        raise LabelStudioError(f"Label Studio refused the upload: {response.status_code} {response.text[:500]}")
-    return list(response.json()["task_ids"])
+    task_ids: list[int] = []
+    for start in range(0, len(files), UPLOAD_CHUNK_FILES):
+        chunk = files[start : start + UPLOAD_CHUNK_FILES]
+        response = http.request(
+            f"api/projects/{project_id}/import",
+            method="POST",
+            params={"return_task_ids": "true"},
+            files={f"file{i}": (name, data, "image/png") for i, (name, data) in enumerate(chunk)},
+            force_multipart=True,
+            request_options={"timeout_in_seconds": IMPORT_TIMEOUT},
+        )
+        if response.status_code != 201:
+            raise LabelStudioError(f"Label Studio refused the upload: {response.status_code} {response.text[:500]}")
+        task_ids += list(response.json()["task_ids"])
+    return task_ids
 
 
 def read_limited(chunks, max_bytes: int, content_length: str | None = None) -> bytes:

@@ -114,28 +114,30 @@ def detections_to_results(
         label = label_map[class_id]
         if label is None:
             continue
-        x1, y1, x2, y2 = (float(v) for v in box)
-        results.append(
-            {
-                "id": f"r{index}",
-                "from_name": config.from_name,
-                "to_name": config.to_name,
-                "type": RESULT_TYPE,
-                "original_width": width,
-                "original_height": height,
-                "image_rotation": 0,
-                "value": {
-                    "x": 100.0 * x1 / width,
-                    "y": 100.0 * y1 / height,
-                    "width": 100.0 * (x2 - x1) / width,
-                    "height": 100.0 * (y2 - y1) / height,
-                    "rotation": 0,
-                    "rectanglelabels": [label],
-                },
-                "score": float(score),
-            }
-        )
+        result = rectangle_result(box, label, (width, height), config.from_name, config.to_name)
+        results.append({"id": f"r{index}", **result, "image_rotation": 0, "score": float(score)})
     return results
+
+
+def rectangle_result(box, label: str, image_size: tuple[int, int], from_name: str, to_name: str) -> dict:
+    """One pixel box (x1, y1, x2, y2) -> an LS `rectanglelabels` result in percent (the inverse of rectangle_to_xyxy)."""
+    width, height = image_size
+    x1, y1, x2, y2 = (float(v) for v in box)
+    return {
+        "from_name": from_name,
+        "to_name": to_name,
+        "type": RESULT_TYPE,
+        "original_width": width,
+        "original_height": height,
+        "value": {
+            "x": 100.0 * x1 / width,
+            "y": 100.0 * y1 / height,
+            "width": 100.0 * (x2 - x1) / width,
+            "height": 100.0 * (y2 - y1) / height,
+            "rotation": 0,
+            "rectanglelabels": [label],
+        },
+    }
 
 
 def rectangle_to_xyxy(result: dict, image_size: tuple[int, int] | None = None) -> tuple[np.ndarray, str]:

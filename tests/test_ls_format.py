@@ -107,3 +107,13 @@ def test_task_image_url():
         task_image_url({"id": 7, "data": {"image": "x"}}, config)
     with pytest.raises(LabelConfigError, match="no 'data'"):
         task_image_url({"id": 7}, config)
+
+
+def test_a_pixel_box_becomes_a_percent_rectangle_and_back():
+    from label_studio_ale.ls_format import rectangle_result
+
+    result = rectangle_result((20, 10, 70, 40), "nest", (200, 100), "label", "image")
+    assert result["value"] == {"x": 10.0, "y": 10.0, "width": 25.0, "height": 30.0, "rotation": 0, "rectanglelabels": ["nest"]}
+    assert (result["from_name"], result["to_name"], result["type"]) == ("label", "image", "rectanglelabels")
+    xyxy, label = rectangle_to_xyxy(result)
+    assert label == "nest" and list(xyxy) == [20.0, 10.0, 70.0, 40.0]

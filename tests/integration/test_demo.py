@@ -20,7 +20,10 @@ from tests.support.backend import backend_env, run_backend
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def test_the_demo_setup_leaves_a_trained_model_and_ls_serving_the_top_ranked_task(ls_sdk, label_studio, tmp_path):
+def test_the_demo_setup_leaves_a_trained_model_and_ls_serving_the_top_ranked_task(ls_sdk, label_studio, tmp_path, monkeypatch):
+    from label_studio_ale import ls_client
+
+    monkeypatch.setattr(ls_client, "UPLOAD_CHUNK_FILES", 5)  # LS caps files per import: 16 images go in 4 requests
     env = backend_env(label_studio, "yolov5n.yaml", tmp_path / "models", MODEL_CLASSES="bird,nest", TRAIN_EPOCHS="3", TRAIN_BATCH="8")
     lines = []
     with run_backend(env, tmp_path) as url:  # no REDIS_URL: the embedded queue, as on a machine without Redis
@@ -29,7 +32,7 @@ def test_the_demo_setup_leaves_a_trained_model_and_ls_serving_the_top_ranked_tas
         ranking = preview_ranking(demo.project, runtime=Runtime(Settings.from_env(env)))
 
     assert ls_sdk.projects.get(id=demo.project).title == DEMO_TITLE
-    assert len(demo.tasks) == 16 and demo.annotated == demo.tasks[:10]
+    assert len(demo.tasks) == len(set(demo.tasks)) == 16 and demo.annotated == demo.tasks[:10]
     assert {t.id for t in ls_sdk.tasks.list(project=demo.project) if t.total_annotations} == set(demo.annotated)
     assert demo.model_version == "v0001" and "map50" in demo.metrics
     # LS serves the queue the first model ranked: the next task is the top of that ranking
@@ -61,20 +64,30 @@ def start_demo(workdir, ls_port, backend_port, redis_url):
             assert time.monotonic() < deadline and process.poll() is None, "".join(output)[-3000:]
             output.append(process.stdout.readline())
     except BaseException:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+        stop(process)
         raise
     return process, "".join(output)
 
 
-def press_ctrl_c(process) -> str:
-    try:
-        os.killpg(process.pid, signal.SIGINT)  # Ctrl-C in the terminal reaches the demo's process group
-        rest, _ = process.communicate(timeout=90)
-    finally:
-        if process.poll() is None:
+def stop(process) -> None:
+    """Ctrl-C, so the demo stops the services it started (they run in sessions of their own); kill only if it hangs."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGINT)
+        try:
+            process.wait(90)
+        except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+def press_ctrl_c(process, times: int = 1) -> str:
+    try:
+        for _ in range(times):
+            os.killpg(process.pid, signal.SIGINT)  # Ctrl-C in the terminal reaches the demo's process group
+            time.sleep(0.5)
+        rest, _ = process.communicate(timeout=90)
+    finally:
+        stop(process)
     assert process.returncode == 0, rest[-3000:]
     return rest
 
@@ -98,6 +111,7 @@ def test_ale_demo_starts_everything_prints_the_login_and_stops_on_ctrl_c(redis_s
 
     # A second run on the same folder reuses Label Studio's data and the login, and is ready again.
     process, again = start_demo(tmp_path / "demo", ls_port, backend_port, redis_server.url)
-    press_ctrl_c(process)
+    assert press_ctrl_c(process, times=2).strip().endswith("stopped")  # an impatient second Ctrl-C leaves nothing behind
+    assert port_is_free(ls_port) and port_is_free(backend_port)
     assert re.search(r"login\s+(\S+) / (\S+)", again).groups() == login.groups()
     assert re.search(r"ready: model v0001", again)  # each run adds a fresh demo project with its own first model

@@ -57,23 +57,7 @@ def create_split_project(ls, title: str, n_train: int, n_val: int, first_seed: i
 
 def annotate(ls, task_id, scene, cancelled=False, names=("bird", "nest")):
     """Submit `scene`'s boxes as the annotation of `task_id` (or a skip, with `cancelled`)."""
-    width, height = scene.image.size
-    result = [
-        {
-            "from_name": "label",
-            "to_name": "image",
-            "type": "rectanglelabels",
-            "original_width": width,
-            "original_height": height,
-            "value": {
-                "x": 100 * x1 / width,
-                "y": 100 * y1 / height,
-                "width": 100 * (x2 - x1) / width,
-                "height": 100 * (y2 - y1) / height,
-                "rotation": 0,
-                "rectanglelabels": [names[label]],
-            },
-        }
-        for (x1, y1, x2, y2), label in zip(scene.xyxy, scene.labels)
-    ]
+    from label_studio_ale.ls_format import rectangle_result
+
+    result = [rectangle_result(box, names[label], scene.image.size, "label", "image") for box, label in zip(scene.xyxy, scene.labels)]
     ls.annotations.create(id=task_id, result=[] if cancelled else result, was_cancelled=cancelled)
