@@ -35,6 +35,8 @@ START_TRAINING = "START_TRAINING"
 JOB_MEMORY_SECONDS = 24 * 60 * 60
 TASKS_CREATED = "TASKS_CREATED"
 ANNOTATION_CREATED = "ANNOTATION_CREATED"
+#: Seconds a client is told to wait before retrying while Redis is down.
+REDIS_RETRY_AFTER = 30
 
 
 class ModelHolder:
@@ -201,9 +203,14 @@ def create_app(
         if project:
             label_configs[project] = schema
             if runtime.redis is not None and project.isdigit():
+                from redis.exceptions import RedisError
+
                 from .jobs import projects_key
 
-                runtime.redis.sadd(projects_key(settings.adapter), project)
+                try:
+                    runtime.redis.sadd(projects_key(settings.adapter), project)
+                except RedisError as exc:  # the registry only feeds the scheduled sync: serve anyway
+                    log.warning("project %s not registered for scheduled syncs (Redis unavailable: %s)", project, type(exc).__name__)
         return jsonify(model_version=adapter.version)
 
     @app.post("/predict")
@@ -298,6 +305,22 @@ def create_app(
         status = 503 if isinstance(exc, AdapterError) else exc.status
         return _error_response(str(exc), status, metrics)
 
+    from redis.exceptions import RedisError
+
+    @app.errorhandler(RedisError)
+    def redis_down(exc: RedisError):
+        # The URL may hold a password: name the host only.
+        where = _redis_host(settings.redis_url)
+        log.warning("Redis at %s unavailable on %s %s: %s", where, request.method, request.path, type(exc).__name__)
+        response = _error_response(
+            f"the job queue is unavailable (Redis at {where}: {type(exc).__name__}); nothing was queued. "
+            "Predictions still work; retry this once Redis is back",
+            503,
+            metrics,
+        )
+        response.headers["Retry-After"] = str(REDIS_RETRY_AFTER)
+        return response
+
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
         return _error_response(exc.description or exc.name, exc.code or 500, metrics)
@@ -347,6 +370,13 @@ def _basic_auth_ok(header: str, settings: Settings) -> bool:
     user_ok = hmac.compare_digest(user.encode(), settings.basic_auth_user.encode())
     password_ok = hmac.compare_digest(password.encode(), settings.basic_auth_password.encode())
     return user_ok and password_ok
+
+
+def _redis_host(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    split = urlsplit(url)
+    return f"{split.hostname or '?'}:{split.port or 6379}"
 
 
 def _error_response(message: str, status: int, metrics: Metrics):

@@ -21,12 +21,17 @@ class RedisServer:
     def stop(self) -> None:
         stop_process(self.process)
 
+    def restart(self) -> None:
+        """Start again on the same port (empty: nothing is saved to disk)."""
+        self.stop()
+        self.process = start_redis(self.port).process
 
-def start_redis() -> RedisServer:
+
+def start_redis(port: int | None = None) -> RedisServer:
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server is not on PATH: install Redis (e.g. apt-get install redis-server)")
-    port = free_port()
+    port = port or free_port()
     process = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
         stdout=subprocess.DEVNULL,
