@@ -33,14 +33,19 @@ class RectangleConfig:
     aliases: dict[str, str]
 
 
-@functools.lru_cache(maxsize=64)
 def parse_label_config(xml: str) -> RectangleConfig:
     """Parse a label config with an <Image> and a <RectangleLabels> bound to it."""
+    if not isinstance(xml, str):
+        raise LabelConfigError(f"label config must be the project's XML as a string, got {type(xml).__name__}")
+    if not xml.strip():
+        raise LabelConfigError("label config is empty: send the project's XML label config")
+    return _parse_label_config(xml)
+
+
+@functools.lru_cache(maxsize=64)
+def _parse_label_config(xml: str) -> RectangleConfig:
     # Imported here: the SDK import is slow and most modules never need it.
     from label_studio_sdk.label_interface import LabelInterface
-
-    if not isinstance(xml, str) or not xml.strip():
-        raise LabelConfigError("label config is empty: send the project's XML label config")
     try:
         interface = LabelInterface(xml)
     except Exception as exc:  # the SDK raises several XML error types
