@@ -164,7 +164,9 @@ def _need_redis(settings: Settings):
 
 
 def _worker(settings: Settings, args) -> int:
-    from rq import Queue, SimpleWorker
+    from rq import Queue
+
+    from .worker import AleWorker
 
     redis = _need_redis(settings)
     from .jobqueue import QUEUES, queue_name
@@ -175,9 +177,9 @@ def _worker(settings: Settings, args) -> int:
         raise SystemExit(f"--queues takes job kinds among {','.join(QUEUES)}, got {args.queues!r}")
     # The worker takes this stack's queues only (ADAPTER): jobs load its framework.
     queues = [Queue(queue_name(settings.adapter, kind), connection=redis) for kind in kinds]
-    # SimpleWorker runs jobs in this process: no fork after torch has started
+    # A SimpleWorker runs jobs in this process: no fork after torch has started
     # its threads (a forked child would hang), and the model stays loaded.
-    worker = SimpleWorker(queues, connection=redis)
+    worker = AleWorker(queues, connection=redis)
     worker.work(burst=args.burst, with_scheduler=True)
     return 0
 

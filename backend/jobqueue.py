@@ -26,6 +26,23 @@ ACTIVE = ("queued", "started", "scheduled", "deferred")
 #: LS down: retry the sync after 10 s, 30 s, then 90 s.
 SYNC_RETRY_INTERVALS = (10, 30, 90)
 JOB_TIMEOUT = 6 * 60 * 60  # training on a CPU takes a while
+#: `ale worker` proves a running job alive this often; a job not proven alive for
+#: HEARTBEAT_TTL seconds lost its worker (killed, crashed, machine gone). rq alone
+#: would keep it "started" for JOB_TIMEOUT, and Start Training would wait that long.
+HEARTBEAT_INTERVAL = 10
+#: Longer than a lock's lease (runtime.LOCK_LEASE): once a job is known dead, its locks are free.
+HEARTBEAT_TTL = 75
+ABANDONED = "the worker running this job stopped (killed or crashed) before it finished; nothing was stored. Press Start Training again"
+
+
+def alive_key(job_id: str) -> str:
+    """Set with a short TTL while an `ale worker` runs the job."""
+    return f"ale:job-alive:{job_id}"
+
+
+def watched_key(job_id: str) -> str:
+    """Set once when an `ale worker` starts the job: its heartbeat can be trusted (plain rq workers set none)."""
+    return f"ale:job-watched:{job_id}"
 
 
 def queue_name(adapter: str, kind: str) -> str:
@@ -84,10 +101,28 @@ class RedisJobQueue:
             return None
         status = job.get_status(refresh=True)
         error = None
+        if status == "started" and self._abandoned(job):
+            self._fail_abandoned(job)
+            return JobInfo(job.id, job.func_name, "failed", None, ABANDONED, dict(job.meta))
         if status == "failed":
             latest = job.latest_result()
             error = (latest.exc_string or "").strip().splitlines()[-1] if latest and latest.exc_string else "failed"
         return JobInfo(job.id, job.func_name, str(status.value if hasattr(status, "value") else status), job.return_value(), error, dict(job.meta))
+
+
+    def _abandoned(self, job) -> bool:
+        return bool(self.redis.exists(watched_key(job.id))) and not self.redis.exists(alive_key(job.id))
+
+    def _fail_abandoned(self, job) -> None:
+        """Fail the job through rq's own path for abandoned jobs (callbacks, failed registry)."""
+        from rq.registry import StartedJobRegistry
+
+        registry = StartedJobRegistry(job.origin, connection=self.redis)
+        entries = [e for e in self.redis.zrange(registry.key, 0, -1) if e.decode().split(":", 1)[0] == job.id]
+        if entries:
+            self.redis.zadd(registry.key, {entry: 1 for entry in entries})  # expired since 1970
+            registry.cleanup(timestamp=1)
+        log.warning("job %s (%s): %s", job.id, job.func_name, ABANDONED)
 
 
 class EmbeddedJobQueue:

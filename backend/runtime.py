@@ -6,6 +6,7 @@ the web app and tests pass an explicit `Runtime`.
 
 from __future__ import annotations
 
+import logging
 import threading
 from contextlib import contextmanager
 from typing import Callable, Iterator
@@ -15,9 +16,12 @@ from .detection_store import DetectionStore
 from .ls_client import LabelStudioClient
 from .settings import Settings
 
+log = logging.getLogger(__name__)
+
 DETECTION_DB = "detections.sqlite"
-#: A sync that runs longer than this loses its lock (a crashed worker must not block forever).
-LOCK_TIMEOUT = 30 * 60
+#: A Redis lock is a lease of this many seconds, renewed every third of it while its holder
+#: runs: a killed or crashed holder frees it within a minute, a long training never loses it.
+LOCK_LEASE = 60
 
 
 class Runtime:
@@ -84,13 +88,23 @@ class Runtime:
     def lock(self, name: str, wait: float = 0.0) -> Iterator[bool]:
         """A named lock across processes (Redis) or threads (embedded). Yields whether it was acquired."""
         if self.redis is not None:
-            lock = self.redis.lock(f"ale:lock:{name}", timeout=LOCK_TIMEOUT, blocking=wait > 0, blocking_timeout=wait or None)
+            # thread_local=False: the renewing thread must see the lock's token
+            lock = self.redis.lock(
+                f"ale:lock:{name}", timeout=LOCK_LEASE, blocking=wait > 0, blocking_timeout=wait or None, thread_local=False
+            )
             acquired = lock.acquire()
+            stop = threading.Event()
+            if acquired:
+                threading.Thread(target=_renew, args=(lock, stop), name=f"ale-lock-{name}", daemon=True).start()
             try:
                 yield acquired
             finally:
+                stop.set()
                 if acquired:
-                    lock.release()
+                    try:
+                        lock.release()
+                    except Exception:  # lost meanwhile (Redis restarted): nothing left to release
+                        log.warning("lock %s was already gone at release", name)
             return
         local = self._local_locks.setdefault(name, threading.Lock())
         acquired = local.acquire(timeout=wait) if wait > 0 else local.acquire(blocking=False)
@@ -99,6 +113,15 @@ class Runtime:
         finally:
             if acquired:
                 local.release()
+
+
+def _renew(lock, stop: threading.Event) -> None:
+    """Keep renewing `lock`'s lease until `stop` is set."""
+    while not stop.wait(LOCK_LEASE / 3):
+        try:
+            lock.reacquire()
+        except Exception as exc:  # Redis away for a moment, or the lease lapsed: try again next round
+            log.warning("could not renew lock %s: %s", lock.name, type(exc).__name__)
 
 
 _current: Runtime | None = None

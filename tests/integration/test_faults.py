@@ -56,3 +56,103 @@ def test_redis_down_predict_serves_webhooks_answer_503_and_jobs_resume(ls_sdk, l
                 assert time.monotonic() < deadline, f"job {job_id} did not run after Redis came back: {info.status}"
                 time.sleep(0.5)
     assert ls_sdk.projects.get(id=project).model_version.startswith("ale:")
+
+
+def test_a_worker_killed_mid_training_fails_the_job_and_a_new_press_trains(ls_sdk, label_studio, trained_weights, own_redis, tmp_path):
+    import os
+    import signal
+
+    from label_studio_ale.model_store import ModelStore
+    from tests.support.projects import annotate, create_split_project
+
+    project, train, val, scenes = create_split_project(ls_sdk, "worker killed", 8, 2, 82_000)
+    for task_id in train + val:
+        annotate(ls_sdk, task_id, scenes[task_id])
+    env = backend_env(label_studio, trained_weights, tmp_path / "models", own_redis, BASE_MODEL=str(trained_weights), TRAIN_BATCH="8")
+    predict = {"tasks": [{"id": train[0], "data": ls_sdk.tasks.get(id=train[0]).data}], "label_config": LABEL_CONFIG, "project": f"{project}.1"}
+    press = {"action": "START_TRAINING", "project": {"id": project}}
+    with run_backend(env, tmp_path) as url:
+        served = httpx.post(f"{url}/predict", json=predict, timeout=60).json()["model_version"]
+        with run_worker(env | {"TRAIN_EPOCHS": "500"}, tmp_path, queues="train") as worker:
+            job_id = httpx.post(f"{url}/webhook", json=press, timeout=30).json()["job"]
+            deadline = time.monotonic() + 180
+            while not (httpx.get(f"{url}/jobs/{job_id}", timeout=10).json()["meta"].get("training") or {}).get("epoch"):
+                assert time.monotonic() < deadline, "training did not start"
+                time.sleep(0.5)
+            os.killpg(worker.pid, signal.SIGKILL)  # the machine dies mid-epoch
+            worker.wait()
+
+        # Until its lease lapses the job still looks alive; then it is failed, with the reason.
+        assert httpx.post(f"{url}/webhook", json=press, timeout=30).json()["job"] == job_id
+        deadline = time.monotonic() + 150
+        while (job := httpx.get(f"{url}/jobs/{job_id}", timeout=10).json())["status"] != "failed":
+            assert job["status"] == "started" and time.monotonic() < deadline, job
+            time.sleep(2)
+        assert "worker running this job stopped" in job["error"]
+        # nothing half-written: no version, and the served model is the one from before
+        store = ModelStore(env["MODEL_DIR"], project)
+        assert store.current() is None and store.versions() == []
+        assert httpx.post(f"{url}/predict", json=predict, timeout=60).json()["model_version"] == served
+
+        # A new press trains again, on a new worker.
+        with run_worker(env | {"TRAIN_EPOCHS": "2"}, tmp_path, queues="train"):
+            again = httpx.post(f"{url}/webhook", json=press, timeout=30)
+            assert again.status_code == 201 and again.json()["job"] != job_id
+            deadline = time.monotonic() + 300
+            while (job := httpx.get(f"{url}/jobs/{again.json()['job']}", timeout=10).json())["status"] != "finished":
+                assert job["status"] != "failed" and time.monotonic() < deadline, job
+                time.sleep(1)
+        assert store.current().name == "v0001"
+
+
+def test_a_held_lock_outlives_its_lease_and_a_dead_holders_lock_lapses(redis_server, monkeypatch):
+    from redis import Redis
+
+    from label_studio_ale import runtime as runtime_module
+    from label_studio_ale.runtime import Runtime
+    from label_studio_ale.settings import Settings
+
+    monkeypatch.setattr(runtime_module, "LOCK_LEASE", 1.5)
+    first, second = (Runtime(Settings(redis_url=redis_server.url)) for _ in range(2))
+    with first.lock("sync:1") as held:
+        assert held
+        time.sleep(4)  # well past one lease: renewed, so still held
+        with second.lock("sync:1") as also:
+            assert not also
+    with second.lock("sync:1") as free:
+        assert free
+    # A holder that dies stops renewing: its lease lapses and the lock is free again.
+    Redis.from_url(redis_server.url).lock("ale:lock:sync:2", timeout=1.5).acquire()
+    with second.lock("sync:2") as taken:
+        assert not taken
+    time.sleep(2)
+    with second.lock("sync:2") as free:
+        assert free
+
+
+def test_two_syncs_at_once_one_runs_and_the_other_skips(ls_sdk, label_studio, trained_weights, redis_server, tmp_path):
+    import threading
+
+    from label_studio_ale.jobs import SYNC_VERSION_PREFIX, sync_priorities
+    from label_studio_ale.runtime import Runtime
+    from label_studio_ale.settings import Settings
+
+    project, task_ids = create_project(ls_sdk, range(83_000, 83_006), "two syncs")
+    settings = Settings.from_env(backend_env(label_studio, trained_weights, tmp_path / "models", redis_server))
+    start, results = threading.Barrier(2), []
+
+    def sync():  # two processes' worth: separate runtimes, one Redis
+        runtime = Runtime(settings)
+        start.wait()
+        results.append(sync_priorities(project, runtime=runtime)["status"])
+
+    threads = [threading.Thread(target=sync) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(300)
+    assert sorted(results) == ["skipped", "synced"]
+    served = ls_sdk.projects.get(id=project).model_version
+    versions = {p.model_version for p in ls_sdk.predictions.list(project=project)}
+    assert served.startswith(SYNC_VERSION_PREFIX) and versions == {served}  # one complete queue, nothing half-written
+    assert sorted(p.task for p in ls_sdk.predictions.list(project=project)) == sorted(task_ids)
