@@ -50,13 +50,16 @@ class ModelStore:
         """Complete versions, oldest first."""
         if not self.dir.is_dir():
             return []
-        names = sorted(p.name for p in self.dir.iterdir() if p.is_dir() and _VERSION_NAME.match(p.name))
+        names = sorted(p.name for p in self.dir.iterdir() if p.is_dir() and not p.is_symlink() and _VERSION_NAME.match(p.name))
         return [self.get(name) for name in names]
 
     def get(self, name: str) -> ModelVersion:
         if not _VERSION_NAME.match(name or ""):
             raise ValueError(f"not a version name: {name!r}")
         path = self.dir / name
+        if path.is_symlink() or (path.exists() and not path.resolve().is_relative_to(self.dir.resolve())):
+            # Weights are unpickled when loaded: only files written into the store itself are trusted.
+            raise LookupError(f"model version {name} of {self.dir} points outside the model store; refusing to load it")
         try:
             classes = tuple(json.loads((path / "classes.json").read_text()))
             metrics = json.loads((path / "metrics.json").read_text())

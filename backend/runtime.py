@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from typing import Callable, Iterator
 
 from .adapters import Adapter, load_adapter
+from .errors import AdapterError
 from .detection_store import DetectionStore
 from .ls_client import LabelStudioClient
 from .settings import Settings
@@ -73,7 +74,10 @@ class Runtime:
             return self.adapter
         from .model_store import ModelStore
 
-        version = ModelStore(self.settings.model_dir, int(project)).current()
+        try:
+            version = ModelStore(self.settings.model_dir, int(project)).current()
+        except (LookupError, ValueError) as exc:  # a damaged or tampered store: refuse, say where
+            raise AdapterError(f"project {project}'s model store cannot be used: {exc}") from None
         if version is None:
             return self.adapter
         with self._adapter_lock:

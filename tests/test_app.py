@@ -155,3 +155,16 @@ def test_batches_follow_predict_batch_size(adapter):
         response = client.post("/predict", json={"tasks": tasks, "label_config": CONFIG})
     assert len(response.get_json()["results"]) == 5
     assert adapter.calls == [2, 2, 1]
+
+
+def test_a_tampered_model_store_is_refused_with_a_503_not_loaded(adapter, tmp_path):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    store = tmp_path / "models" / "3"
+    store.mkdir(parents=True)
+    (store / "v0001").symlink_to(outside, target_is_directory=True)
+    (store / "current").write_text("v0001\n")
+    client = make_client(adapter, model_dir=tmp_path / "models")
+    answer = client.post("/setup", json={"project": "3.17", "schema": CONFIG})
+    assert answer.status_code == 503
+    assert "project 3's model store cannot be used" in answer.get_json()["error"] and "outside the model store" in answer.get_json()["error"]

@@ -83,3 +83,26 @@ def test_a_weights_folder_is_stored_whole(tmp_path):
     assert weights == version.path / "model" and weights.is_dir()
     assert (weights / "saved_model.pb").read_bytes() == b"graph"
     assert (weights / "variables" / "variables.index").read_bytes() == b"index"
+
+
+def test_models_load_only_from_inside_the_store(tmp_path, weights):
+    """A version that is a link to elsewhere (or a pointer naming a path) is never loaded."""
+    store = ModelStore(tmp_path / "models", 4)
+    store.promote(store.add(weights, ["bird"], {}, {}).name)
+    outside = tmp_path / "elsewhere" / "v0009"
+    outside.mkdir(parents=True)
+    for name in ("classes.json", "metrics.json", "manifest.json"):
+        (outside / name).write_text("{}" if name != "classes.json" else '["bird"]')
+    (outside / "weights.pt").write_bytes(b"not ours")
+    (store.dir / "v0009").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(LookupError, match="points outside the model store"):
+        store.get("v0009")
+    with pytest.raises(LookupError, match="points outside the model store"):
+        store.promote("v0009")
+    assert [v.name for v in store.versions()] == ["v0001"]  # listed nowhere either
+    (store.dir / "current").write_text("v0009\n")  # a tampered pointer
+    with pytest.raises(LookupError, match="outside the model store"):
+        store.current()
+    (store.dir / "current").write_text("../../elsewhere/v0009\n")
+    with pytest.raises(ValueError, match="not a version name"):
+        store.current()
