@@ -106,8 +106,14 @@ def test_webhook_acknowledges_events_and_never_trains_on_project_updates(adapter
 def test_basic_auth_guards_everything_but_health(adapter):
     client = make_client(adapter, basic_auth_user="ls", basic_auth_password="s3cret-pw")
     assert client.get("/health").status_code == 200
-    for method, path in (("get", "/versions"), ("get", "/metrics"), ("post", "/setup"), ("post", "/predict"), ("post", "/webhook")):
-        response = getattr(client, method)(path, json={})
+    # every route the app has, found from its URL map: a new route cannot slip by unguarded
+    routes = [(method, rule.rule.replace("<job_id>", "x")) for rule in client.application.url_map.iter_rules()
+              for method in rule.methods - {"HEAD", "OPTIONS"} if rule.endpoint != "static"]
+    assert {path for _, path in routes} >= {"/versions", "/metrics", "/setup", "/predict", "/webhook", "/jobs/x", "/health"}
+    for method, path in routes:
+        if path == "/health":
+            continue
+        response = client.open(path, method=method, json={})
         assert response.status_code == 401, path
         assert "s3cret-pw" not in response.get_data(as_text=True)
     wrong = base64.b64encode(b"ls:nope").decode()
