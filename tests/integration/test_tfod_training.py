@@ -10,7 +10,6 @@ import time
 import httpx
 import numpy as np
 import pytest
-from PIL import Image
 
 tf = pytest.importorskip("tensorflow", reason="the tfod tests run in the TensorFlow environment: scripts/test runs them there")
 
@@ -23,10 +22,8 @@ from label_studio_ale.model_store import ModelStore  # noqa: E402
 from label_studio_ale.policies import get_policy  # noqa: E402
 from label_studio_ale.predictor import Predictor  # noqa: E402
 from label_studio_ale.settings import Settings  # noqa: E402
-from label_studio_ale.synthetic import make_scene  # noqa: E402
 from label_studio_ale_plugins.tfod import TfodAdapter  # noqa: E402
 from tests.support.backend import backend_env, run_backend, run_worker  # noqa: E402
-from tests.support.models import IMAGE_SIZE  # noqa: E402
 from tests.support.projects import annotate, create_split_project  # noqa: E402
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
