@@ -82,13 +82,14 @@ class RedisJobQueue:
         self.redis = redis
         self.queues = {kind: Queue(queue_name(adapter, kind), connection=redis) for kind in QUEUES}
 
-    def enqueue(self, queue_name: str, func: Callable, *args, retry: bool = False, **kwargs) -> str:
+    def enqueue(self, kind: str, func: Callable, *args, retry: bool = False, **kwargs) -> str:
+        """Queue `func(*args, **kwargs)` as a `kind` job (QUEUES) on this adapter's queue. -> job id."""
         from rq import Retry
 
         options = {"job_timeout": JOB_TIMEOUT}
         if retry:
             options["retry"] = Retry(max=len(SYNC_RETRY_INTERVALS), interval=list(SYNC_RETRY_INTERVALS))
-        job = self.queues[queue_name].enqueue(func, args=args, kwargs=kwargs, **options)
+        job = self.queues[kind].enqueue(func, args=args, kwargs=kwargs, **options)
         return job.id
 
     def info(self, job_id: str) -> JobInfo | None:
@@ -108,7 +109,6 @@ class RedisJobQueue:
             latest = job.latest_result()
             error = (latest.exc_string or "").strip().splitlines()[-1] if latest and latest.exc_string else "failed"
         return JobInfo(job.id, job.func_name, str(status.value if hasattr(status, "value") else status), job.return_value(), error, dict(job.meta))
-
 
     def _abandoned(self, job) -> bool:
         return bool(self.redis.exists(watched_key(job.id))) and not self.redis.exists(alive_key(job.id))
@@ -138,7 +138,7 @@ class EmbeddedJobQueue:
         self._thread = threading.Thread(target=self._run, name="ale-embedded-jobs", daemon=True)
         self._thread.start()
 
-    def enqueue(self, queue_name: str, func: Callable, *args, retry: bool = False, **kwargs) -> str:
+    def enqueue(self, kind: str, func: Callable, *args, retry: bool = False, **kwargs) -> str:
         job_id = uuid.uuid4().hex
         self._jobs[job_id] = JobInfo(job_id, f"{func.__module__}.{func.__name__}", "queued")
         if self.runtime is not None:

@@ -25,14 +25,13 @@ class AleWorker(SimpleWorker):
         redis = self.connection
 
         def beat() -> None:
-            while True:
+            while not stop.wait(HEARTBEAT_INTERVAL):
                 try:
                     redis.set(alive_key(job.id), self.name, ex=HEARTBEAT_TTL)
                 except Exception as exc:  # Redis away for a moment: the next beat retries
                     log.warning("job %s heartbeat failed: %s", job.id, type(exc).__name__)
-                if stop.wait(HEARTBEAT_INTERVAL):
-                    return
 
+        # alive before watched: a job is never seen watched without a heartbeat
         redis.set(alive_key(job.id), self.name, ex=HEARTBEAT_TTL)
         redis.set(watched_key(job.id), self.name, ex=JOB_TIMEOUT + HEARTBEAT_TTL)
         thread = threading.Thread(target=beat, name=f"ale-heartbeat-{job.id}", daemon=True)
