@@ -15,22 +15,34 @@ class Detections:
     class_probs: (n, C) float64 per-class scores in [0, 1] as the model emitted
                  them (independent sigmoids for YOLO, a distribution for TF OD)
     image_size:  (width, height) in pixels of the image the boxes refer to
+    labels:      (n,) int class index of each box; default argmax of `class_probs`
+    scores:      (n,) float box confidence; default max of `class_probs`
+    background:  (n,) float probability that the box is no object; default
+                 1 - max of `class_probs` (sigmoid heads have no background
+                 output). A model with a real background class (a softmax TF
+                 OD export) passes its own.
 
-    `labels` (n,) and `scores` (n,) derive from `class_probs`: argmax and max.
+    A model emits `labels`/`scores` of its own when one anchor yields a
+    detection per class (the TF OD API's per-class NMS): each detection keeps
+    its anchor's whole class vector but names its own class and score.
     Index with a boolean keep-mask or integer array to get a new `Detections`.
     """
 
     xyxy: np.ndarray
     class_probs: np.ndarray
     image_size: tuple[int, int]
+    labels: np.ndarray | None = None
+    scores: np.ndarray | None = None
+    background: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         xyxy = np.asarray(self.xyxy, dtype=np.float64)
         probs = np.asarray(self.class_probs, dtype=np.float64)
         if xyxy.ndim != 2 or xyxy.shape[1] != 4:
             raise ValueError(f"xyxy must have shape (n, 4), got {xyxy.shape}")
-        if probs.ndim != 2 or probs.shape[0] != xyxy.shape[0]:
-            raise ValueError(f"class_probs must have shape (n={xyxy.shape[0]}, C), got {probs.shape}")
+        n = xyxy.shape[0]
+        if probs.ndim != 2 or probs.shape[0] != n:
+            raise ValueError(f"class_probs must have shape (n={n}, C), got {probs.shape}")
         if probs.shape[1] < 1:
             raise ValueError("class_probs needs at least one class column")
         if not (np.isfinite(xyxy).all() and np.isfinite(probs).all()):
@@ -42,10 +54,16 @@ class Detections:
         width, height = (int(v) for v in self.image_size)
         if width <= 0 or height <= 0:
             raise ValueError(f"image_size must be positive (width, height), got {self.image_size}")
-        xyxy.setflags(write=False)
-        probs.setflags(write=False)
-        object.__setattr__(self, "xyxy", xyxy)
-        object.__setattr__(self, "class_probs", probs)
+        top = probs.max(axis=1) if n else np.zeros(0)
+        labels = probs.argmax(axis=1) if self.labels is None and n else self.labels
+        labels = np.asarray(labels if labels is not None else np.zeros(0), dtype=np.int64).reshape(-1)
+        if labels.shape != (n,) or ((labels < 0) | (labels >= probs.shape[1])).any():
+            raise ValueError(f"labels must have shape ({n},) with class indices in [0, {probs.shape[1]})")
+        scores = _unit_array("scores", top if self.scores is None else self.scores, n)
+        background = _unit_array("background", 1.0 - top if self.background is None else self.background, n)
+        for name, value in (("xyxy", xyxy), ("class_probs", probs), ("labels", labels), ("scores", scores), ("background", background)):
+            value.setflags(write=False)
+            object.__setattr__(self, name, value)
         object.__setattr__(self, "image_size", (width, height))
 
     @classmethod
@@ -56,16 +74,6 @@ class Detections:
     def num_classes(self) -> int:
         return int(self.class_probs.shape[1])
 
-    @property
-    def labels(self) -> np.ndarray:
-        """(n,) int class index of each box: argmax of its class scores."""
-        return self.class_probs.argmax(axis=1) if len(self) else np.zeros(0, dtype=np.int64)
-
-    @property
-    def scores(self) -> np.ndarray:
-        """(n,) float box confidence: max of its class scores."""
-        return self.class_probs.max(axis=1) if len(self) else np.zeros(0)
-
     def __len__(self) -> int:
         return int(self.xyxy.shape[0])
 
@@ -73,7 +81,23 @@ class Detections:
         index = np.asarray(index)
         if index.dtype == bool and index.shape != (len(self),):
             raise ValueError(f"keep-mask must have shape ({len(self)},), got {index.shape}")
-        return Detections(self.xyxy[index].reshape(-1, 4), self.class_probs[index].reshape(-1, self.num_classes), self.image_size)
+        return Detections(
+            self.xyxy[index].reshape(-1, 4),
+            self.class_probs[index].reshape(-1, self.num_classes),
+            self.image_size,
+            self.labels[index].reshape(-1),
+            self.scores[index].reshape(-1),
+            self.background[index].reshape(-1),
+        )
 
     def __repr__(self) -> str:
         return f"Detections(n={len(self)}, classes={self.num_classes}, image_size={self.image_size})"
+
+
+def _unit_array(name: str, values, n: int) -> np.ndarray:
+    array = np.asarray(values, dtype=np.float64).reshape(-1)
+    if array.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},), got {array.shape}")
+    if not np.isfinite(array).all() or ((array < 0) | (array > 1)).any():
+        raise ValueError(f"{name} must be finite and lie in [0, 1]")
+    return array

@@ -49,11 +49,12 @@ class UncertaintyPolicy:
         if counts.sum() == 0:
             return np.zeros(len(detections))
         probs = np.concatenate([d.class_probs for d in detections if len(d)])
-        return self.usefulness_arrays(probs, counts)
+        background = np.concatenate([d.background for d in detections if len(d)])
+        return self.usefulness_arrays(probs, counts, background)
 
-    def usefulness_arrays(self, class_probs: np.ndarray, counts: np.ndarray) -> np.ndarray:
-        """(total, C) box scores of all images concatenated, (m,) boxes per image -> (m,)."""
-        distribution = scoring.box_distribution(class_probs)
+    def usefulness_arrays(self, class_probs: np.ndarray, counts: np.ndarray, background: np.ndarray | None = None) -> np.ndarray:
+        """(total, C) box scores of all images concatenated, (m,) boxes per image, optional (total,) background -> (m,)."""
+        distribution = scoring.box_distribution(class_probs, background)
         if self.metric == "entropy":
             values = scoring.entropy(distribution)
         else:

@@ -13,7 +13,9 @@ YOLO's class scores are independent sigmoids, not a distribution. LC and
 entropy are computed on `box_distribution`: the scores plus a background mass
 `1 - max(score)`, renormalised to sum to 1. A box that is confidently one class
 becomes a peaked distribution; a box unsure whether it is anything at all keeps
-a large background share and scores as uncertain.
+a large background share and scores as uncertain. A model with a real
+background class (a softmax TF OD export) passes its own background column,
+and then a row that is already a distribution is used as it is.
 """
 
 from __future__ import annotations
@@ -24,12 +26,19 @@ AGGREGATIONS = ("sum", "max", "mean", "min")
 _EPS = 1e-12
 
 
-def box_distribution(class_probs: np.ndarray) -> np.ndarray:
-    """(n, C) raw class scores in [0, 1] -> (n, C + 1) distribution with a background column last."""
+def box_distribution(class_probs: np.ndarray, background: np.ndarray | None = None) -> np.ndarray:
+    """(n, C) raw class scores in [0, 1], optional (n,) background -> (n, C + 1) distribution, background last.
+
+    Without `background` it is `1 - max(score)` (a sigmoid head has none).
+    """
     scores = np.asarray(class_probs, dtype=np.float64)
     if scores.ndim != 2:
         raise ValueError(f"class_probs must have shape (n, C), got {scores.shape}")
-    background = 1.0 - scores.max(axis=1, initial=0.0)
+    if background is None:
+        background = 1.0 - scores.max(axis=1, initial=0.0)
+    background = np.asarray(background, dtype=np.float64).reshape(-1)
+    if background.shape != (scores.shape[0],):
+        raise ValueError(f"background must have shape ({scores.shape[0]},), got {background.shape}")
     full = np.concatenate([scores, background[:, None]], axis=1)
     total = full.sum(axis=1, keepdims=True)
     return full / np.maximum(total, _EPS)

@@ -54,3 +54,30 @@ def test_arrays_are_read_only():
     det = make()
     with pytest.raises(ValueError):
         det.xyxy[0, 0] = 5
+
+
+def test_a_model_may_name_each_boxs_label_score_and_background():
+    """Per-class NMS (TF OD API): one anchor, two detections sharing its row, each with its own class and score."""
+    row = [0.6, 0.3]
+    det = Detections([[0, 0, 5, 5], [0, 0, 5, 5]], [row, row], (10, 10), labels=[0, 1], scores=[0.6, 0.3], background=[0.1, 0.1])
+    assert det.labels.tolist() == [0, 1] and det.scores.tolist() == [0.6, 0.3] and det.background.tolist() == [0.1, 0.1]
+    second = det[np.array([False, True])]
+    assert second.labels.tolist() == [1] and second.scores.tolist() == [0.3] and second.background.tolist() == [0.1]
+    # without them: argmax, max and 1 - max
+    plain = Detections([[0, 0, 5, 5]], [row], (10, 10))
+    assert plain.labels.tolist() == [0] and plain.scores.tolist() == [0.6] and plain.background.tolist() == [pytest.approx(0.4)]
+
+
+@pytest.mark.parametrize(
+    "field, value, match",
+    [
+        ("labels", [2], r"labels must have shape \(1,\) with class indices in \[0, 2\)"),
+        ("labels", [0, 1], "labels must have shape"),
+        ("scores", [1.5], r"scores must be finite and lie in \[0, 1\]"),
+        ("background", [np.nan], "background must be finite"),
+        ("scores", [0.5, 0.5], r"scores must have shape \(1,\)"),
+    ],
+)
+def test_explicit_labels_scores_and_background_are_validated(field, value, match):
+    with pytest.raises(ValueError, match=match):
+        Detections([[0, 0, 1, 1]], [[0.5, 0.2]], (10, 10), **{field: value})

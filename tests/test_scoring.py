@@ -115,3 +115,13 @@ def test_properties_of_metrics_and_aggregation(scores, how, rnd):
     # box order does not change per-box metrics either
     perm = np.array(rnd.sample(range(len(scores)), len(scores)))
     assert np.allclose(scoring.entropy(scoring.box_distribution(scores[perm])), scoring.entropy(p)[perm])
+
+
+def test_a_real_background_column_is_used_as_given():
+    """A softmax head's row (background + classes sums to 1) is the distribution itself."""
+    probs = np.array([[0.5, 0.2], [0.9, 0.0]])
+    p = scoring.box_distribution(probs, background=np.array([0.3, 0.1]))
+    np.testing.assert_allclose(p, [[0.5, 0.2, 0.3], [0.9, 0.0, 0.1]])
+    np.testing.assert_allclose(scoring.box_distribution(probs), scoring.box_distribution(probs, 1 - probs.max(axis=1)))
+    with pytest.raises(ValueError, match="background must have shape"):
+        scoring.box_distribution(probs, background=np.array([0.3]))
