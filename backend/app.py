@@ -250,6 +250,10 @@ def create_app(
             return response
         if action == ANNOTATION_CREATED and settings.auto_train_after:
             project = _project_from_event(body)
+            annotation = body.get("annotation")
+            if isinstance(annotation, dict) and annotation.get("was_cancelled"):
+                # LS sends every Skip as ANNOTATION_CREATED: nothing was labelled
+                return jsonify(status="ignored", action=action, reason="a skipped task is not a new annotation")
             if _count_new_annotation(project) >= settings.auto_train_after:
                 _reset_annotation_count(project)
                 job_id, started = _start_training(project)
@@ -281,13 +285,20 @@ def create_app(
             from .model_store import ModelStore
 
             store = ModelStore(settings.model_dir, project)
-            served = store.current()
+            served, stored = store.current(), store.versions()
             return jsonify(
-                versions=[v.name for v in store.versions()],
+                versions=[v.name for v in stored],
                 current=served.name if served else None,
                 details=[
-                    {"version": v.name, "metrics": v.metrics, "manifest": v.manifest, "classes": list(v.classes)}
-                    for v in store.versions()
+                    {
+                        "version": v.name,
+                        "served": served is not None and served.name == v.name,
+                        "metrics": v.metrics,
+                        "promotion": v.manifest.get("promotion"),
+                        "manifest": v.manifest,
+                        "classes": list(v.classes),
+                    }
+                    for v in stored
                 ],
             )
         try:

@@ -133,10 +133,33 @@ def main(argv: list[str] | None = None) -> int:
     return 1
 
 
+def exposure_warning(host: str, settings: Settings) -> str | None:
+    """The warning `ale serve` logs when it listens beyond loopback with no basic auth, else None."""
+    import ipaddress
+
+    if settings.basic_auth_user:
+        return None
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it resolves to whatever the machine says
+        loopback = False
+    if loopback:
+        return None
+    return (
+        f"listening on {host} without basic auth: anyone who reaches this port can POST /webhook (start trainings, "
+        "write predictions into every project the LABEL_STUDIO_API_KEY reaches) and /setup. Set BASIC_AUTH_USER and "
+        "BASIC_AUTH_PASS (and the same in Label Studio's model settings), or listen on 127.0.0.1"
+    )
+
+
 def _serve(settings: Settings, args) -> int:
     from gunicorn.app.base import BaseApplication
 
     from .app import create_app
+
+    warning = exposure_warning(args.host, settings)
+    if warning:
+        logging.getLogger("label_studio_ale.serve").warning(warning)
 
     class Server(BaseApplication):
         def load_config(self):
@@ -219,19 +242,17 @@ class _Bars:
 
 
 def _evaluate(settings: Settings, args) -> int:
-    from .adapters import load_adapter
-    from .datasets import predict_items, read_yolo_split
-    from .evaluation import evaluate
+    from .datasets import read_yolo_split
+    from .training import TrainingError, evaluate_items
 
     names, items = read_yolo_split(args.data, args.split)
-    # Every box counts for AP: keep them down to the model's own floor.
-    adapter = load_adapter(settings.replace(model_weights=args.weights, score_threshold=0.001))
-    if tuple(names) != tuple(adapter.classes):
-        print(f"class names differ: dataset {names}, model {list(adapter.classes)}", file=sys.stderr)
+    try:
+        # The same evaluation as a trained version's: what an annotator is shown, every box down to the floor.
+        metrics = evaluate_items(settings, args.weights, items, names)
+    except TrainingError as exc:
+        print(f"cannot evaluate: {exc}", file=sys.stderr)
         return 2
-    predictions = predict_items(adapter, items, settings.predict_batch_size)
-    metrics = evaluate([item.truth for item in items], predictions, names)
-    print(f"{len(items)} images of '{args.split}', model {adapter.version}")
+    print(f"{metrics['images']} images ({metrics['boxes']} boxes) of '{args.split}', model {args.weights}")
     print(f"{'class':<16}{'mAP':>8}{'mAP50':>8}{'VOC07':>8}{'VOC12':>8}")
     for name, row in metrics["per_class"].items():
         print(f"{name:<16}{row.get('map', 0):>8.3f}{row.get('map50', 0):>8.3f}{row.get('voc07_ap50', 0):>8.3f}{row.get('voc12_ap50', 0):>8.3f}")
@@ -294,8 +315,11 @@ def _sync(settings: Settings, args) -> int:
     result = _with_bars(sync_priorities, args.project, settings)
     if result["status"] != "synced":
         print(f"project {args.project}: {result['status']}: {result.get('reason', '')}")
-        return 1
-    print(f"project {args.project}: {result['tasks']} tasks ranked by {result['policy']}, now served as {result['model_version']}")
+        return 0
+    runs = f" ({result['runs']} runs: requests came in while it ran)" if result.get("runs", 1) > 1 else ""
+    print(f"project {args.project}: {result['tasks']} tasks ranked by {result['policy']}, now served as {result['model_version']}{runs}")
+    if result.get("unusable"):
+        print(f"  {result['unusable']} images could not be used and are last in the queue (see the log for why)")
     print("  ".join(f"{name} {seconds:.2f}s" for name, seconds in result["phases"].items()))
     return 0
 
@@ -315,6 +339,7 @@ def _jobs(settings: Settings, args) -> int:
     from rq.job import Job
 
     from .jobqueue import QUEUES, queue_name
+    from .jobs import describe_progress
 
     redis = _need_redis(settings)
     print(f"{'queue':<14} {'status':<9} {'job':<36} {'function':<40} progress / error")
@@ -331,8 +356,7 @@ def _jobs(settings: Settings, args) -> int:
             for job in Job.fetch_many(ids[-args.limit :], connection=redis):
                 if job is None:
                     continue
-                progress = job.meta.get("progress")
-                detail = f"{progress['phase']} {progress['done']}/{progress['total']}" if progress else ""
+                detail = describe_progress(job.meta)
                 if status == "failed":
                     latest = job.latest_result()
                     detail = (latest.exc_string or "").strip().splitlines()[-1] if latest and latest.exc_string else "failed"

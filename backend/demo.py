@@ -93,7 +93,10 @@ def prepare_demo(ls, backend_url: str, *, images: int = DEFAULT_IMAGES, annotate
         raise DemoError(f"the backend refused Start Training: {answer.status_code} {answer.text[:300]}")
     job = answer.json()["job"]
     result = _wait_for_job(backend_url, job, timeout, log)
-    if result.get("sync", {}).get("status") != "synced":
+    sync = result.get("sync", {}).get("status")
+    if sync == "coalesced":  # a scheduled sync was running: it runs again with the new model
+        _wait_for_queue(ls, project, result["version"], timeout)
+    elif sync != "synced":
         raise DemoError(f"the first model was trained but the queue was not ranked: {result.get('sync')}")
     return DemoProject(project, tasks, tasks[:annotated], result["version"], result["metrics"], ls.next_task(project))
 
@@ -216,6 +219,17 @@ def _wait_for_job(backend_url: str, job: str, timeout: float, log) -> dict:
                 log(f"  epoch {shown}/{epochs}")
         time.sleep(1)
     raise DemoError(f"training did not finish in {timeout:.0f} s; see the worker's log")
+
+
+def _wait_for_queue(ls, project: int, version: str, timeout: float) -> None:
+    """Wait until LS serves a queue ranked by the trained `version`."""
+    from .jobs import SYNC_VERSION_PREFIX
+
+    deadline = time.monotonic() + timeout
+    while not ls.project(project).model_version.startswith(f"{SYNC_VERSION_PREFIX}{version}:"):
+        if time.monotonic() > deadline:
+            raise DemoError(f"the first model was trained but the queue was not ranked with it in {timeout:.0f} s; see the worker's log")
+        time.sleep(1)
 
 
 def _login(workdir: Path) -> dict:

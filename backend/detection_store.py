@@ -1,8 +1,10 @@
-"""Pool detections kept between jobs, keyed by (project, model version, task).
+"""Pool detections kept between jobs, keyed by (project, raw output key, task).
 
-predict_pool writes them once per model version; scoring and the priority sync
-read them without re-running the model. Stored in SQLite inside MODEL_DIR (WAL
-mode: one writer and many readers across processes on the same machine).
+predict_pool writes what the model produced (every box above its floor, see
+`serving.raw_output_key`) once per model version; scoring and the priority sync
+read them and apply the serving filters without re-running the model. Stored in
+SQLite inside MODEL_DIR (WAL mode: one writer and many readers across processes
+on the same machine).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import numpy as np
 
 from .detections import Detections
 
+#: Bumped whenever the table changes; an older table is a cache and is dropped (its models re-run once).
+SCHEMA_VERSION = 2
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS detections (
     project INTEGER NOT NULL,
@@ -27,6 +31,9 @@ CREATE TABLE IF NOT EXISTS detections (
     num_classes INTEGER,
     xyxy BLOB,
     class_probs BLOB,
+    labels BLOB,
+    scores BLOB,
+    background BLOB,
     image_hash INTEGER,
     error TEXT,
     created REAL NOT NULL,
@@ -48,9 +55,19 @@ class DetectionStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
-        with self._connect() as db:
-            db.execute("PRAGMA journal_mode=WAL")
+        db = self._connect()
+        db.execute("PRAGMA journal_mode=WAL")
+        # One writer at a time checks and migrates: two processes opening a fresh store race otherwise.
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+                db.execute("DROP TABLE IF EXISTS detections")
+                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             db.execute(SCHEMA)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     def _connect(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
@@ -67,7 +84,7 @@ class DetectionStore:
             d = item.detections
             image_hash = None if item.image_hash is None else _to_signed(item.image_hash)
             if d is None:
-                rows.append((project, model_version, item.task_id, None, None, None, None, None, image_hash, item.error, now))
+                rows.append((project, model_version, item.task_id, None, None, None, None, None, None, None, None, image_hash, item.error, now))
             else:
                 rows.append(
                     (
@@ -79,21 +96,27 @@ class DetectionStore:
                         d.num_classes,
                         d.xyxy.astype(np.float32).tobytes(),
                         d.class_probs.astype(np.float32).tobytes(),
+                        d.labels.astype(np.int32).tobytes(),
+                        d.scores.astype(np.float32).tobytes(),
+                        d.background.astype(np.float32).tobytes(),
                         image_hash,
                         None,
                         now,
                     )
                 )
         with self._connect() as db:
-            db.executemany("INSERT OR REPLACE INTO detections VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
+            db.executemany("INSERT OR REPLACE INTO detections VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
 
     def get_many(self, project: int, model_version: str, task_ids: list[int] | None = None) -> dict[int, StoredDetections]:
         db = self._connect()
-        query = "SELECT task_id, width, height, num_classes, xyxy, class_probs, image_hash, error FROM detections WHERE project=? AND model_version=?"
+        query = (
+            "SELECT task_id, width, height, num_classes, xyxy, class_probs, labels, scores, background, image_hash, error "
+            "FROM detections WHERE project=? AND model_version=?"
+        )
         rows = db.execute(query, (project, model_version)).fetchall()
         wanted = None if task_ids is None else set(task_ids)
         out = {}
-        for task_id, width, height, num_classes, xyxy, probs, image_hash, error in rows:
+        for task_id, width, height, num_classes, xyxy, probs, labels, scores, background, image_hash, error in rows:
             if wanted is not None and task_id not in wanted:
                 continue
             detections = None
@@ -103,6 +126,9 @@ class DetectionStore:
                     np.frombuffer(xyxy, dtype=np.float32).reshape(n_boxes, 4).astype(np.float64),
                     np.frombuffer(probs, dtype=np.float32).reshape(n_boxes, num_classes).astype(np.float64),
                     (width, height),
+                    np.frombuffer(labels, dtype=np.int32).astype(np.int64),
+                    np.frombuffer(scores, dtype=np.float32).astype(np.float64),
+                    np.frombuffer(background, dtype=np.float32).astype(np.float64),
                 )
             unsigned = None if image_hash is None else _to_unsigned(image_hash)
             out[task_id] = StoredDetections(task_id, detections, unsigned, error)

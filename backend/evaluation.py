@@ -178,17 +178,26 @@ def to_coco(ground_truth, predictions, class_names) -> tuple[dict, list[dict]]:
 
 
 def evaluate(ground_truth, predictions, class_names: Sequence[str]) -> dict:
-    """Everything: COCO mAP, mAP50, mAP75, VOC07 / VOC12 mAP50, and each per class."""
+    """Everything: COCO mAP, mAP50, mAP75, VOC07 / VOC12 mAP50, and each per class.
+
+    Beside the metrics: `images` and `boxes` evaluated (and `boxes` per class),
+    so a figure is never read without the size of the set behind it.
+    """
     coco = coco_metrics(ground_truth, predictions, class_names)
     voc = voc_metrics(ground_truth, predictions, class_names)
+    counts = np.zeros(len(class_names), dtype=np.int64)
+    for truth in ground_truth:
+        counts += np.bincount(truth.labels[~truth.difficult], minlength=len(class_names))[: len(class_names)]
     per_class = {}
-    for name in class_names:
+    for index, name in enumerate(class_names):
         row = {}
         row.update(coco["per_class"].get(name, {}))
         row.update(voc["per_class"].get(name, {}))
         if row:
-            per_class[name] = row
+            per_class[name] = row | {"boxes": int(counts[index])}
     return {
+        "images": len(ground_truth),
+        "boxes": int(counts.sum()),
         "map": coco["map"],
         "map50": coco["map50"],
         "map75": coco["map75"],

@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from .adapters import check_policy_fits
+from .adapters import Adapter, check_policy_fits
 from .detection_store import StoredDetections
 from .detections import Detections
 from .errors import AleError
@@ -25,6 +25,7 @@ from .policies import get_policy
 from .predictor import Predictor
 from .ranking import BatchExtras, ls_scores, select_order
 from .runtime import Runtime, current_runtime
+from .serving import ServingFilters, raw_output_key, shown_classes, shown_detections
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -45,14 +46,15 @@ def predict_pool(project: int, task_ids: list[int] | None = None, *, runtime: Ru
     rt = runtime or current_runtime()
     progress = progress or _job_progress
     info = rt.ls.project(project)
-    tasks = [t for t in rt.ls.unlabeled_tasks(project) if task_ids is None or t.id in set(task_ids)]
-    return _predict_missing(rt, project, parse_label_config(info.label_config), tasks, progress)
+    wanted = None if task_ids is None else set(task_ids)
+    tasks = [t for t in rt.ls.unlabeled_tasks(project) if wanted is None or t.id in wanted]
+    return _predict_missing(rt, project, parse_label_config(info.label_config), tasks, progress, rt.adapter_for(project))
 
 
-def _predict_missing(rt: Runtime, project: int, config, tasks: list[TaskRef], progress: Progress) -> dict:
-    adapter = rt.adapter_for(project)
-    version = adapter.version
-    stored = rt.store.get_many(project, version)
+def _predict_missing(rt: Runtime, project: int, config, tasks: list[TaskRef], progress: Progress, adapter: Adapter) -> dict:
+    """Store what `adapter` produces for every task that has nothing stored for it yet (or only an error)."""
+    key = raw_output_key(adapter.version, rt.settings)
+    stored = rt.store.get_many(project, key, [t.id for t in tasks])
     missing = [t for t in tasks if t.id not in stored or stored[t.id].error is not None]
     predictor = Predictor(rt.settings, adapter, MediaFetcher(rt.settings, rt.ls))
     failed = 0
@@ -61,7 +63,7 @@ def _predict_missing(rt: Runtime, project: int, config, tasks: list[TaskRef], pr
         chunk = missing[start : start + PREDICT_CHUNK]
         images, errors = predictor.fetch_images([{"id": t.id, "data": t.data} for t in chunk], config)
         ready = [i for i in range(len(chunk)) if images[i] is not None]
-        found = dict(zip(ready, predictor.detect([images[i] for i in ready])))
+        found = dict(zip(ready, predictor.raw([images[i] for i in ready])))
         items = []
         for i, task in enumerate(chunk):
             if i in errors:
@@ -70,29 +72,37 @@ def _predict_missing(rt: Runtime, project: int, config, tasks: list[TaskRef], pr
                 items.append(StoredDetections(task.id, None, None, errors[i]))
             else:
                 items.append(StoredDetections(task.id, found[i], average_hash(images[i]), None))
-        rt.store.put_many(project, version, items)
+        rt.store.put_many(project, key, items)
         progress("predict", min(start + PREDICT_CHUNK, len(missing)), len(missing))
-    return {"model_version": version, "tasks": len(tasks), "predicted": len(missing) - failed, "failed": failed}
+    return {"model_version": adapter.version, "tasks": len(tasks), "predicted": len(missing) - failed, "failed": failed}
 
 
-def rank_pool(rt: Runtime, project: int, tasks: list[TaskRef]) -> dict:
-    """Score and order the stored detections of `tasks`. Returns arrays aligned with `tasks`."""
-    adapter = rt.adapter_for(project)
-    stored = rt.store.get_many(project, adapter.version, [t.id for t in tasks])
+def rank_pool(rt: Runtime, project: int, tasks: list[TaskRef], adapter: Adapter, config) -> dict:
+    """Score and order what annotators would be shown of `tasks`. Returns arrays aligned with `tasks`.
+
+    Uses what `adapter` stored for the tasks, through the serving filters of
+    the current settings and narrowed to the classes `config` has labels for
+    (`serving.shown_detections`, the same as /predict).
+    """
+    stored = rt.store.get_many(project, raw_output_key(adapter.version, rt.settings), [t.id for t in tasks])
+    shown = shown_classes(match_labels(adapter.classes, config))
+    filters = ServingFilters.from_settings(rt.settings)
     num_classes = len(adapter.classes)
     detections, hashes, usable = [], [], []
     for task in tasks:
         item = stored.get(task.id)
         ok = item is not None and item.detections is not None
-        detections.append(item.detections if ok else Detections.empty(num_classes, (1, 1)))
+        detections.append(shown_detections(item.detections, shown, filters) if ok else Detections.empty(num_classes, (1, 1)))
         hashes.append(item.image_hash if ok else None)
         usable.append(ok)
     check_policy_fits(adapter, rt.settings.policy)
     policy = get_policy(rt.settings.policy, rt.settings.policy_seed)
+    usable = np.array(usable, dtype=bool)
     usefulness = policy.usefulness(detections) if tasks else np.zeros(0)
-    # Images that could not be fetched or decoded go to the very end of the queue.
-    usefulness = np.where(np.array(usable, dtype=bool), usefulness, -np.inf) if tasks else usefulness
-    order = select_order(usefulness, np.array([t.id for t in tasks]), detections, hashes, batch_extras(rt.settings, adapter.classes))
+    # Images that could not be fetched or decoded have no usefulness: they go to the very end of the queue.
+    usefulness = np.where(usable, usefulness, -np.inf)
+    extras = batch_extras(rt.settings, adapter.classes)
+    order = select_order(usefulness, np.array([t.id for t in tasks]), detections, hashes, extras, usable)
     return {"policy": policy.name, "detections": detections, "usefulness": usefulness, "order": order, "usable": usable}
 
 
@@ -100,9 +110,10 @@ def preview_ranking(project: int, *, runtime: Runtime | None = None, progress: P
     """The queue a sync would write, without writing it: one row per unlabeled task, in order."""
     rt = runtime or current_runtime()
     config = parse_label_config(rt.ls.project(project).label_config)
+    adapter = rt.adapter_for(project)
     tasks = list(rt.ls.unlabeled_tasks(project))
-    _predict_missing(rt, project, config, tasks, progress or _job_progress)
-    ranked = rank_pool(rt, project, tasks)
+    _predict_missing(rt, project, config, tasks, progress or _job_progress, adapter)
+    ranked = rank_pool(rt, project, tasks, adapter, config)
     scores = ls_scores(ranked["order"])
     rows = []
     for position, i in enumerate(ranked["order"]):
@@ -128,18 +139,41 @@ def sync_priorities(project: int, *, runtime: Runtime | None = None, progress: P
     Uncertainty sampling in one PATCH). Until then the previous order stays in
     force; on failure the partial version is removed. Older versions written
     by this backend are deleted after the switch.
+
+    One sync of a project runs at a time. A request that arrives while one
+    runs is never dropped: it raises the project's pending flag and returns
+    `coalesced`, and the running sync runs once more when it is done (with
+    the model served by then), covering every request that came meanwhile.
     """
     rt = runtime or current_runtime()
     progress = progress or _job_progress
-    with rt.lock(f"sync:{project}") as acquired:
-        if not acquired:
-            log.info("project %s: a sync is already running; skipped", project)
-            return {"status": "skipped", "reason": "another sync of this project is running"}
-        result = _sync(rt, project, progress)
-    # Deleting predictions is slow in LS (~7 ms each) and does not affect the
-    # order served, so it runs after the lock is released. Only versions that
-    # existed before this sync started are deleted: a later sync's version,
-    # possibly still importing, is never touched.
+    pending = f"sync-pending:{project}"
+    # Raised before trying the lock: a holder checks the flag after releasing the lock, so it cannot miss it.
+    rt.raise_flag(pending)
+    result, runs = None, 0
+    while True:
+        with rt.lock(f"sync:{project}") as acquired:
+            if not acquired or not rt.take_flag(pending):
+                break  # the holder runs it, or a sync that began after this request already did
+            result = _sync(rt, project, progress)
+            runs += 1
+        _delete_stale(rt, project, result)
+        if not rt.flag_raised(pending):
+            break
+    if result is None:
+        log.info("project %s: a sync is already running; it will run once more to cover this request", project)
+        return {"status": "coalesced", "reason": "a sync of this project is running; it runs once more when done, covering this request"}
+    result["runs"] = runs
+    return result
+
+
+def _delete_stale(rt: Runtime, project: int, result: dict) -> None:
+    """Delete the versions the sync replaced, outside the lock.
+
+    Deleting predictions is slow in LS (~7 ms each) and does not affect the
+    order served. Only versions that existed before the sync started are
+    deleted: a later sync's version, possibly still importing, is never touched.
+    """
     started = time.perf_counter()
     result["deleted_versions"] = []
     for old in result.pop("stale_versions"):
@@ -149,7 +183,6 @@ def sync_priorities(project: int, *, runtime: Runtime | None = None, progress: P
         except Exception as exc:  # left for the next sync to remove
             log.warning("project %s: could not delete old version %s: %s", project, old, exc)
     result["phases"]["cleanup"] = round(time.perf_counter() - started, 3)
-    return result
 
 
 def _sync(rt: Runtime, project: int, progress: Progress) -> dict:
@@ -162,16 +195,30 @@ def _sync(rt: Runtime, project: int, progress: Progress) -> dict:
         phases[name] = round(now - clock, 3)
         clock = now
 
+    # "load" pays the first use of the LS client and of the model (imports, weights), so "list" is listing alone.
     info = rt.ls.project(project)
     config = parse_label_config(info.label_config)
+    # One model for the whole sync: a version promoted meanwhile is served by the next sync, never mixed into this one.
     adapter = rt.adapter_for(project)
     label_map = match_labels(adapter.classes, config)
+    phase_done("load")
     tasks = list(rt.ls.unlabeled_tasks(project))
     previous = [v for v in _versions(rt, project) if v.startswith(SYNC_VERSION_PREFIX)]
     phase_done("list")
-    predicted = _predict_missing(rt, project, config, tasks, progress)
+    if not tasks:
+        log.info("project %s: no unlabeled task left; the served version %s is kept", project, info.model_version or "(none)")
+        return {
+            "status": "nothing to rank",
+            "reason": "no unlabeled task is left; the served version and its predictions are kept",
+            "project": project,
+            "model_version": info.model_version,
+            "tasks": 0,
+            "stale_versions": [],
+            "phases": phases,
+        }
+    predicted = _predict_missing(rt, project, config, tasks, progress, adapter)
     phase_done("predict")
-    ranked = rank_pool(rt, project, tasks)
+    ranked = rank_pool(rt, project, tasks, adapter, config)
     scores = ls_scores(ranked["order"])
     phase_done("score")
 
@@ -192,8 +239,7 @@ def _sync(rt: Runtime, project: int, progress: Progress) -> dict:
             rt.ls.import_predictions(project, items[start : start + chunk_size])
             progress("import", min(start + chunk_size, len(items)), len(items))
         phase_done("import")
-        if items:
-            rt.ls.switch_queue(project, version)
+        rt.ls.switch_queue(project, version)
         phase_done("switch")
     except Exception as exc:
         _discard(rt, project, version)
@@ -205,10 +251,15 @@ def _sync(rt: Runtime, project: int, progress: Progress) -> dict:
         "status": "synced",
         "project": project,
         "model_version": version,
+        "served_model": adapter.version,
         "policy": ranked["policy"],
         "tasks": len(tasks),
+        "unusable": int((~ranked["usable"]).sum()),
         "order": order_ids,
-        "usefulness": {tasks[i].id: float(ranked["usefulness"][i]) for i in range(len(tasks))},
+        # None for an image that could not be used (it is last in the queue)
+        "usefulness": {
+            task.id: float(value) if ok else None for task, value, ok in zip(tasks, ranked["usefulness"], ranked["usable"])
+        },
         "predicted": predicted,
         "stale_versions": previous,
         "phases": phases,
@@ -273,13 +324,41 @@ def batch_extras(s: Settings, model_classes) -> BatchExtras:
 def _job_progress(phase: str, done: int, total: int, metrics: dict | None = None) -> None:
     """Inside a job: publish progress in its meta (read by `ale jobs` and GET /jobs/<id>).
 
-    A training's epoch record is kept apart, so it survives the sync that follows it.
+    A training's epoch record is kept apart under "training", so it survives
+    the sync that follows it; its figures are the trainer's own for that
+    epoch (losses, and the trainer's validation where it ran one), which are
+    not the stored version's evaluation (published as "evaluation").
     """
-    from .jobqueue import current_embedded_job
-
     record = {"progress": {"phase": phase, "done": done, "total": total}}
     if phase == "train":
-        record["training"] = {"epoch": done, "epochs": total, "metrics": metrics or {}}
+        record["training"] = {"epoch": done, "epochs": total, "trainer_metrics": metrics or {}, "note": TRAINER_METRICS_NOTE}
+    publish(record)
+
+
+def describe_progress(meta: dict) -> str:
+    """One line for `ale jobs`: a training's epochs and its stored evaluation stay visible after its re-sync."""
+    progress = meta.get("progress")
+    line = f"{progress['phase']} {progress['done']}/{progress['total']}" if progress else ""
+    training, evaluation = meta.get("training"), meta.get("evaluation")
+    if evaluation:
+        verdict = "promoted" if evaluation["promoted"] else "not promoted"
+        trained = (
+            f"trained {evaluation['version']}: mAP50 {evaluation['map50']:.3f} on {evaluation['images']} validation images "
+            f"({evaluation['boxes']} boxes), {verdict}"
+        )
+        return trained if not progress or progress["phase"] == "train" else f"{trained}; then {line}"
+    if training:
+        return f"epoch {training['epoch']}/{training['epochs']}" + ("" if progress["phase"] == "train" else f"; {line}")
+    return line
+
+
+TRAINER_METRICS_NOTE = "the trainer's own per-epoch figures; the stored version's evaluation is under 'evaluation'"
+
+
+def publish(record: dict) -> None:
+    """Inside a job (rq or embedded): merge `record` into the job's meta. Outside a job: nothing."""
+    from .jobqueue import current_embedded_job
+
     embedded = current_embedded_job()
     if embedded is not None:
         embedded.meta.update(record)

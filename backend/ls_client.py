@@ -17,6 +17,8 @@ DELETE_TIMEOUT = 900.0
 IMPORT_TIMEOUT = 600.0
 TASK_PAGE_SIZE = 1000
 UNCERTAINTY_SAMPLING = "Uncertainty sampling"
+#: Where files uploaded into LS are served from.
+UPLOAD_PREFIX = "/data/upload/"
 
 
 class LabelStudioError(AleError):
@@ -64,18 +66,33 @@ class LabelStudioClient:
     def unlabeled_tasks(self, project_id: int) -> Iterator[TaskRef]:
         """Every task of the project nobody has labelled yet (LS's is_labeled), page by page."""
         # `include` spares LS computing fields nobody reads: 3x faster on 10,000 tasks.
-        pages = self.sdk.tasks.list(project=project_id, fields="task_only", include="id,data,is_labeled", page_size=TASK_PAGE_SIZE)
-        for task in pages:
+        for task in self._tasks(project_id, fields="task_only", include="id,data,is_labeled"):
             if not task.is_labeled:
                 yield TaskRef(task.id, dict(task.data or {}))
 
     def annotated_tasks(self, project_id: int) -> Iterator[tuple[TaskRef, list[dict]]]:
         """Tasks with at least one submitted (not skipped) annotation, with the latest one's result."""
-        for task in self.sdk.tasks.list(project=project_id, fields="all", page_size=TASK_PAGE_SIZE):
+        for task in self._tasks(project_id, fields="all"):
             kept = [a for a in (task.annotations or []) if not a.get("was_cancelled")]
             if kept:
                 latest = max(kept, key=lambda a: (a.get("updated_at") or "", a.get("id") or 0))
                 yield TaskRef(task.id, dict(task.data or {})), list(latest.get("result") or [])
+
+    def _tasks(self, project_id: int, **params) -> Iterator:
+        """A project's tasks, page by page, stopping at LS's `total`.
+
+        The SDK's pager asks for one page past the last, which LS answers with
+        a logged "NotFound: Invalid page" traceback on every listing.
+        """
+        page, seen = 1, 0
+        while True:
+            pager = self.sdk.tasks.list(project=project_id, page=page, page_size=TASK_PAGE_SIZE, **params)
+            items = pager.items or []
+            yield from items
+            seen += len(items)
+            if not items or seen >= pager.response.total:
+                return
+            page += 1
 
     def import_predictions(self, project_id: int, items: list[dict]) -> int:
         """Bulk-create predictions; raises unless LS created every item (it drops invalid ones silently)."""
@@ -153,6 +170,12 @@ class LabelStudioClient:
         http = self._http()
         try:
             with http.stream(path_and_query.lstrip("/"), method="GET", request_options={"timeout_in_seconds": timeout}) as response:
+                if response.status_code in (404, 500) and path_and_query.startswith(UPLOAD_PREFIX):
+                    # LS 1.23 answers a missing upload with 500, not 404
+                    raise MediaError(
+                        f"the file {path_and_query} is missing from Label Studio's upload folder (LS answered "
+                        f"{response.status_code}): it was deleted or never stored; re-import the image, or delete the task"
+                    )
                 if response.status_code != 200:
                     raise MediaError(f"Label Studio answered {response.status_code} for {path_and_query}")
                 return read_limited(response.iter_bytes(), max_bytes, response.headers.get("content-length"))

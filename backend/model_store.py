@@ -11,6 +11,7 @@ complete version, or no version at all.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -18,6 +19,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 CURRENT = "current"
 WEIGHTS = "weights.pt"
@@ -47,11 +50,17 @@ class ModelStore:
         self.dir = Path(root) / str(project)
 
     def versions(self) -> list[ModelVersion]:
-        """Complete versions, oldest first."""
+        """Complete versions that can be loaded, oldest first (an incomplete or tampered one is left out, with a warning)."""
         if not self.dir.is_dir():
             return []
         names = sorted(p.name for p in self.dir.iterdir() if p.is_dir() and not p.is_symlink() and _VERSION_NAME.match(p.name))
-        return [self.get(name) for name in names]
+        found = []
+        for name in names:
+            try:
+                found.append(self.get(name))
+            except LookupError as exc:
+                log.warning("%s", exc)
+        return found
 
     def get(self, name: str) -> ModelVersion:
         if not _VERSION_NAME.match(name or ""):
@@ -66,7 +75,22 @@ class ModelStore:
             manifest = json.loads((path / "manifest.json").read_text())
         except FileNotFoundError:
             raise LookupError(f"model version {name} of {self.dir} is missing or incomplete") from None
-        return ModelVersion(name, path, classes, metrics, manifest)
+        version = ModelVersion(name, path, classes, metrics, manifest)
+        self._refuse_links(version.weights, name)
+        return version
+
+    def _refuse_links(self, weights: Path, name: str) -> None:
+        """Weights are unpickled when loaded: a link anywhere in them (to outside the store) is refused."""
+        root = self.dir.resolve()
+        entries = [weights]
+        if weights.is_dir() and not weights.is_symlink():
+            entries += [Path(folder) / entry for folder, dirs, files in os.walk(weights) for entry in dirs + files]
+        for entry in entries:
+            if entry.is_symlink() or (entry.exists() and not entry.resolve().is_relative_to(root)):
+                raise LookupError(
+                    f"model version {name} of {self.dir}: {entry.relative_to(self.dir)} is a link (to "
+                    f"{os.path.realpath(entry)}); weights are only loaded from files inside the model store, refusing it"
+                )
 
     def current(self) -> ModelVersion | None:
         pointer = self.dir / CURRENT

@@ -11,12 +11,12 @@ import numpy as np
 from PIL import Image
 
 from .adapters import Adapter
-from .boxes import filter_detections
 from .detections import Detections
 from .errors import AleError
 from .ls_format import RectangleConfig, detections_to_results, match_labels, parse_label_config, task_image_url
 from .media import MediaFetcher
 from .scoring import min_confidence
+from .serving import ServingFilters, shown_classes, shown_detections
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -46,23 +46,22 @@ class Predictor:
         self.adapter = adapter
         self.fetcher = fetcher
 
-    def detect(self, images: list[Image.Image]) -> list[Detections]:
-        """Run the adapter in batches and apply the serving filters from the settings."""
-        s = self.settings
+    def raw(self, images: list[Image.Image]) -> list[Detections]:
+        """The adapter's own output for each image, in batches: every box above the model's floor."""
+        step = self.settings.predict_batch_size
         detections: list[Detections] = []
-        for start in range(0, len(images), s.predict_batch_size):
-            detections.extend(self.adapter.predict(images[start : start + s.predict_batch_size]))
-        return [
-            filter_detections(
-                d,
-                score_threshold=s.score_threshold,
-                nms_metric=s.nms_metric,
-                nms_threshold=s.nms_threshold,
-                max_tags_per_pixel=s.max_tags_per_pixel,
-                max_detections=s.max_detections,
-            )
-            for d in detections
-        ]
+        for start in range(0, len(images), step):
+            detections.extend(self.adapter.predict(images[start : start + step]))
+        return detections
+
+    def shown(self, raw: Detections, shown: np.ndarray | None = None) -> Detections:
+        """One image's raw detections -> what an annotator sees (`shown`: (C,) classes with a label; default all)."""
+        mask = np.ones(raw.num_classes, dtype=bool) if shown is None else shown
+        return shown_detections(raw, mask, ServingFilters.from_settings(self.settings))
+
+    def detect(self, images: list[Image.Image], shown: np.ndarray | None = None) -> list[Detections]:
+        """Run the adapter in batches and keep what an annotator sees (see `shown`)."""
+        return [self.shown(d, shown) for d in self.raw(images)]
 
     def fetch_images(self, tasks: list[dict], config: RectangleConfig) -> tuple[list[Image.Image | None], dict[int, str]]:
         """Fetch each task's image in parallel. -> (image or None per task, {position: reason})."""
@@ -88,9 +87,7 @@ class Predictor:
         failures = {i: TaskFailure(tasks[i].get("id"), reason) for i, reason in errors.items()}
 
         ready = [i for i in range(len(tasks)) if images[i] is not None]
-        detections = dict(zip(ready, self.detect([images[i] for i in ready])))
-        # Boxes of classes the config has no label for are neither shown nor scored.
-        in_config = np.array([label is not None for label in label_map])
+        detections = dict(zip(ready, self.detect([images[i] for i in ready], shown_classes(label_map))))
         version = self.adapter.version
         predictions = []
         for position, task in enumerate(tasks):
@@ -99,7 +96,6 @@ class Predictor:
                 predictions.append({"result": [], "score": 1.0, "model_version": version})
                 continue
             found = detections[position]
-            found = found[in_config[found.labels]]
             predictions.append(
                 {
                     "result": detections_to_results(found, label_map, config),

@@ -14,6 +14,10 @@ be served — with the batch extras:
 4. exploration: this fraction of the batch is drawn at random from the most
    confident half of the pool (seed 000's remedy for confident mistakes).
 
+Images that are not `usable` (their file could not be fetched or decoded)
+take no part in any of this: they follow every usable image, by task id, so no
+extra can bring one into the head of the queue.
+
 `ls_scores` maps the final order to LS prediction scores: position / (m - 1)
 in [0, 1], most useful = 0, because LS serves ascending scores.
 """
@@ -77,8 +81,27 @@ def select_order(
     detections: Sequence[Detections] | None = None,
     hashes: Sequence[int | None] | None = None,
     extras: BatchExtras = BatchExtras(),
+    usable: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Rank, then apply the batch extras to the head of the queue. Returns (m,) indices."""
+    """Rank, then apply the batch extras to the head of the queue. Returns (m,) indices.
+
+    usable: (m,) bool, False for images that could not be used; they come last, by task id.
+    """
+    if usable is not None:
+        usable = np.asarray(usable, dtype=bool)
+        task_ids = np.asarray(task_ids)
+        if usable.shape != task_ids.shape:
+            raise ValueError(f"usable {usable.shape} and task_ids {task_ids.shape} must match")
+        if not usable.all():
+            ok, bad = np.flatnonzero(usable), np.flatnonzero(~usable)
+            head = select_order(
+                np.asarray(usefulness, dtype=np.float64)[ok],
+                task_ids[ok],
+                None if detections is None else [detections[i] for i in ok],
+                None if hashes is None else [hashes[i] for i in ok],
+                extras,
+            )
+            return np.concatenate([ok[head], bad[np.argsort(task_ids[bad], kind="stable")]]).astype(np.int64)
     order = list(rank(usefulness, task_ids))
     m = len(order)
     size = min(extras.batch_size, m)
@@ -152,8 +175,9 @@ def _ensure_empty(order: list[int], detections, size: int, quota: int) -> list[i
         return order
     # the least useful non-empty images of the batch make room
     demote = [i for i in reversed(head) if len(detections[i]) > 0][: len(promote)]
-    head = [i for i in head if i not in demote] + promote
-    tail = demote + [i for i in tail if i not in promote]
+    demoted, promoted = set(demote), set(promote)
+    head = [i for i in head if i not in demoted] + promote
+    tail = demote + [i for i in tail if i not in promoted]
     return head + tail
 
 
@@ -167,5 +191,6 @@ def _explore(order: list[int], size: int, count: int, seed: int) -> list[int]:
     picks = [confident[i] for i in rng.choice(len(confident), size=min(count, len(confident)), replace=False)]
     dropped = head[len(head) - len(picks) :]
     head = head[: len(head) - len(picks)] + picks
-    tail = dropped + [i for i in tail if i not in set(picks)]
+    picked = set(picks)
+    tail = dropped + [i for i in tail if i not in picked]
     return head + tail

@@ -23,6 +23,8 @@ DETECTION_DB = "detections.sqlite"
 #: A Redis lock is a lease of this many seconds, renewed every third of it while its holder
 #: runs: a killed or crashed holder frees it within a minute, a long training never loses it.
 LOCK_LEASE = 60
+#: A raised flag nobody takes (its holder's machine vanished) is forgotten after this long.
+FLAG_TTL = 24 * 60 * 60
 
 
 class Runtime:
@@ -40,6 +42,8 @@ class Runtime:
         self._adapter: Adapter | None = None
         self._adapter_lock = threading.Lock()
         self._local_locks: dict[str, threading.Lock] = {}
+        self._local_flags: set[str] = set()
+        self._flags_lock = threading.Lock()
         self._project_adapters: dict[int, tuple[str, Adapter]] = {}
         self.redis = redis
         if self.redis is None and settings.redis_url:
@@ -117,6 +121,31 @@ class Runtime:
         finally:
             if acquired:
                 local.release()
+
+    # Flags: a request that something be done, shared like the locks (Redis across processes, or this process).
+
+    def raise_flag(self, name: str) -> None:
+        if self.redis is not None:
+            self.redis.set(f"ale:flag:{name}", 1, ex=FLAG_TTL)
+            return
+        with self._flags_lock:
+            self._local_flags.add(name)
+
+    def take_flag(self, name: str) -> bool:
+        """Lower the flag; True if it was raised (exactly one taker sees True)."""
+        if self.redis is not None:
+            return bool(self.redis.delete(f"ale:flag:{name}"))
+        with self._flags_lock:
+            if name in self._local_flags:
+                self._local_flags.discard(name)
+                return True
+            return False
+
+    def flag_raised(self, name: str) -> bool:
+        if self.redis is not None:
+            return bool(self.redis.exists(f"ale:flag:{name}"))
+        with self._flags_lock:
+            return name in self._local_flags
 
 
 def _renew(lock, stop: threading.Event) -> None:

@@ -40,6 +40,10 @@ DEFAULT_BASE_MODEL = ""
 DEFAULT_TRAIN_EPOCHS = 30
 DEFAULT_TRAIN_BATCH = 16
 PROMOTION_POLICIES = ("if-not-worse", "always")
+#: `if-not-worse` compares versions only on at least this many validation images;
+#: below it a new version is promoted (and the reason says so): a handful of
+#: images cannot tell two models apart.
+DEFAULT_PROMOTION_MIN_IMAGES = 10
 
 NMS_METRICS = ("iou", "iomin")
 
@@ -84,6 +88,7 @@ class Settings:
     train_epochs: int = DEFAULT_TRAIN_EPOCHS
     train_batch: int = DEFAULT_TRAIN_BATCH
     promotion: str = PROMOTION_POLICIES[0]
+    promotion_min_images: int = DEFAULT_PROMOTION_MIN_IMAGES
     auto_train_after: int = 0
 
     def __post_init__(self) -> None:
@@ -116,6 +121,8 @@ class Settings:
         for name, value in (("TRAIN_EPOCHS", self.train_epochs), ("TRAIN_BATCH", self.train_batch)):
             if value <= 0:
                 raise ConfigError(name, f"must be a positive number, got {value}")
+        if self.promotion_min_images < 1:
+            raise ConfigError("PROMOTION_MIN_IMAGES", f"must be a positive number of validation images, got {self.promotion_min_images}")
         if self.auto_train_after < 0:
             raise ConfigError("AUTO_TRAIN_AFTER", f"must be 0 (off) or a number of new annotations, got {self.auto_train_after}")
         if self.duplicate_distance < -1 or self.duplicate_distance > 64:
@@ -213,5 +220,6 @@ ENV_VARS = {
     "TRAIN_EPOCHS": ("train_epochs", int),
     "TRAIN_BATCH": ("train_batch", int),
     "PROMOTION": ("promotion", str.lower),
+    "PROMOTION_MIN_IMAGES": ("promotion_min_images", int),
     "AUTO_TRAIN_AFTER": ("auto_train_after", int),
 }

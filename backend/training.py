@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 VAL_PERCENT = 20
 MIN_VAL_TASKS = 1
 MIN_TRAIN_TASKS = 2
+#: Evaluation keeps boxes down to this score: AP is computed over the whole ranking of boxes.
+EVAL_SCORE_FLOOR = 0.001
 
 
 class TrainingError(AleError):
@@ -58,11 +60,12 @@ class TrainedVersion:
     promoted: bool
     metrics: dict
     baseline: dict | None
+    reason: str = ""
 
 
 def train_project(project: int, *, runtime: Runtime | None = None, progress=None, then_sync: bool = True) -> dict:
     """Train a new version for `project` from its annotations; promote it by PROMOTION; re-sync the queue."""
-    from .jobs import _job_progress
+    from .jobs import _job_progress, publish
 
     rt = runtime or current_runtime()
     progress = progress or _job_progress
@@ -92,11 +95,13 @@ def train_project(project: int, *, runtime: Runtime | None = None, progress=None
         "status": "trained",
         "version": version.name,
         "promoted": promote,
+        "promotion_reason": trained.reason,
         "metrics": metrics,
         "previous_metrics_on_same_validation": trained.baseline,
         **counts,
     }
-    log.info("project %s: trained %s (promoted: %s) map50 %.3f", project, version.name, promote, metrics["map50"])
+    publish({"evaluation": evaluation_record(version.name, metrics, promote, trained.reason)})
+    log.info("project %s: trained %s (promoted: %s, %s) map50 %.3f", project, version.name, promote, trained.reason, metrics["map50"])
     if promote and then_sync:
         from .jobs import sync_priorities
 
@@ -145,24 +150,63 @@ def train_version(
             origin = f"{base}, head grown to {len(classes)} classes"
             base = str(factory.grow(base, classes, work / "grown"))
     progress("train", 0, settings.train_epochs)
-    best = factory.fine_tune(
+    trained = factory.fine_tune(
         settings, base, dataset, work, seed=seed, on_epoch=lambda epoch, epochs, metrics: progress("train", epoch, epochs, metrics)
     )
-    metrics = evaluate_weights(settings, best, dataset, classes)
+    metrics = evaluate_weights(settings, trained, dataset, classes)
     same_classes = current is not None and list(current.classes) == classes
     baseline = evaluate_weights(settings, current.weights, dataset, classes) if same_classes else None
+    promote, reason = promotion_decision(settings, metrics, current, baseline, classes)
     manifest = {
         "base": (settings.base_model or factory.fresh_model) if origin == "base model" else origin,
         "epochs": settings.train_epochs,
         "image_size": settings.image_size,
         "label_config_labels": classes,
         **(counts or {}),
+        "promotion": {
+            "promoted": promote,
+            "reason": reason,
+            "compared_with": current.name if baseline is not None else None,
+            "baseline": None if baseline is None else {k: baseline[k] for k in ("map", "map50", "images", "boxes")},
+        },
     }
-    version = store.add(best, classes, metrics, manifest)
-    promote = settings.promotion == "always" or baseline is None or metrics["map50"] >= baseline["map50"]
+    version = store.add(trained, classes, metrics, manifest)
     if promote:
         store.promote(version.name)
-    return TrainedVersion(version, promote, metrics, baseline)
+    return TrainedVersion(version, promote, metrics, baseline, reason)
+
+
+def evaluation_record(version: str, metrics: dict, promoted: bool, reason: str) -> dict:
+    """What a train job publishes once its version is evaluated: the stored figures, not the trainer's own."""
+    return {
+        "version": version,
+        "map50": metrics["map50"],
+        "map": metrics["map"],
+        "images": metrics["images"],
+        "boxes": metrics["boxes"],
+        "promoted": promoted,
+        "reason": reason,
+        "source": "the backend's evaluation of the stored version (pycocotools), as /versions shows it",
+    }
+
+
+def promotion_decision(settings: Settings, metrics: dict, current: ModelVersion | None, baseline: dict | None, classes: list[str]) -> tuple[bool, str]:
+    """Whether a new version with `metrics` replaces `current` (evaluated as `baseline` on the same images). -> (promote, why)."""
+    size = f"{metrics['images']} validation images ({metrics['boxes']} boxes)"
+    if settings.promotion == "always":
+        return True, "PROMOTION=always"
+    if current is None:
+        return True, "the project's first version"
+    if baseline is None:
+        return True, f"the labels changed ({', '.join(current.classes)} -> {', '.join(classes)}): the versions cannot be compared"
+    if metrics["images"] < settings.promotion_min_images:
+        return True, (
+            f"only {size}, fewer than PROMOTION_MIN_IMAGES={settings.promotion_min_images}: too few to compare on, so promoted "
+            "without the if-not-worse check; annotate more images to turn it on"
+        )
+    if metrics["map50"] >= baseline["map50"]:
+        return True, f"mAP50 {metrics['map50']:.3f} >= {current.name}'s {baseline['map50']:.3f} on the same {size}"
+    return False, f"mAP50 {metrics['map50']:.3f} < {current.name}'s {baseline['map50']:.3f} on the same {size}: {current.name} keeps serving"
 
 
 def _annotated_samples(rt: Runtime, project: int, config, classes: list[str]) -> tuple[list[TrainingSample], dict]:
@@ -248,13 +292,24 @@ def evaluate_weights(settings: Settings, weights, dataset: Path, classes: list[s
 
 
 def evaluate_items(settings: Settings, weights, items, names: list[str]) -> dict:
-    """COCO and VOC metrics of `weights` on labelled images; every box down to the model's floor counts."""
+    """COCO and VOC metrics of `weights` on labelled images, with the number of images and boxes.
+
+    Predictions are what an annotator would be shown (`serving.shown_detections`)
+    with the score threshold lowered to EVAL_SCORE_FLOOR: average precision
+    needs the whole ranking of boxes, not only those above SCORE_THRESHOLD.
+    """
     from .adapters import load_adapter
     from .datasets import predict_items
+    from .serving import ServingFilters, shown_detections
 
-    adapter = load_adapter(settings.replace(model_weights=str(weights), model_classes=(), score_threshold=0.001))
-    predictions = predict_items(adapter, items, settings.predict_batch_size)
+    settings = settings.replace(model_weights=str(weights), model_classes=(), score_threshold=EVAL_SCORE_FLOOR)
+    adapter = load_adapter(settings)
+    if list(adapter.classes) != list(names):
+        raise TrainingError(f"model {adapter.version} predicts {list(adapter.classes)}, the evaluation set has {list(names)}")
+    shown = np.ones(len(names), dtype=bool)
+    filters = ServingFilters.from_settings(settings)
+    predictions = [shown_detections(d, shown, filters) for d in predict_items(adapter, items, settings.predict_batch_size)]
     truths = [item.truth for item in items]
     if not any(len(t.labels) for t in truths):
-        return {"map": 0.0, "map50": 0.0, "map75": 0.0, "voc07_map50": 0.0, "voc12_map50": 0.0, "per_class": {}}
+        return {"images": len(truths), "boxes": 0, "map": 0.0, "map50": 0.0, "map75": 0.0, "voc07_map50": 0.0, "voc12_map50": 0.0, "per_class": {}}
     return evaluate(truths, predictions, names)

@@ -174,3 +174,29 @@ def test_a_tampered_model_store_is_refused_with_a_503_not_loaded(adapter, tmp_pa
     answer = client.post("/setup", json={"project": "3.17", "schema": CONFIG})
     assert answer.status_code == 503
     assert "project 3's model store cannot be used" in answer.get_json()["error"] and "outside the model store" in answer.get_json()["error"]
+
+
+def test_skips_do_not_count_towards_auto_training(adapter):
+    """LS sends every Skip as ANNOTATION_CREATED with was_cancelled: nothing was labelled."""
+    client = make_client(adapter, auto_train_after=2)
+    skip = {"action": "ANNOTATION_CREATED", "project": {"id": 4}, "annotation": {"id": 1, "was_cancelled": True}}
+    for _ in range(3):
+        body = client.post("/webhook", json=skip).get_json()
+        assert body["status"] == "ignored" and "skipped" in body["reason"]
+    submit = {"action": "ANNOTATION_CREATED", "project": {"id": 4}, "annotation": {"id": 2, "was_cancelled": False}}
+    assert client.post("/webhook", json=submit).get_json()["status"] == "counted"
+
+
+@pytest.mark.parametrize(
+    "host, auth, warned",
+    [("0.0.0.0", False, True), ("::", False, True), ("backend.example.org", False, True), ("127.0.0.1", False, False),
+     ("127.0.0.5", False, False), ("::1", False, False), ("localhost", False, False), ("0.0.0.0", True, False)],
+)
+def test_serving_beyond_loopback_without_auth_is_warned_about(host, auth, warned):
+    from label_studio_ale.cli import exposure_warning
+
+    settings = Settings(basic_auth_user="ls", basic_auth_password="pw") if auth else Settings()
+    warning = exposure_warning(host, settings)
+    assert (warning is not None) is warned
+    if warned:
+        assert host in warning and "BASIC_AUTH_USER" in warning

@@ -15,7 +15,9 @@ from label_studio_ale.cli import build_parser
 from label_studio_ale.settings import ENV_VARS
 
 ROOT = Path(__file__).resolve().parents[1]
-COMPOSE_FILES = [ROOT / "docker-compose.yml", ROOT / "docker" / "compose.gpu.yml"]
+COMPOSE_FILES = [ROOT / "docker-compose.yml", ROOT / "docker" / "compose.gpu.yml", ROOT / "docker" / "compose.ports.yml"]
+#: The one service a person opens in a browser; nothing else is published by default.
+PUBLISHED_BY_DEFAULT = {"label-studio"}
 #: Services that stay up and must say when they are ready.
 LONG_RUNNING_WITH_HEALTHCHECK = ("postgres", "label-studio", "redis", "backend")
 VARIABLE = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)(?::?[-?][^}]*)?\}")
@@ -149,6 +151,22 @@ def test_label_studio_accepts_a_backend_on_the_private_network():
 
 
 @pytest.mark.parametrize("path", COMPOSE_FILES, ids=lambda p: p.name)
-def test_the_gpu_override_only_names_services_of_the_stack(path):
+def test_the_overrides_only_name_services_of_the_stack(path):
     names = set(yaml.safe_load(path.read_text())["services"])
     assert names <= set(compose()["services"])
+
+
+def test_only_label_studio_is_published_by_default():
+    """The backend (webhooks start trainings, write predictions) and the dashboard stay on the compose network."""
+    services = compose()["services"]
+    published = {name for name, service in services.items() if service.get("ports")}
+    assert published == PUBLISHED_BY_DEFAULT
+    assert not any(service.get("network_mode") == "host" for service in services.values())
+
+
+def test_the_ports_override_publishes_on_loopback_only():
+    services = yaml.safe_load((ROOT / "docker" / "compose.ports.yml").read_text())["services"]
+    assert set(services) == {"backend", "rq-dashboard"}
+    for name, service in services.items():
+        for mapping in service["ports"]:
+            assert mapping.startswith("127.0.0.1:"), f"{name} publishes {mapping} beyond loopback"

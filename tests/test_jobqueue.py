@@ -32,11 +32,15 @@ def _reports_progress():
 
 def test_the_embedded_queue_publishes_job_progress_like_rq():
     from label_studio_ale.jobqueue import EmbeddedJobQueue, current_embedded_job
+    from label_studio_ale.jobs import TRAINER_METRICS_NOTE
 
     jobs = EmbeddedJobQueue()
     job_id = jobs.enqueue("train", _reports_progress)
     jobs.join()
     info = jobs.info(job_id)
     assert info.status == "finished" and info.result == "done"
-    assert info.meta == {"progress": {"phase": "train", "done": 2, "total": 5}, "training": {"epoch": 2, "epochs": 5, "metrics": {"loss": 0.5}}}
+    assert info.meta == {
+        "progress": {"phase": "train", "done": 2, "total": 5},
+        "training": {"epoch": 2, "epochs": 5, "trainer_metrics": {"loss": 0.5}, "note": TRAINER_METRICS_NOTE},
+    }
     assert current_embedded_job() is None  # outside a job, progress goes nowhere

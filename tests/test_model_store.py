@@ -106,3 +106,31 @@ def test_models_load_only_from_inside_the_store(tmp_path, weights):
     (store.dir / "current").write_text("../../elsewhere/v0009\n")
     with pytest.raises(ValueError, match="not a version name"):
         store.current()
+
+
+@pytest.mark.parametrize("folder", [False, True], ids=["weights file", "weights folder"])
+def test_weights_that_link_out_of_the_store_are_refused(tmp_path, weights, folder):
+    """A complete version whose weights (or a file inside a weights folder) link elsewhere is never loaded."""
+    store = ModelStore(tmp_path / "models", 5)
+    store.promote(store.add(weights, ["bird"], {}, {}).name)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "evil.pt").write_bytes(b"a pickle from outside")
+    if folder:
+        export = tmp_path / "export"
+        export.mkdir()
+        (export / "saved_model.pb").write_bytes(b"graph")
+        linked = store.add(export, ["bird"], {}, {})
+        (linked.path / "model" / "variables").symlink_to(elsewhere, target_is_directory=True)
+    else:
+        linked = store.add(weights, ["bird"], {}, {})
+        (linked.path / "weights.pt").unlink()
+        (linked.path / "weights.pt").symlink_to(elsewhere / "evil.pt")
+    with pytest.raises(LookupError, match="is a link"):
+        store.get(linked.name)
+    with pytest.raises(LookupError, match="is a link"):
+        store.promote(linked.name)
+    assert [v.name for v in store.versions()] == ["v0001"]
+    (store.dir / "current").write_text(f"{linked.name}\n")  # a tampered pointer to it
+    with pytest.raises(LookupError, match="is a link"):
+        store.current()

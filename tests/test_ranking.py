@@ -74,3 +74,28 @@ def test_bad_extras_are_named():
         BatchExtras(batch_size=0)
     with pytest.raises(ValueError, match="class_balance"):
         BatchExtras(class_balance={0: -1})
+
+
+@pytest.mark.parametrize(
+    "extras",
+    [BatchExtras(batch_size=4, exploration=1.0, seed=3), BatchExtras(batch_size=4, empty_quota=1.0), BatchExtras(batch_size=4, exploration=0.5, empty_quota=0.5)],
+    ids=["exploration", "empty quota", "both"],
+)
+def test_unusable_images_are_last_whatever_the_extras_do(extras):
+    """Images that could not be fetched have no boxes and no usefulness: neither extra may pick them."""
+    usable = np.array([True] * 8 + [False] * 4)
+    detections = [det([0]) for _ in range(6)] + [det([]), det([])] + [Detections.empty(2, (1, 1))] * 4
+    u = np.concatenate([np.linspace(1, 0.2, 6), [0.0, 0.0], [-np.inf] * 4])
+    task_ids = np.array([5, 6, 7, 8, 9, 10, 11, 12, 40, 30, 20, 10_000])
+    order = select_order(u, task_ids, detections, extras=extras, usable=usable)
+    assert sorted(order.tolist()) == list(range(12))
+    assert not set(order[:4].tolist()) & {8, 9, 10, 11}
+    assert order[8:].tolist() == [10, 9, 8, 11]  # the unusable ones, by task id
+    # the usable ones are ordered exactly as they would be on their own
+    alone = select_order(u[:8], task_ids[:8], detections[:8], extras=extras)
+    assert order[:8].tolist() == alone.tolist()
+
+
+def test_usable_must_fit_the_pool():
+    with pytest.raises(ValueError, match="usable"):
+        select_order(np.zeros(3), np.arange(3), usable=np.ones(2, dtype=bool))

@@ -52,9 +52,11 @@ def test_a_base_model_with_some_of_the_labels_has_its_head_grown(trained_weights
     assert trained.promoted and store.current().classes == tuple(classes)
     assert trained.version.manifest["base"] == f"{trained_weights}, head grown to 3 classes"
     # one epoch from fresh class rows scores nothing (their sigmoid starts near 2e-4,
-    # under the 0.001 floor); the grown rows still find birds and nests
+    # under the 0.001 floor); the grown rows still find birds and nests. The figures
+    # are of what is served (class-wise NMS at 0.5 included) on ~6 images: nest AP50
+    # measured 0.30 here (0.60 without the serving NMS), a fresh row would score 0.
     assert trained.metrics["per_class"]["bird"]["map50"] > 0.3
-    assert trained.metrics["per_class"]["nest"]["map50"] > 0.3
+    assert trained.metrics["per_class"]["nest"]["map50"] > 0.2
 
 
 class ServeOnly:
@@ -84,3 +86,29 @@ def test_both_adapters_can_fine_tune():
     for name, fresh in (("yolov5", "yolov5n.yaml"), ("tfod", "retinanet")):
         factory = adapter_class(Settings(adapter=name))
         assert isinstance(factory, Trainer) and factory.fresh_model == fresh
+
+
+def _metrics(map50, images=12, boxes=30):
+    return {"map": map50 / 2, "map50": map50, "images": images, "boxes": boxes}
+
+
+@pytest.mark.parametrize(
+    "settings, current, baseline, metrics, promoted, reason",
+    [
+        (Settings(promotion="always"), "v0001", _metrics(0.9), _metrics(0.1), True, "PROMOTION=always"),
+        (Settings(), None, None, _metrics(0.1), True, "the project's first version"),
+        (Settings(), "v0001", None, _metrics(0.1), True, "the labels changed (bird -> bird, egg)"),
+        (Settings(), "v0001", _metrics(0.9, 4), _metrics(0.1, 4), True, "only 4 validation images (30 boxes), fewer than PROMOTION_MIN_IMAGES=10"),
+        (Settings(), "v0001", _metrics(0.5), _metrics(0.5), True, "mAP50 0.500 >= v0001's 0.500 on the same 12 validation images (30 boxes)"),
+        (Settings(), "v0001", _metrics(0.5), _metrics(0.4), False, "mAP50 0.400 < v0001's 0.500 on the same 12 validation images (30 boxes): v0001 keeps serving"),
+        (Settings(promotion_min_images=20), "v0001", _metrics(0.5), _metrics(0.4), True, "fewer than PROMOTION_MIN_IMAGES=20"),
+    ],
+)
+def test_the_promotion_gate_says_why(settings, current, baseline, metrics, promoted, reason):
+    from types import SimpleNamespace
+
+    from label_studio_ale.training import promotion_decision
+
+    version = None if current is None else SimpleNamespace(name=current, classes=("bird",))
+    decision, why = promotion_decision(settings, metrics, version, baseline, ["bird", "egg"])
+    assert decision is promoted and reason in why

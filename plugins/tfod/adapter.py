@@ -7,6 +7,13 @@ and, when the exporter kept it, `detection_multiclass_scores` (1, N, C + 1)
 with the background in column 0. That last output is the class distribution
 the uncertainty policies need; without it every box carries only its own
 score, and only the confidence policies can rank (checked at /setup).
+
+A box's label and score are `detection_classes` and `detection_scores`: the
+OD API's per-class NMS emits one detection per (anchor, class), each with its
+anchor's whole multiclass row, so a row's argmax names only one of them. Where
+the rows are distributions (softmax heads: Faster R-CNN, SSD), column 0 is the
+model's real background probability and is kept as each box's background;
+otherwise (sigmoid heads) the background is 1 - the top class score.
 """
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ MULTICLASS_OUTPUT = "detection_multiclass_scores"
 LABEL_MAP_NAMES = ("label_map.pbtxt", "labelmap.pbtxt")
 #: Scores below this never leave the adapter; serving thresholds apply later.
 DEFAULT_SCORE_FLOOR = 0.001
+#: Multiclass rows summing to 1 within this are a softmax head's distributions (real background column).
+DISTRIBUTION_TOLERANCE = 1e-3
 
 
 class TfodAdapter:
@@ -98,7 +107,10 @@ class TfodAdapter:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "TfodAdapter":
-        return cls(settings.model_weights, classes=settings.model_classes, score_floor=settings.score_threshold)
+        from label_studio_ale.serving import model_score_floor
+
+        # The raw output is stored and filtered later: keep every box down to the store's floor.
+        return cls(settings.model_weights, classes=settings.model_classes, score_floor=model_score_floor(settings))
 
     def predict(self, images: list[Image.Image]) -> list[Detections]:
         """RGB images -> one `Detections` per image, in pixels of that image."""
@@ -112,9 +124,12 @@ class TfodAdapter:
             out = self._fn(input_tensor=tf.constant(array[None]))
         count = int(np.asarray(out["num_detections"]).reshape(-1)[0])
         boxes = np.asarray(out["detection_boxes"], dtype=np.float64)[0, :count]
-        scores = np.asarray(out["detection_scores"], dtype=np.float64)[0, :count]
+        scores = np.asarray(out["detection_scores"], dtype=np.float64)[0, :count].clip(0.0, 1.0)
         ids = np.asarray(out["detection_classes"]).astype(np.int64)[0, :count]
         num_classes = len(self.classes)
+        if count and (ids.min() < 1 or ids.max() > num_classes):
+            raise AdapterError(f"detection_classes holds ids outside 1..{num_classes}: check MODEL_CLASSES or the label map")
+        background = None
         if self.has_class_vectors:
             multi = np.asarray(out[MULTICLASS_OUTPUT], dtype=np.float64)[0, :count]
             if multi.shape[1] != num_classes + 1:
@@ -122,16 +137,18 @@ class TfodAdapter:
                     f"{MULTICLASS_OUTPUT} has {multi.shape[1]} columns, expected {num_classes + 1} "
                     f"(background + {num_classes} classes): check MODEL_CLASSES or the label map"
                 )
-            probs = multi[:, 1:]
+            probs = multi[:, 1:].clip(0.0, 1.0)
+            if count and np.allclose(multi.sum(axis=1), 1.0, atol=DISTRIBUTION_TOLERANCE):
+                background = multi[:, 0].clip(0.0, 1.0)
         else:
-            if count and (ids.min() < 1 or ids.max() > num_classes):
-                raise AdapterError(f"detection_classes holds ids outside 1..{num_classes}: check MODEL_CLASSES or the label map")
             probs = np.zeros((count, num_classes))
             probs[np.arange(count), ids - 1] = scores
-        keep = probs.max(axis=1, initial=0.0) >= self.score_floor if count else np.zeros(0, dtype=bool)
+        keep = scores >= self.score_floor
         ymin, xmin, ymax, xmax = (boxes[:, k] for k in range(4))
         xyxy = np.stack([xmin * width, ymin * height, xmax * width, ymax * height], axis=1)
-        return Detections(xyxy[keep], probs[keep].clip(0.0, 1.0), (width, height))
+        return Detections(
+            xyxy[keep], probs[keep], (width, height), ids[keep] - 1, scores[keep], None if background is None else background[keep]
+        )
 
 
 def _saved_model_dir(path: Path) -> Path:

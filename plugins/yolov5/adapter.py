@@ -20,13 +20,14 @@ from PIL import Image
 
 from label_studio_ale.detections import Detections
 from label_studio_ale.errors import AdapterError
+from label_studio_ale.serving import MODEL_MAX_DETECTIONS, model_max_detections, model_score_floor
 from label_studio_ale.settings import Settings
 
 #: Scores below this never leave the model; serving thresholds apply later.
 DEFAULT_CONF_FLOOR = 0.001
 #: ultralytics' own predict default for class-aware NMS inside the model.
 DEFAULT_MODEL_IOU = 0.7
-DEFAULT_MAX_DET = 300
+DEFAULT_MAX_DET = MODEL_MAX_DETECTIONS
 
 
 def import_ultralytics():
@@ -105,10 +106,10 @@ class YoloV5Adapter:
             classes=settings.model_classes,
             image_size=settings.image_size,
             device=settings.device,
-            max_det=settings.max_detections,
-            # Boxes under the serving threshold are never used: drop them before
-            # NMS, as ultralytics' predictor does with its own `conf`.
-            conf_floor=settings.score_threshold,
+            # The raw output is stored and filtered later (label_studio_ale.serving):
+            # keep every box down to the store's floor, not just those served now.
+            max_det=model_max_detections(settings),
+            conf_floor=model_score_floor(settings),
         )
 
     def predict(self, images: list[Image.Image]) -> list[Detections]:
@@ -211,9 +212,15 @@ def train_yolo(
     seed: int = 0,
     on_epoch=None,
 ) -> Path:
-    """Fine-tune `base` (.pt or .yaml) on an ultralytics dataset yaml. Returns the best weights path.
+    """Fine-tune `base` (.pt or .yaml) on an ultralytics dataset yaml. Returns the last epoch's weights.
 
-    `on_epoch(epoch, epochs, metrics)` is called after each epoch (1-based).
+    The validation split takes no part in choosing the weights: ultralytics
+    would keep the epoch that scores best on it (`best.pt`), and the promotion
+    gate then compares versions on those same images, favouring the new one.
+    So validation runs once, after the last epoch, and `last.pt` is returned.
+    `on_epoch(epoch, epochs, figures)` is called after each epoch (1-based)
+    with the epoch's training losses and, after the last, ultralytics' own
+    validation metrics.
     """
     import_ultralytics()
     from ultralytics import YOLO
@@ -224,13 +231,8 @@ def train_yolo(
     out_dir = Path(out_dir)
     model = YOLO(base)
     if on_epoch is not None:
-        model.add_callback(
-            "on_fit_epoch_end",
-            # the final validation of the best weights reports once more, past the last epoch
-            lambda trainer: on_epoch(
-                min(trainer.epoch + 1, trainer.epochs), trainer.epochs, {k: float(v) for k, v in (trainer.metrics or {}).items()}
-            ),
-        )
+        # ultralytics reports once more after training (its final validation): that call is skipped
+        model.add_callback("on_fit_epoch_end", lambda trainer: trainer.epoch < trainer.epochs and on_epoch(trainer.epoch + 1, trainer.epochs, _epoch_figures(trainer)))
     model.train(
         data=str(data_yaml),
         epochs=epochs,
@@ -242,13 +244,21 @@ def train_yolo(
         amp=False,
         seed=seed,
         deterministic=True,
+        val=False,  # see above: validate after the last epoch only
         project=str(out_dir.parent),
         name=out_dir.name,
         exist_ok=True,
         verbose=False,
     )
-    best = Path(model.trainer.best)
-    return best if best.is_file() else Path(model.trainer.last)
+    return Path(model.trainer.last)
+
+
+def _epoch_figures(trainer) -> dict:
+    """An epoch's training losses (`train/...`); after the last epoch also ultralytics' validation (`metrics/...`, `val/...`)."""
+    figures = {k: float(v) for k, v in trainer.label_loss_items(trainer.tloss, prefix="train").items()}
+    if trainer.epoch + 1 >= trainer.epochs:
+        figures |= {k: float(v) for k, v in (trainer.metrics or {}).items()}
+    return figures
 
 
 def checkpoint_classes(weights: str | Path) -> list[str]:

@@ -114,6 +114,9 @@ def test_cli_rank_and_sync(ls_sdk, label_studio, trained_weights, tmp_path):
     assert "import" in sync.stderr and "5/5" in sync.stderr  # the progress bars
     version = ls_sdk.projects.get(id=project).model_version
     assert f"now served as {version}" in sync.stdout
+    # loading the client and the model is a phase of its own, so "list" times the listing alone
+    phases = [part.split()[0] for part in sync.stdout.strip().splitlines()[-1].split("  ")]
+    assert phases == ["load", "list", "predict", "score", "import", "switch", "cleanup"]
     # the order LS serves starts with rank's first row
     assert int(rows[0][1]) == min(
         (p for p in ls_sdk.predictions.list(project=project) if p.model_version == version), key=lambda p: p.score

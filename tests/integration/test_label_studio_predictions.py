@@ -1,6 +1,7 @@
 """Label Studio's own "Retrieve Predictions" action against the running backend. No mocks."""
 
 import io
+import time
 
 import numpy as np
 import pytest
@@ -96,7 +97,7 @@ def test_retrieve_predictions_stores_boxes_labels_and_scores(ls_sdk, backend):
             best = int(overlap.argmax())
             expected = ("Bird", "Nest")[gt_label]
             matched += bool(overlap[best] >= 0.5 and labels[best] == expected)
-    assert len(versions) == 1 and versions.pop().startswith("best-")
+    assert len(versions) == 1 and versions.pop().startswith("last-")
     assert matched / total >= 0.8, f"{matched}/{total} ground-truth boxes found in LS's predictions"
 
 
@@ -105,4 +106,44 @@ def test_backend_answers_ls_only_with_credentials(backend):
 
     assert httpx.get(f"{backend}/health").status_code == 200
     assert httpx.get(f"{backend}/versions").status_code == 401
-    assert httpx.get(f"{backend}/versions", auth=AUTH).json()["versions"][0].startswith("best-")
+    assert httpx.get(f"{backend}/versions", auth=AUTH).json()["versions"][0].startswith("last-")
+
+
+def test_a_file_missing_from_label_studio_is_named_as_missing(ls_sdk, label_studio, backend):
+    """LS 1.23 answers a deleted upload with 500; the task's error says the file is missing, and which."""
+    import httpx
+
+    project = ls_sdk.projects.create(title="missing file", label_config=LABEL_CONFIG)
+    kept, gone = upload_images(ls_sdk, project.id, [("kept.png", png(make_scene(1))), ("gone.png", png(make_scene(2)))])
+    path = ls_sdk.tasks.get(id=gone).data["image"]
+    (label_studio.data_dir / "media" / path.removeprefix("/data/")).unlink()
+    tasks = [{"id": t, "data": ls_sdk.tasks.get(id=t).data} for t in (kept, gone)]
+    answer = httpx.post(f"{backend}/predict", json={"tasks": tasks, "label_config": LABEL_CONFIG}, auth=AUTH, timeout=60).json()
+    assert answer["results"][0]["result"] and answer["results"][1]["result"] == []
+    (error,) = answer["errors"]
+    assert error["task"] == gone and f"the file {path} is missing from Label Studio's upload folder" in error["reason"]
+
+
+def test_listing_tasks_never_asks_label_studio_for_a_page_past_the_end(ls_sdk, label_studio):
+    """The SDK's pager asks for one page too many, and LS logs a NotFound traceback for it each time."""
+    from label_studio_ale import ls_client
+    from label_studio_ale.ls_client import LabelStudioClient
+
+    project = ls_sdk.projects.create(title="paging", label_config=LABEL_CONFIG)
+    task_ids = upload_images(ls_sdk, project.id, [(f"p{i}.png", png(make_scene(i))) for i in range(5)])
+    client = LabelStudioClient(label_studio.url, label_studio.token)
+    before = label_studio.log.read_text(errors="replace").count("Invalid page")
+    page_size = ls_client.TASK_PAGE_SIZE
+    try:
+        for size in (2, 5, 1000):  # a last page that is partial, exactly full, and the only one
+            ls_client.TASK_PAGE_SIZE = size
+            assert [t.id for t in client.unlabeled_tasks(project.id)] == task_ids
+    finally:
+        ls_client.TASK_PAGE_SIZE = page_size
+    assert label_studio.log.read_text(errors="replace").count("Invalid page") == before
+    # the SDK's own pager does ask (the log is where LS says so)
+    assert len(list(ls_sdk.tasks.list(project=project.id, page_size=2))) == 5
+    deadline = time.monotonic() + 10
+    while label_studio.log.read_text(errors="replace").count("Invalid page") == before:
+        assert time.monotonic() < deadline, "LS logged nothing for a page past the end: this test cannot see the difference"
+        time.sleep(0.2)

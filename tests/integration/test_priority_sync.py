@@ -16,6 +16,7 @@ from label_studio_ale.jobs import SYNC_VERSION_PREFIX, sync_priorities
 from label_studio_ale.policies import DEFAULT_POLICY, get_policy
 from label_studio_ale.ranking import rank
 from label_studio_ale.runtime import Runtime
+from label_studio_ale.serving import ServingFilters, raw_output_key, shown_detections
 from label_studio_ale.settings import Settings
 from tests.support.backend import backend_env, run_worker
 from tests.support.label_studio import create_personal_access_token
@@ -111,14 +112,16 @@ def test_ls_serves_tasks_in_the_backend_ranking(ls_sdk, worker, jobs, worker_env
     stored_project = ls_sdk.projects.get(id=project)
     assert stored_project.model_version == version and stored_project.sampling == "Uncertainty sampling"
 
-    # The ranking is ALE entropy-sum over the detections the worker stored, recomputed here.
+    # The ranking is ALE entropy-sum over what the worker stored, through the serving filters, recomputed here.
     from label_studio_ale_plugins.yolov5 import YoloV5Adapter
 
+    settings = Settings.from_env(worker_env)
     model_version = YoloV5Adapter(trained_weights, image_size=IMAGE_SIZE).version
-    stored = DetectionStore(model_dir / "detections.sqlite").get_many(project, model_version)
+    stored = DetectionStore(model_dir / "detections.sqlite").get_many(project, raw_output_key(model_version, settings))
     assert set(stored) == set(task_ids)
     ids = np.array(sorted(task_ids))
-    usefulness = get_policy(DEFAULT_POLICY).usefulness([stored[int(t)].detections for t in ids])
+    filters = ServingFilters.from_settings(settings)
+    usefulness = get_policy(DEFAULT_POLICY).usefulness([shown_detections(stored[int(t)].detections, np.ones(2, dtype=bool), filters) for t in ids])
     expected = [int(ids[i]) for i in rank(usefulness, ids)]
     assert result["order"] == expected
     assert len(set(np.round(usefulness, 9))) > 1, "the generated scenes should not all score alike"

@@ -61,3 +61,19 @@ def test_the_api_key_and_passwords_never_appear_in_logs_or_responses(ls_sdk, lab
     for name, secret in secrets.items():
         assert secret not in log, f"the {name} is in the backend's log"
         assert not [b for b in bodies if secret in b], f"the {name} is in a response"
+
+
+def test_listening_beyond_loopback_without_auth_is_warned_about_at_start(label_studio, trained_weights, tmp_path):
+    """`ale serve --host 0.0.0.0` (the compose default) says, in its log, that anyone reaching the port can use it."""
+    env = backend_env(label_studio, trained_weights, tmp_path / "models")
+    open_dir, guarded_dir = tmp_path / "open", tmp_path / "guarded"
+    open_dir.mkdir()
+    guarded_dir.mkdir()
+    with run_backend(env, open_dir, host="0.0.0.0") as url:
+        assert httpx.get(f"{url}/health", timeout=10).status_code == 200
+    with run_backend(env | {"BASIC_AUTH_USER": "ls", "BASIC_AUTH_PASS": PASSWORD}, guarded_dir, host="0.0.0.0"):
+        pass
+    (open_log,) = open_dir.glob("backend-*.log")
+    (guarded_log,) = guarded_dir.glob("backend-*.log")
+    assert "WARNING" in open_log.read_text() and "listening on 0.0.0.0 without basic auth" in open_log.read_text()
+    assert "without basic auth" not in guarded_log.read_text()

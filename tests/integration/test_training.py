@@ -103,9 +103,14 @@ def test_start_training_from_label_studio_trains_versions_and_resyncs(ls_sdk, se
         time.sleep(0.5)
         jobs[0].refresh()
     assert jobs[0].return_value()["sync"]["status"] == "synced"
-    # progress was published per epoch, with the latest training metrics
-    training = jobs[0].meta["training"]
-    assert training["epoch"] == training["epochs"] == 3 and training["metrics"]
+    # progress was published per epoch with the trainer's own figures (its validation after the last epoch),
+    # and the stored version's evaluation beside them, labelled as such and still there after the re-sync
+    training, evaluation = jobs[0].meta["training"], jobs[0].meta["evaluation"]
+    assert training["epoch"] == training["epochs"] == 3 and "train/box_loss" in training["trainer_metrics"]
+    assert "metrics/mAP50(B)" in training["trainer_metrics"] and "trainer's own" in training["note"]
+    assert evaluation["version"] == "v0001" and evaluation["map50"] == pytest.approx(metrics["map50"])
+    assert evaluation["images"] == metrics["images"] == version.manifest["val_images"] and evaluation["promoted"]
+    assert jobs[0].meta["progress"]["phase"] == "import"  # the re-sync ran last
     served = ls_sdk.projects.get(id=project).model_version
     assert served.startswith("ale:v0001:")
     unlabeled = set(task_ids) - set(annotated)
@@ -244,3 +249,35 @@ def test_auto_training_after_n_new_annotations(ls_sdk, services, redis_server, m
     assert info.status == "failed" and "0 validation images" in info.error
     fourth = {"action": "ANNOTATION_CREATED", "project": {"id": project}, "task": {"id": train[3]}, "annotation": {}}
     assert httpx.post(f"{services}/webhook", json=fourth, timeout=5).json()["status"] == "counted"
+
+
+def test_skips_in_label_studio_do_not_count_towards_auto_training(ls_sdk, services, redis_server):
+    """Every Skip reaches the backend as ANNOTATION_CREATED (was_cancelled); only submitted annotations count."""
+    project, train, _, scenes = create_split_project(ls_sdk, "skips", 6, 0, 55_000, **SCENE)
+    ls_sdk.ml.create(project=project, url=services, title="ale")  # LS now posts this project's events to /webhook
+    redis = Redis.from_url(redis_server.url)
+
+    def webhooks():
+        return httpx.get(f"{services}/metrics", timeout=5).json()["webhooks"]
+
+    def wait_for_webhooks(count, before):
+        deadline = time.monotonic() + 30
+        while webhooks() < before + count:
+            assert time.monotonic() < deadline, "Label Studio did not post the events to the backend"
+            time.sleep(0.2)
+
+    before = webhooks()
+    for task_id in train[:3]:  # three skips, as "Skip" in the labelling stream sends them (AUTO_TRAIN_AFTER=3)
+        ls_sdk.annotations.create(id=task_id, result=[], was_cancelled=True)
+    wait_for_webhooks(3, before)
+    assert redis.get(f"ale:new-annotations:{project}") is None
+    assert train_jobs_for(redis_server.url, project) == []
+
+    before = webhooks()
+    for task_id in train[3:6]:  # three submissions do count: the third starts a training
+        annotate(ls_sdk, task_id, scenes[task_id])
+    wait_for_webhooks(3, before)
+    deadline = time.monotonic() + 30
+    while not train_jobs_for(redis_server.url, project):
+        assert time.monotonic() < deadline, "three submitted annotations did not start a training"
+        time.sleep(0.2)

@@ -76,3 +76,41 @@ def test_label_maps_are_read_in_id_order_and_checked(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(AdapterError, match=message):
         read_label_map(path)
+
+
+def test_a_foreign_export_keeps_each_detections_class_score_and_real_background(tmp_path):
+    """Per-class NMS repeats an anchor once per class with the anchor's whole row; the row is a softmax distribution."""
+    from tests.support.tf_models import FOREIGN_MULTICLASS, export_foreign_od_model
+
+    adapter = TfodAdapter(export_foreign_od_model(tmp_path))
+    (det,) = adapter.predict([Image.new("RGB", (100, 100))])
+    # label and score are the detection's own, not the argmax of its row
+    assert det.labels.tolist() == [1, 0, 1]
+    np.testing.assert_allclose(det.scores, [0.7, 0.6, 0.3], rtol=1e-6)
+    # the class vector is the anchor's row, and column 0 is kept as the real background
+    np.testing.assert_allclose(det.class_probs, FOREIGN_MULTICLASS[:3, 1:], rtol=1e-6)
+    np.testing.assert_allclose(det.background, FOREIGN_MULTICLASS[:3, 0], rtol=1e-6)
+    # so the distribution the policies score is the model's own row, not one rebuilt from 1 - max
+    from label_studio_ale.scoring import box_distribution
+
+    np.testing.assert_allclose(box_distribution(det.class_probs, det.background), FOREIGN_MULTICLASS[:3][:, [1, 2, 0]], rtol=1e-6)
+    # served: the duplicate nest of anchor A is a nest box of its own at its own score
+    from label_studio_ale.ls_format import detections_to_results, parse_label_config
+
+    config = parse_label_config(
+        '<View><Image name="image" value="$image"/><RectangleLabels name="label" toName="image">'
+        '<Label value="bird"/><Label value="nest"/></RectangleLabels></View>'
+    )
+    results = detections_to_results(det[det.scores >= 0.25], ("bird", "nest"), config)
+    assert [(r["value"]["rectanglelabels"][0], round(r["score"], 2)) for r in results] == [("nest", 0.7), ("bird", 0.6), ("nest", 0.3)]
+
+
+def test_a_sigmoid_exports_background_is_one_minus_the_top_score(tmp_path):
+    """Rows that are not distributions (this backend's own RetinaNet export) get the derived background."""
+    from tests.support.tf_models import export_fixed_detections
+
+    boxes = np.array([[0.1, 0.1, 0.5, 0.5]], dtype=np.float32)
+    rows = np.array([[0.5, 0.5, 0.9]], dtype=np.float32)  # sums to 1.9
+    adapter = TfodAdapter(export_fixed_detections(tmp_path, boxes, np.array([0.9], np.float32), np.array([2], np.float32), 1, rows))
+    (det,) = adapter.predict([Image.new("RGB", (10, 10))])
+    np.testing.assert_allclose(det.background, [0.1], rtol=1e-5)

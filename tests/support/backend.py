@@ -37,12 +37,12 @@ def process_env(env: dict[str, str]) -> dict[str, str]:
 
 
 @contextmanager
-def run_backend(env: dict[str, str], workdir: Path, threads: int = 4):
-    """Start `ale serve` with `env` added to this environment; yields its URL once the model is loaded."""
+def run_backend(env: dict[str, str], workdir: Path, threads: int = 4, host: str = "127.0.0.1"):
+    """Start `ale serve` on `host` with `env` added to this environment; yields its loopback URL once the model is loaded."""
     port = free_port()
     log = workdir / f"backend-{port}.log"
     process = subprocess.Popen(
-        [sys.executable, "-m", "label_studio_ale.cli", "serve", "--host", "127.0.0.1", "--port", str(port), "--threads", str(threads)],
+        [sys.executable, "-m", "label_studio_ale.cli", "serve", "--host", host, "--port", str(port), "--threads", str(threads)],
         env=process_env(env),
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,

@@ -14,6 +14,27 @@ MULTICLASS = np.array([[0.05, 0.80, 0.15], [0.30, 0.25, 0.45], [1, 0, 0], [1, 0,
 
 def export_od_model(path: Path, *, multiclass: bool = True, label_map: str | None = "item { id: 1 name: 'bird' }\nitem { id: 2 name: 'nest' }\n") -> Path:
     """Write an OD API-style SavedModel whose detections are BOXES / MULTICLASS for any image."""
+    scores = MULTICLASS[:, 1:].max(axis=1) * np.array([1, 1, 0, 0], dtype=np.float32)
+    classes = (MULTICLASS[:, 1:].argmax(axis=1) + 1).astype(np.float32)
+    return export_fixed_detections(path, BOXES, scores, classes, 2, MULTICLASS if multiclass else None, label_map)
+
+
+#: A foreign (softmax, per-class NMS) export, as Faster R-CNN or SSD write them: anchor A is emitted once
+#: per class that passed NMS, each time with A's whole row; rows are distributions, column 0 the background.
+FOREIGN_BOXES = np.array([[0.40, 0.05, 0.90, 0.45], [0.10, 0.20, 0.50, 0.60], [0.10, 0.20, 0.50, 0.60], [0, 0, 0, 0]], dtype=np.float32)
+FOREIGN_MULTICLASS = np.array([[0.20, 0.10, 0.70], [0.10, 0.60, 0.30], [0.10, 0.60, 0.30], [1, 0, 0]], dtype=np.float32)
+FOREIGN_SCORES = np.array([0.70, 0.60, 0.30, 0.0], dtype=np.float32)
+FOREIGN_CLASSES = np.array([2, 1, 2, 0], dtype=np.float32)  # nest, bird, nest (A's second class)
+
+
+def export_foreign_od_model(path: Path) -> Path:
+    return export_fixed_detections(path, FOREIGN_BOXES, FOREIGN_SCORES, FOREIGN_CLASSES, 3, FOREIGN_MULTICLASS)
+
+
+def export_fixed_detections(
+    path: Path, boxes, scores, classes, count: int, multiclass=None, label_map: str | None = "item { id: 1 name: 'bird' }\nitem { id: 2 name: 'nest' }\n"
+) -> Path:
+    """Write an OD API-style SavedModel that answers these padded outputs for any image."""
     import tensorflow as tf
 
     class Exported(tf.Module):
@@ -21,16 +42,14 @@ def export_od_model(path: Path, *, multiclass: bool = True, label_map: str | Non
         def serve(self, input_tensor):
             # the outputs depend on the input only through its batch, like a real export's shapes
             batch = tf.shape(input_tensor)[0]
-            scores = MULTICLASS[:, 1:].max(axis=1) * np.array([1, 1, 0, 0], dtype=np.float32)
-            classes = (MULTICLASS[:, 1:].argmax(axis=1) + 1).astype(np.float32)
             out = {
-                "detection_boxes": tf.tile(tf.constant(BOXES)[None], [batch, 1, 1]),
+                "detection_boxes": tf.tile(tf.constant(boxes)[None], [batch, 1, 1]),
                 "detection_scores": tf.tile(tf.constant(scores)[None], [batch, 1]),
                 "detection_classes": tf.tile(tf.constant(classes)[None], [batch, 1]),
-                "num_detections": tf.fill([batch], tf.constant(2.0)),
+                "num_detections": tf.fill([batch], tf.constant(float(count))),
             }
-            if multiclass:
-                out["detection_multiclass_scores"] = tf.tile(tf.constant(MULTICLASS)[None], [batch, 1, 1])
+            if multiclass is not None:
+                out["detection_multiclass_scores"] = tf.tile(tf.constant(multiclass)[None], [batch, 1, 1])
             return out
 
     module = Exported()

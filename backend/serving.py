@@ -1,0 +1,101 @@
+"""What an annotator sees: a model's output narrowed to the labelled classes and passed through the serving filters.
+
+One definition serves `/predict`, the pool ranking and the sync's
+pre-annotations, `ale rank`, the benchmark and the evaluation of a trained
+version, so that the queue is ranked by exactly the boxes an annotator is shown.
+
+The model itself keeps every box down to a small floor (`model_score_floor`);
+that raw output is what the detection store holds. The serving filters
+(SCORE_THRESHOLD, NMS, MAX_TAGS_PER_PIXEL, MAX_DETECTIONS) apply afterwards,
+so changing one of them shows in the next sync without re-running the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .boxes import filter_detections
+from .detections import Detections
+from .settings import Settings
+
+#: Boxes below this score never leave the model: the detection store holds
+#: everything above it, so any SCORE_THRESHOLD at or above it needs no new prediction.
+MODEL_SCORE_FLOOR = 0.05
+#: Boxes per image the model keeps at most (ultralytics' own default).
+MODEL_MAX_DETECTIONS = 300
+
+
+def model_score_floor(settings: Settings) -> float:
+    """The score floor an adapter built from `settings` applies: the store's floor, lower if SCORE_THRESHOLD is."""
+    return min(settings.score_threshold, MODEL_SCORE_FLOOR)
+
+
+def model_max_detections(settings: Settings) -> int:
+    """Boxes per image an adapter built from `settings` keeps: MODEL_MAX_DETECTIONS, more if MAX_DETECTIONS asks."""
+    return max(settings.max_detections, MODEL_MAX_DETECTIONS)
+
+
+def raw_output_key(model_version: str, settings: Settings) -> str:
+    """The detection store's key for what `model_version` produces under `settings`.
+
+    The default floor and cap give the bare version; anything else is part of
+    the key, so stored detections are never reused for a lower floor.
+    """
+    floor, cap = model_score_floor(settings), model_max_detections(settings)
+    if floor == MODEL_SCORE_FLOOR and cap == MODEL_MAX_DETECTIONS:
+        return model_version
+    return f"{model_version}@floor={floor:g},max={cap}"
+
+
+@dataclass(frozen=True)
+class ServingFilters:
+    """The filters between the model and the annotator, in the order they apply."""
+
+    score_threshold: float
+    nms_metric: str
+    nms_threshold: float
+    max_tags_per_pixel: int
+    max_detections: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "ServingFilters":
+        return cls(
+            settings.score_threshold,
+            settings.nms_metric,
+            settings.nms_threshold,
+            settings.max_tags_per_pixel,
+            settings.max_detections,
+        )
+
+
+def shown_classes(label_map) -> np.ndarray:
+    """(C,) label map (config label or None per model class) -> (C,) bool: the classes an annotator can see."""
+    return np.array([label is not None for label in label_map], dtype=bool)
+
+
+def shown_detections(detections: Detections, shown: np.ndarray, filters: ServingFilters) -> Detections:
+    """One image's raw detections -> the boxes an annotator sees.
+
+    shown: (C,) bool, the model classes the label config has a label for.
+    Boxes of other classes are dropped first, so they take no slot of the
+    tag limit or MAX_DETECTIONS, and those classes' columns are zeroed in the
+    class vectors of the rest: uncertainty is then measured over the classes
+    an annotator can choose between (plus background), as a model trained on
+    the project's labels will be.
+    """
+    shown = np.asarray(shown, dtype=bool)
+    if shown.shape != (detections.num_classes,):
+        raise ValueError(f"shown must have shape ({detections.num_classes},), got {shown.shape}")
+    kept = detections[shown[detections.labels]]
+    if not shown.all() and len(kept):
+        kept = Detections(kept.xyxy, kept.class_probs * shown, kept.image_size, kept.labels, kept.scores, kept.background)
+    return filter_detections(
+        kept,
+        score_threshold=filters.score_threshold,
+        nms_metric=filters.nms_metric,
+        nms_threshold=filters.nms_threshold,
+        max_tags_per_pixel=filters.max_tags_per_pixel,
+        max_detections=filters.max_detections,
+    )

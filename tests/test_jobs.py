@@ -1,0 +1,106 @@
+"""Job logic at the unit seam: ranking the stored pool, coalescing sync requests, job progress lines.
+
+The jobs against a real Label Studio, Redis and workers are in tests/integration/.
+"""
+
+import threading
+
+import pytest
+
+from label_studio_ale import jobs
+from label_studio_ale.detection_store import StoredDetections
+from label_studio_ale.detections import Detections
+from label_studio_ale.ls_client import TaskRef
+from label_studio_ale.ls_format import parse_label_config
+from label_studio_ale.runtime import Runtime
+from label_studio_ale.serving import raw_output_key
+from label_studio_ale.settings import Settings
+
+CONFIG = parse_label_config(
+    '<View><Image name="image" value="$image"/>'
+    '<RectangleLabels name="label" toName="image"><Label value="bird"/></RectangleLabels></View>'
+)
+
+
+class Model:
+    classes = ("bird", "car")
+    version = "m-1"
+
+
+def test_rank_pool_keeps_unfetched_images_out_of_the_head_batch(tmp_path):
+    settings = Settings(model_dir=tmp_path, sync_batch_size=4, exploration_fraction=0.5, empty_quota=0.5, policy="entropy-sum")
+    rt = Runtime(settings)
+    tasks = [TaskRef(i, {"image": f"/data/upload/1/{i}.png"}) for i in range(1, 13)]
+    items = []
+    for task in tasks:
+        if task.id % 3 == 0:
+            items.append(StoredDetections(task.id, None, None, "the file is missing"))
+        elif task.id % 3 == 1:
+            items.append(StoredDetections(task.id, Detections.empty(2, (64, 64)), 1, None))
+        else:
+            items.append(StoredDetections(task.id, Detections([[0, 0, 9, 9]], [[0.3 + task.id / 100, 0.0]], (64, 64)), 2, None))
+    rt.store.put_many(1, raw_output_key(Model.version, settings), items)
+    ranked = jobs.rank_pool(rt, 1, tasks, Model(), CONFIG)
+    head = [tasks[i].id for i in ranked["order"][:4]]
+    tail = [tasks[i].id for i in ranked["order"][-4:]]
+    assert not [t for t in head if t % 3 == 0], head
+    assert tail == [3, 6, 9, 12]
+    assert ranked["usable"].tolist() == [t.id % 3 != 0 for t in tasks]
+
+
+def test_rank_pool_scores_only_what_the_label_config_shows(tmp_path):
+    """A car box (no label for it) neither makes an image useful nor is imported."""
+    rt = Runtime(Settings(model_dir=tmp_path, policy="ale-entropy-sum"))
+    tasks = [TaskRef(1, {}), TaskRef(2, {})]
+    cars = Detections([[0, 0, 9, 9], [10, 10, 19, 19], [20, 20, 29, 29]], [[0.1, 0.5]] * 3, (64, 64))
+    bird = Detections([[0, 0, 9, 9]], [[0.6, 0.0]], (64, 64))
+    rt.store.put_many(1, "m-1", [StoredDetections(1, cars, 1, None), StoredDetections(2, bird, 2, None)])
+    ranked = jobs.rank_pool(rt, 1, tasks, Model(), CONFIG)
+    assert [tasks[i].id for i in ranked["order"]] == [2, 1]
+    assert len(ranked["detections"][0]) == 0 and ranked["usefulness"][0] == 0.0
+
+
+def test_a_sync_requested_while_one_runs_runs_after_it(tmp_path, monkeypatch):
+    """Requests during a sync are coalesced into one more run by the holder, never dropped."""
+    rt = Runtime(Settings(model_dir=tmp_path))
+    runs, answers = [], []
+
+    def fake_sync(runtime, project, progress):
+        runs.append(project)
+        if len(runs) == 1:  # two requests arrive while the first sync runs
+            for _ in range(2):
+                thread = threading.Thread(target=lambda: answers.append(jobs.sync_priorities(7, runtime=rt)))
+                thread.start()
+                thread.join()
+        return {"status": "synced", "stale_versions": [], "phases": {}}
+
+    monkeypatch.setattr(jobs, "_sync", fake_sync)
+    result = jobs.sync_priorities(7, runtime=rt)
+    assert [a["status"] for a in answers] == ["coalesced", "coalesced"]
+    assert runs == [7, 7] and result["runs"] == 2
+    assert not rt.flag_raised("sync-pending:7")
+    # nothing pending: the next request runs once
+    assert jobs.sync_priorities(7, runtime=rt)["runs"] == 1 and runs == [7, 7, 7]
+
+
+def test_a_failed_sync_leaves_later_requests_pending_for_the_retry(tmp_path, monkeypatch):
+    rt = Runtime(Settings(model_dir=tmp_path))
+
+    def failing(runtime, project, progress):
+        rt.raise_flag(f"sync-pending:{project}")  # a request came in meanwhile
+        raise RuntimeError("LS is down")
+
+    monkeypatch.setattr(jobs, "_sync", failing)
+    with pytest.raises(RuntimeError, match="LS is down"):
+        jobs.sync_priorities(3, runtime=rt)
+    assert rt.flag_raised("sync-pending:3")
+
+
+def test_progress_lines_keep_the_training_visible_after_its_sync():
+    assert jobs.describe_progress({}) == ""
+    assert jobs.describe_progress({"progress": {"phase": "import", "done": 5, "total": 110}}) == "import 5/110"
+    training = {"epoch": 50, "epochs": 50}
+    assert jobs.describe_progress({"progress": {"phase": "train", "done": 50, "total": 50}, "training": training}) == "epoch 50/50"
+    evaluation = {"version": "v0002", "map50": 0.09, "images": 12, "boxes": 30, "promoted": False}
+    line = jobs.describe_progress({"progress": {"phase": "import", "done": 110, "total": 110}, "training": training, "evaluation": evaluation})
+    assert line == "trained v0002: mAP50 0.090 on 12 validation images (30 boxes), not promoted; then import 110/110"
