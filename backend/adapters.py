@@ -35,6 +35,8 @@ class Adapter(Protocol):
              with every box's full class-score vector
     has_class_vectors (optional, default True): False when the model gives each
              box only its own score, so uncertainty policies cannot rank
+    trained (optional, default True): False for a model that has learnt nothing
+             yet (built from a config): the queue is then a spread-out order
     """
 
     classes: tuple[str, ...]
@@ -49,8 +51,10 @@ class Trainer(Protocol):
 
     fresh_model: what a first training starts from when BASE_MODEL is unset
     base_classes(weights): the classes `weights` was trained for; None for a fresh model
-    grow(weights, classes, out): weights for `classes` that keep what `weights`
-        knows of the classes both share -> a path (file or folder) near `out`
+    grow(weights, classes, out, origin=None): weights for `classes` that keep what
+        `weights` knows of the classes both share -> a path (file or folder) near
+        `out`; `origin` maps a new class to the old class whose row it inherits
+        when the names differ (a label's `predicted_values`), by name otherwise
     fine_tune(settings, weights, data_yaml, work, seed=, on_epoch=): fine-tune on an
         ultralytics-layout dataset -> the trained weights (file or folder) under `work`;
         `on_epoch(epoch, epochs, metrics)` after every epoch
@@ -60,13 +64,25 @@ class Trainer(Protocol):
 
     def base_classes(self, weights: str) -> list[str] | None: ...
 
-    def grow(self, weights: str, classes: list[str], out: Path) -> Path: ...
+    def grow(self, weights: str, classes: list[str], out: Path, origin: dict[str, str] | None = None) -> Path: ...
 
     def fine_tune(self, settings: Settings, weights: str, data_yaml: Path, work: Path, *, seed: int = 0, on_epoch=None) -> Path: ...
 
 
 def available_adapters() -> dict[str, EntryPoint]:
     return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+#: What `ale rank`, /versions and the sync say while the serving model is untrained.
+UNTRAINED_NOTE = (
+    "the model is untrained (built from a config, e.g. MODEL_WEIGHTS=yolov5n.yaml): its pre-annotations are noise and "
+    "the queue is a spread-out order (farthest-first on image hashes) until the project's first Start Training, "
+    "or serve a trained checkpoint"
+)
+
+
+def is_trained(adapter: Adapter) -> bool:
+    return bool(getattr(adapter, "trained", True))
 
 
 def check_policy_fits(adapter: Adapter, policy_name: str) -> None:
@@ -80,6 +96,16 @@ def check_policy_fits(adapter: Adapter, policy_name: str) -> None:
             "them (TF OD API: detection_multiclass_scores). Use a confidence policy (min-confidence, mean-confidence, "
             "weighted-confidence) or random, or re-export the model with its multiclass scores"
         )
+
+
+def check_adapter_settings(settings: Settings) -> None:
+    """At start, before any model loads: what the adapter can check of the settings (e.g. that MODEL_WEIGHTS exists).
+
+    An adapter class may provide `check_settings(settings)`, raising AdapterError with the fix.
+    """
+    check = getattr(adapter_class(settings), "check_settings", None)
+    if check is not None:
+        check(settings)
 
 
 def load_adapter(settings: Settings) -> Adapter:

@@ -16,7 +16,7 @@ from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException, NotFound
 
 from . import __version__
-from .adapters import Adapter, check_policy_fits, load_adapter
+from .adapters import UNTRAINED_NOTE, Adapter, check_policy_fits, is_trained, load_adapter
 from .errors import AdapterError, AleError, PayloadError
 from .jobqueue import ACTIVE, QUEUE_PREDICT, QUEUE_SYNC, QUEUE_TRAIN, make_job_queue
 from .ls_client import LabelStudioClient
@@ -289,6 +289,8 @@ def create_app(
             return jsonify(
                 versions=[v.name for v in stored],
                 current=served.name if served else None,
+                # until its first version, a project is served the configured model
+                **(_training_state(holder) if served is None else {"trained": True}),
                 details=[
                     {
                         "version": v.name,
@@ -305,7 +307,7 @@ def create_app(
             current = [holder.get().version]
         except AleError:
             current = []
-        return jsonify(versions=current)
+        return jsonify(versions=current, **_training_state(holder))
 
     @app.get("/metrics")
     def metrics_route():
@@ -342,6 +344,15 @@ def create_app(
         return _error_response("internal error; details are in the backend's log", 500, metrics)
 
     return app
+
+
+def _training_state(holder: ModelHolder) -> dict:
+    """{"trained": bool} of the configured model, with the note on what an untrained one means; {} if it cannot load."""
+    try:
+        trained = is_trained(holder.get())
+    except AleError:
+        return {}
+    return {"trained": True} if trained else {"trained": False, "note": UNTRAINED_NOTE}
 
 
 def _json_object() -> dict:

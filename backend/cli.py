@@ -19,6 +19,8 @@ DEFAULT_WORKERS = 1  # each worker holds its own copy of the model
 DEFAULT_THREADS = 4
 #: Label Studio waits up to 100 s for /predict; give the worker a little more.
 DEFAULT_TIMEOUT = 120
+#: Commands that load the model: their settings are checked before anything starts.
+MODEL_COMMANDS = ("serve", "worker", "sync", "rank")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--backend-port", type=int, default=demo_defaults.DEFAULT_BACKEND_PORT)
     demo.add_argument("--images", type=int, default=demo_defaults.DEFAULT_IMAGES, help="generated images in the project")
     demo.add_argument("--annotated", type=int, default=demo_defaults.DEFAULT_ANNOTATED, help="of which annotated (the base set)")
-    demo.add_argument("--epochs", type=int, default=demo_defaults.DEFAULT_EPOCHS, help="epochs of each training")
+    demo.add_argument("--epochs", type=int, default=demo_defaults.DEFAULT_EPOCHS, help="epochs of each training (0: the training recipe decides)")
 
     commands.add_parser("config", help="print the effective settings (secrets hidden)")
     commands.add_parser("adapters", help="list installed model adapters")
@@ -82,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = Settings.from_env()
+        if args.command in MODEL_COMMANDS:
+            from .adapters import check_adapter_settings
+
+            check_adapter_settings(settings)
     except AleError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
@@ -327,9 +333,13 @@ def _sync(settings: Settings, args) -> int:
 def _rank(settings: Settings, args) -> int:
     from .jobs import preview_ranking
 
-    rows = _with_bars(preview_ranking, args.project, settings)
-    print(f"{'rank':>5} {'task':>8} {'score':>10} {'boxes':>6}  image   (policy {settings.policy})")
-    for row in rows[: args.top]:
+    preview = _with_bars(preview_ranking, args.project, settings)
+    if not preview["trained"]:
+        from .adapters import UNTRAINED_NOTE
+
+        print(f"note: {UNTRAINED_NOTE}")
+    print(f"{'rank':>5} {'task':>8} {'score':>10} {'boxes':>6}  image   (policy {preview['policy']}, model {preview['model']})")
+    for row in preview["rows"][: args.top]:
         print(f"{row['rank']:>5} {row['task']:>8} {row['usefulness']:>10.4f} {row['boxes']:>6}  {row['image']}")
     return 0
 

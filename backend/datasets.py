@@ -105,6 +105,14 @@ def read_yolo(path: str | Path, split: str | None = None) -> tuple[list[str], li
     return names, items
 
 
+def split_size(data_yaml: str | Path, split: str = "train") -> int:
+    """Images in one split of a YOLO dataset (beside its data.yaml), counted without opening them."""
+    image_dir = Path(data_yaml).parent / "images" / split
+    if not image_dir.is_dir():
+        raise ValueError(f"no images for split {split!r}: {image_dir} does not exist")
+    return sum(1 for p in image_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
 def read_yolo_split(data_yaml: str | Path, split: str = "val") -> tuple[list[str], list[LabelledImage]]:
     """-> (class names, labelled images of `split`). An image without a label file has no objects."""
     return read_yolo(data_yaml, split)

@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from .adapters import Adapter, check_policy_fits
+from .adapters import Adapter, check_policy_fits, is_trained
 from .detection_store import StoredDetections
 from .detections import Detections
 from .errors import AleError
@@ -23,7 +23,7 @@ from .ls_format import detections_to_results, match_labels, parse_label_config
 from .media import MediaFetcher, average_hash
 from .policies import get_policy
 from .predictor import Predictor
-from .ranking import BatchExtras, ls_scores, select_order
+from .ranking import BatchExtras, ls_scores, select_order, spread_order
 from .runtime import Runtime, current_runtime
 from .serving import ServingFilters, raw_output_key, shown_classes, shown_detections
 from .settings import Settings
@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 
 #: Prefix of the prediction versions the sync writes; only these are ever deleted.
 SYNC_VERSION_PREFIX = "ale:"
+#: The order a sync writes while the serving model is untrained (see ranking.spread_order).
+SPREAD_POLICY = "spread (untrained model: farthest-first on image hashes)"
 PREDICT_CHUNK = 64  # images fetched and predicted per step (bounds memory)
 
 Progress = Callable[[str, int, int], None]
@@ -95,19 +97,28 @@ def rank_pool(rt: Runtime, project: int, tasks: list[TaskRef], adapter: Adapter,
         detections.append(shown_detections(item.detections, shown, filters) if ok else Detections.empty(num_classes, (1, 1)))
         hashes.append(item.image_hash if ok else None)
         usable.append(ok)
+    usable = np.array(usable, dtype=bool)
+    task_ids = np.array([t.id for t in tasks])
+    if not is_trained(adapter):
+        # An untrained model's uncertainty is noise: cover the pool's look first, not its import order.
+        order, spread = spread_order(hashes, task_ids)
+        usefulness = np.where(usable, spread, -np.inf)
+        return {"policy": SPREAD_POLICY, "detections": detections, "usefulness": usefulness, "order": order, "usable": usable}
     check_policy_fits(adapter, rt.settings.policy)
     policy = get_policy(rt.settings.policy, rt.settings.policy_seed)
-    usable = np.array(usable, dtype=bool)
     usefulness = policy.usefulness(detections) if tasks else np.zeros(0)
     # Images that could not be fetched or decoded have no usefulness: they go to the very end of the queue.
     usefulness = np.where(usable, usefulness, -np.inf)
     extras = batch_extras(rt.settings, adapter.classes)
-    order = select_order(usefulness, np.array([t.id for t in tasks]), detections, hashes, extras, usable)
+    order = select_order(usefulness, task_ids, detections, hashes, extras, usable)
     return {"policy": policy.name, "detections": detections, "usefulness": usefulness, "order": order, "usable": usable}
 
 
-def preview_ranking(project: int, *, runtime: Runtime | None = None, progress: Progress | None = None) -> list[dict]:
-    """The queue a sync would write, without writing it: one row per unlabeled task, in order."""
+def preview_ranking(project: int, *, runtime: Runtime | None = None, progress: Progress | None = None) -> dict:
+    """The queue a sync would write, without writing it.
+
+    -> {"policy", "model", "trained", "rows": one per unlabeled task, in order}.
+    """
     rt = runtime or current_runtime()
     config = parse_label_config(rt.ls.project(project).label_config)
     adapter = rt.adapter_for(project)
@@ -128,7 +139,7 @@ def preview_ranking(project: int, *, runtime: Runtime | None = None, progress: P
                 "ls_score": float(scores[i]),
             }
         )
-    return rows
+    return {"policy": ranked["policy"], "model": adapter.version, "trained": is_trained(adapter), "rows": rows}
 
 
 def sync_priorities(project: int, *, runtime: Runtime | None = None, progress: Progress | None = None) -> dict:

@@ -75,6 +75,48 @@ def ls_scores(order: np.ndarray) -> np.ndarray:
     return scores
 
 
+#: A spread-out order covers this many images at most; the rest follow by task id.
+SPREAD_HEAD = 500
+
+
+def spread_order(hashes: Sequence[int | None], task_ids: np.ndarray, head: int = SPREAD_HEAD) -> tuple[np.ndarray, np.ndarray]:
+    """Farthest-first over 64-bit average hashes: each next image is the one least like those before it.
+
+    For a model that has learnt nothing yet, whose uncertainty is noise: the
+    first images served cover the pool's look (sites, light, seasons) instead of
+    its import order. (m,) hashes (None: unusable) and task ids -> ((m,) order,
+    (m,) spread: bits to the nearest earlier pick, 64 for the first, 0 past
+    `head`). Starts at the lowest task id; ties go to the lower task id;
+    unusable images come last, by task id. O(head x m).
+    """
+    task_ids = np.asarray(task_ids)
+    m = task_ids.size
+    spread = np.zeros(m)
+    usable = np.array([h is not None for h in hashes], dtype=bool)
+    if len(hashes) != m:
+        raise ValueError(f"hashes ({len(hashes)}) and task_ids ({m}) must match")
+    candidates = np.flatnonzero(usable)
+    candidates = candidates[np.argsort(task_ids[candidates], kind="stable")]
+    order: list[int] = []
+    if candidates.size:
+        values = np.array([int(hashes[i]) for i in candidates], dtype=np.uint64)
+        nearest = np.full(candidates.size, 65, dtype=np.int64)  # more than any distance: unpicked
+        picked = np.zeros(candidates.size, dtype=bool)
+        pick = 0
+        for _ in range(min(head, candidates.size)):
+            picked[pick] = True
+            order.append(int(candidates[pick]))
+            spread[candidates[pick]] = min(int(nearest[pick]), 64)
+            nearest = np.minimum(nearest, np.bitwise_count(values ^ values[pick]).astype(np.int64))
+            if picked.all():
+                break
+            pick = int(np.argmax(np.where(picked, -1, nearest)))  # argmax keeps the first: the lowest task id
+        order += [int(i) for i in candidates[~picked]]
+    unusable = np.flatnonzero(~usable)
+    order += [int(i) for i in unusable[np.argsort(task_ids[unusable], kind="stable")]]
+    return np.asarray(order, dtype=np.int64), spread
+
+
 def select_order(
     usefulness: np.ndarray,
     task_ids: np.ndarray,

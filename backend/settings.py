@@ -37,8 +37,11 @@ DEFAULT_IMPORT_CHUNK_SIZE = 10_000
 
 #: Empty: the adapter's own fresh model (yolov5: yolov5n.yaml, tfod: retinanet).
 DEFAULT_BASE_MODEL = ""
-DEFAULT_TRAIN_EPOCHS = 30
+#: 0: the training recipe decides (yolov5 small-data: by the number of labelled images; tfod: TFOD_EPOCHS).
+DEFAULT_TRAIN_EPOCHS = 0
 DEFAULT_TRAIN_BATCH = 16
+#: yolov5: small-data (measured for tens to hundreds of labelled images) or ultralytics' own defaults.
+TRAIN_RECIPES = ("small-data", "ultralytics")
 PROMOTION_POLICIES = ("if-not-worse", "always")
 #: `if-not-worse` compares versions only on at least this many validation images;
 #: below it a new version is promoted (and the reason says so): a handful of
@@ -87,9 +90,11 @@ class Settings:
     base_model: str = DEFAULT_BASE_MODEL
     train_epochs: int = DEFAULT_TRAIN_EPOCHS
     train_batch: int = DEFAULT_TRAIN_BATCH
+    train_recipe: str = TRAIN_RECIPES[0]
     promotion: str = PROMOTION_POLICIES[0]
     promotion_min_images: int = DEFAULT_PROMOTION_MIN_IMAGES
     auto_train_after: int = 0
+    allow_downloads: bool = False
 
     def __post_init__(self) -> None:
         if self.nms_metric not in NMS_METRICS:
@@ -118,9 +123,12 @@ class Settings:
                 raise ConfigError(name, f"must be a positive number, got {value}")
         if self.promotion not in PROMOTION_POLICIES:
             raise ConfigError("PROMOTION", f"must be one of {', '.join(PROMOTION_POLICIES)}, got {self.promotion!r}")
-        for name, value in (("TRAIN_EPOCHS", self.train_epochs), ("TRAIN_BATCH", self.train_batch)):
-            if value <= 0:
-                raise ConfigError(name, f"must be a positive number, got {value}")
+        if self.train_batch <= 0:
+            raise ConfigError("TRAIN_BATCH", f"must be a positive number, got {self.train_batch}")
+        if self.train_epochs < 0:
+            raise ConfigError("TRAIN_EPOCHS", f"must be 0 (the recipe decides) or a number of epochs, got {self.train_epochs}")
+        if self.train_recipe not in TRAIN_RECIPES:
+            raise ConfigError("TRAIN_RECIPE", f"must be one of {', '.join(TRAIN_RECIPES)}, got {self.train_recipe!r}")
         if self.promotion_min_images < 1:
             raise ConfigError("PROMOTION_MIN_IMAGES", f"must be a positive number of validation images, got {self.promotion_min_images}")
         if self.auto_train_after < 0:
@@ -157,6 +165,15 @@ class Settings:
         current = {f.name: getattr(self, f.name) for f in fields(self)}
         current.update(changes)
         return Settings(**current)
+
+
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
 
 
 def _csv(raw: str) -> tuple[str, ...]:
@@ -219,7 +236,9 @@ ENV_VARS = {
     "BASE_MODEL": ("base_model", str),
     "TRAIN_EPOCHS": ("train_epochs", int),
     "TRAIN_BATCH": ("train_batch", int),
+    "TRAIN_RECIPE": ("train_recipe", str.lower),
     "PROMOTION": ("promotion", str.lower),
     "PROMOTION_MIN_IMAGES": ("promotion_min_images", int),
     "AUTO_TRAIN_AFTER": ("auto_train_after", int),
+    "ALLOW_DOWNLOADS": ("allow_downloads", _bool),
 }

@@ -38,11 +38,14 @@ def make_scene(
     max_objects: int = 3,
     min_side: int = 18,
     max_side: int = 40,
+    site: int | None = None,
 ) -> Scene:
     """Draw a noisy background with 1..max_objects non-overlapping shapes.
 
     Class 0 is an ellipse, 1 a rectangle, 2 a triangle, further classes repeat
-    the shapes with other colours.
+    the shapes with other colours. With `site` (0..3), the background carries
+    that site's light gradient (from the left, right, top or bottom), as the
+    frames of one camera trap or transect share their scenery.
     """
     if num_classes < 1 or num_classes > len(_COLOURS):
         raise ValueError(f"num_classes must be in 1..{len(_COLOURS)}, got {num_classes}")
@@ -52,6 +55,12 @@ def make_scene(
     rng = np.random.default_rng(seed)
     base = rng.integers(90, 150, size=3)
     noise = rng.normal(0, 12, size=(height, width, 3))
+    if site is not None:
+        if site not in range(len(_SITE_GRADIENTS)):
+            raise ValueError(f"site must be in 0..{len(_SITE_GRADIENTS) - 1}, got {site}")
+        axis, flip = _SITE_GRADIENTS[site]
+        ramp = np.linspace(-SITE_CONTRAST, SITE_CONTRAST, width if axis == 1 else height)[:: -1 if flip else 1]
+        noise = noise + (ramp[None, :, None] if axis == 1 else ramp[:, None, None])
     pixels = np.clip(base + noise, 0, 255).astype(np.uint8)
     image = Image.fromarray(pixels, "RGB")
     draw = ImageDraw.Draw(image)
@@ -73,6 +82,11 @@ def make_scene(
         boxes.append([float(v) for v in box])
         labels.append(label)
     return Scene(image=image, xyxy=np.asarray(boxes, dtype=np.float64).reshape(-1, 4), labels=np.asarray(labels, dtype=np.int64))
+
+
+#: (axis the light changes along, reversed) per site, and the gradient's half-range in grey levels.
+_SITE_GRADIENTS = ((1, False), (1, True), (0, False), (0, True))
+SITE_CONTRAST = 60
 
 
 def overlaps(a: list[float], b: list[float]) -> bool:

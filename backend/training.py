@@ -87,7 +87,7 @@ def train_project(project: int, *, runtime: Runtime | None = None, progress=None
                 raise TrainingError(f"project {project} has {exc}") from None
             counts["skipped_images"] = skipped["skipped_images"]
             counts["skipped_boxes"] += skipped["skipped_boxes"]
-            trained = train_version(settings, store, dataset, classes, work, progress=progress, counts=counts)
+            trained = train_version(settings, store, dataset, classes, work, progress=progress, counts=counts, aliases=config.aliases)
         finally:
             shutil.rmtree(work, ignore_errors=True)
     version, promote, metrics = trained.version, trained.promoted, trained.metrics
@@ -119,11 +119,15 @@ def train_version(
     progress=None,
     counts: dict | None = None,
     seed: int = 0,
+    aliases: dict[str, str] | None = None,
 ) -> TrainedVersion:
     """Fine-tune the store's current version (or BASE_MODEL) on `dataset`, evaluate, store, promote by PROMOTION.
 
     `dataset` is a data.yaml from `write_training_set`. New labels grow the
-    current model's head, keeping what it knows of the others.
+    current model's head, keeping what it knows of the others. A BASE_MODEL
+    whose classes are named otherwise keeps the rows of those the label
+    config maps to a label: `aliases` (lower-cased model class -> label, the
+    config's names and `predicted_values`; default: the labels themselves).
     """
     from .adapters import Trainer, adapter_class
 
@@ -136,6 +140,8 @@ def train_version(
     progress = progress or (lambda *args: None)
     current = store.current()
     base = settings.base_model or factory.fresh_model
+    if current is None and hasattr(factory, "local_weights"):
+        base = factory.local_weights(settings, base)  # a hub name is fetched (ALLOW_DOWNLOADS) or refused here
     origin = "base model"
     if current is not None and list(current.classes) == classes:
         base, origin = str(current.weights), current.name
@@ -146,20 +152,28 @@ def train_version(
     elif current is None:
         # A model brought from earlier work: keep what it knows of the labels it shares with this project.
         known = factory.base_classes(base)
-        if known and known != classes and set(known) & set(classes):
-            origin = f"{base}, head grown to {len(classes)} classes"
-            base = str(factory.grow(base, classes, work / "grown"))
+        rows = inherited_rows(known or [], classes, aliases)
+        if known and known != classes and rows:
+            origin = f"{base}, head grown to {len(classes)} classes" + "".join(
+                f", {label} from {old}" for label, old in rows.items() if label != old
+            )
+            base = str(factory.grow(base, classes, work / "grown", rows))
     progress("train", 0, settings.train_epochs)
-    trained = factory.fine_tune(
-        settings, base, dataset, work, seed=seed, on_epoch=lambda epoch, epochs, metrics: progress("train", epoch, epochs, metrics)
-    )
+    ran = {"epochs": settings.train_epochs}
+
+    def on_epoch(epoch: int, epochs: int, metrics: dict) -> None:
+        ran["epochs"] = epochs  # the recipe decides when TRAIN_EPOCHS is 0
+        progress("train", epoch, epochs, metrics)
+
+    trained = factory.fine_tune(settings, base, dataset, work, seed=seed, on_epoch=on_epoch)
     metrics = evaluate_weights(settings, trained, dataset, classes)
     same_classes = current is not None and list(current.classes) == classes
     baseline = evaluate_weights(settings, current.weights, dataset, classes) if same_classes else None
     promote, reason = promotion_decision(settings, metrics, current, baseline, classes)
     manifest = {
         "base": (settings.base_model or factory.fresh_model) if origin == "base model" else origin,
-        "epochs": settings.train_epochs,
+        "epochs": ran["epochs"],
+        "recipe": settings.train_recipe,
         "image_size": settings.image_size,
         "label_config_labels": classes,
         **(counts or {}),
@@ -174,6 +188,20 @@ def train_version(
     if promote:
         store.promote(version.name)
     return TrainedVersion(version, promote, metrics, baseline, reason)
+
+
+def inherited_rows(known: list[str], classes: list[str], aliases: dict[str, str] | None = None) -> dict[str, str]:
+    """{label: model class whose classifier row it starts from}: by name, or through the label config's aliases.
+
+    The first model class naming a label wins (its order in the checkpoint).
+    """
+    aliases = aliases or {name.lower(): name for name in classes}
+    rows: dict[str, str] = {}
+    for name in known:
+        label = aliases.get(name.lower())
+        if label in classes:
+            rows.setdefault(label, name)
+    return rows
 
 
 def evaluation_record(version: str, metrics: dict, promoted: bool, reason: str) -> dict:
@@ -279,7 +307,7 @@ def write_training_set(work: Path, samples: list[TrainingSample], classes: list[
             f"annotate more images (about 1 in {100 // VAL_PERCENT} goes to validation) and try again"
         )
     names = "".join(f"  {i}: {name}\n" for i, name in enumerate(classes))
-    (work / "data.yaml").write_text(f"path: {work}\ntrain: images/train\nval: images/val\nnames:\n{names}")
+    (work / "data.yaml").write_text(f"path: {work.resolve()}\ntrain: images/train\nval: images/val\nnames:\n{names}")
     return work / "data.yaml", counts
 
 

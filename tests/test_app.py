@@ -53,7 +53,7 @@ def test_setup_returns_model_version(adapter):
     client = make_client(adapter)
     response = client.post("/setup", json={"project": "3.1700000000", "schema": CONFIG})
     assert response.status_code == 200 and response.get_json() == {"model_version": "fixed-1"}
-    assert client.get("/versions").get_json() == {"versions": ["fixed-1"]}
+    assert client.get("/versions").get_json() == {"versions": ["fixed-1"], "trained": True}
 
 
 def test_setup_with_unknown_labels_explains_the_fix(adapter):

@@ -99,3 +99,27 @@ def test_unusable_images_are_last_whatever_the_extras_do(extras):
 def test_usable_must_fit_the_pool():
     with pytest.raises(ValueError, match="usable"):
         select_order(np.zeros(3), np.arange(3), usable=np.ones(2, dtype=bool))
+
+
+def test_spread_order_visits_every_look_before_repeating_one():
+    from label_studio_ale.ranking import spread_order
+
+    sites = [0x0000_0000_FFFF_FFFF, 0xFFFF_FFFF_0000_0000, 0x00FF_00FF_00FF_00FF, 0xFF00_FF00_FF00_FF00]
+    # three frames per site, imported site by site, each a bit or two from its site's look
+    hashes = [site ^ (1 << frame) for site in sites for frame in range(3)]
+    order, spread = spread_order(hashes + [None], np.arange(1, 14))
+    first = order[:4].tolist()
+    assert first[0] == 0 and sorted(i // 3 for i in first) == [0, 1, 2, 3]  # one frame of each site first
+    assert spread[0] == 64 and spread[first[1]] >= spread[first[2]] >= spread[first[3]] > spread[order[4]]
+    assert order[-1] == 12 and sorted(order.tolist()) == list(range(13))  # the unusable image is last
+    # past the head, task id order
+    capped, _ = spread_order(hashes, np.arange(1, 13), head=2)
+    assert capped[:2].tolist() == first[:2] and capped[2:].tolist() == sorted(set(range(12)) - set(first[:2]))
+
+
+def test_spread_order_of_nothing_and_of_identical_images():
+    from label_studio_ale.ranking import spread_order
+
+    assert spread_order([], np.array([], dtype=int))[0].tolist() == []
+    order, spread = spread_order([7, 7, 7], np.array([30, 10, 20]))
+    assert order.tolist() == [1, 2, 0] and spread.tolist() == [0, 64, 0]

@@ -48,9 +48,11 @@ def test_every_variable_is_read():
         "BASE_MODEL": "yolov5s.yaml",
         "TRAIN_EPOCHS": "5",
         "TRAIN_BATCH": "8",
+        "TRAIN_RECIPE": "Ultralytics",
         "PROMOTION": "Always",
         "PROMOTION_MIN_IMAGES": "20",
         "AUTO_TRAIN_AFTER": "25",
+        "ALLOW_DOWNLOADS": "Yes",
     }
     assert set(env) == set(ENV_VARS)
     s = Settings.from_env(env)
@@ -59,7 +61,8 @@ def test_every_variable_is_read():
     assert s.allowed_media_hosts == ("images.example.org", "cdn.example.org")
     assert s.log_level == "DEBUG" and s.image_size == 320 and s.fetch_timeout == 3.0
     assert s.redis_url.endswith("/3") and s.policy == "ale-lc-max" and s.sync_projects == (1, 4)
-    assert s.promotion == "always" and s.promotion_min_images == 20
+    assert s.promotion == "always" and s.promotion_min_images == 20 and s.allow_downloads is True
+    assert s.train_epochs == 5 and s.train_recipe == "ultralytics"
     assert s.class_balance == (("bird", 0.7), ("nest", 0.3)) and s.duplicate_distance == 4
 
 
@@ -84,7 +87,9 @@ def test_secrets_are_not_in_repr():
         ({"DUPLICATE_DISTANCE": "-5"}, "DUPLICATE_DISTANCE"),
         ({"PROMOTION": "sometimes"}, "PROMOTION"),
         ({"PROMOTION_MIN_IMAGES": "0"}, "PROMOTION_MIN_IMAGES"),
-        ({"TRAIN_EPOCHS": "0"}, "TRAIN_EPOCHS"),
+        ({"ALLOW_DOWNLOADS": "maybe"}, "ALLOW_DOWNLOADS"),
+        ({"TRAIN_RECIPE": "fast"}, "TRAIN_RECIPE"),
+        ({"TRAIN_EPOCHS": "-1"}, "TRAIN_EPOCHS"),
         ({"AUTO_TRAIN_AFTER": "-1"}, "AUTO_TRAIN_AFTER"),
     ],
 )

@@ -112,3 +112,41 @@ def test_the_promotion_gate_says_why(settings, current, baseline, metrics, promo
     version = None if current is None else SimpleNamespace(name=current, classes=("bird",))
     decision, why = promotion_decision(settings, metrics, version, baseline, ["bird", "egg"])
     assert decision is promoted and reason in why
+
+
+@pytest.mark.slow
+def test_a_pretrained_checkpoint_keeps_the_rows_its_classes_give_to_labels(trained_weights, tmp_path):
+    """{bird, car} behind <Label value="Kittiwake" predicted_values="bird"/>: the first version starts from the bird row."""
+    from label_studio_ale.ls_format import parse_label_config
+    from label_studio_ale.training import inherited_rows
+    from label_studio_ale_plugins.yolov5 import grow_head
+    from tests.support.models import class_outputs
+
+    bird_car = grow_head(trained_weights, ["bird", "car"], tmp_path / "bird-car.pt", {"car": "nest"})
+    config = parse_label_config(
+        '<View><Image name="image" value="$image"/><RectangleLabels name="label" toName="image">'
+        '<Label value="Kittiwake" predicted_values="bird"/></RectangleLabels></View>'
+    )
+    assert inherited_rows(["bird", "car"], ["Kittiwake"], config.aliases) == {"Kittiwake": "bird"}
+    assert inherited_rows(["bird", "car"], ["Kittiwake"]) == {}  # by name alone nothing would be kept
+
+    # growing keeps the bird row as Kittiwake's: that class's outputs are the bird's, exactly
+    images = [make_scene(seed).image for seed in range(30_000, 30_004)]
+    kittiwake = grow_head(bird_car, ["Kittiwake"], tmp_path / "kittiwake.pt", {"Kittiwake": "bird"})
+    np.testing.assert_allclose(class_outputs(kittiwake, images)[:, 0], class_outputs(bird_car, images)[:, 0], rtol=1e-5, atol=1e-6)
+
+    # and Start Training's first version does exactly that, then fine-tunes
+    scenes = [make_scene(31_000 + i) for i in range(30)]
+    samples = []
+    for i, scene in enumerate(scenes, start=1):
+        scene.image.save(tmp_path / f"{i}.png")
+        birds = scene.labels == 0
+        samples.append(TrainingSample(i, tmp_path / f"{i}.png", scene.xyxy[birds], np.zeros(int(birds.sum()), dtype=np.int64)))
+    data_yaml, _ = write_training_set(tmp_path / "ds", samples, ["Kittiwake"])
+    settings = Settings(base_model=str(bird_car), train_epochs=1, train_batch=8, image_size=IMAGE_SIZE, model_dir=str(tmp_path / "models"))
+    store = ModelStore(settings.model_dir, 1)
+    trained = train_version(settings, store, data_yaml, ["Kittiwake"], tmp_path / "work", aliases=config.aliases)
+    assert trained.version.classes == ("Kittiwake",)
+    assert trained.version.manifest["base"] == f"{bird_car}, head grown to 1 classes, Kittiwake from bird"
+    # one epoch from a fresh row finds nothing; from the bird row it finds the birds
+    assert trained.metrics["map50"] > 0.3

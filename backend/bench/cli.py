@@ -19,7 +19,11 @@ DEFAULT_CACHE = Path.home() / ".cache" / "label-studio-ale" / "bench"
 #: plain counterparts. The large preset runs every policy.
 SMALL_POLICIES = ("random", "min-confidence", "entropy-sum", "lc-max", "ale-entropy-sum", "ale-lc-max")
 
-#: small: about 15 minutes on a 2-core CPU; large: a GPU.
+#: The first-days preset: a team's first labelling sessions.
+FIRST_DAYS_POLICIES = ("random", "min-confidence", "entropy-sum", "ale-entropy-sum")
+
+#: small and first-days: a 2-core CPU (times in the README); large: a GPU.
+#: Epochs 0: Start Training's recipe decides (TRAIN_RECIPE, small-data by default).
 PRESETS = {
     "small": {
         "pool": 320,
@@ -27,15 +31,30 @@ PRESETS = {
         "base_images": 300,
         "base_epochs": 25,
         "policies": SMALL_POLICIES,
-        "seeds": (0, 1),
+        "seeds": (0, 1, 2),
         "initial": 24,
         "budget": 24,
-        "cycles": 2,
+        # the third cycle is where random has labelled ~30 boxes of the new class
+        "cycles": 3,
         "image_size": 128,
-        "initial_epochs": 15,
-        # ultralytics warms the learning rate up over the first 100 iterations
-        # of every run: a fine-tune needs well over that to learn a new class
-        "epochs": 20,
+        "initial_epochs": 0,
+        "epochs": 0,
+        "batch": 8,
+    },
+    # tens of labelled images, a rare class the base model never saw, from the base model
+    "first-days": {
+        "pool": 320,
+        "eval": 120,
+        "base_images": 300,
+        "base_epochs": 25,
+        "policies": FIRST_DAYS_POLICIES,
+        "seeds": (0, 1, 2),
+        "initial": 12,
+        "budget": 12,
+        "cycles": 3,
+        "image_size": 128,
+        "initial_epochs": 0,
+        "epochs": 0,
         "batch": 8,
     },
     "large": {
@@ -49,8 +68,8 @@ PRESETS = {
         "budget": 100,
         "cycles": 5,
         "image_size": 256,
-        "initial_epochs": 30,
-        "epochs": 20,
+        "initial_epochs": 0,
+        "epochs": 0,
         "batch": 32,
     },
 }
@@ -159,7 +178,8 @@ def _run_al(settings: Settings, args, argv: list[str]) -> int:
     _log(f"{data.description}; classes {', '.join(data.names)}; new class: {config.new_class or 'none'}")
     _log(
         f"{len(config.policies)} policies x {len(config.seeds)} seeds x {config.cycles} cycles: "
-        f"{config.initial} initial + {config.budget} per cycle, {config.epochs} epochs each, base {config.base_model}"
+        f"{config.initial} initial + {config.budget} per cycle, "
+        f"{f'{config.epochs} epochs' if config.epochs else 'the recipe' + chr(39) + 's epochs'} each, base {config.base_model}"
     )
     with tempfile.TemporaryDirectory(prefix="ale-bench-", dir=out) as work:
         try:

@@ -46,7 +46,8 @@ def builtin_base_model(cache: str | Path, settings: Settings, images: int, epoch
     from ..training import TrainingSample, train_version, write_training_set
 
     scenes = DigitScenes(size=image_size)
-    store = ModelStore(Path(cache) / f"digits-{scenes.key}" / f"base-{images}-{epochs}ep", 0)
+    # the recipe is part of the key: a base model trained another way is another model
+    store = ModelStore(Path(cache) / f"digits-{scenes.key}" / f"base-{images}-{epochs}ep-{settings.train_recipe}", 0)
     if store.current() is not None:
         return store.current().weights
     folder = store.dir.parent / "scenes"

@@ -37,6 +37,8 @@ MULTICLASS_OUTPUT = "detection_multiclass_scores"
 LABEL_MAP_NAMES = ("label_map.pbtxt", "labelmap.pbtxt")
 #: Scores below this never leave the adapter; serving thresholds apply later.
 DEFAULT_SCORE_FLOOR = 0.001
+#: Epochs of a fine-tune when TRAIN_EPOCHS is 0 (the RetinaNet's recipe is not the yolov5 small-data one).
+TFOD_EPOCHS = 30
 #: Multiclass rows summing to 1 within this are a softmax head's distributions (real background column).
 DISTRIBUTION_TOLERANCE = 1e-3
 
@@ -83,12 +85,12 @@ class TfodAdapter:
         return base_classes(weights)
 
     @staticmethod
-    def grow(weights: str, classes: list[str], out: Path) -> Path:
+    def grow(weights: str, classes: list[str], out: Path, origin: dict[str, str] | None = None) -> Path:
         from .detector import grow_head, load_detector, save_detector
 
         model, spec = load_detector(weights)
         grown = replace(spec, classes=tuple(classes))
-        return save_detector(grow_head(model, spec, grown), grown, Path(out))
+        return save_detector(grow_head(model, spec, grown, origin), grown, Path(out))
 
     @staticmethod
     def fine_tune(settings: Settings, weights: str, data_yaml: Path, work: Path, *, seed: int = 0, on_epoch=None) -> Path:
@@ -98,7 +100,7 @@ class TfodAdapter:
             data_yaml,
             weights,
             Path(work) / "trained",
-            epochs=settings.train_epochs,
+            epochs=settings.train_epochs or TFOD_EPOCHS,
             image_size=settings.image_size,
             batch=settings.train_batch,
             seed=seed,

@@ -113,12 +113,13 @@ def build_detector(spec: DetectorSpec):
     return model
 
 
-def grow_head(model, old: DetectorSpec, new: DetectorSpec):
+def grow_head(model, old: DetectorSpec, new: DetectorSpec, origin: dict[str, str] | None = None):
     """A detector for `new.classes` that keeps everything `model` (for `old.classes`) learnt.
 
     Every layer is copied but the class logits, whose output channels are laid
     out anchor-major (channel = anchor * C + class): the rows of classes both
-    specs share are copied, new classes start at the prior, dropped ones go.
+    specs share (or of the old class `origin[new]` names) are copied, new
+    classes start at the prior, dropped ones go.
     """
     if (old.image_size, old.filters, old.head_convs) != (new.image_size, new.filters, new.head_convs):
         raise AdapterError("grow_head keeps the architecture: only the classes may change")
@@ -136,8 +137,9 @@ def grow_head(model, old: DetectorSpec, new: DetectorSpec):
     anchors = old_kernel.shape[-1] // len(old.classes)
     old_c, new_c = len(old.classes), len(new.classes)
     for j, name in enumerate(new.classes):
-        if name in old.classes:
-            i = old.classes.index(name)
+        source = (origin or {}).get(name, name)
+        if source in old.classes:
+            i = old.classes.index(source)
             columns_new = np.arange(anchors) * new_c + j
             columns_old = np.arange(anchors) * old_c + i
             kernel[..., columns_new] = old_kernel[..., columns_old]

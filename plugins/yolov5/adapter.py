@@ -30,9 +30,13 @@ DEFAULT_MODEL_IOU = 0.7
 DEFAULT_MAX_DET = MODEL_MAX_DETECTIONS
 
 
-def import_ultralytics():
-    """Import ultralytics configured never to reach the network (no hub, no pip, no fonts)."""
-    os.environ["YOLO_OFFLINE"] = "1"
+def import_ultralytics(allow_downloads: bool = False):
+    """Import ultralytics configured never to reach the network (no hub, no pip, no fonts) unless downloads are allowed.
+
+    With ALLOW_DOWNLOADS it may fetch the checkpoints named by hub name; it never pip-installs.
+    """
+    # read by ultralytics at each download attempt, so the latest caller's choice holds
+    os.environ["YOLO_OFFLINE"] = "0" if allow_downloads else "1"
     os.environ["YOLO_AUTOINSTALL"] = "0"
     os.environ.setdefault("YOLO_VERBOSE", "False")
     import ultralytics
@@ -55,12 +59,13 @@ class YoloV5Adapter:
         max_det: int = DEFAULT_MAX_DET,
         conf_floor: float = DEFAULT_CONF_FLOOR,
         model_iou: float = DEFAULT_MODEL_IOU,
+        allow_downloads: bool = False,
     ):
-        import_ultralytics()
+        import_ultralytics(allow_downloads)
         import torch
 
         self._torch = torch
-        self.weights = str(weights)
+        self.weights = local_weights(weights, allow_downloads=allow_downloads)
         self.image_size = int(image_size)
         self.device = torch.device(device)
         self.max_det = int(max_det)
@@ -71,6 +76,8 @@ class YoloV5Adapter:
         self.classes = tuple(names)
         self.stride = int(max(self.model.stride.max().item(), 32))
         self.version = _version_name(self.weights)
+        # A model built from a yaml has learnt nothing: its uncertainty is noise (the queue starts spread out)
+        self.trained = Path(self.weights).suffix not in (".yaml", ".yml")
         # One forward pass at a time: gunicorn threads share this model.
         self._lock = threading.Lock()
 
@@ -82,21 +89,39 @@ class YoloV5Adapter:
         return checkpoint_classes(weights) if str(weights).endswith(".pt") else None
 
     @staticmethod
-    def grow(weights: str, classes: list[str], out: Path) -> Path:
-        return grow_head(weights, classes, Path(out).with_suffix(".pt"))
+    def local_weights(settings: Settings, weights: str, setting: str = "BASE_MODEL") -> str:
+        return local_weights(weights, allow_downloads=settings.allow_downloads, setting=setting)
+
+    @staticmethod
+    def check_settings(settings: Settings) -> None:
+        """At start, before any model loads: weights that can be found (or, with ALLOW_DOWNLOADS, fetched)."""
+        weights_source(settings.model_weights, allow_downloads=settings.allow_downloads, setting="MODEL_WEIGHTS")
+        if settings.base_model:
+            weights_source(settings.base_model, allow_downloads=settings.allow_downloads, setting="BASE_MODEL")
+
+    @staticmethod
+    def grow(weights: str, classes: list[str], out: Path, origin: dict[str, str] | None = None) -> Path:
+        return grow_head(weights, classes, Path(out).with_suffix(".pt"), origin)
 
     @staticmethod
     def fine_tune(settings: Settings, weights: str, data_yaml: Path, work: Path, *, seed: int = 0, on_epoch=None) -> Path:
+        from label_studio_ale.datasets import split_size
+
+        from .recipe import plan, repeated_dataset
+
+        recipe = plan(settings.train_recipe, split_size(data_yaml, "train"), settings.train_batch, settings.train_epochs)
         return train_yolo(
-            data_yaml,
+            repeated_dataset(data_yaml, recipe.repeat),
             weights,
             Path(work) / "run",
-            epochs=settings.train_epochs,
+            epochs=recipe.epochs,
+            overrides=recipe.overrides,
             image_size=settings.image_size,
             batch=settings.train_batch,
             device=settings.device,
             seed=seed,
             on_epoch=on_epoch,
+            allow_downloads=settings.allow_downloads,
         )
 
     @classmethod
@@ -110,6 +135,7 @@ class YoloV5Adapter:
             # keep every box down to the store's floor, not just those served now.
             max_det=model_max_detections(settings),
             conf_floor=model_score_floor(settings),
+            allow_downloads=settings.allow_downloads,
         )
 
     def predict(self, images: list[Image.Image]) -> list[Detections]:
@@ -157,8 +183,50 @@ class YoloV5Adapter:
         return np.stack([letterbox(image=a) for a in arrays])
 
 
+def weights_source(weights: str, *, allow_downloads: bool = False, setting: str = "MODEL_WEIGHTS") -> str:
+    """Check what `weights` names, without loading anything. -> "yaml", "file" or "hub".
+
+    A `.pt` name without a folder that is not a file here is a name ultralytics
+    downloads (yolo11n.pt, yolov8s.pt, yolov5nu.pt): refused unless
+    ALLOW_DOWNLOADS is on, with the two ways to fix it.
+    """
+    path = Path(weights)
+    if path.suffix in (".yaml", ".yml"):
+        return "yaml"
+    if path.suffix != ".pt":
+        raise AdapterError(f"{setting}={weights} must be a .pt checkpoint or a model .yaml")
+    if path.is_file():
+        return "file"
+    if path.name == str(weights):
+        if allow_downloads:
+            return "hub"
+        raise AdapterError(
+            f"{setting}={weights} is not a file here ({path.resolve()}), and downloads are off. Either put the "
+            f"checkpoint at that path or set {setting} to its full path, or set ALLOW_DOWNLOADS=true to let "
+            "ultralytics download it by name (the machine needs internet access)"
+        )
+    raise AdapterError(f"{setting}={weights}: no such file (copy the .pt there, or fix the path)")
+
+
+def local_weights(weights: str | Path, *, allow_downloads: bool = False, setting: str = "MODEL_WEIGHTS") -> str:
+    """The local path of `weights`: a yaml or a file as they are; a hub name handed to ultralytics, which downloads it."""
+    weights = str(weights)
+    if weights_source(weights, allow_downloads=allow_downloads, setting=setting) != "hub":
+        return weights
+    import_ultralytics(allow_downloads=True)
+    from ultralytics.utils.downloads import attempt_download_asset
+
+    try:
+        local = str(attempt_download_asset(weights))
+    except Exception as exc:  # no network, unknown name: ultralytics' own errors vary
+        raise AdapterError(f"{setting}={weights}: ultralytics could not download it ({type(exc).__name__}: {exc})") from None
+    if not Path(local).is_file():
+        raise AdapterError(f"{setting}={weights}: ultralytics did not download it (is the name right, and the network up?)")
+    return local
+
+
 def _load_model(weights: str, classes: tuple[str, ...]):
-    """-> (DetectionModel, class names). Never downloads: a weights file must exist."""
+    """-> (DetectionModel, class names). `weights` is a yaml or a local file (see `local_weights`)."""
     from ultralytics.nn.tasks import DetectionModel, load_checkpoint
 
     path = Path(weights)
@@ -174,10 +242,7 @@ def _load_model(weights: str, classes: tuple[str, ...]):
             raise AdapterError(f"model yaml {weights} not found (a path, or an ultralytics name like yolov5n.yaml)") from None
         model.names = dict(enumerate(classes))
         return model.fuse(verbose=False), classes
-    if path.suffix != ".pt":
-        raise AdapterError(f"MODEL_WEIGHTS={weights} must be a .pt checkpoint or a model .yaml")
-    if not path.is_file():
-        raise AdapterError(f"MODEL_WEIGHTS={weights}: no such file (weights are never downloaded; copy the .pt there)")
+    weights_source(weights)
     try:
         model, _ = load_checkpoint(str(path), device="cpu", inplace=True, fuse=True)
     except Exception as exc:
@@ -211,8 +276,12 @@ def train_yolo(
     device: str = "cpu",
     seed: int = 0,
     on_epoch=None,
+    allow_downloads: bool = False,
+    overrides: dict | None = None,
 ) -> Path:
     """Fine-tune `base` (.pt or .yaml) on an ultralytics dataset yaml. Returns the last epoch's weights.
+
+    `overrides` are further ultralytics train arguments (the recipe: optimizer, warmup, ...).
 
     The validation split takes no part in choosing the weights: ultralytics
     would keep the epoch that scores best on it (`best.pt`), and the promotion
@@ -222,34 +291,33 @@ def train_yolo(
     with the epoch's training losses and, after the last, ultralytics' own
     validation metrics.
     """
-    import_ultralytics()
+    import_ultralytics(allow_downloads)
     from ultralytics import YOLO
 
-    base = str(base)
-    if base.endswith(".pt") and not Path(base).is_file():
-        raise AdapterError(f"base weights {base}: no such file (weights are never downloaded)")
+    base = local_weights(base, allow_downloads=allow_downloads, setting="BASE_MODEL")
     out_dir = Path(out_dir)
     model = YOLO(base)
     if on_epoch is not None:
         # ultralytics reports once more after training (its final validation): that call is skipped
         model.add_callback("on_fit_epoch_end", lambda trainer: trainer.epoch < trainer.epochs and on_epoch(trainer.epoch + 1, trainer.epochs, _epoch_figures(trainer)))
-    model.train(
-        data=str(data_yaml),
-        epochs=epochs,
-        imgsz=image_size,
-        batch=batch,
-        device=device,
-        workers=0,  # dataloader workers fork; keep it in-process (see design: fork after torch threads)
-        plots=False,  # plots would fetch a font
-        amp=False,
-        seed=seed,
-        deterministic=True,
-        val=False,  # see above: validate after the last epoch only
-        project=str(out_dir.parent),
-        name=out_dir.name,
-        exist_ok=True,
-        verbose=False,
-    )
+    args = {
+        "data": str(data_yaml),
+        "epochs": epochs,
+        "imgsz": image_size,
+        "batch": batch,
+        "device": device,
+        "workers": 0,  # dataloader workers fork; keep it in-process (see design: fork after torch threads)
+        "plots": False,  # plots would fetch a font
+        "amp": False,
+        "seed": seed,
+        "deterministic": True,
+        "val": False,  # see above: validate after the last epoch only
+        "project": str(out_dir.parent),
+        "name": out_dir.name,
+        "exist_ok": True,
+        "verbose": False,
+    }
+    model.train(**(args | dict(overrides or {})))
     return Path(model.trainer.last)
 
 
@@ -267,19 +335,20 @@ def checkpoint_classes(weights: str | Path) -> list[str]:
     from ultralytics.nn.tasks import load_checkpoint
 
     if not Path(weights).is_file():
-        raise AdapterError(f"{weights}: no such file (weights are never downloaded)")
+        raise AdapterError(f"{weights}: no such file (a hub name is fetched first, with ALLOW_DOWNLOADS)")
     model, _ = load_checkpoint(str(weights), device="cpu", inplace=True, fuse=False)
     names = model.names if isinstance(model.names, dict) else dict(enumerate(model.names))
     return [str(names[i]) for i in range(len(names))]
 
 
-def grow_head(weights: str | Path, classes: list[str] | tuple[str, ...], out: str | Path) -> Path:
+def grow_head(weights: str | Path, classes: list[str] | tuple[str, ...], out: str | Path, origin: dict[str, str] | None = None) -> Path:
     """Checkpoint for new class names, keeping what the model knows about the ones it had.
 
     Every parameter is copied from `weights`; in the classification layers
     (first dimension = number of classes) each class's row moves to its
-    position in `classes`, matched by name, and new classes start from the
-    fresh initialisation. Returns `out`, a checkpoint ultralytics trains from.
+    position in `classes`: the row of the old class `origin[new]` names, or of
+    the old class of the same name, and new classes start from the fresh
+    initialisation. Returns `out`, a checkpoint ultralytics trains from.
     """
     import_ultralytics()
     import torch
@@ -291,7 +360,8 @@ def grow_head(weights: str | Path, classes: list[str] | tuple[str, ...], out: st
     old_classes = [str(names[i]) for i in range(len(names))]
     new = DetectionModel(old.yaml, nc=len(classes), verbose=False)
     old_state, new_state = old.state_dict(), new.state_dict()
-    moved = [(classes.index(name), old_classes.index(name)) for name in old_classes if name in classes]
+    origin = {name: name for name in classes if name in old_classes} | dict(origin or {})
+    moved = [(classes.index(new), old_classes.index(old)) for new, old in origin.items() if new in classes and old in old_classes]
     if not moved:
         raise AdapterError(f"none of the model's classes ({', '.join(old_classes)}) are in the new classes ({', '.join(classes)})")
     new_rows = torch.tensor([n for n, _ in moved])

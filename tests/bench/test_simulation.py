@@ -58,6 +58,7 @@ def test_ale_weights_the_number_of_boxes_and_random_follows_its_seed():
         ({"policies": ("random", "nope")}, "POLICY='nope' is unknown"),
         ({"policies": ("random", "random")}, "lists a name twice"),
         ({"budget": 0}, "budget must be a positive integer"),
+        ({"epochs": -1}, r"epochs must be 0 \(the training recipe decides\) or a positive integer"),
         ({"seeds": ()}, "seeds must be distinct"),
         ({"promotion": "sometimes"}, "promotion must be one of"),
     ],
@@ -148,3 +149,27 @@ def test_bench_al_explains_bad_seeds_and_policies(shapes_dataset, tmp_path, caps
     assert main(["bench", "al", "--data", str(shapes_dataset), "--policies", "random,best", "--out", str(tmp_path)]) == 2
     assert "POLICY='best' is unknown" in capsys.readouterr().err
     assert main(["bench", "report", str(tmp_path / "missing.json")]) == 2
+
+
+def test_results_name_the_base_model_by_its_content(tmp_path):
+    from label_studio_ale.bench.simulation import model_identity
+
+    weights = tmp_path / "cache" / "weights.pt"
+    weights.parent.mkdir()
+    weights.write_bytes(b"the same weights")
+    copy = tmp_path / "elsewhere.pt"
+    copy.write_bytes(b"the same weights")
+    assert model_identity(str(weights)) == model_identity(str(copy)) and model_identity(str(weights)).startswith("sha256:")
+    assert str(tmp_path) not in model_identity(str(weights))
+    assert model_identity("yolov5n.yaml") == "yolov5n.yaml"
+
+
+def test_an_initial_set_always_holds_a_validation_image():
+    from label_studio_ale.bench.simulation import with_a_validation_image
+    from label_studio_ale.training import is_validation
+
+    train_only = [i for i in range(200) if not is_validation(i + 1)][:12]
+    fixed = with_a_validation_image(train_only, range(200))
+    assert len(fixed) == 12 and sum(is_validation(i + 1) for i in fixed) == 1 and set(fixed) - set(train_only)
+    already = train_only[:11] + [next(i for i in range(200) if is_validation(i + 1))]
+    assert with_a_validation_image(sorted(already), range(200)) == sorted(already)

@@ -29,7 +29,7 @@ def test_the_demo_setup_leaves_a_trained_model_and_ls_serving_the_top_ranked_tas
     with run_backend(env, tmp_path) as url:  # no REDIS_URL: the embedded queue, as on a machine without Redis
         ls = LabelStudioClient(label_studio.url, label_studio.token)
         demo = prepare_demo(ls, url, images=16, annotated=10, log=lines.append)
-        ranking = preview_ranking(demo.project, runtime=Runtime(Settings.from_env(env)))
+        ranking = preview_ranking(demo.project, runtime=Runtime(Settings.from_env(env)))["rows"]
 
     assert ls_sdk.projects.get(id=demo.project).title == DEMO_TITLE
     assert len(demo.tasks) == len(set(demo.tasks)) == 16 and demo.annotated == demo.tasks[:10]

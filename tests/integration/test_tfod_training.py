@@ -106,4 +106,4 @@ def sync_usefulness(redis_server, project, settings):
     from label_studio_ale.jobs import preview_ranking
     from label_studio_ale.runtime import Runtime
 
-    return {row["task"]: row["usefulness"] for row in preview_ranking(project, runtime=Runtime(settings))}
+    return {row["task"]: row["usefulness"] for row in preview_ranking(project, runtime=Runtime(settings))["rows"]}

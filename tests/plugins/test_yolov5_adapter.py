@@ -168,3 +168,75 @@ def test_grow_head_keeps_every_known_class_exactly(trained_weights, tmp_path, sc
     assert labels == {"bird", "nest"}
     with pytest.raises(AdapterError, match="none of the model's classes"):
         grow_head(trained_weights, ["cat"], tmp_path / "x.pt")
+
+
+def test_hub_names_are_refused_unless_downloads_are_allowed(tmp_path, monkeypatch):
+    from label_studio_ale.adapters import check_adapter_settings
+    from label_studio_ale.settings import Settings
+    from label_studio_ale_plugins.yolov5.adapter import weights_source
+
+    monkeypatch.chdir(tmp_path)
+    for call in (
+        lambda: weights_source("yolo11n.pt"),
+        lambda: YoloV5Adapter("yolo11n.pt"),
+        lambda: check_adapter_settings(Settings(model_weights="yolo11n.pt")),
+    ):
+        with pytest.raises(AdapterError) as caught:
+            call()
+        message = str(caught.value)
+        assert "MODEL_WEIGHTS=yolo11n.pt is not a file here" in message
+        assert str(tmp_path / "yolo11n.pt") in message and "ALLOW_DOWNLOADS=true" in message
+    with pytest.raises(AdapterError, match="BASE_MODEL=yolov8s.pt is not a file here"):
+        check_adapter_settings(Settings(base_model="yolov8s.pt"))
+    # a path with a folder is a missing file, never a download
+    with pytest.raises(AdapterError, match="no such file"):
+        weights_source("models/yolo11n.pt", allow_downloads=True)
+    assert weights_source("yolo11n.pt", allow_downloads=True) == "hub"
+    assert weights_source("yolov8n.yaml") == "yaml"
+
+
+def test_with_downloads_allowed_the_name_goes_to_ultralytics_unchanged(trained_weights, tmp_path, monkeypatch):
+    """The seam: ultralytics' attempt_download_asset gets the hub name as written and returns the local file."""
+    import shutil
+
+    import ultralytics.utils.downloads as downloads
+
+    from label_studio_ale.settings import Settings
+
+    monkeypatch.chdir(tmp_path)
+    asked = []
+
+    def download(name, *args, **kwargs):
+        asked.append(name)
+        local = tmp_path / "weights" / name
+        local.parent.mkdir(exist_ok=True)
+        shutil.copyfile(trained_weights, local)
+        return str(local)
+
+    monkeypatch.setattr(downloads, "attempt_download_asset", download)
+    adapter = YoloV5Adapter.from_settings(Settings(model_weights="yolo11n.pt", allow_downloads=True, image_size=IMAGE_SIZE))
+    assert asked == ["yolo11n.pt"] and adapter.weights == str(tmp_path / "weights" / "yolo11n.pt")
+    assert adapter.classes == tuple(CLASSES) and adapter.version.startswith("yolo11n-")
+    assert YoloV5Adapter.local_weights(Settings(allow_downloads=True), "yolov8s.pt") == str(tmp_path / "weights" / "yolov8s.pt")
+    assert asked == ["yolo11n.pt", "yolov8s.pt"]
+
+
+def test_a_hub_name_fails_at_setup_and_at_start_with_the_fix(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from label_studio_ale.app import create_app
+    from label_studio_ale.settings import Settings
+
+    config = (
+        '<View><Image name="image" value="$image"/><RectangleLabels name="label" toName="image">'
+        '<Label value="bird"/></RectangleLabels></View>'
+    )
+    client = create_app(Settings(model_weights="yolo11n.pt")).test_client()
+    response = client.post("/setup", json={"project": "1.1", "schema": config})
+    assert response.status_code == 503 and "ALLOW_DOWNLOADS=true" in response.get_json()["error"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LABEL_STUDIO_")} | {"MODEL_WEIGHTS": "yolo11n.pt"}
+    for command in (["serve", "--port", "1"], ["worker"]):
+        run = subprocess.run([sys.executable, "-m", "label_studio_ale.cli", *command], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert run.returncode == 2 and "configuration error: MODEL_WEIGHTS=yolo11n.pt is not a file here" in run.stderr

@@ -1,0 +1,96 @@
+"""How Start Training fine-tunes a YOLO model on a project's labels: how long, and with which optimizer settings.
+
+Measured on the built-in benchmark (`benchmarks/finetune_recipe.py`, numbers in
+the README): on tens of labelled images ultralytics' defaults learn almost
+nothing. They accumulate gradients up to a nominal batch of 64 images, so a
+batch of 8 steps the optimizer once per 8 batches: 20 epochs of 48 images are
+about 15 steps, and a new class is never learnt (AP50 0.0 with 46 of its boxes
+labelled). `small-data` steps after every batch and trains for a number of
+optimizer steps rather than epochs:
+
+    steps = max(MIN_STEPS, MIN_EPOCHS x batches in the labelled set)
+
+so a dozen images get as many steps as a hundred, and a larger project still
+sees every image MIN_EPOCHS times. A small set is listed several times per
+epoch (an epoch of at least EPOCH_BATCHES batches): the same steps in fewer,
+longer epochs, which saves ultralytics' fixed cost per epoch. The warmup is
+WARMUP_STEPS steps and mosaic augmentation stops for the last tenth of the
+epochs, whatever their length. TRAIN_EPOCHS (when set) fixes the epochs of
+the labelled set as it is instead.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SMALL_DATA = "small-data"
+ULTRALYTICS = "ultralytics"
+RECIPES = (SMALL_DATA, ULTRALYTICS)
+
+#: Optimizer steps of a fine-tune on few images (see the module docstring).
+MIN_STEPS = 200
+#: Passes over the labelled set a larger project gets at least.
+MIN_EPOCHS = 30
+#: A small labelled set is repeated until an epoch has this many batches.
+EPOCH_BATCHES = 20
+#: Learning-rate warmup, in optimizer steps.
+WARMUP_STEPS = 10
+#: Share of the epochs, at the end, trained without mosaic (ultralytics: the last 10 of 100).
+CLOSE_MOSAIC_SHARE = 0.1
+#: Epochs of the `ultralytics` recipe when TRAIN_EPOCHS is not set (its own default is 100, from scratch).
+ULTRALYTICS_EPOCHS = 30
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One fine-tune: `epochs` over the training split listed `repeat` times, with further ultralytics arguments."""
+
+    epochs: int
+    repeat: int = 1
+    overrides: dict = field(default_factory=dict)
+
+
+def plan(recipe: str, train_images: int, batch: int, epochs: int = 0) -> Plan:
+    """How to fine-tune on `train_images` images in batches of `batch`. `epochs` > 0 fixes the epochs."""
+    if recipe not in RECIPES:
+        raise ValueError(f"TRAIN_RECIPE must be one of {', '.join(RECIPES)}, got {recipe!r}")
+    if train_images < 1 or batch < 1:
+        raise ValueError(f"need at least one training image and a positive batch, got {train_images} and {batch}")
+    if recipe == ULTRALYTICS:
+        return Plan(epochs or ULTRALYTICS_EPOCHS)
+    labelled_batches = math.ceil(train_images / batch)
+    repeat = 1
+    while not epochs and math.ceil(train_images * repeat / batch) < EPOCH_BATCHES:
+        repeat += 1
+    per_epoch = math.ceil(train_images * repeat / batch)
+    if not epochs:
+        epochs = math.ceil(max(MIN_STEPS, MIN_EPOCHS * labelled_batches) / per_epoch)
+    return Plan(
+        epochs,
+        repeat,
+        {
+            "nbs": batch,  # an optimizer step after every batch: no accumulation towards 64 images
+            "warmup_epochs": WARMUP_STEPS / per_epoch,
+            "close_mosaic": max(1, round(CLOSE_MOSAIC_SHARE * epochs)),
+            "cache": "ram",  # a labelled set is small; decoding it once saves a third of the time
+        },
+    )
+
+
+def repeated_dataset(data_yaml: str | Path, repeat: int) -> Path:
+    """A data yaml beside `data_yaml` whose training split lists each image `repeat` times (itself when 1)."""
+    import yaml
+
+    data_yaml = Path(data_yaml)
+    if repeat == 1:
+        return data_yaml
+    spec = yaml.safe_load(data_yaml.read_text())
+    root = Path(spec.get("path") or data_yaml.parent).resolve()
+    images = sorted(p for p in (root / spec["train"]).iterdir() if p.is_file())  # absolute: ultralytics reads them as listed
+    listing = data_yaml.parent / "train-repeated.txt"
+    listing.write_text("".join(f"{image}\n" for image in images) * repeat)
+    out = data_yaml.parent / "data-repeated.yaml"
+    out.write_text(yaml.safe_dump(spec | {"train": str(listing)}, sort_keys=False))
+    return out

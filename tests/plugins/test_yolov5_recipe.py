@@ -1,0 +1,65 @@
+"""The small-data recipe: optimizer steps, not epochs, decide how long a fine-tune runs."""
+
+import math
+
+import pytest
+import yaml
+
+from label_studio_ale_plugins.yolov5.recipe import EPOCH_BATCHES, MIN_EPOCHS, MIN_STEPS, WARMUP_STEPS, plan, repeated_dataset
+
+
+@pytest.mark.parametrize("images, batch", [(3, 8), (19, 8), (38, 8), (77, 8), (500, 16), (5000, 16)])
+def test_small_data_steps_every_batch_for_min_steps_and_min_epochs(images, batch):
+    recipe = plan("small-data", images, batch)
+    per_epoch = math.ceil(images * recipe.repeat / batch)
+    steps = recipe.epochs * per_epoch
+    wanted = max(MIN_STEPS, MIN_EPOCHS * math.ceil(images / batch))
+    assert recipe.overrides["nbs"] == batch  # no gradient accumulation
+    assert wanted <= steps < wanted + per_epoch  # never a whole epoch more than needed
+    assert recipe.overrides["warmup_epochs"] * per_epoch == pytest.approx(WARMUP_STEPS)
+    assert 1 <= recipe.overrides["close_mosaic"] <= max(1, recipe.epochs // 5)
+    # a small set is repeated until an epoch has EPOCH_BATCHES batches; a large one is not
+    assert per_epoch >= EPOCH_BATCHES or recipe.repeat == 1
+    assert recipe.repeat == 1 or math.ceil(images * (recipe.repeat - 1) / batch) < EPOCH_BATCHES
+
+
+def test_a_few_dozen_images_get_the_same_steps():
+    """MIN_EPOCHS of 12, 24 or 48 images is fewer than MIN_STEPS steps: they all get MIN_STEPS."""
+    for images in (12, 24, 48):
+        recipe = plan("small-data", images, 8)
+        per_epoch = math.ceil(images * recipe.repeat / 8)
+        assert MIN_STEPS <= recipe.epochs * per_epoch < MIN_STEPS + per_epoch
+
+
+def test_train_epochs_fixes_the_epochs_and_ultralytics_keeps_its_defaults():
+    fixed = plan("small-data", 40, 8, epochs=7)
+    assert fixed.epochs == 7 and fixed.repeat == 1 and fixed.overrides["nbs"] == 8
+    assert plan("ultralytics", 40, 8) == plan("ultralytics", 40, 8, epochs=30)
+    assert plan("ultralytics", 40, 8, epochs=20).epochs == 20 and plan("ultralytics", 40, 8).overrides == {}
+    with pytest.raises(ValueError, match="TRAIN_RECIPE"):
+        plan("fast", 40, 8)
+    with pytest.raises(ValueError, match="at least one training image"):
+        plan("small-data", 0, 8)
+
+
+def test_the_repeated_dataset_lists_each_training_image_repeat_times(tmp_path):
+    for split, names in (("train", ["1.png", "2.png"]), ("val", ["3.png"])):
+        (tmp_path / "images" / split).mkdir(parents=True)
+        for name in names:
+            (tmp_path / "images" / split / name).write_bytes(b"png")
+    data_yaml = tmp_path / "data.yaml"
+    data_yaml.write_text(f"path: {tmp_path}\ntrain: images/train\nval: images/val\nnames:\n  0: bird\n")
+    assert repeated_dataset(data_yaml, 1) == data_yaml
+    spec = yaml.safe_load(repeated_dataset(data_yaml, 3).read_text())
+    assert spec["val"] == "images/val" and spec["names"] == {0: "bird"} and spec["path"] == str(tmp_path)
+    listed = (tmp_path / "train-repeated.txt").read_text().splitlines()
+    assert sorted(listed) == sorted([str(tmp_path / "images" / "train" / n) for n in ("1.png", "2.png")] * 3)
+
+
+def test_the_repeated_listing_holds_absolute_paths_for_a_relative_dataset(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ds" / "images" / "train").mkdir(parents=True)
+    (tmp_path / "ds" / "images" / "train" / "1.png").write_bytes(b"png")
+    (tmp_path / "ds" / "data.yaml").write_text("path: ds\ntrain: images/train\nval: images/train\nnames:\n  0: bird\n")
+    repeated_dataset(tmp_path / "ds" / "data.yaml", 2)
+    assert (tmp_path / "ds" / "train-repeated.txt").read_text().splitlines() == [str(tmp_path / "ds" / "images" / "train" / "1.png")] * 2
