@@ -60,7 +60,7 @@ def wait_job(jobs, job_id, timeout=JOB_TIMEOUT):
 
 
 def test_a_promotion_between_prediction_and_scoring_waits_for_the_next_sync(ls_sdk, env, worker, jobs, model_dir):
-    project, train, val, scenes = create_split_project(ls_sdk, "promotion mid-sync", 10, 2, 93_000, **SCENE)
+    project, train, val, scenes = create_split_project(ls_sdk, "promotion mid-sync", 10, 2, 93_000, spare=6, **SCENE)
     labelled = set(train + val)
     for task_id in labelled:
         annotate(ls_sdk, task_id, scenes[task_id])

@@ -73,9 +73,27 @@ def run_worker(env: dict[str, str], workdir: Path, queues: str = "predict,sync")
         start_new_session=True,
     )
     try:
-        time.sleep(0.5)
-        if process.poll() is not None:
-            raise RuntimeError(f"worker exited at start: {log.read_text()[-2000:]}")
+        _wait_until_registered(process, env["REDIS_URL"], log)
         yield process
     finally:
         stop_process(process)
+
+
+#: A worker imports torch and its adapter before it registers with Redis.
+WORKER_START_TIMEOUT = 120
+
+
+def _wait_until_registered(process: subprocess.Popen, redis_url: str, log: Path) -> None:
+    """Until the worker has registered with Redis: a test may stop Redis next, and a worker that
+    cannot register at start exits (rq), where one that has registered waits for Redis to return."""
+    from redis import Redis
+    from rq import Worker
+
+    connection = Redis.from_url(redis_url)
+    deadline = time.monotonic() + WORKER_START_TIMEOUT
+    while not any(worker.pid == process.pid for worker in Worker.all(connection=connection)):
+        if process.poll() is not None:
+            raise RuntimeError(f"worker exited at start: {log.read_text()[-2000:]}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"worker did not register with Redis in {WORKER_START_TIMEOUT} s: {log.read_text()[-2000:]}")
+        time.sleep(0.2)

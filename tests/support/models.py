@@ -27,9 +27,10 @@ def train_tiny_detector(workdir: Path) -> Path:
     return train_yolo(data / "data.yaml", "yolov5n.yaml", workdir / "run", epochs=EPOCHS, image_size=IMAGE_SIZE, batch=8)
 
 
-def train_family_checkpoint(workdir: Path, model_yaml: str, epochs: int = 10, images: int = 32) -> Path:
+def train_family_checkpoint(workdir: Path, model_yaml: str, images: int = 32) -> Path:
     """A small bird/nest checkpoint of an ultralytics family (yolov5n.yaml, yolov8n.yaml, yolo11n.yaml), built from its yaml."""
     from label_studio_ale_plugins.yolov5 import train_yolo
+    from label_studio_ale_plugins.yolov5.recipe import SMALL_DATA, plan, repeated_dataset
 
     data = workdir / "data"
     if not (data / "data.yaml").is_file():
@@ -37,7 +38,11 @@ def train_family_checkpoint(workdir: Path, model_yaml: str, epochs: int = 10, im
         write_yolo_dataset(data, [make_scene(8_000 + i) for i in range(4)], CLASSES, "val")
         names = "".join(f"  {i}: {name}\n" for i, name in enumerate(CLASSES))
         (data / "data.yaml").write_text(f"path: {data}\ntrain: images/train\nval: images/val\nnames:\n{names}")
-    return train_yolo(data / "data.yaml", model_yaml, workdir / Path(model_yaml).stem, epochs=epochs, image_size=IMAGE_SIZE, batch=8)
+    # The small-data recipe: a few hundred optimizer steps, where ultralytics' defaults would take ~5 on 32 images.
+    recipe = plan(SMALL_DATA, images, batch=8)
+    data_yaml = repeated_dataset(data / "data.yaml", recipe.repeat)
+    out = workdir / Path(model_yaml).stem
+    return train_yolo(data_yaml, model_yaml, out, epochs=recipe.epochs, image_size=IMAGE_SIZE, batch=8, overrides=recipe.overrides)
 
 
 def assert_same_as_ultralytics(adapter, images) -> int:

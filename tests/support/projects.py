@@ -27,8 +27,9 @@ def create_project(ls, seeds, title: str, label_config: str = LABEL_CONFIG, **sc
     return project.id, task_ids
 
 
-def create_split_project(ls, title: str, n_train: int, n_val: int, first_seed: int, **scene_options):
-    """A project with at least `n_train` training and `n_val` validation tasks (by the training split).
+def create_split_project(ls, title: str, n_train: int, n_val: int, first_seed: int, *, spare: int = 0, **scene_options):
+    """A project with at least `n_train` training and `n_val` validation tasks (by the training split),
+    and at least `spare` tasks beyond those.
 
     Which task lands in validation depends on its id, so images are uploaded
     until both counts are reached. -> (project id, train task ids, val task ids, {task id: Scene}).
@@ -42,7 +43,7 @@ def create_split_project(ls, title: str, n_train: int, n_val: int, first_seed: i
     for _ in range(50):
         val = [t for t in scenes if is_validation(t)]
         train = [t for t in scenes if not is_validation(t)]
-        if len(train) >= n_train and len(val) >= n_val:
+        if len(train) >= n_train and len(val) >= n_val and len(scenes) >= n_train + n_val + spare:
             return project, train[:n_train], val[:n_val], scenes
         batch = list(range(next_seed, next_seed + 10))
         next_seed += 10
