@@ -23,7 +23,7 @@ on the labelled images alone, the same number of steps. Reported as the gain
 of pseudo-labels over the control.
 
 Usage: python benchmarks/finetune_recipe.py [--recipes small-data,ultralytics] [--sizes 12,24,48,96]
-           [--seeds 0,1,2] [--pseudo-labels] [--out docs/benchmarks/finetune]
+           [--seeds 0,1,2] [--pseudo-labels] [--out docs/benchmarks/finetune] [--resume]
 """
 
 from __future__ import annotations
@@ -61,6 +61,9 @@ def main() -> int:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "finetune"))
     parser.add_argument("--cache", default=None, help="ale bench al's cache (default: its own)")
     parser.add_argument(
+        "--resume", action="store_true", help="keep the runs already in --out's results.json (same base model) and add the missing ones"
+    )
+    parser.add_argument(
         "--base-model", help="start every fine-tune from this instead of the cached base model, e.g. yolov5n.yaml: from scratch"
     )
     args = parser.parse_args()
@@ -96,6 +99,7 @@ def main() -> int:
         "runs": [],
         "pseudo_labels": [],
     }
+    done = _earlier_results(out / "results.json", results["base_model"]) if args.resume else {"runs": [], "pseudo_labels": []}
     with tempfile.TemporaryDirectory(prefix="finetune-", dir=out) as work:
         for seed in seeds:
             order = [int(i) for i in np.random.default_rng(seed).permutation(len(data.pool))]
@@ -105,12 +109,22 @@ def main() -> int:
             for recipe in recipes:
                 epochs = BASELINE_EPOCHS if recipe == BASELINE else 0
                 for n in sizes:
+                    if earlier := [r for r in done["runs"] if (r["recipe"], r["seed"], r["images"]) == (recipe, seed, n)]:
+                        results["runs"].append(earlier[0])
+                        continue
                     record = _fine_tune(settings.replace(train_recipe=recipe, train_epochs=epochs), data, new_class, order[:n], Path(work), seed)
                     results["runs"].append({"recipe": recipe, "seed": seed, **record})
                     _log(f"seed {seed} {recipe:<12} {n:>4} images: mAP50 {record['map50']:.3f}, new class AP50 {record['new_class_ap50']:.3f} ({record['seconds']:.0f} s)")
                     _write(out / "results.json", results)
             if args.pseudo_labels:
                 for n in sorted(int(x) for x in args.pseudo_sizes.split(",")):
+                    if earlier := [
+                        r
+                        for r in done["pseudo_labels"]
+                        if (r["seed"], r["images"], r["threshold"]) == (seed, n, args.pseudo_threshold) and "control_steps" in r
+                    ]:
+                        results["pseudo_labels"].append(earlier[0])
+                        continue
                     record = _pseudo_label_experiment(settings, data, new_class, order, n, args.pseudo_threshold, Path(work), seed)
                     results["pseudo_labels"].append({"seed": seed, **record})
                     _log(f"seed {seed} pseudo-labels {n:>4} images: control {record['control_map50']:.3f}, pseudo {record['pseudo_map50']:.3f}")
@@ -158,8 +172,9 @@ def _pseudo_label_experiment(settings, data, new_class: str, order: list[int], n
     from label_studio_ale.model_store import ModelStore
     from label_studio_ale.predictor import Predictor
     from label_studio_ale.training import is_validation
+    from label_studio_ale_plugins.yolov5.recipe import SMALL_DATA, plan
 
-    settings = settings.replace(train_recipe="small-data", train_epochs=0)
+    settings = settings.replace(train_recipe=SMALL_DATA, train_epochs=0)
     labelled, unlabeled = order[:n], order[n:]
     first = ModelStore(work / f"pseudo-{seed}-{n}" / "first", 0)
     train_labelled(settings, first, data, labelled, work / "train", seed)
@@ -175,17 +190,20 @@ def _pseudo_label_experiment(settings, data, new_class: str, order: list[int], n
             pseudo_boxes += len(shown)
     with_pseudo = BenchData(data.names, pool, data.evaluation, data.description)
     results = {}
-    # the control first: the pseudo-labelled run gets the same number of optimizer steps over its larger set
-    steps = None
-    for name, source, images in (("control", data, labelled), ("pseudo", with_pseudo, order)):
+    # The control takes the recipe's steps on the labelled images (listed `repeat` times per epoch); the
+    # pseudo-labelled run the same number of steps over its larger set, listed once.
+    train_count = sum(not is_validation(i + 1) for i in labelled)
+    recipe = plan(SMALL_DATA, train_count, settings.train_batch)
+    steps = recipe.epochs * math.ceil(train_count * recipe.repeat / settings.train_batch)
+    pseudo_per_epoch = math.ceil(sum(not is_validation(i + 1) for i in order) / settings.train_batch)
+    pseudo_epochs = max(1, round(steps / pseudo_per_epoch))
+    for name, source, images, epochs in (("control", data, labelled, 0), ("pseudo", with_pseudo, order, pseudo_epochs)):
         store = ModelStore(work / f"pseudo-{seed}-{n}" / name, 0)
         shutil.copytree(first.dir, store.dir, dirs_exist_ok=True)
-        per_epoch = math.ceil(sum(not is_validation(i + 1) for i in images) / settings.train_batch)
-        epochs = 0 if steps is None else max(1, round(steps / per_epoch))
         train_labelled(settings.replace(train_epochs=epochs), store, source, images, work / "train", seed)
-        steps = steps or store.current().manifest["epochs"] * per_epoch
         results[f"{name}_map50"] = evaluate_served(settings, store, data)["map50"]
-    results["steps"] = steps
+    results["control_steps"] = steps
+    results["pseudo_steps"] = pseudo_epochs * pseudo_per_epoch
     shutil.rmtree(work / f"pseudo-{seed}-{n}", ignore_errors=True)
     return {"images": n, "pseudo_images": len(unlabeled), "pseudo_boxes": pseudo_boxes, "threshold": threshold, **results}
 
@@ -236,6 +254,17 @@ def report(results: dict) -> str:
             f"± {100 * _sd(gains):.1f} pp over {len(gains)} runs ({each})"
         )
     return "\n".join(lines)
+
+
+def _earlier_results(path: Path, base_model: str) -> dict:
+    """The runs of an earlier, interrupted run into the same folder; none when its base model differs."""
+    if not path.is_file():
+        return {"runs": [], "pseudo_labels": []}
+    earlier = json.loads(path.read_text())
+    if earlier.get("base_model") != base_model:
+        _log(f"--resume: {path} was measured from another base model ({earlier.get('base_model')}); starting over")
+        return {"runs": [], "pseudo_labels": []}
+    return earlier
 
 
 def _mean(values) -> float:

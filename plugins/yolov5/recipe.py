@@ -10,7 +10,7 @@ optimizer steps rather than epochs:
 
     steps = max(MIN_STEPS, MIN_EPOCHS x batches in the labelled set)
 
-so a dozen images get as many steps as a hundred, and a larger project still
+so a dozen images get as many steps as fifty, and a larger project still
 sees every image MIN_EPOCHS times. A small set is listed several times per
 epoch (an epoch of at least EPOCH_BATCHES batches): the same steps in fewer,
 longer epochs, which saves ultralytics' fixed cost per epoch. The warmup is
