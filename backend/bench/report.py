@@ -2,7 +2,9 @@
 
 Gains are measured per seed against the random policy of the same seed (same
 initial set, same initial model), then averaged over seeds; they are given in
-percentage points of mAP50, as in the ALE paper's tables.
+percentage points of mAP50, as in the ALE paper's tables. The cost side: the
+images and boxes each policy's mean curve needs to reach random's final mean
+mAP50, against what random labelled for it.
 """
 
 from __future__ import annotations
@@ -44,8 +46,45 @@ def summarise(results: dict, metric: str = METRIC) -> dict:
             row["new_class_objects"] = float(
                 np.mean([by_key[(name, s)]["cycles"][cycles - 1]["labelled_objects"][results["dataset"]["new_class"]] for s in seeds])
             )
+        row["objects_curve"] = np.mean(
+            [[sum(c["labelled_objects"].values()) for c in by_key[(name, s)]["cycles"][:cycles]] for s in seeds], axis=0
+        ).tolist()
         summary["policies"][name] = row
+    _add_cost_to_reach_random(summary)
     return summary
+
+
+def labelled_to_reach(labelled: list[float], curve: list[float], target: float) -> float | None:
+    """Where the (labelled, curve) polyline first reaches `target`, interpolated linearly; None if it never does.
+
+    labelled, curve: (cycles,), labelled increasing.
+    """
+    for i, value in enumerate(curve):
+        if value >= target:
+            if i == 0:
+                return float(labelled[0])
+            x0, x1, y0, y1 = labelled[i - 1], labelled[i], curve[i - 1], curve[i]
+            return float(x0 + (target - y0) * (x1 - x0) / (y1 - y0))
+    return None
+
+
+def _add_cost_to_reach_random(summary: dict) -> None:
+    """Per policy: images and boxes labelled (mean curves) to reach random's final mean metric, and the saving.
+
+    A saving of 0.27 is 27 % fewer than random needed; negative: more.
+    """
+    random = summary["policies"].get(BASELINE_POLICY)
+    if random is None or len(summary["labelled"]) < 2:
+        return
+    target = random["mean"][-1]
+    random_cost = {"images": summary["labelled"][-1], "boxes": random["objects_curve"][-1]}
+    for row in summary["policies"].values():
+        reach = {}
+        for unit, xs in (("images", summary["labelled"]), ("boxes", row["objects_curve"])):
+            needed = labelled_to_reach(xs, row["mean"], target)
+            saving = None if needed is None or not random_cost[unit] else 1 - needed / random_cost[unit]
+            reach[unit] = {"needed": needed, "saving": saving}
+        row["to_reach_random"] = {"target": target, **reach}
 
 
 def _sd(values: np.ndarray) -> np.ndarray:
@@ -64,6 +103,9 @@ def markdown_table(summary: dict) -> str:
     header = ["policy"] + [f"{n} img" for n in labelled] + ["gain, last (pp)", "gain, mean (pp)", "boxes labelled"]
     if has_new:
         header += ["new class AP50", "new-class boxes"]
+    has_reach = any("to_reach_random" in row for row in summary["policies"].values())
+    if has_reach:
+        header += ["images to random's last", "boxes to random's last"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
 
     def order(item):
@@ -80,8 +122,20 @@ def markdown_table(summary: dict) -> str:
         cells.append(f"{row['labelled_objects']:.0f}")
         if has_new:
             cells += [f"{row.get('new_class_ap50', 0):.3f}", f"{row.get('new_class_objects', 0):.1f}"]
+        if has_reach:
+            reach = row.get("to_reach_random", {})
+            own = name == BASELINE_POLICY  # random's own cost: nothing to compare with
+            cells += [_reach_cell(reach.get("images"), own), _reach_cell(reach.get("boxes"), own)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _reach_cell(reach: dict | None, baseline: bool = False) -> str:
+    """'70 (-27 %)': labelled to reach random's final metric, and how many fewer than random needed."""
+    if not reach or reach["needed"] is None:
+        return "not reached"
+    saving = "" if reach["saving"] is None or baseline else f" ({-100 * reach['saving']:+.0f} %)"
+    return f"{reach['needed']:.0f}{saving}"
 
 
 def plot(summary: dict, results: dict, path: str | Path) -> Path:

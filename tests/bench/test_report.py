@@ -63,3 +63,28 @@ def test_one_seed_shows_no_spread():
     lines = markdown_table(summarise(one_seed)).splitlines()
     assert lines[2].startswith("| ale-entropy-sum | 0.300 | 0.450 | 0.600 | +10.0 | +7.5 |")
     assert "±" not in "\n".join(lines)
+
+
+def test_images_and_boxes_to_reach_randoms_final_map_come_from_the_mean_curves():
+    summary = summarise(RESULTS)
+    # random's final mean is 0.45 at 20 images; ale's mean curve 0.25, 0.375, 0.52 crosses it between 15 and 20 images
+    ale = summary["policies"]["ale-entropy-sum"]["to_reach_random"]
+    assert ale["target"] == pytest.approx(0.45)
+    assert ale["images"]["needed"] == pytest.approx(15 + 5 * (0.45 - 0.375) / (0.52 - 0.375))
+    assert ale["images"]["saving"] == pytest.approx(1 - ale["images"]["needed"] / 20)
+    # boxes: 4 per cycle in the fixture (3 old + 1 new), so the same crossing at 4 + 4 * 0.517 boxes, of random's 8
+    assert ale["boxes"]["needed"] == pytest.approx(4 + 4 * (0.45 - 0.375) / (0.52 - 0.375))
+    assert summary["policies"]["random"]["to_reach_random"]["images"] == {"needed": 20.0, "saving": pytest.approx(0.0)}
+    row = next(line for line in markdown_table(summary).splitlines() if line.startswith("| ale-entropy-sum"))
+    assert row.endswith(f"| {ale['images']['needed']:.0f} (-12 %) | {ale['boxes']['needed']:.0f} (-24 %) |")
+
+
+def test_a_policy_that_never_reaches_random_says_so():
+    from label_studio_ale.bench.report import labelled_to_reach
+
+    assert labelled_to_reach([10, 20, 30], [0.1, 0.2, 0.3], 0.35) is None
+    assert labelled_to_reach([10, 20, 30], [0.4, 0.5, 0.6], 0.35) == 10.0
+    results = {"dataset": {}, "runs": [_run("random", 0, [0.3, 0.5]), _run("lc-max", 0, [0.3, 0.4])]}
+    row = next(line for line in markdown_table(summarise(results)).splitlines() if line.startswith("| lc-max"))
+    assert row.endswith("| not reached | not reached |")
+    assert next(line for line in markdown_table(summarise(results)).splitlines() if line.startswith("| random")).endswith("| 15 | 4 |")
