@@ -195,7 +195,7 @@ def _need_redis(settings: Settings):
 def _worker(settings: Settings, args) -> int:
     from rq import Queue
 
-    from .worker import AleWorker
+    from .worker import AleWorker, wait_for_redis
 
     redis = _need_redis(settings)
     from .jobqueue import QUEUES, queue_name
@@ -208,6 +208,7 @@ def _worker(settings: Settings, args) -> int:
     queues = [Queue(queue_name(settings.adapter, kind), connection=redis) for kind in kinds]
     # A SimpleWorker runs jobs in this process: no fork after torch has started
     # its threads (a forked child would hang), and the model stays loaded.
+    wait_for_redis(redis)
     worker = AleWorker(queues, connection=redis)
     worker.work(burst=args.burst, with_scheduler=True)
     return 0

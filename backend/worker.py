@@ -11,12 +11,42 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
+from redis.exceptions import ConnectionError as RedisConnectionError
 from rq import SimpleWorker
 
 from .jobqueue import HEARTBEAT_INTERVAL, HEARTBEAT_TTL, JOB_TIMEOUT, alive_key, watched_key
 
 log = logging.getLogger(__name__)
+
+#: Seconds between tries, at most, while a starting worker waits for Redis (doubling from 1 s).
+REDIS_RETRY_MAX_WAIT = 30.0
+
+
+def wait_for_redis(connection, *, max_wait: float = REDIS_RETRY_MAX_WAIT, sleep=time.sleep) -> None:
+    """Block until Redis answers a ping.
+
+    rq registers a worker before its own reconnect loop starts, so a worker
+    started while Redis is away (a host reboot, compose starting services in
+    any order) would exit; it waits here instead, saying for what.
+    """
+    wait = 1.0
+    while True:
+        try:
+            connection.ping()
+            return
+        except RedisConnectionError as exc:
+            where = connection.connection_pool.connection_kwargs
+            log.warning(
+                "Redis at %s:%s is not reachable (%s); the worker starts when it is, next try in %.0f s",
+                where.get("host", "?"),
+                where.get("port", "?"),
+                exc,
+                wait,
+            )
+            sleep(wait)
+            wait = min(wait * 2, max_wait)
 
 
 class AleWorker(SimpleWorker):

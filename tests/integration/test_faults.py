@@ -58,6 +58,36 @@ def test_redis_down_predict_serves_webhooks_answer_503_and_jobs_resume(ls_sdk, l
     assert ls_sdk.projects.get(id=project).model_version.startswith("ale:")
 
 
+def test_a_worker_started_before_redis_waits_for_it_and_then_runs_jobs(ls_sdk, label_studio, trained_weights, own_redis, tmp_path):
+    from redis import Redis
+
+    from label_studio_ale.jobqueue import QUEUE_SYNC
+    from label_studio_ale.jobs import sync_priorities
+
+    project, _ = create_project(ls_sdk, range(81_000, 81_003), "worker before redis")
+    env = backend_env(label_studio, trained_weights, tmp_path / "models", own_redis)
+    own_redis.stop()
+    with run_worker(env, tmp_path, queues="predict,sync", registered=False) as worker:
+        log = next(tmp_path.glob("worker-*.log"))
+        deadline = time.monotonic() + 120
+        while "is not reachable" not in log.read_text():
+            assert worker.poll() is None, f"the worker exited while Redis was away: {log.read_text()[-2000:]}"
+            assert time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.5)
+        assert worker.poll() is None
+        assert f"Redis at 127.0.0.1:{own_redis.port} is not reachable" in log.read_text()
+
+        own_redis.restart()
+        jobs = RedisJobQueue(Redis.from_url(own_redis.url), "yolov5")
+        job_id = jobs.enqueue(QUEUE_SYNC, sync_priorities, project)
+        deadline = time.monotonic() + 180
+        while (info := jobs.info(job_id)).status != "finished":
+            assert info.status != "failed", info.error
+            assert time.monotonic() < deadline, f"the job did not run: {info.status}; worker log: {log.read_text()[-2000:]}"
+            time.sleep(0.5)
+    assert ls_sdk.projects.get(id=project).model_version.startswith("ale:")
+
+
 def test_a_worker_killed_mid_training_fails_the_job_and_a_new_press_trains(ls_sdk, label_studio, trained_weights, own_redis, tmp_path):
     import os
     import signal
