@@ -104,7 +104,7 @@ def test_a_promotion_between_prediction_and_scoring_waits_for_the_next_sync(ls_s
 
 
 def test_a_worse_model_is_not_promoted_and_versions_say_why(ls_sdk, env, worker, tmp_path):
-    project, train, val, scenes = create_split_project(ls_sdk, "worse model", 30, 10, 94_000, **SCENE)
+    project, train, val, scenes = create_split_project(ls_sdk, "worse model", 30, 10, 94_000, spare=5, **SCENE)
     for task_id in train + val:
         annotate(ls_sdk, task_id, scenes[task_id])
     with run_backend(env, tmp_path) as url:
