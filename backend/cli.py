@@ -206,9 +206,9 @@ def _worker(settings: Settings, args) -> int:
         raise SystemExit(f"--queues takes job kinds among {','.join(QUEUES)}, got {args.queues!r}")
     # The worker takes this stack's queues only (ADAPTER): jobs load its framework.
     queues = [Queue(queue_name(settings.adapter, kind), connection=redis) for kind in kinds]
+    wait_for_redis(redis)
     # A SimpleWorker runs jobs in this process: no fork after torch has started
     # its threads (a forked child would hang), and the model stays loaded.
-    wait_for_redis(redis)
     worker = AleWorker(queues, connection=redis)
     worker.work(burst=args.burst, with_scheduler=True)
     return 0

@@ -39,16 +39,16 @@ def summarise(results: dict, metric: str = METRIC) -> dict:
             gains = (mine - baseline)[:, 1:] * 100  # cycle 0 is the shared initial model
             row["gain_final"] = {"mean": float(gains[:, -1].mean()), "sd": float(_sd(gains[:, -1]))} if gains.size else None
             row["gain_mean"] = {"mean": float(gains.mean()), "sd": float(_sd(gains.mean(1)))} if gains.size else None
-        row["labelled_objects"] = float(np.mean([sum(by_key[(name, s)]["cycles"][cycles - 1]["labelled_objects"].values()) for s in seeds]))
+        row["objects_curve"] = np.mean(
+            [[sum(c["labelled_objects"].values()) for c in by_key[(name, s)]["cycles"][:cycles]] for s in seeds], axis=0
+        ).tolist()
+        row["labelled_objects"] = row["objects_curve"][-1]
         new_class = [by_key[(name, s)]["cycles"][cycles - 1].get("new_class_ap50") for s in seeds]
         if all(v is not None for v in new_class):
             row["new_class_ap50"] = float(np.mean(new_class))
             row["new_class_objects"] = float(
                 np.mean([by_key[(name, s)]["cycles"][cycles - 1]["labelled_objects"][results["dataset"]["new_class"]] for s in seeds])
             )
-        row["objects_curve"] = np.mean(
-            [[sum(c["labelled_objects"].values()) for c in by_key[(name, s)]["cycles"][:cycles]] for s in seeds], axis=0
-        ).tolist()
         summary["policies"][name] = row
     _add_cost_to_reach_random(summary)
     return summary
