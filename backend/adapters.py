@@ -21,6 +21,7 @@ from PIL import Image
 from .detections import Detections
 from .errors import AdapterError, PolicyError
 from .settings import Settings
+from .tiling import sliced
 
 ENTRY_POINT_GROUP = "label_studio_ale.adapters"
 
@@ -109,11 +110,15 @@ def check_adapter_settings(settings: Settings) -> None:
 
 
 def load_adapter(settings: Settings) -> Adapter:
-    """Load the adapter named by `settings.adapter` and build it from the settings."""
+    """Load the adapter named by `settings.adapter` and build it from the settings.
+
+    Large images are tiled (TILE_* settings) by a wrapper around it, so every
+    caller (serving, the pool, evaluation) predicts them the same way.
+    """
     adapter = adapter_class(settings).from_settings(settings)
     if not isinstance(adapter, Adapter):
         raise AdapterError(f"adapter {settings.adapter!r} does not provide classes, version and predict()")
-    return adapter
+    return sliced(adapter, settings.tiles(), settings.predict_batch_size)
 
 
 def adapter_class(settings: Settings):

@@ -222,8 +222,10 @@ def create_app(
         label_config = body.get("label_config") or label_configs.get(_project_id(body.get("project")) or "")
         if not label_config:
             raise PayloadError("'label_config' is missing: send the project's label config, or call /setup first")
-        adapter = _adapter(_project_id(body.get("project")))
-        outcome = Predictor(settings, adapter, fetcher).predict_tasks(tasks, label_config)
+        project = _project_id(body.get("project"))
+        adapter = _adapter(project)
+        owner = int(project) if project and project.isdigit() else None
+        outcome = Predictor(settings, adapter, fetcher, owner).predict_tasks(tasks, label_config)
         metrics.add(
             predict_requests=1,
             tasks_predicted=len(tasks) - len(outcome.failures),

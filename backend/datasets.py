@@ -235,13 +235,21 @@ def _image_size(path: Path) -> tuple[int, int]:
         return image.size
 
 
-def predict_items(adapter, items: list[LabelledImage], batch_size: int) -> list:
-    """Run `adapter` over the images of `items`, `batch_size` at a time. -> one Detections per item."""
+def predict_items(adapter, items: list[LabelledImage], batch_size: int, max_pixels: int | None = None) -> list:
+    """Run `adapter` over the images of `items`, `batch_size` at a time. -> one Detections per item.
+
+    max_pixels: a batch closes early once its decoded images reach this many pixels (large frames).
+    """
     predictions = []
-    for start in range(0, len(items), batch_size):
-        images = []
-        for item in items[start : start + batch_size]:
-            with Image.open(item.path) as image:
-                images.append(image.convert("RGB"))
+    images: list[Image.Image] = []
+    pixels = 0
+    for item in items:
+        with Image.open(item.path) as image:
+            images.append(image.convert("RGB"))
+        pixels += images[-1].width * images[-1].height
+        if len(images) >= batch_size or (max_pixels is not None and pixels >= max_pixels):
+            predictions.extend(adapter.predict(images))
+            images, pixels = [], 0
+    if images:
         predictions.extend(adapter.predict(images))
     return predictions

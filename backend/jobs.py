@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 SYNC_VERSION_PREFIX = "ale:"
 #: The order a sync writes while the serving model is untrained (see ranking.spread_order).
 SPREAD_POLICY = "spread (untrained model: farthest-first on image hashes)"
-PREDICT_CHUNK = 64  # images fetched and predicted per step (bounds memory)
+PREDICT_CHUNK = 64  # at most this many images per step (PREDICT_CHUNK_PIXELS bounds their pixels)
 
 Progress = Callable[[str, int, int], None]
 
@@ -58,24 +58,27 @@ def _predict_missing(rt: Runtime, project: int, config, tasks: list[TaskRef], pr
     key = raw_output_key(adapter.version, rt.settings)
     stored = rt.store.get_many(project, key, [t.id for t in tasks])
     missing = [t for t in tasks if t.id not in stored or stored[t.id].error is not None]
-    predictor = Predictor(rt.settings, adapter, MediaFetcher(rt.settings, rt.ls))
+    predictor = Predictor(rt.settings, adapter, MediaFetcher(rt.settings, rt.ls), project)
     failed = 0
     progress("predict", 0, len(missing))
-    for start in range(0, len(missing), PREDICT_CHUNK):
-        chunk = missing[start : start + PREDICT_CHUNK]
-        images, errors = predictor.fetch_images([{"id": t.id, "data": t.data} for t in chunk], config)
-        ready = [i for i in range(len(chunk)) if images[i] is not None]
-        found = dict(zip(ready, predictor.raw([images[i] for i in ready])))
+    done = 0
+    refs = [{"id": t.id, "data": t.data} for t in missing]
+    for chunk in predictor.image_chunks(refs, config, rt.settings.predict_chunk_pixels, PREDICT_CHUNK):
+        ready = chunk.ready()
+        found = dict(zip(ready, predictor.raw([chunk.images[i] for i in ready])))
         items = []
-        for i, task in enumerate(chunk):
-            if i in errors:
+        for i, image in enumerate(chunk.images):
+            task = missing[chunk.start + i]
+            if image is None:
                 failed += 1
-                log.warning("project %s task %s: not predicted: %s", project, task.id, errors[i])
-                items.append(StoredDetections(task.id, None, None, errors[i]))
+                reason = chunk.errors[chunk.start + i]
+                log.warning("project %s task %s: not predicted: %s", project, task.id, reason)
+                items.append(StoredDetections(task.id, None, None, reason))
             else:
-                items.append(StoredDetections(task.id, found[i], average_hash(images[i]), None))
+                items.append(StoredDetections(task.id, found[i], average_hash(image), None))
         rt.store.put_many(project, key, items)
-        progress("predict", min(start + PREDICT_CHUNK, len(missing)), len(missing))
+        done += len(chunk.images)
+        progress("predict", done, len(missing))
     return {"model_version": adapter.version, "tasks": len(tasks), "predicted": len(missing) - failed, "failed": failed}
 
 

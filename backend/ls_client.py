@@ -6,11 +6,15 @@ exchanged for short-lived access tokens) and a legacy `Token` key.
 
 from __future__ import annotations
 
+import base64
+import logging
 from dataclasses import dataclass
 from typing import Iterator
 from urllib.parse import urlsplit
 
 from .errors import AleError, MediaError
+
+log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 30.0
 DELETE_TIMEOUT = 900.0
@@ -165,6 +169,47 @@ class LabelStudioClient:
         if response.status_code >= 300:
             raise LabelStudioError(f"Label Studio could not {action}: {response.status_code} {response.text[:300]}")
 
+    def resolve(self, task_id: int, uri: str, max_bytes: int, timeout: float) -> bytes | str:
+        """A cloud-storage URI (s3://bucket/key) of a task, through LS's own resolver, as LS's frontend reads it.
+
+        -> the bytes when LS proxies them, or the presigned URL LS redirects to
+        (not followed here: the caller decides whether to trust its host).
+        """
+        fileuri = base64.urlsafe_b64encode(uri.encode()).decode()
+        url = f"{self.url}/tasks/{int(task_id)}/resolve/?fileuri={fileuri}"
+        raw = self._http().httpx_client  # the SDK's client follows redirects; this call must not
+        try:
+            headers = self.sdk._client_wrapper.get_headers()
+            with raw.stream("GET", url, headers=headers, follow_redirects=False, timeout=timeout) as response:
+                if response.is_redirect and response.headers.get("location"):
+                    return response.headers["location"]
+                if response.status_code != 200:
+                    response.read()
+                    raise MediaError(
+                        f"Label Studio could not read {uri[:120]} for task {task_id} from its cloud storage "
+                        f"(answered {response.status_code}: {response.text[:200].strip()}): check that the key still exists "
+                        "and that the storage's credentials can read it (Project settings -> Cloud Storage)"
+                    )
+                return read_limited(response.iter_bytes(), max_bytes, response.headers.get("content-length"))
+        except MediaError:
+            raise
+        except Exception as exc:  # httpx transport errors, token refresh failures
+            raise MediaError(f"cannot resolve {uri[:120]} for task {task_id} through Label Studio: {type(exc).__name__}: {exc}") from None
+
+    def storages(self, project_id: int) -> list[dict]:
+        """The project's import storages (S3, GCS, Azure) as dicts with a `type`: the settings that name their hosts."""
+        found = []
+        for kind, api in (("s3", self.sdk.import_storage.s3), ("gcs", self.sdk.import_storage.gcs), ("azure", self.sdk.import_storage.azure)):
+            try:
+                items = api.list(project=project_id)
+            except Exception as exc:  # an LS edition without this storage kind
+                log.debug("project %s: %s storages not listed: %s", project_id, kind, exc)
+                continue
+            for item in items or []:
+                data = item.dict() if hasattr(item, "dict") else dict(item)
+                found.append({**data, "type": kind})
+        return found
+
     def download(self, path_and_query: str, max_bytes: int, timeout: float) -> bytes:
         """GET a file LS serves (e.g. /data/upload/1/x.png), authenticated, at most `max_bytes`."""
         http = self._http()
@@ -183,6 +228,27 @@ class LabelStudioClient:
             raise
         except Exception as exc:  # httpx transport errors, token refresh failures
             raise MediaError(f"cannot download {path_and_query} from Label Studio: {type(exc).__name__}: {exc}") from None
+
+
+#: URI schemes of Label Studio's cloud storages: LS resolves them for a task (io_storages/proxy_api.py).
+STORAGE_SCHEMES = ("s3", "gs", "azure-blob", "azure-spi")
+
+
+def storage_hosts_of(storages: list[dict]) -> set[str]:
+    """Hosts that the presigned URLs of these storages point to (lower-case; a leading '.' is a suffix)."""
+    hosts: set[str] = set()
+    for storage in storages:
+        kind = storage.get("type")
+        if kind == "s3":
+            endpoint = storage.get("s3_endpoint") or ""
+            hosts.add((urlsplit(endpoint).hostname or "").lower() if endpoint else ".amazonaws.com")
+        elif kind == "gcs":
+            hosts.add("storage.googleapis.com")
+        elif kind == "azure":
+            account = (storage.get("account_name") or "").lower()
+            hosts.add(f"{account}.blob.core.windows.net" if account else ".blob.core.windows.net")
+    hosts.discard("")
+    return hosts
 
 
 #: LS refuses an import of more files than DATA_UPLOAD_MAX_NUMBER_FILES (100 by default) in one request.

@@ -1,8 +1,13 @@
 """Fetching and decoding task images, with an allow-list and size limits.
 
-Three sources are accepted:
+Four sources are accepted:
 - paths Label Studio serves (`/data/upload/...`, `/data/local-files/?d=...`),
   relative or on LS's own host: fetched through the LS client, authenticated;
+- cloud-storage URIs (`s3://`, `gs://`, `azure-blob://`) of tasks imported
+  from an LS cloud storage: resolved through LS, as its own frontend does. LS
+  either proxies the bytes or redirects to a presigned URL; that redirect is
+  followed once, and only to a host of the project's storages (or of
+  ALLOWED_MEDIA_HOSTS), without credentials;
 - http(s) URLs whose host is in ALLOWED_MEDIA_HOSTS: fetched without credentials;
 - nothing else (other hosts, other schemes): refused, so a task cannot make the
   backend call arbitrary addresses.
@@ -11,6 +16,8 @@ Three sources are accepted:
 from __future__ import annotations
 
 import io
+import threading
+import time
 import warnings
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -18,10 +25,12 @@ import httpx
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import MediaError
-from .ls_client import LabelStudioClient, read_limited
+from .ls_client import STORAGE_SCHEMES, LabelStudioClient, read_limited, storage_hosts_of
 from .settings import Settings
 
 LS_MEDIA_PREFIX = "/data/"
+#: How long a project's storage hosts are trusted before they are listed again.
+STORAGE_HOSTS_TTL = 300.0
 
 
 class MediaFetcher:
@@ -32,18 +41,24 @@ class MediaFetcher:
         self.ls_client = ls_client
         self.ls_netloc = urlsplit(settings.label_studio_url).netloc.lower()
         self._http = httpx.Client(follow_redirects=False, timeout=settings.fetch_timeout)
+        self._storage_hosts: dict[int, tuple[float, set[str]]] = {}
+        self._hosts_lock = threading.Lock()
 
-    def fetch(self, url: str) -> Image.Image:
-        return decode_image(self.fetch_bytes(url), self.settings.max_image_pixels)
+    def fetch(self, url: str, task_id: int | None = None, project: int | None = None) -> Image.Image:
+        """`task_id` and `project` are needed for cloud-storage URIs only (LS resolves them per task)."""
+        return decode_image(self.fetch_bytes(url, task_id, project), self.settings.max_image_pixels)
 
-    def fetch_bytes(self, url: str) -> bytes:
+    def fetch_bytes(self, url: str, task_id: int | None = None, project: int | None = None) -> bytes:
         split = urlsplit(url)
         if not split.scheme and not split.netloc:
             return self._from_label_studio(url)
+        if split.scheme.lower() in STORAGE_SCHEMES:
+            return self._from_storage(url, task_id, project)
         if split.scheme not in ("http", "https"):
             raise MediaError(
                 f"unsupported image URL scheme '{split.scheme}:' in {url[:80]!r}: import the image into "
-                "Label Studio, or serve it over http(s) from a host in ALLOWED_MEDIA_HOSTS"
+                "Label Studio, connect its bucket as a Label Studio cloud storage, or serve it over http(s) "
+                "from a host in ALLOWED_MEDIA_HOSTS"
             )
         host = (split.hostname or "").lower()
         if split.netloc.lower() == self.ls_netloc:
@@ -63,16 +78,59 @@ class MediaFetcher:
             raise MediaError("LABEL_STUDIO_API_KEY is not set, so images stored in Label Studio cannot be read")
         return self.ls_client.download(path, self.settings.max_image_bytes, self.settings.fetch_timeout)
 
-    def _from_allowed_host(self, url: str) -> bytes:
+    def _from_storage(self, uri: str, task_id: int | None, project: int | None) -> bytes:
+        if self.ls_client is None:
+            raise MediaError(f"LABEL_STUDIO_API_KEY is not set, so {uri[:80]} cannot be resolved through Label Studio")
+        if task_id is None:
+            raise MediaError(f"{uri[:80]} is a cloud-storage URI: Label Studio resolves it only for a task, and no task id came with it")
+        resolved = self.ls_client.resolve(task_id, uri, self.settings.max_image_bytes, self.settings.fetch_timeout)
+        if isinstance(resolved, bytes):
+            return resolved
+        host = (urlsplit(resolved).hostname or "").lower()
+        if urlsplit(resolved).scheme not in ("http", "https") or not self._is_storage_host(host, project):
+            raise MediaError(
+                f"Label Studio redirected {uri[:80]} (task {task_id}) to host '{host}', which is not the endpoint of "
+                f"any cloud storage of project {project}: add it to ALLOWED_MEDIA_HOSTS if it is the bucket's presigned host, "
+                "or turn off 'Use pre-signed URLs' on the storage so Label Studio proxies the bytes"
+            )
+        try:
+            return self._from_allowed_host(resolved, what=f"the presigned URL of {uri[:80]} (task {task_id})")
+        except MediaError as exc:
+            raise MediaError(f"{exc}; if the URL expired, raise the storage's presign TTL in Label Studio") from None
+
+    def _is_storage_host(self, host: str, project: int | None) -> bool:
+        if host in self.settings.allowed_media_hosts:
+            return True
+        if project is None:
+            return False
+        for refresh in (False, True):  # a storage added since the last listing is found on a second look
+            hosts = self._hosts_for(project, refresh)
+            if host in hosts or any(h.startswith(".") and host.endswith(h) for h in hosts):
+                return True
+        return False
+
+    def _hosts_for(self, project: int, refresh: bool) -> set[str]:
+        with self._hosts_lock:
+            listed, hosts = self._storage_hosts.get(project, (0.0, set()))
+            if refresh or time.monotonic() - listed > STORAGE_HOSTS_TTL:
+                try:
+                    hosts = storage_hosts_of(self.ls_client.storages(project))
+                except Exception as exc:
+                    raise MediaError(f"cannot list the cloud storages of project {project} in Label Studio: {type(exc).__name__}: {exc}") from None
+                self._storage_hosts[project] = (time.monotonic(), hosts)
+            return hosts
+
+    def _from_allowed_host(self, url: str, what: str | None = None) -> bytes:
+        what = what or url[:80]
         try:
             with self._http.stream("GET", url) as response:
                 if response.is_redirect:
-                    raise MediaError(f"{url[:80]} redirects; redirects are not followed, use the final URL")
+                    raise MediaError(f"{what} redirects; redirects are not followed, use the final URL")
                 if response.status_code != 200:
-                    raise MediaError(f"{url[:80]} answered {response.status_code}")
+                    raise MediaError(f"{what} answered {response.status_code}")
                 return read_limited(response.iter_bytes(), self.settings.max_image_bytes, response.headers.get("content-length"))
         except httpx.HTTPError as exc:
-            raise MediaError(f"cannot download {url[:80]}: {type(exc).__name__}: {exc}") from None
+            raise MediaError(f"cannot download {what}: {type(exc).__name__}: {exc}") from None
 
 
 def _refuse_traversal(path: str) -> None:
@@ -85,6 +143,9 @@ def _refuse_traversal(path: str) -> None:
 
 def decode_image(data: bytes, max_pixels: int) -> Image.Image:
     """Decode bytes to an RGB image, refusing more than `max_pixels` before decoding pixels."""
+    if max_pixels > (Image.MAX_IMAGE_PIXELS or 0):
+        # Pillow's own bomb guard (89 MP) would refuse what MAX_IMAGE_PIXELS allows; ours is checked below instead.
+        Image.MAX_IMAGE_PIXELS = max_pixels
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

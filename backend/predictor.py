@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,11 +42,37 @@ class PredictOutcome:
     seconds: float = 0.0
 
 
+@dataclass
+class ImageChunk:
+    """Consecutive tasks from position `start`: their images (None where it failed) and {position: reason}."""
+
+    start: int
+    images: list[Image.Image | None] = field(default_factory=list)
+    errors: dict[int, str] = field(default_factory=dict)
+    pixels: int = 0
+
+    def add(self, loaded: Image.Image | str) -> None:
+        if isinstance(loaded, str):
+            self.errors[self.start + len(self.images)] = loaded
+            self.images.append(None)
+        else:
+            self.images.append(loaded)
+            self.pixels += loaded.width * loaded.height
+
+    def full(self, max_pixels: int | None, max_images: int | None) -> bool:
+        return (max_pixels is not None and self.pixels >= max_pixels) or (max_images is not None and len(self.images) >= max_images)
+
+    def ready(self) -> list[int]:
+        """Positions within the chunk whose image was fetched."""
+        return [i for i, image in enumerate(self.images) if image is not None]
+
+
 class Predictor:
-    def __init__(self, settings: Settings, adapter: Adapter, fetcher: MediaFetcher):
+    def __init__(self, settings: Settings, adapter: Adapter, fetcher: MediaFetcher, project: int | None = None):
         self.settings = settings
         self.adapter = adapter
         self.fetcher = fetcher
+        self.project = project  # cloud-storage images are resolved through LS per task of a project
 
     def raw(self, images: list[Image.Image]) -> list[Detections]:
         """The adapter's own output for each image, in batches: every box above the model's floor."""
@@ -64,30 +92,62 @@ class Predictor:
         return [self.shown(d, shown) for d in self.raw(images)]
 
     def fetch_images(self, tasks: list[dict], config: RectangleConfig) -> tuple[list[Image.Image | None], dict[int, str]]:
-        """Fetch each task's image in parallel. -> (image or None per task, {position: reason})."""
+        """Fetch each task's image in parallel. -> (image or None per task, {position: reason}).
+
+        Holds every image at once: for a handful of tasks; use `image_chunks` for a pool.
+        """
         images: list[Image.Image | None] = [None] * len(tasks)
         errors: dict[int, str] = {}
-
-        def load(position: int) -> None:
-            try:
-                images[position] = self.fetcher.fetch(task_image_url(tasks[position], config))
-            except AleError as exc:
-                errors[position] = str(exc)
-
-        with ThreadPoolExecutor(max_workers=min(FETCH_WORKERS, max(1, len(tasks)))) as pool:
-            list(pool.map(load, range(len(tasks))))
+        for chunk in self.image_chunks(tasks, config, max_pixels=None, max_images=None):
+            images[chunk.start : chunk.start + len(chunk.images)] = chunk.images
+            errors.update(chunk.errors)
         return images, errors
+
+    def image_chunks(self, tasks: list[dict], config: RectangleConfig, max_pixels: int | None, max_images: int | None) -> Iterator["ImageChunk"]:
+        """Fetch tasks' images in parallel, in order, as consecutive chunks.
+
+        A chunk closes once its decoded images reach `max_pixels` (or
+        `max_images` tasks), so a step holds a bounded number of full-size
+        frames (plus the FETCH_WORKERS being fetched), whatever the task count.
+        None: no bound.
+        """
+        def load(position: int) -> Image.Image | str:
+            try:
+                task = tasks[position]
+                return self.fetcher.fetch(task_image_url(task, config), task.get("id"), self.project)
+            except AleError as exc:
+                return str(exc)
+
+        chunk = ImageChunk(0)
+        with ThreadPoolExecutor(max_workers=min(FETCH_WORKERS, max(1, len(tasks)))) as pool:
+            pending: deque[Future] = deque()
+            submitted = 0
+            while pending or submitted < len(tasks):
+                # Fetch at most FETCH_WORKERS ahead of what is consumed.
+                while submitted < len(tasks) and len(pending) < FETCH_WORKERS:
+                    pending.append(pool.submit(load, submitted))
+                    submitted += 1
+                chunk.add(pending.popleft().result())
+                if chunk.full(max_pixels, max_images):
+                    yield chunk
+                    chunk = ImageChunk(chunk.start + len(chunk.images))
+        if chunk.images:
+            yield chunk
 
     def predict_tasks(self, tasks: list[dict], label_config: str) -> PredictOutcome:
         """LS tasks -> one prediction each. A task whose image fails gets an empty result."""
         started = time.perf_counter()
         config = parse_label_config(label_config)
         label_map = match_labels(self.adapter.classes, config)
-        images, errors = self.fetch_images(tasks, config)
-        failures = {i: TaskFailure(tasks[i].get("id"), reason) for i, reason in errors.items()}
-
-        ready = [i for i in range(len(tasks)) if images[i] is not None]
-        detections = dict(zip(ready, self.detect([images[i] for i in ready], shown_classes(label_map))))
+        shown = shown_classes(label_map)
+        failures: dict[int, TaskFailure] = {}
+        detections: dict[int, Detections] = {}
+        # LS sends every selected task in one request: frames are decoded a bounded number of pixels at a time.
+        for chunk in self.image_chunks(tasks, config, self.settings.predict_chunk_pixels, None):
+            failures.update({i: TaskFailure(tasks[i].get("id"), reason) for i, reason in chunk.errors.items()})
+            ready = chunk.ready()
+            found = self.detect([chunk.images[i] for i in ready], shown)
+            detections.update({chunk.start + i: d for i, d in zip(ready, found)})
         version = self.adapter.version
         predictions = []
         for position, task in enumerate(tasks):

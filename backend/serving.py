@@ -19,6 +19,7 @@ import numpy as np
 from .boxes import filter_detections
 from .detections import Detections
 from .settings import Settings
+from .tiling import TileSettings
 
 #: Boxes below this score never leave the model: the detection store holds
 #: everything above it, so any SCORE_THRESHOLD at or above it needs no new prediction.
@@ -40,13 +41,18 @@ def model_max_detections(settings: Settings) -> int:
 def raw_output_key(model_version: str, settings: Settings) -> str:
     """The detection store's key for what `model_version` produces under `settings`.
 
-    The default floor and cap give the bare version; anything else is part of
-    the key, so stored detections are never reused for a lower floor.
+    The default floor, cap and tiling give the bare version; anything else is
+    part of the key, so stored detections are never reused for a lower floor
+    or other tiles.
     """
     floor, cap = model_score_floor(settings), model_max_detections(settings)
-    if floor == MODEL_SCORE_FLOOR and cap == MODEL_MAX_DETECTIONS:
-        return model_version
-    return f"{model_version}@floor={floor:g},max={cap}"
+    tiles = settings.tiles()
+    parts = []
+    if floor != MODEL_SCORE_FLOOR or cap != MODEL_MAX_DETECTIONS:
+        parts.append(f"floor={floor:g},max={cap}")
+    if tiles != TileSettings(settings.image_size):
+        parts.append(tiles.key() if tiles is not None else "tile=off")
+    return model_version if not parts else f"{model_version}@{';'.join(parts)}"
 
 
 @dataclass(frozen=True)

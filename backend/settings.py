@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Mapping
 
 from .errors import ConfigError
+from .tiling import DEFAULT_TILE_ABOVE, DEFAULT_TILE_MERGE_METRIC, DEFAULT_TILE_MERGE_THRESHOLD, DEFAULT_TILE_OVERLAP, TileSettings
 
 DEFAULT_LABEL_STUDIO_URL = "http://localhost:8080"
 DEFAULT_MODEL_DIR = "./models"
@@ -22,10 +23,22 @@ DEFAULT_NMS_THRESHOLD = 0.5
 DEFAULT_MAX_TAGS_PER_PIXEL = 0  # 0 disables the filter
 DEFAULT_IMAGE_SIZE = 640
 DEFAULT_PREDICT_BATCH_SIZE = 8
-DEFAULT_MAX_IMAGE_PIXELS = 40_000_000  # ~ a 7,300 x 5,500 camera-trap frame
+# A 61 MP full-frame camera (9,504 x 6,336) fits; a 200 MP file is refused
+# before its pixels are decoded. Below Pillow's own 89 MP bomb guard.
+DEFAULT_MAX_IMAGE_PIXELS = 80_000_000
 DEFAULT_MAX_IMAGE_BYTES = 50 * 1024 * 1024
 DEFAULT_FETCH_TIMEOUT = 10.0
 DEFAULT_MAX_DETECTIONS = 300
+# Decoded pixels one prediction step holds at most (RGB: 3 bytes each, so
+# ~600 MB): 4 frames of 45 MP, or 64 small ones (PREDICT_CHUNK caps the count).
+DEFAULT_PREDICT_CHUNK_PIXELS = 200_000_000
+
+#: 0: tiles are the model's input size (IMAGE_SIZE).
+DEFAULT_TILE_SIZE = 0
+#: Share of a tile's side that a cut box must keep to stay a training box.
+DEFAULT_TILE_MIN_VISIBLE = 0.5
+#: Training keeps tiles without any box up to this share of the tiles with boxes.
+DEFAULT_TILE_EMPTY_SHARE = 0.2
 
 DEFAULT_POLICY = "ale-entropy-sum"
 DEFAULT_SYNC_INTERVAL = 300  # seconds between scheduled priority syncs
@@ -72,6 +85,14 @@ class Settings:
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
     fetch_timeout: float = DEFAULT_FETCH_TIMEOUT
+    predict_chunk_pixels: int = DEFAULT_PREDICT_CHUNK_PIXELS
+    tile_size: int = DEFAULT_TILE_SIZE
+    tile_overlap: float = DEFAULT_TILE_OVERLAP
+    tile_above: int = DEFAULT_TILE_ABOVE
+    tile_merge_metric: str = DEFAULT_TILE_MERGE_METRIC
+    tile_merge_threshold: float = DEFAULT_TILE_MERGE_THRESHOLD
+    tile_min_visible: float = DEFAULT_TILE_MIN_VISIBLE
+    tile_empty_share: float = DEFAULT_TILE_EMPTY_SHARE
     allowed_media_hosts: tuple[str, ...] = ()
     basic_auth_user: str = ""
     basic_auth_password: str = field(default="", repr=False)
@@ -108,6 +129,7 @@ class Settings:
             ("MAX_DETECTIONS", self.max_detections),
             ("MAX_IMAGE_PIXELS", self.max_image_pixels),
             ("MAX_IMAGE_BYTES", self.max_image_bytes),
+            ("PREDICT_CHUNK_PIXELS", self.predict_chunk_pixels),
         ):
             if value <= 0:
                 raise ConfigError(name, f"must be a positive number, got {value}")
@@ -121,6 +143,22 @@ class Settings:
         ):
             if value <= 0:
                 raise ConfigError(name, f"must be a positive number, got {value}")
+        if self.tile_size < 0:
+            raise ConfigError("TILE_SIZE", f"must be 0 (the model's IMAGE_SIZE) or a number of pixels, got {self.tile_size}")
+        if self.tile_above < 0:
+            raise ConfigError("TILE_ABOVE", f"must be 0 (never tile) or a longer side in pixels, got {self.tile_above}")
+        if not 0.0 <= self.tile_overlap < 1.0:
+            raise ConfigError("TILE_OVERLAP", f"must be a share of the tile in [0, 1), e.g. 0.2, got {self.tile_overlap}")
+        if self.tile_merge_metric not in NMS_METRICS:
+            raise ConfigError("TILE_MERGE_METRIC", f"must be one of {', '.join(NMS_METRICS)}, got {self.tile_merge_metric!r}")
+        for name, value in (
+            ("TILE_MERGE_THRESHOLD", self.tile_merge_threshold),
+            ("TILE_MIN_VISIBLE", self.tile_min_visible),
+        ):
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(name, f"must be between 0 and 1, got {value}")
+        if self.tile_empty_share < 0:
+            raise ConfigError("TILE_EMPTY_SHARE", f"must be 0 or a positive share, got {self.tile_empty_share}")
         if self.promotion not in PROMOTION_POLICIES:
             raise ConfigError("PROMOTION", f"must be one of {', '.join(PROMOTION_POLICIES)}, got {self.promotion!r}")
         if self.train_batch <= 0:
@@ -160,6 +198,14 @@ class Settings:
             except ValueError as exc:
                 raise ConfigError(name, f"cannot parse {raw!r}: {exc}") from None
         return cls(**values)
+
+    def tiles(self) -> TileSettings | None:
+        """How large images are tiled; None when TILE_ABOVE=0 (never)."""
+        if self.tile_above == 0:
+            return None
+        return TileSettings(
+            self.tile_size or self.image_size, self.tile_overlap, self.tile_above, self.tile_merge_metric, self.tile_merge_threshold
+        )
 
     def replace(self, **changes) -> "Settings":
         current = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -218,6 +264,14 @@ ENV_VARS = {
     "MAX_IMAGE_PIXELS": ("max_image_pixels", int),
     "MAX_IMAGE_BYTES": ("max_image_bytes", int),
     "FETCH_TIMEOUT": ("fetch_timeout", float),
+    "PREDICT_CHUNK_PIXELS": ("predict_chunk_pixels", int),
+    "TILE_SIZE": ("tile_size", int),
+    "TILE_OVERLAP": ("tile_overlap", float),
+    "TILE_ABOVE": ("tile_above", int),
+    "TILE_MERGE_METRIC": ("tile_merge_metric", str.lower),
+    "TILE_MERGE_THRESHOLD": ("tile_merge_threshold", float),
+    "TILE_MIN_VISIBLE": ("tile_min_visible", float),
+    "TILE_EMPTY_SHARE": ("tile_empty_share", float),
     "ALLOWED_MEDIA_HOSTS": ("allowed_media_hosts", _hosts),
     "BASIC_AUTH_USER": ("basic_auth_user", str),
     "BASIC_AUTH_PASS": ("basic_auth_password", str),

@@ -23,6 +23,7 @@ from .media import MediaFetcher
 from .model_store import ModelStore, ModelVersion
 from .runtime import Runtime, current_runtime
 from .settings import Settings
+from .tile_dataset import TrainingTiles, write_tiles, yolo_lines
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,8 @@ MIN_VAL_TASKS = 1
 MIN_TRAIN_TASKS = 2
 #: Evaluation keeps boxes down to this score: AP is computed over the whole ranking of boxes.
 EVAL_SCORE_FLOOR = 0.001
+#: The split of whole validation images (tiled at evaluation as at serving); `val` may hold tiles.
+VAL_FULL = "val_full"
 
 
 class TrainingError(AleError):
@@ -82,7 +85,7 @@ def train_project(project: int, *, runtime: Runtime | None = None, progress=None
             if not samples:
                 raise TrainingError(f"project {project} has no annotations yet: label some images in Label Studio, then press Start Training")
             try:
-                dataset, counts = write_training_set(work, samples, classes)
+                dataset, counts = write_training_set(work, samples, classes, TrainingTiles.from_settings(settings))
             except TrainingError as exc:
                 raise TrainingError(f"project {project} has {exc}") from None
             counts["skipped_images"] = skipped["skipped_images"]
@@ -248,7 +251,7 @@ def _annotated_samples(rt: Runtime, project: int, config, classes: list[str]) ->
         cached = cache / f"{task.id}.png"
         try:
             if not cached.exists():
-                image = fetcher.fetch(task_image_url({"id": task.id, "data": task.data}, config))
+                image = fetcher.fetch(task_image_url({"id": task.id, "data": task.data}, config), task.id, project)
                 image.save(cached.with_suffix(".tmp.png"))
                 cached.with_suffix(".tmp.png").replace(cached)
             with Image.open(cached) as image:
@@ -275,30 +278,38 @@ def _annotated_samples(rt: Runtime, project: int, config, classes: list[str]) ->
     return samples, skipped
 
 
-def write_training_set(work: Path, samples: list[TrainingSample], classes: list[str]) -> tuple[Path, dict]:
+def write_training_set(work: Path, samples: list[TrainingSample], classes: list[str], tiling: TrainingTiles | None = None) -> tuple[Path, dict]:
     """Write an ultralytics dataset under `work`, split by `is_validation(task_id)`. -> (data.yaml, counts).
 
     Boxes are clipped to the image; boxes with no area left are skipped and counted.
+    An image that `tiling` applies to is cut into tiles (`tile_dataset`). The
+    validation images also go, whole, to a `val_full` split: a version is
+    evaluated on them as a user's images are predicted, tiled where they are large.
     """
-    counts = {"train_images": 0, "val_images": 0, "boxes": 0, "skipped_boxes": 0}
-    for split in ("train", "val"):
+    counts = {"train_images": 0, "val_images": 0, "boxes": 0, "skipped_boxes": 0, "tiled_images": 0, "tiles": 0}
+    for split in ("train", "val", VAL_FULL):
         (work / "images" / split).mkdir(parents=True, exist_ok=True)
         (work / "labels" / split).mkdir(parents=True, exist_ok=True)
     for sample in samples:
         with Image.open(sample.image) as image:
             width, height = image.size
-        lines = []
-        for (x1, y1, x2, y2), label in zip(sample.xyxy, sample.labels):
-            x1, x2 = min(max(x1, 0.0), width), min(max(x2, 0.0), width)
-            y1, y2 = min(max(y1, 0.0), height), min(max(y2, 0.0), height)
-            if x2 <= x1 or y2 <= y1:
-                counts["skipped_boxes"] += 1
-                continue
-            cx, cy, w, h = (x1 + x2) / 2 / width, (y1 + y2) / 2 / height, (x2 - x1) / width, (y2 - y1) / height
-            lines.append(f"{int(label)} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}")
+        xyxy = np.asarray(sample.xyxy, dtype=np.float64).reshape(-1, 4)
+        clipped = np.stack([xyxy[:, 0].clip(0, width), xyxy[:, 1].clip(0, height), xyxy[:, 2].clip(0, width), xyxy[:, 3].clip(0, height)], axis=1)
+        kept = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
+        counts["skipped_boxes"] += int((~kept).sum())
+        clipped, labels = clipped[kept], np.asarray(sample.labels).reshape(-1)[kept]
+        lines = yolo_lines(clipped, labels, width, height)
         split = "val" if is_validation(sample.task_id) else "train"
-        shutil.copyfile(sample.image, work / "images" / split / f"{sample.task_id}{sample.image.suffix}")
-        (work / "labels" / split / f"{sample.task_id}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
+        if tiling is not None and tiling.tiles.applies((width, height)):
+            made = write_tiles(sample.image, clipped, labels, work / "images" / split, work / "labels" / split, str(sample.task_id), tiling)
+            counts["tiled_images"] += 1
+            counts["tiles"] += made["tiles"]
+        else:
+            shutil.copyfile(sample.image, work / "images" / split / f"{sample.task_id}{sample.image.suffix}")
+            (work / "labels" / split / f"{sample.task_id}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
+        if split == "val":
+            _link_or_copy(sample.image, work / "images" / VAL_FULL / f"{sample.task_id}{sample.image.suffix}")
+            (work / "labels" / VAL_FULL / f"{sample.task_id}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
         counts[f"{split}_images"] += 1
         counts["boxes"] += len(lines)
     if counts["val_images"] < MIN_VAL_TASKS or counts["train_images"] < MIN_TRAIN_TASKS:
@@ -311,9 +322,19 @@ def write_training_set(work: Path, samples: list[TrainingSample], classes: list[
     return work / "data.yaml", counts
 
 
-def evaluate_weights(settings: Settings, weights, dataset: Path, classes: list[str], split: str = "val") -> dict:
-    """COCO and VOC metrics of `weights` on a split of a data.yaml dataset."""
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        target.hardlink_to(source)
+    except OSError:  # another file system
+        shutil.copyfile(source, target)
+
+
+def evaluate_weights(settings: Settings, weights, dataset: Path, classes: list[str], split: str | None = None) -> dict:
+    """COCO and VOC metrics of `weights` on a split of a data.yaml dataset (default: whole validation images)."""
     from .datasets import read_yolo_split
+
+    if split is None:
+        split = VAL_FULL if (Path(dataset).parent / "images" / VAL_FULL).is_dir() else "val"
 
     names, items = read_yolo_split(dataset, split)
     return evaluate_items(settings, weights, items, names)
@@ -336,7 +357,8 @@ def evaluate_items(settings: Settings, weights, items, names: list[str]) -> dict
         raise TrainingError(f"model {adapter.version} predicts {list(adapter.classes)}, the evaluation set has {list(names)}")
     shown = np.ones(len(names), dtype=bool)
     filters = ServingFilters.from_settings(settings)
-    predictions = [shown_detections(d, shown, filters) for d in predict_items(adapter, items, settings.predict_batch_size)]
+    predicted = predict_items(adapter, items, settings.predict_batch_size, settings.predict_chunk_pixels)
+    predictions = [shown_detections(d, shown, filters) for d in predicted]
     truths = [item.truth for item in items]
     if not any(len(t.labels) for t in truths):
         return {"images": len(truths), "boxes": 0, "map": 0.0, "map50": 0.0, "map75": 0.0, "voc07_map50": 0.0, "voc12_map50": 0.0, "per_class": {}}

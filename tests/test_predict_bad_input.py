@@ -74,7 +74,7 @@ def test_each_bad_task_gets_an_empty_result_with_a_reason(adapter, media):
         {"id": 6, "data": {"image": "http://10.0.0.5/private.png"}},
         {"id": 7, "data": {"image": f"{media}/moved.png"}},
         {"id": 8, "data": {"image": f"{media}/missing.png"}},
-        {"id": 9, "data": {"image": "s3://bucket/key.png"}},
+        {"id": 9, "data": {"image": "ftp://files.example.org/key.png"}},
         {"id": 10, "data": {"image": "/data/local-files/?d=../../etc/passwd"}},
         {"id": 11, "data": {"other": "x"}},
         {"id": 12, "data": {"image": f"{media}/good.png"}},
@@ -100,7 +100,7 @@ def test_each_bad_task_gets_an_empty_result_with_a_reason(adapter, media):
     assert "'10.0.0.5' is not allowed" in reasons[6] and "ALLOWED_MEDIA_HOSTS" in reasons[6]
     assert "redirects are not followed" in reasons[7]
     assert "answered 404" in reasons[8]
-    assert "unsupported image URL scheme 's3:'" in reasons[9]
+    assert "unsupported image URL scheme 'ftp:'" in reasons[9]
     assert "contains '..'" in reasons[10]
     assert "no data field 'image'" in reasons[11]
 

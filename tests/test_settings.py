@@ -4,6 +4,7 @@ import pytest
 
 from label_studio_ale.errors import ConfigError
 from label_studio_ale.settings import ENV_VARS, Settings
+from label_studio_ale.tiling import TileSettings
 
 
 def test_defaults_without_environment():
@@ -30,6 +31,14 @@ def test_every_variable_is_read():
         "MAX_IMAGE_PIXELS": "1000",
         "MAX_IMAGE_BYTES": "2000",
         "FETCH_TIMEOUT": "3",
+        "PREDICT_CHUNK_PIXELS": "5000",
+        "TILE_SIZE": "512",
+        "TILE_OVERLAP": "0.25",
+        "TILE_ABOVE": "3000",
+        "TILE_MERGE_METRIC": "IoU",
+        "TILE_MERGE_THRESHOLD": "0.6",
+        "TILE_MIN_VISIBLE": "0.4",
+        "TILE_EMPTY_SHARE": "0.5",
         "ALLOWED_MEDIA_HOSTS": "Images.Example.org, cdn.example.org",
         "BASIC_AUTH_USER": "ls",
         "BASIC_AUTH_PASS": "pw",
@@ -64,6 +73,24 @@ def test_every_variable_is_read():
     assert s.promotion == "always" and s.promotion_min_images == 20 and s.allow_downloads is True
     assert s.train_epochs == 5 and s.train_recipe == "ultralytics"
     assert s.class_balance == (("bird", 0.7), ("nest", 0.3)) and s.duplicate_distance == 4
+    assert s.predict_chunk_pixels == 5000 and s.tile_min_visible == 0.4 and s.tile_empty_share == 0.5
+    assert s.tiles() == TileSettings(512, 0.25, 3000, "iou", 0.6)
+
+
+def test_tiles_default_to_the_model_input_and_turn_off_with_tile_above_zero():
+    assert Settings(image_size=320).tiles() == TileSettings(320)
+    assert Settings(tile_above=0).tiles() is None
+    assert Settings().max_image_pixels >= 45_000_000  # a 45 MP drone frame is read by default
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [("TILE_SIZE", "-1"), ("TILE_OVERLAP", "1"), ("TILE_ABOVE", "-5"), ("TILE_MERGE_METRIC", "giou"),
+     ("TILE_MERGE_THRESHOLD", "2"), ("TILE_MIN_VISIBLE", "-0.1"), ("TILE_EMPTY_SHARE", "-1"), ("PREDICT_CHUNK_PIXELS", "0")],
+)
+def test_bad_tile_settings_name_the_variable(name, value):
+    with pytest.raises(ConfigError, match=name):
+        Settings.from_env({name: value})
 
 
 def test_secrets_are_not_in_repr():

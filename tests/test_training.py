@@ -22,7 +22,7 @@ def test_the_dataset_is_split_by_task_id_and_boxes_are_clipped(tmp_path):
     samples = [_sample(i, tmp_path, [[-10, 10, 50, 40], [90, 0, 130, 80], [120, 5, 150, 9]], [0, 1, 1]) for i in ids]
     data_yaml, counts = write_training_set(tmp_path / "ds", samples, ["bird", "nest"])
     val = [i for i in ids if is_validation(i)]
-    assert counts == {"train_images": 20 - len(val), "val_images": len(val), "boxes": 40, "skipped_boxes": 20}
+    assert counts == {"train_images": 20 - len(val), "val_images": len(val), "boxes": 40, "skipped_boxes": 20, "tiled_images": 0, "tiles": 0}
     assert sorted(int(p.stem) for p in (tmp_path / "ds" / "images" / "val").iterdir()) == val
     rows = np.loadtxt(tmp_path / "ds" / "labels" / "train" / f"{[i for i in ids if i not in val][0]}.txt", ndmin=2)
     # the first box is clipped at x = 0, the second at the right and bottom edges; the third lies outside
