@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 SYNC_VERSION_PREFIX = "ale:"
 #: The order a sync writes while the serving model is untrained (see ranking.spread_order).
 SPREAD_POLICY = "spread (untrained model: farthest-first on image hashes)"
+#: Per-task reasons a job result carries at most (all are logged).
+REPORTED_ERRORS = 20
 PREDICT_CHUNK = 64  # at most this many images per step (PREDICT_CHUNK_PIXELS bounds their pixels)
 
 Progress = Callable[[str, int, int], None]
@@ -60,6 +62,7 @@ def _predict_missing(rt: Runtime, project: int, config, tasks: list[TaskRef], pr
     missing = [t for t in tasks if t.id not in stored or stored[t.id].error is not None]
     predictor = Predictor(rt.settings, adapter, MediaFetcher(rt.settings, rt.ls), project)
     failed = 0
+    errors: dict[int, str] = {}
     progress("predict", 0, len(missing))
     done = 0
     refs = [{"id": t.id, "data": t.data} for t in missing]
@@ -73,13 +76,15 @@ def _predict_missing(rt: Runtime, project: int, config, tasks: list[TaskRef], pr
                 failed += 1
                 reason = chunk.errors[chunk.start + i]
                 log.warning("project %s task %s: not predicted: %s", project, task.id, reason)
+                if len(errors) < REPORTED_ERRORS:
+                    errors[task.id] = reason
                 items.append(StoredDetections(task.id, None, None, reason))
             else:
                 items.append(StoredDetections(task.id, found[i], average_hash(image), None))
         rt.store.put_many(project, key, items)
         done += len(chunk.images)
         progress("predict", done, len(missing))
-    return {"model_version": adapter.version, "tasks": len(tasks), "predicted": len(missing) - failed, "failed": failed}
+    return {"model_version": adapter.version, "tasks": len(tasks), "predicted": len(missing) - failed, "failed": failed, "errors": errors}
 
 
 def rank_pool(rt: Runtime, project: int, tasks: list[TaskRef], adapter: Adapter, config) -> dict:

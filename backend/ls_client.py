@@ -240,7 +240,7 @@ def storage_hosts_of(storages: list[dict]) -> set[str]:
     for storage in storages:
         kind = storage.get("type")
         if kind == "s3":
-            endpoint = storage.get("s3_endpoint") or ""
+            endpoint = storage.get("s3_endpoint") or storage.get("s3endpoint") or ""  # the SDK names the field s3endpoint
             hosts.add((urlsplit(endpoint).hostname or "").lower() if endpoint else ".amazonaws.com")
         elif kind == "gcs":
             hosts.add("storage.googleapis.com")

@@ -15,7 +15,9 @@ Four sources are accepted:
 
 from __future__ import annotations
 
+import base64
 import io
+import re
 import threading
 import time
 import warnings
@@ -50,6 +52,10 @@ class MediaFetcher:
 
     def fetch_bytes(self, url: str, task_id: int | None = None, project: int | None = None) -> bytes:
         split = urlsplit(url)
+        resolved = _storage_reference(split, self.ls_netloc)
+        if resolved is not None:
+            # LS's API hands out a cloud-storage URI already wrapped in its resolver path.
+            return self._from_storage(resolved[1], resolved[0], project)
         if not split.scheme and not split.netloc:
             return self._from_label_studio(url)
         if split.scheme.lower() in STORAGE_SCHEMES:
@@ -131,6 +137,26 @@ class MediaFetcher:
                 return read_limited(response.iter_bytes(), self.settings.max_image_bytes, response.headers.get("content-length"))
         except httpx.HTTPError as exc:
             raise MediaError(f"cannot download {what}: {type(exc).__name__}: {exc}") from None
+
+
+def _storage_reference(split, ls_netloc: str) -> tuple[int, str] | None:
+    """LS's resolver path `/tasks/<id>/resolve/?fileuri=<base64 URI>` (relative or on LS's host) -> (task id, URI)."""
+    if split.netloc and split.netloc.lower() != ls_netloc:
+        return None
+    match = _RESOLVE_PATH.fullmatch(split.path)
+    if match is None:
+        return None
+    encoded = (parse_qs(split.query).get("fileuri") or [""])[0]
+    try:  # as LS decodes it (io_storages/proxy_api.py): url-safe base64, else the URI itself, percent-encoded
+        uri = base64.urlsafe_b64decode(encoded.encode()).decode()
+    except (ValueError, UnicodeDecodeError):
+        uri = unquote(encoded)
+    if urlsplit(uri).scheme.lower() not in STORAGE_SCHEMES:
+        raise MediaError(f"'{split.path}?{split.query[:60]}' does not name a cloud-storage object (fileuri decodes to {uri[:80]!r})")
+    return int(match.group(1)), uri
+
+
+_RESOLVE_PATH = re.compile(r"/tasks/(\d+)/resolve/?")
 
 
 def _refuse_traversal(path: str) -> None:

@@ -84,6 +84,54 @@ def make_scene(
     return Scene(image=image, xyxy=np.asarray(boxes, dtype=np.float64).reshape(-1, 4), labels=np.asarray(labels, dtype=np.int64))
 
 
+def make_large_scene(
+    seed: int,
+    *,
+    size: tuple[int, int] = (6000, 4000),
+    objects: int = 48,
+    min_side: int = 16,
+    max_side: int = 32,
+    num_classes: int = 1,
+) -> Scene:
+    """A drone-like frame: `make_scene`'s background over a large area, with `objects` small shapes spread over it.
+
+    The noise is drawn in bands of rows, so a 45 MP frame needs its own
+    pixels in memory (3 bytes each), not eight times as many.
+    """
+    if num_classes < 1 or num_classes > len(_COLOURS):
+        raise ValueError(f"num_classes must be in 1..{len(_COLOURS)}, got {num_classes}")
+    width, height = size
+    if min(width, height) < 4 * max_side:
+        raise ValueError(f"size {size} is too small for objects up to {max_side}px")
+    rng = np.random.default_rng(seed)
+    base = rng.integers(90, 150, size=3)
+    pixels = np.empty((height, width, 3), dtype=np.uint8)
+    for top in range(0, height, LARGE_SCENE_BAND):
+        rows = min(LARGE_SCENE_BAND, height - top)
+        pixels[top : top + rows] = np.clip(base + rng.normal(0, 12, size=(rows, width, 3)), 0, 255).astype(np.uint8)
+    image = Image.fromarray(pixels, "RGB")
+    del pixels
+    draw = ImageDraw.Draw(image)
+    boxes: list[list[float]] = []
+    labels: list[int] = []
+    for _ in range(objects * 20):  # rejection sampling; objects keep a few pixels apart
+        if len(boxes) == objects:
+            break
+        w, h = (int(v) for v in rng.integers(min_side, max_side + 1, size=2))
+        x1, y1 = int(rng.integers(0, width - w)), int(rng.integers(0, height - h))
+        box = [x1, y1, x1 + w, y1 + h]
+        if any(overlaps([x1 - 4, y1 - 4, x1 + w + 4, y1 + h + 4], other) for other in boxes):
+            continue
+        label = int(rng.integers(0, num_classes))
+        _draw_shape(draw, box, label)
+        boxes.append([float(v) for v in box])
+        labels.append(label)
+    return Scene(image=image, xyxy=np.asarray(boxes, dtype=np.float64).reshape(-1, 4), labels=np.asarray(labels, dtype=np.int64))
+
+
+#: Rows of noise drawn at once for a large scene (float64 while drawn: ~70 MB for 6000 px wide).
+LARGE_SCENE_BAND = 512
+
 #: (axis the light changes along, reversed) per site, and the gradient's half-range in grey levels.
 _SITE_GRADIENTS = ((1, False), (1, True), (0, False), (0, True))
 SITE_CONTRAST = 60

@@ -17,3 +17,111 @@ def test_average_hash_is_close_for_near_duplicates_and_far_otherwise():
     corner = Image.new("L", (8, 8))
     corner.putpixel((7, 7), 255)
     assert average_hash(corner) == 2**63 and type(average_hash(corner)) is int
+
+
+# Cloud storage: LS resolves s3:// (gs://, azure-blob://) URIs per task. The LS client is faked at its seam here;
+# tests/integration/test_cloud_storage.py runs the same path against real LS and a real S3-compatible server.
+
+import base64  # noqa: E402
+import io  # noqa: E402
+
+import pytest  # noqa: E402
+
+from label_studio_ale.errors import MediaError  # noqa: E402
+from label_studio_ale.ls_client import storage_hosts_of  # noqa: E402
+from label_studio_ale.media import MediaFetcher  # noqa: E402
+from label_studio_ale.settings import Settings  # noqa: E402
+from tests.support.http import serve_files  # noqa: E402
+
+
+def png_bytes(seed=1) -> bytes:
+    buffer = io.BytesIO()
+    make_scene(seed).image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class FakeResolver:
+    """LS's resolver: bytes (proxy mode) or a presigned URL (redirect mode); records what was asked."""
+
+    def __init__(self, answer, storages=()):
+        self.answer = answer
+        self.calls = []
+        self._storages = list(storages)
+        self.listings = 0
+
+    def resolve(self, task_id, uri, max_bytes, timeout):
+        self.calls.append((task_id, uri))
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+    def storages(self, project):
+        self.listings += 1
+        return self._storages
+
+
+def fetcher(client, **settings):
+    return MediaFetcher(Settings(label_studio_api_key="k", label_studio_url="http://ls.local:8080", **settings), client)
+
+
+def test_a_storage_uri_is_resolved_through_label_studio_for_its_task():
+    client = FakeResolver(png_bytes())
+    image = fetcher(client).fetch("s3://birds/colony/frame1.png", task_id=7, project=3)
+    assert image.size == (128, 128) and client.calls == [(7, "s3://birds/colony/frame1.png")]
+
+
+def test_the_resolver_path_ls_hands_out_is_read_as_its_task_and_uri():
+    client = FakeResolver(png_bytes())
+    encoded = base64.urlsafe_b64encode(b"gs://birds/a b.png").decode()
+    for url in (f"/tasks/12/resolve/?fileuri={encoded}", f"http://ls.local:8080/tasks/12/resolve/?fileuri={encoded}"):
+        fetcher(client).fetch(url, task_id=None, project=3)
+    assert client.calls == [(12, "gs://birds/a b.png")] * 2
+
+
+def test_a_presigned_redirect_is_followed_once_to_the_storage_endpoint():
+    with serve_files({"/birds/frame1.png": png_bytes()}) as base:
+        client = FakeResolver(f"{base}/birds/frame1.png?X-Amz-Signature=abc", storages=[{"type": "s3", "s3_endpoint": base}])
+        image = fetcher(client).fetch("s3://birds/frame1.png", task_id=7, project=3)
+        assert image.size == (128, 128)
+        # a presigned URL that redirects again is not followed
+        with serve_files({}, redirects={"/birds/frame2.png": f"{base}/birds/frame1.png"}) as hop:
+            client = FakeResolver(f"{hop}/birds/frame2.png", storages=[{"type": "s3", "s3_endpoint": hop}])
+            with pytest.raises(MediaError, match="redirects are not followed"):
+                fetcher(client).fetch("s3://birds/frame2.png", task_id=8, project=3)
+
+
+def test_a_redirect_to_a_host_of_no_storage_is_refused_with_the_fix():
+    client = FakeResolver("http://169.254.169.254/latest/meta-data", storages=[{"type": "s3", "s3_endpoint": "http://minio.lan:9000"}])
+    with pytest.raises(MediaError, match="'169.254.169.254', which is not the endpoint of any cloud storage of project 3") as error:
+        fetcher(client).fetch("s3://birds/frame1.png", task_id=7, project=3)
+    assert "ALLOWED_MEDIA_HOSTS" in str(error.value) and "pre-signed" in str(error.value)
+    assert client.listings == 2, "listed again once before refusing: the storage may be new"
+
+
+def test_an_expired_presigned_url_says_so():
+    with serve_files({}) as base:
+        client = FakeResolver(f"{base}/birds/gone.png?X-Amz-Expires=60", storages=[{"type": "s3", "s3_endpoint": base}])
+        with pytest.raises(MediaError, match="answered 404.*presign TTL"):
+            fetcher(client).fetch("s3://birds/gone.png", task_id=7, project=3)
+
+
+def test_a_storage_uri_without_a_task_or_a_key_is_a_clear_error():
+    with pytest.raises(MediaError, match="resolves it only for a task"):
+        fetcher(FakeResolver(b"")).fetch("s3://birds/frame1.png", task_id=None, project=3)
+    with pytest.raises(MediaError, match="LABEL_STUDIO_API_KEY is not set"):
+        MediaFetcher(Settings(), None).fetch("s3://birds/frame1.png", task_id=1)
+    with pytest.raises(MediaError, match="does not name a cloud-storage object"):
+        fetcher(FakeResolver(b"")).fetch("/tasks/3/resolve/?fileuri=" + base64.urlsafe_b64encode(b"file:///etc/passwd").decode())
+
+
+def test_storage_hosts_are_the_endpoints_presigned_urls_point_to():
+    hosts = storage_hosts_of(
+        [
+            {"type": "s3", "s3_endpoint": "http://127.0.0.1:9000"},
+            {"type": "s3", "s3endpoint": "https://MinIO.lab.org"},
+            {"type": "s3", "s3_endpoint": ""},
+            {"type": "gcs"},
+            {"type": "azure", "account_name": "Camtraps"},
+        ]
+    )
+    assert hosts == {"127.0.0.1", "minio.lab.org", ".amazonaws.com", "storage.googleapis.com", "camtraps.blob.core.windows.net"}

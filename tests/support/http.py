@@ -9,17 +9,18 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 @contextmanager
 def serve_files(files: dict[str, bytes], redirects: dict[str, str] | None = None):
-    """Serve `files` (path -> body) on 127.0.0.1; yields the base URL."""
+    """Serve `files` (path -> body, whatever the query) on 127.0.0.1; yields the base URL."""
     redirects = redirects or {}
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802 (http.server API)
-            if self.path in redirects:
+            path = self.path.split("?", 1)[0]  # a presigned URL's signature is in its query
+            if path in redirects:
                 self.send_response(302)
-                self.send_header("Location", redirects[self.path])
+                self.send_header("Location", redirects[path])
                 self.end_headers()
                 return
-            body = files.get(self.path)
+            body = files.get(path)
             if body is None:
                 self.send_error(404)
                 return
