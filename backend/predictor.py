@@ -16,7 +16,7 @@ from .adapters import Adapter
 from .detections import Detections
 from .errors import AleError
 from .ls_format import RectangleConfig, detections_to_results, match_labels, parse_label_config, task_image_url
-from .media import MediaFetcher
+from .media import MediaFetcher, decode_image
 from .scoring import min_confidence
 from .serving import ServingFilters, shown_classes, shown_detections
 from .settings import Settings
@@ -59,8 +59,9 @@ class ImageChunk:
             self.images.append(loaded)
             self.pixels += loaded.width * loaded.height
 
-    def full(self, max_pixels: int | None, max_images: int | None) -> bool:
-        return (max_pixels is not None and self.pixels >= max_pixels) or (max_images is not None and len(self.images) >= max_images)
+    def fits(self, loaded: Image.Image | str, max_pixels: int | None) -> bool:
+        """Whether `loaded` can join without the chunk going over `max_pixels` (a failure always can)."""
+        return max_pixels is None or isinstance(loaded, str) or self.pixels + loaded.width * loaded.height <= max_pixels
 
     def ready(self) -> list[int]:
         """Positions within the chunk whose image was fetched."""
@@ -106,15 +107,16 @@ class Predictor:
     def image_chunks(self, tasks: list[dict], config: RectangleConfig, max_pixels: int | None, max_images: int | None) -> Iterator["ImageChunk"]:
         """Fetch tasks' images in parallel, in order, as consecutive chunks.
 
-        A chunk closes once its decoded images reach `max_pixels` (or
-        `max_images` tasks), so a step holds a bounded number of full-size
-        frames (plus the FETCH_WORKERS being fetched), whatever the task count.
-        None: no bound.
+        A chunk holds at most `max_pixels` decoded pixels (an image larger than
+        that alone) and `max_images` tasks; None: no bound. Downloads run up to
+        FETCH_WORKERS ahead as compressed bytes and are decoded here, one at a
+        time, so a step holds about `max_pixels` of decoded frames, whatever
+        the task count.
         """
-        def load(position: int) -> Image.Image | str:
+        def load(position: int) -> bytes | str:
             try:
                 task = tasks[position]
-                return self.fetcher.fetch(task_image_url(task, config), task.get("id"), self.project)
+                return self.fetcher.fetch_bytes(task_image_url(task, config), task.get("id"), self.project)
             except AleError as exc:
                 return str(exc)
 
@@ -123,12 +125,20 @@ class Predictor:
             pending: deque[Future] = deque()
             submitted = 0
             while pending or submitted < len(tasks):
-                # Fetch at most FETCH_WORKERS ahead of what is consumed.
                 while submitted < len(tasks) and len(pending) < FETCH_WORKERS:
                     pending.append(pool.submit(load, submitted))
                     submitted += 1
-                chunk.add(pending.popleft().result())
-                if chunk.full(max_pixels, max_images):
+                loaded = pending.popleft().result()
+                if isinstance(loaded, bytes):
+                    try:
+                        loaded = decode_image(loaded, self.settings.max_image_pixels)
+                    except AleError as exc:
+                        loaded = str(exc)
+                if chunk.images and not chunk.fits(loaded, max_pixels):
+                    yield chunk
+                    chunk = ImageChunk(chunk.start + len(chunk.images))
+                chunk.add(loaded)
+                if max_images is not None and len(chunk.images) >= max_images:
                     yield chunk
                     chunk = ImageChunk(chunk.start + len(chunk.images))
         if chunk.images:

@@ -30,8 +30,9 @@ DEFAULT_MAX_IMAGE_BYTES = 50 * 1024 * 1024
 DEFAULT_FETCH_TIMEOUT = 10.0
 DEFAULT_MAX_DETECTIONS = 300
 # Decoded pixels one prediction step holds at most (RGB: 3 bytes each, so
-# ~600 MB): 4 frames of 45 MP, or 64 small ones (PREDICT_CHUNK caps the count).
-DEFAULT_PREDICT_CHUNK_PIXELS = 200_000_000
+# ~300 MB): two 45 MP frames, eight 12 MP ones, or 64 small ones (PREDICT_CHUNK
+# caps the count). Tiles are batched within a frame, so large frames lose nothing.
+DEFAULT_PREDICT_CHUNK_PIXELS = 100_000_000
 
 #: 0: tiles are the model's input size (IMAGE_SIZE).
 DEFAULT_TILE_SIZE = 0

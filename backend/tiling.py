@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from .boxes import box_iomin, box_iou
+from .boxes import box_area, box_iomin, box_iou
 from .detections import Detections
 
 #: Tiles overlap by this share of their side: an object smaller than the
@@ -123,6 +123,7 @@ def merge_mask(
     cut: np.ndarray,
     metric: str = DEFAULT_TILE_MERGE_METRIC,
     threshold: float = DEFAULT_TILE_MERGE_THRESHOLD,
+    cell: float | None = None,
 ) -> np.ndarray:
     """Which boxes survive merging tiles: (n,) keep-mask.
 
@@ -131,6 +132,10 @@ def merge_mask(
     (tile, or the whole-image pass) overlaps it by more than `threshold`. Boxes
     of one source never suppress each other: the model's own NMS already
     decided between them. A survivor keeps its own class vector.
+
+    Only boxes that share a cell of a `cell`-pixel grid (default: one cell)
+    are compared: a colony frame yields tens of thousands of boxes, and their
+    full n x n overlap matrix would not fit in memory.
     """
     xyxy = np.asarray(xyxy, dtype=np.float64).reshape(-1, 4)
     n = len(xyxy)
@@ -139,16 +144,69 @@ def merge_mask(
         return keep
     scores, labels, sources, cut = (np.asarray(a).reshape(-1) for a in (scores, labels, sources, cut))
     order = np.lexsort((np.arange(n), -scores, cut.astype(np.int8)))
-    overlap = _OVERLAP[metric](xyxy[order], xyxy[order]) > threshold
-    overlap &= labels[order][:, None] == labels[order][None, :]
-    overlap &= sources[order][:, None] != sources[order][None, :]
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n)
+    first, second = _pairs_sharing_a_cell(xyxy, cell)
+    same = (labels[first] == labels[second]) & (sources[first] != sources[second])
+    first, second = first[same], second[same]
+    if metric not in _OVERLAP:
+        raise ValueError(f"metric must be one of {sorted(_OVERLAP)}, got {metric!r}")
+    close = _rowwise_overlap(metric, xyxy[first], xyxy[second]) > threshold
+    first, second = first[close], second[close]
+    # Each pair as (earlier, later) in visiting order: the earlier one, if kept, suppresses the later.
+    earlier = np.where(rank[first] < rank[second], first, second)
+    later = np.where(rank[first] < rank[second], second, first)
+    by_earlier = np.argsort(earlier, kind="stable")
+    earlier, later = earlier[by_earlier], later[by_earlier]
+    starts = np.searchsorted(earlier, np.arange(n + 1))
     suppressed = np.zeros(n, dtype=bool)
-    for rank in range(n):
-        if suppressed[rank]:
+    for i in order:
+        if suppressed[i]:
             continue
-        keep[order[rank]] = True
-        suppressed |= overlap[rank]
+        keep[i] = True
+        suppressed[later[starts[i] : starts[i + 1]]] = True
     return keep
+
+
+def _rowwise_overlap(metric: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Overlap of box a[i] with box b[i], for (k, 4) arrays -> (k,): the pairs only, not a (k, k) matrix."""
+    sides = (np.minimum(a[:, 2:], b[:, 2:]) - np.maximum(a[:, :2], b[:, :2])).clip(min=0)
+    inter = sides[:, 0] * sides[:, 1]
+    area_a, area_b = box_area(a), box_area(b)
+    base = np.minimum(area_a, area_b) if metric == "iomin" else area_a + area_b - inter
+    return np.divide(inter, base, out=np.zeros_like(inter), where=base > 0)
+
+
+def _pairs_sharing_a_cell(xyxy: np.ndarray, cell: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """Index pairs (i < j) of boxes that touch a common cell of a `cell`-pixel grid, each pair once."""
+    n = len(xyxy)
+    if cell is None or cell <= 0:
+        i, j = np.triu_indices(n, k=1)
+        return i, j
+    lo = np.floor(xyxy[:, :2] / cell).astype(np.int64)
+    hi = np.floor(xyxy[:, 2:] / cell).astype(np.int64)
+    boxes, cells = [], []
+    columns = int(hi[:, 0].max()) + 2
+    for index in range(n):
+        xs = np.arange(lo[index, 0], hi[index, 0] + 1)
+        ys = np.arange(lo[index, 1], hi[index, 1] + 1)
+        ids = (ys[:, None] * columns + xs[None, :]).ravel()
+        boxes.append(np.full(len(ids), index))
+        cells.append(ids)
+    boxes, cells = np.concatenate(boxes), np.concatenate(cells)
+    by_cell = np.lexsort((boxes, cells))
+    boxes, cells = boxes[by_cell], cells[by_cell]
+    bounds = np.flatnonzero(np.diff(cells)) + 1
+    firsts, seconds = [], []
+    for members in np.split(boxes, bounds):
+        if len(members) > 1:
+            i, j = np.triu_indices(len(members), k=1)
+            firsts.append(members[i])
+            seconds.append(members[j])
+    if not firsts:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    pairs = np.unique(np.concatenate(firsts) * n + np.concatenate(seconds))
+    return pairs // n, pairs % n
 
 
 def concatenate(parts: list[Detections], num_classes: int, image_size: tuple[int, int]) -> Detections:
@@ -227,7 +285,7 @@ class SlicedAdapter:
             return merged
         keep = merge_mask(
             merged.xyxy, merged.scores, merged.labels, np.concatenate(sources), np.concatenate(cut),
-            self.tiles.metric, self.tiles.threshold,
+            self.tiles.metric, self.tiles.threshold, cell=self.tiles.size,
         )
         return merged[keep]
 

@@ -136,3 +136,20 @@ def test_tile_settings_are_validated():
     assert not TileSettings(640, above=4000).applies((4000, 3000))
     assert TileSettings(640, above=4000).applies((6000, 4000))
     assert Settings(tile_size=512).tiles().size == 512
+
+
+def test_the_grid_merge_equals_the_full_comparison_and_scales_to_a_colony():
+    rng = np.random.default_rng(3)
+    centres = rng.uniform(0, 4000, size=(3000, 2))
+    sides = rng.uniform(10, 40, size=(3000, 2))
+    xyxy = np.concatenate([centres - sides / 2, centres + sides / 2], axis=1)
+    # every box seen by two tiles, slightly moved in the second
+    xyxy = np.concatenate([xyxy, xyxy + rng.uniform(-2, 2, size=xyxy.shape)])
+    scores = rng.uniform(0.3, 1, size=len(xyxy))
+    labels = np.tile(rng.integers(0, 2, size=3000), 2)
+    sources = np.concatenate([np.zeros(3000), np.ones(3000)])
+    cut = rng.uniform(size=len(xyxy)) < 0.1
+    gridded = merge_mask(xyxy, scores, labels, sources, cut, cell=640)
+    full = merge_mask(xyxy, scores, labels, sources, cut, cell=None)
+    assert np.array_equal(gridded, full)
+    assert 2900 <= gridded.sum() <= 3100, "one box per object"
