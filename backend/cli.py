@@ -162,6 +162,9 @@ def _serve(settings: Settings, args) -> int:
     from gunicorn.app.base import BaseApplication
 
     from .app import create_app
+    from .memory import return_large_buffers_to_os
+
+    return_large_buffers_to_os()  # before the fork: gunicorn's workers inherit it
 
     warning = exposure_warning(args.host, settings)
     if warning:
@@ -195,8 +198,10 @@ def _need_redis(settings: Settings):
 def _worker(settings: Settings, args) -> int:
     from rq import Queue
 
+    from .memory import return_large_buffers_to_os
     from .worker import AleWorker, wait_for_redis
 
+    return_large_buffers_to_os()
     redis = _need_redis(settings)
     from .jobqueue import QUEUES, queue_name
 

@@ -279,9 +279,12 @@ def read_limited(chunks, max_bytes: int, content_length: str | None = None) -> b
     """Join byte chunks, refusing more than `max_bytes` (checked before and while reading)."""
     if content_length and content_length.isdigit() and int(content_length) > max_bytes:
         raise MediaError(f"image is {int(content_length)} bytes, over MAX_IMAGE_BYTES={max_bytes}")
-    buffer = bytearray()
+    # Kept as parts and joined once: a bytearray grown chunk by chunk is reallocated
+    # at every size on the way to 16 MB, which fragments the heap of a long-lived worker.
+    parts, size = [], 0
     for chunk in chunks:
-        buffer += chunk
-        if len(buffer) > max_bytes:
+        parts.append(chunk)
+        size += len(chunk)
+        if size > max_bytes:
             raise MediaError(f"image is over MAX_IMAGE_BYTES={max_bytes} bytes")
-    return bytes(buffer)
+    return b"".join(parts)

@@ -50,8 +50,11 @@ def peak_rss_mb() -> float:
 
 
 def child(args) -> None:
-    """One measurement in this fresh process; prints one JSON line."""
+    """One measurement in this fresh process, set up as `ale worker` sets up its own; prints one JSON line."""
+    from label_studio_ale.memory import return_large_buffers_to_os
     from label_studio_ale.settings import Settings
+
+    return_large_buffers_to_os()
 
     settings = Settings(
         label_studio_url=args.ls_url,

@@ -114,3 +114,21 @@ def test_a_sigmoid_exports_background_is_one_minus_the_top_score(tmp_path):
     adapter = TfodAdapter(export_fixed_detections(tmp_path, boxes, np.array([0.9], np.float32), np.array([2], np.float32), 1, rows))
     (det,) = adapter.predict([Image.new("RGB", (10, 10))])
     np.testing.assert_allclose(det.background, [0.1], rtol=1e-5)
+
+
+def test_large_images_are_tiled_around_the_tfod_adapter_with_its_class_vectors(export):
+    from label_studio_ale.adapters import load_adapter
+    from label_studio_ale.settings import Settings
+    from label_studio_ale.tiling import SlicedAdapter, tile_windows
+
+    adapter = load_adapter(Settings(adapter="tfod", model_weights=str(export), image_size=200, tile_above=300))
+    assert isinstance(adapter, SlicedAdapter) and isinstance(adapter.inner, TfodAdapter) and adapter.has_class_vectors
+    (det,) = adapter.predict([Image.new("RGB", (500, 400))])
+    assert det.image_size == (500, 400)
+    assert ((det.xyxy >= 0) & (det.xyxy <= [500, 400, 500, 400])).all()
+    # the export answers the same two normalised boxes for every input: in the first tile they land at 200 px scale
+    first = BOXES[:2][:, [1, 0, 3, 2]] * 200
+    assert all(any(np.allclose(box, kept) for kept in det.xyxy) for box in first[:1])
+    for row in det.class_probs:
+        assert any(np.allclose(row, expected) for expected in MULTICLASS[:2, 1:]), "each box keeps its own class vector"
+    assert len(det) <= 2 * (len(tile_windows(500, 400, 200, 0.2)) + 1)
