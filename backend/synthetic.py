@@ -63,19 +63,24 @@ def make_scene(
         noise = noise + (ramp[None, :, None] if axis == 1 else ramp[:, None, None])
     pixels = np.clip(base + noise, 0, 255).astype(np.uint8)
     image = Image.fromarray(pixels, "RGB")
-    draw = ImageDraw.Draw(image)
+    count = int(rng.integers(1, max_objects + 1))
+    return _place_shapes(image, rng, count, count * 10, (min_side, max_side), num_classes)
 
+
+def _place_shapes(image: Image.Image, rng, count: int, attempts: int, sides: tuple[int, int], num_classes: int, gap: int = 0) -> Scene:
+    """Draw up to `count` shapes at random places `gap` pixels apart or more (rejection sampling, `attempts` tries)."""
+    width, height = image.size
+    draw = ImageDraw.Draw(image)
     boxes: list[list[float]] = []
     labels: list[int] = []
-    count = int(rng.integers(1, max_objects + 1))
-    for _ in range(count * 10):  # rejection sampling for non-overlapping placements
+    for _ in range(attempts):
         if len(boxes) == count:
             break
-        w, h = (int(v) for v in rng.integers(min_side, max_side + 1, size=2))
+        w, h = (int(v) for v in rng.integers(sides[0], sides[1] + 1, size=2))
         x1 = int(rng.integers(0, width - w))
         y1 = int(rng.integers(0, height - h))
         box = [x1, y1, x1 + w, y1 + h]
-        if any(overlaps(box, other) for other in boxes):
+        if any(overlaps([x1 - gap, y1 - gap, x1 + w + gap, y1 + h + gap], other) for other in boxes):
             continue
         label = int(rng.integers(0, num_classes))
         _draw_shape(draw, box, label)
@@ -111,22 +116,8 @@ def make_large_scene(
         pixels[top : top + rows] = np.clip(base + rng.normal(0, 12, size=(rows, width, 3)), 0, 255).astype(np.uint8)
     image = Image.fromarray(pixels, "RGB")
     del pixels
-    draw = ImageDraw.Draw(image)
-    boxes: list[list[float]] = []
-    labels: list[int] = []
-    for _ in range(objects * 20):  # rejection sampling; objects keep a few pixels apart
-        if len(boxes) == objects:
-            break
-        w, h = (int(v) for v in rng.integers(min_side, max_side + 1, size=2))
-        x1, y1 = int(rng.integers(0, width - w)), int(rng.integers(0, height - h))
-        box = [x1, y1, x1 + w, y1 + h]
-        if any(overlaps([x1 - 4, y1 - 4, x1 + w + 4, y1 + h + 4], other) for other in boxes):
-            continue
-        label = int(rng.integers(0, num_classes))
-        _draw_shape(draw, box, label)
-        boxes.append([float(v) for v in box])
-        labels.append(label)
-    return Scene(image=image, xyxy=np.asarray(boxes, dtype=np.float64).reshape(-1, 4), labels=np.asarray(labels, dtype=np.int64))
+    # objects keep a few pixels apart
+    return _place_shapes(image, rng, objects, objects * 20, (min_side, max_side), num_classes, gap=4)
 
 
 #: Rows of noise drawn at once for a large scene (float64 while drawn: ~70 MB for 6000 px wide).
