@@ -262,15 +262,14 @@ def create_app(
                 return jsonify(status="training" if started else "already training", action=action, job=job_id)
             return jsonify(status="counted", action=action)
         if action == TASKS_CREATED:
-            from .jobs import predict_pool, sync_priorities
+            from .jobs import predict_pool, request_sync
 
             project = _project_from_event(body)
             task_ids = [t["id"] for t in body.get("tasks") or [] if isinstance(t, dict) and isinstance(t.get("id"), int)]
-            queued = [
-                jobs().enqueue(QUEUE_PREDICT, predict_pool, project, task_ids or None),
-                jobs().enqueue(QUEUE_SYNC, sync_priorities, project, retry=True),
-            ]
-            return jsonify(status="queued", action=action, jobs=queued)
+            predict = jobs().enqueue(QUEUE_PREDICT, predict_pool, project, task_ids or None)
+            # A burst of imports (one webhook per request) is covered by the one sync still in the queue.
+            sync, queued_now = request_sync(jobs(), runtime, project)
+            return jsonify(status="queued", action=action, jobs=[predict, sync], sync="queued" if queued_now else "coalesced")
         return jsonify(status="ignored", action=action)
 
     @app.get("/jobs/<job_id>")

@@ -82,11 +82,11 @@ class RedisJobQueue:
         self.redis = redis
         self.queues = {kind: Queue(queue_name(adapter, kind), connection=redis) for kind in QUEUES}
 
-    def enqueue(self, kind: str, func: Callable, *args, retry: bool = False, **kwargs) -> str:
-        """Queue `func(*args, **kwargs)` as a `kind` job (QUEUES) on this adapter's queue. -> job id."""
+    def enqueue(self, kind: str, func: Callable, *args, retry: bool = False, job_id: str | None = None, **kwargs) -> str:
+        """Queue `func(*args, **kwargs)` as a `kind` job (QUEUES) on this adapter's queue. -> job id (`job_id` if given)."""
         from rq import Retry
 
-        options = {"job_timeout": JOB_TIMEOUT}
+        options = {"job_timeout": JOB_TIMEOUT, "job_id": job_id}
         if retry:
             options["retry"] = Retry(max=len(SYNC_RETRY_INTERVALS), interval=list(SYNC_RETRY_INTERVALS))
         job = self.queues[kind].enqueue(func, args=args, kwargs=kwargs, **options)
@@ -138,8 +138,8 @@ class EmbeddedJobQueue:
         self._thread = threading.Thread(target=self._run, name="ale-embedded-jobs", daemon=True)
         self._thread.start()
 
-    def enqueue(self, kind: str, func: Callable, *args, retry: bool = False, **kwargs) -> str:
-        job_id = uuid.uuid4().hex
+    def enqueue(self, kind: str, func: Callable, *args, retry: bool = False, job_id: str | None = None, **kwargs) -> str:
+        job_id = job_id or uuid.uuid4().hex
         self._jobs[job_id] = JobInfo(job_id, f"{func.__module__}.{func.__name__}", "queued")
         if self.runtime is not None:
             kwargs = kwargs | {"runtime": self.runtime}

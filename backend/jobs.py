@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from datetime import datetime, timezone
 from typing import Callable
 
@@ -18,6 +19,7 @@ from .adapters import Adapter, check_policy_fits, is_trained
 from .detection_store import StoredDetections
 from .detections import Detections
 from .errors import AleError
+from .jobqueue import QUEUE_SYNC
 from .ls_client import LabelStudioError, TaskRef
 from .ls_format import detections_to_results, match_labels, parse_label_config
 from .media import MediaFetcher, average_hash
@@ -34,6 +36,8 @@ log = logging.getLogger(__name__)
 SYNC_VERSION_PREFIX = "ale:"
 #: The order a sync writes while the serving model is untrained (see ranking.spread_order).
 SPREAD_POLICY = "spread (untrained model: farthest-first on image hashes)"
+#: A queued sync covers new requests this long at most: a job lost from the queue cannot hold syncs back for longer.
+SYNC_QUEUED_TTL = 30 * 60
 #: Per-task reasons a job result carries at most (all are logged).
 REPORTED_ERRORS = 20
 PREDICT_CHUNK = 64  # at most this many images per step (PREDICT_CHUNK_PIXELS bounds their pixels)
@@ -148,6 +152,35 @@ def preview_ranking(project: int, *, runtime: Runtime | None = None, progress: P
             }
         )
     return {"policy": ranked["policy"], "model": adapter.version, "trained": is_trained(adapter), "rows": rows}
+
+
+def request_sync(queue, runtime: Runtime, project: int) -> tuple[str, bool]:
+    """Queue a sync of `project` unless one is queued and has not started. -> (its job id, whether queued now).
+
+    Any number of requests (TASKS_CREATED webhooks) while a sync waits in the
+    queue are covered by that one: it lists the project's tasks when it
+    starts. From its start on, the next request queues one more.
+    """
+    job_id = uuid.uuid4().hex
+    held = runtime.claim_flag(queued_sync_flag(project), job_id, SYNC_QUEUED_TTL)
+    if held is not None:
+        return held, False
+    try:
+        return queue.enqueue(QUEUE_SYNC, queued_sync, project, retry=True, job_id=job_id), True
+    except Exception:
+        runtime.take_flag(queued_sync_flag(project))  # nothing was queued: the next request must queue it
+        raise
+
+
+def queued_sync(project: int, *, runtime: Runtime | None = None, progress: Progress | None = None) -> dict:
+    """The sync `request_sync` queues: it lets the next request queue another, then syncs."""
+    rt = runtime or current_runtime()
+    rt.take_flag(queued_sync_flag(project))
+    return sync_priorities(project, runtime=rt, progress=progress)
+
+
+def queued_sync_flag(project: int) -> str:
+    return f"sync-queued:{project}"
 
 
 def sync_priorities(project: int, *, runtime: Runtime | None = None, progress: Progress | None = None) -> dict:

@@ -92,18 +92,6 @@ class Predictor:
         """Run the adapter in batches and keep what an annotator sees (see `shown`)."""
         return [self.shown(d, shown) for d in self.raw(images)]
 
-    def fetch_images(self, tasks: list[dict], config: RectangleConfig) -> tuple[list[Image.Image | None], dict[int, str]]:
-        """Fetch each task's image in parallel. -> (image or None per task, {position: reason}).
-
-        Holds every image at once: for a handful of tasks; use `image_chunks` for a pool.
-        """
-        images: list[Image.Image | None] = [None] * len(tasks)
-        errors: dict[int, str] = {}
-        for chunk in self.image_chunks(tasks, config, max_pixels=None, max_images=None):
-            images[chunk.start : chunk.start + len(chunk.images)] = chunk.images
-            errors.update(chunk.errors)
-        return images, errors
-
     def image_chunks(self, tasks: list[dict], config: RectangleConfig, max_pixels: int | None, max_images: int | None) -> Iterator["ImageChunk"]:
         """Fetch tasks' images in parallel, in order, as consecutive chunks.
 

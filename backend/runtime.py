@@ -43,6 +43,7 @@ class Runtime:
         self._adapter_lock = threading.Lock()
         self._local_locks: dict[str, threading.Lock] = {}
         self._local_flags: set[str] = set()
+        self._local_flag_values: dict[str, str] = {}
         self._flags_lock = threading.Lock()
         self._project_adapters: dict[int, tuple[str, Adapter]] = {}
         self.redis = redis
@@ -131,6 +132,24 @@ class Runtime:
         with self._flags_lock:
             self._local_flags.add(name)
 
+    def claim_flag(self, name: str, value: str, ttl: int = FLAG_TTL) -> str | None:
+        """Raise the flag holding `value` unless it is raised. -> None when this call raised it, else the value it holds."""
+        if self.redis is not None:
+            key = f"ale:flag:{name}"
+            for _ in range(2):  # the holder may lower it between the two calls: then claim again
+                if self.redis.set(key, value, nx=True, ex=ttl):
+                    return None
+                held = self.redis.get(key)
+                if held is not None:
+                    return held.decode()
+            return None if self.redis.set(key, value, ex=ttl) else value
+        with self._flags_lock:
+            if name in self._local_flags:
+                return self._local_flag_values.get(name, "1")
+            self._local_flags.add(name)
+            self._local_flag_values[name] = value
+            return None
+
     def take_flag(self, name: str) -> bool:
         """Lower the flag; True if it was raised (exactly one taker sees True)."""
         if self.redis is not None:
@@ -138,6 +157,7 @@ class Runtime:
         with self._flags_lock:
             if name in self._local_flags:
                 self._local_flags.discard(name)
+                self._local_flag_values.pop(name, None)
                 return True
             return False
 

@@ -104,3 +104,48 @@ def test_progress_lines_keep_the_training_visible_after_its_sync():
     evaluation = {"version": "v0002", "map50": 0.09, "images": 12, "boxes": 30, "promoted": False}
     line = jobs.describe_progress({"progress": {"phase": "import", "done": 110, "total": 110}, "training": training, "evaluation": evaluation})
     assert line == "trained v0002: mAP50 0.090 on 12 validation images (30 boxes), not promoted; then import 110/110"
+
+
+class RecordingQueue:
+    def __init__(self):
+        self.enqueued = []
+
+    def enqueue(self, kind, func, *args, retry=False, job_id=None, **kwargs):
+        self.enqueued.append((kind, func.__name__, args, job_id))
+        return job_id
+
+
+@pytest.fixture(params=["embedded", "redis"])
+def runtime(request, tmp_path):
+    if request.param == "embedded":
+        return Runtime(Settings(model_dir=tmp_path))
+    from tests.support.redis_server import start_redis
+
+    server = start_redis()
+    request.addfinalizer(server.stop)
+    return Runtime(Settings(model_dir=tmp_path, redis_url=server.url))
+
+
+def test_a_burst_of_sync_requests_queues_one_sync_until_it_starts(runtime, monkeypatch):
+    queue = RecordingQueue()
+    first = [jobs.request_sync(queue, runtime, 7) for _ in range(20)]
+    assert len(queue.enqueued) == 1 and queue.enqueued[0][:3] == ("sync", "queued_sync", (7,))
+    assert first[0][1] is True and all(job == first[0][0] and not new for job, new in first[1:])
+    assert jobs.request_sync(queue, runtime, 8)[1] is True, "another project queues its own"
+    # The queued sync starts: from now on a request queues one more, which covers the rest.
+    monkeypatch.setattr(jobs, "sync_priorities", lambda project, runtime, progress: {"status": "synced"})
+    assert jobs.queued_sync(7, runtime=runtime)["status"] == "synced"
+    later = [jobs.request_sync(queue, runtime, 7) for _ in range(5)]
+    assert len({job for job, _ in later}) == 1 and later[0][0] != first[0][0]
+    assert [kind for kind, name, args, _ in queue.enqueued if args == (7,)] == ["sync", "sync"]
+
+
+def test_a_sync_that_could_not_be_queued_does_not_hold_back_the_next(runtime):
+    class Down:
+        def enqueue(self, *args, **kwargs):
+            raise ConnectionError("Redis is away")
+
+    with pytest.raises(ConnectionError):
+        jobs.request_sync(Down(), runtime, 9)
+    queue = RecordingQueue()
+    assert jobs.request_sync(queue, runtime, 9)[1] is True and len(queue.enqueued) == 1
