@@ -49,6 +49,28 @@ def box_iomin(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 _OVERLAP = {NMS_IOU: box_iou, NMS_IOMIN: box_iomin}
+#: The overlap metrics by name.
+OVERLAP_METRICS = tuple(_OVERLAP)
+
+
+def paired_overlap(a: np.ndarray, b: np.ndarray, metric: str = NMS_IOU) -> np.ndarray:
+    """(k, 4), (k, 4) -> (k,) overlap of a[i] with b[i] by `metric`: the pairs only, not the (k, k) matrix."""
+    if metric not in _OVERLAP:
+        raise ValueError(f"metric must be one of {sorted(_OVERLAP)}, got {metric!r}")
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    sides = (np.minimum(a[:, 2:], b[:, 2:]) - np.maximum(a[:, :2], b[:, :2])).clip(min=0)
+    inter = sides[:, 0] * sides[:, 1]
+    area_a, area_b = box_area(a), box_area(b)
+    base = np.minimum(area_a, area_b) if metric == NMS_IOMIN else area_a + area_b - inter
+    return np.divide(inter, base, out=np.zeros_like(inter), where=base > 0)
+
+
+def clip_boxes(xyxy: np.ndarray, window) -> np.ndarray:
+    """(n, 4) boxes clipped to `window` (x1, y1, x2, y2) -> (n, 4); a box outside it keeps no area."""
+    x1, y1, x2, y2 = (float(v) for v in window)
+    xyxy = np.asarray(xyxy, dtype=np.float64).reshape(-1, 4)
+    return np.stack([xyxy[:, 0].clip(x1, x2), xyxy[:, 1].clip(y1, y2), xyxy[:, 2].clip(x1, x2), xyxy[:, 3].clip(y1, y2)], axis=1)
 
 
 def _boxes_and_scores(xyxy, scores) -> tuple[np.ndarray, np.ndarray]:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .boxes import box_area
+from .boxes import box_area, clip_boxes
 from .settings import Settings
 from .tiling import TileSettings, tile_windows
 
@@ -54,11 +54,9 @@ def yolo_lines(xyxy: np.ndarray, labels: np.ndarray, width: int, height: int) ->
 
 def boxes_in_window(xyxy: np.ndarray, labels: np.ndarray, window, min_visible: float) -> tuple[np.ndarray, np.ndarray]:
     """Boxes clipped to `window` (x1, y1, x2, y2), in its pixels, keeping those with `min_visible` of their area inside."""
-    x1, y1, x2, y2 = (float(v) for v in window)
+    x1, y1, _, _ = (float(v) for v in window)
     xyxy = np.asarray(xyxy, dtype=np.float64).reshape(-1, 4)
-    clipped = np.stack(
-        [xyxy[:, 0].clip(x1, x2), xyxy[:, 1].clip(y1, y2), xyxy[:, 2].clip(x1, x2), xyxy[:, 3].clip(y1, y2)], axis=1
-    )
+    clipped = clip_boxes(xyxy, window)
     area, inside = box_area(xyxy), box_area(clipped)
     visible = np.divide(inside, area, out=np.zeros_like(inside), where=area > 0)
     keep = (inside > 0) & (visible >= min_visible)

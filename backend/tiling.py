@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from .boxes import box_area, box_iomin, box_iou
+from .boxes import OVERLAP_METRICS, paired_overlap
 from .detections import Detections
 
 #: Tiles overlap by this share of their side: an object smaller than the
@@ -36,9 +36,6 @@ DEFAULT_TILE_MERGE_THRESHOLD = 0.5
 DEFAULT_TILE_MERGE_METRIC = "iomin"
 #: A box this close (pixels) to a tile edge inside the image was cut by that edge.
 CUT_MARGIN = 2.0
-
-_OVERLAP = {"iou": box_iou, "iomin": box_iomin}
-
 
 @dataclass(frozen=True)
 class TileSettings:
@@ -61,8 +58,8 @@ class TileSettings:
             raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
         if self.above < 0:
             raise ValueError(f"above must be 0 (never tile) or a number of pixels, got {self.above}")
-        if self.metric not in _OVERLAP:
-            raise ValueError(f"metric must be one of {sorted(_OVERLAP)}, got {self.metric!r}")
+        if self.metric not in OVERLAP_METRICS:
+            raise ValueError(f"metric must be one of {sorted(OVERLAP_METRICS)}, got {self.metric!r}")
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
 
@@ -149,9 +146,7 @@ def merge_mask(
     first, second = _pairs_sharing_a_cell(xyxy, cell)
     same = (labels[first] == labels[second]) & (sources[first] != sources[second])
     first, second = first[same], second[same]
-    if metric not in _OVERLAP:
-        raise ValueError(f"metric must be one of {sorted(_OVERLAP)}, got {metric!r}")
-    close = _rowwise_overlap(metric, xyxy[first], xyxy[second]) > threshold
+    close = paired_overlap(xyxy[first], xyxy[second], metric) > threshold
     first, second = first[close], second[close]
     # Each pair as (earlier, later) in visiting order: the earlier one, if kept, suppresses the later.
     earlier = np.where(rank[first] < rank[second], first, second)
@@ -166,15 +161,6 @@ def merge_mask(
         keep[i] = True
         suppressed[later[starts[i] : starts[i + 1]]] = True
     return keep
-
-
-def _rowwise_overlap(metric: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Overlap of box a[i] with box b[i], for (k, 4) arrays -> (k,): the pairs only, not a (k, k) matrix."""
-    sides = (np.minimum(a[:, 2:], b[:, 2:]) - np.maximum(a[:, :2], b[:, :2])).clip(min=0)
-    inter = sides[:, 0] * sides[:, 1]
-    area_a, area_b = box_area(a), box_area(b)
-    base = np.minimum(area_a, area_b) if metric == "iomin" else area_a + area_b - inter
-    return np.divide(inter, base, out=np.zeros_like(inter), where=base > 0)
 
 
 def _pairs_sharing_a_cell(xyxy: np.ndarray, cell: float | None) -> tuple[np.ndarray, np.ndarray]:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .boxes import clip_boxes
 from .errors import AleError
 from .evaluation import evaluate
 from .ls_format import parse_label_config, rectangle_to_xyxy, task_image_url
@@ -294,7 +295,7 @@ def write_training_set(work: Path, samples: list[TrainingSample], classes: list[
         with Image.open(sample.image) as image:
             width, height = image.size
         xyxy = np.asarray(sample.xyxy, dtype=np.float64).reshape(-1, 4)
-        clipped = np.stack([xyxy[:, 0].clip(0, width), xyxy[:, 1].clip(0, height), xyxy[:, 2].clip(0, width), xyxy[:, 3].clip(0, height)], axis=1)
+        clipped = clip_boxes(xyxy, (0, 0, width, height))
         kept = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
         counts["skipped_boxes"] += int((~kept).sum())
         clipped, labels = clipped[kept], np.asarray(sample.labels).reshape(-1)[kept]

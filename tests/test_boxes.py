@@ -99,3 +99,15 @@ def test_filter_detections_applies_threshold_nms_tag_limit_and_top_k():
     assert kept.scores.tolist() == [0.9, 0.8]
     kept = filter_detections(det, score_threshold=0.0, max_tags_per_pixel=1)
     assert kept.scores.tolist() == [0.9, 0.1, 0.6]
+
+
+def test_paired_overlap_is_the_diagonal_of_the_matrix_and_clip_keeps_boxes_inside():
+    import numpy as np
+
+    from label_studio_ale.boxes import box_iomin, box_iou, clip_boxes, paired_overlap
+
+    a = np.array([[0, 0, 10, 10], [5, 5, 15, 15], [0, 0, 4, 4]], dtype=float)
+    b = np.array([[5, 0, 15, 10], [6, 6, 8, 8], [10, 10, 12, 12]], dtype=float)
+    np.testing.assert_allclose(paired_overlap(a, b, "iou"), np.diagonal(box_iou(a, b)))
+    np.testing.assert_allclose(paired_overlap(a, b, "iomin"), np.diagonal(box_iomin(a, b)))
+    assert clip_boxes(a, (2, 2, 9, 9)).tolist() == [[2, 2, 9, 9], [5, 5, 9, 9], [2, 2, 4, 4]]
