@@ -1,10 +1,21 @@
-"""Pool detections kept between jobs, keyed by (project, raw output key, task).
+"""Pool detections kept between jobs, and the queue each project is served.
 
-predict_pool writes what the model produced (every box above its floor, see
-`serving.raw_output_key`) once per model version; scoring and the priority sync
-read them and apply the serving filters without re-running the model. Stored in
-SQLite inside MODEL_DIR (WAL mode: one writer and many readers across processes
-on the same machine).
+`detections`, keyed by (project, raw output key, task): what a model produced
+for a task (every box above its floor, see `serving.raw_output_key`), written
+once per model version by the pool prediction; scoring and the sync read them
+and apply the serving filters without re-running the model.
+
+`served_queues` / `served_tasks`: the prediction version a sync last switched
+Label Studio to, what decided its order (model, ranking settings), and each
+task's usefulness and LS score in it, so that the next sync can tell what
+changed and write only that (`queue_update`).
+
+Two back ends, one SQL (`?` placeholders, `ON CONFLICT` upserts, which SQLite
+and PostgreSQL both speak):
+- SQLite in MODEL_DIR, the default: one machine (WAL mode: one writer and many
+  readers across processes; not safe on a network file system);
+- PostgreSQL (`DETECTION_STORE_URL=postgresql://...`, psycopg 3): workers on
+  several machines share it.
 """
 
 from __future__ import annotations
@@ -12,34 +23,57 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 
 from .detections import Detections
+from .errors import ConfigError
 
-#: Bumped whenever the table changes; an older table is a cache and is dropped (its models re-run once).
-SCHEMA_VERSION = 2
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS detections (
-    project INTEGER NOT NULL,
-    model_version TEXT NOT NULL,
-    task_id INTEGER NOT NULL,
-    width INTEGER,
-    height INTEGER,
-    num_classes INTEGER,
-    xyxy BLOB,
-    class_probs BLOB,
-    labels BLOB,
-    scores BLOB,
-    background BLOB,
-    image_hash INTEGER,
-    error TEXT,
-    created REAL NOT NULL,
-    PRIMARY KEY (project, model_version, task_id)
+#: Bumped whenever a table changes; older tables are a cache and are dropped (models re-run once, the next sync is full).
+SCHEMA_VERSION = 3
+#: Task ids per `IN (...)` query: well under SQLite's 32,766 bound parameters.
+ID_BATCH = 500
+DETECTION_COLUMNS = (
+    "project, model_version, task_id, width, height, num_classes, xyxy, class_probs, labels, scores, background, image_hash, error, created"
 )
-"""
+TABLES = (
+    """CREATE TABLE IF NOT EXISTS detections (
+        project BIGINT NOT NULL,
+        model_version TEXT NOT NULL,
+        task_id BIGINT NOT NULL,
+        width INTEGER,
+        height INTEGER,
+        num_classes INTEGER,
+        xyxy {blob},
+        class_probs {blob},
+        labels {blob},
+        scores {blob},
+        background {blob},
+        image_hash BIGINT,
+        error TEXT,
+        created DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (project, model_version, task_id)
+    )""",
+    """CREATE TABLE IF NOT EXISTS served_queues (
+        project BIGINT PRIMARY KEY,
+        ls_version TEXT NOT NULL,
+        raw_key TEXT NOT NULL,
+        ranking_key TEXT NOT NULL,
+        updated DOUBLE PRECISION NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS served_tasks (
+        project BIGINT NOT NULL,
+        task_id BIGINT NOT NULL,
+        usefulness DOUBLE PRECISION,
+        score DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (project, task_id)
+    )""",
+)
+DROPPED_ON_UPGRADE = ("detections", "served_queues", "served_tasks")
 
 
 @dataclass(frozen=True)
@@ -50,96 +84,396 @@ class StoredDetections:
     error: str | None
 
 
+@dataclass(frozen=True)
+class ServedQueue:
+    """What a project's served LS prediction version was ranked with."""
+
+    ls_version: str  # the prediction version LS serves (project.model_version)
+    raw_key: str  # the detection store key its detections came from (model version + raw-output settings)
+    ranking_key: str  # policy, batch extras, serving filters and label config, hashed (jobs.ranking_key)
+
+
+@dataclass(frozen=True)
+class ServedTasks:
+    """(n,) arrays, sorted by ascending LS score: task ids, usefulness (-inf: unusable image), LS scores."""
+
+    task_ids: np.ndarray
+    usefulness: np.ndarray
+    scores: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.task_ids.size)
+
+
 class DetectionStore:
+    """The SQL both back ends share; subclasses open connections and transactions."""
+
+    placeholder = "?"
+    blob_type = "BLOB"
+
+    def _setup(self) -> None:
+        with self._exclusive() as db:
+            if self._schema_version(db) != SCHEMA_VERSION:
+                for table in DROPPED_ON_UPGRADE:
+                    self._exec(db, f"DROP TABLE IF EXISTS {table}")
+                self._exec(db, "CREATE TABLE IF NOT EXISTS store_meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL)")
+                self._exec(
+                    db,
+                    "INSERT INTO store_meta VALUES ('schema', ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                    (SCHEMA_VERSION,),
+                )
+            for table in TABLES:
+                self._exec(db, table.format(blob=self.blob_type))
+
+    def _schema_version(self, db) -> int:
+        raise NotImplementedError
+
+    @contextmanager
+    def _tx(self) -> Iterator:
+        """One transaction on this thread's connection."""
+        raise NotImplementedError
+
+    @contextmanager
+    def _exclusive(self) -> Iterator:
+        """A transaction no other process runs at the same time (schema checks)."""
+        raise NotImplementedError
+
+    def _sql(self, query: str) -> str:
+        return query if self.placeholder == "?" else query.replace("?", self.placeholder)
+
+    def _exec(self, db, query: str, params=()):
+        return db.execute(self._sql(query), params)
+
+    def _execmany(self, db, query: str, rows: list) -> None:
+        if rows:
+            db.cursor().executemany(self._sql(query), rows)
+
+    # Detections
+
+    def put_many(self, project: int, model_version: str, items: Iterable[StoredDetections]) -> None:
+        """Insert or replace, in one transaction (all items or none)."""
+        now = time.time()
+        rows = [_encode(project, model_version, item, now) for item in items]
+        updates = ", ".join(f"{c} = excluded.{c}" for c in DETECTION_COLUMNS.split(", ")[3:])
+        query = (
+            f"INSERT INTO detections ({DETECTION_COLUMNS}) VALUES ({', '.join('?' * 14)}) "
+            f"ON CONFLICT (project, model_version, task_id) DO UPDATE SET {updates}"
+        )
+        with self._tx() as db:
+            self._execmany(db, query, rows)
+
+    def get_many(self, project: int, model_version: str, task_ids: Iterable[int] | None = None) -> dict[int, StoredDetections]:
+        """Stored detections of `task_ids` (all of the version's when None) -> {task id: item}."""
+        select = (
+            "SELECT task_id, width, height, num_classes, xyxy, class_probs, labels, scores, background, image_hash, error "
+            "FROM detections WHERE project = ? AND model_version = ?"
+        )
+        out: dict[int, StoredDetections] = {}
+        with self._tx() as db:
+            if task_ids is None:
+                batches = [self._exec(db, select, (project, model_version)).fetchall()]
+            else:
+                ids = [int(t) for t in task_ids]
+                batches = (
+                    self._exec(db, f"{select} AND task_id IN ({', '.join('?' * len(part))})", (project, model_version, *part)).fetchall()
+                    for part in _batches(ids)
+                )
+            for rows in batches:
+                for row in rows:
+                    item = _decode(row)
+                    out[item.task_id] = item
+        return out
+
+    def usable_ids(self, project: int, model_version: str) -> np.ndarray:
+        """(n,) ids of the tasks the version has detections for (not an error), ascending."""
+        with self._tx() as db:
+            rows = self._exec(
+                db, "SELECT task_id FROM detections WHERE project = ? AND model_version = ? AND error IS NULL", (project, model_version)
+            ).fetchall()
+        return np.sort(np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)))
+
+    def delete_version(self, project: int, model_version: str) -> int:
+        with self._tx() as db:
+            return self._exec(db, "DELETE FROM detections WHERE project = ? AND model_version = ?", (project, model_version)).rowcount
+
+    def prune(self, project: int, keep: Iterable[str]) -> int:
+        """Delete the project's detections of every key not in `keep`. -> rows deleted."""
+        keep = sorted(set(keep))
+        if not keep:
+            raise ValueError("prune needs at least one key to keep")
+        with self._tx() as db:
+            return self._exec(
+                db,
+                f"DELETE FROM detections WHERE project = ? AND model_version NOT IN ({', '.join('?' * len(keep))})",
+                (project, *keep),
+            ).rowcount
+
+    def versions(self, project: int) -> dict[str, int]:
+        """Keys stored for a project -> rows each."""
+        with self._tx() as db:
+            rows = self._exec(db, "SELECT model_version, COUNT(*) FROM detections WHERE project = ? GROUP BY model_version", (project,)).fetchall()
+        return {str(k): int(n) for k, n in rows}
+
+    # The served queue
+
+    def served_queue(self, project: int) -> ServedQueue | None:
+        with self._tx() as db:
+            row = self._exec(db, "SELECT ls_version, raw_key, ranking_key FROM served_queues WHERE project = ?", (project,)).fetchone()
+        return None if row is None else ServedQueue(*row)
+
+    def served_tasks(self, project: int) -> ServedTasks:
+        with self._tx() as db:
+            rows = self._exec(db, "SELECT task_id, usefulness, score FROM served_tasks WHERE project = ? ORDER BY score, task_id", (project,)).fetchall()
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        usefulness = np.fromiter((-np.inf if r[1] is None else r[1] for r in rows), dtype=np.float64, count=len(rows))
+        scores = np.fromiter((r[2] for r in rows), dtype=np.float64, count=len(rows))
+        return ServedTasks(ids, usefulness, scores)
+
+    def served_last_task(self, project: int) -> int | None:
+        """The greatest task id in the project's served queue; None when it has none."""
+        with self._tx() as db:
+            row = self._exec(db, "SELECT MAX(task_id) FROM served_tasks WHERE project = ?", (project,)).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
+    def replace_served(self, project: int, queue: ServedQueue, task_ids, usefulness, scores) -> None:
+        """Record a full sync's queue: the project's previous record goes, in the same transaction."""
+        rows = _served_rows(project, task_ids, usefulness, scores)
+        with self._tx() as db:
+            self._exec(db, "DELETE FROM served_tasks WHERE project = ?", (project,))
+            self._exec(db, "DELETE FROM served_queues WHERE project = ?", (project,))
+            self._exec(
+                db,
+                "INSERT INTO served_queues (project, ls_version, raw_key, ranking_key, updated) VALUES (?, ?, ?, ?, ?)",
+                (project, queue.ls_version, queue.raw_key, queue.ranking_key, time.time()),
+            )
+            self._execmany(db, "INSERT INTO served_tasks (project, task_id, usefulness, score) VALUES (?, ?, ?, ?)", rows)
+
+    def add_served(self, project: int, ls_version: str, task_ids, usefulness, scores) -> bool:
+        """Add tasks to the served queue if it is still `ls_version`. -> whether it was (and they were added)."""
+        rows = _served_rows(project, task_ids, usefulness, scores)
+        with self._tx() as db:
+            row = self._exec(db, "SELECT ls_version FROM served_queues WHERE project = ?", (project,)).fetchone()
+            if row is None or row[0] != ls_version:
+                return False
+            self._execmany(
+                db,
+                "INSERT INTO served_tasks (project, task_id, usefulness, score) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (project, task_id) DO UPDATE SET usefulness = excluded.usefulness, score = excluded.score",
+                rows,
+            )
+            self._exec(db, "UPDATE served_queues SET updated = ? WHERE project = ?", (time.time(), project))
+        return True
+
+    def forget_served(self, project: int) -> None:
+        """Drop the project's served record: its next sync rewrites the whole queue."""
+        with self._tx() as db:
+            self._exec(db, "DELETE FROM served_tasks WHERE project = ?", (project,))
+            self._exec(db, "DELETE FROM served_queues WHERE project = ?", (project,))
+
+
+class SqliteDetectionStore(DetectionStore):
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
-        db = self._connect()
-        db.execute("PRAGMA journal_mode=WAL")
-        # One writer at a time checks and migrates: two processes opening a fresh store race otherwise.
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            if db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
-                db.execute("DROP TABLE IF EXISTS detections")
-                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            db.execute(SCHEMA)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+        self._connect().execute("PRAGMA journal_mode=WAL")
+        self._setup()
+
+    def __repr__(self) -> str:
+        return f"SqliteDetectionStore({str(self.path)!r})"
 
     def _connect(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
         if db is None:
-            db = sqlite3.connect(self.path, timeout=30)
+            # isolation_level=None: transactions are the explicit BEGIN/COMMIT below
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             self._local.db = db
         return db
 
-    def put_many(self, project: int, model_version: str, items: list[StoredDetections]) -> None:
-        """Insert or replace, in one transaction (all items or none)."""
-        rows = []
-        now = time.time()
-        for item in items:
-            d = item.detections
-            image_hash = None if item.image_hash is None else _to_signed(item.image_hash)
-            if d is None:
-                rows.append((project, model_version, item.task_id, None, None, None, None, None, None, None, None, image_hash, item.error, now))
-            else:
-                rows.append(
-                    (
-                        project,
-                        model_version,
-                        item.task_id,
-                        d.image_size[0],
-                        d.image_size[1],
-                        d.num_classes,
-                        d.xyxy.astype(np.float32).tobytes(),
-                        d.class_probs.astype(np.float32).tobytes(),
-                        d.labels.astype(np.int32).tobytes(),
-                        d.scores.astype(np.float32).tobytes(),
-                        d.background.astype(np.float32).tobytes(),
-                        image_hash,
-                        None,
-                        now,
-                    )
-                )
-        with self._connect() as db:
-            db.executemany("INSERT OR REPLACE INTO detections VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
-
-    def get_many(self, project: int, model_version: str, task_ids: list[int] | None = None) -> dict[int, StoredDetections]:
+    @contextmanager
+    def _tx(self):
         db = self._connect()
-        query = (
-            "SELECT task_id, width, height, num_classes, xyxy, class_probs, labels, scores, background, image_hash, error "
-            "FROM detections WHERE project=? AND model_version=?"
+        db.execute("BEGIN")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    @contextmanager
+    def _exclusive(self):
+        db = self._connect()
+        db.execute("BEGIN IMMEDIATE")  # one writer at a time: two processes opening a fresh store race otherwise
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def _schema_version(self, db) -> int:
+        if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'store_meta'").fetchone() is None:
+            return 0
+        row = db.execute("SELECT value FROM store_meta WHERE name = 'schema'").fetchone()
+        return 0 if row is None else int(row[0])
+
+
+class PostgresDetectionStore(DetectionStore):
+    placeholder = "%s"
+    blob_type = "BYTEA"
+    #: pg_advisory_xact_lock key of the schema check: processes starting together check one at a time.
+    SCHEMA_LOCK = 0x616C6500
+
+    def __init__(self, url: str):
+        try:
+            import psycopg
+        except ImportError as exc:  # pragma: no cover - psycopg is a dependency
+            raise ConfigError("DETECTION_STORE_URL", f"a PostgreSQL store needs psycopg 3 (pip install 'psycopg[binary]'): {exc}") from None
+        self._psycopg = psycopg
+        self.url = url
+        self._local = threading.local()
+        try:
+            self._create_database_if_missing()
+            self._setup()
+        except psycopg.OperationalError as exc:
+            raise ConfigError(
+                "DETECTION_STORE_URL",
+                f"cannot connect to the PostgreSQL detection store at {_without_password(url)}: {str(exc).strip()}; "
+                "check that the server runs, the database exists and the user may create tables in it",
+            ) from None
+
+    def __repr__(self) -> str:
+        return f"PostgresDetectionStore({_without_password(self.url)!r})"
+
+    def _create_database_if_missing(self) -> None:
+        """Create the URL's database through the server's `postgres` database when it does not exist yet."""
+        from psycopg import conninfo, errors, sql
+
+        try:
+            self._psycopg.connect(self.url, autocommit=True).close()
+            return
+        except self._psycopg.OperationalError as exc:
+            name = conninfo.conninfo_to_dict(self.url).get("dbname")
+            if not name or "does not exist" not in str(exc):
+                raise
+        with self._psycopg.connect(conninfo.make_conninfo(self.url, dbname="postgres"), autocommit=True) as admin:
+            try:
+                admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            except errors.DuplicateDatabase:  # another process created it meanwhile
+                pass
+
+    def _connect(self):
+        db = getattr(self._local, "db", None)
+        if db is None or db.closed:
+            db = self._psycopg.connect(self.url, autocommit=True)
+            self._local.db = db
+        return db
+
+    @contextmanager
+    def _tx(self):
+        db = self._connect()
+        with db.transaction():
+            yield db
+
+    @contextmanager
+    def _exclusive(self):
+        with self._tx() as db:
+            db.execute("SELECT pg_advisory_xact_lock(%s)", (self.SCHEMA_LOCK,))
+            yield db
+
+    def _schema_version(self, db) -> int:
+        if db.execute("SELECT to_regclass('store_meta')").fetchone()[0] is None:
+            return 0
+        row = db.execute("SELECT value FROM store_meta WHERE name = 'schema'").fetchone()
+        return 0 if row is None else int(row[0])
+
+
+#: The store's file in MODEL_DIR when DETECTION_STORE_URL is empty.
+DEFAULT_SQLITE_NAME = "detections.sqlite"
+
+
+def open_detection_store(url: str, model_dir: str | Path) -> DetectionStore:
+    """DETECTION_STORE_URL -> a store. Empty: SQLite in `model_dir`; `sqlite:///path`; `postgresql://...`."""
+    if not url:
+        return SqliteDetectionStore(Path(model_dir) / DEFAULT_SQLITE_NAME)
+    if url.startswith(("postgresql://", "postgres://")):
+        return PostgresDetectionStore(url)
+    if url.startswith("sqlite:///"):
+        return SqliteDetectionStore(url[len("sqlite:///") :])
+    raise ConfigError(
+        "DETECTION_STORE_URL",
+        f"must be empty (SQLite in MODEL_DIR), sqlite:///<path> or postgresql://user:password@host:5432/database, got {_without_password(url)!r}",
+    )
+
+
+def _without_password(url: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+def _batches(ids: list[int]) -> Iterator[list[int]]:
+    for start in range(0, len(ids), ID_BATCH):
+        yield ids[start : start + ID_BATCH]
+
+
+def _served_rows(project: int, task_ids, usefulness, scores) -> list[tuple]:
+    task_ids, usefulness, scores = np.asarray(task_ids), np.asarray(usefulness, dtype=np.float64), np.asarray(scores, dtype=np.float64)
+    if not task_ids.shape == usefulness.shape == scores.shape:
+        raise ValueError(f"task_ids {task_ids.shape}, usefulness {usefulness.shape} and scores {scores.shape} must match")
+    return [
+        (project, int(t), float(u) if np.isfinite(u) else None, float(s))
+        for t, u, s in zip(task_ids.tolist(), usefulness.tolist(), scores.tolist())
+    ]
+
+
+def _encode(project: int, model_version: str, item: StoredDetections, now: float) -> tuple:
+    d = item.detections
+    image_hash = None if item.image_hash is None else _to_signed(item.image_hash)
+    if d is None:
+        return (project, model_version, item.task_id, None, None, None, None, None, None, None, None, image_hash, item.error, now)
+    return (
+        project,
+        model_version,
+        item.task_id,
+        d.image_size[0],
+        d.image_size[1],
+        d.num_classes,
+        d.xyxy.astype(np.float32).tobytes(),
+        d.class_probs.astype(np.float32).tobytes(),
+        d.labels.astype(np.int32).tobytes(),
+        d.scores.astype(np.float32).tobytes(),
+        d.background.astype(np.float32).tobytes(),
+        image_hash,
+        None,
+        now,
+    )
+
+
+def _decode(row) -> StoredDetections:
+    task_id, width, height, num_classes, xyxy, probs, labels, scores, background, image_hash, error = row
+    detections = None
+    if error is None:
+        xyxy, probs, labels, scores, background = (bytes(b) for b in (xyxy, probs, labels, scores, background))
+        n_boxes = len(xyxy) // 16
+        detections = Detections(
+            np.frombuffer(xyxy, dtype=np.float32).reshape(n_boxes, 4).astype(np.float64),
+            np.frombuffer(probs, dtype=np.float32).reshape(n_boxes, num_classes).astype(np.float64),
+            (width, height),
+            np.frombuffer(labels, dtype=np.int32).astype(np.int64),
+            np.frombuffer(scores, dtype=np.float32).astype(np.float64),
+            np.frombuffer(background, dtype=np.float32).astype(np.float64),
         )
-        rows = db.execute(query, (project, model_version)).fetchall()
-        wanted = None if task_ids is None else set(task_ids)
-        out = {}
-        for task_id, width, height, num_classes, xyxy, probs, labels, scores, background, image_hash, error in rows:
-            if wanted is not None and task_id not in wanted:
-                continue
-            detections = None
-            if error is None:
-                n_boxes = len(xyxy) // 16
-                detections = Detections(
-                    np.frombuffer(xyxy, dtype=np.float32).reshape(n_boxes, 4).astype(np.float64),
-                    np.frombuffer(probs, dtype=np.float32).reshape(n_boxes, num_classes).astype(np.float64),
-                    (width, height),
-                    np.frombuffer(labels, dtype=np.int32).astype(np.int64),
-                    np.frombuffer(scores, dtype=np.float32).astype(np.float64),
-                    np.frombuffer(background, dtype=np.float32).astype(np.float64),
-                )
-            unsigned = None if image_hash is None else _to_unsigned(image_hash)
-            out[task_id] = StoredDetections(task_id, detections, unsigned, error)
-        return out
-
-    def delete_version(self, project: int, model_version: str) -> int:
-        with self._connect() as db:
-            return db.execute("DELETE FROM detections WHERE project=? AND model_version=?", (project, model_version)).rowcount
+    unsigned = None if image_hash is None else _to_unsigned(image_hash)
+    return StoredDetections(int(task_id), detections, unsigned, error)
 
 
-# Image hashes are unsigned 64-bit; SQLite integers are signed 64-bit.
+# Image hashes are unsigned 64-bit; SQL integers are signed 64-bit.
 def _to_signed(value: int) -> int:
     value = int(value)
     if not 0 <= value < 2**64:

@@ -13,13 +13,12 @@ from typing import Callable, Iterator
 
 from .adapters import Adapter, load_adapter
 from .errors import AdapterError
-from .detection_store import DetectionStore
+from .detection_store import DetectionStore, open_detection_store
 from .ls_client import LabelStudioClient
 from .settings import Settings
 
 log = logging.getLogger(__name__)
 
-DETECTION_DB = "detections.sqlite"
 #: A Redis lock is a lease of this many seconds, renewed every third of it while its holder
 #: runs: a killed or crashed holder frees it within a minute, a long training never loses it.
 LOCK_LEASE = 60
@@ -56,7 +55,7 @@ class Runtime:
     @property
     def store(self) -> DetectionStore:
         if self._store is None:
-            self._store = DetectionStore(self.settings.model_dir / DETECTION_DB)
+            self._store = open_detection_store(self.settings.detection_store_url, self.settings.model_dir)
         return self._store
 
     @property
@@ -125,12 +124,21 @@ class Runtime:
 
     # Flags: a request that something be done, shared like the locks (Redis across processes, or this process).
 
-    def raise_flag(self, name: str) -> None:
+    def raise_flag(self, name: str, value: str = "1", ttl: int = FLAG_TTL) -> None:
         if self.redis is not None:
-            self.redis.set(f"ale:flag:{name}", 1, ex=FLAG_TTL)
+            self.redis.set(f"ale:flag:{name}", value, ex=ttl)
             return
         with self._flags_lock:
             self._local_flags.add(name)
+            self._local_flag_values[name] = value
+
+    def flag_value(self, name: str) -> str | None:
+        """What a raised flag holds; None when it is not raised."""
+        if self.redis is not None:
+            value = self.redis.get(f"ale:flag:{name}")
+            return None if value is None else value.decode()
+        with self._flags_lock:
+            return self._local_flag_values.get(name, "1") if name in self._local_flags else None
 
     def claim_flag(self, name: str, value: str, ttl: int = FLAG_TTL) -> str | None:
         """Raise the flag holding `value` unless it is raised. -> None when this call raised it, else the value it holds."""

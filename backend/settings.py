@@ -48,6 +48,10 @@ DEFAULT_SYNC_BATCH_SIZE = 50
 # after each import request, so few large requests are far faster than many
 # small ones (10,000 predictions: 9 s in one request, 62 s in chunks of 500).
 DEFAULT_IMPORT_CHUNK_SIZE = 10_000
+# Tasks per pool-prediction job when a sync fans its predictions out over the
+# predict workers (Redis only): small enough that two workers share a few
+# hundred new images, large enough that a job's model load is amortised.
+DEFAULT_PREDICT_JOB_TASKS = 256
 
 #: Empty: the adapter's own fresh model (yolov5: yolov5n.yaml, tfod: retinanet).
 DEFAULT_BASE_MODEL = ""
@@ -109,6 +113,8 @@ class Settings:
     class_balance: tuple[tuple[str, float], ...] = ()
     duplicate_distance: int = -1
     import_chunk_size: int = DEFAULT_IMPORT_CHUNK_SIZE
+    predict_job_tasks: int = DEFAULT_PREDICT_JOB_TASKS
+    detection_store_url: str = field(default="", repr=False)
     base_model: str = DEFAULT_BASE_MODEL
     train_epochs: int = DEFAULT_TRAIN_EPOCHS
     train_batch: int = DEFAULT_TRAIN_BATCH
@@ -141,6 +147,7 @@ class Settings:
             ("SYNC_INTERVAL", self.sync_interval),
             ("SYNC_BATCH_SIZE", self.sync_batch_size),
             ("IMPORT_CHUNK_SIZE", self.import_chunk_size),
+            ("PREDICT_JOB_TASKS", self.predict_job_tasks),
         ):
             if value <= 0:
                 raise ConfigError(name, f"must be a positive number, got {value}")
@@ -288,6 +295,8 @@ ENV_VARS = {
     "CLASS_BALANCE": ("class_balance", _shares),
     "DUPLICATE_DISTANCE": ("duplicate_distance", int),
     "IMPORT_CHUNK_SIZE": ("import_chunk_size", int),
+    "PREDICT_JOB_TASKS": ("predict_job_tasks", int),
+    "DETECTION_STORE_URL": ("detection_store_url", str),
     "BASE_MODEL": ("base_model", str),
     "TRAIN_EPOCHS": ("train_epochs", int),
     "TRAIN_BATCH": ("train_batch", int),

@@ -20,3 +20,21 @@ def trained_tf_detector(tmp_path_factory):
     from tests.support.tf_models import train_tiny_tf_detector
 
     return train_tiny_tf_detector(tmp_path_factory.mktemp("tiny-tf-detector"))
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL server of our own, for the detection store's shared back end."""
+    from tests.support.postgres_server import start_postgres
+
+    server = start_postgres()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request, tmp_path):
+    """DETECTION_STORE_URL of each back end: SQLite in a temporary folder, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'detections.sqlite'}"
+    return request.getfixturevalue("postgres_server").create_database()

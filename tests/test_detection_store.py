@@ -1,11 +1,27 @@
+"""The detection store on both back ends: SQLite (the default) and a real PostgreSQL server."""
+
+import threading
+
 import numpy as np
+import pytest
 
-from label_studio_ale.detection_store import DetectionStore, StoredDetections
+from label_studio_ale.detection_store import (
+    ID_BATCH,
+    ServedQueue,
+    SqliteDetectionStore,
+    StoredDetections,
+    open_detection_store,
+)
 from label_studio_ale.detections import Detections
+from label_studio_ale.errors import ConfigError
 
 
-def test_round_trip_by_project_version_and_task(tmp_path):
-    store = DetectionStore(tmp_path / "d.sqlite")
+@pytest.fixture
+def store(store_url, tmp_path):
+    return open_detection_store(store_url, tmp_path)
+
+
+def test_round_trip_by_project_version_and_task(store):
     det = Detections([[1, 2, 30, 40], [5, 5, 9, 9]], [[0.25, 0.5], [0.75, 0.125]], (64, 48))
     store.put_many(
         1,
@@ -24,6 +40,106 @@ def test_round_trip_by_project_version_and_task(tmp_path):
     assert len(got[11].detections) == 0 and got[11].detections.num_classes == 2 and got[11].image_hash == 2**63
     assert got[12].detections is None and got[12].error == "image is corrupt"
     assert set(store.get_many(1, "v1", [11, 99])) == {11}
+    assert store.usable_ids(1, "v1").tolist() == [10, 11]
     assert store.get_many(1, "v2") == {}
+    # a later put replaces: the failed image is predicted after all
+    store.put_many(1, "v1", [StoredDetections(12, det, 7, None)])
+    assert store.get_many(1, "v1", [12])[12].image_hash == 7 and store.usable_ids(1, "v1").tolist() == [10, 11, 12]
     assert store.delete_version(1, "v1") == 3 and store.get_many(1, "v1") == {}
     assert set(store.get_many(2, "v1")) == {10}
+
+
+def test_reads_by_id_cross_the_query_batch(store):
+    ids = list(range(1, ID_BATCH * 2 + 7))
+    store.put_many(3, "v1", [StoredDetections(i, Detections.empty(1, (4, 4)), i, None) for i in ids])
+    wanted = ids[::3] + [10**9]
+    assert sorted(store.get_many(3, "v1", wanted)) == ids[::3]
+
+
+def test_old_versions_are_pruned_per_project(store):
+    item = [StoredDetections(1, Detections.empty(1, (4, 4)), 1, None)]
+    for key in ("v1", "v2", "v3"):
+        store.put_many(5, key, item)
+    store.put_many(6, "v1", item)
+    assert store.prune(5, {"v3", "v2"}) == 1
+    assert store.versions(5) == {"v2": 1, "v3": 1} and store.versions(6) == {"v1": 1}
+    with pytest.raises(ValueError, match="at least one key"):
+        store.prune(5, set())
+
+
+def test_the_served_queue_is_replaced_whole_and_added_to_only_while_current(store):
+    assert store.served_queue(1) is None and len(store.served_tasks(1)) == 0
+    queue = ServedQueue("ale:m:1", "m", "rk")
+    store.replace_served(1, queue, [30, 10, 20], [0.5, 2.0, -np.inf], [0.5, 0.25, 0.75])
+    store.replace_served(2, ServedQueue("ale:m:2", "m", "rk"), [1], [0.0], [0.5])
+    assert store.served_queue(1) == queue
+    served = store.served_tasks(1)
+    assert served.task_ids.tolist() == [10, 30, 20] and served.scores.tolist() == [0.25, 0.5, 0.75]
+    assert served.usefulness.tolist() == [2.0, 0.5, -np.inf]
+    assert store.add_served(1, "ale:m:1", [40], [1.0], [0.375])
+    assert store.served_tasks(1).task_ids.tolist() == [10, 40, 30, 20]
+    assert not store.add_served(1, "ale:m:0", [50], [1.0], [0.1]), "a replaced version takes no additions"
+    assert 50 not in store.served_tasks(1).task_ids
+    store.replace_served(1, ServedQueue("ale:m:3", "m", "rk"), [10], [1.0], [0.5])
+    assert store.served_tasks(1).task_ids.tolist() == [10] and store.served_tasks(2).task_ids.tolist() == [1]
+    store.forget_served(1)
+    assert store.served_queue(1) is None and len(store.served_tasks(1)) == 0
+    with pytest.raises(ValueError, match="must match"):
+        store.replace_served(1, queue, [1, 2], [0.0], [0.5])
+
+
+def test_a_failed_write_leaves_nothing_half_written(store):
+    store.replace_served(1, ServedQueue("ale:a", "m", "rk"), [1, 2], [1.0, 0.5], [0.3, 0.6])
+    with pytest.raises(Exception):
+        store.replace_served(1, ServedQueue("ale:b", "m", "rk"), [3, 3], [1.0, 0.5], [0.3, 0.6])  # duplicate task: refused
+    assert store.served_queue(1).ls_version == "ale:a" and store.served_tasks(1).task_ids.tolist() == [1, 2]
+
+
+def test_threads_and_a_second_opener_share_one_store(store_url, tmp_path):
+    first, second = open_detection_store(store_url, tmp_path), open_detection_store(store_url, tmp_path)
+    errors = []
+
+    def write(offset):
+        try:
+            for i in range(20):
+                first.put_many(9, "v", [StoredDetections(offset + i, Detections.empty(1, (4, 4)), i, None)])
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(k * 100,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(second.get_many(9, "v")) == 60
+
+
+def test_an_older_sqlite_table_is_dropped_as_a_cache(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "d.sqlite"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE detections (project INTEGER, model_version TEXT, task_id INTEGER)")
+    db.execute("INSERT INTO detections VALUES (1, 'v', 1)")
+    db.execute("PRAGMA user_version=2")
+    db.commit()
+    db.close()
+    store = SqliteDetectionStore(path)
+    assert store.get_many(1, "v") == {}
+
+
+def test_store_urls_are_checked_and_passwords_never_shown(tmp_path):
+    assert isinstance(open_detection_store("", tmp_path), SqliteDetectionStore)
+    with pytest.raises(ConfigError, match="DETECTION_STORE_URL.*postgresql://") as bad:
+        open_detection_store("mysql://root:hunter2@db/x", tmp_path)
+    assert "hunter2" not in str(bad.value)
+    with pytest.raises(ConfigError, match="cannot connect") as down:
+        open_detection_store("postgresql://ale:hunter2@127.0.0.1:9/none?connect_timeout=2", tmp_path)
+    assert "hunter2" not in str(down.value)
+
+
+def test_a_missing_postgres_database_is_created_on_first_use(postgres_server):
+    url = postgres_server.url(f"ale_new_{threading.get_ident()}")
+    store = open_detection_store(url, "/nonexistent")
+    store.put_many(1, "v", [StoredDetections(1, Detections.empty(1, (4, 4)), 1, None)])
+    assert open_detection_store(url, "/nonexistent").usable_ids(1, "v").tolist() == [1]
