@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sync = commands.add_parser("sync", help="rank a project's unlabeled tasks and write LS's queue now")
     sync.add_argument("--project", type=int, required=True)
+    sync.add_argument("--full", action="store_true", help="rewrite the whole queue even if nothing changed since the last sync")
 
     rank = commands.add_parser("rank", help="print the top of the queue a sync would write (writes nothing to LS)")
     rank.add_argument("--project", type=int, required=True)
@@ -322,14 +323,24 @@ def _with_bars(job, project: int, settings: Settings):
 
 
 def _sync(settings: Settings, args) -> int:
+    from functools import partial
+
     from .jobs import sync_priorities
 
-    result = _with_bars(sync_priorities, args.project, settings)
-    if result["status"] != "synced":
-        print(f"project {args.project}: {result['status']}: {result.get('reason', '')}")
+    result = _with_bars(partial(sync_priorities, full=args.full), args.project, settings)
+    status = result["status"]
+    if status not in ("synced", "updated", "unchanged", "reshaped"):
+        print(f"project {args.project}: {status}: {result.get('reason', '')}")
         return 0
     runs = f" ({result['runs']} runs: requests came in while it ran)" if result.get("runs", 1) > 1 else ""
-    print(f"project {args.project}: {result['tasks']} tasks ranked by {result['policy']}, now served as {result['model_version']}{runs}")
+    if status == "unchanged":
+        print(f"project {args.project}: nothing changed since {result['model_version']} was served; nothing written (--full rewrites it)")
+    elif status == "reshaped":
+        print(f"project {args.project}: the head batch was labelled; {result['written']} of the next tasks re-ordered by the batch extras")
+    elif status == "updated":
+        print(f"project {args.project}: {len(result['added'])} new tasks added to {result['model_version']} by {result['policy']}{runs}")
+    else:
+        print(f"project {args.project}: {result['tasks']} tasks ranked by {result['policy']}, now served as {result['model_version']}{runs}")
     if result.get("unusable"):
         print(f"  {result['unusable']} images could not be used and are last in the queue (see the log for why)")
     print("  ".join(f"{name} {seconds:.2f}s" for name, seconds in result["phases"].items()))

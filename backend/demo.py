@@ -94,7 +94,7 @@ def prepare_demo(ls, backend_url: str, *, images: int = DEFAULT_IMAGES, annotate
     job = answer.json()["job"]
     result = _wait_for_job(backend_url, job, timeout, log)
     sync = result.get("sync", {}).get("status")
-    if sync == "coalesced":  # a scheduled sync was running: it runs again with the new model
+    if sync in ("coalesced", "predicting"):  # a scheduled sync was running, or the pool is predicted in parallel jobs
         _wait_for_queue(ls, project, result["version"], timeout)
     elif sync != "synced":
         raise DemoError(f"the first model was trained but the queue was not ranked: {result.get('sync')}")

@@ -24,13 +24,12 @@ import sqlite3
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
 
-from .detections import Detections
+from .detection_rows import ServedQueue, ServedTasks, StoredDetections, decode, encode, served_from_rows, served_rows  # noqa: F401 (re-exported)
 from .errors import ConfigError
 
 #: Bumped whenever a table changes; older tables are a cache and are dropped (models re-run once, the next sync is full).
@@ -74,35 +73,6 @@ TABLES = (
     )""",
 )
 DROPPED_ON_UPGRADE = ("detections", "served_queues", "served_tasks")
-
-
-@dataclass(frozen=True)
-class StoredDetections:
-    task_id: int
-    detections: Detections | None  # None when the image could not be used
-    image_hash: int | None
-    error: str | None
-
-
-@dataclass(frozen=True)
-class ServedQueue:
-    """What a project's served LS prediction version was ranked with."""
-
-    ls_version: str  # the prediction version LS serves (project.model_version)
-    raw_key: str  # the detection store key its detections came from (model version + raw-output settings)
-    ranking_key: str  # policy, batch extras, serving filters and label config, hashed (jobs.ranking_key)
-
-
-@dataclass(frozen=True)
-class ServedTasks:
-    """(n,) arrays, sorted by ascending LS score: task ids, usefulness (-inf: unusable image), LS scores."""
-
-    task_ids: np.ndarray
-    usefulness: np.ndarray
-    scores: np.ndarray
-
-    def __len__(self) -> int:
-        return int(self.task_ids.size)
 
 
 class DetectionStore:
@@ -153,7 +123,7 @@ class DetectionStore:
     def put_many(self, project: int, model_version: str, items: Iterable[StoredDetections]) -> None:
         """Insert or replace, in one transaction (all items or none)."""
         now = time.time()
-        rows = [_encode(project, model_version, item, now) for item in items]
+        rows = [encode(project, model_version, item, now) for item in items]
         updates = ", ".join(f"{c} = excluded.{c}" for c in DETECTION_COLUMNS.split(", ")[3:])
         query = (
             f"INSERT INTO detections ({DETECTION_COLUMNS}) VALUES ({', '.join('?' * 14)}) "
@@ -180,7 +150,7 @@ class DetectionStore:
                 )
             for rows in batches:
                 for row in rows:
-                    item = _decode(row)
+                    item = decode(row)
                     out[item.task_id] = item
         return out
 
@@ -224,10 +194,7 @@ class DetectionStore:
     def served_tasks(self, project: int) -> ServedTasks:
         with self._tx() as db:
             rows = self._exec(db, "SELECT task_id, usefulness, score FROM served_tasks WHERE project = ? ORDER BY score, task_id", (project,)).fetchall()
-        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-        usefulness = np.fromiter((-np.inf if r[1] is None else r[1] for r in rows), dtype=np.float64, count=len(rows))
-        scores = np.fromiter((r[2] for r in rows), dtype=np.float64, count=len(rows))
-        return ServedTasks(ids, usefulness, scores)
+        return served_from_rows(rows)
 
     def served_last_task(self, project: int) -> int | None:
         """The greatest task id in the project's served queue; None when it has none."""
@@ -235,9 +202,29 @@ class DetectionStore:
             row = self._exec(db, "SELECT MAX(task_id) FROM served_tasks WHERE project = ?", (project,)).fetchone()
         return None if row is None or row[0] is None else int(row[0])
 
+    def served_head(self, project: int, limit: int) -> ServedTasks:
+        """The first `limit` tasks of the served queue, by ascending score."""
+        with self._tx() as db:
+            rows = self._exec(
+                db, "SELECT task_id, usefulness, score FROM served_tasks WHERE project = ? ORDER BY score, task_id LIMIT ?", (project, int(limit))
+            ).fetchall()
+        return served_from_rows(rows)
+
+    def rescore_served(self, project: int, ls_version: str, drop: Iterable[int], task_ids, scores) -> bool:
+        """Drop tasks from the served queue and give others new scores, if it is still `ls_version`. -> whether it was."""
+        drop = [(project, int(t)) for t in drop]
+        updates = [(float(s), project, int(t)) for t, s in zip(np.asarray(task_ids).tolist(), np.asarray(scores, dtype=np.float64).tolist())]
+        with self._tx() as db:
+            row = self._exec(db, "SELECT ls_version FROM served_queues WHERE project = ?", (project,)).fetchone()
+            if row is None or row[0] != ls_version:
+                return False
+            self._execmany(db, "DELETE FROM served_tasks WHERE project = ? AND task_id = ?", drop)
+            self._execmany(db, "UPDATE served_tasks SET score = ? WHERE project = ? AND task_id = ?", updates)
+        return True
+
     def replace_served(self, project: int, queue: ServedQueue, task_ids, usefulness, scores) -> None:
         """Record a full sync's queue: the project's previous record goes, in the same transaction."""
-        rows = _served_rows(project, task_ids, usefulness, scores)
+        rows = served_rows(project, task_ids, usefulness, scores)
         with self._tx() as db:
             self._exec(db, "DELETE FROM served_tasks WHERE project = ?", (project,))
             self._exec(db, "DELETE FROM served_queues WHERE project = ?", (project,))
@@ -250,7 +237,7 @@ class DetectionStore:
 
     def add_served(self, project: int, ls_version: str, task_ids, usefulness, scores) -> bool:
         """Add tasks to the served queue if it is still `ls_version`. -> whether it was (and they were added)."""
-        rows = _served_rows(project, task_ids, usefulness, scores)
+        rows = served_rows(project, task_ids, usefulness, scores)
         with self._tx() as db:
             row = self._exec(db, "SELECT ls_version FROM served_queues WHERE project = ?", (project,)).fetchone()
             if row is None or row[0] != ls_version:
@@ -420,66 +407,3 @@ def _without_password(url: str) -> str:
 def _batches(ids: list[int]) -> Iterator[list[int]]:
     for start in range(0, len(ids), ID_BATCH):
         yield ids[start : start + ID_BATCH]
-
-
-def _served_rows(project: int, task_ids, usefulness, scores) -> list[tuple]:
-    task_ids, usefulness, scores = np.asarray(task_ids), np.asarray(usefulness, dtype=np.float64), np.asarray(scores, dtype=np.float64)
-    if not task_ids.shape == usefulness.shape == scores.shape:
-        raise ValueError(f"task_ids {task_ids.shape}, usefulness {usefulness.shape} and scores {scores.shape} must match")
-    return [
-        (project, int(t), float(u) if np.isfinite(u) else None, float(s))
-        for t, u, s in zip(task_ids.tolist(), usefulness.tolist(), scores.tolist())
-    ]
-
-
-def _encode(project: int, model_version: str, item: StoredDetections, now: float) -> tuple:
-    d = item.detections
-    image_hash = None if item.image_hash is None else _to_signed(item.image_hash)
-    if d is None:
-        return (project, model_version, item.task_id, None, None, None, None, None, None, None, None, image_hash, item.error, now)
-    return (
-        project,
-        model_version,
-        item.task_id,
-        d.image_size[0],
-        d.image_size[1],
-        d.num_classes,
-        d.xyxy.astype(np.float32).tobytes(),
-        d.class_probs.astype(np.float32).tobytes(),
-        d.labels.astype(np.int32).tobytes(),
-        d.scores.astype(np.float32).tobytes(),
-        d.background.astype(np.float32).tobytes(),
-        image_hash,
-        None,
-        now,
-    )
-
-
-def _decode(row) -> StoredDetections:
-    task_id, width, height, num_classes, xyxy, probs, labels, scores, background, image_hash, error = row
-    detections = None
-    if error is None:
-        xyxy, probs, labels, scores, background = (bytes(b) for b in (xyxy, probs, labels, scores, background))
-        n_boxes = len(xyxy) // 16
-        detections = Detections(
-            np.frombuffer(xyxy, dtype=np.float32).reshape(n_boxes, 4).astype(np.float64),
-            np.frombuffer(probs, dtype=np.float32).reshape(n_boxes, num_classes).astype(np.float64),
-            (width, height),
-            np.frombuffer(labels, dtype=np.int32).astype(np.int64),
-            np.frombuffer(scores, dtype=np.float32).astype(np.float64),
-            np.frombuffer(background, dtype=np.float32).astype(np.float64),
-        )
-    unsigned = None if image_hash is None else _to_unsigned(image_hash)
-    return StoredDetections(int(task_id), detections, unsigned, error)
-
-
-# Image hashes are unsigned 64-bit; SQL integers are signed 64-bit.
-def _to_signed(value: int) -> int:
-    value = int(value)
-    if not 0 <= value < 2**64:
-        raise ValueError(f"image hash must be an unsigned 64-bit integer, got {value}")
-    return value - 2**64 if value >= 2**63 else value
-
-
-def _to_unsigned(value: int) -> int:
-    return value + 2**64 if value < 0 else value

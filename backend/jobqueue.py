@@ -82,13 +82,34 @@ class RedisJobQueue:
         self.redis = redis
         self.queues = {kind: Queue(queue_name(adapter, kind), connection=redis) for kind in QUEUES}
 
-    def enqueue(self, kind: str, func: Callable, *args, retry: bool = False, job_id: str | None = None, **kwargs) -> str:
-        """Queue `func(*args, **kwargs)` as a `kind` job (QUEUES) on this adapter's queue. -> job id (`job_id` if given)."""
-        from rq import Retry
+    def enqueue(
+        self,
+        kind: str,
+        func: Callable,
+        *args,
+        retry: bool = False,
+        job_id: str | None = None,
+        retries: int = 0,
+        timeout: int = JOB_TIMEOUT,
+        depends_on: list[str] | None = None,
+        **kwargs,
+    ) -> str:
+        """Queue `func(*args, **kwargs)` as a `kind` job (QUEUES) on this adapter's queue. -> job id (`job_id` if given).
 
-        options = {"job_timeout": JOB_TIMEOUT, "job_id": job_id}
+        retry: LS may be down, retry after SYNC_RETRY_INTERVALS; retries: retry
+        this many times at once (on any worker); depends_on: start once these
+        jobs have finished or finally failed.
+        """
+        from rq import Retry
+        from rq.job import Dependency
+
+        options = {"job_timeout": timeout, "job_id": job_id}
         if retry:
             options["retry"] = Retry(max=len(SYNC_RETRY_INTERVALS), interval=list(SYNC_RETRY_INTERVALS))
+        elif retries:
+            options["retry"] = Retry(max=retries)
+        if depends_on:
+            options["depends_on"] = Dependency(jobs=list(depends_on), allow_failure=True)
         job = self.queues[kind].enqueue(func, args=args, kwargs=kwargs, **options)
         return job.id
 
@@ -102,27 +123,53 @@ class RedisJobQueue:
             return None
         status = job.get_status(refresh=True)
         error = None
-        if status == "started" and self._abandoned(job):
-            self._fail_abandoned(job)
+        if status == "started" and is_abandoned(self.redis, job.id):
+            fail_abandoned(self.redis, job)
             return JobInfo(job.id, job.func_name, "failed", None, ABANDONED, dict(job.meta))
         if status == "failed":
             latest = job.latest_result()
             error = (latest.exc_string or "").strip().splitlines()[-1] if latest and latest.exc_string else "failed"
         return JobInfo(job.id, job.func_name, str(status.value if hasattr(status, "value") else status), job.return_value(), error, dict(job.meta))
 
-    def _abandoned(self, job) -> bool:
-        return bool(self.redis.exists(watched_key(job.id))) and not self.redis.exists(alive_key(job.id))
 
-    def _fail_abandoned(self, job) -> None:
-        """Fail the job through rq's own path for abandoned jobs (callbacks, failed registry)."""
-        from rq.registry import StartedJobRegistry
+def is_abandoned(redis, job_id: str) -> bool:
+    """An `ale worker` started the job and has stopped proving it alive."""
+    return bool(redis.exists(watched_key(job_id))) and not redis.exists(alive_key(job_id))
 
-        registry = StartedJobRegistry(job.origin, connection=self.redis)
-        entries = [e for e in self.redis.zrange(registry.key, 0, -1) if e.decode().split(":", 1)[0] == job.id]
-        if entries:
-            self.redis.zadd(registry.key, {entry: 1 for entry in entries})  # expired since 1970
-            registry.cleanup(timestamp=1)
-        log.warning("job %s (%s): %s", job.id, job.func_name, ABANDONED)
+
+def fail_abandoned(redis, job) -> None:
+    """Fail the job through rq's own path for abandoned jobs: callbacks, a retry if it has retries left, else the failed registry."""
+    from rq.registry import StartedJobRegistry
+
+    registry = StartedJobRegistry(job.origin, connection=redis)
+    redis.delete(watched_key(job.id))  # before a retry can start it again: that run is watched afresh
+    entries = [e for e in redis.zrange(registry.key, 0, -1) if e.decode().split(":", 1)[0] == job.id]
+    if entries:
+        redis.zadd(registry.key, {entry: 1 for entry in entries})  # expired since 1970
+        registry.cleanup(timestamp=1)
+    log.warning("job %s (%s): %s", job.id, job.func_name, ABANDONED)
+
+
+def recover_abandoned(redis, queue_names) -> list[str]:
+    """Fail (and so retry, where rq has retries left) every started job of these queues whose worker is gone. -> their ids."""
+    from rq.exceptions import NoSuchJobError
+    from rq.job import Job
+    from rq.registry import StartedJobRegistry
+
+    found = []
+    for name in queue_names:
+        registry = StartedJobRegistry(name, connection=redis)
+        for entry in redis.zrange(registry.key, 0, -1):
+            job_id = entry.decode().split(":", 1)[0]
+            if not is_abandoned(redis, job_id):
+                continue
+            try:
+                fail_abandoned(redis, Job.fetch(job_id, connection=redis))
+            except NoSuchJobError:
+                redis.zrem(registry.key, entry)
+                continue
+            found.append(job_id)
+    return found
 
 
 class EmbeddedJobQueue:
@@ -139,6 +186,8 @@ class EmbeddedJobQueue:
         self._thread.start()
 
     def enqueue(self, kind: str, func: Callable, *args, retry: bool = False, job_id: str | None = None, **kwargs) -> str:
+        for option in ("retries", "timeout", "depends_on"):  # one thread runs jobs in order: nothing to retry or wait for
+            kwargs.pop(option, None)
         job_id = job_id or uuid.uuid4().hex
         self._jobs[job_id] = JobInfo(job_id, f"{func.__module__}.{func.__name__}", "queued")
         if self.runtime is not None:

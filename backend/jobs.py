@@ -11,147 +11,34 @@ import logging
 import time
 import uuid
 from datetime import datetime, timezone
-from typing import Callable
 
 import numpy as np
 
-from .adapters import Adapter, check_policy_fits, is_trained
-from .detection_store import StoredDetections
-from .detections import Detections
+from .adapters import Adapter, is_trained
+from .detection_store import ServedQueue
 from .errors import AleError
+from .fanout import can_fan_out, fan_out, fanout_flag
 from .jobqueue import QUEUE_SYNC
-from .ls_client import LabelStudioError, TaskRef
+from .ls_client import LabelStudioError
 from .ls_format import detections_to_results, match_labels, parse_label_config
-from .media import MediaFetcher, average_hash
-from .policies import get_policy
-from .predictor import Predictor
-from .ranking import BatchExtras, ls_scores, select_order, spread_order
+from .pool import SPREAD_POLICY, batch_extras, predict_missing, predict_pool, preview_ranking, rank_pool  # noqa: F401 (re-exported)
+from .progress import TRAINER_METRICS_NOTE, Progress, _job_progress, describe_progress, publish  # noqa: F401 (re-exported)
+from .queue_update import place_new_tasks, ranking_key
+from .ranking import ls_scores
 from .runtime import Runtime, current_runtime
-from .serving import ServingFilters, raw_output_key, shown_classes, shown_detections
+from .serving import ServingFilters, raw_output_key
 from .settings import Settings
 
 log = logging.getLogger(__name__)
 
 #: Prefix of the prediction versions the sync writes; only these are ever deleted.
 SYNC_VERSION_PREFIX = "ale:"
-#: The order a sync writes while the serving model is untrained (see ranking.spread_order).
-SPREAD_POLICY = "spread (untrained model: farthest-first on image hashes)"
 #: A queued sync covers new requests this long at most: a job lost from the queue cannot hold syncs back for longer.
 SYNC_QUEUED_TTL = 30 * 60
-#: Per-task reasons a job result carries at most (all are logged).
-REPORTED_ERRORS = 20
-PREDICT_CHUNK = 64  # at most this many images per step (PREDICT_CHUNK_PIXELS bounds their pixels)
-
-Progress = Callable[[str, int, int], None]
 
 
 class SyncError(AleError):
     status = 502
-
-
-def predict_pool(project: int, task_ids: list[int] | None = None, *, runtime: Runtime | None = None, progress: Progress | None = None) -> dict:
-    """Predict every unlabeled task (or `task_ids`) lacking detections for the current model version."""
-    rt = runtime or current_runtime()
-    progress = progress or _job_progress
-    info = rt.ls.project(project)
-    wanted = None if task_ids is None else set(task_ids)
-    tasks = [t for t in rt.ls.unlabeled_tasks(project) if wanted is None or t.id in wanted]
-    return _predict_missing(rt, project, parse_label_config(info.label_config), tasks, progress, rt.adapter_for(project))
-
-
-def _predict_missing(rt: Runtime, project: int, config, tasks: list[TaskRef], progress: Progress, adapter: Adapter) -> dict:
-    """Store what `adapter` produces for every task that has nothing stored for it yet (or only an error)."""
-    key = raw_output_key(adapter.version, rt.settings)
-    stored = rt.store.get_many(project, key, [t.id for t in tasks])
-    missing = [t for t in tasks if t.id not in stored or stored[t.id].error is not None]
-    predictor = Predictor(rt.settings, adapter, MediaFetcher(rt.settings, rt.ls), project)
-    failed = 0
-    errors: dict[int, str] = {}
-    progress("predict", 0, len(missing))
-    done = 0
-    refs = [{"id": t.id, "data": t.data} for t in missing]
-    for chunk in predictor.image_chunks(refs, config, rt.settings.predict_chunk_pixels, PREDICT_CHUNK):
-        ready = chunk.ready()
-        found = dict(zip(ready, predictor.raw([chunk.images[i] for i in ready])))
-        items = []
-        for i, image in enumerate(chunk.images):
-            task = missing[chunk.start + i]
-            if image is None:
-                failed += 1
-                reason = chunk.errors[chunk.start + i]
-                log.warning("project %s task %s: not predicted: %s", project, task.id, reason)
-                if len(errors) < REPORTED_ERRORS:
-                    errors[task.id] = reason
-                items.append(StoredDetections(task.id, None, None, reason))
-            else:
-                items.append(StoredDetections(task.id, found[i], average_hash(image), None))
-        rt.store.put_many(project, key, items)
-        done += len(chunk.images)
-        progress("predict", done, len(missing))
-    return {"model_version": adapter.version, "tasks": len(tasks), "predicted": len(missing) - failed, "failed": failed, "errors": errors}
-
-
-def rank_pool(rt: Runtime, project: int, tasks: list[TaskRef], adapter: Adapter, config) -> dict:
-    """Score and order what annotators would be shown of `tasks`. Returns arrays aligned with `tasks`.
-
-    Uses what `adapter` stored for the tasks, through the serving filters of
-    the current settings and narrowed to the classes `config` has labels for
-    (`serving.shown_detections`, the same as /predict).
-    """
-    stored = rt.store.get_many(project, raw_output_key(adapter.version, rt.settings), [t.id for t in tasks])
-    shown = shown_classes(match_labels(adapter.classes, config))
-    filters = ServingFilters.from_settings(rt.settings)
-    num_classes = len(adapter.classes)
-    detections, hashes, usable = [], [], []
-    for task in tasks:
-        item = stored.get(task.id)
-        ok = item is not None and item.detections is not None
-        detections.append(shown_detections(item.detections, shown, filters) if ok else Detections.empty(num_classes, (1, 1)))
-        hashes.append(item.image_hash if ok else None)
-        usable.append(ok)
-    usable = np.array(usable, dtype=bool)
-    task_ids = np.array([t.id for t in tasks])
-    if not is_trained(adapter):
-        # An untrained model's uncertainty is noise: cover the pool's look first, not its import order.
-        order, spread = spread_order(hashes, task_ids)
-        usefulness = np.where(usable, spread, -np.inf)
-        return {"policy": SPREAD_POLICY, "detections": detections, "usefulness": usefulness, "order": order, "usable": usable}
-    check_policy_fits(adapter, rt.settings.policy)
-    policy = get_policy(rt.settings.policy, rt.settings.policy_seed)
-    usefulness = policy.usefulness(detections) if tasks else np.zeros(0)
-    # Images that could not be fetched or decoded have no usefulness: they go to the very end of the queue.
-    usefulness = np.where(usable, usefulness, -np.inf)
-    extras = batch_extras(rt.settings, adapter.classes)
-    order = select_order(usefulness, task_ids, detections, hashes, extras, usable)
-    return {"policy": policy.name, "detections": detections, "usefulness": usefulness, "order": order, "usable": usable}
-
-
-def preview_ranking(project: int, *, runtime: Runtime | None = None, progress: Progress | None = None) -> dict:
-    """The queue a sync would write, without writing it.
-
-    -> {"policy", "model", "trained", "rows": one per unlabeled task, in order}.
-    """
-    rt = runtime or current_runtime()
-    config = parse_label_config(rt.ls.project(project).label_config)
-    adapter = rt.adapter_for(project)
-    tasks = list(rt.ls.unlabeled_tasks(project))
-    _predict_missing(rt, project, config, tasks, progress or _job_progress, adapter)
-    ranked = rank_pool(rt, project, tasks, adapter, config)
-    scores = ls_scores(ranked["order"])
-    rows = []
-    for position, i in enumerate(ranked["order"]):
-        task = tasks[i]
-        rows.append(
-            {
-                "rank": position + 1,
-                "task": task.id,
-                "image": str(task.data.get(config.value_key, "")),
-                "usefulness": float(ranked["usefulness"][i]),
-                "boxes": len(ranked["detections"][i]),
-                "ls_score": float(scores[i]),
-            }
-        )
-    return {"policy": ranked["policy"], "model": adapter.version, "trained": is_trained(adapter), "rows": rows}
 
 
 def request_sync(queue, runtime: Runtime, project: int) -> tuple[str, bool]:
@@ -183,10 +70,15 @@ def queued_sync_flag(project: int) -> str:
     return f"sync-queued:{project}"
 
 
-def sync_priorities(project: int, *, runtime: Runtime | None = None, progress: Progress | None = None) -> dict:
-    """Rewrite LS's queue for `project`: one prediction per unlabeled task, ranked, switched atomically.
+def sync_priorities(
+    project: int, *, runtime: Runtime | None = None, progress: Progress | None = None, full: bool = False, fanout: bool = True
+) -> dict:
+    """Keep LS's queue for `project` ranked: one prediction per unlabeled task, written for what changed (see `_sync`).
 
-    The new predictions go in under a fresh prediction version; only when LS
+    full: rewrite the whole queue even if nothing changed. fanout: inside an
+    rq job, predict many missing tasks as parallel jobs (`fanout`).
+
+    A rewrite's predictions go in under a fresh prediction version; only when LS
     has created every one is the project switched to it (model_version and
     Uncertainty sampling in one PATCH). Until then the previous order stays in
     force; on failure the partial version is removed. Older versions written
@@ -207,9 +99,11 @@ def sync_priorities(project: int, *, runtime: Runtime | None = None, progress: P
         with rt.lock(f"sync:{project}") as acquired:
             if not acquired or not rt.take_flag(pending):
                 break  # the holder runs it, or a sync that began after this request already did
-            result = _sync(rt, project, progress)
+            latest = _sync(rt, project, progress, full=full, fanout=fanout)
             runs += 1
-        _delete_stale(rt, project, result)
+        if result is None or latest["status"] != "unchanged":  # a rerun that found nothing new keeps the answer of the run that wrote
+            result = latest
+            _delete_stale(rt, project, result)
         if not rt.flag_raised(pending):
             break
     if result is None:
@@ -237,7 +131,17 @@ def _delete_stale(rt: Runtime, project: int, result: dict) -> None:
     result["phases"]["cleanup"] = round(time.perf_counter() - started, 3)
 
 
-def _sync(rt: Runtime, project: int, progress: Progress) -> dict:
+def _sync(rt: Runtime, project: int, progress: Progress, full: bool = False, fanout: bool = True) -> dict:
+    """One sync under the project's lock: what changed since the served queue decides what is written.
+
+    - the served queue is still current (same LS version, model and ranking
+      settings) and no task is new: nothing is written ("unchanged");
+    - only new tasks: they are predicted and added to the served version,
+      placed among the others by usefulness ("updated"; O(new tasks) writes);
+    - tasks of the head batch labelled, with batch extras on: the next
+      batches are re-ordered by them ("reshaped"; one write per task moved);
+    - anything else, or `full`: the whole queue is rewritten and switched ("synced").
+    """
     phases: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -247,75 +151,215 @@ def _sync(rt: Runtime, project: int, progress: Progress) -> dict:
         phases[name] = round(now - clock, 3)
         clock = now
 
+    follow_up = rt.flag_value(fanout_flag(project))
+    if follow_up is not None:
+        return {
+            "status": "coalesced",
+            "reason": f"the pool is being predicted in parallel jobs; sync job {follow_up} follows them and covers this request",
+            "follow_up": follow_up,
+            "stale_versions": [],
+            "phases": phases,
+        }
     # "load" pays the first use of the LS client and of the model (imports, weights), so "list" is listing alone.
     info = rt.ls.project(project)
     config = parse_label_config(info.label_config)
     # One model for the whole sync: a version promoted meanwhile is served by the next sync, never mixed into this one.
     adapter = rt.adapter_for(project)
-    label_map = match_labels(adapter.classes, config)
+    raw_key = raw_output_key(adapter.version, rt.settings)
+    queue = ServedQueue(info.model_version, raw_key, queue_ranking_key(rt.settings, adapter, info.label_config))
+    served = None if full else rt.store.served_queue(project)
+    current = served == queue and bool(info.model_version)
     phase_done("load")
-    tasks = list(rt.ls.unlabeled_tasks(project))
-    previous = [v for v in _versions(rt, project) if v.startswith(SYNC_VERSION_PREFIX)]
+    if current:
+        # Task ids only grow: the tasks created since the served queue are those above its last one.
+        last = rt.store.served_last_task(project)
+        fresh = list(rt.ls.unlabeled_tasks(project, after_id=last))
+        phase_done("list")
+        base = {"project": project, "served_model": adapter.version, "new_tasks": len(fresh), "stale_versions": [], "phases": phases}
+        if not fresh:
+            reshaped = _reshape_head(rt, project, config, adapter, info.model_version)
+            if reshaped:
+                phase_done("reshape")
+                return {**base, "status": "reshaped", "model_version": info.model_version, "written": reshaped}
+            log.info("project %s: no task since version %s was served; nothing written", project, info.model_version)
+            return {**base, "status": "unchanged", "model_version": info.model_version, "written": 0}
+        if _fan_out_needed(rt, fresh, fanout):
+            return {**base, "status": "predicting", "model_version": info.model_version, "written": 0, **fan_out(rt, project, fresh, adapter.version)}
+        predicted = predict_missing(rt, project, config, fresh, progress, adapter)
+        phase_done("predict")
+        if is_trained(adapter):
+            updated = _add_new_tasks(rt, project, config, adapter, info.model_version, fresh, progress, phase_done)
+            if updated is not None:
+                return {**base, **updated, "predicted": predicted}
+            log.info("project %s: no room left between scores for the new tasks; rewriting the queue", project)
+        del fresh
+    # Listed page by page; only the tasks without stored detections keep their data.
+    known = set(rt.store.usable_ids(project, raw_key).tolist())
+    task_ids, fresh = [], []
+    for task in rt.ls.unlabeled_tasks(project):
+        task_ids.append(task.id)
+        if task.id not in known:
+            fresh.append(task)
+    del known
+    task_ids = np.asarray(task_ids, dtype=np.int64)
     phase_done("list")
-    if not tasks:
+    base = {"project": project, "served_model": adapter.version, "tasks": int(task_ids.size), "stale_versions": [], "phases": phases}
+    if not task_ids.size:
         log.info("project %s: no unlabeled task left; the served version %s is kept", project, info.model_version or "(none)")
-        return {
-            "status": "nothing to rank",
-            "reason": "no unlabeled task is left; the served version and its predictions are kept",
-            "project": project,
-            "model_version": info.model_version,
-            "tasks": 0,
-            "stale_versions": [],
-            "phases": phases,
-        }
-    predicted = _predict_missing(rt, project, config, tasks, progress, adapter)
+        return {**base, "status": "nothing to rank", "reason": "no unlabeled task is left; the served version and its predictions are kept", "model_version": info.model_version}
+    if _fan_out_needed(rt, fresh, fanout):
+        return {**base, "status": "predicting", "model_version": info.model_version, "written": 0, **fan_out(rt, project, fresh, adapter.version)}
+    predicted = predict_missing(rt, project, config, fresh, progress, adapter)
     phase_done("predict")
-    ranked = rank_pool(rt, project, tasks, adapter, config)
+    del fresh
+    return {**base, **_rewrite(rt, project, config, adapter, queue, served, task_ids, progress, phase_done), "predicted": predicted}
+
+
+def _fan_out_needed(rt: Runtime, tasks: list, fanout: bool) -> bool:
+    return fanout and len(tasks) > rt.settings.predict_job_tasks and can_fan_out(rt)
+
+
+def _add_new_tasks(rt, project, config, adapter, version, fresh, progress, phase_done) -> dict | None:
+    """Add `fresh` tasks to the served version between their neighbours by usefulness; None when a gap is full."""
+    ids = np.array([t.id for t in fresh], dtype=np.int64)
+    ranked = rank_pool(rt, project, ids, adapter, config, extras=False)
+    scores = place_new_tasks(rt.store.served_tasks(project), ids, ranked["usefulness"])
+    phase_done("score")
+    if scores is None:
+        return None
+    label_map = match_labels(adapter.classes, config)
+    items = [
+        {"task": int(task_id), "result": detections_to_results(det, label_map, config) if ok else [], "score": float(score), "model_version": version}
+        for task_id, det, ok, score in zip(ids, ranked["detections"], ranked["usable"], scores)
+    ]
+    try:
+        _import(rt, project, items, progress)
+    except Exception as exc:
+        raise SyncError(f"sync of project {project} could not add {len(items)} new tasks; the served order stays as it was: {exc}") from exc
+    phase_done("import")
+    if not rt.store.add_served(project, version, ids, ranked["usefulness"], scores):
+        rt.store.forget_served(project)  # another sync replaced the record meanwhile: the next sync rewrites
+    log.info("project %s: %d new tasks added to version %s", project, len(items), version)
+    return {
+        "status": "updated",
+        "model_version": version,
+        "policy": ranked["policy"],
+        "written": len(items),
+        "added": ids.tolist(),
+        "usefulness": {int(t): float(u) if ok else None for t, u, ok in zip(ids, ranked["usefulness"], ranked["usable"])},
+        "unusable": int((~ranked["usable"]).sum()),
+    }
+
+
+#: The batch extras re-shape this many batches of the served queue's head when it moved on.
+RESHAPE_WINDOW_BATCHES = 4
+
+
+def _reshape_head(rt: Runtime, project: int, config, adapter: Adapter, version: str) -> int:
+    """Re-apply the batch extras to the head of the served queue once tasks of its head batch were labelled.
+
+    The extras shape the first SYNC_BATCH_SIZE tasks of a queue; once some of
+    those are labelled, the next tasks served were ranked by usefulness alone.
+    The window of the next RESHAPE_WINDOW_BATCHES batches is re-ordered with
+    the extras and its tasks trade scores among themselves (exploration then
+    draws from the window's less useful half, not the pool's). Writes one score
+    per task that moves, at most the window; none while the head is unlabeled
+    or the extras are off. -> predictions written.
+    """
+    extras = batch_extras(rt.settings, adapter.classes)
+    if not (extras.exploration or extras.empty_quota or extras.class_balance or extras.duplicate_distance >= 0) or not is_trained(adapter):
+        return 0
+    head = rt.store.served_head(project, extras.batch_size).task_ids.tolist()
+    if len(rt.ls.unlabeled_among(project, head)) == len(head):
+        return 0
+    size = extras.batch_size * RESHAPE_WINDOW_BATCHES
+    window = rt.store.served_head(project, size + len(head))  # the labelled head is still in the record
+    ids = window.task_ids.tolist()
+    unlabeled = rt.ls.unlabeled_among(project, ids)
+    keep = np.array([t in unlabeled for t in ids], dtype=bool)
+    keep[np.flatnonzero(keep)[size:]] = False  # the window is `size` unlabeled tasks; later ones stay as they are
+    labelled = [t for t in ids if t not in unlabeled]
+    ranked = rank_pool(rt, project, window.task_ids[keep], adapter, config)
+    scores = np.empty(int(keep.sum()))
+    scores[ranked["order"]] = np.sort(window.scores[keep])  # the window's own scores, handed out in the new order
+    moved = {int(t): float(new) for t, old, new in zip(window.task_ids[keep], window.scores[keep], scores) if new != old}
+    try:
+        written = rt.ls.set_prediction_scores(project, version, moved)
+    except Exception as exc:
+        raise SyncError(f"sync of project {project} could not re-shape the head of its queue; the next sync tries again: {exc}") from exc
+    if not rt.store.rescore_served(project, version, labelled, window.task_ids[keep], scores):
+        rt.store.forget_served(project)
+    log.info("project %s: head batch labelled; %d of the next %d tasks re-ordered by the batch extras", project, len(moved), len(scores))
+    return written
+
+
+def _rewrite(rt, project, config, adapter, queue: ServedQueue, served: ServedQueue | None, task_ids, progress, phase_done) -> dict:
+    """Rank the whole pool, import it under a fresh version, switch LS to it atomically, record it."""
+    previous = [v for v in _versions(rt, project) if v.startswith(SYNC_VERSION_PREFIX)]
+    ranked = rank_pool(rt, project, task_ids, adapter, config)
     scores = ls_scores(ranked["order"])
     phase_done("score")
-
     version = f"{SYNC_VERSION_PREFIX}{adapter.version}:{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S.%fZ')}"
-    items = [
-        {
-            "task": task.id,
-            "result": detections_to_results(det, label_map, config) if usable else [],
-            "score": float(score),
-            "model_version": version,
-        }
-        for task, det, usable, score in zip(tasks, ranked["detections"], ranked["usable"], scores)
-    ]
-    chunk_size = rt.settings.import_chunk_size
+    label_map = match_labels(adapter.classes, config)
+
+    def items(start: int, stop: int) -> list[dict]:
+        return [
+            {
+                "task": int(task_ids[i]),
+                "result": detections_to_results(ranked["detections"][i], label_map, config) if ranked["usable"][i] else [],
+                "score": float(scores[i]),
+                "model_version": version,
+            }
+            for i in range(start, stop)
+        ]
+
     try:
-        progress("import", 0, len(items))
-        for start in range(0, len(items), chunk_size):
-            rt.ls.import_predictions(project, items[start : start + chunk_size])
-            progress("import", min(start + chunk_size, len(items)), len(items))
+        _import(rt, project, items, progress, total=int(task_ids.size))
         phase_done("import")
         rt.ls.switch_queue(project, version)
         phase_done("switch")
     except Exception as exc:
         _discard(rt, project, version)
         raise SyncError(f"sync of project {project} failed before switching; the previous order stays: {exc}") from exc
-
-    order_ids = [tasks[i].id for i in ranked["order"]]
-    log.info("project %s: queue synced, %d tasks, version %s, phases %s", project, len(tasks), version, phases)
+    # Recorded after the switch: a record lost here only makes the next sync a full one.
+    rt.store.replace_served(project, ServedQueue(version, queue.raw_key, queue.ranking_key), task_ids, ranked["usefulness"], scores)
+    rt.store.prune(project, {queue.raw_key} | ({served.raw_key} if served is not None else set()))
+    log.info("project %s: queue synced, %d tasks, version %s", project, task_ids.size, version)
     return {
         "status": "synced",
-        "project": project,
         "model_version": version,
-        "served_model": adapter.version,
         "policy": ranked["policy"],
-        "tasks": len(tasks),
+        "written": int(task_ids.size),
         "unusable": int((~ranked["usable"]).sum()),
-        "order": order_ids,
+        "order": [int(task_ids[i]) for i in ranked["order"]],
         # None for an image that could not be used (it is last in the queue)
-        "usefulness": {
-            task.id: float(value) if ok else None for task, value, ok in zip(tasks, ranked["usefulness"], ranked["usable"])
-        },
-        "predicted": predicted,
+        "usefulness": {int(t): float(u) if ok else None for t, u, ok in zip(task_ids, ranked["usefulness"], ranked["usable"])},
         "stale_versions": previous,
-        "phases": phases,
     }
+
+
+def _import(rt: Runtime, project: int, items, progress: Progress, total: int | None = None) -> None:
+    """Import predictions in IMPORT_CHUNK_SIZE requests; `items` is a list, or (start, stop) -> list built per chunk."""
+    total = len(items) if total is None else total
+    build = items if callable(items) else (lambda start, stop: items[start:stop])
+    chunk_size = rt.settings.import_chunk_size
+    progress("import", 0, total)
+    for start in range(0, total, chunk_size):
+        stop = min(start + chunk_size, total)
+        rt.ls.import_predictions(project, build(start, stop))
+        progress("import", stop, total)
+
+
+def queue_ranking_key(settings: Settings, adapter: Adapter, label_config: str) -> str:
+    """What besides the model decides a queue: policy, batch extras, serving filters, the label config."""
+    return ranking_key(
+        policy=settings.policy,
+        seed=settings.policy_seed,
+        extras=batch_extras(settings, adapter.classes),
+        filters=ServingFilters.from_settings(settings),
+        trained=is_trained(adapter),
+        label_config=label_config,
+    )
 
 
 def sync_all(*, runtime: Runtime | None = None) -> dict:
@@ -353,73 +397,3 @@ def _discard(rt: Runtime, project: int, version: str) -> None:
             rt.ls.delete_model_version(project, version)
     except Exception:  # LS may be the thing that failed; the next sync cleans up
         log.warning("project %s: could not remove partial version %s yet", project, version)
-
-
-def batch_extras(s: Settings, model_classes) -> BatchExtras:
-    """The queue-shaping extras configured in the settings, for a model with these classes."""
-    classes = {name.lower(): i for i, name in enumerate(model_classes)}
-    balance = {}
-    for name, share in s.class_balance:
-        if name.lower() not in classes:
-            raise ValueError(f"CLASS_BALANCE names {name!r}, which is not a model class ({', '.join(model_classes)})")
-        balance[classes[name.lower()]] = share
-    return BatchExtras(
-        batch_size=s.sync_batch_size,
-        exploration=s.exploration_fraction,
-        empty_quota=s.empty_quota,
-        class_balance=balance,
-        duplicate_distance=s.duplicate_distance,
-        seed=s.policy_seed,
-    )
-
-
-def _job_progress(phase: str, done: int, total: int, metrics: dict | None = None) -> None:
-    """Inside a job: publish progress in its meta (read by `ale jobs` and GET /jobs/<id>).
-
-    A training's epoch record is kept apart under "training", so it survives
-    the sync that follows it; its figures are the trainer's own for that
-    epoch (losses, and the trainer's validation where it ran one), which are
-    not the stored version's evaluation (published as "evaluation").
-    """
-    record = {"progress": {"phase": phase, "done": done, "total": total}}
-    if phase == "train":
-        record["training"] = {"epoch": done, "epochs": total, "trainer_metrics": metrics or {}, "note": TRAINER_METRICS_NOTE}
-    publish(record)
-
-
-def describe_progress(meta: dict) -> str:
-    """One line for `ale jobs`: a training's epochs and its stored evaluation stay visible after its re-sync."""
-    progress = meta.get("progress")
-    line = f"{progress['phase']} {progress['done']}/{progress['total']}" if progress else ""
-    training, evaluation = meta.get("training"), meta.get("evaluation")
-    if evaluation:
-        verdict = "promoted" if evaluation["promoted"] else "not promoted"
-        trained = (
-            f"trained {evaluation['version']}: mAP50 {evaluation['map50']:.3f} on {evaluation['images']} validation images "
-            f"({evaluation['boxes']} boxes), {verdict}"
-        )
-        return trained if not progress or progress["phase"] == "train" else f"{trained}; then {line}"
-    if training:
-        return f"epoch {training['epoch']}/{training['epochs']}" + ("" if progress["phase"] == "train" else f"; {line}")
-    return line
-
-
-TRAINER_METRICS_NOTE = "the trainer's own per-epoch figures; the stored version's evaluation is under 'evaluation'"
-
-
-def publish(record: dict) -> None:
-    """Inside a job (rq or embedded): merge `record` into the job's meta. Outside a job: nothing."""
-    from .jobqueue import current_embedded_job
-
-    embedded = current_embedded_job()
-    if embedded is not None:
-        embedded.meta.update(record)
-        return
-    try:
-        from rq import get_current_job
-    except ImportError:
-        return
-    job = get_current_job()
-    if job is not None:
-        job.meta.update(record)
-        job.save_meta()

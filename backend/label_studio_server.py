@@ -181,6 +181,11 @@ def create_personal_access_token(url: str, email: str, password: str, signup: bo
         return response.json()["token"]
 
 
+#: Label Studio's feature flag (env var of that name) for its batched prediction import (data_import/api.py):
+#: off by default in 1.23, it makes an import of k predictions cost O(k), not O(project).
+LS_BATCHED_PREDICTION_IMPORT = "fflag_fix_back_4620_memory_efficient_predictions_import_08012025_short"
+
+
 def _launch(data_dir: Path, port: int, log: Path, username: str, password: str) -> subprocess.Popen:
     venv = ensure_venv()
     env = {
@@ -194,6 +199,9 @@ def _launch(data_dir: Path, port: int, log: Path, username: str, password: str) 
         "ML_BLOCK_LOCAL_IP": "false",
         "LATEST_VERSION_CHECK": "false",
         "COLLECT_ANALYTICS": "false",
+        # LS's own batched prediction import: recounts only the imported tasks, where the
+        # default path recounts every task of the project on each import request.
+        LS_BATCHED_PREDICTION_IMPORT: "true",
         "DJANGO_DB": "sqlite",
         "LOG_LEVEL": "WARNING",
     }

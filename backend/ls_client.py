@@ -7,6 +7,7 @@ exchanged for short-lived access tokens) and a legacy `Token` key.
 from __future__ import annotations
 
 import base64
+import json
 import logging
 from dataclasses import dataclass
 from typing import Iterator
@@ -67,16 +68,45 @@ class LabelStudioClient:
         p = self.sdk.projects.get(id=project_id)
         return ProjectInfo(p.id, p.label_config or "", p.model_version or "", p.sampling or "")
 
-    def unlabeled_tasks(self, project_id: int) -> Iterator[TaskRef]:
-        """Every task of the project nobody has labelled yet (LS's is_labeled), page by page."""
+    def unlabeled_tasks(self, project_id: int, after_id: int | None = None) -> Iterator[TaskRef]:
+        """Every task of the project nobody has labelled yet (LS's is_labeled), page by page.
+
+        after_id: only tasks with a greater id (task ids only grow: the tasks created since that one).
+        """
+        params = {}
+        if after_id is not None:
+            item = {"filter": "filter:tasks:id", "operator": "greater", "type": "Number", "value": int(after_id)}
+            params["query"] = json.dumps({"filters": {"conjunction": "and", "items": [item]}})
         # `include` spares LS computing fields nobody reads: 3x faster on 10,000 tasks.
-        for task in self._tasks(project_id, fields="task_only", include="id,data,is_labeled"):
+        for task in self._tasks(project_id, fields="task_only", include="id,data,is_labeled", **params):
             if not task.is_labeled:
                 yield TaskRef(task.id, dict(task.data or {}))
 
+    def unlabeled_among(self, project_id: int, task_ids: list[int]) -> set[int]:
+        """Which of `task_ids` nobody has labelled yet: one listing of just those tasks."""
+        if not task_ids:
+            return set()
+        wanted = {int(t) for t in task_ids}
+        query = json.dumps({"selectedItems": {"all": False, "included": sorted(wanted)}})
+        tasks = self._tasks(project_id, fields="task_only", include="id,is_labeled", query=query)
+        return {task.id for task in tasks if not task.is_labeled and task.id in wanted}
+
+    def set_prediction_scores(self, project_id: int, model_version: str, scores: dict[int, float]) -> int:
+        """Give the `model_version` prediction of each task a new score (one PATCH each). -> predictions updated."""
+        updated = 0
+        for task_id, score in scores.items():
+            for prediction in self.sdk.predictions.list(task=int(task_id)):
+                if prediction.model_version == model_version:
+                    self.sdk.predictions.update(id=prediction.id, score=float(score))
+                    updated += 1
+        return updated
+
     def annotated_tasks(self, project_id: int) -> Iterator[tuple[TaskRef, list[dict]]]:
-        """Tasks with at least one submitted (not skipped) annotation, with the latest one's result."""
-        for task in self._tasks(project_id, fields="all"):
+        """Tasks with at least one submitted (not skipped) annotation, with the latest one's result.
+
+        Only annotated tasks are listed (LS filters them), page by page.
+        """
+        for task in self._tasks(project_id, fields="all", only_annotated=True):
             kept = [a for a in (task.annotations or []) if not a.get("was_cancelled")]
             if kept:
                 latest = max(kept, key=lambda a: (a.get("updated_at") or "", a.get("id") or 0))

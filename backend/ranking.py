@@ -18,8 +18,10 @@ Images that are not `usable` (their file could not be fetched or decoded)
 take no part in any of this: they follow every usable image, by task id, so no
 extra can bring one into the head of the queue.
 
-`ls_scores` maps the final order to LS prediction scores: position / (m - 1)
-in [0, 1], most useful = 0, because LS serves ascending scores.
+`ls_scores` maps the final order to LS prediction scores: (position + 1) /
+(m + 1), most useful lowest, because LS serves ascending scores. 0 and 1 are
+left free, and so is the room between ranks: a later sync places new tasks
+between their neighbours without rewriting the others (`queue_update`).
 """
 
 from __future__ import annotations
@@ -66,12 +68,11 @@ def rank(usefulness: np.ndarray, task_ids: np.ndarray) -> np.ndarray:
 
 
 def ls_scores(order: np.ndarray) -> np.ndarray:
-    """(m,) queue order -> (m,) LS score per image index: position / (m - 1); a lone image scores 0."""
+    """(m,) queue order -> (m,) LS score per image index: (position + 1) / (m + 1), strictly inside (0, 1)."""
     order = np.asarray(order)
     m = order.size
     scores = np.zeros(m)
-    if m > 1:
-        scores[order] = np.arange(m) / (m - 1)
+    scores[order] = np.arange(1, m + 1) / (m + 1)
     return scores
 
 

@@ -4,7 +4,10 @@ rq's SimpleWorker runs jobs in its own process (no fork after torch has
 started its threads) and gives a running job a registry lease as long as the
 job timeout (hours). While a job runs, this worker refreshes a short-lived key
 every HEARTBEAT_INTERVAL seconds; `RedisJobQueue.info` fails a job whose key
-lapsed, and Start Training can start again at once.
+lapsed, and Start Training can start again at once. Each worker also sweeps
+its queues every SWEEP_INTERVAL seconds for jobs whose worker is gone, so
+that a lost pool-prediction chunk is retried on a live worker even when
+nobody asks about it.
 """
 
 from __future__ import annotations
@@ -16,12 +19,14 @@ import time
 from redis.exceptions import ConnectionError as RedisConnectionError
 from rq import SimpleWorker
 
-from .jobqueue import HEARTBEAT_INTERVAL, HEARTBEAT_TTL, JOB_TIMEOUT, alive_key, watched_key
+from .jobqueue import HEARTBEAT_INTERVAL, HEARTBEAT_TTL, JOB_TIMEOUT, alive_key, recover_abandoned, watched_key
 
 log = logging.getLogger(__name__)
 
 #: Seconds between tries, at most, while a starting worker waits for Redis (doubling from 1 s).
 REDIS_RETRY_MAX_WAIT = 30.0
+#: Seconds between two sweeps for jobs whose worker is gone.
+SWEEP_INTERVAL = HEARTBEAT_INTERVAL
 
 
 def wait_for_redis(connection, *, max_wait: float = REDIS_RETRY_MAX_WAIT, sleep=time.sleep) -> None:
@@ -50,6 +55,24 @@ def wait_for_redis(connection, *, max_wait: float = REDIS_RETRY_MAX_WAIT, sleep=
 
 
 class AleWorker(SimpleWorker):
+    def work(self, *args, **kwargs):
+        stop = threading.Event()
+        thread = threading.Thread(target=self._sweep, args=(stop,), name="ale-sweep", daemon=True)
+        thread.start()
+        try:
+            return super().work(*args, **kwargs)
+        finally:
+            stop.set()
+
+    def _sweep(self, stop: threading.Event) -> None:
+        """Fail the lost jobs of this worker's queues (rq retries those with retries left)."""
+        while not stop.wait(SWEEP_INTERVAL):
+            try:
+                for job_id in recover_abandoned(self.connection, self.queue_names()):
+                    log.warning("job %s lost its worker; failed, and retried where it has retries left", job_id)
+            except Exception as exc:  # Redis away for a moment: the next sweep retries
+                log.warning("sweep for lost jobs failed: %s", type(exc).__name__)
+
     def perform_job(self, job, queue) -> bool:
         stop = threading.Event()
         redis = self.connection

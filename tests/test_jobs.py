@@ -40,7 +40,7 @@ def test_rank_pool_keeps_unfetched_images_out_of_the_head_batch(tmp_path):
         else:
             items.append(StoredDetections(task.id, Detections([[0, 0, 9, 9]], [[0.3 + task.id / 100, 0.0]], (64, 64)), 2, None))
     rt.store.put_many(1, raw_output_key(Model.version, settings), items)
-    ranked = jobs.rank_pool(rt, 1, tasks, Model(), CONFIG)
+    ranked = jobs.rank_pool(rt, 1, [t.id for t in tasks], Model(), CONFIG)
     head = [tasks[i].id for i in ranked["order"][:4]]
     tail = [tasks[i].id for i in ranked["order"][-4:]]
     assert not [t for t in head if t % 3 == 0], head
@@ -55,7 +55,7 @@ def test_rank_pool_scores_only_what_the_label_config_shows(tmp_path):
     cars = Detections([[0, 0, 9, 9], [10, 10, 19, 19], [20, 20, 29, 29]], [[0.1, 0.5]] * 3, (64, 64))
     bird = Detections([[0, 0, 9, 9]], [[0.6, 0.0]], (64, 64))
     rt.store.put_many(1, "m-1", [StoredDetections(1, cars, 1, None), StoredDetections(2, bird, 2, None)])
-    ranked = jobs.rank_pool(rt, 1, tasks, Model(), CONFIG)
+    ranked = jobs.rank_pool(rt, 1, [t.id for t in tasks], Model(), CONFIG)
     assert [tasks[i].id for i in ranked["order"]] == [2, 1]
     assert len(ranked["detections"][0]) == 0 and ranked["usefulness"][0] == 0.0
 
@@ -65,7 +65,7 @@ def test_a_sync_requested_while_one_runs_runs_after_it(tmp_path, monkeypatch):
     rt = Runtime(Settings(model_dir=tmp_path))
     runs, answers = [], []
 
-    def fake_sync(runtime, project, progress):
+    def fake_sync(runtime, project, progress, **options):
         runs.append(project)
         if len(runs) == 1:  # two requests arrive while the first sync runs
             for _ in range(2):
@@ -86,7 +86,7 @@ def test_a_sync_requested_while_one_runs_runs_after_it(tmp_path, monkeypatch):
 def test_a_failed_sync_leaves_later_requests_pending_for_the_retry(tmp_path, monkeypatch):
     rt = Runtime(Settings(model_dir=tmp_path))
 
-    def failing(runtime, project, progress):
+    def failing(runtime, project, progress, **options):
         rt.raise_flag(f"sync-pending:{project}")  # a request came in meanwhile
         raise RuntimeError("LS is down")
 
@@ -133,7 +133,7 @@ def test_a_burst_of_sync_requests_queues_one_sync_until_it_starts(runtime, monke
     assert first[0][1] is True and all(job == first[0][0] and not new for job, new in first[1:])
     assert jobs.request_sync(queue, runtime, 8)[1] is True, "another project queues its own"
     # The queued sync starts: from now on a request queues one more, which covers the rest.
-    monkeypatch.setattr(jobs, "sync_priorities", lambda project, runtime, progress: {"status": "synced"})
+    monkeypatch.setattr(jobs, "sync_priorities", lambda project, runtime, progress, **options: {"status": "synced"})
     assert jobs.queued_sync(7, runtime=runtime)["status"] == "synced"
     later = [jobs.request_sync(queue, runtime, 7) for _ in range(5)]
     assert len({job for job, _ in later}) == 1 and later[0][0] != first[0][0]

@@ -17,9 +17,9 @@ def test_rank_is_descending_usefulness_with_task_id_ties():
     assert order.tolist() == [1, 3, 2, 0]  # the 0.2 tie: task 20 before task 30
 
 
-def test_ls_scores_most_useful_is_zero():
-    assert ls_scores(np.array([2, 0, 1])).tolist() == [0.5, 1.0, 0.0]
-    assert ls_scores(np.array([0])).tolist() == [0.0]
+def test_ls_scores_most_useful_lowest_with_room_at_both_ends():
+    assert ls_scores(np.array([2, 0, 1])).tolist() == [0.5, 0.75, 0.25]
+    assert ls_scores(np.array([0])).tolist() == [0.5]
     assert ls_scores(np.array([], dtype=int)).tolist() == []
 
 

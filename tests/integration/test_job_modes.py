@@ -13,7 +13,7 @@ from label_studio_ale_plugins.yolov5 import YoloV5Adapter
 from tests.support.backend import backend_env, process_env, run_worker
 from tests.support.label_studio import stop_process
 from tests.support.models import IMAGE_SIZE
-from tests.support.projects import create_project
+from tests.support.projects import add_images, create_project
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -80,12 +80,14 @@ def test_rq_cron_schedules_syncs_that_a_worker_runs(ls_sdk, label_studio, redis_
                 f"no scheduled sync reached LS; cron log: {log.read_text()[-1500:]}",
             )
             first = ls_sdk.projects.get(id=project).model_version
-            # the schedule keeps going: a later run writes a newer version
+            # the schedule keeps going: a later run finds a new task and adds it to the served version
+            (new,) = add_images(ls_sdk, project, [41_010])
             wait_until(
-                lambda: ls_sdk.projects.get(id=project).model_version not in (first, ""),
+                lambda: any(p.model_version == first for p in ls_sdk.predictions.list(task=new)),
                 60,
-                "the cron scheduler did not enqueue a second sync",
+                "the cron scheduler did not enqueue a later sync that ranks the new task",
             )
+            assert ls_sdk.projects.get(id=project).model_version == first
     finally:
         stop_process(cron)
     assert "sync_all" in log.read_text()

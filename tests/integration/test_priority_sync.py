@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from redis import Redis
 
-from label_studio_ale.detection_store import DetectionStore
+from label_studio_ale.detection_store import SqliteDetectionStore
 from label_studio_ale.jobqueue import QUEUE_SYNC, RedisJobQueue
 from label_studio_ale.jobs import SYNC_VERSION_PREFIX, sync_priorities
 from label_studio_ale.policies import DEFAULT_POLICY, get_policy
@@ -117,7 +117,7 @@ def test_ls_serves_tasks_in_the_backend_ranking(ls_sdk, worker, jobs, worker_env
 
     settings = Settings.from_env(worker_env)
     model_version = YoloV5Adapter(trained_weights, image_size=IMAGE_SIZE).version
-    stored = DetectionStore(model_dir / "detections.sqlite").get_many(project, raw_output_key(model_version, settings))
+    stored = SqliteDetectionStore(model_dir / "detections.sqlite").get_many(project, raw_output_key(model_version, settings))
     assert set(stored) == set(task_ids)
     ids = np.array(sorted(task_ids))
     filters = ServingFilters.from_settings(settings)
@@ -126,10 +126,10 @@ def test_ls_serves_tasks_in_the_backend_ranking(ls_sdk, worker, jobs, worker_env
     assert result["order"] == expected
     assert len(set(np.round(usefulness, 9))) > 1, "the generated scenes should not all score alike"
 
-    # One prediction per task, score = rank / (n - 1), most useful = 0.
+    # One prediction per task, score = (rank + 1) / (n + 1), most useful lowest, room at both ends.
     scores = stored_scores(ls_sdk, project, version)
     assert sorted(scores, key=scores.get) == expected
-    assert scores[expected[0]] == 0.0 and scores[expected[-1]] == 1.0
+    assert scores[expected[0]] == pytest.approx(1 / 9) and scores[expected[-1]] == pytest.approx(8 / 9)
 
     # "Label All Tasks": next, submit, next, ... follows the ranking exactly.
     served = []
@@ -176,7 +176,8 @@ def test_killing_label_studio_mid_sync_keeps_the_old_order_and_the_retry_succeed
     assert first.status == "finished", first.error
     old_version, old_order = first.result["model_version"], first.result["order"]
 
-    job_id = jobs.enqueue(QUEUE_SYNC, sync_priorities, project, retry=True)
+    # nothing changed: only a full sync rewrites the queue
+    job_id = jobs.enqueue(QUEUE_SYNC, sync_priorities, project, retry=True, full=True)
     deadline = time.monotonic() + JOB_TIMEOUT
     while True:  # wait until the worker is importing the new version, then pull the plug
         progress = (jobs.info(job_id).meta or {}).get("progress") or {}

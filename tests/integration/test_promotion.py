@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from redis import Redis
 
-from label_studio_ale.detection_store import DetectionStore
+from label_studio_ale.detection_store import SqliteDetectionStore
 from label_studio_ale.jobqueue import QUEUE_TRAIN, RedisJobQueue
 from label_studio_ale.jobs import SYNC_VERSION_PREFIX, sync_priorities
 from label_studio_ale.model_store import ModelStore
@@ -97,7 +97,7 @@ def test_a_promotion_between_prediction_and_scoring_waits_for_the_next_sync(ls_s
     assert [p.task for p in sorted(predictions, key=lambda p: p.score)] == result["order"]
     # each pre-annotation is what v0001 shows for that image (what it stored, through the serving filters)
     settings = Settings.from_env(env)
-    stored = DetectionStore(model_dir / "detections.sqlite").get_many(project, raw_output_key("v0001", settings))
+    stored = SqliteDetectionStore(model_dir / "detections.sqlite").get_many(project, raw_output_key("v0001", settings))
     filters = ServingFilters.from_settings(settings)
     shown = {t: len(shown_detections(stored[t].detections, np.ones(2, dtype=bool), filters)) for t in unlabeled}
     assert {p.task: len(p.result) for p in predictions} == shown and sum(shown.values()) > 0

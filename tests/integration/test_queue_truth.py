@@ -8,7 +8,7 @@
 import numpy as np
 import pytest
 
-from label_studio_ale.detection_store import DetectionStore
+from label_studio_ale.detection_store import SqliteDetectionStore
 from label_studio_ale.jobs import SYNC_VERSION_PREFIX, sync_priorities
 from label_studio_ale.policies import DEFAULT_POLICY, get_policy
 from label_studio_ale.ranking import rank
@@ -53,7 +53,7 @@ def test_a_class_the_config_does_not_show_is_not_scored(ls_sdk, label_studio, tr
 
     # What the model produced is stored whole, nests included...
     adapter = rt.adapter_for(project)
-    stored = DetectionStore(tmp_path / "detections.sqlite").get_many(project, raw_output_key(adapter.version, settings))
+    stored = SqliteDetectionStore(tmp_path / "detections.sqlite").get_many(project, raw_output_key(adapter.version, settings))
     ids = np.array(sorted(task_ids))
     raw = [stored[int(t)].detections for t in ids]
     assert sum(int((d.labels == 1).sum()) for d in raw) > 0, "the scenes should hold nests the model finds"
@@ -82,9 +82,12 @@ def test_a_sync_with_nothing_left_to_rank_keeps_the_served_version(ls_sdk, label
     assert first["status"] == "synced" and served.startswith(SYNC_VERSION_PREFIX)
     serve_all(ls_sdk, project, len(task_ids))  # every task is labelled now
 
-    second = sync_priorities(project, runtime=rt)
-    assert second["status"] == "nothing to rank" and second["tasks"] == 0 and "no unlabeled task" in second["reason"]
+    second = sync_priorities(project, runtime=rt)  # nothing new since the served queue: nothing to look at
+    assert second["status"] == "unchanged" and second["new_tasks"] == 0 and second["written"] == 0
     assert second["deleted_versions"] == [] and second["model_version"] == served
+    third = sync_priorities(project, runtime=rt, full=True)  # a full sync lists them all: none is left
+    assert third["status"] == "nothing to rank" and third["tasks"] == 0 and "no unlabeled task" in third["reason"]
+    assert third["deleted_versions"] == [] and third["model_version"] == served
     assert ls_sdk.projects.get(id=project).model_version == served
     assert set(served_predictions(ls_sdk, project, served)) == set(task_ids)
 

@@ -16,15 +16,20 @@ LABEL_CONFIG = (
 def create_project(ls, seeds, title: str, label_config: str = LABEL_CONFIG, **scene_options) -> tuple[int, list[int]]:
     """A project with one uploaded PNG per seed (`make_scene(seed, **scene_options)`). -> (project id, task ids)."""
     project = ls.projects.create(title=title, label_config=label_config)
+    return project.id, add_images(ls, project.id, seeds, **scene_options)
+
+
+def add_images(ls, project: int, seeds, **scene_options) -> list[int]:
+    """Upload one generated PNG per seed into `project`. -> the new task ids, in seed order."""
     files = []
     for seed in seeds:
         buffer = io.BytesIO()
         make_scene(seed, **scene_options).image.save(buffer, format="PNG")
         files.append((f"s{seed}.png", buffer.getvalue()))
-    task_ids = upload_images(ls, project.id, files)
+    task_ids = upload_images(ls, project, files)
     if len(task_ids) != len(files):
         raise RuntimeError(f"uploaded {len(files)} images but LS made {len(task_ids)} tasks")
-    return project.id, task_ids
+    return task_ids
 
 
 def create_split_project(ls, title: str, n_train: int, n_val: int, first_seed: int, *, spare: int = 0, **scene_options):

@@ -1,0 +1,108 @@
+"""Rows of the detection store: dataclasses, and their encoding as SQL values (numpy arrays as float32/int32 bytes)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .detections import Detections
+
+
+@dataclass(frozen=True)
+class StoredDetections:
+    task_id: int
+    detections: Detections | None  # None when the image could not be used
+    image_hash: int | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class ServedQueue:
+    """What a project's served LS prediction version was ranked with."""
+
+    ls_version: str  # the prediction version LS serves (project.model_version)
+    raw_key: str  # the detection store key its detections came from (model version + raw-output settings)
+    ranking_key: str  # policy, batch extras, serving filters and label config, hashed (jobs.ranking_key)
+
+
+@dataclass(frozen=True)
+class ServedTasks:
+    """(n,) arrays, sorted by ascending LS score: task ids, usefulness (-inf: unusable image), LS scores."""
+
+    task_ids: np.ndarray
+    usefulness: np.ndarray
+    scores: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.task_ids.size)
+
+
+def served_from_rows(rows) -> ServedTasks:
+    ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+    usefulness = np.fromiter((-np.inf if r[1] is None else r[1] for r in rows), dtype=np.float64, count=len(rows))
+    scores = np.fromiter((r[2] for r in rows), dtype=np.float64, count=len(rows))
+    return ServedTasks(ids, usefulness, scores)
+
+
+def served_rows(project: int, task_ids, usefulness, scores) -> list[tuple]:
+    task_ids, usefulness, scores = np.asarray(task_ids), np.asarray(usefulness, dtype=np.float64), np.asarray(scores, dtype=np.float64)
+    if not task_ids.shape == usefulness.shape == scores.shape:
+        raise ValueError(f"task_ids {task_ids.shape}, usefulness {usefulness.shape} and scores {scores.shape} must match")
+    return [
+        (project, int(t), float(u) if np.isfinite(u) else None, float(s))
+        for t, u, s in zip(task_ids.tolist(), usefulness.tolist(), scores.tolist())
+    ]
+
+
+def encode(project: int, model_version: str, item: StoredDetections, now: float) -> tuple:
+    d = item.detections
+    image_hash = None if item.image_hash is None else _to_signed(item.image_hash)
+    if d is None:
+        return (project, model_version, item.task_id, None, None, None, None, None, None, None, None, image_hash, item.error, now)
+    return (
+        project,
+        model_version,
+        item.task_id,
+        d.image_size[0],
+        d.image_size[1],
+        d.num_classes,
+        d.xyxy.astype(np.float32).tobytes(),
+        d.class_probs.astype(np.float32).tobytes(),
+        d.labels.astype(np.int32).tobytes(),
+        d.scores.astype(np.float32).tobytes(),
+        d.background.astype(np.float32).tobytes(),
+        image_hash,
+        None,
+        now,
+    )
+
+
+def decode(row) -> StoredDetections:
+    task_id, width, height, num_classes, xyxy, probs, labels, scores, background, image_hash, error = row
+    detections = None
+    if error is None:
+        xyxy, probs, labels, scores, background = (bytes(b) for b in (xyxy, probs, labels, scores, background))
+        n_boxes = len(xyxy) // 16
+        detections = Detections(
+            np.frombuffer(xyxy, dtype=np.float32).reshape(n_boxes, 4).astype(np.float64),
+            np.frombuffer(probs, dtype=np.float32).reshape(n_boxes, num_classes).astype(np.float64),
+            (width, height),
+            np.frombuffer(labels, dtype=np.int32).astype(np.int64),
+            np.frombuffer(scores, dtype=np.float32).astype(np.float64),
+            np.frombuffer(background, dtype=np.float32).astype(np.float64),
+        )
+    unsigned = None if image_hash is None else _to_unsigned(image_hash)
+    return StoredDetections(int(task_id), detections, unsigned, error)
+
+
+# Image hashes are unsigned 64-bit; SQL integers are signed 64-bit.
+def _to_signed(value: int) -> int:
+    value = int(value)
+    if not 0 <= value < 2**64:
+        raise ValueError(f"image hash must be an unsigned 64-bit integer, got {value}")
+    return value - 2**64 if value >= 2**63 else value
+
+
+def _to_unsigned(value: int) -> int:
+    return value + 2**64 if value < 0 else value

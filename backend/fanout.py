@@ -1,0 +1,101 @@
+"""Pool prediction spread over every predict worker, on any machine that reaches Redis.
+
+A sync inside an rq job that finds more than PREDICT_JOB_TASKS tasks to
+predict does not predict them itself: it enqueues them in chunks of
+PREDICT_JOB_TASKS as `predict_chunk` jobs on the predict queue, and one
+`sync_after_prediction` job on the sync queue that depends on all of them
+(rq dependencies, released when each chunk has finished or finally failed).
+Every `ale worker --queues predict` takes chunks. A chunk whose worker dies
+is failed by the surviving workers' sweep (`jobqueue.recover_abandoned`) and
+retried by rq; a chunk that still fails leaves its tasks to the following
+sync, which predicts what is missing itself.
+
+While chunks run, the project's fan-out flag holds the follow-up sync's job
+id: later sync requests are covered by it and return at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from .jobqueue import QUEUE_PREDICT, QUEUE_SYNC, RedisJobQueue
+from .ls_client import TaskRef
+from .ls_format import parse_label_config
+from .pool import predict_missing
+from .progress import Progress, _job_progress, publish
+from .runtime import Runtime, current_runtime
+
+log = logging.getLogger(__name__)
+
+#: Retries of a chunk whose worker was lost or that failed (interval 0: at once, on any worker).
+CHUNK_RETRIES = 2
+#: A chunk of a few hundred images runs for minutes on a CPU; far longer means its worker hangs.
+CHUNK_TIMEOUT = 60 * 60
+#: The fan-out flag outlives a follow-up sync that never runs (Redis flushed) by this long at most.
+FANOUT_TTL = 3 * 60 * 60
+
+
+def fanout_flag(project: int) -> str:
+    return f"sync-fanout:{project}"
+
+
+def can_fan_out(rt: Runtime) -> bool:
+    """Whether this process runs an rq job on Redis (the only place chunks can go to other workers)."""
+    if rt.redis is None:
+        return False
+    try:
+        from rq import get_current_job
+    except ImportError:  # pragma: no cover - rq is a dependency
+        return False
+    return get_current_job() is not None
+
+
+def fan_out(rt: Runtime, project: int, tasks: list[TaskRef], model_version: str) -> dict:
+    """Enqueue `tasks` as prediction chunks and the sync that follows them. -> what was queued."""
+    queue = RedisJobQueue(rt.redis, rt.settings.adapter)
+    follow_id = uuid.uuid4().hex
+    # The flag goes up before anything is queued: the follow-up sync lowers it when it starts.
+    rt.raise_flag(fanout_flag(project), follow_id, FANOUT_TTL)
+    size = rt.settings.predict_job_tasks
+    chunk_ids = []
+    try:
+        for start in range(0, len(tasks), size):
+            part = [(t.id, t.data) for t in tasks[start : start + size]]
+            chunk_ids.append(
+                queue.enqueue(QUEUE_PREDICT, predict_chunk, project, model_version, part, retries=CHUNK_RETRIES, timeout=CHUNK_TIMEOUT)
+            )
+        queue.enqueue(QUEUE_SYNC, sync_after_prediction, project, retry=True, job_id=follow_id, depends_on=chunk_ids)
+    except Exception:
+        rt.take_flag(fanout_flag(project))  # nothing follows: the next sync must not wait for it
+        raise
+    log.info("project %s: %d tasks to predict in %d jobs; sync job %s follows them", project, len(tasks), len(chunk_ids), follow_id)
+    return {
+        "chunks": chunk_ids,
+        "follow_up": follow_id,
+        "to_predict": len(tasks),
+        "reason": f"{len(tasks)} tasks are predicted in {len(chunk_ids)} jobs on the predict workers; sync job {follow_id} writes the queue after them",
+    }
+
+
+def predict_chunk(project: int, model_version: str, tasks: list[tuple[int, dict]], *, runtime: Runtime | None = None, progress: Progress | None = None) -> dict:
+    """Predict and store one chunk of a fanned-out pool, with the model version the sync saw."""
+    rt = runtime or current_runtime()
+    adapter = rt.adapter_for(project)
+    publish({"chunk": {"project": project, "tasks": len(tasks)}})
+    if adapter.version != model_version:
+        # another version is served since: the follow-up sync predicts for that one
+        return {"status": "skipped", "reason": f"model {model_version} is no longer served ({adapter.version} is)", "tasks": len(tasks)}
+    config = parse_label_config(rt.ls.project(project).label_config)
+    refs = [TaskRef(int(task_id), dict(data)) for task_id, data in tasks]
+    result = predict_missing(rt, project, config, refs, progress or _job_progress, adapter)
+    return {"status": "predicted", **result}
+
+
+def sync_after_prediction(project: int, *, runtime: Runtime | None = None, progress: Progress | None = None) -> dict:
+    """The sync that follows a fan-out: tasks no chunk stored are predicted here, not fanned out again."""
+    from .jobs import sync_priorities
+
+    rt = runtime or current_runtime()
+    rt.take_flag(fanout_flag(project))
+    return sync_priorities(project, runtime=rt, progress=progress, fanout=False)

@@ -1,0 +1,162 @@
+"""The unlabeled pool: predicting what is missing from the detection store, and ranking what is stored.
+
+Both read and write the store chunk by chunk: a predicted chunk is stored
+before the next is fetched, and ranking reads the detections of the tasks it
+is given, nothing else.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import numpy as np
+
+from .adapters import Adapter, check_policy_fits, is_trained
+from .detection_store import StoredDetections
+from .detections import Detections
+from .ls_client import TaskRef
+from .ls_format import match_labels, parse_label_config
+from .media import MediaFetcher, average_hash
+from .policies import get_policy
+from .predictor import Predictor
+from .progress import Progress, _job_progress
+from .ranking import BatchExtras, select_order, spread_order
+from .runtime import Runtime, current_runtime
+from .serving import ServingFilters, raw_output_key, shown_classes, shown_detections
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: The order a sync writes while the serving model is untrained (see ranking.spread_order).
+SPREAD_POLICY = "spread (untrained model: farthest-first on image hashes)"
+#: Per-task reasons a job result carries at most (all are logged).
+REPORTED_ERRORS = 20
+PREDICT_CHUNK = 64  # at most this many images per step (PREDICT_CHUNK_PIXELS bounds their pixels)
+
+
+def predict_pool(project: int, task_ids: list[int] | None = None, *, runtime: Runtime | None = None, progress: Progress | None = None) -> dict:
+    """Predict every unlabeled task (or `task_ids`) lacking detections for the current model version."""
+    rt = runtime or current_runtime()
+    progress = progress or _job_progress
+    info = rt.ls.project(project)
+    wanted = None if task_ids is None else set(task_ids)
+    tasks = [t for t in rt.ls.unlabeled_tasks(project) if wanted is None or t.id in wanted]
+    return predict_missing(rt, project, parse_label_config(info.label_config), tasks, progress, rt.adapter_for(project))
+
+
+def predict_missing(rt: Runtime, project: int, config, tasks: Sequence[TaskRef], progress: Progress, adapter: Adapter) -> dict:
+    """Store what `adapter` produces for every task that has nothing stored for it yet (or only an error)."""
+    key = raw_output_key(adapter.version, rt.settings)
+    stored = rt.store.get_many(project, key, [t.id for t in tasks])
+    missing = [t for t in tasks if t.id not in stored or stored[t.id].error is not None]
+    del stored
+    predictor = Predictor(rt.settings, adapter, MediaFetcher(rt.settings, rt.ls), project)
+    failed = 0
+    errors: dict[int, str] = {}
+    progress("predict", 0, len(missing))
+    done = 0
+    refs = [{"id": t.id, "data": t.data} for t in missing]
+    for chunk in predictor.image_chunks(refs, config, rt.settings.predict_chunk_pixels, PREDICT_CHUNK):
+        ready = chunk.ready()
+        found = dict(zip(ready, predictor.raw([chunk.images[i] for i in ready])))
+        items = []
+        for i, image in enumerate(chunk.images):
+            task = missing[chunk.start + i]
+            if image is None:
+                failed += 1
+                reason = chunk.errors[chunk.start + i]
+                log.warning("project %s task %s: not predicted: %s", project, task.id, reason)
+                if len(errors) < REPORTED_ERRORS:
+                    errors[task.id] = reason
+                items.append(StoredDetections(task.id, None, None, reason))
+            else:
+                items.append(StoredDetections(task.id, found[i], average_hash(image), None))
+        rt.store.put_many(project, key, items)
+        done += len(chunk.images)
+        progress("predict", done, len(missing))
+    return {"model_version": adapter.version, "tasks": len(tasks), "predicted": len(missing) - failed, "failed": failed, "errors": errors}
+
+
+def rank_pool(rt: Runtime, project: int, task_ids: Sequence[int], adapter: Adapter, config, extras: bool = True) -> dict:
+    """Score and order what annotators would be shown of `task_ids`. Returns arrays aligned with `task_ids`.
+
+    Uses what `adapter` stored for the tasks, through the serving filters of
+    the current settings and narrowed to the classes `config` has labels for
+    (`serving.shown_detections`, the same as /predict). `extras`: reshape the
+    head of the order with the batch extras (off: usefulness order alone).
+    """
+    task_ids = np.asarray(task_ids, dtype=np.int64)
+    stored = rt.store.get_many(project, raw_output_key(adapter.version, rt.settings), task_ids.tolist())
+    shown = shown_classes(match_labels(adapter.classes, config))
+    filters = ServingFilters.from_settings(rt.settings)
+    num_classes = len(adapter.classes)
+    detections, hashes, usable = [], [], []
+    for task_id in task_ids.tolist():
+        item = stored.pop(task_id, None)
+        ok = item is not None and item.detections is not None
+        detections.append(shown_detections(item.detections, shown, filters) if ok else Detections.empty(num_classes, (1, 1)))
+        hashes.append(item.image_hash if ok else None)
+        usable.append(ok)
+    usable = np.array(usable, dtype=bool)
+    if not is_trained(adapter):
+        # An untrained model's uncertainty is noise: cover the pool's look first, not its import order.
+        order, spread = spread_order(hashes, task_ids)
+        usefulness = np.where(usable, spread, -np.inf)
+        return {"policy": SPREAD_POLICY, "detections": detections, "usefulness": usefulness, "order": order, "usable": usable}
+    check_policy_fits(adapter, rt.settings.policy)
+    policy = get_policy(rt.settings.policy, rt.settings.policy_seed)
+    usefulness = policy.usefulness(detections) if task_ids.size else np.zeros(0)
+    # Images that could not be fetched or decoded have no usefulness: they go to the very end of the queue.
+    usefulness = np.where(usable, usefulness, -np.inf)
+    shaping = batch_extras(rt.settings, adapter.classes) if extras else BatchExtras(batch_size=max(1, task_ids.size))
+    order = select_order(usefulness, task_ids, detections, hashes, shaping, usable)
+    return {"policy": policy.name, "detections": detections, "usefulness": usefulness, "order": order, "usable": usable}
+
+
+def preview_ranking(project: int, *, runtime: Runtime | None = None, progress: Progress | None = None) -> dict:
+    """The queue a sync would write, without writing it.
+
+    -> {"policy", "model", "trained", "rows": one per unlabeled task, in order}.
+    """
+    from .ranking import ls_scores
+
+    rt = runtime or current_runtime()
+    config = parse_label_config(rt.ls.project(project).label_config)
+    adapter = rt.adapter_for(project)
+    tasks = list(rt.ls.unlabeled_tasks(project))
+    predict_missing(rt, project, config, tasks, progress or _job_progress, adapter)
+    ranked = rank_pool(rt, project, [t.id for t in tasks], adapter, config)
+    scores = ls_scores(ranked["order"])
+    rows = []
+    for position, i in enumerate(ranked["order"]):
+        task = tasks[i]
+        rows.append(
+            {
+                "rank": position + 1,
+                "task": task.id,
+                "image": str(task.data.get(config.value_key, "")),
+                "usefulness": float(ranked["usefulness"][i]),
+                "boxes": len(ranked["detections"][i]),
+                "ls_score": float(scores[i]),
+            }
+        )
+    return {"policy": ranked["policy"], "model": adapter.version, "trained": is_trained(adapter), "rows": rows}
+
+
+def batch_extras(s: Settings, model_classes) -> BatchExtras:
+    """The queue-shaping extras configured in the settings, for a model with these classes."""
+    classes = {name.lower(): i for i, name in enumerate(model_classes)}
+    balance = {}
+    for name, share in s.class_balance:
+        if name.lower() not in classes:
+            raise ValueError(f"CLASS_BALANCE names {name!r}, which is not a model class ({', '.join(model_classes)})")
+        balance[classes[name.lower()]] = share
+    return BatchExtras(
+        batch_size=s.sync_batch_size,
+        exploration=s.exploration_fraction,
+        empty_quota=s.empty_quota,
+        class_balance=balance,
+        duplicate_distance=s.duplicate_distance,
+        seed=s.policy_seed,
+    )

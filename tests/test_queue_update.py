@@ -1,0 +1,61 @@
+import numpy as np
+import pytest
+
+from label_studio_ale.detection_store import ServedTasks
+from label_studio_ale.queue_update import place_new_tasks, ranking_key
+from label_studio_ale.ranking import ls_scores, rank
+
+
+def served_queue(usefulness, task_ids=None):
+    usefulness = np.asarray(usefulness, dtype=float)
+    task_ids = np.arange(1, usefulness.size + 1) if task_ids is None else np.asarray(task_ids)
+    order = rank(usefulness, task_ids)
+    scores = ls_scores(order)
+    by_score = np.argsort(scores)
+    return ServedTasks(task_ids[by_score], usefulness[by_score], scores[by_score])
+
+
+def test_new_tasks_land_where_a_full_ranking_would_put_them():
+    rng = np.random.default_rng(0)
+    old, new = rng.random(40), rng.random(15)
+    served = served_queue(old)
+    new_ids = np.arange(100, 115)
+    scores = place_new_tasks(served, new_ids, new)
+    assert ((scores > 0) & (scores < 1)).all()
+    merged_ids = np.concatenate([served.task_ids, new_ids])
+    merged_scores = np.concatenate([served.scores, scores])
+    served_order = merged_ids[np.argsort(merged_scores, kind="stable")].tolist()
+    all_ids = np.concatenate([np.arange(1, 41), new_ids])
+    expected = all_ids[rank(np.concatenate([old, new]), all_ids)].tolist()
+    assert served_order == expected
+
+
+def test_ends_ties_and_unusable_images():
+    served = served_queue([3.0, 2.0, 1.0])  # scores 0.25, 0.5, 0.75 for tasks 1, 2, 3
+    scores = place_new_tasks(served, np.array([10, 11, 12, 13, 14]), np.array([9.0, 0.0, 2.0, -np.inf, 9.0]))
+    assert 0 < scores[0] < scores[4] < 0.25  # both before the head, the lower task id first
+    assert 0.75 < scores[1] < scores[3] < 1  # after the tail; an unusable image goes last
+    assert 0.5 < scores[2] < 0.75  # a tie goes after the served task it ties with
+    assert place_new_tasks(served, np.zeros(0, dtype=int), np.zeros(0)).size == 0
+    empty = ServedTasks(np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros(0))
+    assert place_new_tasks(empty, np.array([1, 2]), np.array([0.1, 0.9])).tolist() == [2 / 3, 1 / 3]
+
+
+def test_in_a_reshaped_head_a_new_task_goes_before_the_first_less_useful_one():
+    # the batch extras moved a less useful image (0.1) into the head, before a 0.8
+    served = ServedTasks(np.array([1, 2, 3]), np.array([0.9, 0.1, 0.8]), np.array([0.25, 0.5, 0.75]))
+    scores = place_new_tasks(served, np.array([7, 8, 9]), np.array([0.5, 0.95, 0.05]))
+    assert 0.25 < scores[0] < 0.5  # before the 0.1 (not after the 0.8, which is served later)
+    assert scores[1] < 0.25
+    assert 0.75 < scores[2]
+
+
+def test_a_full_gap_asks_for_a_rewrite():
+    served = ServedTasks(np.array([1, 2]), np.array([2.0, 1.0]), np.array([0.5, 0.5 + 1e-13]))
+    assert place_new_tasks(served, np.array([3]), np.array([1.5])) is None
+    with pytest.raises(ValueError, match="NaN"):
+        place_new_tasks(served, np.array([3]), np.array([np.nan]))
+
+
+def test_ranking_key_is_stable_and_sensitive():
+    assert ranking_key(policy="a", seed=1) == ranking_key(seed=1, policy="a") != ranking_key(policy="a", seed=2)
