@@ -277,21 +277,16 @@ class SqliteDetectionStore(DetectionStore):
             self._local.db = db
         return db
 
-    @contextmanager
     def _tx(self):
-        db = self._connect()
-        db.execute("BEGIN")
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+        return self._transaction("BEGIN")
+
+    def _exclusive(self):
+        return self._transaction("BEGIN IMMEDIATE")  # one writer at a time: two processes opening a fresh store race otherwise
 
     @contextmanager
-    def _exclusive(self):
+    def _transaction(self, begin: str):
         db = self._connect()
-        db.execute("BEGIN IMMEDIATE")  # one writer at a time: two processes opening a fresh store race otherwise
+        db.execute(begin)
         try:
             yield db
         except BaseException:

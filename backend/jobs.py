@@ -101,6 +101,7 @@ def sync_priorities(
                 break  # the holder runs it, or a sync that began after this request already did
             latest = _sync(rt, project, progress, full=full, fanout=fanout)
             runs += 1
+            full = False  # a rerun covers other requests, which asked for no full rewrite
         if result is None or latest["status"] != "unchanged":  # a rerun that found nothing new keeps the answer of the run that wrote
             result = latest
             _delete_stale(rt, project, result)

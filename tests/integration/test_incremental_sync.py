@@ -16,7 +16,7 @@ from label_studio_ale.jobqueue import QUEUE_SYNC, RedisJobQueue
 from label_studio_ale.jobs import sync_priorities
 from label_studio_ale.ranking import rank
 from tests.support.backend import backend_env, run_worker
-from tests.support.projects import add_images, create_project
+from tests.support.projects import add_images, create_project, next_task, submit_box
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -37,20 +37,6 @@ def run_sync(jobs, project, **options):
 def predictions(ls, project) -> dict[int, tuple[int, str, float]]:
     """Every prediction row of the project: id -> (task, version, score)."""
     return {p.id: (p.task, p.model_version, p.score) for p in ls.predictions.list(project=project)}
-
-
-def next_task(ls, project) -> int:
-    response = ls._client_wrapper.httpx_client.request(f"api/projects/{project}/next/", method="GET")
-    assert response.status_code == 200, response.text[:300]
-    return response.json()["id"]
-
-
-def submit(ls, task_id):
-    region = {
-        "from_name": "label", "to_name": "image", "type": "rectanglelabels", "original_width": 128, "original_height": 128,
-        "value": {"x": 10, "y": 10, "width": 20, "height": 20, "rotation": 0, "rectanglelabels": ["bird"]},
-    }
-    ls.annotations.create(id=task_id, result=[region], lead_time=1.0)
 
 
 def test_a_sync_writes_only_what_changed(ls_sdk, label_studio, redis_server, trained_weights, store_url, tmp_path):
@@ -92,7 +78,7 @@ def test_a_sync_writes_only_what_changed(ls_sdk, label_studio, redis_server, tra
         for _ in range(15):
             task = next_task(ls_sdk, project)
             served_order.append(task)
-            submit(ls_sdk, task)
+            submit_box(ls_sdk, task)
         assert served_order == expected[:15]
 
         # Tasks labelled since: still nothing to write.
@@ -138,7 +124,7 @@ def test_once_the_head_batch_is_labelled_the_extras_reshape_the_next_batch(ls_sd
         assert past_head.count("nest") < min(batch, window.count("nest")), "the scenes should mix classes past the head"
 
         for _ in range(batch):  # the head batch is labelled
-            submit(ls_sdk, next_task(ls_sdk, project))
+            submit_box(ls_sdk, next_task(ls_sdk, project))
         before = predictions(ls_sdk, project)
         reshaped = run_sync(jobs, project)
         assert reshaped["status"] == "reshaped" and 0 < reshaped["written"] <= 4 * batch
@@ -153,6 +139,6 @@ def test_once_the_head_batch_is_labelled_the_extras_reshape_the_next_batch(ls_sd
         for _ in range(batch):
             task = next_task(ls_sdk, project)
             nxt.append(task)
-            submit(ls_sdk, task)
+            submit_box(ls_sdk, task)
         # the next batch served holds as many nest images as the window had to give, most useful first
         assert [shown[t] for t in nxt].count("nest") == min(batch, window.count("nest"))

@@ -21,7 +21,7 @@ from label_studio_ale.settings import Settings
 from tests.support.backend import backend_env, run_worker
 from tests.support.label_studio import create_personal_access_token
 from tests.support.models import IMAGE_SIZE
-from tests.support.projects import create_project
+from tests.support.projects import create_project, next_task, submit_box
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -77,24 +77,6 @@ def wait_job(jobs, job_id, timeout=JOB_TIMEOUT, until=("finished", "failed")):
     raise TimeoutError(f"job {job_id} not done in {timeout}s: {jobs.info(job_id)}")
 
 
-def next_task(ls, project) -> int:
-    response = ls._client_wrapper.httpx_client.request(f"api/projects/{project}/next/", method="GET")
-    assert response.status_code == 200, response.text[:300]
-    return response.json()["id"]
-
-
-def submit(ls, task_id):
-    region = {
-        "from_name": "label",
-        "to_name": "image",
-        "type": "rectanglelabels",
-        "original_width": 128,
-        "original_height": 128,
-        "value": {"x": 10, "y": 10, "width": 20, "height": 20, "rotation": 0, "rectanglelabels": ["bird"]},
-    }
-    ls.annotations.create(id=task_id, result=[region], lead_time=1.0)
-
-
 def stored_scores(ls, project, version):
     return {p.task: p.score for p in ls.predictions.list(project=project) if p.model_version == version}
 
@@ -136,7 +118,7 @@ def test_ls_serves_tasks_in_the_backend_ranking(ls_sdk, worker, jobs, worker_env
     for _ in range(len(expected)):
         task_id = next_task(ls_sdk, project)
         served.append(task_id)
-        submit(ls_sdk, task_id)
+        submit_box(ls_sdk, task_id)
     assert served == expected
 
 
@@ -163,7 +145,7 @@ def test_annotators_get_different_tasks_and_keep_their_lock_through_a_sync(
     assert next_task(ls_sdk, project) == mine
     assert next_task(second_annotator, project) == theirs
     # ...and after submitting, each gets the best of the new order that is not taken.
-    submit(ls_sdk, mine)
+    submit_box(ls_sdk, mine)
     remaining = [t for t in second["order"] if t not in (mine, theirs)]
     assert next_task(ls_sdk, project) == remaining[0]
 

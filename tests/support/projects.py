@@ -67,3 +67,24 @@ def annotate(ls, task_id, scene, cancelled=False, names=("bird", "nest")):
 
     result = [rectangle_result(box, names[label], scene.image.size, "label", "image") for box, label in zip(scene.xyxy, scene.labels)]
     ls.annotations.create(id=task_id, result=[] if cancelled else result, was_cancelled=cancelled)
+
+
+def next_task(ls, project: int) -> int:
+    """The task LS gives this user next ("Label All Tasks")."""
+    response = ls._client_wrapper.httpx_client.request(f"api/projects/{project}/next/", method="GET")
+    if response.status_code != 200:
+        raise AssertionError(f"LS gave no next task: {response.status_code} {response.text[:300]}")
+    return response.json()["id"]
+
+
+def submit_box(ls, task_id: int) -> None:
+    """Submit an annotation of one bird box on a 128 px image."""
+    region = {
+        "from_name": "label",
+        "to_name": "image",
+        "type": "rectanglelabels",
+        "original_width": 128,
+        "original_height": 128,
+        "value": {"x": 10, "y": 10, "width": 20, "height": 20, "rotation": 0, "rectanglelabels": ["bird"]},
+    }
+    ls.annotations.create(id=task_id, result=[region], lead_time=1.0)
