@@ -6,6 +6,8 @@ Names (the POLICY setting):
 - min-confidence (seed 000's default), mean-confidence, weighted-confidence
   (box-area weighted mean): least confident images first
 - random: a seeded shuffle, the baseline every policy must beat
+- any of these + "+cost" (e.g. ale-entropy-sum+cost): usefulness per unit of
+  expected annotation cost, for teams that pay per box (`CostAwarePolicy`)
 - a custom policy: `package.module:function` or an entry point in the
   `label_studio_ale.policies` group. The function takes one image's
   `Detections` and returns its *confidence* (seed 000's `calculate_confidence`
@@ -23,12 +25,15 @@ import numpy as np
 
 from . import scoring
 from .detections import Detections
+from .settings import DEFAULT_COST_PER_IMAGE
 
 POLICY_ENTRY_POINT_GROUP = "label_studio_ale.policies"
 #: The ALE paper's most consistent winner (50 and 100 images, new classes).
 DEFAULT_POLICY = "ale-entropy-sum"
 METRICS = ("entropy", "lc")
 CONFIDENCE_KINDS = ("min", "mean", "weighted")
+#: A policy name ending in this divides usefulness by the expected annotation cost.
+COST_SUFFIX = "+cost"
 
 
 @dataclass(frozen=True)
@@ -119,6 +124,38 @@ class CustomPolicy:
         return -values
 
 
+@dataclass(frozen=True)
+class CostAwarePolicy:
+    """Another policy's usefulness per unit of expected annotation cost: predicted boxes + `per_image`.
+
+    Annotators pay per box they draw or check, plus a constant per image
+    (`per_image`, in boxes). Non-negative usefulness is divided by the cost;
+    a negative one (custom policies: -confidence) is multiplied by it, so a
+    costlier image always ranks lower at equal usefulness.
+    """
+
+    inner: object
+    per_image: float = DEFAULT_COST_PER_IMAGE
+
+    def __post_init__(self):
+        if not self.per_image > 0:
+            raise ValueError(f"the cost per image must be a positive number of boxes, got {self.per_image}")
+
+    @property
+    def name(self) -> str:
+        return f"{self.inner.name}{COST_SUFFIX}"
+
+    @property
+    def needs_class_vectors(self) -> bool:
+        return self.inner.needs_class_vectors
+
+    def usefulness(self, detections: Sequence[Detections]) -> np.ndarray:
+        """(m,) images -> (m,) usefulness / (boxes + per_image), or x cost where negative."""
+        value = np.asarray(self.inner.usefulness(detections), dtype=np.float64)
+        cost = np.array([len(d) for d in detections], dtype=np.float64) + self.per_image
+        return np.where(value >= 0, value / cost, value * cost)
+
+
 def single_object_confidence(detections: Detections) -> float:
     """Seed 000's `calculate_confidence` example: exactly one object expected per image.
 
@@ -135,10 +172,12 @@ def policy_names() -> list[str]:
     return names + sorted(ep.name for ep in entry_points(group=POLICY_ENTRY_POINT_GROUP))
 
 
-def get_policy(name: str, seed: int = 0):
-    """Resolve a policy by name, dotted path (`pkg.mod:function`) or entry point."""
+def get_policy(name: str, seed: int = 0, cost_per_image: float = DEFAULT_COST_PER_IMAGE):
+    """Resolve a policy by name, dotted path (`pkg.mod:function`) or entry point; "<name>+cost" for its cost-aware form."""
     if not isinstance(name, str) or not name:
         raise ValueError("POLICY is empty: use e.g. ale-entropy-sum")
+    if name.endswith(COST_SUFFIX) and len(name) > len(COST_SUFFIX):
+        return CostAwarePolicy(get_policy(name[: -len(COST_SUFFIX)], seed), cost_per_image)
     parts = name.split("-")
     if parts[0] == "ale" and len(parts) == 3 and parts[1] in METRICS and parts[2] in scoring.AGGREGATIONS:
         return UncertaintyPolicy(parts[1], parts[2], ale=True)

@@ -105,7 +105,7 @@ def rank_pool(rt: Runtime, project: int, task_ids: Sequence[int], adapter: Adapt
         usefulness = np.where(usable, spread, -np.inf)
         return {"policy": SPREAD_POLICY, "detections": detections, "usefulness": usefulness, "order": order, "usable": usable}
     check_policy_fits(adapter, rt.settings.policy)
-    policy = get_policy(rt.settings.policy, rt.settings.policy_seed)
+    policy = get_policy(rt.settings.policy, rt.settings.policy_seed, rt.settings.cost_per_image)
     usefulness = policy.usefulness(detections) if task_ids.size else np.zeros(0)
     # Images that could not be fetched or decoded have no usefulness: they go to the very end of the queue.
     usefulness = np.where(usable, usefulness, -np.inf)

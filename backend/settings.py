@@ -42,6 +42,8 @@ DEFAULT_TILE_MIN_VISIBLE = 0.5
 DEFAULT_TILE_EMPTY_SHARE = 0.2
 
 DEFAULT_POLICY = "ale-entropy-sum"
+#: With a "+cost" policy: an image's annotation cost besides its boxes, in boxes (policies.CostAwarePolicy).
+DEFAULT_COST_PER_IMAGE = 2.0
 DEFAULT_SYNC_INTERVAL = 300  # seconds between scheduled priority syncs
 DEFAULT_SYNC_BATCH_SIZE = 50
 # Predictions per LS import request. LS 1.23 recounts every task of the project
@@ -105,6 +107,7 @@ class Settings:
     redis_url: str = field(default="", repr=False)
     policy: str = DEFAULT_POLICY
     policy_seed: int = 0
+    cost_per_image: float = DEFAULT_COST_PER_IMAGE
     sync_interval: int = DEFAULT_SYNC_INTERVAL
     sync_projects: tuple[int, ...] = ()
     sync_batch_size: int = DEFAULT_SYNC_BATCH_SIZE
@@ -169,6 +172,8 @@ class Settings:
             raise ConfigError("TILE_EMPTY_SHARE", f"must be 0 or a positive share, got {self.tile_empty_share}")
         if self.promotion not in PROMOTION_POLICIES:
             raise ConfigError("PROMOTION", f"must be one of {', '.join(PROMOTION_POLICIES)}, got {self.promotion!r}")
+        if not self.cost_per_image > 0:
+            raise ConfigError("COST_PER_IMAGE", f"must be a positive number of boxes (an image's cost besides its boxes), got {self.cost_per_image}")
         if self.train_batch <= 0:
             raise ConfigError("TRAIN_BATCH", f"must be a positive number, got {self.train_batch}")
         if self.train_epochs < 0:
@@ -287,6 +292,7 @@ ENV_VARS = {
     "REDIS_URL": ("redis_url", str),
     "POLICY": ("policy", str),
     "POLICY_SEED": ("policy_seed", int),
+    "COST_PER_IMAGE": ("cost_per_image", float),
     "SYNC_INTERVAL": ("sync_interval", int),
     "SYNC_PROJECTS": ("sync_projects", _ints),
     "SYNC_BATCH_SIZE": ("sync_batch_size", int),

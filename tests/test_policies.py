@@ -87,3 +87,26 @@ def test_uncertainty_policy_is_vectorised_over_many_images():
     one_by_one = [policy.usefulness([d])[0] for d in images]
     assert together == pytest.approx(one_by_one)
     assert together[0] == 0 and together[3] == 0
+
+
+def test_the_cost_aware_option_prefers_cheap_images_at_similar_usefulness():
+    crowded = Detections(np.tile([[0, 0, 9, 9]], (10, 1)), np.tile([[0.9, 0.05]], (10, 1)), (64, 64))  # 10 fairly sure boxes
+    single = Detections([[0, 0, 9, 9]], [[0.5, 0.5]], (64, 64))  # 1 unsure box
+    plain = get_policy("entropy-sum")
+    aware = get_policy("entropy-sum+cost", cost_per_image=1.0)
+    assert aware.name == "entropy-sum+cost" and aware.needs_class_vectors
+    useful = plain.usefulness([crowded, single])
+    assert useful[0] > useful[1]  # the crowded image is more useful...
+    per_cost = aware.usefulness([crowded, single])
+    assert per_cost[0] < per_cost[1]  # ...but less per unit of cost: 10 boxes + 1 against 1 box + 1
+    np.testing.assert_allclose(per_cost, useful / np.array([11.0, 2.0]))
+    # an empty image costs the constant alone; a negative usefulness (a custom policy) is multiplied by its cost
+    assert aware.usefulness([Detections.empty(2, (8, 8))]).tolist() == [0.0]
+    custom = get_policy(f"{__name__}:half+cost", cost_per_image=2.0)
+    assert custom.usefulness([single, crowded]).tolist() == [-0.5 * 3, -0.5 * 12]
+    with pytest.raises(ValueError, match="positive number of boxes"):
+        get_policy("random+cost", cost_per_image=0)
+
+
+def half(detections) -> float:
+    return 0.5

@@ -55,6 +55,7 @@ def test_every_variable_is_read():
         "DUPLICATE_DISTANCE": "4",
         "IMPORT_CHUNK_SIZE": "100",
         "PREDICT_JOB_TASKS": "64",
+        "COST_PER_IMAGE": "3.5",
         "DETECTION_STORE_URL": "postgresql://ale:secret@db:5432/ale",
         "BASE_MODEL": "yolov5s.yaml",
         "TRAIN_EPOCHS": "5",
@@ -77,7 +78,7 @@ def test_every_variable_is_read():
     assert s.class_balance == (("bird", 0.7), ("nest", 0.3)) and s.duplicate_distance == 4
     assert s.predict_chunk_pixels == 5000 and s.tile_min_visible == 0.4 and s.tile_empty_share == 0.5
     assert s.tiles() == TileSettings(512, 0.25, 3000, "iou", 0.6)
-    assert s.predict_job_tasks == 64 and s.detection_store_url.startswith("postgresql://")
+    assert s.predict_job_tasks == 64 and s.detection_store_url.startswith("postgresql://") and s.cost_per_image == 3.5
     assert "secret" not in repr(s)
 
 

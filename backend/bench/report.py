@@ -4,7 +4,8 @@ Gains are measured per seed against the random policy of the same seed (same
 initial set, same initial model), then averaged over seeds; they are given in
 percentage points of mAP50, as in the ALE paper's tables. The cost side: the
 images and boxes each policy's mean curve needs to reach random's final mean
-mAP50, against what random labelled for it.
+mAP50, against what random labelled for it, and the points each labelled
+image and each labelled box bought (initial model to last cycle).
 """
 
 from __future__ import annotations
@@ -43,6 +44,11 @@ def summarise(results: dict, metric: str = METRIC) -> dict:
             [[sum(c["labelled_objects"].values()) for c in by_key[(name, s)]["cycles"][:cycles]] for s in seeds], axis=0
         ).tolist()
         row["labelled_objects"] = row["objects_curve"][-1]
+        # what each labelled image and each labelled box bought: points of the metric from the initial model to the last
+        gained = (row["mean"][-1] - row["mean"][0]) * 100
+        images, boxes = labelled[-1] - labelled[0], row["objects_curve"][-1] - row["objects_curve"][0]
+        row["gain_per_image"] = gained / images if images else None
+        row["gain_per_box"] = gained / boxes if boxes else None
         new_class = [by_key[(name, s)]["cycles"][cycles - 1].get("new_class_ap50") for s in seeds]
         if all(v is not None for v in new_class):
             row["new_class_ap50"] = float(np.mean(new_class))
@@ -100,7 +106,7 @@ def markdown_table(summary: dict) -> str:
     """
     labelled = summary["labelled"]
     has_new = any("new_class_ap50" in row for row in summary["policies"].values())
-    header = ["policy"] + [f"{n} img" for n in labelled] + ["gain, last (pp)", "gain, mean (pp)", "boxes labelled"]
+    header = ["policy"] + [f"{n} img" for n in labelled] + ["gain, last (pp)", "gain, mean (pp)", "boxes labelled", "pp / image", "pp / box"]
     if has_new:
         header += ["new class AP50", "new-class boxes"]
     has_reach = any("to_reach_random" in row for row in summary["policies"].values())
@@ -120,6 +126,7 @@ def markdown_table(summary: dict) -> str:
             gain = row.get(key)
             cells.append(("—" if not gain else f"{gain['mean']:+.1f} ± {gain['sd']:.1f}" if spread else f"{gain['mean']:+.1f}"))
         cells.append(f"{row['labelled_objects']:.0f}")
+        cells += ["—" if row.get(k) is None else f"{row[k]:.2f}" for k in ("gain_per_image", "gain_per_box")]
         if has_new:
             cells += [f"{row.get('new_class_ap50', 0):.3f}", f"{row.get('new_class_objects', 0):.1f}"]
         if has_reach:

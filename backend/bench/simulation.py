@@ -205,7 +205,7 @@ def select_batch(settings: Settings, policy_name: str, detections, task_ids: np.
     from ..jobs import batch_extras
     from ..ranking import select_order
 
-    usefulness = get_policy(policy_name, seed=seed).usefulness(detections)
+    usefulness = get_policy(policy_name, seed=seed, cost_per_image=settings.cost_per_image).usefulness(detections)
     extras = dataclasses.replace(batch_extras(settings, classes), batch_size=budget, seed=seed)
     return select_order(usefulness, np.asarray(task_ids), detections, hashes, extras)[:budget]
 

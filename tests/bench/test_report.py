@@ -40,14 +40,16 @@ def test_gains_are_per_seed_differences_to_random_in_points():
     assert ale["new_class_objects"] == pytest.approx(2.0)
     assert ale["labelled_objects"] == pytest.approx(8.0)
     assert "gain_final" not in summary["policies"]["random"]
+    # (0.52 - 0.25) x 100 points over 10 more images and 8 more boxes (3 + 1 per cycle, two cycles)
+    assert ale["gain_per_image"] == pytest.approx(2.7) and ale["gain_per_box"] == pytest.approx(27 / 8)
 
 
 def test_the_table_puts_the_best_mean_gain_first_and_the_plot_is_a_png(tmp_path):
     table = markdown_table(summarise(RESULTS))
     lines = table.splitlines()
-    assert lines[0].startswith("| policy | 10 img | 15 img | 20 img | gain, last (pp) | gain, mean (pp) | boxes labelled | new class AP50")
+    assert lines[0].startswith("| policy | 10 img | 15 img | 20 img | gain, last (pp) | gain, mean (pp) | boxes labelled | pp / image | pp / box | new class AP50")
     assert lines[2].startswith("| ale-entropy-sum | 0.250 ± 0.071 |")
-    assert "+7.0 ± 4.2" in lines[2]
+    assert "+7.0 ± 4.2" in lines[2] and "| 2.70 | 3.38 |" in lines[2]
     assert lines[3].startswith("| random |") and "—" in lines[3]
     path = plot(summarise(RESULTS), RESULTS, tmp_path / "curve.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
