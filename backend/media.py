@@ -109,13 +109,13 @@ class MediaFetcher:
             return True
         if project is None:
             return False
-        for refresh in (False, True):  # a storage added since the last listing is found on a second look
-            hosts = self._hosts_for(project, refresh)
-            if host in hosts or any(h.startswith(".") and host.endswith(h) for h in hosts):
-                return True
-        return False
+        hosts, fresh = self._hosts_for(project, refresh=False)
+        if not _matches(host, hosts) and not fresh:  # a storage added since the cached listing is found on a second look
+            hosts, _ = self._hosts_for(project, refresh=True)
+        return _matches(host, hosts)
 
-    def _hosts_for(self, project: int, refresh: bool) -> set[str]:
+    def _hosts_for(self, project: int, refresh: bool) -> tuple[set[str], bool]:
+        """-> (the project's storage hosts, whether they were listed just now)."""
         with self._hosts_lock:
             listed, hosts = self._storage_hosts.get(project, (0.0, set()))
             if refresh or time.monotonic() - listed > STORAGE_HOSTS_TTL:
@@ -124,7 +124,8 @@ class MediaFetcher:
                 except Exception as exc:
                     raise MediaError(f"cannot list the cloud storages of project {project} in Label Studio: {type(exc).__name__}: {exc}") from None
                 self._storage_hosts[project] = (time.monotonic(), hosts)
-            return hosts
+                return hosts, True
+            return hosts, False
 
     def _from_allowed_host(self, url: str, what: str | None = None) -> bytes:
         what = what or url[:80]
@@ -208,3 +209,8 @@ def average_hash(image: Image.Image, size: int = 8) -> int:
     pixels = np.asarray(image.convert("L").resize((size, size), Image.Resampling.BILINEAR), dtype=np.float64).ravel()
     bits = pixels > pixels.mean()
     return sum(1 << int(i) for i in np.flatnonzero(bits))  # Python ints: bit 63 must not wrap
+
+
+def _matches(host: str, hosts: set[str]) -> bool:
+    """`host` is one of `hosts`, or ends with one of them that starts with '.' (a domain suffix)."""
+    return host in hosts or any(h.startswith(".") and host.endswith(h) for h in hosts)

@@ -95,7 +95,14 @@ def test_a_redirect_to_a_host_of_no_storage_is_refused_with_the_fix():
     with pytest.raises(MediaError, match="'169.254.169.254', which is not the endpoint of any cloud storage of project 3") as error:
         fetcher(client).fetch("s3://birds/frame1.png", task_id=7, project=3)
     assert "ALLOWED_MEDIA_HOSTS" in str(error.value) and "pre-signed" in str(error.value)
-    assert client.listings == 2, "listed again once before refusing: the storage may be new"
+    assert client.listings == 1, "listed once: the listing was fresh"
+    # a host unknown to a cached listing: listed again once before refusing (the storage may be new)
+    cached = fetcher(client)
+    cached._hosts_for(3, refresh=False)
+    client.listings = 0
+    with pytest.raises(MediaError, match="not the endpoint"):
+        cached.fetch("s3://birds/frame1.png", task_id=7, project=3)
+    assert client.listings == 1
 
 
 def test_an_expired_presigned_url_says_so():
