@@ -191,9 +191,14 @@ class DetectionStore:
             row = self._exec(db, "SELECT ls_version, raw_key, ranking_key FROM served_queues WHERE project = ?", (project,)).fetchone()
         return None if row is None else ServedQueue(*row)
 
-    def served_tasks(self, project: int) -> ServedTasks:
+    def served_tasks(self, project: int, limit: int | None = None) -> ServedTasks:
+        """The served queue's tasks by ascending score: all, or the first `limit` (its head)."""
+        query = "SELECT task_id, usefulness, score FROM served_tasks WHERE project = ? ORDER BY score, task_id"
+        params: tuple = (project,)
+        if limit is not None:
+            query, params = f"{query} LIMIT ?", (project, int(limit))
         with self._tx() as db:
-            rows = self._exec(db, "SELECT task_id, usefulness, score FROM served_tasks WHERE project = ? ORDER BY score, task_id", (project,)).fetchall()
+            rows = self._exec(db, query, params).fetchall()
         return served_from_rows(rows)
 
     def served_last_task(self, project: int) -> int | None:
@@ -202,21 +207,12 @@ class DetectionStore:
             row = self._exec(db, "SELECT MAX(task_id) FROM served_tasks WHERE project = ?", (project,)).fetchone()
         return None if row is None or row[0] is None else int(row[0])
 
-    def served_head(self, project: int, limit: int) -> ServedTasks:
-        """The first `limit` tasks of the served queue, by ascending score."""
-        with self._tx() as db:
-            rows = self._exec(
-                db, "SELECT task_id, usefulness, score FROM served_tasks WHERE project = ? ORDER BY score, task_id LIMIT ?", (project, int(limit))
-            ).fetchall()
-        return served_from_rows(rows)
-
     def rescore_served(self, project: int, ls_version: str, drop: Iterable[int], task_ids, scores) -> bool:
         """Drop tasks from the served queue and give others new scores, if it is still `ls_version`. -> whether it was."""
         drop = [(project, int(t)) for t in drop]
         updates = [(float(s), project, int(t)) for t, s in zip(np.asarray(task_ids).tolist(), np.asarray(scores, dtype=np.float64).tolist())]
         with self._tx() as db:
-            row = self._exec(db, "SELECT ls_version FROM served_queues WHERE project = ?", (project,)).fetchone()
-            if row is None or row[0] != ls_version:
+            if not self._serves(db, project, ls_version):
                 return False
             self._execmany(db, "DELETE FROM served_tasks WHERE project = ? AND task_id = ?", drop)
             self._execmany(db, "UPDATE served_tasks SET score = ? WHERE project = ? AND task_id = ?", updates)
@@ -226,8 +222,7 @@ class DetectionStore:
         """Record a full sync's queue: the project's previous record goes, in the same transaction."""
         rows = served_rows(project, task_ids, usefulness, scores)
         with self._tx() as db:
-            self._exec(db, "DELETE FROM served_tasks WHERE project = ?", (project,))
-            self._exec(db, "DELETE FROM served_queues WHERE project = ?", (project,))
+            self._forget(db, project)
             self._exec(
                 db,
                 "INSERT INTO served_queues (project, ls_version, raw_key, ranking_key, updated) VALUES (?, ?, ?, ?, ?)",
@@ -239,8 +234,7 @@ class DetectionStore:
         """Add tasks to the served queue if it is still `ls_version`. -> whether it was (and they were added)."""
         rows = served_rows(project, task_ids, usefulness, scores)
         with self._tx() as db:
-            row = self._exec(db, "SELECT ls_version FROM served_queues WHERE project = ?", (project,)).fetchone()
-            if row is None or row[0] != ls_version:
+            if not self._serves(db, project, ls_version):
                 return False
             self._execmany(
                 db,
@@ -254,8 +248,16 @@ class DetectionStore:
     def forget_served(self, project: int) -> None:
         """Drop the project's served record: its next sync rewrites the whole queue."""
         with self._tx() as db:
-            self._exec(db, "DELETE FROM served_tasks WHERE project = ?", (project,))
-            self._exec(db, "DELETE FROM served_queues WHERE project = ?", (project,))
+            self._forget(db, project)
+
+    def _forget(self, db, project: int) -> None:
+        self._exec(db, "DELETE FROM served_tasks WHERE project = ?", (project,))
+        self._exec(db, "DELETE FROM served_queues WHERE project = ?", (project,))
+
+    def _serves(self, db, project: int, ls_version: str) -> bool:
+        """Whether the project's recorded queue is `ls_version` (inside the caller's transaction)."""
+        row = self._exec(db, "SELECT ls_version FROM served_queues WHERE project = ?", (project,)).fetchone()
+        return row is not None and row[0] == ls_version
 
 
 class SqliteDetectionStore(DetectionStore):

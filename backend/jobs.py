@@ -228,28 +228,15 @@ def _add_new_tasks(rt, project, config, adapter, version, fresh, progress, phase
     phase_done("score")
     if scores is None:
         return None
-    label_map = match_labels(adapter.classes, config)
-    items = [
-        {"task": int(task_id), "result": detections_to_results(det, label_map, config) if ok else [], "score": float(score), "model_version": version}
-        for task_id, det, ok, score in zip(ids, ranked["detections"], ranked["usable"], scores)
-    ]
     try:
-        _import(rt, project, items, progress)
+        _import(rt, project, ids, ranked, scores, version, adapter, config, progress)
     except Exception as exc:
-        raise SyncError(f"sync of project {project} could not add {len(items)} new tasks; the served order stays as it was: {exc}") from exc
+        raise SyncError(f"sync of project {project} could not add {ids.size} new tasks; the served order stays as it was: {exc}") from exc
     phase_done("import")
     if not rt.store.add_served(project, version, ids, ranked["usefulness"], scores):
         rt.store.forget_served(project)  # another sync replaced the record meanwhile: the next sync rewrites
-    log.info("project %s: %d new tasks added to version %s", project, len(items), version)
-    return {
-        "status": "updated",
-        "model_version": version,
-        "policy": ranked["policy"],
-        "written": len(items),
-        "added": ids.tolist(),
-        "usefulness": {int(t): float(u) if ok else None for t, u, ok in zip(ids, ranked["usefulness"], ranked["usable"])},
-        "unusable": int((~ranked["usable"]).sum()),
-    }
+    log.info("project %s: %d new tasks added to version %s", project, ids.size, version)
+    return {"status": "updated", "model_version": version, "added": ids.tolist(), **_written(ids, ranked)}
 
 
 #: The batch extras re-shape this many batches of the served queue's head when it moved on.
@@ -270,11 +257,11 @@ def _reshape_head(rt: Runtime, project: int, config, adapter: Adapter, version: 
     extras = batch_extras(rt.settings, adapter.classes)
     if not (extras.exploration or extras.empty_quota or extras.class_balance or extras.duplicate_distance >= 0) or not is_trained(adapter):
         return 0
-    head = rt.store.served_head(project, extras.batch_size).task_ids.tolist()
+    head = rt.store.served_tasks(project, extras.batch_size).task_ids.tolist()
     if len(rt.ls.unlabeled_among(project, head)) == len(head):
         return 0
     size = extras.batch_size * RESHAPE_WINDOW_BATCHES
-    window = rt.store.served_head(project, size + len(head))  # the labelled head is still in the record
+    window = rt.store.served_tasks(project, size + len(head))  # the labelled head is still in the record
     ids = window.task_ids.tolist()
     unlabeled = rt.ls.unlabeled_among(project, ids)
     keep = np.array([t in unlabeled for t in ids], dtype=bool)
@@ -301,21 +288,8 @@ def _rewrite(rt, project, config, adapter, queue: ServedQueue, served: ServedQue
     scores = ls_scores(ranked["order"])
     phase_done("score")
     version = f"{SYNC_VERSION_PREFIX}{adapter.version}:{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S.%fZ')}"
-    label_map = match_labels(adapter.classes, config)
-
-    def items(start: int, stop: int) -> list[dict]:
-        return [
-            {
-                "task": int(task_ids[i]),
-                "result": detections_to_results(ranked["detections"][i], label_map, config) if ranked["usable"][i] else [],
-                "score": float(scores[i]),
-                "model_version": version,
-            }
-            for i in range(start, stop)
-        ]
-
     try:
-        _import(rt, project, items, progress, total=int(task_ids.size))
+        _import(rt, project, task_ids, ranked, scores, version, adapter, config, progress)
         phase_done("import")
         rt.ls.switch_queue(project, version)
         phase_done("switch")
@@ -329,25 +303,44 @@ def _rewrite(rt, project, config, adapter, queue: ServedQueue, served: ServedQue
     return {
         "status": "synced",
         "model_version": version,
-        "policy": ranked["policy"],
-        "written": int(task_ids.size),
-        "unusable": int((~ranked["usable"]).sum()),
         "order": [int(task_ids[i]) for i in ranked["order"]],
-        # None for an image that could not be used (it is last in the queue)
-        "usefulness": {int(t): float(u) if ok else None for t, u, ok in zip(task_ids, ranked["usefulness"], ranked["usable"])},
         "stale_versions": previous,
+        **_written(task_ids, ranked),
     }
 
 
-def _import(rt: Runtime, project: int, items, progress: Progress, total: int | None = None) -> None:
-    """Import predictions in IMPORT_CHUNK_SIZE requests; `items` is a list, or (start, stop) -> list built per chunk."""
-    total = len(items) if total is None else total
-    build = items if callable(items) else (lambda start, stop: items[start:stop])
+def _written(task_ids: np.ndarray, ranked: dict) -> dict:
+    """What a sync that wrote predictions for `task_ids` reports about them."""
+    return {
+        "policy": ranked["policy"],
+        "written": int(task_ids.size),
+        "unusable": int((~ranked["usable"]).sum()),
+        # None for an image that could not be used (it is last in the queue)
+        "usefulness": {int(t): float(u) if ok else None for t, u, ok in zip(task_ids, ranked["usefulness"], ranked["usable"])},
+    }
+
+
+def _import(rt: Runtime, project: int, task_ids: np.ndarray, ranked: dict, scores: np.ndarray, version: str, adapter: Adapter, config, progress: Progress) -> None:
+    """One prediction per task of `task_ids` (with `ranked`'s arrays and `scores` aligned to it) under `version`.
+
+    Items are built per IMPORT_CHUNK_SIZE request, so a large pool is never held as LS JSON at once.
+    """
+    label_map = match_labels(adapter.classes, config)
+    total = int(task_ids.size)
     chunk_size = rt.settings.import_chunk_size
     progress("import", 0, total)
     for start in range(0, total, chunk_size):
         stop = min(start + chunk_size, total)
-        rt.ls.import_predictions(project, build(start, stop))
+        items = [
+            {
+                "task": int(task_ids[i]),
+                "result": detections_to_results(ranked["detections"][i], label_map, config) if ranked["usable"][i] else [],
+                "score": float(scores[i]),
+                "model_version": version,
+            }
+            for i in range(start, stop)
+        ]
+        rt.ls.import_predictions(project, items)
         progress("import", stop, total)
 
 

@@ -21,7 +21,7 @@ from .media import MediaFetcher, average_hash
 from .policies import get_policy
 from .predictor import Predictor
 from .progress import Progress, _job_progress
-from .ranking import BatchExtras, select_order, spread_order
+from .ranking import BatchExtras, ls_scores, select_order, spread_order
 from .runtime import Runtime, current_runtime
 from .serving import ServingFilters, raw_output_key, shown_classes, shown_detections
 from .settings import Settings
@@ -119,8 +119,6 @@ def preview_ranking(project: int, *, runtime: Runtime | None = None, progress: P
 
     -> {"policy", "model", "trained", "rows": one per unlabeled task, in order}.
     """
-    from .ranking import ls_scores
-
     rt = runtime or current_runtime()
     config = parse_label_config(rt.ls.project(project).label_config)
     adapter = rt.adapter_for(project)

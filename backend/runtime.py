@@ -41,8 +41,7 @@ class Runtime:
         self._adapter: Adapter | None = None
         self._adapter_lock = threading.Lock()
         self._local_locks: dict[str, threading.Lock] = {}
-        self._local_flags: set[str] = set()
-        self._local_flag_values: dict[str, str] = {}
+        self._local_flags: dict[str, str] = {}  # raised flag -> the value it holds
         self._flags_lock = threading.Lock()
         self._project_adapters: dict[int, tuple[str, Adapter]] = {}
         self.redis = redis
@@ -129,8 +128,7 @@ class Runtime:
             self.redis.set(f"ale:flag:{name}", value, ex=ttl)
             return
         with self._flags_lock:
-            self._local_flags.add(name)
-            self._local_flag_values[name] = value
+            self._local_flags[name] = value
 
     def flag_value(self, name: str) -> str | None:
         """What a raised flag holds; None when it is not raised."""
@@ -138,7 +136,7 @@ class Runtime:
             value = self.redis.get(f"ale:flag:{name}")
             return None if value is None else value.decode()
         with self._flags_lock:
-            return self._local_flag_values.get(name, "1") if name in self._local_flags else None
+            return self._local_flags.get(name)
 
     def claim_flag(self, name: str, value: str, ttl: int = FLAG_TTL) -> str | None:
         """Raise the flag holding `value` unless it is raised. -> None when this call raised it, else the value it holds."""
@@ -153,9 +151,8 @@ class Runtime:
             return None if self.redis.set(key, value, ex=ttl) else value
         with self._flags_lock:
             if name in self._local_flags:
-                return self._local_flag_values.get(name, "1")
-            self._local_flags.add(name)
-            self._local_flag_values[name] = value
+                return self._local_flags[name]
+            self._local_flags[name] = value
             return None
 
     def take_flag(self, name: str) -> bool:
@@ -163,11 +160,7 @@ class Runtime:
         if self.redis is not None:
             return bool(self.redis.delete(f"ale:flag:{name}"))
         with self._flags_lock:
-            if name in self._local_flags:
-                self._local_flags.discard(name)
-                self._local_flag_values.pop(name, None)
-                return True
-            return False
+            return self._local_flags.pop(name, None) is not None
 
     def flag_raised(self, name: str) -> bool:
         if self.redis is not None:

@@ -36,10 +36,7 @@ OBJECTS = 80
 IMAGE_SIZE = 128
 BOUND_MB = 2500
 GROWTH_LIMIT = 1.10
-LABEL_CONFIG = (
-    '<View><Image name="image" value="$image"/><RectangleLabels name="label" toName="image">'
-    '<Label value="bird"/><Label value="nest"/></RectangleLabels></View>'
-)
+from tests.support.projects import LABEL_CONFIG  # noqa: E402 (the label config of every test project)
 
 
 def peak_rss_mb() -> float:

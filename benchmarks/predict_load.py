@@ -27,10 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-LABEL_CONFIG = (
-    '<View><Image name="image" value="$image"/><RectangleLabels name="label" toName="image">'
-    '<Label value="bird"/><Label value="nest"/></RectangleLabels></View>'
-)
+from tests.support.projects import LABEL_CONFIG  # noqa: E402 (the label config of every test project)
 #: The concurrent run must serve at least the serial run's throughput.
 TARGET_RATIO = 1.0
 

@@ -29,10 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 TARGET_SECONDS = 60.0
-LABEL_CONFIG = (
-    '<View><Image name="image" value="$image"/><RectangleLabels name="label" toName="image">'
-    '<Label value="bird"/><Label value="nest"/></RectangleLabels></View>'
-)
+from tests.support.projects import LABEL_CONFIG  # noqa: E402 (the label config of every test project)
 
 
 def main() -> int:
