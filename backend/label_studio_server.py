@@ -10,6 +10,7 @@ personal access token created through the web login, as a person would.
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -186,12 +187,47 @@ def create_personal_access_token(url: str, email: str, password: str, signup: bo
 LS_BATCHED_PREDICTION_IMPORT = "fflag_fix_back_4620_memory_efficient_predictions_import_08012025_short"
 
 
+#: Where the launcher keeps the secret key of a Label Studio data folder.
+SECRET_KEY_FILE = "ale-secret-key"
+
+
+def secret_key(data_dir: Path) -> str:
+    """The data folder's Django SECRET_KEY, made once and kept beside its database.
+
+    Left to itself, LS writes a random key into `<data>/.env`; django-environ
+    reads a value starting with '$' as a reference to another variable, so a
+    key that happens to start with '$' (about 1 start in 50) is lost at the
+    next start, a new random key is made, and every token issued before the
+    restart stops working. A folder LS made before keeps the key of its `.env`
+    when that one reads back whole; otherwise the key is new, URL-safe base64 (no '$').
+    """
+    path = Path(data_dir) / SECRET_KEY_FILE
+    if path.is_file():
+        return path.read_text().strip()
+    key = _readable_env_key(Path(data_dir) / ".env") or secrets.token_urlsafe(48)
+    path.write_text(key)
+    path.chmod(0o600)
+    return key
+
+
+def _readable_env_key(env_file: Path) -> str | None:
+    """The SECRET_KEY an LS `.env` holds, if LS reads it back as written (it does not start with '$')."""
+    if not env_file.is_file():
+        return None
+    for line in env_file.read_text().splitlines():
+        name, _, value = line.partition("=")
+        if name.strip() == "SECRET_KEY" and value.strip() and not value.strip().startswith("$"):
+            return value.strip()
+    return None
+
+
 def _launch(data_dir: Path, port: int, log: Path, username: str, password: str) -> subprocess.Popen:
     venv = ensure_venv()
     env = {
         "PATH": f"{venv / 'bin'}:{os.environ.get('PATH', '')}",
         "HOME": str(data_dir),
         "LABEL_STUDIO_BASE_DATA_DIR": str(data_dir),
+        "SECRET_KEY": secret_key(data_dir),
         "LABEL_STUDIO_USERNAME": username,
         "LABEL_STUDIO_PASSWORD": password,
         # Since 1.23.1 LS refuses ML backends on loopback/private addresses unless these are off.
