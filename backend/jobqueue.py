@@ -123,9 +123,9 @@ class RedisJobQueue:
             return None
         status = job.get_status(refresh=True)
         error = None
-        if status == "started" and is_abandoned(self.redis, job.id):
-            fail_abandoned(self.redis, job)
+        if status == "started" and is_abandoned(self.redis, job.id) and fail_abandoned(self.redis, job):
             return JobInfo(job.id, job.func_name, "failed", None, ABANDONED, dict(job.meta))
+        status = job.get_status(refresh=True)  # it may have finished meanwhile
         if status == "failed":
             latest = job.latest_result()
             error = (latest.exc_string or "").strip().splitlines()[-1] if latest and latest.exc_string else "failed"
@@ -134,20 +134,28 @@ class RedisJobQueue:
 
 def is_abandoned(redis, job_id: str) -> bool:
     """An `ale worker` started the job and has stopped proving it alive."""
-    return bool(redis.exists(watched_key(job_id))) and not redis.exists(alive_key(job_id))
+    # One read of both keys: a worker that finishes the job deletes both at once,
+    # and two reads could see it watched, then not alive, and fail a finished job.
+    watched, alive = redis.mget(watched_key(job_id), alive_key(job_id))
+    return watched is not None and alive is None
 
 
-def fail_abandoned(redis, job) -> None:
-    """Fail the job through rq's own path for abandoned jobs: callbacks, a retry if it has retries left, else the failed registry."""
+def fail_abandoned(redis, job) -> bool:
+    """Fail the job through rq's own path for abandoned jobs: callbacks, a retry if it has retries left, else the failed registry.
+
+    -> False when rq no longer has it started (it finished meanwhile): nothing is failed.
+    """
     from rq.registry import StartedJobRegistry
 
     registry = StartedJobRegistry(job.origin, connection=redis)
-    redis.delete(watched_key(job.id))  # before a retry can start it again: that run is watched afresh
     entries = [e for e in redis.zrange(registry.key, 0, -1) if e.decode().split(":", 1)[0] == job.id]
-    if entries:
-        redis.zadd(registry.key, {entry: 1 for entry in entries})  # expired since 1970
-        registry.cleanup(timestamp=1)
+    if not entries or job.get_status(refresh=True) != "started":
+        return False
+    redis.delete(watched_key(job.id))  # before a retry can start it again: that run is watched afresh
+    redis.zadd(registry.key, {entry: 1 for entry in entries})  # expired since 1970
+    registry.cleanup(timestamp=1)
     log.warning("job %s (%s): %s", job.id, job.func_name, ABANDONED)
+    return True
 
 
 def recover_abandoned(redis, queue_names) -> list[str]:
@@ -164,11 +172,12 @@ def recover_abandoned(redis, queue_names) -> list[str]:
             if not is_abandoned(redis, job_id):
                 continue
             try:
-                fail_abandoned(redis, Job.fetch(job_id, connection=redis))
+                failed = fail_abandoned(redis, Job.fetch(job_id, connection=redis))
             except NoSuchJobError:
                 redis.zrem(registry.key, entry)
                 continue
-            found.append(job_id)
+            if failed:
+                found.append(job_id)
     return found
 
 

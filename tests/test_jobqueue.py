@@ -44,3 +44,61 @@ def test_the_embedded_queue_publishes_job_progress_like_rq():
         "training": {"epoch": 2, "epochs": 5, "trainer_metrics": {"loss": 0.5}, "note": TRAINER_METRICS_NOTE},
     }
     assert current_embedded_job() is None  # outside a job, progress goes nowhere
+
+
+@pytest.fixture
+def redis():
+    from redis import Redis
+
+    from tests.support.redis_server import start_redis
+
+    server = start_redis()
+    yield Redis.from_url(server.url)
+    server.stop()
+
+
+class FinishesBetweenCommands:
+    """A Redis client during which the watched job finishes: after each command its worker deletes both keys."""
+
+    def __init__(self, redis, job_id):
+        self.redis, self.job_id = redis, job_id
+
+    def __getattr__(self, name):
+        from label_studio_ale.jobqueue import alive_key, watched_key
+
+        command = getattr(self.redis, name)
+
+        def call(*args, **kwargs):
+            result = command(*args, **kwargs)
+            self.redis.delete(alive_key(self.job_id), watched_key(self.job_id))
+            return result
+
+        return call
+
+
+def test_a_job_finishing_while_it_is_checked_is_not_taken_for_abandoned(redis):
+    from label_studio_ale.jobqueue import alive_key, is_abandoned, watched_key
+
+    redis.set(alive_key("j1"), "w", ex=60)
+    redis.set(watched_key("j1"), "w", ex=60)
+    assert not is_abandoned(FinishesBetweenCommands(redis, "j1"), "j1")
+    redis.set(watched_key("j2"), "w", ex=60)  # watched, heartbeat lapsed
+    assert is_abandoned(redis, "j2")
+    assert not is_abandoned(redis, "j3"), "a job no ale worker started is never abandoned"
+
+
+def test_a_finished_job_with_a_stale_watch_is_reported_finished(redis):
+    from rq import Queue, SimpleWorker
+
+    from label_studio_ale.jobqueue import RedisJobQueue, fail_abandoned, recover_abandoned, watched_key
+
+    jobs = RedisJobQueue(redis, "yolov5")
+    job_id = jobs.enqueue("sync", len, "abc")
+    SimpleWorker([jobs.queues["sync"]], connection=redis).work(burst=True)
+    redis.set(watched_key(job_id), "w", ex=60)  # as if read just before the worker cleared it
+    assert jobs.info(job_id).status == "finished" and jobs.info(job_id).result == 3
+    from rq.job import Job
+
+    assert fail_abandoned(redis, Job.fetch(job_id, connection=redis)) is False
+    assert recover_abandoned(redis, [q.name for q in jobs.queues.values()]) == []
+    assert Queue(jobs.queues["sync"].name, connection=redis).failed_job_registry.count == 0
