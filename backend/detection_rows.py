@@ -59,7 +59,7 @@ def encode(project: int, model_version: str, item: StoredDetections, now: float)
     d = item.detections
     image_hash = None if item.image_hash is None else _to_signed(item.image_hash)
     if d is None:
-        return (project, model_version, item.task_id, None, None, None, None, None, None, None, None, image_hash, item.error, now)
+        return (project, model_version, item.task_id, None, None, None, None, None, None, None, None, image_hash, item.error, now, None)
     return (
         project,
         model_version,
@@ -75,11 +75,15 @@ def encode(project: int, model_version: str, item: StoredDetections, now: float)
         image_hash,
         None,
         now,
+        # half precision: a vector compared by cosine needs no more, and 50,000 images' stay small
+        None if d.embedding is None else d.embedding.astype(np.float16).tobytes(),
     )
 
 
 def decode(row) -> StoredDetections:
-    task_id, width, height, num_classes, xyxy, probs, labels, scores, background, image_hash, error = row
+    """A row of DECODED_COLUMNS, optionally followed by the embedding column."""
+    task_id, width, height, num_classes, xyxy, probs, labels, scores, background, image_hash, error = row[:11]
+    embedding = decode_embedding(row[11]) if len(row) > 11 and row[11] is not None else None
     detections = None
     if error is None:
         xyxy, probs, labels, scores, background = (bytes(b) for b in (xyxy, probs, labels, scores, background))
@@ -91,9 +95,14 @@ def decode(row) -> StoredDetections:
             np.frombuffer(labels, dtype=np.int32).astype(np.int64),
             np.frombuffer(scores, dtype=np.float32).astype(np.float64),
             np.frombuffer(background, dtype=np.float32).astype(np.float64),
+            embedding,
         )
     unsigned = None if image_hash is None else _to_unsigned(image_hash)
     return StoredDetections(int(task_id), detections, unsigned, error)
+
+
+def decode_embedding(blob) -> np.ndarray:
+    return np.frombuffer(bytes(blob), dtype=np.float16).astype(np.float32)
 
 
 # Image hashes are unsigned 64-bit; SQL integers are signed 64-bit.

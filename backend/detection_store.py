@@ -29,16 +29,28 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from .detection_rows import ServedQueue, ServedTasks, StoredDetections, decode, encode, served_from_rows, served_rows  # noqa: F401 (re-exported)
+from .detection_rows import (  # noqa: F401 (re-exported)
+    ServedQueue,
+    ServedTasks,
+    StoredDetections,
+    decode,
+    decode_embedding,
+    encode,
+    served_from_rows,
+    served_rows,
+)
 from .errors import ConfigError
 
 #: Bumped whenever a table changes; older tables are a cache and are dropped (models re-run once, the next sync is full).
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: Task ids per `IN (...)` query: well under SQLite's 32,766 bound parameters.
 ID_BATCH = 500
 DETECTION_COLUMNS = (
-    "project, model_version, task_id, width, height, num_classes, xyxy, class_probs, labels, scores, background, image_hash, error, created"
+    "project, model_version, task_id, width, height, num_classes, xyxy, class_probs, labels, scores, background, image_hash, error, created, "
+    "embedding"
 )
+#: What `decode` reads of a row; the embedding is read only where asked for (`embeddings`): ranking a pool needs none.
+DECODED_COLUMNS = "task_id, width, height, num_classes, xyxy, class_probs, labels, scores, background, image_hash, error"
 TABLES = (
     """CREATE TABLE IF NOT EXISTS detections (
         project BIGINT NOT NULL,
@@ -55,6 +67,7 @@ TABLES = (
         image_hash BIGINT,
         error TEXT,
         created DOUBLE PRECISION NOT NULL,
+        embedding {blob},
         PRIMARY KEY (project, model_version, task_id)
     )""",
     """CREATE TABLE IF NOT EXISTS served_queues (
@@ -126,18 +139,18 @@ class DetectionStore:
         rows = [encode(project, model_version, item, now) for item in items]
         updates = ", ".join(f"{c} = excluded.{c}" for c in DETECTION_COLUMNS.split(", ")[3:])
         query = (
-            f"INSERT INTO detections ({DETECTION_COLUMNS}) VALUES ({', '.join('?' * 14)}) "
+            f"INSERT INTO detections ({DETECTION_COLUMNS}) VALUES ({', '.join('?' * 15)}) "
             f"ON CONFLICT (project, model_version, task_id) DO UPDATE SET {updates}"
         )
         with self._tx() as db:
             self._execmany(db, query, rows)
 
-    def get_many(self, project: int, model_version: str, task_ids: Iterable[int] | None = None) -> dict[int, StoredDetections]:
-        """Stored detections of `task_ids` (all of the version's when None) -> {task id: item}."""
-        select = (
-            "SELECT task_id, width, height, num_classes, xyxy, class_probs, labels, scores, background, image_hash, error "
-            "FROM detections WHERE project = ? AND model_version = ?"
-        )
+    def get_many(
+        self, project: int, model_version: str, task_ids: Iterable[int] | None = None, *, embeddings: bool = False
+    ) -> dict[int, StoredDetections]:
+        """Stored detections of `task_ids` (all of the version's when None) -> {task id: item}, with image embeddings if asked."""
+        columns = f"{DECODED_COLUMNS}, embedding" if embeddings else DECODED_COLUMNS
+        select = f"SELECT {columns} FROM detections WHERE project = ? AND model_version = ?"
         out: dict[int, StoredDetections] = {}
         with self._tx() as db:
             if task_ids is None:
@@ -152,6 +165,17 @@ class DetectionStore:
                 for row in rows:
                     item = decode(row)
                     out[item.task_id] = item
+        return out
+
+    def embeddings(self, project: int, model_version: str, task_ids: Iterable[int]) -> dict[int, np.ndarray]:
+        """(D,) float32 image embeddings of those `task_ids` that have one -> {task id: vector}."""
+        select = "SELECT task_id, embedding FROM detections WHERE project = ? AND model_version = ? AND embedding IS NOT NULL"
+        out: dict[int, np.ndarray] = {}
+        with self._tx() as db:
+            for part in _batches([int(t) for t in task_ids]):
+                query = f"{select} AND task_id IN ({', '.join('?' * len(part))})"
+                for task_id, blob in self._exec(db, query, (project, model_version, *part)).fetchall():
+                    out[int(task_id)] = decode_embedding(blob)
         return out
 
     def usable_ids(self, project: int, model_version: str) -> np.ndarray:

@@ -21,6 +21,9 @@ class Detections:
                  1 - max of `class_probs` (sigmoid heads have no background
                  output). A model with a real background class (a softmax TF
                  OD export) passes its own.
+    embedding:   (D,) float32 image-level features from the same forward pass
+                 (pooled backbone/neck maps, unit length), or None when the
+                 model gives none. Diversity and novelty compare images by it.
 
     A model emits `labels`/`scores` of its own when one anchor yields a
     detection per class (the TF OD API's per-class NMS): each detection keeps
@@ -34,6 +37,7 @@ class Detections:
     labels: np.ndarray | None = None
     scores: np.ndarray | None = None
     background: np.ndarray | None = None
+    embedding: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         xyxy = np.asarray(self.xyxy, dtype=np.float64)
@@ -65,6 +69,12 @@ class Detections:
             value.setflags(write=False)
             object.__setattr__(self, name, value)
         object.__setattr__(self, "image_size", (width, height))
+        if self.embedding is not None:
+            embedding = np.asarray(self.embedding, dtype=np.float32)
+            if embedding.ndim != 1 or embedding.size == 0 or not np.isfinite(embedding).all():
+                raise ValueError(f"embedding must be a finite (D,) vector, got shape {embedding.shape}")
+            embedding.setflags(write=False)
+            object.__setattr__(self, "embedding", embedding)
 
     @classmethod
     def empty(cls, num_classes: int, image_size: tuple[int, int]) -> "Detections":
@@ -88,7 +98,12 @@ class Detections:
             self.labels[index].reshape(-1),
             self.scores[index].reshape(-1),
             self.background[index].reshape(-1),
+            self.embedding,
         )
+
+    def with_embedding(self, embedding: np.ndarray | None) -> "Detections":
+        """The same boxes with another image embedding (None: without one)."""
+        return Detections(self.xyxy, self.class_probs, self.image_size, self.labels, self.scores, self.background, embedding)
 
     def __repr__(self) -> str:
         return f"Detections(n={len(self)}, classes={self.num_classes}, image_size={self.image_size})"

@@ -96,7 +96,7 @@ def shown_detections(detections: Detections, shown: np.ndarray, filters: Serving
         raise ValueError(f"shown must have shape ({detections.num_classes},), got {shown.shape}")
     kept = detections[shown[detections.labels]]
     if not shown.all() and len(kept):
-        kept = Detections(kept.xyxy, kept.class_probs * shown, kept.image_size, kept.labels, kept.scores, kept.background)
+        kept = Detections(kept.xyxy, kept.class_probs * shown, kept.image_size, kept.labels, kept.scores, kept.background, kept.embedding)
     return filter_detections(
         kept,
         score_threshold=filters.score_threshold,

@@ -196,10 +196,15 @@ def _pairs_sharing_a_cell(xyxy: np.ndarray, cell: float | None) -> tuple[np.ndar
 
 
 def concatenate(parts: list[Detections], num_classes: int, image_size: tuple[int, int]) -> Detections:
-    """Several `Detections` already in pixels of one image -> one."""
+    """Several `Detections` already in pixels of one image -> one.
+
+    The image embedding is the mean of the parts' (tiles and the full pass),
+    re-normalised: what the model saw of the whole frame.
+    """
+    embedding = mean_embedding([p.embedding for p in parts])
     parts = [p for p in parts if len(p)]
     if not parts:
-        return Detections.empty(num_classes, image_size)
+        return Detections.empty(num_classes, image_size).with_embedding(embedding)
     return Detections(
         np.concatenate([p.xyxy for p in parts]),
         np.concatenate([p.class_probs for p in parts]),
@@ -207,14 +212,25 @@ def concatenate(parts: list[Detections], num_classes: int, image_size: tuple[int
         np.concatenate([p.labels for p in parts]),
         np.concatenate([p.scores for p in parts]),
         np.concatenate([p.background for p in parts]),
+        embedding,
     )
+
+
+def mean_embedding(embeddings: list[np.ndarray | None]) -> np.ndarray | None:
+    """(D,) vectors -> their unit-length mean; None if any part has none (a model gives all or none)."""
+    if not embeddings or any(e is None for e in embeddings):
+        return None
+    mean = np.mean(np.stack(embeddings), axis=0)
+    norm = float(np.linalg.norm(mean))
+    return (mean / norm if norm > 0 else mean).astype(np.float32)
 
 
 def shifted(detections: Detections, dx: float, dy: float, image_size: tuple[int, int]) -> Detections:
     """Boxes of a tile whose top-left corner is (dx, dy) -> pixels of the full image."""
     offset = np.array([dx, dy, dx, dy], dtype=np.float64)
     return Detections(
-        detections.xyxy + offset, detections.class_probs, image_size, detections.labels, detections.scores, detections.background
+        detections.xyxy + offset, detections.class_probs, image_size, detections.labels, detections.scores, detections.background,
+        detections.embedding,
     )
 
 

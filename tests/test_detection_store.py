@@ -49,6 +49,28 @@ def test_round_trip_by_project_version_and_task(store):
     assert set(store.get_many(2, "v1")) == {10}
 
 
+def test_image_embeddings_are_stored_and_read_only_where_asked(store):
+    vector = np.linspace(-1, 1, 448).astype(np.float32)
+    vector /= np.linalg.norm(vector)
+    det = Detections([[1, 2, 30, 40]], [[0.25, 0.5]], (64, 48), embedding=vector)
+    store.put_many(
+        4,
+        "v1",
+        [
+            StoredDetections(10, det, 1, None),
+            StoredDetections(11, Detections.empty(2, (8, 8)).with_embedding(-vector), 2, None),
+            StoredDetections(12, Detections.empty(2, (8, 8)), 3, None),  # a model that gives none
+            StoredDetections(13, None, None, "image is corrupt"),
+        ],
+    )
+    assert all(item.detections is None or item.detections.embedding is None for item in store.get_many(4, "v1").values())
+    full = store.get_many(4, "v1", [10, 12], embeddings=True)
+    assert np.allclose(full[10].detections.embedding, vector, atol=1e-3) and full[12].detections.embedding is None
+    got = store.embeddings(4, "v1", [10, 11, 12, 13, 99])
+    assert sorted(got) == [10, 11] and got[11].dtype == np.float32 and got[11].shape == (448,)
+    assert abs(float(got[10] @ got[11]) + 1) < 1e-3, "half precision keeps the cosine"
+
+
 def test_reads_by_id_cross_the_query_batch(store):
     ids = list(range(1, ID_BATCH * 2 + 7))
     store.put_many(3, "v1", [StoredDetections(i, Detections.empty(1, (4, 4)), i, None) for i in ids])

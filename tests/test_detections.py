@@ -81,3 +81,16 @@ def test_a_model_may_name_each_boxs_label_score_and_background():
 def test_explicit_labels_scores_and_background_are_validated(field, value, match):
     with pytest.raises(ValueError, match=match):
         Detections([[0, 0, 1, 1]], [[0.5, 0.2]], (10, 10), **{field: value})
+
+
+def test_an_image_embedding_is_checked_and_kept_through_filters():
+    from label_studio_ale.boxes import filter_detections
+
+    d = Detections([[0, 0, 4, 4], [1, 1, 5, 5]], [[0.9], [0.2]], (8, 8), embedding=[0.6, 0.8])
+    assert d.embedding.dtype == np.float32 and not d.embedding.flags.writeable
+    kept = filter_detections(d, score_threshold=0.5)
+    assert len(kept) == 1 and np.array_equal(kept.embedding, d.embedding)
+    assert d[np.array([False, False])].embedding is not None, "an image with no boxes left still has its embedding"
+    for bad in ([], [[0.5, 0.5]], [np.nan, 1.0]):
+        with pytest.raises(ValueError, match="embedding must be a finite"):
+            Detections.empty(1, (8, 8)).with_embedding(bad)

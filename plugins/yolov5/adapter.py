@@ -6,6 +6,11 @@ for the indices of the kept anchors (`return_idxs=True`), so it can gather the
 per-class sigmoid scores of those anchors from the raw head output
 (B, 4 + nc, anchors). For every kept box, `class_probs.max()` is exactly the
 box confidence and `argmax` its class.
+
+The image embedding comes from the same forward pass: a pre-hook on the
+Detect head pools the neck maps it receives (P3/P4/P5) over space, each scale
+normalised to unit length so that none dominates, then concatenated and
+normalised again (`pooled_embedding`).
 """
 
 from __future__ import annotations
@@ -80,6 +85,13 @@ class YoloV5Adapter:
         self.trained = Path(self.weights).suffix not in (".yaml", ".yml")
         # One forward pass at a time: gunicorn threads share this model.
         self._lock = threading.Lock()
+        self._pooled: list = []
+        self.model.model[-1].register_forward_pre_hook(self._pool_head_inputs)
+        #: forward passes run; one per `predict` call (the embedding costs none of its own)
+        self.forward_calls = 0
+
+    def _pool_head_inputs(self, module, args) -> None:
+        self._pooled.append(pooled_embedding(args[0]))
 
     # Start Training (label_studio_ale.adapters.Trainer)
     fresh_model = "yolov5n.yaml"
@@ -150,7 +162,10 @@ class YoloV5Adapter:
         batch = self._letterbox(arrays)
         with self._lock, torch.inference_mode():
             tensor = torch.from_numpy(batch).to(self.device).permute(0, 3, 1, 2).float().div_(255)
+            self._pooled.clear()
             raw = self.model(tensor)
+            self.forward_calls += 1
+            embeddings = self._pooled.pop().cpu().numpy() if self._pooled else [None] * len(arrays)
             raw = raw[0] if isinstance(raw, (list, tuple)) else raw  # (B, 4 + nc, anchors)
             kept, indices = non_max_suppression(
                 raw,
@@ -170,6 +185,7 @@ class YoloV5Adapter:
                         boxes.cpu().double().numpy(),
                         class_scores.cpu().double().numpy().clip(0.0, 1.0),
                         (width, height),
+                        embedding=embeddings[b],
                     )
                 )
         return results
@@ -181,6 +197,14 @@ class YoloV5Adapter:
         same_shapes = len({a.shape for a in arrays}) == 1
         letterbox = LetterBox(self.image_size, auto=same_shapes, stride=self.stride)
         return np.stack([letterbox(image=a) for a in arrays])
+
+
+def pooled_embedding(maps) -> "torch.Tensor":
+    """[(B, C_i, H_i, W_i)] feature maps -> (B, sum C_i) float32: spatial means, unit length per scale, then overall."""
+    import torch
+
+    parts = [torch.nn.functional.normalize(m.float().mean(dim=(2, 3)), dim=1) for m in maps]
+    return torch.nn.functional.normalize(torch.cat(parts, dim=1), dim=1)
 
 
 def weights_source(weights: str, *, allow_downloads: bool = False, setting: str = "MODEL_WEIGHTS") -> str:
