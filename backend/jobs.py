@@ -255,7 +255,7 @@ def _reshape_head(rt: Runtime, project: int, config, adapter: Adapter, version: 
     or the extras are off. -> predictions written.
     """
     extras = batch_extras(rt.settings, adapter.classes)
-    if not (extras.exploration or extras.empty_quota or extras.class_balance or extras.duplicate_distance >= 0) or not is_trained(adapter):
+    if not extras.any or not is_trained(adapter):
         return 0
     head = rt.store.served_tasks(project, extras.batch_size).task_ids.tolist()
     if len(rt.ls.unlabeled_among(project, head)) == len(head):

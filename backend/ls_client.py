@@ -82,6 +82,12 @@ class LabelStudioClient:
             if not task.is_labeled:
                 yield TaskRef(task.id, dict(task.data or {}))
 
+    def labelled_tasks(self, project_id: int) -> Iterator[TaskRef]:
+        """Every task somebody has labelled (LS's is_labeled), page by page, with just its data."""
+        for task in self._tasks(project_id, fields="task_only", include="id,data,is_labeled", only_annotated=True):
+            if task.is_labeled:
+                yield TaskRef(task.id, dict(task.data or {}))
+
     def unlabeled_among(self, project_id: int, task_ids: list[int]) -> set[int]:
         """Which of `task_ids` nobody has labelled yet: one listing of just those tasks."""
         if not task_ids:

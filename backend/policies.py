@@ -6,8 +6,14 @@ Names (the POLICY setting):
 - min-confidence (seed 000's default), mean-confidence, weighted-confidence
   (box-area weighted mean): least confident images first
 - random: a seeded shuffle, the baseline every policy must beat
+- novelty: how unlike the labelled set an image is (`NoveltyPolicy`)
 - any of these + "+cost" (e.g. ale-entropy-sum+cost): usefulness per unit of
   expected annotation cost, for teams that pay per box (`CostAwarePolicy`)
+- + "+novelty": usefulness x novelty ** NOVELTY_WEIGHT (`NoveltyMix`)
+- + "+diverse": the same usefulness; the batch is chosen by k-center over
+  image embeddings among the DIVERSITY_POOL most useful batches
+  (`DiversePolicy`, `ranking.select_order`)
+  Suffixes combine, e.g. ale-entropy-sum+novelty+diverse.
 - a custom policy: `package.module:function` or an entry point in the
   `label_studio_ale.policies` group. The function takes one image's
   `Detections` and returns its *confidence* (seed 000's `calculate_confidence`
@@ -23,9 +29,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from . import scoring
+from . import embeddings, scoring
 from .detections import Detections
-from .settings import DEFAULT_COST_PER_IMAGE
+from .settings import DEFAULT_COST_PER_IMAGE, DEFAULT_NOVELTY_WEIGHT
 
 POLICY_ENTRY_POINT_GROUP = "label_studio_ale.policies"
 #: The ALE paper's most consistent winner (50 and 100 images, new classes).
@@ -34,6 +40,11 @@ METRICS = ("entropy", "lc")
 CONFIDENCE_KINDS = ("min", "mean", "weighted")
 #: A policy name ending in this divides usefulness by the expected annotation cost.
 COST_SUFFIX = "+cost"
+#: ... multiplies usefulness by novelty ** NOVELTY_WEIGHT.
+NOVELTY_SUFFIX = "+novelty"
+#: ... chooses each batch for diversity among the most useful candidates.
+DIVERSE_SUFFIX = "+diverse"
+NOVELTY_POLICY = "novelty"
 
 
 @dataclass(frozen=True)
@@ -49,7 +60,7 @@ class UncertaintyPolicy:
     def name(self) -> str:
         return f"{'ale-' if self.ale else ''}{self.metric}-{self.aggregation}"
 
-    def usefulness(self, detections: Sequence[Detections]) -> np.ndarray:
+    def usefulness(self, detections: Sequence[Detections], reference: np.ndarray | None = None) -> np.ndarray:
         counts = np.array([len(d) for d in detections], dtype=np.int64)
         if counts.sum() == 0:
             return np.zeros(len(detections))
@@ -82,7 +93,7 @@ class ConfidencePolicy:
     def name(self) -> str:
         return f"{self.kind}-confidence"
 
-    def usefulness(self, detections: Sequence[Detections]) -> np.ndarray:
+    def usefulness(self, detections: Sequence[Detections], reference: np.ndarray | None = None) -> np.ndarray:
         out = np.zeros(len(detections))
         for i, d in enumerate(detections):
             if len(d) == 0:
@@ -105,7 +116,7 @@ class RandomPolicy:
     name = "random"
     needs_class_vectors = False
 
-    def usefulness(self, detections: Sequence[Detections]) -> np.ndarray:
+    def usefulness(self, detections: Sequence[Detections], reference: np.ndarray | None = None) -> np.ndarray:
         return np.random.default_rng(self.seed).random(len(detections))
 
 
@@ -117,7 +128,7 @@ class CustomPolicy:
     confidence: Callable[[Detections], float]
     needs_class_vectors = False
 
-    def usefulness(self, detections: Sequence[Detections]) -> np.ndarray:
+    def usefulness(self, detections: Sequence[Detections], reference: np.ndarray | None = None) -> np.ndarray:
         values = np.array([float(self.confidence(d)) for d in detections], dtype=np.float64)
         if not np.isfinite(values).all():
             raise ValueError(f"policy {self.name} returned a non-finite confidence")
@@ -149,11 +160,124 @@ class CostAwarePolicy:
     def needs_class_vectors(self) -> bool:
         return self.inner.needs_class_vectors
 
-    def usefulness(self, detections: Sequence[Detections]) -> np.ndarray:
+    @property
+    def needs_reference(self) -> bool:
+        return needs_reference(self.inner)
+
+    def usefulness(self, detections: Sequence[Detections], reference: np.ndarray | None = None) -> np.ndarray:
         """(m,) images -> (m,) usefulness / (boxes + per_image), or x cost where negative."""
-        value = np.asarray(self.inner.usefulness(detections), dtype=np.float64)
+        value = np.asarray(self.inner.usefulness(detections, reference), dtype=np.float64)
         cost = np.array([len(d) for d in detections], dtype=np.float64) + self.per_image
         return np.where(value >= 0, value / cost, value * cost)
+
+
+def embedding_matrix(detections: Sequence[Detections]) -> np.ndarray:
+    """(m,) images -> (m, D) their embeddings; a row of NaN for an image without one. (m, 0) when none has one."""
+    dims = {d.embedding.size for d in detections if d.embedding is not None}
+    if len(dims) > 1:
+        raise ValueError(f"images carry embeddings of different sizes {sorted(dims)}: were they predicted by one model?")
+    out = np.full((len(detections), dims.pop() if dims else 0), np.nan)
+    for i, d in enumerate(detections):
+        if d.embedding is not None:
+            out[i] = d.embedding
+    return out
+
+
+def _reference(reference, name: str) -> np.ndarray:
+    if reference is None:
+        raise ValueError(f"policy {name} needs the labelled images' embeddings (reference), and none were given")
+    reference = np.asarray(reference, dtype=np.float64)
+    if reference.ndim != 2:
+        raise ValueError(f"reference must have shape (r, D), got {reference.shape}")
+    return reference
+
+
+@dataclass(frozen=True)
+class NoveltyPolicy:
+    """How unlike the labelled set an image is (`embeddings.novelty`): seed 000's remedy for confident mistakes.
+
+    The distance to the nearest labelled images in the detector's own feature
+    space, not an autoencoder's reconstruction error: no second model to train
+    and keep in step with the detector, and it follows the labelled set at
+    once. Images without an embedding, or a project with nothing labelled,
+    get 1 (neutral).
+    """
+
+    name = NOVELTY_POLICY
+    needs_class_vectors = False
+    needs_reference = True
+
+    def usefulness(self, detections: Sequence[Detections], reference: np.ndarray | None = None) -> np.ndarray:
+        """(m,) images, (r, D) labelled embeddings -> (m,) novelty."""
+        vectors = embedding_matrix(detections)
+        reference = _reference(reference, self.name)
+        if vectors.shape[1] == 0 or reference.shape[0] == 0:
+            return np.ones(len(detections))
+        return embeddings.novelty(vectors, reference)
+
+
+@dataclass(frozen=True)
+class NoveltyMix:
+    """Another policy's usefulness x novelty ** weight (divided where negative): uncertain *and* unlike what is labelled.
+
+    weight 0 is the policy alone; 1 makes an image twice as far from the
+    labelled set count twice as useful. Multiplying keeps the mix free of the
+    policy's own scale (entropy sums and confidences mix alike).
+    """
+
+    inner: object
+    weight: float = DEFAULT_NOVELTY_WEIGHT
+
+    def __post_init__(self):
+        if not self.weight >= 0:
+            raise ValueError(f"the novelty weight must be 0 or a positive exponent, got {self.weight}")
+
+    needs_reference = True
+
+    @property
+    def name(self) -> str:
+        return f"{self.inner.name}{NOVELTY_SUFFIX}"
+
+    @property
+    def needs_class_vectors(self) -> bool:
+        return self.inner.needs_class_vectors
+
+    def usefulness(self, detections: Sequence[Detections], reference: np.ndarray | None = None) -> np.ndarray:
+        value = np.asarray(self.inner.usefulness(detections, reference), dtype=np.float64)
+        factor = np.maximum(NoveltyPolicy().usefulness(detections, reference), 1e-6) ** self.weight
+        return np.where(value >= 0, value * factor, value / factor)
+
+
+@dataclass(frozen=True)
+class DiversePolicy:
+    """Another policy's usefulness; its batches are chosen by k-center over embeddings (`ranking.diversify`)."""
+
+    inner: object
+    diverse = True
+
+    @property
+    def name(self) -> str:
+        return f"{self.inner.name}{DIVERSE_SUFFIX}"
+
+    @property
+    def needs_class_vectors(self) -> bool:
+        return self.inner.needs_class_vectors
+
+    @property
+    def needs_reference(self) -> bool:
+        return needs_reference(self.inner)
+
+    def usefulness(self, detections: Sequence[Detections], reference: np.ndarray | None = None) -> np.ndarray:
+        return self.inner.usefulness(detections, reference)
+
+
+def needs_reference(policy) -> bool:
+    """Whether the policy compares images with the labelled set (it takes their embeddings)."""
+    return bool(getattr(policy, "needs_reference", False))
+
+
+def is_diverse(policy) -> bool:
+    return bool(getattr(policy, "diverse", False))
 
 
 def single_object_confidence(detections: Detections) -> float:
@@ -168,16 +292,24 @@ def single_object_confidence(detections: Detections) -> float:
 
 def policy_names() -> list[str]:
     names = [f"{prefix}{m}-{a}" for prefix in ("ale-", "") for m in METRICS for a in scoring.AGGREGATIONS]
-    names += [f"{k}-confidence" for k in CONFIDENCE_KINDS] + ["random"]
+    names += [f"{k}-confidence" for k in CONFIDENCE_KINDS] + ["random", NOVELTY_POLICY]
     return names + sorted(ep.name for ep in entry_points(group=POLICY_ENTRY_POINT_GROUP))
 
 
-def get_policy(name: str, seed: int = 0, cost_per_image: float = DEFAULT_COST_PER_IMAGE):
-    """Resolve a policy by name, dotted path (`pkg.mod:function`) or entry point; "<name>+cost" for its cost-aware form."""
+def get_policy(name: str, seed: int = 0, cost_per_image: float = DEFAULT_COST_PER_IMAGE, novelty_weight: float = DEFAULT_NOVELTY_WEIGHT):
+    """Resolve a policy by name, dotted path (`pkg.mod:function`) or entry point, with its suffixes (+cost, +novelty, +diverse)."""
     if not isinstance(name, str) or not name:
         raise ValueError("POLICY is empty: use e.g. ale-entropy-sum")
-    if name.endswith(COST_SUFFIX) and len(name) > len(COST_SUFFIX):
-        return CostAwarePolicy(get_policy(name[: -len(COST_SUFFIX)], seed), cost_per_image)
+    for suffix in (COST_SUFFIX, NOVELTY_SUFFIX, DIVERSE_SUFFIX):
+        if name.endswith(suffix) and len(name) > len(suffix):
+            inner = get_policy(name[: -len(suffix)], seed, cost_per_image, novelty_weight)
+            if suffix == COST_SUFFIX:
+                return CostAwarePolicy(inner, cost_per_image)
+            if suffix == NOVELTY_SUFFIX:
+                return NoveltyMix(inner, novelty_weight)
+            return DiversePolicy(inner)
+    if name == NOVELTY_POLICY:
+        return NoveltyPolicy()
     parts = name.split("-")
     if parts[0] == "ale" and len(parts) == 3 and parts[1] in METRICS and parts[2] in scoring.AGGREGATIONS:
         return UncertaintyPolicy(parts[1], parts[2], ale=True)

@@ -18,7 +18,7 @@ from .detections import Detections
 from .ls_client import TaskRef
 from .ls_format import match_labels, parse_label_config
 from .media import MediaFetcher, average_hash
-from .policies import get_policy
+from .policies import get_policy, is_diverse, needs_reference
 from .predictor import Predictor
 from .progress import Progress, _job_progress
 from .ranking import BatchExtras, ls_scores, select_order, spread_order
@@ -105,13 +105,34 @@ def rank_pool(rt: Runtime, project: int, task_ids: Sequence[int], adapter: Adapt
         usefulness = np.where(usable, spread, -np.inf)
         return {"policy": SPREAD_POLICY, "detections": detections, "usefulness": usefulness, "order": order, "usable": usable}
     check_policy_fits(adapter, rt.settings.policy)
-    policy = get_policy(rt.settings.policy, rt.settings.policy_seed, rt.settings.cost_per_image)
-    usefulness = policy.usefulness(detections) if task_ids.size else np.zeros(0)
+    policy = settings_policy(rt.settings)
+    reference = labelled_embeddings(rt, project, config, adapter) if needs_reference(policy) else None
+    usefulness = policy.usefulness(detections, reference) if task_ids.size else np.zeros(0)
     # Images that could not be fetched or decoded have no usefulness: they go to the very end of the queue.
     usefulness = np.where(usable, usefulness, -np.inf)
     shaping = batch_extras(rt.settings, adapter.classes) if extras else BatchExtras(batch_size=max(1, task_ids.size))
-    order = select_order(usefulness, task_ids, detections, hashes, shaping, usable)
+    key = raw_output_key(adapter.version, rt.settings)
+
+    def embeddings(indices):
+        # only the diversity candidates' are read: a pool's embeddings never sit in memory at once
+        found = rt.store.embeddings(project, key, [int(task_ids[i]) for i in indices])
+        return [found.get(int(task_ids[i])) for i in indices]
+
+    order = select_order(usefulness, task_ids, detections, hashes, shaping, usable, embeddings)
     return {"policy": policy.name, "detections": detections, "usefulness": usefulness, "order": order, "usable": usable}
+
+
+def settings_policy(s: Settings):
+    return get_policy(s.policy, s.policy_seed, s.cost_per_image, s.novelty_weight)
+
+
+def labelled_embeddings(rt: Runtime, project: int, config, adapter: Adapter) -> np.ndarray:
+    """(r, D) embeddings of the project's labelled images by the current model (predicted once per model version)."""
+    labelled = list(rt.ls.labelled_tasks(project))
+    key = raw_output_key(adapter.version, rt.settings)
+    predict_missing(rt, project, config, labelled, lambda *args, **kwargs: None, adapter)
+    found = rt.store.embeddings(project, key, [t.id for t in labelled])
+    return np.stack(list(found.values())) if found else np.zeros((0, 0))
 
 
 def preview_ranking(project: int, *, runtime: Runtime | None = None, progress: Progress | None = None) -> dict:
@@ -151,6 +172,7 @@ def batch_extras(s: Settings, model_classes) -> BatchExtras:
             raise ValueError(f"CLASS_BALANCE names {name!r}, which is not a model class ({', '.join(model_classes)})")
         balance[classes[name.lower()]] = share
     return BatchExtras(
+        diversity_pool=s.diversity_pool if is_diverse(settings_policy(s)) else 0,
         batch_size=s.sync_batch_size,
         exploration=s.exploration_fraction,
         empty_quota=s.empty_quota,

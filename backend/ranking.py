@@ -4,6 +4,9 @@
 reshapes the head of the queue — the next `batch_size` images annotators will
 be served — with the batch extras:
 
+0. diversity (a "+diverse" policy, PPAL's two stages): the batch is chosen
+   by k-center over image embeddings among the `diversity_pool` x batch most
+   useful images, and the rest of those candidates follow it;
 1. near-duplicate suppression: an image whose 64-bit average hash is within
    `duplicate_distance` bits of one already in the batch moves out of it;
 2. class balance (seed 000's `ideal_class_balance`): each batch slot goes to
@@ -28,11 +31,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from .detections import Detections
+from .embeddings import k_center
+
+#: Embeddings of images by their indices (None where an image has none); read lazily: only candidates need them.
+EmbeddingLookup = Callable[[Sequence[int]], Sequence["np.ndarray | None"]]
 
 DEFAULT_BATCH_SIZE = 50
 DEFAULT_BALANCE_WINDOW = 20
@@ -47,6 +54,7 @@ class BatchExtras:
     duplicate_distance: int = -1  # -1: off; 0: identical hashes only
     balance_window: int = DEFAULT_BALANCE_WINDOW
     seed: int = 0
+    diversity_pool: int = 0  # 0: off; else candidates, in batches, that k-center chooses the batch from
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -56,6 +64,15 @@ class BatchExtras:
                 raise ValueError(f"{name} must be a fraction in [0, 1], got {getattr(self, name)}")
         if any(v < 0 for v in self.class_balance.values()) or (self.class_balance and sum(self.class_balance.values()) <= 0):
             raise ValueError("class_balance needs non-negative target shares with a positive sum")
+        if self.diversity_pool < 0 or self.diversity_pool == 1:
+            raise ValueError(f"diversity_pool must be 0 (off) or 2 or more batches, got {self.diversity_pool}")
+
+    @property
+    def any(self) -> bool:
+        """Whether any extra reshapes the head at all."""
+        return bool(
+            self.exploration or self.empty_quota or self.class_balance or self.duplicate_distance >= 0 or self.diversity_pool
+        )
 
 
 def rank(usefulness: np.ndarray, task_ids: np.ndarray) -> np.ndarray:
@@ -125,10 +142,12 @@ def select_order(
     hashes: Sequence[int | None] | None = None,
     extras: BatchExtras = BatchExtras(),
     usable: np.ndarray | None = None,
+    embeddings: EmbeddingLookup | None = None,
 ) -> np.ndarray:
     """Rank, then apply the batch extras to the head of the queue. Returns (m,) indices.
 
     usable: (m,) bool, False for images that could not be used; they come last, by task id.
+    embeddings: image indices -> their embeddings, for `extras.diversity_pool`.
     """
     if usable is not None:
         usable = np.asarray(usable, dtype=bool)
@@ -143,6 +162,7 @@ def select_order(
                 None if detections is None else [detections[i] for i in ok],
                 None if hashes is None else [hashes[i] for i in ok],
                 extras,
+                embeddings=None if embeddings is None else (lambda indices: embeddings([int(ok[i]) for i in indices])),
             )
             return np.concatenate([ok[head], bad[np.argsort(task_ids[bad], kind="stable")]]).astype(np.int64)
     order = list(rank(usefulness, task_ids))
@@ -151,6 +171,8 @@ def select_order(
     if size == 0:
         return np.asarray(order, dtype=np.int64)
 
+    if extras.diversity_pool and embeddings is not None:
+        order = diversify(order, embeddings, size, extras.diversity_pool)
     if extras.duplicate_distance >= 0 and hashes is not None:
         order = _suppress_duplicates(order, hashes, size, extras.duplicate_distance)
     if extras.class_balance and detections is not None:
@@ -160,6 +182,24 @@ def select_order(
     if extras.exploration > 0:
         order = _explore(order, size, round(extras.exploration * size), extras.seed)
     return np.asarray(order, dtype=np.int64)
+
+
+def diversify(order: list[int], embeddings: EmbeddingLookup, size: int, pool: int) -> list[int]:
+    """The batch by k-center among the first `pool` x `size` of `order`, then the other candidates, then the rest.
+
+    Candidates without an embedding follow the chosen batch; with too few
+    embeddings to choose from, the order is kept.
+    """
+    candidates = order[: size * pool]
+    vectors = list(embeddings(candidates))
+    if len(vectors) != len(candidates):
+        raise ValueError(f"the embedding lookup returned {len(vectors)} vectors for {len(candidates)} images")
+    have = [i for i, v in enumerate(vectors) if v is not None]
+    if len(have) <= size:
+        return order
+    picked = [candidates[have[p]] for p in k_center(np.stack([vectors[i] for i in have]), size)]
+    chosen = set(picked)
+    return picked + [i for i in candidates if i not in chosen] + order[size * pool :]
 
 
 def _suppress_duplicates(order: list[int], hashes, size: int, distance: int) -> list[int]:

@@ -44,6 +44,10 @@ DEFAULT_TILE_EMPTY_SHARE = 0.2
 DEFAULT_POLICY = "ale-entropy-sum"
 #: With a "+cost" policy: an image's annotation cost besides its boxes, in boxes (policies.CostAwarePolicy).
 DEFAULT_COST_PER_IMAGE = 2.0
+#: With a "+diverse" policy: the candidate pool k-center chooses a batch from, in batches (ranking.diversify).
+DEFAULT_DIVERSITY_POOL = 4
+#: With a "+novelty" policy: the exponent of the novelty factor (policies.NoveltyMix).
+DEFAULT_NOVELTY_WEIGHT = 1.0
 DEFAULT_SYNC_INTERVAL = 300  # seconds between scheduled priority syncs
 DEFAULT_SYNC_BATCH_SIZE = 50
 # Predictions per LS import request. LS 1.23 recounts every task of the project
@@ -108,6 +112,8 @@ class Settings:
     policy: str = DEFAULT_POLICY
     policy_seed: int = 0
     cost_per_image: float = DEFAULT_COST_PER_IMAGE
+    diversity_pool: int = DEFAULT_DIVERSITY_POOL
+    novelty_weight: float = DEFAULT_NOVELTY_WEIGHT
     sync_interval: int = DEFAULT_SYNC_INTERVAL
     sync_projects: tuple[int, ...] = ()
     sync_batch_size: int = DEFAULT_SYNC_BATCH_SIZE
@@ -174,6 +180,10 @@ class Settings:
             raise ConfigError("PROMOTION", f"must be one of {', '.join(PROMOTION_POLICIES)}, got {self.promotion!r}")
         if not self.cost_per_image > 0:
             raise ConfigError("COST_PER_IMAGE", f"must be a positive number of boxes (an image's cost besides its boxes), got {self.cost_per_image}")
+        if self.diversity_pool < 2:
+            raise ConfigError("DIVERSITY_POOL", f"must be 2 or more batches of candidates to choose a diverse batch from, got {self.diversity_pool}")
+        if not self.novelty_weight >= 0:
+            raise ConfigError("NOVELTY_WEIGHT", f"must be 0 (uncertainty alone) or a positive exponent, got {self.novelty_weight}")
         if self.train_batch <= 0:
             raise ConfigError("TRAIN_BATCH", f"must be a positive number, got {self.train_batch}")
         if self.train_epochs < 0:
@@ -293,6 +303,8 @@ ENV_VARS = {
     "POLICY": ("policy", str),
     "POLICY_SEED": ("policy_seed", int),
     "COST_PER_IMAGE": ("cost_per_image", float),
+    "DIVERSITY_POOL": ("diversity_pool", int),
+    "NOVELTY_WEIGHT": ("novelty_weight", float),
     "SYNC_INTERVAL": ("sync_interval", int),
     "SYNC_PROJECTS": ("sync_projects", _ints),
     "SYNC_BATCH_SIZE": ("sync_batch_size", int),

@@ -123,3 +123,27 @@ def test_spread_order_of_nothing_and_of_identical_images():
     assert spread_order([], np.array([], dtype=int))[0].tolist() == []
     order, spread = spread_order([7, 7, 7], np.array([30, 10, 20]))
     assert order.tolist() == [1, 2, 0] and spread.tolist() == [0, 64, 0]
+
+
+def test_a_diverse_batch_is_chosen_by_k_center_among_the_most_useful_candidates():
+    # six images by usefulness; 0, 1, 2 look alike, 3 and 4 are elsewhere, 5 is far but beyond the candidate pool
+    vectors = {0: [1.0, 0.0], 1: [0.99, 0.14], 2: [0.98, 0.2], 3: [0.0, 1.0], 4: [-1.0, 0.0], 5: [0.0, -1.0]}
+    usefulness = np.array([6.0, 5.0, 4.0, 3.0, 2.0, 1.0])
+    ids = np.arange(10, 16)
+    lookup_calls = []
+
+    def lookup(indices):
+        lookup_calls.append(list(indices))
+        return [np.array(vectors[i]) for i in indices]
+
+    extras = BatchExtras(batch_size=2, diversity_pool=2)
+    order = select_order(usefulness, ids, embeddings=lookup, extras=extras).tolist()
+    # candidates 0..3: the most useful (0), then the farthest from it (3); the other candidates follow in usefulness order
+    assert order == [0, 3, 1, 2, 4, 5]
+    assert lookup_calls == [[0, 1, 2, 3]], "only the candidates' embeddings are read"
+    assert select_order(usefulness, ids, extras=BatchExtras(batch_size=2)).tolist() == [0, 1, 2, 3, 4, 5], "off: usefulness order"
+    # candidates without an embedding follow the chosen batch
+    partial = select_order(usefulness, ids, extras=extras, embeddings=lambda idx: [None if i == 0 else np.array(vectors[i]) for i in idx])
+    assert partial.tolist()[:2] == [1, 3]
+    with pytest.raises(ValueError, match="diversity_pool must be 0"):
+        BatchExtras(diversity_pool=1)

@@ -31,7 +31,7 @@ from PIL import Image
 
 from ..datasets import LabelledImage
 from ..model_store import ModelStore
-from ..policies import get_policy
+from ..policies import embedding_matrix, get_policy, needs_reference
 from ..settings import PROMOTION_POLICIES, Settings
 
 #: Every policy the paper compares, random first: gains are measured against it.
@@ -181,12 +181,13 @@ def _run_policy(config, data, settings, policy_name, seed, initial, hashes, run_
         unlabeled = np.setdiff1d(np.arange(len(data.pool)), labelled)
         adapter = load_adapter(settings.replace(model_weights=str(store.current().weights), model_classes=()))
         predictor = Predictor(settings, adapter, None)
-        detections = []
-        for offset in range(0, len(unlabeled), LOAD_CHUNK):  # user photos can be large: never all in memory
-            detections += predictor.detect([_load(data.pool[i].path) for i in unlabeled[offset : offset + LOAD_CHUNK]])
+        detections = _detect(predictor, data, unlabeled)
+        reference = None
+        if needs_reference(get_policy(policy_name)):  # the labelled images' embeddings, by the same model
+            reference = embedding_matrix(_detect(predictor, data, labelled))
         picked = select_batch(
             settings, policy_name, detections, unlabeled + 1, [hashes[i] for i in unlabeled] if hashes else None,
-            adapter.classes, config.budget, seed * 1000 + cycle,
+            adapter.classes, config.budget, seed * 1000 + cycle, reference,
         )
         labelled += [int(unlabeled[i]) for i in picked]
         train_labelled(settings, store, data, labelled, run_dir / "work", seed)
@@ -196,18 +197,31 @@ def _run_policy(config, data, settings, policy_name, seed, initial, hashes, run_
     return {"seed": seed, "policy": policy_name, "cycles": cycles}
 
 
-def select_batch(settings: Settings, policy_name: str, detections, task_ids: np.ndarray, hashes, classes, budget: int, seed: int) -> np.ndarray:
+def select_batch(
+    settings: Settings, policy_name: str, detections, task_ids: np.ndarray, hashes, classes, budget: int, seed: int, reference=None
+) -> np.ndarray:
     """The `budget` images a sync would put first in the queue: (m,) detections and task ids -> (budget,) positions.
 
     Same policy, batch extras and `select_order` as the priority sync; `seed`
-    drives the random policy and the exploration draw.
+    drives the random policy and the exploration draw; `reference`: (r, D)
+    the labelled images' embeddings, for novelty.
     """
     from ..jobs import batch_extras
     from ..ranking import select_order
 
-    usefulness = get_policy(policy_name, seed=seed, cost_per_image=settings.cost_per_image).usefulness(detections)
+    settings = settings.replace(policy=policy_name, policy_seed=seed)
+    policy = get_policy(policy_name, seed, settings.cost_per_image, settings.novelty_weight)
+    usefulness = policy.usefulness(detections, reference)
     extras = dataclasses.replace(batch_extras(settings, classes), batch_size=budget, seed=seed)
-    return select_order(usefulness, np.asarray(task_ids), detections, hashes, extras)[:budget]
+    lookup = lambda indices: [detections[i].embedding for i in indices]  # noqa: E731
+    return select_order(usefulness, np.asarray(task_ids), detections, hashes, extras, embeddings=lookup)[:budget]
+
+
+def _detect(predictor, data: BenchData, indices) -> list:
+    detections = []
+    for offset in range(0, len(indices), LOAD_CHUNK):  # user photos can be large: never all in memory
+        detections += predictor.detect([_load(data.pool[i].path) for i in indices[offset : offset + LOAD_CHUNK]])
+    return detections
 
 
 def train_labelled(settings: Settings, store, data: BenchData, labelled: list[int], work: Path, seed: int) -> None:

@@ -50,6 +50,35 @@ def test_every_kept_box_keeps_its_full_class_vector(adapter, scenes):
     assert total > len(scenes)
 
 
+def test_the_image_embedding_comes_from_the_same_forward_pass_as_the_boxes(adapter, scenes):
+    import torch
+
+    images = [scene.image for scene in scenes[:3]]
+    calls = []
+    hook = adapter.model.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
+    try:
+        before = adapter.forward_calls
+        found = adapter.predict(images + [images[0]])
+    finally:
+        hook.remove()
+    assert calls == [4] and adapter.forward_calls == before + 1, "one model call for the batch, boxes and embeddings both"
+    vectors = np.stack([d.embedding for d in found])
+    assert vectors.dtype == np.float32 and vectors.shape[0] == 4 and vectors.shape[1] >= 64
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert np.allclose(vectors[0], vectors[3], atol=1e-5), "the same image, the same embedding"
+    assert not np.allclose(vectors[0], vectors[1], atol=1e-3), "other scenes, other embeddings"
+    # the pooled maps are exactly those the Detect head receives: recomputed here from a second, hooked run
+    seen = []
+    head = adapter.model.model[-1].register_forward_pre_hook(lambda module, args: seen.append([m.clone() for m in args[0]]))
+    try:
+        again = adapter.predict(images[:1])[0]
+    finally:
+        head.remove()
+    pooled = [torch.nn.functional.normalize(m.mean(dim=(2, 3)), dim=1) for m in seen[0]]
+    expected = torch.nn.functional.normalize(torch.cat(pooled, dim=1), dim=1)[0].numpy()
+    np.testing.assert_allclose(again.embedding, expected, atol=1e-5)
+
+
 def test_trained_model_finds_the_generated_objects(adapter, scenes):
     found = matched = 0
     for det, scene in zip(adapter.predict([s.image for s in scenes]), scenes):

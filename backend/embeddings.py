@@ -1,0 +1,101 @@
+"""Image embeddings compared: k-center selection (diversity) and distance to the labelled set (novelty). Pure numpy.
+
+Embeddings are the detector's own pooled features (`Detections.embedding`),
+unit length, so euclidean distance orders pairs as cosine distance does.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: Pool rows compared with the labelled set at a time: (chunk x labelled) distances in memory.
+DISTANCE_CHUNK = 1024
+
+
+def k_center(vectors: np.ndarray, count: int) -> np.ndarray:
+    """Greedy k-center: (k, D) candidates in usefulness order -> (min(count, k),) indices, most useful first.
+
+    Starts from candidate 0; each next pick is the candidate farthest from
+    every pick so far (ties: the more useful, lower index). The picks cover
+    the candidates' spread instead of one crowded corner of it.
+    """
+    vectors = _matrix("vectors", vectors)
+    k = vectors.shape[0]
+    if count < 0:
+        raise ValueError(f"count must be >= 0, got {count}")
+    count = min(count, k)
+    if count == 0:
+        return np.zeros(0, dtype=np.int64)
+    picks = [0]
+    nearest = np.linalg.norm(vectors - vectors[0], axis=1)
+    nearest[0] = -1.0
+    while len(picks) < count:
+        pick = int(np.argmax(nearest))  # argmax keeps the first of equals: the more useful
+        picks.append(pick)
+        nearest = np.minimum(nearest, np.linalg.norm(vectors - vectors[pick], axis=1))
+        nearest[picks] = -1.0
+    return np.asarray(picks, dtype=np.int64)
+
+
+def nearest_distance(vectors: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """(m, D), (r, D) with r >= 1 -> (m,) euclidean distance of each row to its nearest reference row."""
+    vectors, reference = _matrix("vectors", vectors), _matrix("reference", reference)
+    if reference.shape[0] == 0:
+        raise ValueError("reference is empty: nearest_distance needs at least one row")
+    if vectors.shape[1] != reference.shape[1]:
+        raise ValueError(f"vectors have {vectors.shape[1]} dimensions, reference {reference.shape[1]}")
+    out = np.empty(vectors.shape[0])
+    ref_sq = (reference**2).sum(axis=1)
+    for start in range(0, vectors.shape[0], DISTANCE_CHUNK):
+        part = vectors[start : start + DISTANCE_CHUNK]
+        squared = (part**2).sum(axis=1)[:, None] + ref_sq[None, :] - 2.0 * part @ reference.T
+        out[start : start + DISTANCE_CHUNK] = np.sqrt(np.maximum(squared.min(axis=1), 0.0))
+    return out
+
+
+def novelty(vectors: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """How unlike the labelled set each image is: (m, D) pool, (r, D) labelled -> (m,) >= 0; NaN rows -> 1.
+
+    Distance to the nearest labelled image, in units of the labelled set's own
+    spacing (the median distance of a labelled image to its nearest other
+    one), so 1 is "as far from the labelled set as labelled images are from
+    each other" whatever the model's feature scale. With no labelled image
+    every image is equally novel (1); a row of NaN (no embedding) is 1 too.
+    """
+    vectors, reference = _matrix("vectors", vectors, allow_nan=True), _matrix("reference", reference)
+    out = np.ones(vectors.shape[0])
+    known = ~np.isnan(vectors).any(axis=1)
+    if reference.shape[0] == 0 or not known.any():
+        return out
+    distance = nearest_distance(vectors[known], reference)
+    out[known] = distance / _spacing(reference, distance)
+    return out
+
+
+def _spacing(reference: np.ndarray, fallback: np.ndarray) -> float:
+    """Median nearest-other distance within the reference; without two distinct rows, the mean pool distance (or 1)."""
+    r = reference.shape[0]
+    if r >= 2:
+        within = np.empty(r)
+        ref_sq = (reference**2).sum(axis=1)
+        for start in range(0, r, DISTANCE_CHUNK):
+            part = reference[start : start + DISTANCE_CHUNK]
+            squared = ref_sq[start : start + DISTANCE_CHUNK, None] + ref_sq[None, :] - 2.0 * part @ reference.T
+            rows = np.arange(part.shape[0])
+            squared[rows, start + rows] = np.inf  # not itself
+            within[start : start + DISTANCE_CHUNK] = np.sqrt(np.maximum(squared.min(axis=1), 0.0))
+        spacing = float(np.median(within))
+        if spacing > 0:
+            return spacing
+    mean = float(fallback.mean()) if fallback.size else 0.0
+    return mean if mean > 0 else 1.0
+
+
+def _matrix(name: str, values, allow_nan: bool = False) -> np.ndarray:
+    array = np.asarray(values, dtype=np.float64)
+    if array.ndim != 2:
+        raise ValueError(f"{name} must have shape (n, D), got {array.shape}")
+    finite = np.isfinite(array) | (np.isnan(array) if allow_nan else False)
+    if not finite.all():
+        raise ValueError(f"{name} must be finite" + (" (NaN rows allowed)" if allow_nan else ""))
+    return array

@@ -1,0 +1,37 @@
+"""k-center and novelty on hand-checked cases."""
+
+import numpy as np
+import pytest
+
+from label_studio_ale.embeddings import k_center, nearest_distance, novelty
+
+
+def test_k_center_starts_from_the_most_useful_and_then_goes_farthest_first():
+    # candidates in usefulness order, on a line: 0, 0.1, 5, 5.1, 10
+    line = np.array([[0.0], [0.1], [5.0], [5.1], [10.0]])
+    # 0 first; 10 is farthest from it; then 5 (5 from both) beats 5.1 (4.9 from 10)
+    assert k_center(line, 3).tolist() == [0, 4, 2]
+    assert k_center(line, 1).tolist() == [0] and k_center(line, 9).tolist() == [0, 4, 2, 1, 3]
+    assert k_center(np.zeros((0, 2)), 3).tolist() == []
+    # equal distances: the more useful (lower index) wins
+    assert k_center(np.array([[0.0, 0.0], [1.0, 0.0], [-1.0, 0.0]]), 2).tolist() == [0, 1]
+
+
+def test_novelty_is_the_distance_to_the_nearest_labelled_image_in_units_of_their_spacing():
+    labelled = np.array([[0.0, 0.0], [1.0, 0.0], [1.0, 2.0]])  # nearest-other distances 1, 1, 2: spacing 1
+    pool = np.array([[3.0, 0.0], [0.5, 0.0], [1.0, 0.0], [np.nan, np.nan]])
+    assert nearest_distance(pool[:3], labelled).tolist() == pytest.approx([2.0, 0.5, 0.0])
+    assert novelty(pool, labelled).tolist() == pytest.approx([2.0, 0.5, 0.0, 1.0]), "no embedding: neutral 1"
+    assert novelty(pool * 10, labelled * 10).tolist() == pytest.approx([2.0, 0.5, 0.0, 1.0]), "free of the feature scale"
+    assert novelty(pool, np.zeros((0, 2))).tolist() == [1.0] * 4, "nothing labelled: every image equally novel"
+    # one labelled image has no spacing of its own: the pool's mean distance is the unit
+    assert novelty(np.array([[2.0, 0.0], [4.0, 0.0]]), np.array([[0.0, 0.0]])).tolist() == pytest.approx([2 / 3, 4 / 3])
+
+
+def test_bad_embeddings_are_refused_with_the_field_named():
+    with pytest.raises(ValueError, match="reference is empty"):
+        nearest_distance(np.zeros((1, 2)), np.zeros((0, 2)))
+    with pytest.raises(ValueError, match="vectors have 3 dimensions, reference 2"):
+        nearest_distance(np.zeros((1, 3)), np.zeros((1, 2)))
+    with pytest.raises(ValueError, match="vectors must be finite"):
+        k_center(np.array([[np.inf]]), 1)
