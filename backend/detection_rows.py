@@ -59,7 +59,7 @@ def encode(project: int, model_version: str, item: StoredDetections, now: float)
     d = item.detections
     image_hash = None if item.image_hash is None else _to_signed(item.image_hash)
     if d is None:
-        return (project, model_version, item.task_id, None, None, None, None, None, None, None, None, image_hash, item.error, now, None)
+        return (project, model_version, item.task_id, None, None, None, None, None, None, None, None, image_hash, item.error, now, None, None)
     return (
         project,
         model_version,
@@ -77,13 +77,14 @@ def encode(project: int, model_version: str, item: StoredDetections, now: float)
         now,
         # half precision: a vector compared by cosine needs no more, and 50,000 images' stay small
         None if d.embedding is None else d.embedding.astype(np.float16).tobytes(),
+        None if d.instability is None else d.instability.astype(np.float32).tobytes(),
     )
 
 
 def decode(row) -> StoredDetections:
     """A row of DECODED_COLUMNS, optionally followed by the embedding column."""
-    task_id, width, height, num_classes, xyxy, probs, labels, scores, background, image_hash, error = row[:11]
-    embedding = decode_embedding(row[11]) if len(row) > 11 and row[11] is not None else None
+    task_id, width, height, num_classes, xyxy, probs, labels, scores, background, image_hash, error, instability = row[:12]
+    embedding = decode_embedding(row[12]) if len(row) > 12 and row[12] is not None else None
     detections = None
     if error is None:
         xyxy, probs, labels, scores, background = (bytes(b) for b in (xyxy, probs, labels, scores, background))
@@ -96,6 +97,7 @@ def decode(row) -> StoredDetections:
             np.frombuffer(scores, dtype=np.float32).astype(np.float64),
             np.frombuffer(background, dtype=np.float32).astype(np.float64),
             embedding,
+            None if instability is None else np.frombuffer(bytes(instability), dtype=np.float32).astype(np.float64),
         )
     unsigned = None if image_hash is None else _to_unsigned(image_hash)
     return StoredDetections(int(task_id), detections, unsigned, error)

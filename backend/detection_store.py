@@ -47,10 +47,10 @@ SCHEMA_VERSION = 4
 ID_BATCH = 500
 DETECTION_COLUMNS = (
     "project, model_version, task_id, width, height, num_classes, xyxy, class_probs, labels, scores, background, image_hash, error, created, "
-    "embedding"
+    "embedding, instability"
 )
 #: What `decode` reads of a row; the embedding is read only where asked for (`embeddings`): ranking a pool needs none.
-DECODED_COLUMNS = "task_id, width, height, num_classes, xyxy, class_probs, labels, scores, background, image_hash, error"
+DECODED_COLUMNS = "task_id, width, height, num_classes, xyxy, class_probs, labels, scores, background, image_hash, error, instability"
 TABLES = (
     """CREATE TABLE IF NOT EXISTS detections (
         project BIGINT NOT NULL,
@@ -68,6 +68,7 @@ TABLES = (
         error TEXT,
         created DOUBLE PRECISION NOT NULL,
         embedding {blob},
+        instability {blob},
         PRIMARY KEY (project, model_version, task_id)
     )""",
     """CREATE TABLE IF NOT EXISTS served_queues (
@@ -139,7 +140,7 @@ class DetectionStore:
         rows = [encode(project, model_version, item, now) for item in items]
         updates = ", ".join(f"{c} = excluded.{c}" for c in DETECTION_COLUMNS.split(", ")[3:])
         query = (
-            f"INSERT INTO detections ({DETECTION_COLUMNS}) VALUES ({', '.join('?' * 15)}) "
+            f"INSERT INTO detections ({DETECTION_COLUMNS}) VALUES ({', '.join('?' * 16)}) "
             f"ON CONFLICT (project, model_version, task_id) DO UPDATE SET {updates}"
         )
         with self._tx() as db:

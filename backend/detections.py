@@ -24,6 +24,9 @@ class Detections:
     embedding:   (D,) float32 image-level features from the same forward pass
                  (pooled backbone/neck maps, unit length), or None when the
                  model gives none. Diversity and novelty compare images by it.
+    instability: (n,) float in [0, 1] per box: 1 - IoU with its match when the
+                 image is predicted mirrored (`scoring.flip_instability`), or
+                 None when not measured (only the "loc" policies need it).
 
     A model emits `labels`/`scores` of its own when one anchor yields a
     detection per class (the TF OD API's per-class NMS): each detection keeps
@@ -38,6 +41,7 @@ class Detections:
     scores: np.ndarray | None = None
     background: np.ndarray | None = None
     embedding: np.ndarray | None = None
+    instability: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         xyxy = np.asarray(self.xyxy, dtype=np.float64)
@@ -75,6 +79,10 @@ class Detections:
                 raise ValueError(f"embedding must be a finite (D,) vector, got shape {embedding.shape}")
             embedding.setflags(write=False)
             object.__setattr__(self, "embedding", embedding)
+        if self.instability is not None:
+            instability = _unit_array("instability", self.instability, n)
+            instability.setflags(write=False)
+            object.__setattr__(self, "instability", instability)
 
     @classmethod
     def empty(cls, num_classes: int, image_size: tuple[int, int]) -> "Detections":
@@ -99,11 +107,16 @@ class Detections:
             self.scores[index].reshape(-1),
             self.background[index].reshape(-1),
             self.embedding,
+            None if self.instability is None else self.instability[index].reshape(-1),
         )
 
     def with_embedding(self, embedding: np.ndarray | None) -> "Detections":
         """The same boxes with another image embedding (None: without one)."""
-        return Detections(self.xyxy, self.class_probs, self.image_size, self.labels, self.scores, self.background, embedding)
+        return Detections(self.xyxy, self.class_probs, self.image_size, self.labels, self.scores, self.background, embedding, self.instability)
+
+    def with_instability(self, instability: np.ndarray | None) -> "Detections":
+        """The same boxes with their (n,) localization instability (None: not measured)."""
+        return Detections(self.xyxy, self.class_probs, self.image_size, self.labels, self.scores, self.background, self.embedding, instability)
 
     def __repr__(self) -> str:
         return f"Detections(n={len(self)}, classes={self.num_classes}, image_size={self.image_size})"

@@ -36,7 +36,8 @@ from .settings import DEFAULT_COST_PER_IMAGE, DEFAULT_NOVELTY_WEIGHT
 POLICY_ENTRY_POINT_GROUP = "label_studio_ale.policies"
 #: The ALE paper's most consistent winner (50 and 100 images, new classes).
 DEFAULT_POLICY = "ale-entropy-sum"
-METRICS = ("entropy", "lc")
+#: Per-box metrics: entropy and least confidence of the class scores; loc, the box's flip instability.
+METRICS = ("entropy", "lc", "loc")
 CONFIDENCE_KINDS = ("min", "mean", "weighted")
 #: A policy name ending in this divides usefulness by the expected annotation cost.
 COST_SUFFIX = "+cost"
@@ -54,7 +55,14 @@ class UncertaintyPolicy:
     metric: str
     aggregation: str
     ale: bool
-    needs_class_vectors = True
+
+    @property
+    def needs_class_vectors(self) -> bool:
+        return self.metric != "loc"
+
+    @property
+    def needs_localization(self) -> bool:
+        return self.metric == "loc"
 
     @property
     def name(self) -> str:
@@ -64,12 +72,19 @@ class UncertaintyPolicy:
         counts = np.array([len(d) for d in detections], dtype=np.int64)
         if counts.sum() == 0:
             return np.zeros(len(detections))
+        if self.metric == "loc":
+            if any(d.instability is None for d in detections if len(d)):
+                raise ValueError(f"policy {self.name} needs each box's flip instability; these detections were predicted without it")
+            combine = scoring.ale_segments if self.ale else scoring.aggregate_segments
+            return combine(np.concatenate([d.instability for d in detections if len(d)]), counts, self.aggregation)
         probs = np.concatenate([d.class_probs for d in detections if len(d)])
         background = np.concatenate([d.background for d in detections if len(d)])
         return self.usefulness_arrays(probs, counts, background)
 
     def usefulness_arrays(self, class_probs: np.ndarray, counts: np.ndarray, background: np.ndarray | None = None) -> np.ndarray:
         """(total, C) box scores of all images concatenated, (m,) boxes per image, optional (total,) background -> (m,)."""
+        if self.metric == "loc":
+            raise ValueError("usefulness_arrays scores class vectors; a loc policy scores each box's flip instability")
         distribution = scoring.box_distribution(class_probs, background)
         if self.metric == "entropy":
             values = scoring.entropy(distribution)
@@ -161,6 +176,10 @@ class CostAwarePolicy:
         return self.inner.needs_class_vectors
 
     @property
+    def needs_localization(self) -> bool:
+        return needs_localization(self.inner)
+
+    @property
     def needs_reference(self) -> bool:
         return needs_reference(self.inner)
 
@@ -242,6 +261,10 @@ class NoveltyMix:
     def needs_class_vectors(self) -> bool:
         return self.inner.needs_class_vectors
 
+    @property
+    def needs_localization(self) -> bool:
+        return needs_localization(self.inner)
+
     def usefulness(self, detections: Sequence[Detections], reference: np.ndarray | None = None) -> np.ndarray:
         value = np.asarray(self.inner.usefulness(detections, reference), dtype=np.float64)
         factor = np.maximum(NoveltyPolicy().usefulness(detections, reference), 1e-6) ** self.weight
@@ -264,11 +287,20 @@ class DiversePolicy:
         return self.inner.needs_class_vectors
 
     @property
+    def needs_localization(self) -> bool:
+        return needs_localization(self.inner)
+
+    @property
     def needs_reference(self) -> bool:
         return needs_reference(self.inner)
 
     def usefulness(self, detections: Sequence[Detections], reference: np.ndarray | None = None) -> np.ndarray:
         return self.inner.usefulness(detections, reference)
+
+
+def needs_localization(policy) -> bool:
+    """Whether the policy scores boxes by their flip instability (predicted twice, once mirrored)."""
+    return bool(getattr(policy, "needs_localization", False))
 
 
 def needs_reference(policy) -> bool:

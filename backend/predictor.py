@@ -10,15 +10,15 @@ from typing import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .adapters import Adapter
 from .detections import Detections
 from .errors import AleError
 from .ls_format import RectangleConfig, detections_to_results, match_labels, parse_label_config, task_image_url
 from .media import MediaFetcher, decode_image
-from .scoring import min_confidence
-from .serving import ServingFilters, shown_classes, shown_detections
+from .scoring import flip_instability, min_confidence
+from .serving import ServingFilters, measures_localization, shown_classes, shown_detections
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -78,9 +78,15 @@ class Predictor:
     def raw(self, images: list[Image.Image]) -> list[Detections]:
         """The adapter's own output for each image, in batches: every box above the model's floor."""
         step = self.settings.predict_batch_size
+        mirror = measures_localization(self.settings)
         detections: list[Detections] = []
         for start in range(0, len(images), step):
-            detections.extend(self.adapter.predict(images[start : start + step]))
+            batch = images[start : start + step]
+            found = self.adapter.predict(batch)
+            if mirror:  # a "loc" policy: a second pass on the mirrored images gives each box its instability
+                mirrored = self.adapter.predict([ImageOps.mirror(image) for image in batch])
+                found = [d.with_instability(flip_instability(d.xyxy, m.xyxy, d.image_size[0])) for d, m in zip(found, mirrored)]
+            detections.extend(found)
         return detections
 
     def shown(self, raw: Detections, shown: np.ndarray | None = None) -> Detections:

@@ -136,3 +136,25 @@ def min_confidence(box_scores: np.ndarray) -> float:
 def _check_aggregation(how: str) -> None:
     if how not in AGGREGATIONS:
         raise ValueError(f"aggregation must be one of {', '.join(AGGREGATIONS)}, got {how!r}")
+
+
+def flip_instability(xyxy: np.ndarray, mirrored_xyxy: np.ndarray, width: float) -> np.ndarray:
+    """Localization instability per box (Kao et al. 2018): 1 - IoU with its best match in the mirrored image's prediction.
+
+    (n, 4) boxes of the image, (m, 4) boxes predicted on its horizontal mirror
+    (in the mirror's pixels), image width -> (n,) in [0, 1]: 0 for a box the
+    model puts in the same place either way, growing as the two disagree, 1
+    for a box with no counterpart at all.
+    """
+    from .boxes import box_iou
+
+    xyxy = np.asarray(xyxy, dtype=np.float64).reshape(-1, 4)
+    mirrored = np.asarray(mirrored_xyxy, dtype=np.float64).reshape(-1, 4)
+    if not width > 0:
+        raise ValueError(f"width must be positive, got {width}")
+    if xyxy.shape[0] == 0:
+        return np.zeros(0)
+    if mirrored.shape[0] == 0:
+        return np.ones(xyxy.shape[0])
+    back = np.stack([width - mirrored[:, 2], mirrored[:, 1], width - mirrored[:, 0], mirrored[:, 3]], axis=1)
+    return np.clip(1.0 - box_iou(xyxy, back).max(axis=1), 0.0, 1.0)

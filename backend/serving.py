@@ -52,7 +52,19 @@ def raw_output_key(model_version: str, settings: Settings) -> str:
         parts.append(f"floor={floor:g},max={cap}")
     if tiles != TileSettings(settings.image_size):
         parts.append(tiles.key() if tiles is not None else "tile=off")
+    if measures_localization(settings):
+        parts.append("flip")
     return model_version if not parts else f"{model_version}@{';'.join(parts)}"
+
+
+def measures_localization(settings: Settings) -> bool:
+    """Whether the policy needs each box's flip instability: a second, mirrored forward pass per image."""
+    from .policies import get_policy, needs_localization
+
+    try:
+        return needs_localization(get_policy(settings.policy))
+    except ValueError:  # an unknown policy is reported where it is used
+        return False
 
 
 @dataclass(frozen=True)
@@ -96,7 +108,7 @@ def shown_detections(detections: Detections, shown: np.ndarray, filters: Serving
         raise ValueError(f"shown must have shape ({detections.num_classes},), got {shown.shape}")
     kept = detections[shown[detections.labels]]
     if not shown.all() and len(kept):
-        kept = Detections(kept.xyxy, kept.class_probs * shown, kept.image_size, kept.labels, kept.scores, kept.background, kept.embedding)
+        kept = Detections(kept.xyxy, kept.class_probs * shown, kept.image_size, kept.labels, kept.scores, kept.background, kept.embedding, kept.instability)
     return filter_detections(
         kept,
         score_threshold=filters.score_threshold,

@@ -49,10 +49,10 @@ def test_round_trip_by_project_version_and_task(store):
     assert set(store.get_many(2, "v1")) == {10}
 
 
-def test_image_embeddings_are_stored_and_read_only_where_asked(store):
+def test_image_embeddings_are_stored_and_read_only_where_asked_and_box_instability_always(store):
     vector = np.linspace(-1, 1, 448).astype(np.float32)
     vector /= np.linalg.norm(vector)
-    det = Detections([[1, 2, 30, 40]], [[0.25, 0.5]], (64, 48), embedding=vector)
+    det = Detections([[1, 2, 30, 40]], [[0.25, 0.5]], (64, 48), embedding=vector, instability=[0.25])
     store.put_many(
         4,
         "v1",
@@ -63,7 +63,9 @@ def test_image_embeddings_are_stored_and_read_only_where_asked(store):
             StoredDetections(13, None, None, "image is corrupt"),
         ],
     )
-    assert all(item.detections is None or item.detections.embedding is None for item in store.get_many(4, "v1").values())
+    plain = store.get_many(4, "v1")
+    assert all(item.detections is None or item.detections.embedding is None for item in plain.values())
+    assert plain[10].detections.instability.tolist() == [0.25] and plain[11].detections.instability is None
     full = store.get_many(4, "v1", [10, 12], embeddings=True)
     assert np.allclose(full[10].detections.embedding, vector, atol=1e-3) and full[12].detections.embedding is None
     got = store.embeddings(4, "v1", [10, 11, 12, 13, 99])

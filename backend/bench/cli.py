@@ -14,10 +14,19 @@ from ..settings import Settings
 DEFAULT_OUT = "bench-al"
 DEFAULT_CACHE = Path.home() / ".cache" / "label-studio-ale" / "bench"
 
-#: The CPU preset's policies: random, seed 000's default, and the two ALE
-#: variants the paper found best (ALE entropy-sum, ALE LC-max) beside their
-#: plain counterparts. The large preset runs every policy.
-SMALL_POLICIES = ("random", "min-confidence", "entropy-sum", "lc-max", "ale-entropy-sum", "ale-lc-max")
+#: The CPU preset's policies: random, seed 000's default, entropy-sum and the
+#: ALE paper's winner, then what goes beyond uncertainty: diversity, novelty,
+#: localization and cost per box. The large preset runs every policy.
+SMALL_POLICIES = (
+    "random",
+    "min-confidence",
+    "entropy-sum",
+    "ale-entropy-sum",
+    "ale-entropy-sum+diverse",
+    "ale-entropy-sum+novelty",
+    "ale-loc-sum",
+    "entropy-sum+cost",
+)
 
 #: The first-days preset: a team's first labelling sessions.
 FIRST_DAYS_POLICIES = ("random", "min-confidence", "entropy-sum", "ale-entropy-sum")

@@ -50,6 +50,12 @@ DEFAULT_POLICIES = (
     "ale-lc-sum",
     "ale-lc-max",
     "ale-lc-mean",
+    "novelty",
+    "ale-entropy-sum+novelty",
+    "ale-entropy-sum+diverse",
+    "loc-sum",
+    "ale-loc-sum",
+    "entropy-sum+cost",
 )
 BASELINE_POLICY = "random"
 #: Pool images loaded and predicted at a time.
@@ -180,7 +186,7 @@ def _run_policy(config, data, settings, policy_name, seed, initial, hashes, run_
         start = time.monotonic()
         unlabeled = np.setdiff1d(np.arange(len(data.pool)), labelled)
         adapter = load_adapter(settings.replace(model_weights=str(store.current().weights), model_classes=()))
-        predictor = Predictor(settings, adapter, None)
+        predictor = Predictor(settings.replace(policy=policy_name), adapter, None)  # a loc policy predicts mirrored too
         detections = _detect(predictor, data, unlabeled)
         reference = None
         if needs_reference(get_policy(policy_name)):  # the labelled images' embeddings, by the same model

@@ -115,6 +115,22 @@ def test_bench_al_runs_every_policy_and_seed_and_writes_table_and_plot(shapes_da
     assert (tmp_path / "again" / "table.md").read_text() == table
 
 
+@pytest.mark.slow
+def test_bench_al_runs_the_embedding_and_localization_policies_like_the_others(shapes_dataset, tmp_path):
+    out = tmp_path / "out"
+    policies = ["novelty", "ale-entropy-sum+novelty+diverse", "ale-loc-sum", "entropy-sum+cost"]
+    code = main(
+        ["bench", "al", "--data", str(shapes_dataset), "--policies", ",".join(policies), "--seeds", "0", "--initial", "6",
+         "--budget", "4", "--cycles", "1", "--image-size", "64", "--initial-epochs", "1", "--epochs", "1", "--batch", "4",
+         "--base-model", "yolov5n.yaml", "--out", str(out)]
+    )  # fmt: skip
+    assert code == 0
+    runs = {r["policy"]: r for r in json.loads((out / "results.json").read_text())["runs"]}
+    assert sorted(runs) == sorted(policies)
+    for run in runs.values():
+        assert [c["labelled_images"] for c in run["cycles"]] == [6, 10]
+
+
 def test_bench_al_explains_a_pool_too_small_for_the_configuration(shapes_dataset, tmp_path, capsys):
     code = main(
         ["bench", "al", "--data", str(shapes_dataset), "--policies", "random", "--seeds", "0", "--initial", "30",
