@@ -14,6 +14,10 @@ anchor's whole multiclass row, so a row's argmax names only one of them. Where
 the rows are distributions (softmax heads: Faster R-CNN, SSD), column 0 is the
 model's real background probability and is kept as each box's background;
 otherwise (sigmoid heads) the background is 1 - the top class score.
+
+This backend's own RetinaNet export adds `image_embedding` (1, D): pooled
+feature-pyramid maps from the same forward pass (detector.py), kept as each
+image's `Detections.embedding`. OD API exports lack it: no embedding then.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ from label_studio_ale.settings import Settings
 SIGNATURE = "serving_default"
 REQUIRED_OUTPUTS = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
 MULTICLASS_OUTPUT = "detection_multiclass_scores"
+#: (B, D) unit-length image features, computed in the same call as the boxes (only this backend's exports have it)
+EMBEDDING_OUTPUT = "image_embedding"
 LABEL_MAP_NAMES = ("label_map.pbtxt", "labelmap.pbtxt")
 #: Scores below this never leave the adapter; serving thresholds apply later.
 DEFAULT_SCORE_FLOOR = 0.001
@@ -69,6 +75,9 @@ class TfodAdapter:
         if missing:
             raise AdapterError(f"{path}: '{SIGNATURE}' lacks {', '.join(missing)}: export it with the OD API's exporter_main_v2.py")
         self.has_class_vectors = MULTICLASS_OUTPUT in outputs
+        self.has_embeddings = EMBEDDING_OUTPUT in outputs
+        #: signature calls run; one per image (the embedding costs none of its own)
+        self.forward_calls = 0
         self.classes = tuple(classes) if classes else tuple(_find_label_map(path))
         self.score_floor = float(score_floor)
         self.weights = str(path)
@@ -124,6 +133,7 @@ class TfodAdapter:
         height, width = array.shape[:2]
         with self._lock:
             out = self._fn(input_tensor=tf.constant(array[None]))
+            self.forward_calls += 1
         count = int(np.asarray(out["num_detections"]).reshape(-1)[0])
         boxes = np.asarray(out["detection_boxes"], dtype=np.float64)[0, :count]
         scores = np.asarray(out["detection_scores"], dtype=np.float64)[0, :count].clip(0.0, 1.0)
@@ -145,11 +155,23 @@ class TfodAdapter:
         else:
             probs = np.zeros((count, num_classes))
             probs[np.arange(count), ids - 1] = scores
+        embedding = None
+        if self.has_embeddings:
+            vectors = np.asarray(out[EMBEDDING_OUTPUT], dtype=np.float32)
+            if vectors.ndim != 2 or vectors.shape[0] != 1:
+                raise AdapterError(f"{EMBEDDING_OUTPUT} must have shape (1, D) for one image, got {vectors.shape}")
+            embedding = vectors[0]
         keep = scores >= self.score_floor
         ymin, xmin, ymax, xmax = (boxes[:, k] for k in range(4))
         xyxy = np.stack([xmin * width, ymin * height, xmax * width, ymax * height], axis=1)
         return Detections(
-            xyxy[keep], probs[keep], (width, height), ids[keep] - 1, scores[keep], None if background is None else background[keep]
+            xyxy[keep],
+            probs[keep],
+            (width, height),
+            ids[keep] - 1,
+            scores[keep],
+            None if background is None else background[keep],
+            embedding=embedding,
         )
 
 

@@ -9,7 +9,10 @@ weights, sized to fine-tune on a CPU. A trained detector is a folder:
     detector.weights.h5          the Keras weights, to fine-tune the next version from
 
 The export keeps every kept box's sigmoid class vector as
-`detection_multiclass_scores`, so the uncertainty policies rank with it.
+`detection_multiclass_scores`, so the uncertainty policies rank with it, and
+an `image_embedding` from the same forward pass: the feature-pyramid maps
+the heads consume (P3-P5), each pooled over space and normalised to unit
+length so that no level dominates, concatenated and normalised again.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from label_studio_ale.errors import AdapterError
+
+from .adapter import EMBEDDING_OUTPUT
 
 SPEC_FILE = "detector.json"
 WEIGHTS_FILE = "detector.weights.h5"
@@ -177,20 +182,55 @@ def load_detector(folder: str | Path):
     return model, spec
 
 
+def with_pyramid_outputs(model):
+    """-> (Keras model sharing `model`'s layers that returns its outputs plus the FPN maps its heads consume,
+    the keys of those maps, finest level first).
+
+    One call runs the backbone once: the maps are the very tensors the heads
+    read in `model`'s graph, so the embedding costs no second forward pass.
+    """
+    keras = import_keras()
+    image_input = model.inputs[0]
+    # The backbone's node in this detector's graph: a symbolic call elsewhere would add nodes of its own.
+    nodes = [node for node in model.backbone._inbound_nodes if any(t is image_input for t in node.input_tensors)]
+    if len(nodes) != 1:
+        raise AdapterError(f"the detector's backbone is called {len(nodes)} times on its input, expected once")
+    if not isinstance(model.backbone.output, dict):
+        raise AdapterError(f"the detector's backbone returns {type(model.backbone.output).__name__}, expected a dict of pyramid levels")
+    # A node keeps its outputs flat: rebuilt into the backbone's {"P3": ..., "P5": ...}.
+    levels = keras.tree.pack_sequence_as(model.backbone.output, nodes[0].outputs)
+    outputs = dict(model.output)
+    keys = []
+    for name in sorted(levels, key=lambda name: int(name[1:])):
+        keys.append(f"pyramid_{name}")
+        outputs[keys[-1]] = levels[name]
+    return keras.Model(image_input, outputs, name=f"{model.name}_with_pyramid"), keys
+
+
+def pooled_embedding(maps):
+    """[(B, H_i, W_i, C_i)] feature maps -> (B, sum C_i) float32: spatial means, unit length per level, then overall."""
+    import tensorflow as tf
+
+    parts = [tf.math.l2_normalize(tf.reduce_mean(tf.cast(m, tf.float32), axis=(1, 2)), axis=-1) for m in maps]
+    return tf.math.l2_normalize(tf.concat(parts, axis=-1), axis=-1)
+
+
 def export_od_savedmodel(model, spec: DetectorSpec, folder: Path, *, max_detections: int = DEFAULT_MAX_DETECTIONS,
                          iou: float = DEFAULT_NMS_IOU, score_floor: float = DEFAULT_SCORE_FLOOR) -> None:
     """Save `model` as a SavedModel with the OD API's `serving_default` signature.
 
     input_tensor (B, H, W, 3) uint8 of any size -> detection_boxes (B, M, 4)
     normalised yxyx, detection_scores (B, M), detection_classes (B, M) 1-based,
-    num_detections (B,), detection_multiclass_scores (B, M, C + 1). The model
-    has no background class: column 0 holds 1 - the box's top class score.
+    num_detections (B,), detection_multiclass_scores (B, M, C + 1) and
+    image_embedding (B, D) (`pooled_embedding` of the FPN maps, same call).
+    The model has no background class: column 0 holds 1 - the box's top class score.
     """
     import tensorflow as tf
 
     keras = import_keras()
     size = spec.image_size
     num_classes = len(spec.classes)
+    network, pyramid = with_pyramid_outputs(model)
     anchor_boxes = model.anchor_generator(np.zeros((1, size, size, 3), dtype="float32"))
     anchors = tf.constant(np.concatenate([np.asarray(a) for a in anchor_boxes.values()], axis=0), dtype=tf.float32)
 
@@ -218,13 +258,14 @@ def export_od_savedmodel(model, spec: DetectorSpec, folder: Path, *, max_detecti
     class Export(tf.Module):
         def __init__(self):
             super().__init__()
-            self.model = model
+            self.model = network
 
         @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="input_tensor")])
         def serve(self, input_tensor):
             # Stretched to the training size, as in training: normalised boxes map back to any image size.
             images = tf.image.resize(tf.cast(input_tensor, tf.float32), (size, size)) / 255.0
             raw = self.model(images, training=False)
+            embedding = pooled_embedding([raw[key] for key in pyramid])
             batch = tf.shape(images)[0]
             boxes = keras.utils.bounding_boxes.decode_deltas_to_boxes(
                 anchors=anchors, boxes_delta=raw["bbox_regression"], encoded_format="center_xywh",
@@ -246,6 +287,7 @@ def export_od_savedmodel(model, spec: DetectorSpec, folder: Path, *, max_detecti
                 "detection_classes": out[2],
                 "num_detections": out[3],
                 "detection_multiclass_scores": out[4],
+                EMBEDDING_OUTPUT: embedding,
             }
 
     module = Export()

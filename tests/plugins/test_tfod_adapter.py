@@ -35,6 +35,14 @@ def test_boxes_come_back_in_pixels_with_the_multiclass_scores_minus_background(e
         assert det.labels.tolist() == [0, 1] and det.image_size == size
 
 
+def test_an_od_api_export_has_no_embedding_output_and_predicts_without_one(export):
+    adapter = TfodAdapter(export)
+    assert not adapter.has_embeddings and adapter.forward_calls == 0
+    found = adapter.predict([Image.new("RGB", (40, 30)), Image.new("RGB", (30, 40))])
+    assert [d.embedding for d in found] == [None, None] and [len(d) for d in found] == [2, 2]
+    assert adapter.forward_calls == 2
+
+
 def test_without_multiclass_scores_each_box_carries_only_its_own_score(tmp_path):
     adapter = TfodAdapter(export_od_model(tmp_path, multiclass=False))
     assert not adapter.has_class_vectors

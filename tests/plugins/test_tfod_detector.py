@@ -20,6 +20,7 @@ from label_studio_ale_plugins.tfod.detector import (  # noqa: E402
     grow_head,
     load_detector,
     save_detector,
+    with_pyramid_outputs,
 )
 from label_studio_ale_plugins.tfod.training import train_detector  # noqa: E402
 from tests.support.models import HELD_OUT_SEEDS  # noqa: E402
@@ -60,6 +61,29 @@ def test_the_export_has_the_od_api_signature_with_every_kept_box_class_vector(tm
     assert adapter.classes == ("bird", "nest") and adapter.has_class_vectors
     (found,) = adapter.predict([make_scene(3).image])
     np.testing.assert_allclose(found.class_probs.max(axis=1), scores[scores >= adapter.score_floor], rtol=1e-6)
+
+
+def test_the_export_adds_the_pooled_pyramid_maps_the_heads_read_as_the_image_embedding(tmp_path):
+    model = build_detector(SPEC)
+    _randomise_class_logits(model)
+    folder = save_detector(model, SPEC, tmp_path / "det", max_detections=20)
+    serve = tf.saved_model.load(str(folder)).signatures["serving_default"]
+    images = np.stack([np.asarray(make_scene(seed).image) for seed in (3, 4)])
+    out = serve(input_tensor=tf.constant(images))
+    embedding = np.asarray(out["image_embedding"])
+    assert embedding.dtype == np.float32 and embedding.shape == (2, 3 * 256)  # P3-P5, 256 channels each
+    np.testing.assert_allclose(np.linalg.norm(embedding, axis=1), 1.0, atol=1e-5)
+    # recomputed from the Keras model: the FPN maps are the very tensors both heads read
+    network, keys = with_pyramid_outputs(model)
+    assert keys == ["pyramid_P3", "pyramid_P4", "pyramid_P5"]
+    heads = [node.input_tensors[0] for head in (model.box_head, model.classification_head) for node in head._inbound_nodes]
+    assert all(any(network.output[key] is seen for seen in heads) for key in keys)
+    resized = np.asarray(tf.image.resize(tf.cast(images, tf.float32), (64, 64))) / 255.0
+    raw = {key: np.asarray(value) for key, value in network(resized, training=False).items()}
+    np.testing.assert_allclose(raw["cls_logits"], np.asarray(model(resized, training=False)["cls_logits"]), atol=1e-5)
+    pooled = [raw[key].mean(axis=(1, 2)) for key in keys]
+    expected = np.concatenate([p / np.linalg.norm(p, axis=1, keepdims=True) for p in pooled], axis=1)
+    np.testing.assert_allclose(embedding, expected / np.linalg.norm(expected, axis=1, keepdims=True), atol=1e-5)
 
 
 def test_growing_the_head_keeps_every_known_class_exactly(tmp_path):
@@ -107,3 +131,28 @@ def test_the_tiny_trained_detector_finds_birds_and_nests_it_never_saw(trained_tf
     for detections in found:
         assert detections.class_probs.shape[1] == 2 and ((detections.class_probs >= 0) & (detections.class_probs <= 1)).all()
     assert "torch" not in sys.modules
+
+
+def test_every_image_gets_an_embedding_from_the_same_signature_call_as_its_boxes(trained_tf_detector):
+    adapter = TfodAdapter(trained_tf_detector)
+    assert adapter.has_embeddings
+    signature, calls = adapter._fn, []
+
+    def counted(**inputs):
+        calls.append(inputs["input_tensor"].shape[0])
+        return signature(**inputs)
+
+    adapter._fn = counted
+    images = [make_scene(seed).image for seed in HELD_OUT_SEEDS[:3]]
+    before = adapter.forward_calls
+    found = adapter.predict(images + [images[0]])
+    assert calls == [1, 1, 1, 1] and adapter.forward_calls == before + 4, "one signature call per image: boxes and embedding both"
+    assert all(len(d) for d in found), "the same call gave boxes"
+    vectors = np.stack([d.embedding for d in found])
+    assert vectors.dtype == np.float32 and vectors.shape == (4, 3 * 256)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(vectors[0], vectors[3], atol=1e-6, err_msg="the same image, the same embedding")
+    for i, j in ((0, 1), (0, 2), (1, 2)):
+        assert not np.allclose(vectors[i], vectors[j], atol=1e-4), "other scenes, other embeddings"
+    # kept through the score filter: every subset of the boxes names the same image
+    np.testing.assert_array_equal(found[0][found[0].scores >= 0.5].embedding, found[0].embedding)
