@@ -76,7 +76,9 @@ TABLES = (
         ls_version TEXT NOT NULL,
         raw_key TEXT NOT NULL,
         ranking_key TEXT NOT NULL,
-        updated DOUBLE PRECISION NOT NULL
+        updated DOUBLE PRECISION NOT NULL,
+        centroids {blob},
+        centroid_dims INTEGER
     )""",
     """CREATE TABLE IF NOT EXISTS served_tasks (
         project BIGINT NOT NULL,
@@ -216,6 +218,16 @@ class DetectionStore:
             row = self._exec(db, "SELECT ls_version, raw_key, ranking_key FROM served_queues WHERE project = ?", (project,)).fetchone()
         return None if row is None else ServedQueue(*row)
 
+    def served_centroids(self, project: int, ls_version: str) -> np.ndarray | None:
+        """(k, D) cluster centroids the served `ls_version` was written with; None without (or for another version)."""
+        with self._tx() as db:
+            row = self._exec(
+                db, "SELECT centroids, centroid_dims FROM served_queues WHERE project = ? AND ls_version = ?", (project, ls_version)
+            ).fetchone()
+        if row is None or row[0] is None:
+            return None
+        return np.frombuffer(bytes(row[0]), dtype=np.float32).reshape(-1, int(row[1]))
+
     def served_tasks(self, project: int, limit: int | None = None) -> ServedTasks:
         """The served queue's tasks by ascending score: all, or the first `limit` (its head)."""
         query = "SELECT task_id, usefulness, score FROM served_tasks WHERE project = ? ORDER BY score, task_id"
@@ -243,15 +255,17 @@ class DetectionStore:
             self._execmany(db, "UPDATE served_tasks SET score = ? WHERE project = ? AND task_id = ?", updates)
         return True
 
-    def replace_served(self, project: int, queue: ServedQueue, task_ids, usefulness, scores) -> None:
-        """Record a full sync's queue: the project's previous record goes, in the same transaction."""
+    def replace_served(self, project: int, queue: ServedQueue, task_ids, usefulness, scores, centroids: np.ndarray | None = None) -> None:
+        """Record a full sync's queue (and the (k, D) cluster centroids its predictions were written with), replacing the last."""
         rows = served_rows(project, task_ids, usefulness, scores)
+        blob, dims = (None, None) if centroids is None else (np.asarray(centroids, dtype=np.float32).tobytes(), int(np.shape(centroids)[1]))
         with self._tx() as db:
             self._forget(db, project)
             self._exec(
                 db,
-                "INSERT INTO served_queues (project, ls_version, raw_key, ranking_key, updated) VALUES (?, ?, ?, ?, ?)",
-                (project, queue.ls_version, queue.raw_key, queue.ranking_key, time.time()),
+                "INSERT INTO served_queues (project, ls_version, raw_key, ranking_key, updated, centroids, centroid_dims) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (project, queue.ls_version, queue.raw_key, queue.ranking_key, time.time(), blob, dims),
             )
             self._execmany(db, "INSERT INTO served_tasks (project, task_id, usefulness, score) VALUES (?, ?, ?, ?)", rows)
 

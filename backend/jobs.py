@@ -22,6 +22,7 @@ from .jobqueue import QUEUE_SYNC
 from .ls_client import LabelStudioError
 from .ls_format import detections_to_results, match_labels, parse_label_config
 from .pool import SPREAD_POLICY, batch_extras, predict_missing, predict_pool, preview_ranking, rank_pool  # noqa: F401 (re-exported)
+from .prediction_clusters import cluster_ids, cluster_pool, labelled_predictions
 from .progress import TRAINER_METRICS_NOTE, Progress, _job_progress, describe_progress, publish  # noqa: F401 (re-exported)
 from .queue_update import place_new_tasks, ranking_key
 from .ranking import ls_scores
@@ -225,11 +226,13 @@ def _add_new_tasks(rt, project, config, adapter, version, fresh, progress, phase
     ids = np.array([t.id for t in fresh], dtype=np.int64)
     ranked = rank_pool(rt, project, ids, adapter, config, extras=False)
     scores = place_new_tasks(rt.store.served_tasks(project), ids, ranked["usefulness"])
+    centroids = rt.store.served_centroids(project, version) if rt.settings.ls_clusters else None
+    clusters = None if centroids is None else cluster_ids(rt.store, project, raw_output_key(adapter.version, rt.settings), ids, centroids)
     phase_done("score")
     if scores is None:
         return None
     try:
-        _import(rt, project, ids, ranked, scores, version, adapter, config, progress)
+        _import(rt, project, ids, ranked, scores, version, adapter, config, progress, clusters)
     except Exception as exc:
         raise SyncError(f"sync of project {project} could not add {ids.size} new tasks; the served order stays as it was: {exc}") from exc
     phase_done("import")
@@ -286,10 +289,16 @@ def _rewrite(rt, project, config, adapter, queue: ServedQueue, served: ServedQue
     previous = [v for v in _versions(rt, project) if v.startswith(SYNC_VERSION_PREFIX)]
     ranked = rank_pool(rt, project, task_ids, adapter, config)
     scores = ls_scores(ranked["order"])
+    clustering = cluster_pool(rt, project, adapter, task_ids)
     phase_done("score")
     version = f"{SYNC_VERSION_PREFIX}{adapter.version}:{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S.%fZ')}"
+    labelled = 0
     try:
-        _import(rt, project, task_ids, ranked, scores, version, adapter, config, progress)
+        _import(rt, project, task_ids, ranked, scores, version, adapter, config, progress, None if clustering is None else clustering.ids)
+        if clustering is not None:
+            # LS reads a labelled task's cluster from its predictions, and the old versions are about to go
+            for items in labelled_predictions(rt, project, config, adapter, clustering.centroids, version):
+                labelled += rt.ls.create_predictions(project, items)
         phase_done("import")
         rt.ls.switch_queue(project, version)
         phase_done("switch")
@@ -297,7 +306,8 @@ def _rewrite(rt, project, config, adapter, queue: ServedQueue, served: ServedQue
         _discard(rt, project, version)
         raise SyncError(f"sync of project {project} failed before switching; the previous order stays: {exc}") from exc
     # Recorded after the switch: a record lost here only makes the next sync a full one.
-    rt.store.replace_served(project, ServedQueue(version, queue.raw_key, queue.ranking_key), task_ids, ranked["usefulness"], scores)
+    centroids = None if clustering is None else clustering.centroids
+    rt.store.replace_served(project, ServedQueue(version, queue.raw_key, queue.ranking_key), task_ids, ranked["usefulness"], scores, centroids)
     rt.store.prune(project, {queue.raw_key} | ({served.raw_key} if served is not None else set()))
     log.info("project %s: queue synced, %d tasks, version %s", project, task_ids.size, version)
     return {
@@ -306,6 +316,7 @@ def _rewrite(rt, project, config, adapter, queue: ServedQueue, served: ServedQue
         "order": [int(task_ids[i]) for i in ranked["order"]],
         "stale_versions": previous,
         **_written(task_ids, ranked),
+        **({} if clustering is None else {"clusters": int(clustering.centroids.shape[0]), "labelled_predictions": labelled}),
     }
 
 
@@ -320,10 +331,14 @@ def _written(task_ids: np.ndarray, ranked: dict) -> dict:
     }
 
 
-def _import(rt: Runtime, project: int, task_ids: np.ndarray, ranked: dict, scores: np.ndarray, version: str, adapter: Adapter, config, progress: Progress) -> None:
+def _import(
+    rt: Runtime, project: int, task_ids: np.ndarray, ranked: dict, scores: np.ndarray, version: str, adapter: Adapter, config,
+    progress: Progress, clusters: dict[int, int] | None = None,
+) -> None:
     """One prediction per task of `task_ids` (with `ranked`'s arrays and `scores` aligned to it) under `version`.
 
     Items are built per IMPORT_CHUNK_SIZE request, so a large pool is never held as LS JSON at once.
+    With `clusters` (task id -> cluster) each prediction carries its cluster, one request each (the bulk import drops it).
     """
     label_map = match_labels(adapter.classes, config)
     total = int(task_ids.size)
@@ -340,7 +355,10 @@ def _import(rt: Runtime, project: int, task_ids: np.ndarray, ranked: dict, score
             }
             for i in range(start, stop)
         ]
-        rt.ls.import_predictions(project, items)
+        if clusters is None:
+            rt.ls.import_predictions(project, items)
+        else:
+            rt.ls.create_predictions(project, [item | {"cluster": clusters.get(item["task"])} for item in items])
         progress("import", stop, total)
 
 
@@ -353,6 +371,7 @@ def queue_ranking_key(settings: Settings, adapter: Adapter, label_config: str) -
         filters=ServingFilters.from_settings(settings),
         trained=is_trained(adapter),
         label_config=label_config,
+        clusters=settings.ls_clusters,
     )
 
 

@@ -22,6 +22,8 @@ DELETE_TIMEOUT = 900.0
 IMPORT_TIMEOUT = 600.0
 TASK_PAGE_SIZE = 1000
 UNCERTAINTY_SAMPLING = "Uncertainty sampling"
+#: Requests in flight at once when predictions are created one by one.
+CREATE_THREADS = 4
 #: Where files uploaded into LS are served from.
 UPLOAD_PREFIX = "/data/upload/"
 
@@ -146,6 +148,21 @@ class LabelStudioClient:
                 "items with a label missing from the config or a score outside [0, 1] are dropped"
             )
         return created
+
+    def create_predictions(self, project_id: int, items: list[dict], threads: int = CREATE_THREADS) -> int:
+        """Create predictions one request each, keeping fields the bulk import drops (`cluster`). -> created.
+
+        Raises on the first refusal; what was created stays, under its version (the caller discards a partial version).
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
+        def create(item: dict) -> None:
+            self.sdk.predictions.create(project=project_id, **item)
+
+        with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+            for _ in pool.map(create, items):
+                pass
+        return len(items)
 
     def switch_queue(self, project_id: int, model_version: str) -> None:
         """Serve tasks by ascending score of the predictions of `model_version`: one PATCH."""

@@ -48,6 +48,8 @@ DEFAULT_COST_PER_IMAGE = 2.0
 DEFAULT_DIVERSITY_POOL = 4
 #: With a "+novelty" policy: the exponent of the novelty factor (policies.NoveltyMix).
 DEFAULT_NOVELTY_WEIGHT = 1.0
+#: Embedding clusters written into each prediction's `cluster` for LS's own sampling; 0: none (prediction_clusters).
+DEFAULT_LS_CLUSTERS = 0
 DEFAULT_SYNC_INTERVAL = 300  # seconds between scheduled priority syncs
 DEFAULT_SYNC_BATCH_SIZE = 50
 # Predictions per LS import request. LS 1.23 recounts every task of the project
@@ -114,6 +116,7 @@ class Settings:
     cost_per_image: float = DEFAULT_COST_PER_IMAGE
     diversity_pool: int = DEFAULT_DIVERSITY_POOL
     novelty_weight: float = DEFAULT_NOVELTY_WEIGHT
+    ls_clusters: int = DEFAULT_LS_CLUSTERS
     sync_interval: int = DEFAULT_SYNC_INTERVAL
     sync_projects: tuple[int, ...] = ()
     sync_batch_size: int = DEFAULT_SYNC_BATCH_SIZE
@@ -184,6 +187,8 @@ class Settings:
             raise ConfigError("DIVERSITY_POOL", f"must be 2 or more batches of candidates to choose a diverse batch from, got {self.diversity_pool}")
         if not self.novelty_weight >= 0:
             raise ConfigError("NOVELTY_WEIGHT", f"must be 0 (uncertainty alone) or a positive exponent, got {self.novelty_weight}")
+        if self.ls_clusters < 0:
+            raise ConfigError("LS_CLUSTERS", f"must be 0 (no clusters) or a number of clusters, got {self.ls_clusters}")
         if self.train_batch <= 0:
             raise ConfigError("TRAIN_BATCH", f"must be a positive number, got {self.train_batch}")
         if self.train_epochs < 0:
@@ -305,6 +310,7 @@ ENV_VARS = {
     "COST_PER_IMAGE": ("cost_per_image", float),
     "DIVERSITY_POOL": ("diversity_pool", int),
     "NOVELTY_WEIGHT": ("novelty_weight", float),
+    "LS_CLUSTERS": ("ls_clusters", int),
     "SYNC_INTERVAL": ("sync_interval", int),
     "SYNC_PROJECTS": ("sync_projects", _ints),
     "SYNC_BATCH_SIZE": ("sync_batch_size", int),

@@ -104,8 +104,11 @@ def test_the_served_queue_is_replaced_whole_and_added_to_only_while_current(stor
     assert store.served_tasks(1).task_ids.tolist() == [10, 40, 30, 20]
     assert not store.add_served(1, "ale:m:0", [50], [1.0], [0.1]), "a replaced version takes no additions"
     assert 50 not in store.served_tasks(1).task_ids
-    store.replace_served(1, ServedQueue("ale:m:3", "m", "rk"), [10], [1.0], [0.5])
+    assert store.served_centroids(1, "ale:m:1") is None, "written without clusters"
+    centroids = np.array([[0.5, 0.25, 0.0], [1.0, 0.0, -1.0]], dtype=np.float32)
+    store.replace_served(1, ServedQueue("ale:m:3", "m", "rk"), [10], [1.0], [0.5], centroids)
     assert store.served_tasks(1).task_ids.tolist() == [10] and store.served_tasks(2).task_ids.tolist() == [1]
+    assert np.array_equal(store.served_centroids(1, "ale:m:3"), centroids) and store.served_centroids(1, "ale:m:1") is None
     store.forget_served(1)
     assert store.served_queue(1) is None and len(store.served_tasks(1)) == 0
     with pytest.raises(ValueError, match="must match"):

@@ -58,6 +58,7 @@ def test_every_variable_is_read():
         "COST_PER_IMAGE": "3.5",
         "DIVERSITY_POOL": "3",
         "NOVELTY_WEIGHT": "0.5",
+        "LS_CLUSTERS": "6",
         "DETECTION_STORE_URL": "postgresql://ale:secret@db:5432/ale",
         "BASE_MODEL": "yolov5s.yaml",
         "TRAIN_EPOCHS": "5",
@@ -81,7 +82,7 @@ def test_every_variable_is_read():
     assert s.predict_chunk_pixels == 5000 and s.tile_min_visible == 0.4 and s.tile_empty_share == 0.5
     assert s.tiles() == TileSettings(512, 0.25, 3000, "iou", 0.6)
     assert s.predict_job_tasks == 64 and s.detection_store_url.startswith("postgresql://") and s.cost_per_image == 3.5
-    assert s.diversity_pool == 3 and s.novelty_weight == 0.5
+    assert s.diversity_pool == 3 and s.novelty_weight == 0.5 and s.ls_clusters == 6
     assert "secret" not in repr(s)
 
 
@@ -128,6 +129,7 @@ def test_secrets_are_not_in_repr():
         ({"AUTO_TRAIN_AFTER": "-1"}, "AUTO_TRAIN_AFTER"),
         ({"DIVERSITY_POOL": "1"}, "DIVERSITY_POOL"),
         ({"NOVELTY_WEIGHT": "-0.5"}, "NOVELTY_WEIGHT"),
+        ({"LS_CLUSTERS": "-1"}, "LS_CLUSTERS"),
     ],
 )
 def test_bad_values_name_the_variable(env, field):
