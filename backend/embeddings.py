@@ -53,42 +53,40 @@ def nearest_distance(vectors: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return out
 
 
-def novelty(vectors: np.ndarray, reference: np.ndarray) -> np.ndarray:
+def novelty(vectors: np.ndarray, reference: np.ndarray, scale: float | None = None) -> np.ndarray:
     """How unlike the labelled set each image is: (m, D) pool, (r, D) labelled -> (m,) >= 0; NaN rows -> 1.
 
-    Distance to the nearest labelled image, in units of the labelled set's own
-    spacing (the median distance of a labelled image to its nearest other
-    one), so 1 is "as far from the labelled set as labelled images are from
-    each other" whatever the model's feature scale. With no labelled image
-    every image is equally novel (1); a row of NaN (no embedding) is 1 too.
+    Distance to the nearest labelled image, in units of `scale`, by default
+    the labelled set's own `spacing`: 1 is "as far from the labelled set as
+    labelled images are from each other", whatever the model's feature scale.
+    With no labelled image every image is equally novel (1); a row of NaN (no
+    embedding) is 1 too. Rows are independent: a pool may be scored in chunks.
     """
     vectors, reference = _matrix("vectors", vectors, allow_nan=True), _matrix("reference", reference)
     out = np.ones(vectors.shape[0])
     known = ~np.isnan(vectors).any(axis=1)
     if reference.shape[0] == 0 or not known.any():
         return out
-    distance = nearest_distance(vectors[known], reference)
-    out[known] = distance / _spacing(reference, distance)
+    out[known] = nearest_distance(vectors[known], reference) / (spacing(reference) if scale is None else scale)
     return out
 
 
-def _spacing(reference: np.ndarray, fallback: np.ndarray) -> float:
-    """Median nearest-other distance within the reference; without two distinct rows, the mean pool distance (or 1)."""
+def spacing(reference: np.ndarray) -> float:
+    """(r, D) -> the median distance of a row to its nearest other row; 1 without two distinct rows."""
+    reference = _matrix("reference", reference)
     r = reference.shape[0]
-    if r >= 2:
-        within = np.empty(r)
-        ref_sq = (reference**2).sum(axis=1)
-        for start in range(0, r, DISTANCE_CHUNK):
-            part = reference[start : start + DISTANCE_CHUNK]
-            squared = ref_sq[start : start + DISTANCE_CHUNK, None] + ref_sq[None, :] - 2.0 * part @ reference.T
-            rows = np.arange(part.shape[0])
-            squared[rows, start + rows] = np.inf  # not itself
-            within[start : start + DISTANCE_CHUNK] = np.sqrt(np.maximum(squared.min(axis=1), 0.0))
-        spacing = float(np.median(within))
-        if spacing > 0:
-            return spacing
-    mean = float(fallback.mean()) if fallback.size else 0.0
-    return mean if mean > 0 else 1.0
+    if r < 2:
+        return 1.0
+    within = np.empty(r)
+    ref_sq = (reference**2).sum(axis=1)
+    for start in range(0, r, DISTANCE_CHUNK):
+        part = reference[start : start + DISTANCE_CHUNK]
+        squared = ref_sq[start : start + DISTANCE_CHUNK, None] + ref_sq[None, :] - 2.0 * part @ reference.T
+        rows = np.arange(part.shape[0])
+        squared[rows, start + rows] = np.inf  # not itself
+        within[start : start + DISTANCE_CHUNK] = np.sqrt(np.maximum(squared.min(axis=1), 0.0))
+    median = float(np.median(within))
+    return median if median > 0 else 1.0
 
 
 def _matrix(name: str, values, allow_nan: bool = False) -> np.ndarray:

@@ -68,7 +68,7 @@ class UncertaintyPolicy:
     def name(self) -> str:
         return f"{'ale-' if self.ale else ''}{self.metric}-{self.aggregation}"
 
-    def usefulness(self, detections: Sequence[Detections], reference: np.ndarray | None = None) -> np.ndarray:
+    def usefulness(self, detections: Sequence[Detections], novelty: np.ndarray | None = None) -> np.ndarray:
         counts = np.array([len(d) for d in detections], dtype=np.int64)
         if counts.sum() == 0:
             return np.zeros(len(detections))
@@ -108,7 +108,7 @@ class ConfidencePolicy:
     def name(self) -> str:
         return f"{self.kind}-confidence"
 
-    def usefulness(self, detections: Sequence[Detections], reference: np.ndarray | None = None) -> np.ndarray:
+    def usefulness(self, detections: Sequence[Detections], novelty: np.ndarray | None = None) -> np.ndarray:
         out = np.zeros(len(detections))
         for i, d in enumerate(detections):
             if len(d) == 0:
@@ -131,7 +131,7 @@ class RandomPolicy:
     name = "random"
     needs_class_vectors = False
 
-    def usefulness(self, detections: Sequence[Detections], reference: np.ndarray | None = None) -> np.ndarray:
+    def usefulness(self, detections: Sequence[Detections], novelty: np.ndarray | None = None) -> np.ndarray:
         return np.random.default_rng(self.seed).random(len(detections))
 
 
@@ -143,7 +143,7 @@ class CustomPolicy:
     confidence: Callable[[Detections], float]
     needs_class_vectors = False
 
-    def usefulness(self, detections: Sequence[Detections], reference: np.ndarray | None = None) -> np.ndarray:
+    def usefulness(self, detections: Sequence[Detections], novelty: np.ndarray | None = None) -> np.ndarray:
         values = np.array([float(self.confidence(d)) for d in detections], dtype=np.float64)
         if not np.isfinite(values).all():
             raise ValueError(f"policy {self.name} returned a non-finite confidence")
@@ -180,12 +180,12 @@ class CostAwarePolicy:
         return needs_localization(self.inner)
 
     @property
-    def needs_reference(self) -> bool:
-        return needs_reference(self.inner)
+    def needs_novelty(self) -> bool:
+        return needs_novelty(self.inner)
 
-    def usefulness(self, detections: Sequence[Detections], reference: np.ndarray | None = None) -> np.ndarray:
+    def usefulness(self, detections: Sequence[Detections], novelty: np.ndarray | None = None) -> np.ndarray:
         """(m,) images -> (m,) usefulness / (boxes + per_image), or x cost where negative."""
-        value = np.asarray(self.inner.usefulness(detections, reference), dtype=np.float64)
+        value = np.asarray(self.inner.usefulness(detections, novelty), dtype=np.float64)
         cost = np.array([len(d) for d in detections], dtype=np.float64) + self.per_image
         return np.where(value >= 0, value / cost, value * cost)
 
@@ -202,13 +202,22 @@ def embedding_matrix(detections: Sequence[Detections]) -> np.ndarray:
     return out
 
 
-def _reference(reference, name: str) -> np.ndarray:
-    if reference is None:
-        raise ValueError(f"policy {name} needs the labelled images' embeddings (reference), and none were given")
+def image_novelty(detections: Sequence[Detections], reference: np.ndarray) -> np.ndarray:
+    """(m,) images, (r, D) the labelled images' embeddings -> (m,) novelty (`embeddings.novelty`; 1 without embeddings)."""
+    vectors = embedding_matrix(detections)
     reference = np.asarray(reference, dtype=np.float64)
-    if reference.ndim != 2:
-        raise ValueError(f"reference must have shape (r, D), got {reference.shape}")
-    return reference
+    if vectors.shape[1] == 0 or reference.size == 0:
+        return np.ones(len(detections))
+    return embeddings.novelty(vectors, reference)
+
+
+def _novelty(novelty, n: int, name: str) -> np.ndarray:
+    if novelty is None:
+        raise ValueError(f"policy {name} needs each image's novelty (image_novelty of the labelled set), and none was given")
+    novelty = np.asarray(novelty, dtype=np.float64)
+    if novelty.shape != (n,) or not (np.isfinite(novelty).all() and (novelty >= 0).all()):
+        raise ValueError(f"novelty must be ({n},) finite values >= 0, got shape {novelty.shape}")
+    return novelty
 
 
 @dataclass(frozen=True)
@@ -224,15 +233,11 @@ class NoveltyPolicy:
 
     name = NOVELTY_POLICY
     needs_class_vectors = False
-    needs_reference = True
+    needs_novelty = True
 
-    def usefulness(self, detections: Sequence[Detections], reference: np.ndarray | None = None) -> np.ndarray:
-        """(m,) images, (r, D) labelled embeddings -> (m,) novelty."""
-        vectors = embedding_matrix(detections)
-        reference = _reference(reference, self.name)
-        if vectors.shape[1] == 0 or reference.shape[0] == 0:
-            return np.ones(len(detections))
-        return embeddings.novelty(vectors, reference)
+    def usefulness(self, detections: Sequence[Detections], novelty: np.ndarray | None = None) -> np.ndarray:
+        """(m,) images and their (m,) novelty (`image_novelty`) -> (m,) the novelty itself."""
+        return _novelty(novelty, len(detections), self.name).copy()
 
 
 @dataclass(frozen=True)
@@ -251,7 +256,7 @@ class NoveltyMix:
         if not self.weight >= 0:
             raise ValueError(f"the novelty weight must be 0 or a positive exponent, got {self.weight}")
 
-    needs_reference = True
+    needs_novelty = True
 
     @property
     def name(self) -> str:
@@ -265,9 +270,9 @@ class NoveltyMix:
     def needs_localization(self) -> bool:
         return needs_localization(self.inner)
 
-    def usefulness(self, detections: Sequence[Detections], reference: np.ndarray | None = None) -> np.ndarray:
-        value = np.asarray(self.inner.usefulness(detections, reference), dtype=np.float64)
-        factor = np.maximum(NoveltyPolicy().usefulness(detections, reference), 1e-6) ** self.weight
+    def usefulness(self, detections: Sequence[Detections], novelty: np.ndarray | None = None) -> np.ndarray:
+        value = np.asarray(self.inner.usefulness(detections, novelty), dtype=np.float64)
+        factor = np.maximum(_novelty(novelty, len(detections), self.name), 1e-6) ** self.weight
         return np.where(value >= 0, value * factor, value / factor)
 
 
@@ -291,11 +296,11 @@ class DiversePolicy:
         return needs_localization(self.inner)
 
     @property
-    def needs_reference(self) -> bool:
-        return needs_reference(self.inner)
+    def needs_novelty(self) -> bool:
+        return needs_novelty(self.inner)
 
-    def usefulness(self, detections: Sequence[Detections], reference: np.ndarray | None = None) -> np.ndarray:
-        return self.inner.usefulness(detections, reference)
+    def usefulness(self, detections: Sequence[Detections], novelty: np.ndarray | None = None) -> np.ndarray:
+        return self.inner.usefulness(detections, novelty)
 
 
 def needs_localization(policy) -> bool:
@@ -303,9 +308,9 @@ def needs_localization(policy) -> bool:
     return bool(getattr(policy, "needs_localization", False))
 
 
-def needs_reference(policy) -> bool:
-    """Whether the policy compares images with the labelled set (it takes their embeddings)."""
-    return bool(getattr(policy, "needs_reference", False))
+def needs_novelty(policy) -> bool:
+    """Whether the policy compares images with the labelled set (it takes each image's novelty)."""
+    return bool(getattr(policy, "needs_novelty", False))
 
 
 def is_diverse(policy) -> bool:

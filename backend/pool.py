@@ -15,10 +15,12 @@ import numpy as np
 from .adapters import Adapter, check_policy_fits, is_trained
 from .detection_store import StoredDetections
 from .detections import Detections
+from .embeddings import novelty as embedding_novelty
+from .embeddings import spacing
 from .ls_client import TaskRef
 from .ls_format import match_labels, parse_label_config
 from .media import MediaFetcher, average_hash
-from .policies import get_policy, is_diverse, needs_reference
+from .policies import get_policy, is_diverse, needs_novelty
 from .predictor import Predictor
 from .progress import Progress, _job_progress
 from .ranking import BatchExtras, ls_scores, select_order, spread_order
@@ -33,6 +35,8 @@ SPREAD_POLICY = "spread (untrained model: farthest-first on image hashes)"
 #: Per-task reasons a job result carries at most (all are logged).
 REPORTED_ERRORS = 20
 PREDICT_CHUNK = 64  # at most this many images per step (PREDICT_CHUNK_PIXELS bounds their pixels)
+#: Pool embeddings read at a time to score novelty.
+NOVELTY_CHUNK = 2048
 
 
 def predict_pool(project: int, task_ids: list[int] | None = None, *, runtime: Runtime | None = None, progress: Progress | None = None) -> dict:
@@ -106,8 +110,8 @@ def rank_pool(rt: Runtime, project: int, task_ids: Sequence[int], adapter: Adapt
         return {"policy": SPREAD_POLICY, "detections": detections, "usefulness": usefulness, "order": order, "usable": usable}
     check_policy_fits(adapter, rt.settings.policy)
     policy = settings_policy(rt.settings)
-    reference = labelled_embeddings(rt, project, config, adapter) if needs_reference(policy) else None
-    usefulness = policy.usefulness(detections, reference) if task_ids.size else np.zeros(0)
+    novelty = pool_novelty(rt, project, adapter, task_ids, labelled_embeddings(rt, project, config, adapter)) if needs_novelty(policy) else None
+    usefulness = policy.usefulness(detections, novelty) if task_ids.size else np.zeros(0)
     # Images that could not be fetched or decoded have no usefulness: they go to the very end of the queue.
     usefulness = np.where(usable, usefulness, -np.inf)
     shaping = batch_extras(rt.settings, adapter.classes) if extras else BatchExtras(batch_size=max(1, task_ids.size))
@@ -124,6 +128,22 @@ def rank_pool(rt: Runtime, project: int, task_ids: Sequence[int], adapter: Adapt
 
 def settings_policy(s: Settings):
     return get_policy(s.policy, s.policy_seed, s.cost_per_image, s.novelty_weight)
+
+
+def pool_novelty(rt: Runtime, project: int, adapter: Adapter, task_ids: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """(m,) novelty of each task against the (r, D) labelled embeddings, from the store chunk by chunk; 1 without an embedding."""
+    out = np.ones(task_ids.size)
+    if reference.size == 0:
+        return out
+    key, scale = raw_output_key(adapter.version, rt.settings), spacing(reference)
+    for start in range(0, task_ids.size, NOVELTY_CHUNK):
+        part = task_ids[start : start + NOVELTY_CHUNK]
+        found = rt.store.embeddings(project, key, part.tolist())
+        rows = [i for i, t in enumerate(part.tolist()) if t in found]
+        if rows:
+            vectors = np.stack([found[int(part[i])] for i in rows])
+            out[start + np.asarray(rows)] = embedding_novelty(vectors, reference, scale)
+    return out
 
 
 def labelled_embeddings(rt: Runtime, project: int, config, adapter: Adapter) -> np.ndarray:

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from label_studio_ale.embeddings import k_center, nearest_distance, novelty
+from label_studio_ale.embeddings import k_center, nearest_distance, novelty, spacing
 
 
 def test_k_center_starts_from_the_most_useful_and_then_goes_farthest_first():
@@ -24,8 +24,10 @@ def test_novelty_is_the_distance_to_the_nearest_labelled_image_in_units_of_their
     assert novelty(pool, labelled).tolist() == pytest.approx([2.0, 0.5, 0.0, 1.0]), "no embedding: neutral 1"
     assert novelty(pool * 10, labelled * 10).tolist() == pytest.approx([2.0, 0.5, 0.0, 1.0]), "free of the feature scale"
     assert novelty(pool, np.zeros((0, 2))).tolist() == [1.0] * 4, "nothing labelled: every image equally novel"
-    # one labelled image has no spacing of its own: the pool's mean distance is the unit
-    assert novelty(np.array([[2.0, 0.0], [4.0, 0.0]]), np.array([[0.0, 0.0]])).tolist() == pytest.approx([2 / 3, 4 / 3])
+    # one labelled image has no spacing of its own: the distance itself; a given scale overrides the spacing
+    assert novelty(np.array([[2.0, 0.0], [4.0, 0.0]]), np.array([[0.0, 0.0]])).tolist() == pytest.approx([2.0, 4.0])
+    assert novelty(pool[:2], labelled, scale=4.0).tolist() == pytest.approx([0.5, 0.125])
+    assert spacing(labelled) == 1.0 and spacing(np.ones((3, 2))) == 1.0, "identical rows: no spacing, unit scale"
 
 
 def test_bad_embeddings_are_refused_with_the_field_named():

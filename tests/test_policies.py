@@ -113,32 +113,38 @@ def half(detections) -> float:
 
 
 def test_novelty_ranks_images_unlike_the_labelled_set_first_and_mixes_with_any_policy():
+    from label_studio_ale.policies import image_novelty
+
     near = ONE.with_embedding([1.0, 0.0])
     far = ONE.with_embedding([0.0, 1.0])
     blind = ONE  # a model that gives no embedding
     labelled = np.array([[1.0, 0.0], [0.8, 0.6]])  # spacing: the two are 0.632 apart
+    values = image_novelty([near, far, blind], labelled)
+    np.testing.assert_allclose(values, [0.0, math.dist([0, 1], [0.8, 0.6]) / math.dist([1, 0], [0.8, 0.6]), 1.0])
+    assert image_novelty([near, far], np.zeros((0, 2))).tolist() == [1.0, 1.0], "nothing labelled yet"
+    assert image_novelty([blind, blind], labelled).tolist() == [1.0, 1.0], "a model without embeddings: neutral"
     novelty = get_policy("novelty")
     assert novelty.name == "novelty" and not novelty.needs_class_vectors
-    values = novelty.usefulness([near, far, blind], labelled)
-    np.testing.assert_allclose(values, [0.0, math.dist([0, 1], [0.8, 0.6]) / math.dist([1, 0], [0.8, 0.6]), 1.0])
-    assert novelty.usefulness([near, far], np.zeros((0, 2))).tolist() == [1.0, 1.0], "nothing labelled yet"
-    with pytest.raises(ValueError, match="needs the labelled images' embeddings"):
+    np.testing.assert_allclose(novelty.usefulness([near, far, blind], values), values)
+    with pytest.raises(ValueError, match="needs each image's novelty"):
         novelty.usefulness([near])
+    with pytest.raises(ValueError, match=r"novelty must be \(2,\)"):
+        novelty.usefulness([near, far], values)
     # the mix: an equally uncertain image twice as novel counts twice as useful (weight 1), or as much (weight 0)
     plain = get_policy("entropy-sum").usefulness([near, far])
     mixed = get_policy("entropy-sum+novelty", novelty_weight=1.0)
     assert mixed.name == "entropy-sum+novelty" and mixed.needs_class_vectors
-    np.testing.assert_allclose(mixed.usefulness([near, far], labelled), plain * np.maximum(values[:2], 1e-6))
-    np.testing.assert_allclose(get_policy("entropy-sum+novelty", novelty_weight=0.0).usefulness([near, far], labelled), plain)
+    np.testing.assert_allclose(mixed.usefulness([near, far], values[:2]), plain * np.maximum(values[:2], 1e-6))
+    np.testing.assert_allclose(get_policy("entropy-sum+novelty", novelty_weight=0.0).usefulness([near, far], values[:2]), plain)
     with pytest.raises(ValueError, match="novelty weight"):
         get_policy("entropy-sum+novelty", novelty_weight=-1)
 
 
 def test_suffixes_combine_and_the_diverse_form_keeps_the_usefulness():
-    from label_studio_ale.policies import is_diverse, needs_reference
+    from label_studio_ale.policies import is_diverse, needs_novelty
 
     policy = get_policy("ale-entropy-sum+novelty+diverse")
-    assert policy.name == "ale-entropy-sum+novelty+diverse" and is_diverse(policy) and needs_reference(policy)
-    assert not is_diverse(get_policy("ale-entropy-sum")) and not needs_reference(get_policy("ale-entropy-sum+cost"))
+    assert policy.name == "ale-entropy-sum+novelty+diverse" and is_diverse(policy) and needs_novelty(policy)
+    assert not is_diverse(get_policy("ale-entropy-sum")) and not needs_novelty(get_policy("ale-entropy-sum+cost"))
     np.testing.assert_allclose(get_policy("lc-max+diverse").usefulness([ONE, TWO]), get_policy("lc-max").usefulness([ONE, TWO]))
     assert "novelty" in policy_names()

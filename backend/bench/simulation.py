@@ -31,7 +31,7 @@ from PIL import Image
 
 from ..datasets import LabelledImage
 from ..model_store import ModelStore
-from ..policies import embedding_matrix, get_policy, needs_reference
+from ..policies import embedding_matrix, get_policy, image_novelty, needs_novelty
 from ..settings import PROMOTION_POLICIES, Settings
 
 #: Every policy the paper compares, random first: gains are measured against it.
@@ -188,12 +188,12 @@ def _run_policy(config, data, settings, policy_name, seed, initial, hashes, run_
         adapter = load_adapter(settings.replace(model_weights=str(store.current().weights), model_classes=()))
         predictor = Predictor(settings.replace(policy=policy_name), adapter, None)  # a loc policy predicts mirrored too
         detections = _detect(predictor, data, unlabeled)
-        reference = None
-        if needs_reference(get_policy(policy_name)):  # the labelled images' embeddings, by the same model
-            reference = embedding_matrix(_detect(predictor, data, labelled))
+        novelty = None
+        if needs_novelty(get_policy(policy_name)):  # against the labelled images' embeddings, by the same model
+            novelty = image_novelty(detections, embedding_matrix(_detect(predictor, data, labelled)))
         picked = select_batch(
             settings, policy_name, detections, unlabeled + 1, [hashes[i] for i in unlabeled] if hashes else None,
-            adapter.classes, config.budget, seed * 1000 + cycle, reference,
+            adapter.classes, config.budget, seed * 1000 + cycle, novelty,
         )
         labelled += [int(unlabeled[i]) for i in picked]
         train_labelled(settings, store, data, labelled, run_dir / "work", seed)
@@ -204,20 +204,20 @@ def _run_policy(config, data, settings, policy_name, seed, initial, hashes, run_
 
 
 def select_batch(
-    settings: Settings, policy_name: str, detections, task_ids: np.ndarray, hashes, classes, budget: int, seed: int, reference=None
+    settings: Settings, policy_name: str, detections, task_ids: np.ndarray, hashes, classes, budget: int, seed: int, novelty=None
 ) -> np.ndarray:
     """The `budget` images a sync would put first in the queue: (m,) detections and task ids -> (budget,) positions.
 
     Same policy, batch extras and `select_order` as the priority sync; `seed`
-    drives the random policy and the exploration draw; `reference`: (r, D)
-    the labelled images' embeddings, for novelty.
+    drives the random policy and the exploration draw; `novelty`: (m,) each
+    image's novelty against the labelled set (`policies.image_novelty`).
     """
     from ..jobs import batch_extras
     from ..ranking import select_order
 
     settings = settings.replace(policy=policy_name, policy_seed=seed)
     policy = get_policy(policy_name, seed, settings.cost_per_image, settings.novelty_weight)
-    usefulness = policy.usefulness(detections, reference)
+    usefulness = policy.usefulness(detections, novelty)
     extras = dataclasses.replace(batch_extras(settings, classes), batch_size=budget, seed=seed)
     lookup = lambda indices: [detections[i].embedding for i in indices]  # noqa: E731
     return select_order(usefulness, np.asarray(task_ids), detections, hashes, extras, embeddings=lookup)[:budget]

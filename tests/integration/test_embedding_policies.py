@@ -1,0 +1,66 @@
+"""Novelty and diversity through the real sync: Label Studio 1.23.2, Redis, an `ale worker`.
+
+The sync predicts the labelled images for their embeddings, scores the pool
+by usefulness x novelty, and chooses the head batch by k-center over the
+candidates' embeddings; recomputed here from what the worker stored.
+"""
+
+import numpy as np
+import pytest
+from redis import Redis
+
+from label_studio_ale.detection_store import SqliteDetectionStore
+from label_studio_ale.embeddings import k_center
+from label_studio_ale.jobqueue import RedisJobQueue
+from label_studio_ale.policies import get_policy, image_novelty
+from label_studio_ale.ranking import rank
+from label_studio_ale.serving import ServingFilters, raw_output_key, shown_detections
+from label_studio_ale.settings import Settings
+from tests.integration.test_incremental_sync import run_sync
+from tests.support.backend import backend_env, run_worker
+from tests.support.models import IMAGE_SIZE
+from tests.support.projects import create_project, submit_box
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+POLICY = "ale-entropy-sum+novelty+diverse"
+BATCH = 3
+
+
+def test_the_sync_ranks_by_novelty_against_the_labelled_images_and_picks_a_diverse_head(ls_sdk, label_studio, redis_server, trained_weights, tmp_path):
+    from label_studio_ale_plugins.yolov5 import YoloV5Adapter
+
+    models = tmp_path / "models"
+    env = backend_env(
+        label_studio, trained_weights, models, redis_server, SCORE_THRESHOLD="0.25", POLICY=POLICY, SYNC_BATCH_SIZE=str(BATCH), DIVERSITY_POOL="3"
+    )
+    jobs = RedisJobQueue(Redis.from_url(redis_server.url), "yolov5")
+    project, ids = create_project(ls_sdk, range(54_000, 54_014), "novelty and diversity", max_objects=5, min_side=14, max_side=30)
+    labelled = ids[:3]
+    for task in labelled:
+        submit_box(ls_sdk, task)
+    with run_worker(env, tmp_path, queues="predict,sync"):
+        result = run_sync(jobs, project)
+    assert result["status"] == "synced" and result["policy"] == POLICY and result["tasks"] == len(ids) - 3
+
+    settings = Settings.from_env(env)
+    key = raw_output_key(YoloV5Adapter(trained_weights, image_size=IMAGE_SIZE).version, settings)
+    store = SqliteDetectionStore(models / "detections.sqlite")
+    stored = store.get_many(project, key, embeddings=True)
+    assert set(labelled) <= set(stored), "the labelled images were predicted for their embeddings"
+    reference = np.stack([stored[t].detections.embedding for t in labelled])
+    pool = np.array(sorted(set(ids) - set(labelled)))
+    filters = ServingFilters.from_settings(settings)
+    shown = [shown_detections(stored[int(t)].detections, np.ones(2, dtype=bool), filters) for t in pool]
+    usefulness = get_policy(POLICY).usefulness(shown, image_novelty(shown, reference))
+    plain = get_policy("ale-entropy-sum").usefulness(shown)
+    assert not np.allclose(usefulness, plain), "novelty changes the scores"
+    np.testing.assert_allclose([result["usefulness"][int(t)] for t in pool], usefulness, rtol=1e-6)
+
+    # the head: k-center over the DIVERSITY_POOL x batch most useful, then the other candidates, then the rest
+    by_usefulness = [int(pool[i]) for i in rank(usefulness, pool)]
+    candidates = by_usefulness[: 3 * BATCH]
+    head = [candidates[i] for i in k_center(np.stack([stored[t].detections.embedding for t in candidates]), BATCH)]
+    expected = head + [t for t in candidates if t not in head] + by_usefulness[3 * BATCH :]
+    assert result["order"] == expected
+    assert result["order"][:BATCH] != by_usefulness[:BATCH], "diversity changed the head batch here"
