@@ -150,26 +150,15 @@ class CustomPolicy:
         return -values
 
 
-@dataclass(frozen=True)
-class CostAwarePolicy:
-    """Another policy's usefulness per unit of expected annotation cost: predicted boxes + `per_image`.
-
-    Annotators pay per box they draw or check, plus a constant per image
-    (`per_image`, in boxes). Non-negative usefulness is divided by the cost;
-    a negative one (custom policies: -confidence) is multiplied by it, so a
-    costlier image always ranks lower at equal usefulness.
-    """
+class WrappedPolicy:
+    """What a policy suffix keeps of the policy it wraps (`inner`): its name plus the suffix, and what it needs."""
 
     inner: object
-    per_image: float = DEFAULT_COST_PER_IMAGE
-
-    def __post_init__(self):
-        if not self.per_image > 0:
-            raise ValueError(f"the cost per image must be a positive number of boxes, got {self.per_image}")
+    suffix = ""
 
     @property
     def name(self) -> str:
-        return f"{self.inner.name}{COST_SUFFIX}"
+        return f"{self.inner.name}{self.suffix}"
 
     @property
     def needs_class_vectors(self) -> bool:
@@ -182,6 +171,29 @@ class CostAwarePolicy:
     @property
     def needs_novelty(self) -> bool:
         return needs_novelty(self.inner)
+
+    @property
+    def diverse(self) -> bool:
+        return is_diverse(self.inner)
+
+
+@dataclass(frozen=True)
+class CostAwarePolicy(WrappedPolicy):
+    """Another policy's usefulness per unit of expected annotation cost: predicted boxes + `per_image`.
+
+    Annotators pay per box they draw or check, plus a constant per image
+    (`per_image`, in boxes). Non-negative usefulness is divided by the cost;
+    a negative one (custom policies: -confidence) is multiplied by it, so a
+    costlier image always ranks lower at equal usefulness.
+    """
+
+    inner: object
+    per_image: float = DEFAULT_COST_PER_IMAGE
+    suffix = COST_SUFFIX
+
+    def __post_init__(self):
+        if not self.per_image > 0:
+            raise ValueError(f"the cost per image must be a positive number of boxes, got {self.per_image}")
 
     def usefulness(self, detections: Sequence[Detections], novelty: np.ndarray | None = None) -> np.ndarray:
         """(m,) images -> (m,) usefulness / (boxes + per_image), or x cost where negative."""
@@ -241,7 +253,7 @@ class NoveltyPolicy:
 
 
 @dataclass(frozen=True)
-class NoveltyMix:
+class NoveltyMix(WrappedPolicy):
     """Another policy's usefulness x novelty ** weight (divided where negative): uncertain *and* unlike what is labelled.
 
     weight 0 is the policy alone; 1 makes an image twice as far from the
@@ -251,24 +263,12 @@ class NoveltyMix:
 
     inner: object
     weight: float = DEFAULT_NOVELTY_WEIGHT
+    suffix = NOVELTY_SUFFIX
+    needs_novelty = True
 
     def __post_init__(self):
         if not self.weight >= 0:
             raise ValueError(f"the novelty weight must be 0 or a positive exponent, got {self.weight}")
-
-    needs_novelty = True
-
-    @property
-    def name(self) -> str:
-        return f"{self.inner.name}{NOVELTY_SUFFIX}"
-
-    @property
-    def needs_class_vectors(self) -> bool:
-        return self.inner.needs_class_vectors
-
-    @property
-    def needs_localization(self) -> bool:
-        return needs_localization(self.inner)
 
     def usefulness(self, detections: Sequence[Detections], novelty: np.ndarray | None = None) -> np.ndarray:
         value = np.asarray(self.inner.usefulness(detections, novelty), dtype=np.float64)
@@ -277,27 +277,12 @@ class NoveltyMix:
 
 
 @dataclass(frozen=True)
-class DiversePolicy:
+class DiversePolicy(WrappedPolicy):
     """Another policy's usefulness; its batches are chosen by k-center over embeddings (`ranking.diversify`)."""
 
     inner: object
+    suffix = DIVERSE_SUFFIX
     diverse = True
-
-    @property
-    def name(self) -> str:
-        return f"{self.inner.name}{DIVERSE_SUFFIX}"
-
-    @property
-    def needs_class_vectors(self) -> bool:
-        return self.inner.needs_class_vectors
-
-    @property
-    def needs_localization(self) -> bool:
-        return needs_localization(self.inner)
-
-    @property
-    def needs_novelty(self) -> bool:
-        return needs_novelty(self.inner)
 
     def usefulness(self, detections: Sequence[Detections], novelty: np.ndarray | None = None) -> np.ndarray:
         return self.inner.usefulness(detections, novelty)

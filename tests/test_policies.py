@@ -146,5 +146,7 @@ def test_suffixes_combine_and_the_diverse_form_keeps_the_usefulness():
     policy = get_policy("ale-entropy-sum+novelty+diverse")
     assert policy.name == "ale-entropy-sum+novelty+diverse" and is_diverse(policy) and needs_novelty(policy)
     assert not is_diverse(get_policy("ale-entropy-sum")) and not needs_novelty(get_policy("ale-entropy-sum+cost"))
+    outer = get_policy("lc-max+novelty+diverse+cost")
+    assert outer.name == "lc-max+novelty+diverse+cost" and is_diverse(outer) and needs_novelty(outer), "every suffix passes the rest through"
     np.testing.assert_allclose(get_policy("lc-max+diverse").usefulness([ONE, TWO]), get_policy("lc-max").usefulness([ONE, TWO]))
     assert "novelty" in policy_names()
