@@ -35,6 +35,7 @@ START_TRAINING = "START_TRAINING"
 JOB_MEMORY_SECONDS = 24 * 60 * 60
 TASKS_CREATED = "TASKS_CREATED"
 ANNOTATION_CREATED = "ANNOTATION_CREATED"
+ANNOTATION_UPDATED = "ANNOTATION_UPDATED"
 #: Seconds a client is told to wait before retrying while Redis is down.
 REDIS_RETRY_AFTER = 30
 
@@ -158,6 +159,18 @@ def create_app(
         annotation_counts[project] = annotation_counts.get(project, 0) + 1
         return annotation_counts[project]
 
+    def _record_savings(body: dict) -> str | None:
+        """Queue the comparison of the event's task's annotations with the predictions shown. -> job id, None without a task."""
+        from .savings import record_annotations
+
+        project = _project_from_event(body)
+        task = body.get("task") if isinstance(body.get("task"), dict) else {}
+        annotation = body.get("annotation") if isinstance(body.get("annotation"), dict) else {}
+        task_id = task.get("id", annotation.get("task"))
+        if not isinstance(task_id, int):
+            return None
+        return jobs().enqueue(QUEUE_SYNC, record_annotations, project, task_id, retry=True)
+
     def _reset_annotation_count(project: int) -> None:
         if runtime.redis is not None:
             runtime.redis.delete(f"ale:new-annotations:{project}")
@@ -250,6 +263,7 @@ def create_app(
             response = jsonify(status="queued" if started else "already training", action=action, job=job_id)
             response.status_code = 201 if started else 200
             return response
+        recorded = _record_savings(body) if action in (ANNOTATION_CREATED, ANNOTATION_UPDATED) else None
         if action == ANNOTATION_CREATED and settings.auto_train_after:
             project = _project_from_event(body)
             annotation = body.get("annotation")
@@ -260,7 +274,9 @@ def create_app(
                 _reset_annotation_count(project)
                 job_id, started = _start_training(project)
                 return jsonify(status="training" if started else "already training", action=action, job=job_id)
-            return jsonify(status="counted", action=action)
+            return jsonify(status="counted", action=action, savings=recorded)
+        if recorded is not None:
+            return jsonify(status="recording", action=action, savings=recorded)
         if action == TASKS_CREATED:
             from .jobs import predict_pool, request_sync
 

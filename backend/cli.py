@@ -64,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--project", type=int, required=True)
     models.add_argument("--plot", help="also draw mAP per version into this PNG")
 
+    savings = commands.add_parser("savings", help="what the pre-annotations saved: shown boxes accepted, moved, relabelled, deleted, added")
+    savings.add_argument("--project", type=int, required=True)
+    savings.add_argument("--recompute", action="store_true", help="record every annotated task again from Label Studio first")
+
     bench_cli.add_parser(commands)
 
     from . import demo as demo_defaults
@@ -112,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         return _evaluate(settings, args)
     if args.command == "models":
         return _models(settings, args)
+    if args.command == "savings":
+        return _savings(settings, args)
     if args.command == "bench":
         return bench_cli.run(settings, args, sys.argv[1:] if argv is None else argv)
     if args.command == "demo":
@@ -291,6 +297,7 @@ def _models(settings: Settings, args) -> int:
             f"{v.name:<9}{served:>7}{m.get('map', 0):>8.3f}{m.get('map50', 0):>8.3f}{m.get('voc07_map50', 0):>8.3f}"
             f"{m.get('voc12_map50', 0):>8.3f}{v.manifest.get('train_images', 0):>7}{v.manifest.get('val_images', 0):>5}  {','.join(v.classes)}"
         )
+    _print_savings(settings, args.project)
     if args.plot:
         import matplotlib
 
@@ -309,6 +316,36 @@ def _models(settings: Settings, args) -> int:
         figure.savefig(args.plot, dpi=100)
         print(f"plot written to {args.plot}")
     return 0
+
+
+def _savings(settings: Settings, args) -> int:
+    from .runtime import Runtime
+    from .savings import recompute
+
+    if args.recompute:
+        done = recompute(Runtime(settings), args.project)
+        print(f"recorded {done['annotations']} annotations of {done['tasks']} annotated tasks")
+    if not _print_savings(settings, args.project):
+        print(f"project {args.project} has no annotation recorded against a shown prediction yet")
+    return 0
+
+
+def _print_savings(settings: Settings, project: int) -> bool:
+    """The per-model table of what the pre-annotations saved. -> whether there was anything to print."""
+    from .detection_store import open_detection_store
+    from .savings import savings_by_model
+
+    rows = savings_by_model(open_detection_store(settings.detection_store_url, settings.model_dir), project)
+    if not rows:
+        return False
+    print(f"\n{'pre-annotations of':<24}{'annotations':>12}{'accepted':>9}{'moved':>7}{'relabel':>8}{'deleted':>8}{'added':>7}{'kept':>7}{'lead s':>8}")
+    for row in rows:
+        c, lead = row.counts, "-" if row.mean_lead_time is None else f"{row.mean_lead_time:.1f}"
+        print(
+            f"{row.model:<24}{row.annotations:>12}{c.accepted:>9}{c.moved:>7}{c.relabelled:>8}{c.deleted:>8}{c.added:>7}"
+            f"{row.accepted_share:>7.0%}{lead:>8}"
+        )
+    return True
 
 
 def _with_bars(job, project: int, settings: Settings):

@@ -39,6 +39,7 @@ from .detection_rows import (  # noqa: F401 (re-exported)
     served_from_rows,
     served_rows,
 )
+from .annotation_edits import EDITS_TABLE, EditStoreMixin
 from .errors import ConfigError
 
 #: Bumped whenever a table changes; older tables are a cache and are dropped (models re-run once, the next sync is full).
@@ -88,10 +89,11 @@ TABLES = (
         PRIMARY KEY (project, task_id)
     )""",
 )
+# annotation_edits is not a cache: it keeps what LS no longer has (the predictions of deleted versions)
 DROPPED_ON_UPGRADE = ("detections", "served_queues", "served_tasks")
 
 
-class DetectionStore:
+class DetectionStore(EditStoreMixin):
     """The SQL both back ends share; subclasses open connections and transactions."""
 
     placeholder = "?"
@@ -108,7 +110,7 @@ class DetectionStore:
                     "INSERT INTO store_meta VALUES ('schema', ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
                     (SCHEMA_VERSION,),
                 )
-            for table in TABLES:
+            for table in (*TABLES, EDITS_TABLE):
                 self._exec(db, table.format(blob=self.blob_type))
 
     def _schema_version(self, db) -> int:

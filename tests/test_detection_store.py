@@ -170,3 +170,13 @@ def test_a_missing_postgres_database_is_created_on_first_use(postgres_server):
     store = open_detection_store(url, "/nonexistent")
     store.put_many(1, "v", [StoredDetections(1, Detections.empty(1, (4, 4)), 1, None)])
     assert open_detection_store(url, "/nonexistent").usable_ids(1, "v").tolist() == [1]
+
+
+def test_annotation_edits_are_kept_per_annotation_and_replaced_when_it_changes(store):
+    from label_studio_ale.annotation_edits import EditCounts, EditRecord
+
+    store.put_edits(5, [EditRecord(1, 10, "ale:v1:t", EditCounts(accepted=2, added=1), 12.5), EditRecord(2, 11, "ale:v1:t", EditCounts(deleted=1), None)])
+    store.put_edits(6, [EditRecord(1, 10, "other", EditCounts(moved=1), 3.0)])
+    store.put_edits(5, [EditRecord(1, 10, "ale:v1:t", EditCounts(accepted=3), 14.0)])  # the annotation was updated
+    assert store.edits(5) == [EditRecord(1, 10, "ale:v1:t", EditCounts(accepted=3), 14.0), EditRecord(2, 11, "ale:v1:t", EditCounts(deleted=1), None)]
+    assert store.edits(6) == [EditRecord(1, 10, "other", EditCounts(moved=1), 3.0)] and store.edits(7) == []

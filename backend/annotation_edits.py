@@ -1,0 +1,161 @@
+"""How much the pre-annotations saved: a submitted annotation compared with the prediction the annotator was shown.
+
+Each shown box is matched one-to-one with a submitted box of IoU >= MATCH_IOU
+(greedily, by IoU, highest first). A matched box is *accepted* when it kept
+its label and moved by less than 1 - ACCEPT_IOU (IoU >= ACCEPT_IOU), *moved*
+when it kept its label but moved more, *relabelled* when its label changed.
+Shown boxes left unmatched were *deleted*; submitted boxes left unmatched were
+*added* (drawn new). Coordinates are LS's percentages: IoU does not change
+when both axes are scaled, so no image size is needed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .boxes import box_iou
+from .ls_format import rectangle_to_xyxy
+
+#: A submitted box this close to a shown one is the shown box, kept.
+ACCEPT_IOU = 0.9
+#: Below this overlap a submitted box is not the shown one at all.
+MATCH_IOU = 0.5
+CATEGORIES = ("accepted", "moved", "relabelled", "deleted", "added")
+
+
+@dataclass(frozen=True)
+class EditCounts:
+    """Boxes of one annotation by what became of them (or, summed, of many)."""
+
+    accepted: int = 0
+    moved: int = 0
+    relabelled: int = 0
+    deleted: int = 0
+    added: int = 0
+
+    def __add__(self, other: "EditCounts") -> "EditCounts":
+        return EditCounts(*(getattr(self, c) + getattr(other, c) for c in CATEGORIES))
+
+    @property
+    def shown(self) -> int:
+        """Boxes the prediction showed."""
+        return self.accepted + self.moved + self.relabelled + self.deleted
+
+    @property
+    def submitted(self) -> int:
+        return self.accepted + self.moved + self.relabelled + self.added
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def compare_boxes(shown_xyxy, shown_labels, submitted_xyxy, submitted_labels) -> EditCounts:
+    """(n, 4) shown boxes and (n,) labels, (m, 4) submitted boxes and (m,) labels -> what became of them."""
+    shown_xyxy = np.asarray(shown_xyxy, dtype=np.float64).reshape(-1, 4)
+    submitted_xyxy = np.asarray(submitted_xyxy, dtype=np.float64).reshape(-1, 4)
+    shown_labels, submitted_labels = list(shown_labels), list(submitted_labels)
+    if len(shown_labels) != len(shown_xyxy) or len(submitted_labels) != len(submitted_xyxy):
+        raise ValueError("each box needs one label: shown and submitted boxes and labels must have matching lengths")
+    n, m = len(shown_xyxy), len(submitted_xyxy)
+    counts = {c: 0 for c in CATEGORIES}
+    if n and m:
+        iou = box_iou(shown_xyxy, submitted_xyxy)
+        pairs = sorted(((iou[i, j], i, j) for i in range(n) for j in range(m) if iou[i, j] >= MATCH_IOU), key=lambda p: (-p[0], p[1], p[2]))
+        used_shown, used_submitted = set(), set()
+        for overlap, i, j in pairs:
+            if i in used_shown or j in used_submitted:
+                continue
+            used_shown.add(i)
+            used_submitted.add(j)
+            if shown_labels[i] != submitted_labels[j]:
+                counts["relabelled"] += 1
+            elif overlap >= ACCEPT_IOU:
+                counts["accepted"] += 1
+            else:
+                counts["moved"] += 1
+        matched = len(used_shown)
+    else:
+        matched = 0
+    counts["deleted"] = n - matched
+    counts["added"] = m - matched
+    return EditCounts(**counts)
+
+
+def compare_results(shown: list[dict], submitted: list[dict]) -> EditCounts:
+    """LS results of the prediction shown and of the annotation submitted (rectangles only) -> what became of them."""
+    a, a_labels = _boxes(shown)
+    b, b_labels = _boxes(submitted)
+    return compare_boxes(a, a_labels, b, b_labels)
+
+
+def _boxes(results: list[dict]) -> tuple[np.ndarray, list[str]]:
+    boxes, labels = [], []
+    for result in results or []:
+        if result.get("type") != "rectanglelabels":
+            continue
+        # in percent of the image: the same frame for both sides, whatever sizes they carry
+        box, label = rectangle_to_xyxy({**result, "original_width": 100, "original_height": 100})
+        boxes.append(box)
+        labels.append(label)
+    return np.array(boxes).reshape(-1, 4), labels
+
+
+EDITS_TABLE = """CREATE TABLE IF NOT EXISTS annotation_edits (
+    project BIGINT NOT NULL,
+    annotation_id BIGINT NOT NULL,
+    task_id BIGINT NOT NULL,
+    ls_version TEXT NOT NULL,
+    accepted INTEGER NOT NULL,
+    moved INTEGER NOT NULL,
+    relabelled INTEGER NOT NULL,
+    deleted INTEGER NOT NULL,
+    added INTEGER NOT NULL,
+    lead_time DOUBLE PRECISION,
+    updated DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (project, annotation_id)
+)"""
+
+
+@dataclass(frozen=True)
+class EditRecord:
+    """One submitted annotation against the prediction shown with it (`ls_version`: that prediction's version)."""
+
+    annotation_id: int
+    task_id: int
+    ls_version: str
+    counts: EditCounts
+    lead_time: float | None
+
+
+class EditStoreMixin:
+    """The detection store's table of annotation edits: one row per annotation, replaced when it is updated."""
+
+    def put_edits(self, project: int, records: list[EditRecord]) -> None:
+        import time
+
+        rows = [
+            (project, r.annotation_id, r.task_id, r.ls_version, *(getattr(r.counts, c) for c in CATEGORIES), r.lead_time, time.time())
+            for r in records
+        ]
+        columns = "project, annotation_id, task_id, ls_version, accepted, moved, relabelled, deleted, added, lead_time, updated"
+        updates = ", ".join(f"{c} = excluded.{c}" for c in columns.split(", ")[2:])
+        with self._tx() as db:
+            self._execmany(
+                db,
+                f"INSERT INTO annotation_edits ({columns}) VALUES ({', '.join('?' * 11)}) "
+                f"ON CONFLICT (project, annotation_id) DO UPDATE SET {updates}",
+                rows,
+            )
+
+    def edits(self, project: int) -> list[EditRecord]:
+        """The project's recorded annotations, by annotation id."""
+        with self._tx() as db:
+            rows = self._exec(
+                db,
+                "SELECT annotation_id, task_id, ls_version, accepted, moved, relabelled, deleted, added, lead_time "
+                "FROM annotation_edits WHERE project = ? ORDER BY annotation_id",
+                (project,),
+            ).fetchall()
+        return [EditRecord(int(r[0]), int(r[1]), str(r[2]), EditCounts(*(int(v) for v in r[3:8])), r[8]) for r in rows]

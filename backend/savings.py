@@ -1,0 +1,111 @@
+"""What the pre-annotations save, recorded per annotation and summed per model.
+
+An annotation is compared with the prediction shown with it
+(`annotation_edits`): the one LS says it was created from
+(`parent_prediction`), else the task's latest prediction created before the
+annotation. The record is kept in the detection store, so it outlives the
+prediction version the sync deletes later. An `ANNOTATION_CREATED` or
+`ANNOTATION_UPDATED` webhook records its task at once; `ale savings
+--recompute` records every annotated task again from Label Studio (what LS
+has no shown prediction for any more keeps its earlier record).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from .annotation_edits import EditCounts, EditRecord, compare_results
+from .jobs import SYNC_VERSION_PREFIX
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelSavings:
+    """The annotations made on one model's pre-annotations, summed."""
+
+    model: str
+    annotations: int
+    counts: EditCounts
+    mean_lead_time: float | None
+
+    @property
+    def accepted_share(self) -> float:
+        """Shown boxes the annotators kept as they were."""
+        return self.counts.accepted / self.counts.shown if self.counts.shown else 0.0
+
+    def as_dict(self) -> dict:
+        return {
+            "model": self.model,
+            "annotations": self.annotations,
+            **self.counts.as_dict(),
+            "accepted_share": round(self.accepted_share, 4),
+            "mean_lead_time": self.mean_lead_time,
+        }
+
+
+def model_of(ls_version: str) -> str:
+    """"ale:v0003-1a2b3c4d:20261202T..." -> "v0003-1a2b3c4d"; another version names itself."""
+    if ls_version.startswith(SYNC_VERSION_PREFIX):
+        return ls_version[len(SYNC_VERSION_PREFIX) :].rsplit(":", 1)[0]
+    return ls_version
+
+
+def task_records(annotations, predictions) -> list[EditRecord]:
+    """A task's LS annotations and predictions (SDK objects) -> one record per submitted annotation that had a prediction shown."""
+    by_id = {p.id: p for p in predictions}
+    records = []
+    for annotation in annotations:
+        if annotation.was_cancelled:
+            continue
+        shown = by_id.get(annotation.parent_prediction)
+        if shown is None:
+            before = [p for p in predictions if p.created_at is not None and annotation.created_at is not None and p.created_at <= annotation.created_at]
+            shown = max(before, key=lambda p: (p.created_at, p.id), default=None)
+        if shown is None:
+            continue
+        counts = compare_results(list(shown.result or []), list(annotation.result or []))
+        records.append(EditRecord(int(annotation.id), int(annotation.task), str(shown.model_version or ""), counts, annotation.lead_time))
+    return records
+
+
+def record_task(rt, project: int, task_id: int) -> list[EditRecord]:
+    """Compare every annotation of `task_id` with the prediction it was shown with, and store the result."""
+    annotations = rt.ls.sdk.annotations.list(id=int(task_id))
+    predictions = rt.ls.sdk.predictions.list(task=int(task_id))
+    records = task_records(annotations, predictions)
+    rt.store.put_edits(project, records)
+    return records
+
+
+def record_annotations(project: int, task_id: int, *, runtime=None) -> dict:
+    """The job an annotation webhook queues: record `task_id`'s annotations. -> {"task", "annotations"} recorded."""
+    from .runtime import current_runtime
+
+    records = record_task(runtime or current_runtime(), project, task_id)
+    return {"task": int(task_id), "annotations": len(records)}
+
+
+def recompute(rt, project: int) -> dict:
+    """Record every annotated task of the project again. -> {"tasks", "annotations"} recorded."""
+    tasks = annotations = 0
+    for task in rt.ls.labelled_tasks(project):
+        tasks += 1
+        annotations += len(record_task(rt, project, task.id))
+    return {"tasks": tasks, "annotations": annotations}
+
+
+def savings_by_model(store, project: int) -> list[ModelSavings]:
+    """The project's recorded annotations summed per model, in order of first appearance."""
+    totals: dict[str, list] = {}
+    for record in store.edits(project):
+        total = totals.setdefault(model_of(record.ls_version), [0, EditCounts(), []])
+        total[0] += 1
+        total[1] = total[1] + record.counts
+        if record.lead_time is not None:
+            total[2].append(float(record.lead_time))
+    return [
+        ModelSavings(model, n, counts, round(sum(times) / len(times), 2) if times else None)
+        for model, (n, counts, times) in totals.items()
+    ]

@@ -1,0 +1,36 @@
+"""What became of the shown boxes: accepted, moved, relabelled, deleted, added."""
+
+import pytest
+
+from label_studio_ale.annotation_edits import EditCounts, compare_boxes, compare_results
+from label_studio_ale.ls_format import rectangle_result
+
+
+def test_each_kind_of_edit_is_counted_by_hand():
+    shown = [[0, 0, 10, 10], [20, 0, 30, 10], [40, 0, 50, 10], [60, 0, 70, 10], [80, 0, 90, 10]]
+    labels = ["bird", "bird", "nest", "bird", "nest"]
+    submitted = [
+        [0, 0, 10, 10],  # kept as it was
+        [20.2, 0, 30.2, 10],  # IoU 0.96: accepted
+        [42, 0, 52, 10],  # IoU 8/12 = 0.67: moved
+        [60, 0, 70, 10],  # same place, now a nest: relabelled
+        [0, 50, 10, 60],  # drawn new
+    ]  # the last shown box was deleted
+    sub_labels = ["bird", "bird", "nest", "nest", "bird"]
+    assert compare_boxes(shown, labels, submitted, sub_labels) == EditCounts(accepted=2, moved=1, relabelled=1, deleted=1, added=1)
+    assert compare_boxes([], [], submitted, sub_labels) == EditCounts(added=5)
+    assert compare_boxes(shown, labels, [], []) == EditCounts(deleted=5)
+    # a box moved too far is the shown one deleted and a new one drawn
+    assert compare_boxes([[0, 0, 10, 10]], ["bird"], [[6, 0, 16, 10]], ["bird"]) == EditCounts(deleted=1, added=1)
+    total = EditCounts(accepted=2, deleted=1) + EditCounts(accepted=1, added=3)
+    assert total == EditCounts(accepted=3, deleted=1, added=3) and total.shown == 4 and total.submitted == 6
+    with pytest.raises(ValueError, match="matching lengths"):
+        compare_boxes(shown, labels[:2], [], [])
+
+
+def test_ls_results_are_compared_in_percent_whatever_sizes_they_carry():
+    shown = [rectangle_result([10, 10, 30, 30], "bird", (128, 128), "label", "image")]
+    same_in_other_pixels = [rectangle_result([20, 20, 60, 60], "bird", (256, 256), "label", "image")]
+    choice = {"type": "choices", "value": {"choices": ["blurry"]}}
+    assert compare_results(shown, same_in_other_pixels + [choice]) == EditCounts(accepted=1)
+    assert compare_results([], []) == EditCounts()
