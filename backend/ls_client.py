@@ -109,16 +109,25 @@ class LabelStudioClient:
                     updated += 1
         return updated
 
-    def annotated_tasks(self, project_id: int) -> Iterator[tuple[TaskRef, list[dict]]]:
-        """Tasks with at least one submitted (not skipped) annotation, with the latest one's result.
+    def annotated_tasks(self, project_id: int) -> Iterator[tuple[TaskRef, list[list[dict]]]]:
+        """Tasks with at least one submitted (not skipped) annotation, with each annotator's latest result.
 
-        Only annotated tasks are listed (LS filters them), page by page.
+        Only annotated tasks are listed (LS filters them), page by page. One
+        result per annotator (`completed_by`): several when the project asks
+        for more than one annotation per task.
         """
         for task in self._tasks(project_id, fields="all", only_annotated=True):
-            kept = [a for a in (task.annotations or []) if not a.get("was_cancelled")]
-            if kept:
-                latest = max(kept, key=lambda a: (a.get("updated_at") or "", a.get("id") or 0))
-                yield TaskRef(task.id, dict(task.data or {})), list(latest.get("result") or [])
+            latest: dict = {}
+            for annotation in task.annotations or []:
+                if annotation.get("was_cancelled"):
+                    continue
+                who = annotation.get("completed_by")
+                who = who.get("id") if isinstance(who, dict) else who
+                key = (annotation.get("updated_at") or "", annotation.get("id") or 0)
+                if who not in latest or key > latest[who][0]:
+                    latest[who] = (key, list(annotation.get("result") or []))
+            if latest:
+                yield TaskRef(task.id, dict(task.data or {})), [result for _, result in sorted(latest.values(), key=lambda v: v[0])]
 
     def _tasks(self, project_id: int, **params) -> Iterator:
         """A project's tasks, page by page, stopping at LS's `total`.

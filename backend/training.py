@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from .boxes import clip_boxes
+from .consensus import consensus
 from .errors import AleError
 from .evaluation import evaluate
 from .ls_format import parse_label_config, rectangle_to_xyxy, task_image_url
@@ -36,6 +37,8 @@ MIN_TRAIN_TASKS = 2
 EVAL_SCORE_FLOOR = 0.001
 #: The split of whole validation images (tiled at evaluation as at serving); `val` may hold tiles.
 VAL_FULL = "val_full"
+#: Tasks a training reports by their number of annotator disagreements, at most.
+MOST_DISAGREEMENT = 10
 
 
 class TrainingError(AleError):
@@ -91,6 +94,7 @@ def train_project(project: int, *, runtime: Runtime | None = None, progress=None
                 raise TrainingError(f"project {project} has {exc}") from None
             counts["skipped_images"] = skipped["skipped_images"]
             counts["skipped_boxes"] += skipped["skipped_boxes"]
+            counts.update({k: v for k, v in skipped.items() if k in ("consensus_tasks", "disagreements", "most_disagreement")})
             trained = train_version(settings, store, dataset, classes, work, progress=progress, counts=counts, aliases=config.aliases)
         finally:
             shutil.rmtree(work, ignore_errors=True)
@@ -247,8 +251,9 @@ def _annotated_samples(rt: Runtime, project: int, config, classes: list[str]) ->
     cache.mkdir(parents=True, exist_ok=True)
     fetcher = MediaFetcher(rt.settings, rt.ls)
     skipped = {"skipped_images": 0, "skipped_boxes": 0}
+    disagreements: dict[int, int] = {}
     samples = []
-    for task, result in rt.ls.annotated_tasks(project):
+    for task, results in rt.ls.annotated_tasks(project):
         cached = cache / f"{task.id}.png"
         try:
             if not cached.exists():
@@ -261,22 +266,39 @@ def _annotated_samples(rt: Runtime, project: int, config, classes: list[str]) ->
             log.warning("project %s task %s: image skipped for training: %s", project, task.id, exc)
             skipped["skipped_images"] += 1
             continue
-        boxes, labels = [], []
-        for region in result:
-            if region.get("type") != "rectanglelabels" or region.get("from_name") != config.from_name:
-                continue
-            try:
-                box, label = rectangle_to_xyxy(region, size)
-            except AleError:
-                skipped["skipped_boxes"] += 1
-                continue
-            if label not in classes:
-                skipped["skipped_boxes"] += 1
-                continue
-            boxes.append(box)
-            labels.append(classes.index(label))
+        annotations = [_result_boxes(result, config, classes, size, skipped) for result in results]
+        if len(annotations) == 1:
+            boxes, labels = annotations[0]
+        else:  # several annotators: what a majority of them drew (consensus.py)
+            agreed = consensus(annotations)
+            boxes, labels = agreed.xyxy, agreed.labels
+            disagreements[task.id] = agreed.disagreements
         samples.append(TrainingSample(task.id, cached, np.asarray(boxes, dtype=np.float64).reshape(-1, 4), np.asarray(labels, dtype=np.int64)))
+    if disagreements:
+        skipped["consensus_tasks"] = len(disagreements)
+        skipped["disagreements"] = sum(disagreements.values())
+        worst = sorted(disagreements.items(), key=lambda item: (-item[1], item[0]))[:MOST_DISAGREEMENT]
+        skipped["most_disagreement"] = [{"task": t, "disagreements": n} for t, n in worst if n]
     return samples, skipped
+
+
+def _result_boxes(result: list[dict], config, classes: list[str], size, skipped: dict) -> tuple[np.ndarray, np.ndarray]:
+    """One annotation's rectangles -> ((k, 4) pixel boxes, (k,) class indices); others are counted as skipped."""
+    boxes, labels = [], []
+    for region in result:
+        if region.get("type") != "rectanglelabels" or region.get("from_name") != config.from_name:
+            continue
+        try:
+            box, label = rectangle_to_xyxy(region, size)
+        except AleError:
+            skipped["skipped_boxes"] += 1
+            continue
+        if label not in classes:
+            skipped["skipped_boxes"] += 1
+            continue
+        boxes.append(box)
+        labels.append(classes.index(label))
+    return np.asarray(boxes, dtype=np.float64).reshape(-1, 4), np.asarray(labels, dtype=np.int64)
 
 
 def write_training_set(work: Path, samples: list[TrainingSample], classes: list[str], tiling: TrainingTiles | None = None) -> tuple[Path, dict]:
