@@ -1,6 +1,6 @@
 """The Flask app: Label Studio's ML-backend protocol.
 
-Routes: GET /health, POST /setup, POST /predict, POST /webhook, GET /versions,
+Routes: GET /health, POST /setup, POST /predict, POST /webhook, GET /versions, GET /ui (admin page),
 GET /metrics. `create_app(settings)` builds it; nothing happens at import.
 """
 
@@ -287,6 +287,10 @@ def create_app(
             sync, queued_now = request_sync(jobs(), runtime, project)
             return jsonify(status="queued", action=action, jobs=[predict, sync], sync="queued" if queued_now else "coalesced")
         return jsonify(status="ignored", action=action)
+
+    from .admin import admin_blueprint
+
+    app.register_blueprint(admin_blueprint(settings, runtime, jobs))
 
     @app.get("/jobs/<job_id>")
     def job_status(job_id: str):

@@ -399,32 +399,11 @@ def _rank(settings: Settings, args) -> int:
 
 
 def _jobs(settings: Settings, args) -> int:
-    from rq import Queue
-    from rq.job import Job
+    from .jobqueue import recent_jobs
 
-    from .jobqueue import QUEUES, queue_name
-    from .jobs import describe_progress
-
-    redis = _need_redis(settings)
     print(f"{'queue':<14} {'status':<9} {'job':<36} {'function':<40} progress / error")
-    for kind in QUEUES:
-        name = queue_name(settings.adapter, kind)
-        queue = Queue(name, connection=redis)
-        registries = (
-            ("queued", queue.get_job_ids()),
-            ("started", queue.started_job_registry.get_job_ids()),
-            ("finished", queue.finished_job_registry.get_job_ids()),
-            ("failed", queue.failed_job_registry.get_job_ids()),
-        )
-        for status, ids in registries:
-            for job in Job.fetch_many(ids[-args.limit :], connection=redis):
-                if job is None:
-                    continue
-                detail = describe_progress(job.meta)
-                if status == "failed":
-                    latest = job.latest_result()
-                    detail = (latest.exc_string or "").strip().splitlines()[-1] if latest and latest.exc_string else "failed"
-                print(f"{name:<14} {status:<9} {job.id:<36} {job.func_name:<40} {detail}")
+    for job in recent_jobs(_need_redis(settings), settings.adapter, args.limit):
+        print(f"{job['queue']:<14} {job['status']:<9} {job['id']:<36} {job['function']:<40} {job['detail']}")
     return 0
 
 

@@ -181,6 +181,38 @@ def recover_abandoned(redis, queue_names) -> list[str]:
     return found
 
 
+def recent_jobs(redis, adapter: str, limit: int) -> list[dict]:
+    """The adapter's queued, running, finished and failed jobs (the last `limit` of each), with progress or error.
+
+    -> [{"queue", "status", "id", "function", "detail"}], queue by queue.
+    """
+    from rq import Queue
+    from rq.job import Job
+
+    from .progress import describe_progress
+
+    rows = []
+    for kind in QUEUES:
+        name = queue_name(adapter, kind)
+        queue = Queue(name, connection=redis)
+        registries = (
+            ("queued", queue.get_job_ids()),
+            ("started", queue.started_job_registry.get_job_ids()),
+            ("finished", queue.finished_job_registry.get_job_ids()),
+            ("failed", queue.failed_job_registry.get_job_ids()),
+        )
+        for status, ids in registries:
+            for job in Job.fetch_many(ids[-limit:], connection=redis):
+                if job is None:
+                    continue
+                detail = describe_progress(job.meta)
+                if status == "failed":
+                    latest = job.latest_result()
+                    detail = (latest.exc_string or "").strip().splitlines()[-1] if latest and latest.exc_string else "failed"
+                rows.append({"queue": name, "status": status, "id": job.id, "function": job.func_name, "detail": detail})
+    return rows
+
+
 class EmbeddedJobQueue:
     """One daemon thread running jobs in order; enough for a small project without Redis.
 

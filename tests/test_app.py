@@ -200,3 +200,16 @@ def test_serving_beyond_loopback_without_auth_is_warned_about(host, auth, warned
     assert (warning is not None) is warned
     if warned:
         assert host in warning and "BASIC_AUTH_USER" in warning
+
+
+def test_the_admin_page_lists_projects_and_says_what_a_new_project_lacks(adapter, tmp_path):
+    (tmp_path / "7").mkdir()
+    client = make_client(adapter, model_dir=tmp_path, sync_projects=(3,))
+    index = client.get("/ui").get_data(as_text=True)
+    assert 'href="/ui/projects/3"' in index and 'href="/ui/projects/7"' in index
+    page = client.get("/ui/projects/7")
+    text = page.get_data(as_text=True)
+    assert page.status_code == 200 and "No trained version yet" in text and "No queue served yet" in text
+    assert "Jobs run inside this server" in text and "<td class=\"l\">POLICY</td><td class=\"l\">ale-entropy-sum</td>" in text
+    guarded = make_client(adapter, model_dir=tmp_path, basic_auth_user="u", basic_auth_password="p")
+    assert guarded.get("/ui").status_code == 401

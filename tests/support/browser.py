@@ -18,8 +18,8 @@ def chromium_path() -> str:
 
 
 @contextmanager
-def browser_page(width: int = 1400, height: int = 900):
-    """A fresh page of a headless Chromium, closed afterwards."""
+def browser_page(width: int = 1400, height: int = 900, http_credentials: dict | None = None):
+    """A fresh page of a headless Chromium (signing in with `http_credentials` where basic auth asks), closed afterwards."""
     from playwright.sync_api import sync_playwright
 
     # Chromium's sandbox refuses to run as root, as tests do in containers.
@@ -27,7 +27,7 @@ def browser_page(width: int = 1400, height: int = 900):
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium_path(), args=args)
         try:
-            yield browser.new_page(viewport={"width": width, "height": height})
+            yield browser.new_page(viewport={"width": width, "height": height}, http_credentials=http_credentials)
         finally:
             browser.close()
 

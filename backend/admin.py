@@ -1,0 +1,213 @@
+"""The admin page: what the loop is doing, for people rather than scripts (GET /ui, /ui/projects/<id>).
+
+Server-rendered HTML, no build step and no script: per project, the model
+versions with their COCO / VOC metrics and an SVG plot of them, the jobs,
+the head of the served queue as thumbnails with their boxes drawn, what the
+pre-annotations saved, the tasks annotators disagreed on most, and the
+settings in force. Behind the same basic auth as every other route.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from flask import Blueprint, Response, abort, render_template_string
+
+from .ls_format import match_labels, parse_label_config, task_image_url
+from .serving import ServingFilters, raw_output_key, shown_classes, shown_detections
+
+#: Tasks of the served queue's head shown as thumbnails.
+QUEUE_HEAD = 12
+THUMBNAIL_SIDE = 160
+#: Jobs listed per queue and status.
+RECENT_JOBS = 10
+#: Settings shown (none secret).
+SHOWN_SETTINGS = (
+    "adapter", "policy", "policy_seed", "score_threshold", "nms_metric", "nms_threshold", "max_tags_per_pixel", "max_detections",
+    "sync_batch_size", "exploration_fraction", "empty_quota", "class_balance", "duplicate_distance", "diversity_pool",
+    "novelty_weight", "cost_per_image", "ls_clusters", "tile_size", "tile_overlap", "tile_above", "promotion", "sync_interval",
+)  # fmt: skip
+
+
+def admin_blueprint(settings, runtime, jobs) -> Blueprint:
+    """The /ui routes, reading `runtime`'s stores and LS client; `jobs()` is the app's job queue."""
+    page = Blueprint("admin", __name__)
+
+    @page.get("/ui")
+    def index():
+        return render_template_string(INDEX, projects=known_projects(settings, runtime), style=STYLE)
+
+    @page.get("/ui/projects/<int:project>")
+    def project_page(project: int):
+        from .model_store import ModelStore
+        from .savings import savings_by_model
+
+        store = ModelStore(settings.model_dir, project)
+        versions, served = store.versions(), store.current()
+        latest = versions[-1].manifest if versions else {}
+        return render_template_string(
+            PROJECT,
+            project=project,
+            versions=versions,
+            served=served.name if served else None,
+            plot=metrics_svg(versions),
+            jobs=job_rows(settings, runtime),
+            head=queue_head(runtime, project, shown_mask(runtime, project)),
+            savings=savings_by_model(runtime.store, project),
+            disagreements=latest.get("most_disagreement", []),
+            settings=[(name, getattr(settings, name)) for name in SHOWN_SETTINGS],
+            style=STYLE,
+        )
+
+    @page.get("/ui/projects/<int:project>/tasks/<int:task>/thumbnail.jpg")
+    def thumbnail(project: int, task: int):
+        return Response(task_thumbnail(runtime, project, task), mimetype="image/jpeg", headers={"Cache-Control": "max-age=300"})
+
+    return page
+
+
+def known_projects(settings, runtime) -> list[int]:
+    """Projects with a model store folder, in SYNC_PROJECTS, or connected (/setup) to this adapter's backends."""
+    from pathlib import Path
+
+    from .jobs import projects_key
+
+    found = set(settings.sync_projects)
+    root = Path(settings.model_dir)
+    if root.is_dir():
+        found |= {int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit()}
+    if runtime.redis is not None:
+        found |= {int(p) for p in runtime.redis.smembers(projects_key(settings.adapter))}
+    return sorted(found)
+
+
+def job_rows(settings, runtime) -> list[dict] | None:
+    """Recent jobs of the rq queues; None in embedded mode (jobs run in this process, GET /jobs/<id>)."""
+    if runtime.redis is None:
+        return None
+    from .jobqueue import recent_jobs
+
+    return recent_jobs(runtime.redis, settings.adapter, RECENT_JOBS)
+
+
+def shown_mask(runtime, project: int) -> np.ndarray | None:
+    """(C,) the model classes the project's label config has a label for; None when LS cannot say (all are counted)."""
+    try:
+        config = parse_label_config(runtime.ls.project(project).label_config)
+        return shown_classes(match_labels(runtime.adapter_for(project).classes, config))
+    except Exception:  # the page still shows what the store knows
+        return None
+
+
+def queue_head(runtime, project: int, shown: np.ndarray | None = None, limit: int = QUEUE_HEAD) -> list[dict]:
+    """The first `limit` tasks of the served queue: rank, task, usefulness, LS score, boxes an annotator sees."""
+    queue = runtime.store.served_queue(project)
+    if queue is None:
+        return []
+    served = runtime.store.served_tasks(project, limit)
+    stored = runtime.store.get_many(project, queue.raw_key, served.task_ids.tolist())
+    filters = ServingFilters.from_settings(runtime.settings)
+    rows = []
+    for rank, (task, usefulness, score) in enumerate(zip(served.task_ids.tolist(), served.usefulness.tolist(), served.scores.tolist()), 1):
+        item = stored.get(task)
+        ok = item is not None and item.detections is not None
+        mask = np.ones(item.detections.num_classes, bool) if ok and shown is None else shown
+        boxes = len(shown_detections(item.detections, mask, filters)) if ok else None
+        rows.append({"rank": rank, "task": task, "usefulness": usefulness if np.isfinite(usefulness) else None, "score": score, "boxes": boxes})
+    return rows
+
+
+def task_thumbnail(runtime, project: int, task: int) -> bytes:
+    """The task's image, THUMBNAIL_SIDE px, with the boxes an annotator is shown drawn on it."""
+    from PIL import ImageDraw
+
+    from .media import MediaFetcher
+
+    config = parse_label_config(runtime.ls.project(project).label_config)
+    data = runtime.ls.sdk.tasks.get(id=str(task)).data or {}
+    try:
+        image = MediaFetcher(runtime.settings, runtime.ls).fetch(task_image_url({"id": task, "data": data}, config), task, project)
+    except Exception:  # a thumbnail that cannot be had is a 404, not a broken page
+        abort(404)
+    queue = runtime.store.served_queue(project)
+    adapter = runtime.adapter_for(project)
+    item = runtime.store.get_many(project, queue.raw_key if queue else raw_output_key(adapter.version, runtime.settings), [task]).get(task)
+    scale = THUMBNAIL_SIDE / max(image.size)
+    thumb = image.convert("RGB").resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))))
+    if item is not None and item.detections is not None:
+        shown = shown_detections(item.detections, shown_classes(match_labels(adapter.classes, config)), ServingFilters.from_settings(runtime.settings))
+        draw = ImageDraw.Draw(thumb)
+        for box in shown.xyxy * scale:
+            draw.rectangle([float(v) for v in box], outline=(255, 215, 0), width=2)
+    out = io.BytesIO()
+    thumb.save(out, format="JPEG", quality=85)
+    return out.getvalue()
+
+
+def metrics_svg(versions, width: int = 520, height: int = 200) -> str:
+    """An inline SVG line plot of mAP50 and COCO mAP per version ("" with fewer than one version)."""
+    if not versions:
+        return ""
+    pad, n = 30, len(versions)
+    step = (width - 2 * pad) / max(n - 1, 1)
+
+    def points(key: str) -> str:
+        return " ".join(f"{pad + i * step:.1f},{height - pad - v.metrics.get(key, 0.0) * (height - 2 * pad):.1f}" for i, v in enumerate(versions))
+
+    lines = [
+        f'<svg class="plot" viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" aria-label="mAP per version">',
+        f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" stroke="#999"/>',
+        f'<text x="4" y="{pad + 4}" font-size="10">1.0</text><text x="4" y="{height - pad}" font-size="10">0</text>',
+        f'<polyline fill="none" stroke="#2a6fdb" stroke-width="2" points="{points("map50")}"/>',
+        f'<polyline fill="none" stroke="#d9822b" stroke-width="2" points="{points("map")}"/>',
+    ]
+    for i, v in enumerate(versions):
+        lines.append(f'<text x="{pad + i * step:.1f}" y="{height - 10}" font-size="10" text-anchor="middle">{v.name}</text>')
+    lines.append(f'<text x="{width - pad}" y="14" font-size="11" text-anchor="end"><tspan fill="#2a6fdb">mAP50</tspan> <tspan fill="#d9822b">COCO mAP</tspan></text>')
+    return "\n".join(lines + ["</svg>"])
+
+
+STYLE = """body{font:14px system-ui,sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse;margin:.5em 0 1.5em}
+td,th{border-bottom:1px solid #ddd;padding:3px 10px;text-align:right}th{background:#f4f4f4}td.l,th.l{text-align:left}
+.head{display:flex;flex-wrap:wrap;gap:10px}.head figure{margin:0;width:170px;font-size:12px}.head img{display:block;border:1px solid #ccc}"""
+
+INDEX = """<!doctype html><html><head><meta charset="utf-8"><title>label-studio-ale</title><style>{{ style }}</style></head><body>
+<h1>label-studio-ale</h1>
+{% if projects %}<ul>{% for p in projects %}<li><a href="/ui/projects/{{ p }}">project {{ p }}</a></li>{% endfor %}</ul>
+{% else %}<p>No project yet: connect one in Label Studio (Settings → Model).</p>{% endif %}
+</body></html>"""
+
+PROJECT = """<!doctype html><html><head><meta charset="utf-8"><title>project {{ project }} · label-studio-ale</title>
+<style>{{ style }}</style></head><body>
+<p><a href="/ui">all projects</a></p><h1>Project {{ project }}</h1>
+<h2>Model versions</h2>
+{% if versions %}
+<table id="versions"><tr><th class="l">version</th><th>served</th><th>COCO mAP</th><th>mAP50</th><th>VOC07 AP50</th><th>VOC12 AP50</th><th>train</th><th>val</th><th class="l">promotion</th></tr>
+{% for v in versions %}<tr data-version="{{ v.name }}"><td class="l">{{ v.name }}</td><td>{{ "★" if v.name == served else "" }}</td>
+<td class="map">{{ "%.3f"|format(v.metrics.get("map", 0)) }}</td><td class="map50">{{ "%.3f"|format(v.metrics.get("map50", 0)) }}</td>
+<td>{{ "%.3f"|format(v.metrics.get("voc07_map50", 0)) }}</td><td>{{ "%.3f"|format(v.metrics.get("voc12_map50", 0)) }}</td>
+<td>{{ v.manifest.get("train_images", "") }}</td><td>{{ v.manifest.get("val_images", "") }}</td>
+<td class="l">{{ (v.manifest.get("promotion") or {}).get("reason", "") }}</td></tr>{% endfor %}</table>
+{{ plot|safe }}
+{% else %}<p>No trained version yet: press Start Training in Label Studio.</p>{% endif %}
+<h2>Next in the queue</h2>
+{% if head %}<div class="head" id="queue">{% for row in head %}<figure data-task="{{ row.task }}">
+<img src="/ui/projects/{{ project }}/tasks/{{ row.task }}/thumbnail.jpg" alt="task {{ row.task }}" loading="lazy">
+<figcaption>#{{ row.rank }} task <b class="task">{{ row.task }}</b><br>usefulness <span class="usefulness">{{ "%.4f"|format(row.usefulness) if row.usefulness is not none else "unusable" }}</span>
+· score {{ "%.4f"|format(row.score) }} · <span class="boxes">{{ row.boxes if row.boxes is not none else "-" }}</span> boxes</figcaption></figure>{% endfor %}</div>
+{% else %}<p>No queue served yet: the next sync writes one.</p>{% endif %}
+<h2>Jobs</h2>
+{% if jobs is none %}<p>Jobs run inside this server (no REDIS_URL); GET /jobs/&lt;id&gt; reports one.</p>
+{% elif jobs %}<table id="jobs"><tr><th class="l">queue</th><th class="l">status</th><th class="l">function</th><th class="l">progress / error</th><th class="l">job</th></tr>
+{% for j in jobs %}<tr><td class="l">{{ j.queue }}</td><td class="l">{{ j.status }}</td><td class="l">{{ j.function.rsplit(".", 1)[-1] }}</td><td class="l">{{ j.detail }}</td><td class="l">{{ j.id }}</td></tr>{% endfor %}</table>
+{% else %}<p>No recent job.</p>{% endif %}
+<h2>What the pre-annotations saved</h2>
+{% if savings %}<table id="savings"><tr><th class="l">pre-annotations of</th><th>annotations</th><th>accepted</th><th>moved</th><th>relabelled</th><th>deleted</th><th>added</th><th>kept</th><th>mean lead time (s)</th></tr>
+{% for s in savings %}<tr><td class="l">{{ s.model }}</td><td>{{ s.annotations }}</td><td>{{ s.counts.accepted }}</td><td>{{ s.counts.moved }}</td><td>{{ s.counts.relabelled }}</td>
+<td>{{ s.counts.deleted }}</td><td>{{ s.counts.added }}</td><td>{{ "%.0f%%"|format(100 * s.accepted_share) }}</td><td>{{ s.mean_lead_time if s.mean_lead_time is not none else "-" }}</td></tr>{% endfor %}</table>
+{% else %}<p>No annotation recorded against a shown prediction yet.</p>{% endif %}
+{% if disagreements %}<h2>Most disagreement between annotators (last training)</h2><table id="disagreements"><tr><th class="l">task</th><th>disagreements</th></tr>
+{% for d in disagreements %}<tr><td class="l">{{ d.task }}</td><td>{{ d.disagreements }}</td></tr>{% endfor %}</table>{% endif %}
+<h2>Settings in force</h2><table id="settings">{% for name, value in settings %}<tr><td class="l">{{ name.upper() }}</td><td class="l">{{ value }}</td></tr>{% endfor %}</table>
+</body></html>"""
