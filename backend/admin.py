@@ -30,8 +30,8 @@ SHOWN_SETTINGS = (
 )  # fmt: skip
 
 
-def admin_blueprint(settings, runtime, jobs) -> Blueprint:
-    """The /ui routes, reading `runtime`'s stores and LS client; `jobs()` is the app's job queue."""
+def admin_blueprint(settings, runtime) -> Blueprint:
+    """The /ui routes, reading `runtime`'s stores, Redis and LS client."""
     page = Blueprint("admin", __name__)
 
     @page.get("/ui")

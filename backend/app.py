@@ -290,7 +290,7 @@ def create_app(
 
     from .admin import admin_blueprint
 
-    app.register_blueprint(admin_blueprint(settings, runtime, jobs))
+    app.register_blueprint(admin_blueprint(settings, runtime))
 
     @app.get("/jobs/<job_id>")
     def job_status(job_id: str):
