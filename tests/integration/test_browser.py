@@ -14,7 +14,7 @@ from label_studio_ale.jobqueue import RedisJobQueue
 from tests.integration.test_incremental_sync import run_sync
 from tests.support.backend import backend_env, run_worker
 from tests.support.browser import browser_page, sign_in_to_label_studio
-from tests.support.label_studio import PASSWORD, USERNAME
+from tests.support.label_studio import PASSWORD, USERNAME, create_personal_access_token
 from tests.support.projects import create_project
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -23,8 +23,20 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 REGION = ".lsf-outliner-item"
 REGION_LABEL = ".lsf-labels-list .lsf-labels-list"
 TASK_ID = ".lsf-current-task__task-id"
+SECOND_EMAIL, SECOND_PASSWORD = "browser-annotator@example.com", "browser-annotator-pw-1"
 #: A folder to copy the run's screenshot into.
 KEEP_SCREENSHOTS = "ALE_KEEP_SCREENSHOTS"
+
+
+def label_all_tasks(page, url: str, project: int) -> tuple[int, list[str]]:
+    """Press "Label All Tasks" -> (the task opened, the labels of the regions drawn, sorted)."""
+    page.goto(f"{url}/projects/{project}/data")
+    page.get_by_text("Label All Tasks").first.click()
+    page.wait_for_selector(TASK_ID, timeout=60_000)
+    page.wait_for_load_state("networkidle")
+    opened = int(page.locator(TASK_ID).inner_text().split()[0])
+    regions = page.locator(REGION)
+    return opened, sorted(regions.nth(i).locator(REGION_LABEL).inner_text().strip() for i in range(regions.count()))
 
 
 def labels_of(result) -> list[str]:
@@ -44,17 +56,21 @@ def test_label_all_tasks_opens_the_top_of_the_ranking_with_its_boxes_drawn(ls_sd
 
     with browser_page() as page:
         sign_in_to_label_studio(page, label_studio.url, USERNAME, PASSWORD)
-        page.goto(f"{label_studio.url}/projects/{project}/data")
-        page.get_by_text("Label All Tasks").first.click()
-        page.wait_for_selector(REGION, timeout=60_000)
-        opened = int(page.locator(TASK_ID).inner_text().split()[0])
-        regions = page.locator(REGION)
-        drawn = sorted(regions.nth(i).locator(REGION_LABEL).inner_text().strip() for i in range(regions.count()))
+        opened, drawn = label_all_tasks(page, label_studio.url, project)
         screenshot = tmp_path / "label-all-tasks.png"
         page.screenshot(path=str(screenshot))
+        assert opened == top, f"Label Studio opened task {opened}; the backend ranked {top} first ({result['order'][:5]}...)"
+        assert drawn == labels_of(shown.result), "the regions drawn are the backend's pre-annotations"
 
-    assert opened == top, f"Label Studio opened task {opened}; the backend ranked {top} first ({result['order'][:5]}...)"
-    assert drawn == labels_of(shown.result), "the regions drawn are the backend's pre-annotations"
+
+    # The check reads what LS serves, not what the backend wrote: with LS serving in task order, another
+    # annotator (the first keeps their open task locked) is opened the first task by id, not the backend's top.
+    ls_sdk.projects.update(id=project, sampling="Sequential sampling")
+    assert top != min(result["order"]), "the backend's top should not be the first task by id here"
+    create_personal_access_token(label_studio.url, SECOND_EMAIL, SECOND_PASSWORD, signup=True)
+    with browser_page() as page:
+        sign_in_to_label_studio(page, label_studio.url, SECOND_EMAIL, SECOND_PASSWORD)
+        assert label_all_tasks(page, label_studio.url, project)[0] == min(result["order"])
     if os.environ.get(KEEP_SCREENSHOTS):  # how docs/ got its screenshot
         shutil.copy(screenshot, os.environ[KEEP_SCREENSHOTS])
 
