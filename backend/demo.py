@@ -64,8 +64,9 @@ def prepare_demo(ls, backend_url: str, *, images: int = DEFAULT_IMAGES, annotate
                  seed: int = DEFAULT_SEED, log=print, timeout: float = TRAIN_TIMEOUT) -> DemoProject:
     """Create the demo project in LS (a `LabelStudioClient`), train its first model through `backend_url`, rank its queue.
 
-    The first `annotated` images get their true boxes as annotations (the base
-    set); the rest is the pool the model ranks.
+    `annotated` images get their true boxes as annotations (the base set,
+    `base_set`: the first ones, with a validation image among them); the
+    rest is the pool the model ranks.
     """
     import requests
 
@@ -83,8 +84,9 @@ def prepare_demo(ls, backend_url: str, *, images: int = DEFAULT_IMAGES, annotate
         files.append((f"scene-{i:03d}.png", buffer.getvalue()))
     tasks = ls.upload_images(project, files)
     log(f"annotating the base set: {annotated} images")
-    for task_id, scene in zip(tasks[:annotated], scenes[:annotated]):
-        ls.annotate(task_id, _regions(scene))
+    base = base_set(tasks, annotated)
+    for task_id in base:
+        ls.annotate(task_id, _regions(scenes[tasks.index(task_id)]))
     log(f"connecting the backend at {backend_url}")
     ls.connect_backend(project, backend_url, "ALE")
     log("training the first model (Start Training)")
@@ -98,7 +100,23 @@ def prepare_demo(ls, backend_url: str, *, images: int = DEFAULT_IMAGES, annotate
         _wait_for_queue(ls, project, result["version"], timeout)
     elif sync != "synced":
         raise DemoError(f"the first model was trained but the queue was not ranked: {result.get('sync')}")
-    return DemoProject(project, tasks, tasks[:annotated], result["version"], result["metrics"], ls.next_task(project))
+    return DemoProject(project, tasks, base, result["version"], result["metrics"], ls.next_task(project))
+
+
+def base_set(tasks: list[int], annotated: int) -> list[int]:
+    """The first `annotated` tasks; the last swapped for the first validation-split task after them if none is one.
+
+    Start Training splits by task id and needs a validation image; which ids a
+    new project gets depends on every task the LS instance holds already.
+    """
+    from .training import is_validation
+
+    picked = list(tasks[:annotated])
+    if not any(is_validation(t) for t in picked):
+        spare = next((t for t in tasks[annotated:] if is_validation(t)), None)
+        if spare is not None:
+            picked[-1] = spare
+    return picked
 
 
 def run_demo(settings: Settings, workdir: Path, *, ls_port: int = DEFAULT_LS_PORT, backend_port: int = DEFAULT_BACKEND_PORT,

@@ -152,3 +152,16 @@ def test_a_pretrained_checkpoint_keeps_the_rows_its_classes_give_to_labels(train
     fresh = train_version(settings, ModelStore(settings.model_dir, 2), data_yaml, ["Kittiwake"], tmp_path / "fresh")
     assert "Kittiwake from bird" not in str(fresh.version.manifest["base"])
     assert trained.metrics["map50"] > fresh.metrics["map50"] + 0.1, (trained.metrics["map50"], fresh.metrics["map50"])
+
+
+def test_the_demo_base_set_always_holds_a_validation_image():
+    from label_studio_ale.demo import base_set
+    from label_studio_ale.training import is_validation
+
+    ids = list(range(1, 400))
+    train_only = next(start for start in ids if not any(is_validation(t) for t in range(start, start + 10)))
+    tasks = list(range(train_only, train_only + 16))
+    picked = base_set(tasks, 10)
+    assert len(picked) == 10 and picked[:9] == tasks[:9] and is_validation(picked[-1]) and picked[-1] in tasks[10:]
+    mixed = next(start for start in ids if any(is_validation(t) for t in range(start, start + 10)))
+    assert base_set(list(range(mixed, mixed + 16)), 10) == list(range(mixed, mixed + 10)), "already mixed: the first ones"

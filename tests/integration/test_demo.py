@@ -15,6 +15,7 @@ from label_studio_ale.label_studio_server import free_port, port_is_free, sign_i
 from label_studio_ale.ls_client import LabelStudioClient
 from label_studio_ale.runtime import Runtime
 from label_studio_ale.settings import Settings
+from label_studio_ale.training import is_validation
 from tests.support.backend import backend_env, run_backend
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -32,12 +33,13 @@ def test_the_demo_setup_leaves_a_trained_model_and_ls_serving_the_top_ranked_tas
         ranking = preview_ranking(demo.project, runtime=Runtime(Settings.from_env(env)))["rows"]
 
     assert ls_sdk.projects.get(id=demo.project).title == DEMO_TITLE
-    assert len(demo.tasks) == len(set(demo.tasks)) == 16 and demo.annotated == demo.tasks[:10]
+    assert len(demo.tasks) == len(set(demo.tasks)) == 16 and len(demo.annotated) == 10 and set(demo.annotated) < set(demo.tasks)
+    assert any(is_validation(t) for t in demo.annotated), "Start Training needs a validation image in the base set"
     assert {t.id for t in ls_sdk.tasks.list(project=demo.project) if t.total_annotations} == set(demo.annotated)
     assert demo.model_version == "v0001" and "map50" in demo.metrics
     # LS serves the queue the first model ranked: the next task is the top of that ranking
     assert ls_sdk.projects.get(id=demo.project).model_version.startswith(f"{SYNC_VERSION_PREFIX}v0001:")
-    assert [row["task"] for row in ranking] and set(row["task"] for row in ranking) == set(demo.tasks[10:])
+    assert [row["task"] for row in ranking] and set(row["task"] for row in ranking) == set(demo.tasks) - set(demo.annotated)
     assert demo.next_task == ranking[0]["task"] == ls.next_task(demo.project)
     # progress, step by step (epoch lines appear when a poll catches an epoch)
     steps = [line for line in lines if not line.strip().startswith("epoch")]
