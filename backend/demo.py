@@ -71,6 +71,7 @@ def prepare_demo(ls, backend_url: str, *, images: int = DEFAULT_IMAGES, annotate
     import requests
 
     from .synthetic import make_scene
+    from .training import is_validation
 
     if not 0 < annotated < images:
         raise DemoError(f"annotated must be between 1 and images - 1 ({images - 1}), got {annotated}")
@@ -83,6 +84,13 @@ def prepare_demo(ls, backend_url: str, *, images: int = DEFAULT_IMAGES, annotate
         scene.image.save(buffer, format="PNG")
         files.append((f"scene-{i:03d}.png", buffer.getvalue()))
     tasks = ls.upload_images(project, files)
+    while not any(is_validation(t) for t in tasks) and len(tasks) < images + MAX_EXTRA_IMAGES:
+        # Start Training needs a validation image, and the split follows the ids LS hands out: one more scene
+        scene = make_scene(seed + len(scenes), max_objects=4)
+        buffer = io.BytesIO()
+        scene.image.save(buffer, format="PNG")
+        scenes.append(scene)
+        tasks += ls.upload_images(project, [(f"scene-{len(scenes) - 1:03d}.png", buffer.getvalue())])
     log(f"annotating the base set: {annotated} images")
     base = base_set(tasks, annotated)
     for task_id in base:
@@ -101,6 +109,10 @@ def prepare_demo(ls, backend_url: str, *, images: int = DEFAULT_IMAGES, annotate
     elif sync != "synced":
         raise DemoError(f"the first model was trained but the queue was not ranked: {result.get('sync')}")
     return DemoProject(project, tasks, base, result["version"], result["metrics"], ls.next_task(project))
+
+
+#: Scenes added at most when none of the project's task ids falls in the validation split.
+MAX_EXTRA_IMAGES = 30
 
 
 def base_set(tasks: list[int], annotated: int) -> list[int]:
