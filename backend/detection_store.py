@@ -183,6 +183,16 @@ class DetectionStore(EditStoreMixin):
                     out[int(task_id)] = decode_embedding(blob)
         return out
 
+    def embedding_chunks(self, project: int, model_version: str, task_ids, chunk: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """`task_ids` read `chunk` at a time -> ((k,) positions in `task_ids` of those with an embedding, (k, D) their vectors)."""
+        task_ids = [int(t) for t in task_ids]
+        for start in range(0, len(task_ids), chunk):
+            part = task_ids[start : start + chunk]
+            found = self.embeddings(project, model_version, part)
+            rows = [i for i, t in enumerate(part) if t in found]
+            if rows:
+                yield start + np.asarray(rows, dtype=np.int64), np.stack([found[part[i]] for i in rows])
+
     def usable_ids(self, project: int, model_version: str) -> np.ndarray:
         """(n,) ids of the tasks the version has detections for (not an error), ascending."""
         with self._tx() as db:

@@ -91,7 +91,8 @@ def rank_pool(rt: Runtime, project: int, task_ids: Sequence[int], adapter: Adapt
     head of the order with the batch extras (off: usefulness order alone).
     """
     task_ids = np.asarray(task_ids, dtype=np.int64)
-    stored = rt.store.get_many(project, raw_output_key(adapter.version, rt.settings), task_ids.tolist())
+    key = raw_output_key(adapter.version, rt.settings)
+    stored = rt.store.get_many(project, key, task_ids.tolist())
     shown = shown_classes(match_labels(adapter.classes, config))
     filters = ServingFilters.from_settings(rt.settings)
     num_classes = len(adapter.classes)
@@ -110,12 +111,11 @@ def rank_pool(rt: Runtime, project: int, task_ids: Sequence[int], adapter: Adapt
         return {"policy": SPREAD_POLICY, "detections": detections, "usefulness": usefulness, "order": order, "usable": usable}
     check_policy_fits(adapter, rt.settings.policy)
     policy = settings_policy(rt.settings)
-    novelty = pool_novelty(rt, project, adapter, task_ids, labelled_embeddings(rt, project, config, adapter)) if needs_novelty(policy) else None
+    novelty = pool_novelty(rt.store, project, key, task_ids, labelled_embeddings(rt, project, config, adapter)) if needs_novelty(policy) else None
     usefulness = policy.usefulness(detections, novelty) if task_ids.size else np.zeros(0)
     # Images that could not be fetched or decoded have no usefulness: they go to the very end of the queue.
     usefulness = np.where(usable, usefulness, -np.inf)
     shaping = batch_extras(rt.settings, adapter.classes) if extras else BatchExtras(batch_size=max(1, task_ids.size))
-    key = raw_output_key(adapter.version, rt.settings)
 
     def embeddings(indices):
         # only the diversity candidates' are read: a pool's embeddings never sit in memory at once
@@ -130,28 +130,28 @@ def settings_policy(s: Settings):
     return get_policy(s.policy, s.policy_seed, s.cost_per_image, s.novelty_weight)
 
 
-def pool_novelty(rt: Runtime, project: int, adapter: Adapter, task_ids: np.ndarray, reference: np.ndarray) -> np.ndarray:
+def pool_novelty(store, project: int, key: str, task_ids: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """(m,) novelty of each task against the (r, D) labelled embeddings, from the store chunk by chunk; 1 without an embedding."""
     out = np.ones(task_ids.size)
     if reference.size == 0:
         return out
-    key, scale = raw_output_key(adapter.version, rt.settings), spacing(reference)
-    for start in range(0, task_ids.size, NOVELTY_CHUNK):
-        part = task_ids[start : start + NOVELTY_CHUNK]
-        found = rt.store.embeddings(project, key, part.tolist())
-        rows = [i for i, t in enumerate(part.tolist()) if t in found]
-        if rows:
-            vectors = np.stack([found[int(part[i])] for i in rows])
-            out[start + np.asarray(rows)] = embedding_novelty(vectors, reference, scale)
+    scale = spacing(reference)
+    for rows, vectors in store.embedding_chunks(project, key, task_ids.tolist(), NOVELTY_CHUNK):
+        out[rows] = embedding_novelty(vectors, reference, scale)
     return out
 
 
-def labelled_embeddings(rt: Runtime, project: int, config, adapter: Adapter) -> np.ndarray:
-    """(r, D) embeddings of the project's labelled images by the current model (predicted once per model version)."""
+def predicted_labelled_tasks(rt: Runtime, project: int, config, adapter: Adapter) -> list[TaskRef]:
+    """The project's labelled tasks, each with stored detections (and embedding) by `adapter`: predicted once per model version."""
     labelled = list(rt.ls.labelled_tasks(project))
-    key = raw_output_key(adapter.version, rt.settings)
     predict_missing(rt, project, config, labelled, lambda *args, **kwargs: None, adapter)
-    found = rt.store.embeddings(project, key, [t.id for t in labelled])
+    return labelled
+
+
+def labelled_embeddings(rt: Runtime, project: int, config, adapter: Adapter) -> np.ndarray:
+    """(r, D) embeddings of the project's labelled images by the current model."""
+    labelled = predicted_labelled_tasks(rt, project, config, adapter)
+    found = rt.store.embeddings(project, raw_output_key(adapter.version, rt.settings), [t.id for t in labelled])
     return np.stack(list(found.values())) if found else np.zeros((0, 0))
 
 

@@ -40,11 +40,8 @@ def cluster_ids(store, project: int, key: str, task_ids, centroids: np.ndarray) 
     """Task id -> index of the nearest centroid, for the tasks with a stored embedding; read chunk by chunk."""
     task_ids = [int(t) for t in task_ids]
     out: dict[int, int] = {}
-    for start in range(0, len(task_ids), ASSIGN_CHUNK):
-        found = store.embeddings(project, key, task_ids[start : start + ASSIGN_CHUNK])
-        if found:
-            ids = sorted(found)
-            out.update(zip(ids, assign(np.stack([found[t] for t in ids]), centroids).tolist()))
+    for rows, vectors in store.embedding_chunks(project, key, task_ids, ASSIGN_CHUNK):
+        out.update(zip((task_ids[i] for i in rows), assign(vectors, centroids).tolist()))
     return out
 
 
@@ -71,10 +68,9 @@ def cluster_pool(rt, project: int, adapter, task_ids: np.ndarray) -> Clustering 
 def labelled_predictions(rt, project: int, config, adapter, centroids: np.ndarray, version: str) -> Iterator[list[dict]]:
     """Chunks of one `version` prediction per labelled task with its cluster (score 1: LS never serves a labelled task)."""
     from .ls_format import detections_to_results, match_labels
-    from .pool import predict_missing
+    from .pool import predicted_labelled_tasks
 
-    tasks = list(rt.ls.labelled_tasks(project))
-    predict_missing(rt, project, config, tasks, lambda *args, **kwargs: None, adapter)
+    tasks = predicted_labelled_tasks(rt, project, config, adapter)
     key = raw_output_key(adapter.version, rt.settings)
     label_map = match_labels(adapter.classes, config)
     shown, filters = shown_classes(label_map), ServingFilters.from_settings(rt.settings)

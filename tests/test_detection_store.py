@@ -71,6 +71,9 @@ def test_image_embeddings_are_stored_and_read_only_where_asked_and_box_instabili
     got = store.embeddings(4, "v1", [10, 11, 12, 13, 99])
     assert sorted(got) == [10, 11] and got[11].dtype == np.float32 and got[11].shape == (448,)
     assert abs(float(got[10] @ got[11]) + 1) < 1e-3, "half precision keeps the cosine"
+    chunks = list(store.embedding_chunks(4, "v1", [12, 10, 13, 11, 99], chunk=2))
+    assert [rows.tolist() for rows, _ in chunks] == [[1], [3]], "positions in the list given, per chunk of 2; none in the last"
+    assert np.allclose(chunks[0][1], got[10][None]) and np.allclose(chunks[1][1], got[11][None])
 
 
 def test_reads_by_id_cross_the_query_batch(store):
