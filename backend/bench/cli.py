@@ -117,6 +117,11 @@ def add_parser(commands) -> None:
     ):
         al.add_argument(f"--{name}", type=int, help=f"{what} (default: the preset's)")
     al.add_argument("--base-model", help="weights every seed starts from (default: BASE_MODEL; built-in: a base model trained once and cached)")
+    al.add_argument(
+        "--jobs",
+        type=int,
+        help="runs trained at once, in worker processes (default: one per CPU core on the CPU, 1 on an accelerator)",
+    )
     al.add_argument("--promotion", choices=("always", "if-not-worse"), default="always", help="keep every cycle's model, or gate like the server")
     al.add_argument("--device", help="torch device (default: DEVICE)")
     al.add_argument("--out", default=DEFAULT_OUT, help=f"folder for results.json, table.md and learning_curve.png (default {DEFAULT_OUT})")
@@ -139,6 +144,7 @@ def run(settings: Settings, args, argv: list[str]) -> int:
 
 
 def _run_al(settings: Settings, args, argv: list[str]) -> int:
+    from .runs import check_jobs
     from .simulation import DEFAULT_POLICIES, BenchConfig, simulate
     from .sources import builtin_data, builtin_base_model, user_data
 
@@ -154,6 +160,7 @@ def _run_al(settings: Settings, args, argv: list[str]) -> int:
     device = args.device or settings.device
     started = time.monotonic()
     try:
+        jobs = check_jobs(args.jobs, device)  # before a base model is trained for nothing
         if args.data:
             data = user_data(args.data, args.format, images=args.images, eval_path=args.eval_data, eval_percent=args.eval_percent)
             new_class = args.new_class
@@ -188,11 +195,12 @@ def _run_al(settings: Settings, args, argv: list[str]) -> int:
     _log(
         f"{len(config.policies)} policies x {len(config.seeds)} seeds x {config.cycles} cycles: "
         f"{config.initial} initial + {config.budget} per cycle, "
-        f"{f'{config.epochs} epochs' if config.epochs else 'the recipe' + chr(39) + 's epochs'} each, base {config.base_model}"
+        f"{f'{config.epochs} epochs' if config.epochs else 'the recipe' + chr(39) + 's epochs'} each, base {config.base_model}; "
+        f"{jobs} run{'s' if jobs > 1 else ''} at once"
     )
     with tempfile.TemporaryDirectory(prefix="ale-bench-", dir=out) as work:
         try:
-            results = simulate(config, data, settings, work, log=_log, results_path=out / "results.json")
+            results = simulate(config, data, settings, work, log=_log, results_path=out / "results.json", jobs=jobs)
         except ValueError as exc:
             print(f"ale bench al: {exc}", file=sys.stderr)
             return 2

@@ -122,8 +122,25 @@ class BenchData:
 Log = Callable[[str], None]
 
 
-def simulate(config: BenchConfig, data: BenchData, settings: Settings, work: str | Path, *, log: Log = print, results_path: Path | None = None) -> dict:
-    """Run every (seed, policy) and return the results; written to `results_path` after each run if given."""
+def simulate(
+    config: BenchConfig,
+    data: BenchData,
+    settings: Settings,
+    work: str | Path,
+    *,
+    log: Log = print,
+    results_path: Path | None = None,
+    jobs: int | None = 1,
+) -> dict:
+    """Run every (seed, policy) and return the results; written to `results_path` after each run if given.
+
+    `jobs` > 1 runs that many (seed, policy) runs at once in worker processes
+    (`runs.RunPool`; None: one per CPU core), each with its share of the CPU
+    threads; `log` is then called in the workers too and must be a
+    module-level function.
+    """
+    from .runs import RunPool
+
     work = Path(work)
     new_index = _new_class_index(config, data)
     needed = config.labelled_after(config.cycles)
@@ -154,25 +171,50 @@ def simulate(config: BenchConfig, data: BenchData, settings: Settings, work: str
         },
         "runs": [],
     }
-    for seed in config.seeds:
-        rng = np.random.default_rng(seed)
-        initial = with_a_validation_image(sorted(int(i) for i in rng.choice(eligible, size=config.initial, replace=False)), eligible)
-        start = time.monotonic()
-        first = ModelStore(work / f"seed{seed}" / "initial", 0)
-        train_labelled(settings.replace(train_epochs=config.initial_epochs), first, data, initial, work / f"seed{seed}" / "work", seed)
-        first_metrics = evaluate_served(settings, first, data)
-        log(f"seed {seed}: initial model on {len(initial)} images: mAP50 {first_metrics['map50']:.3f} ({time.monotonic() - start:.0f} s)")
-        for policy_name in config.policies:
-            run_dir = work / f"seed{seed}" / policy_name
-            shutil.copytree(first.dir, run_dir / "models" / "0")
-            run = _run_policy(config, data, settings.replace(train_epochs=config.epochs), policy_name, seed, initial, hashes, run_dir, new_index, log)
-            run["cycles"].insert(0, _cycle_record(0, initial, first_metrics, data, new_index, 0.0))
-            results["runs"].append(run)
-            shutil.rmtree(run_dir, ignore_errors=True)  # versions are large; the metrics are kept
+    order = [(seed, policy) for seed in config.seeds for policy in config.policies]
+    done: dict[tuple[int, str], dict] = {}
+    with RunPool(jobs, config.device) as pool:
+        results["jobs"] = pool.jobs
+        firsts = {seed: pool.submit(initial_model, config, data, settings, seed, eligible, work / f"seed{seed}") for seed in config.seeds}
+        runs = {}
+        for seed in config.seeds:
+            initial, first_metrics, first_dir, seconds = firsts[seed].result()
+            log(f"seed {seed}: initial model on {len(initial)} images: mAP50 {first_metrics['map50']:.3f} ({seconds:.0f} s)")
+            for policy_name in config.policies:
+                runs[pool.submit(
+                    policy_run, config, data, settings.replace(train_epochs=config.epochs), policy_name, seed, initial,
+                    hashes, work / f"seed{seed}" / policy_name, new_index, first_dir, first_metrics, log,
+                )] = (seed, policy_name)  # fmt: skip
+        for future in pool.as_completed(runs):
+            done[runs[future]] = future.result()
+            # canonical order whatever finished first: a partial file reads like a complete one
+            results["runs"] = [done[key] for key in order if key in done]
             if results_path is not None:
                 _write_json(results_path, results)
-        shutil.rmtree(first.dir.parent, ignore_errors=True)
+    for seed in config.seeds:
+        shutil.rmtree(work / f"seed{seed}", ignore_errors=True)
     return results
+
+
+def initial_model(config: BenchConfig, data: BenchData, settings: Settings, seed: int, eligible: list[int], work: Path):
+    """Draw the seed's initial set and train its first model. -> (initial pool indices, metrics, model folder, seconds)."""
+    rng = np.random.default_rng(seed)
+    initial = with_a_validation_image(sorted(int(i) for i in rng.choice(eligible, size=config.initial, replace=False)), eligible)
+    start = time.monotonic()
+    first = ModelStore(work / "initial", 0)
+    train_labelled(settings.replace(train_epochs=config.initial_epochs), first, data, initial, work / "work", seed)
+    return initial, evaluate_served(settings, first, data), first.dir, time.monotonic() - start
+
+
+def policy_run(config, data, settings, policy_name, seed, initial, hashes, run_dir, new_index, first_dir, first_metrics, log) -> dict:
+    """One policy's cycles from the seed's first model (copied from `first_dir`); its versions are removed after."""
+    shutil.copytree(first_dir, run_dir / "models" / "0")
+    try:
+        run = _run_policy(config, data, settings, policy_name, seed, initial, hashes, run_dir, new_index, log)
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)  # versions are large; the metrics are kept
+    run["cycles"].insert(0, _cycle_record(0, initial, first_metrics, data, new_index, 0.0))
+    return run
 
 
 def _run_policy(config, data, settings, policy_name, seed, initial, hashes, run_dir, new_index, log) -> dict:

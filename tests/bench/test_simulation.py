@@ -84,10 +84,14 @@ def test_bench_al_runs_every_policy_and_seed_and_writes_table_and_plot(shapes_da
     code = main(
         ["bench", "al", "--data", str(shapes_dataset), "--new-class", "triangle", "--policies", "random,ale-entropy-sum",
          "--seeds", "0,1", "--initial", "6", "--budget", "4", "--cycles", "2", "--image-size", "64",
-         "--initial-epochs", "1", "--epochs", "1", "--batch", "4", "--base-model", "yolov5n.yaml", "--out", str(out)]
+         "--initial-epochs", "1", "--epochs", "1", "--batch", "4", "--base-model", "yolov5n.yaml", "--jobs", "2",
+         "--out", str(out)]
     )  # fmt: skip
     assert code == 0
     results = json.loads((out / "results.json").read_text())
+    assert results["jobs"] == 2
+    # runs finish in any order; the file lists them by seed, then policy
+    assert [(r["seed"], r["policy"]) for r in results["runs"]] == [(0, "random"), (0, "ale-entropy-sum"), (1, "random"), (1, "ale-entropy-sum")]
     assert results["dataset"]["classes"] == ["ellipse", "box", "triangle"]
     assert results["dataset"]["pool_images"] + results["dataset"]["evaluation_images"] == 40
     runs = {(r["policy"], r["seed"]): r for r in results["runs"]}
@@ -122,13 +126,31 @@ def test_bench_al_runs_the_embedding_and_localization_policies_like_the_others(s
     code = main(
         ["bench", "al", "--data", str(shapes_dataset), "--policies", ",".join(policies), "--seeds", "0", "--initial", "6",
          "--budget", "4", "--cycles", "1", "--image-size", "64", "--initial-epochs", "1", "--epochs", "1", "--batch", "4",
-         "--base-model", "yolov5n.yaml", "--out", str(out)]
+         "--base-model", "yolov5n.yaml", "--jobs", "1", "--out", str(out)]
     )  # fmt: skip
     assert code == 0
     runs = {r["policy"]: r for r in json.loads((out / "results.json").read_text())["runs"]}
     assert sorted(runs) == sorted(policies)
     for run in runs.values():
         assert [c["labelled_images"] for c in run["cycles"]] == [6, 10]
+
+
+@pytest.mark.slow
+def test_runs_at_once_label_what_runs_in_turn_label(shapes_dataset, tmp_path):
+    labelled = {}
+    for jobs in (1, 2):
+        out = tmp_path / f"jobs{jobs}"
+        code = main(
+            ["bench", "al", "--data", str(shapes_dataset), "--policies", "random", "--seeds", "0,1", "--initial", "6",
+             "--budget", "4", "--cycles", "1", "--image-size", "64", "--initial-epochs", "1", "--epochs", "1", "--batch", "4",
+             "--base-model", "yolov5n.yaml", "--jobs", str(jobs), "--out", str(out)]
+        )  # fmt: skip
+        assert code == 0
+        results = json.loads((out / "results.json").read_text())
+        assert results["jobs"] == jobs
+        labelled[jobs] = [[c["labelled_objects"] for c in run["cycles"]] for run in results["runs"]]
+    # the same initial sets and the same random picks, seed by seed
+    assert labelled[1] == labelled[2] and len(labelled[1]) == 2
 
 
 def test_bench_al_explains_a_pool_too_small_for_the_configuration(shapes_dataset, tmp_path, capsys):
@@ -164,6 +186,8 @@ def test_bench_al_explains_bad_seeds_and_policies(shapes_dataset, tmp_path, caps
     assert "--seeds must be comma-separated integers, e.g. 0,1,2; got '0,x'" in capsys.readouterr().err
     assert main(["bench", "al", "--data", str(shapes_dataset), "--policies", "random,best", "--out", str(tmp_path)]) == 2
     assert "POLICY='best' is unknown" in capsys.readouterr().err
+    assert main(["bench", "al", "--data", str(shapes_dataset), "--jobs", "0", "--out", str(tmp_path)]) == 2
+    assert "jobs must be a positive integer (runs at once), got 0" in capsys.readouterr().err
     assert main(["bench", "report", str(tmp_path / "missing.json")]) == 2
 
 
