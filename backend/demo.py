@@ -78,19 +78,11 @@ def prepare_demo(ls, backend_url: str, *, images: int = DEFAULT_IMAGES, annotate
     log(f"creating project '{DEMO_TITLE}' with {images} generated images")
     project = ls.create_project(DEMO_TITLE, DEMO_LABEL_CONFIG)
     scenes = [make_scene(seed + i, max_objects=4) for i in range(images)]
-    files = []
-    for i, scene in enumerate(scenes):
-        buffer = io.BytesIO()
-        scene.image.save(buffer, format="PNG")
-        files.append((f"scene-{i:03d}.png", buffer.getvalue()))
-    tasks = ls.upload_images(project, files)
+    tasks = ls.upload_images(project, [_png(i, scene) for i, scene in enumerate(scenes)])
     while not any(is_validation(t) for t in tasks) and len(tasks) < images + MAX_EXTRA_IMAGES:
         # Start Training needs a validation image, and the split follows the ids LS hands out: one more scene
-        scene = make_scene(seed + len(scenes), max_objects=4)
-        buffer = io.BytesIO()
-        scene.image.save(buffer, format="PNG")
-        scenes.append(scene)
-        tasks += ls.upload_images(project, [(f"scene-{len(scenes) - 1:03d}.png", buffer.getvalue())])
+        scenes.append(make_scene(seed + len(scenes), max_objects=4))
+        tasks += ls.upload_images(project, [_png(len(scenes) - 1, scenes[-1])])
     log(f"annotating the base set: {annotated} images")
     base = base_set(tasks, annotated)
     for task_id in base:
@@ -118,17 +110,18 @@ MAX_EXTRA_IMAGES = 30
 def base_set(tasks: list[int], annotated: int) -> list[int]:
     """The first `annotated` tasks; the last swapped for the first validation-split task after them if none is one.
 
-    Start Training splits by task id and needs a validation image; which ids a
-    new project gets depends on every task the LS instance holds already.
+    Which ids a new project gets depends on every task the LS instance holds already.
     """
-    from .training import is_validation
+    from .training import with_a_validation_task
 
-    picked = list(tasks[:annotated])
-    if not any(is_validation(t) for t in picked):
-        spare = next((t for t in tasks[annotated:] if is_validation(t)), None)
-        if spare is not None:
-            picked[-1] = spare
-    return picked
+    return with_a_validation_task(tasks[:annotated], tasks[annotated:])
+
+
+def _png(index: int, scene) -> tuple[str, bytes]:
+    """A scene as an upload: (file name, PNG bytes)."""
+    buffer = io.BytesIO()
+    scene.image.save(buffer, format="PNG")
+    return f"scene-{index:03d}.png", buffer.getvalue()
 
 
 def run_demo(settings: Settings, workdir: Path, *, ls_port: int = DEFAULT_LS_PORT, backend_port: int = DEFAULT_BACKEND_PORT,

@@ -292,17 +292,10 @@ def evaluate_served(settings: Settings, store, data: BenchData) -> dict:
 
 
 def with_a_validation_image(picked: list[int], candidates) -> list[int]:
-    """`picked` pool indices, the last swapped for the first validation-split candidate if none is one.
+    """`picked` pool indices (task id = pool index + 1) with a validation-split image among them, sorted (`with_a_validation_task`)."""
+    from ..training import with_a_validation_task
 
-    Start Training needs a validation image (the split is by task id, task id =
-    pool index + 1); a dozen images miss it one time in fourteen.
-    """
-    from ..training import is_validation
-
-    if any(is_validation(i + 1) for i in picked):
-        return picked
-    spare = next((int(i) for i in candidates if is_validation(int(i) + 1) and int(i) not in picked), None)
-    return picked if spare is None else sorted(picked[:-1] + [spare])
+    return sorted(t - 1 for t in with_a_validation_task([i + 1 for i in picked], (int(i) + 1 for i in candidates)))
 
 
 def model_identity(weights: str) -> str:
