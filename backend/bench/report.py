@@ -4,8 +4,10 @@ Gains are measured per seed against the random policy of the same seed (same
 initial set, same initial model), then averaged over seeds; they are given in
 percentage points of mAP50, as in the ALE paper's tables. The cost side: the
 images and boxes each policy's mean curve needs to reach random's final mean
-mAP50, against what random labelled for it, and the points each labelled
-image and each labelled box bought (initial model to last cycle).
+mAP50, against what random labelled for it, the points each labelled
+image and each labelled box bought (initial model to last cycle), and each
+policy's final mAP50 against random's at the same number of labelled boxes
+(what the same annotation money bought, for teams that pay per box).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ def summarise(results: dict, metric: str = METRIC) -> dict:
             )
         summary["policies"][name] = row
     _add_cost_to_reach_random(summary)
+    _add_gain_at_same_boxes(summary)
     return summary
 
 
@@ -93,6 +96,23 @@ def _add_cost_to_reach_random(summary: dict) -> None:
         row["to_reach_random"] = {"target": target, **reach}
 
 
+def _add_gain_at_same_boxes(summary: dict) -> None:
+    """Per policy: its final mean metric minus random's mean curve at the same labelled boxes, in points.
+
+    Random's curve (mean metric against mean boxes labelled) is interpolated
+    linearly; None for random itself and where the policy labelled more boxes
+    than random ever did (what random would reach there was not measured).
+    """
+    random = summary["policies"].get(BASELINE_POLICY)
+    if random is None:
+        return
+    boxes, values = random["objects_curve"], random["mean"]
+    for name, row in summary["policies"].items():
+        spent = row["objects_curve"][-1]
+        inside = name != BASELINE_POLICY and boxes[0] <= spent <= boxes[-1]
+        row["gain_same_boxes"] = float((row["mean"][-1] - np.interp(spent, boxes, values)) * 100) if inside else None
+
+
 def _sd(values: np.ndarray) -> np.ndarray:
     values = np.asarray(values, dtype=np.float64)
     return values.std(0, ddof=1) if values.shape[0] > 1 else np.zeros(values.shape[1:])
@@ -107,6 +127,9 @@ def markdown_table(summary: dict) -> str:
     labelled = summary["labelled"]
     has_new = any("new_class_ap50" in row for row in summary["policies"].values())
     header = ["policy"] + [f"{n} img" for n in labelled] + ["gain, last (pp)", "gain, mean (pp)", "boxes labelled", "pp / image", "pp / box"]
+    has_same_boxes = any(row.get("gain_same_boxes") is not None for row in summary["policies"].values())
+    if has_same_boxes:
+        header.append("gain at random's boxes (pp)")
     if has_new:
         header += ["new class AP50", "new-class boxes"]
     has_reach = any("to_reach_random" in row for row in summary["policies"].values())
@@ -127,6 +150,9 @@ def markdown_table(summary: dict) -> str:
             cells.append(("—" if not gain else f"{gain['mean']:+.1f} ± {gain['sd']:.1f}" if spread else f"{gain['mean']:+.1f}"))
         cells.append(f"{row['labelled_objects']:.0f}")
         cells += ["—" if row.get(k) is None else f"{row[k]:.2f}" for k in ("gain_per_image", "gain_per_box")]
+        if has_same_boxes:
+            # "—": random itself, or more boxes than random labelled
+            cells.append("—" if row.get("gain_same_boxes") is None else f"{row['gain_same_boxes']:+.1f}")
         if has_new:
             cells += [f"{row.get('new_class_ap50', 0):.3f}", f"{row.get('new_class_objects', 0):.1f}"]
         if has_reach:
@@ -146,20 +172,21 @@ def _reach_cell(reach: dict | None, baseline: bool = False) -> str:
 
 
 def plot(summary: dict, results: dict, path: str | Path) -> Path:
-    """Learning curves (mAP50 and, with a new class, its AP50) against labelled images, as a PNG."""
+    """Learning curves as a PNG: mAP50 and, with a new class, its AP50 against labelled images; mAP50 against labelled boxes."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     policies = summary["policies"]
-    panels = [("mAP50 (evaluation set)", METRIC)]
+    panels = [("mAP50 (evaluation set)", METRIC, "images")]
     new_class = results["dataset"].get("new_class")
     if new_class:
-        panels.append((f"AP50 of the new class '{new_class}'", "new_class_ap50"))
+        panels.append((f"AP50 of the new class '{new_class}'", "new_class_ap50", "images"))
+    panels.append(("mAP50 against the boxes it cost", METRIC, "boxes"))
     figure, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), squeeze=False)
     colours = plt.get_cmap("tab10").colors
-    for axis, (title, key) in zip(axes[0], panels):
+    for axis, (title, key, unit) in zip(axes[0], panels):
         for k, name in enumerate(policies):
             runs = [r for r in results["runs"] if r["policy"] == name]
             cycles = len(summary["labelled"])
@@ -169,8 +196,9 @@ def plot(summary: dict, results: dict, path: str | Path) -> Path:
                 "linewidth": 1.8 if name.startswith("ale-") else 1.2,
                 "linestyle": "-" if name.startswith("ale-") else ":",
             }
-            axis.plot(summary["labelled"], values.mean(0), marker="o", markersize=3, label=name, **style)
-        axis.set_xlabel("labelled images")
+            xs = summary["labelled"] if unit == "images" else policies[name]["objects_curve"]
+            axis.plot(xs, values.mean(0), marker="o", markersize=3, label=name, **style)
+        axis.set_xlabel(f"labelled {unit}" + (" (mean over seeds)" if unit == "boxes" else ""))
         axis.set_title(title)
         axis.grid(alpha=0.3)
     axes[0][0].set_ylabel(f"mean over {len(summary['seeds'])} seed(s)")

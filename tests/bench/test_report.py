@@ -5,10 +5,10 @@ import pytest
 from label_studio_ale.bench.report import markdown_table, plot, summarise
 
 
-def _run(policy, seed, map50s, new_ap=None):
+def _run(policy, seed, map50s, new_ap=None, old_per_cycle=3):
     cycles = []
     for c, value in enumerate(map50s):
-        record = {"cycle": c, "labelled_images": 10 + 5 * c, "map50": value, "labelled_objects": {"old": 3 * c, "new": c}}
+        record = {"cycle": c, "labelled_images": 10 + 5 * c, "map50": value, "labelled_objects": {"old": old_per_cycle * c, "new": c}}
         if new_ap is not None:
             record["new_class_ap50"] = new_ap[c]
         cycles.append(record)
@@ -47,9 +47,9 @@ def test_gains_are_per_seed_differences_to_random_in_points():
 def test_the_table_puts_the_best_mean_gain_first_and_the_plot_is_a_png(tmp_path):
     table = markdown_table(summarise(RESULTS))
     lines = table.splitlines()
-    assert lines[0].startswith("| policy | 10 img | 15 img | 20 img | gain, last (pp) | gain, mean (pp) | boxes labelled | pp / image | pp / box | new class AP50")
+    assert lines[0].startswith("| policy | 10 img | 15 img | 20 img | gain, last (pp) | gain, mean (pp) | boxes labelled | pp / image | pp / box | gain at random's boxes (pp) | new class AP50")
     assert lines[2].startswith("| ale-entropy-sum | 0.250 ± 0.071 |")
-    assert "+7.0 ± 4.2" in lines[2] and "| 2.70 | 3.38 |" in lines[2]
+    assert "+7.0 ± 4.2" in lines[2] and "| 2.70 | 3.38 | +7.0 |" in lines[2]
     assert lines[3].startswith("| random |") and "—" in lines[3]
     path = plot(summarise(RESULTS), RESULTS, tmp_path / "curve.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -90,3 +90,21 @@ def test_a_policy_that_never_reaches_random_says_so():
     row = next(line for line in markdown_table(summarise(results)).splitlines() if line.startswith("| lc-max"))
     assert row.endswith("| not reached | not reached |")
     assert next(line for line in markdown_table(summarise(results)).splitlines() if line.startswith("| random")).endswith("| 15 | 4 |")
+
+
+def test_the_gain_at_randoms_boxes_reads_randoms_curve_at_the_policys_boxes():
+    results = {
+        "dataset": {},
+        "runs": [
+            _run("random", 0, [0.2, 0.4, 0.6]),  # 0, 4, 8 boxes
+            _run("sparse", 0, [0.2, 0.35, 0.5], old_per_cycle=1),  # 0, 2, 4 boxes: random had 0.4 at 4 boxes
+            _run("crowded", 0, [0.2, 0.5, 0.7], old_per_cycle=7),  # 16 boxes: more than random ever labelled
+        ],
+    }
+    summary = summarise(results)
+    assert summary["policies"]["sparse"]["gain_same_boxes"] == pytest.approx(10.0)
+    assert summary["policies"]["crowded"]["gain_same_boxes"] is None
+    assert summary["policies"]["random"]["gain_same_boxes"] is None
+    rows = {line.split(" | ")[0][2:]: line for line in markdown_table(summary).splitlines()[2:]}
+    assert "| 3.00 | 7.50 | +10.0 |" in rows["sparse"]  # 30 points over 10 images and over 4 boxes
+    assert "| 5.00 | 3.12 | — |" in rows["crowded"] and "| 4.00 | 5.00 | — |" in rows["random"]
