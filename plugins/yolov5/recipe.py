@@ -92,5 +92,6 @@ def repeated_dataset(data_yaml: str | Path, repeat: int) -> Path:
     listing = data_yaml.parent / "train-repeated.txt"
     listing.write_text("".join(f"{image}\n" for image in images) * repeat)
     out = data_yaml.parent / "data-repeated.yaml"
-    out.write_text(yaml.safe_dump(spec | {"train": str(listing)}, sort_keys=False))
+    # absolute: ultralytics reads a relative entry against `path`, and a relative MODEL_DIR gives a relative work folder
+    out.write_text(yaml.safe_dump(spec | {"train": str(listing.resolve())}, sort_keys=False))
     return out

@@ -1,6 +1,7 @@
 """The small-data recipe: optimizer steps, not epochs, decide how long a fine-tune runs."""
 
 import math
+from pathlib import Path
 
 import pytest
 import yaml
@@ -63,3 +64,15 @@ def test_the_repeated_listing_holds_absolute_paths_for_a_relative_dataset(tmp_pa
     (tmp_path / "ds" / "data.yaml").write_text("path: ds\ntrain: images/train\nval: images/train\nnames:\n  0: bird\n")
     repeated_dataset(tmp_path / "ds" / "data.yaml", 2)
     assert (tmp_path / "ds" / "train-repeated.txt").read_text().splitlines() == [str(tmp_path / "ds" / "images" / "train" / "1.png")] * 2
+
+
+def test_a_dataset_given_by_a_relative_path_names_its_listing_by_an_absolute_one(tmp_path, monkeypatch):
+    # a relative MODEL_DIR (the default ./models) gives Start Training a relative work folder
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models" / "images" / "train").mkdir(parents=True)
+    (tmp_path / "models" / "images" / "train" / "1.png").write_bytes(b"png")
+    (tmp_path / "models" / "data.yaml").write_text(f"path: {tmp_path / 'models'}\ntrain: images/train\nval: images/train\nnames:\n  0: bird\n")
+    out = repeated_dataset(Path("models") / "data.yaml", 2)
+    listing = yaml.safe_load(out.read_text())["train"]
+    assert listing == str(tmp_path / "models" / "train-repeated.txt")
+    assert Path(listing).is_file()
