@@ -33,6 +33,7 @@ from ..datasets import LabelledImage
 from ..model_store import ModelStore
 from ..policies import embedding_matrix, get_policy, image_novelty, needs_novelty
 from ..settings import PROMOTION_POLICIES, Settings
+from .oracle import is_reference, new_class_first
 
 #: Every policy the paper compares, random first: gains are measured against it.
 DEFAULT_POLICIES = (
@@ -95,7 +96,8 @@ class BenchConfig:
         if len(set(self.policies)) != len(self.policies):
             raise ValueError(f"policies lists a name twice: {','.join(self.policies)}")
         for name in self.policies:
-            get_policy(name)  # unknown names fail here, before any training
+            if not is_reference(name):
+                get_policy(name)  # unknown names fail here, before any training
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct integers, got {self.seeds}")
         if self.promotion not in PROMOTION_POLICIES:
@@ -143,6 +145,9 @@ def simulate(
 
     work = Path(work)
     new_index = _new_class_index(config, data)
+    if new_index is None and any(is_reference(name) for name in config.policies):
+        references = ", ".join(name for name in config.policies if is_reference(name))
+        raise ValueError(f"{references} picks images of the new class: name one with --new-class, or leave {references} out")
     needed = config.labelled_after(config.cycles)
     eligible = [i for i, item in enumerate(data.pool) if new_index is None or new_index not in item.truth.labels]
     if len(eligible) < config.initial or len(data.pool) < needed:
@@ -218,31 +223,39 @@ def policy_run(config, data, settings, policy_name, seed, initial, hashes, run_d
 
 
 def _run_policy(config, data, settings, policy_name, seed, initial, hashes, run_dir, new_index, log) -> dict:
-    from ..adapters import load_adapter
-    from ..predictor import Predictor
-
     store = ModelStore(run_dir / "models", 0)
     labelled = list(initial)
     cycles = []
     for cycle in range(1, config.cycles + 1):
         start = time.monotonic()
         unlabeled = np.setdiff1d(np.arange(len(data.pool)), labelled)
-        adapter = load_adapter(settings.replace(model_weights=str(store.current().weights), model_classes=()))
-        predictor = Predictor(settings.replace(policy=policy_name), adapter, None)  # a loc policy predicts mirrored too
-        detections = _detect(predictor, data, unlabeled)
-        novelty = None
-        if needs_novelty(get_policy(policy_name)):  # against the labelled images' embeddings, by the same model
-            novelty = image_novelty(detections, embedding_matrix(_detect(predictor, data, labelled)))
-        picked = select_batch(
-            settings, policy_name, detections, unlabeled + 1, [hashes[i] for i in unlabeled] if hashes else None,
-            adapter.classes, config.budget, seed * 1000 + cycle, novelty,
-        )
+        if is_reference(policy_name):  # reads the ground truth, not the model
+            picked = new_class_first([data.pool[i].truth.labels for i in unlabeled], new_index, config.budget)
+        else:
+            picked = _policy_picks(config, data, settings, store, policy_name, labelled, unlabeled, hashes, seed * 1000 + cycle)
         labelled += [int(unlabeled[i]) for i in picked]
         train_labelled(settings, store, data, labelled, run_dir / "work", seed)
         metrics = evaluate_served(settings, store, data)
         cycles.append(_cycle_record(cycle, labelled, metrics, data, new_index, time.monotonic() - start))
         log(f"seed {seed}: {policy_name:<17} cycle {cycle}: {len(labelled)} images, mAP50 {metrics['map50']:.3f} ({time.monotonic() - start:.0f} s)")
     return {"seed": seed, "policy": policy_name, "cycles": cycles}
+
+
+def _policy_picks(config, data, settings, store, policy_name, labelled, unlabeled, hashes, seed) -> np.ndarray:
+    """Positions in `unlabeled` of the batch the policy ranks first under the store's current version."""
+    from ..adapters import load_adapter
+    from ..predictor import Predictor
+
+    adapter = load_adapter(settings.replace(model_weights=str(store.current().weights), model_classes=()))
+    predictor = Predictor(settings.replace(policy=policy_name), adapter, None)  # a loc policy predicts mirrored too
+    detections = _detect(predictor, data, unlabeled)
+    novelty = None
+    if needs_novelty(get_policy(policy_name)):  # against the labelled images' embeddings, by the same model
+        novelty = image_novelty(detections, embedding_matrix(_detect(predictor, data, labelled)))
+    return select_batch(
+        settings, policy_name, detections, unlabeled + 1, [hashes[i] for i in unlabeled] if hashes else None,
+        adapter.classes, config.budget, seed, novelty,
+    )
 
 
 def select_batch(

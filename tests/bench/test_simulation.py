@@ -136,6 +136,30 @@ def test_bench_al_runs_the_embedding_and_localization_policies_like_the_others(s
 
 
 @pytest.mark.slow
+def test_the_oracle_reference_labels_at_least_the_new_class_boxes_random_does(shapes_dataset, tmp_path):
+    out = tmp_path / "out"
+    code = main(
+        ["bench", "al", "--data", str(shapes_dataset), "--new-class", "triangle", "--policies", "random,oracle-new-class",
+         "--seeds", "0", "--initial", "6", "--budget", "4", "--cycles", "1", "--image-size", "64", "--initial-epochs", "1",
+         "--epochs", "1", "--batch", "4", "--base-model", "yolov5n.yaml", "--jobs", "1", "--out", str(out)]
+    )  # fmt: skip
+    assert code == 0
+    runs = {r["policy"]: r for r in json.loads((out / "results.json").read_text())["runs"]}
+    oracle, random = runs["oracle-new-class"]["cycles"], runs["random"]["cycles"]
+    assert [c["labelled_images"] for c in oracle] == [6, 10]
+    assert oracle[0] == random[0]  # the same first model and initial set
+    # four images with the most triangles: at least one (the pool has some), never fewer than random's four
+    assert oracle[1]["labelled_objects"]["triangle"] >= max(1, random[1]["labelled_objects"]["triangle"])
+    assert "| oracle-new-class |" in (out / "table.md").read_text()
+
+
+def test_the_oracle_needs_a_new_class(shapes_dataset, tmp_path, capsys):
+    code = main(["bench", "al", "--data", str(shapes_dataset), "--policies", "random,oracle-new-class", "--out", str(tmp_path)])
+    assert code == 2
+    assert "oracle-new-class picks images of the new class: name one with --new-class" in capsys.readouterr().err
+
+
+@pytest.mark.slow
 def test_runs_at_once_label_what_runs_in_turn_label(shapes_dataset, tmp_path):
     labelled = {}
     for jobs in (1, 2):
