@@ -74,7 +74,8 @@ def measure_seed(data, new_class: str, base: str, seed: int, work: Path) -> dict
     """One seed's first model: nearest-neighbour agreement of its embeddings, and its first batches."""
     from label_studio_ale.adapters import load_adapter
     from label_studio_ale.bench.cli import PRESETS
-    from label_studio_ale.bench.simulation import BenchConfig, _detect, initial_model, select_batch
+    from label_studio_ale.bench.digits import scene_photo
+    from label_studio_ale.bench.simulation import BenchConfig, detect_images, initial_model, select_batch
     from label_studio_ale.model_store import ModelStore
     from label_studio_ale.predictor import Predictor
     from label_studio_ale.settings import Settings
@@ -93,7 +94,7 @@ def measure_seed(data, new_class: str, base: str, seed: int, work: Path) -> dict
     unlabeled = np.setdiff1d(np.arange(len(data.pool)), initial)
     weighted = []  # the alternative, from the same forward passes
     hook = adapter.model.model[-1].register_forward_hook(lambda module, args, out: weighted.append(score_weighted_embedding(args[0], out[0])))
-    detections = _detect(Predictor(settings.replace(policy=POLICY), adapter, None), data, unlabeled)
+    detections = detect_images(Predictor(settings.replace(policy=POLICY), adapter, None), data, unlabeled)
     hook.remove()
     embeddings = {
         "spatial mean (served)": np.stack([d.embedding for d in detections]).astype(np.float64),
@@ -102,7 +103,7 @@ def measure_seed(data, new_class: str, base: str, seed: int, work: Path) -> dict
 
     truths = [data.pool[i].truth for i in unlabeled]
     attributes = {
-        "background photograph": np.array([_photo(int(i)) for i in unlabeled]),
+        "background photograph": np.array([scene_photo(int(i)) for i in unlabeled]),
         "holds the new class": np.array([int(new_index in t.labels) for t in truths]),
         "object count (0, 1, 2, 3+)": np.array([min(len(t.labels), 3) for t in truths]),
     }
@@ -147,13 +148,6 @@ def score_weighted_embedding(maps, head_output) -> np.ndarray:
         w = w / w.sum(dim=1, keepdim=True).clamp_min(1e-12)
         parts.append(torch.nn.functional.normalize((flat * w[:, None, :]).sum(dim=2), dim=1))
     return torch.nn.functional.normalize(torch.cat(parts, dim=1), dim=1).cpu().numpy()
-
-
-def _photo(scene_seed: int) -> int:
-    """Which bundled photograph a pool scene is drawn on: the scene's first random draw (`digits._background`)."""
-    from label_studio_ale.bench.digits import _photos
-
-    return int(np.random.default_rng(scene_seed).integers(len(_photos())))
 
 
 def _nearest_neighbour(vectors: np.ndarray) -> np.ndarray:

@@ -117,9 +117,19 @@ def _photos() -> tuple[np.ndarray, ...]:
     return tuple(np.asarray(image, dtype=np.float64) for image in load_sample_images().images)
 
 
+def scene_photo(seed: int) -> int:
+    """Index of the bundled photograph that scene `seed` is drawn on (whatever its other parameters)."""
+    return _draw_photo(np.random.default_rng(seed))
+
+
+def _draw_photo(rng: np.random.Generator) -> int:
+    # a scene's first random draw, so that scene_photo can repeat it
+    return int(rng.integers(len(_photos())))
+
+
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     """A random crop of a bundled photograph, rescaled to size x size, softened in contrast. (size, size, 3)."""
-    photo = _photos()[int(rng.integers(len(_photos())))]
+    photo = _photos()[_draw_photo(rng)]
     height, width = photo.shape[:2]
     side = int(rng.integers(size, min(height, width) + 1))
     y, x = int(rng.integers(0, height - side + 1)), int(rng.integers(0, width - side + 1))

@@ -248,10 +248,10 @@ def _policy_picks(config, data, settings, store, policy_name, labelled, unlabele
 
     adapter = load_adapter(settings.replace(model_weights=str(store.current().weights), model_classes=()))
     predictor = Predictor(settings.replace(policy=policy_name), adapter, None)  # a loc policy predicts mirrored too
-    detections = _detect(predictor, data, unlabeled)
+    detections = detect_images(predictor, data, unlabeled)
     novelty = None
     if needs_novelty(get_policy(policy_name)):  # against the labelled images' embeddings, by the same model
-        novelty = image_novelty(detections, embedding_matrix(_detect(predictor, data, labelled)))
+        novelty = image_novelty(detections, embedding_matrix(detect_images(predictor, data, labelled)))
     return select_batch(
         settings, policy_name, detections, unlabeled + 1, [hashes[i] for i in unlabeled] if hashes else None,
         adapter.classes, config.budget, seed, novelty,
@@ -278,7 +278,8 @@ def select_batch(
     return select_order(usefulness, np.asarray(task_ids), detections, hashes, extras, embeddings=lookup)[:budget]
 
 
-def _detect(predictor, data: BenchData, indices) -> list:
+def detect_images(predictor, data: BenchData, indices) -> list:
+    """One Detections per pool image `indices`, read LOAD_CHUNK images at a time."""
     detections = []
     for offset in range(0, len(indices), LOAD_CHUNK):  # user photos can be large: never all in memory
         detections += predictor.detect([_load(data.pool[i].path) for i in indices[offset : offset + LOAD_CHUNK]])

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from label_studio_ale.bench.digits import DigitScenes
+from label_studio_ale.bench import digits
+from label_studio_ale.bench.digits import DigitScenes, scene_photo
 from label_studio_ale.datasets import read_dataset
 
 
@@ -61,3 +62,16 @@ def test_written_scenes_read_back_as_a_yolo_dataset(tmp_path):
 def test_bad_generator_settings_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         DigitScenes(**kwargs)
+
+
+def test_scene_photo_names_the_photograph_a_scene_is_drawn_on(monkeypatch):
+    # two flat photographs, dark and light: a scene's background tells which one it was cut from
+    flat = (np.full((200, 300, 3), 20.0), np.full((200, 300, 3), 230.0))
+    monkeypatch.setattr(digits, "_photos", lambda: flat)
+    seen = set()
+    for seed in range(12):
+        scene = DigitScenes(size=64).scene(seed, half=0)
+        background = np.median(np.asarray(scene.image, dtype=np.float64))  # glyphs cover under a quarter
+        seen.add(scene_photo(seed))
+        assert (background > 125) == (scene_photo(seed) == 1), seed
+    assert seen == {0, 1}
