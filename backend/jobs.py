@@ -7,6 +7,7 @@ process `Runtime`.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import uuid
@@ -22,6 +23,7 @@ from .jobqueue import QUEUE_SYNC
 from .ls_client import LabelStudioError
 from .ls_format import detections_to_results, match_labels, parse_label_config
 from .pool import SPREAD_POLICY, batch_extras, predict_missing, predict_pool, preview_ranking, rank_pool  # noqa: F401 (re-exported)
+from .pool import predicted_labelled_tasks
 from .prediction_clusters import cluster_ids, cluster_pool, labelled_predictions
 from .progress import TRAINER_METRICS_NOTE, Progress, _job_progress, describe_progress, publish  # noqa: F401 (re-exported)
 from .queue_update import place_new_tasks, ranking_key
@@ -287,7 +289,9 @@ def _reshape_head(rt: Runtime, project: int, config, adapter: Adapter, version: 
 def _rewrite(rt, project, config, adapter, queue: ServedQueue, served: ServedQueue | None, task_ids, progress, phase_done) -> dict:
     """Rank the whole pool, import it under a fresh version, switch LS to it atomically, record it."""
     previous = [v for v in _versions(rt, project) if v.startswith(SYNC_VERSION_PREFIX)]
-    ranked = rank_pool(rt, project, task_ids, adapter, config)
+    # listed once, on first need: novelty scores against them, clusters are written for them
+    labelled_tasks = functools.cache(lambda: predicted_labelled_tasks(rt, project, config, adapter))
+    ranked = rank_pool(rt, project, task_ids, adapter, config, labelled=labelled_tasks)
     scores = ls_scores(ranked["order"])
     clustering = cluster_pool(rt, project, adapter, task_ids)
     phase_done("score")
@@ -297,7 +301,7 @@ def _rewrite(rt, project, config, adapter, queue: ServedQueue, served: ServedQue
         _import(rt, project, task_ids, ranked, scores, version, adapter, config, progress, None if clustering is None else clustering.ids)
         if clustering is not None:
             # LS reads a labelled task's cluster from its predictions, and the old versions are about to go
-            for items in labelled_predictions(rt, project, config, adapter, clustering.centroids, version):
+            for items in labelled_predictions(rt, project, config, adapter, clustering.centroids, version, labelled_tasks()):
                 labelled += rt.ls.create_predictions(project, items)
         phase_done("import")
         rt.ls.switch_queue(project, version)

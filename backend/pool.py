@@ -8,7 +8,7 @@ is given, nothing else.
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -82,13 +82,18 @@ def predict_missing(rt: Runtime, project: int, config, tasks: Sequence[TaskRef],
     return {"model_version": adapter.version, "tasks": len(tasks), "predicted": len(missing) - failed, "failed": failed, "errors": errors}
 
 
-def rank_pool(rt: Runtime, project: int, task_ids: Sequence[int], adapter: Adapter, config, extras: bool = True) -> dict:
+def rank_pool(
+    rt: Runtime, project: int, task_ids: Sequence[int], adapter: Adapter, config, extras: bool = True,
+    labelled: Callable[[], list[TaskRef]] | None = None,
+) -> dict:
     """Score and order what annotators would be shown of `task_ids`. Returns arrays aligned with `task_ids`.
 
     Uses what `adapter` stored for the tasks, through the serving filters of
     the current settings and narrowed to the classes `config` has labels for
     (`serving.shown_detections`, the same as /predict). `extras`: reshape the
     head of the order with the batch extras (off: usefulness order alone).
+    `labelled`: gives the project's labelled tasks, predicted (`predicted_labelled_tasks`),
+    for a caller that lists them too; listed here when a policy needs them and it is not given.
     """
     task_ids = np.asarray(task_ids, dtype=np.int64)
     key = raw_output_key(adapter.version, rt.settings)
@@ -111,7 +116,10 @@ def rank_pool(rt: Runtime, project: int, task_ids: Sequence[int], adapter: Adapt
         return {"policy": SPREAD_POLICY, "detections": detections, "usefulness": usefulness, "order": order, "usable": usable}
     check_policy_fits(adapter, rt.settings.policy)
     policy = settings_policy(rt.settings)
-    novelty = pool_novelty(rt.store, project, key, task_ids, labelled_embeddings(rt, project, config, adapter)) if needs_novelty(policy) else None
+    novelty = None
+    if needs_novelty(policy):
+        tasks = labelled() if labelled is not None else predicted_labelled_tasks(rt, project, config, adapter)
+        novelty = pool_novelty(rt.store, project, key, task_ids, labelled_embeddings(rt.store, project, key, tasks))
     usefulness = policy.usefulness(detections, novelty) if task_ids.size else np.zeros(0)
     # Images that could not be fetched or decoded have no usefulness: they go to the very end of the queue.
     usefulness = np.where(usable, usefulness, -np.inf)
@@ -148,10 +156,9 @@ def predicted_labelled_tasks(rt: Runtime, project: int, config, adapter: Adapter
     return labelled
 
 
-def labelled_embeddings(rt: Runtime, project: int, config, adapter: Adapter) -> np.ndarray:
-    """(r, D) embeddings of the project's labelled images by the current model."""
-    labelled = predicted_labelled_tasks(rt, project, config, adapter)
-    found = rt.store.embeddings(project, raw_output_key(adapter.version, rt.settings), [t.id for t in labelled])
+def labelled_embeddings(store, project: int, key: str, labelled: Sequence[TaskRef]) -> np.ndarray:
+    """(r, D) embeddings stored under `key` for the `labelled` tasks that have one."""
+    found = store.embeddings(project, key, [t.id for t in labelled])
     return np.stack(list(found.values())) if found else np.zeros((0, 0))
 
 

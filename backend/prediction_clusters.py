@@ -65,12 +65,14 @@ def cluster_pool(rt, project: int, adapter, task_ids: np.ndarray) -> Clustering 
     return Clustering(centroids, cluster_ids(rt.store, project, key, task_ids, centroids))
 
 
-def labelled_predictions(rt, project: int, config, adapter, centroids: np.ndarray, version: str) -> Iterator[list[dict]]:
-    """Chunks of one `version` prediction per labelled task with its cluster (score 1: LS never serves a labelled task)."""
-    from .ls_format import detections_to_results, match_labels
-    from .pool import predicted_labelled_tasks
+def labelled_predictions(rt, project: int, config, adapter, centroids: np.ndarray, version: str, tasks) -> Iterator[list[dict]]:
+    """Chunks of one `version` prediction per task of `tasks`, the labelled ones, with its cluster.
 
-    tasks = predicted_labelled_tasks(rt, project, config, adapter)
+    Score 1: LS never serves a labelled task. `tasks` must have detections stored
+    by `adapter` (`pool.predicted_labelled_tasks`).
+    """
+    from .ls_format import detections_to_results, match_labels
+
     key = raw_output_key(adapter.version, rt.settings)
     label_map = match_labels(adapter.classes, config)
     shown, filters = shown_classes(label_map), ServingFilters.from_settings(rt.settings)

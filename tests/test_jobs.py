@@ -5,10 +5,11 @@ The jobs against a real Label Studio, Redis and workers are in tests/integration
 
 import threading
 
+import numpy as np
 import pytest
 
 from label_studio_ale import jobs
-from label_studio_ale.detection_store import StoredDetections
+from label_studio_ale.detection_store import ServedQueue, StoredDetections
 from label_studio_ale.detections import Detections
 from label_studio_ale.ls_client import TaskRef
 from label_studio_ale.ls_format import parse_label_config
@@ -149,3 +150,51 @@ def test_a_sync_that_could_not_be_queued_does_not_hold_back_the_next(runtime):
         jobs.request_sync(Down(), runtime, 9)
     queue = RecordingQueue()
     assert jobs.request_sync(queue, runtime, 9)[1] is True and len(queue.enqueued) == 1
+
+
+class CountingLS:
+    """The Label Studio calls a full rewrite makes, recorded; the labelled tasks listing counted."""
+
+    def __init__(self, labelled):
+        self.labelled, self.listings, self.created, self.switched = labelled, 0, [], None
+
+    def labelled_tasks(self, project):
+        self.listings += 1
+        yield from self.labelled
+
+    def model_versions(self, project):
+        return []
+
+    def create_predictions(self, project, items):
+        self.created += items
+        return len(items)
+
+    def switch_queue(self, project, version):
+        self.switched = version
+
+
+class TrainedModel(Model):
+    trained = True
+
+
+def test_a_clustered_novelty_rewrite_lists_the_labelled_tasks_once(tmp_path):
+    """Novelty scores the pool against the labelled tasks and clusters are written for them: one listing serves both."""
+    settings = Settings(model_dir=tmp_path, policy="ale-entropy-sum+novelty", ls_clusters=2)
+    labelled = [TaskRef(i, {"image": f"/data/upload/1/{i}.png"}) for i in (1, 2)]
+    ls = CountingLS(labelled)
+    rt = Runtime(settings, ls=ls)
+    key = raw_output_key(Model.version, settings)
+    rng = np.random.default_rng(0)
+    items = []
+    for task_id in range(1, 11):
+        vector = rng.normal(size=8).astype(np.float32)
+        found = Detections([[0, 0, 9, 9]], [[0.2 + task_id / 50, 0.0]], (64, 64), embedding=vector / np.linalg.norm(vector))
+        items.append(StoredDetections(task_id, found, task_id, None))
+    rt.store.put_many(1, key, items)
+    pool = np.arange(3, 11, dtype=np.int64)
+    queue = ServedQueue(None, key, "ranking")
+    result = jobs._rewrite(rt, 1, CONFIG, TrainedModel(), queue, None, pool, lambda *a, **k: None, lambda name: None)
+    assert ls.listings == 1
+    assert result["status"] == "synced" and result["labelled_predictions"] == 2 and ls.switched == result["model_version"]
+    assert sorted(p["task"] for p in ls.created) == list(range(1, 11))
+    assert all(p["cluster"] in (0, 1) for p in ls.created)

@@ -25,7 +25,8 @@ def served_rows(ls, project, version) -> dict[int, tuple[int | None, float]]:
 
 
 def test_predictions_carry_clusters_and_ls_spreads_an_annotator_over_them(ls_sdk, label_studio, redis_server, trained_weights, tmp_path):
-    env = backend_env(label_studio, trained_weights, tmp_path / "models", redis_server, SCORE_THRESHOLD="0.25", LS_CLUSTERS="3")
+    env = backend_env(label_studio, trained_weights, tmp_path / "models", redis_server, SCORE_THRESHOLD="0.25", LS_CLUSTERS="3",
+                      POLICY="ale-entropy-sum+novelty")  # novelty reads the labelled tasks the clusters are written for
     jobs = RedisJobQueue(Redis.from_url(redis_server.url), "yolov5")
     project, ids = create_project(ls_sdk, range(53_000, 53_008), "clusters", site=0, **SCENES)
     ids += add_images(ls_sdk, project, range(53_100, 53_108), site=1, **SCENES)
