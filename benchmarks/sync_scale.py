@@ -18,7 +18,14 @@ and once with two (fresh project, nothing stored); seconds from enqueueing the
 sync to the queue being written. Reported as the ratio 1 worker / 2 workers
 (this machine has 2 cores, which both runs share).
 
-Usage: python benchmarks/sync_scale.py [--sizes 10000,50000] [--fanout-images 96]
+Part 3, with --clusters K: the full sync of one project of --clusters-tasks
+tasks (default 10,000) whose stored detections carry embeddings, once without
+LS_CLUSTERS (baseline) and once with LS_CLUSTERS=K, each project fresh. LS's
+bulk prediction import drops the `cluster` field, so the clustered sync
+creates its predictions one request each: reported as the ratio of the two
+syncs' seconds and the clustered import's milliseconds per task.
+
+Usage: python benchmarks/sync_scale.py [--sizes 10000,50000] [--fanout-images 96] [--clusters 8]
 """
 
 from __future__ import annotations
@@ -42,6 +49,8 @@ from tests.support.projects import LABEL_CONFIG  # noqa: E402 (the label config 
 NEW_SHARE = 0.01
 INCREMENTAL_TARGET = 0.10
 MODEL_VERSION = "bench-model"
+#: Dimensions of the embeddings stored for the clusters part (the served YOLO embeddings have a few hundred).
+EMBEDDING_DIMS = 64
 
 
 class StoredOnly:
@@ -55,6 +64,18 @@ class StoredOnly:
 
 
 def rss_mb() -> float:
+    """This process's peak resident memory in MB.
+
+    Linux keeps ru_maxrss across exec, so a sync process forked from a large
+    parent would report the parent's size; VmHWM belongs to the process's own
+    address space.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -64,7 +85,8 @@ def child(args) -> int:
     from label_studio_ale.runtime import Runtime
     from label_studio_ale.settings import Settings
 
-    settings = Settings(label_studio_url=args.url, label_studio_api_key=os.environ["ALE_BENCH_TOKEN"], model_dir=Path(args.model_dir))
+    settings = Settings(label_studio_url=args.url, label_studio_api_key=os.environ["ALE_BENCH_TOKEN"], model_dir=Path(args.model_dir),
+                        ls_clusters=args.ls_clusters)  # fmt: skip
     runtime = Runtime(settings, adapter_factory=StoredOnly)
     runtime.ls.project(args.project)  # the client's first use (imports) is not the sync's cost
     floor = rss_mb()
@@ -76,18 +98,25 @@ def child(args) -> int:
     return 0
 
 
-def store_detections(store, project: int, task_ids: list[int], seed: int) -> None:
+def store_detections(store, project: int, task_ids: list[int], seed: int, embeddings: bool = False) -> None:
+    """Random boxes for every task; with `embeddings`, unit vectors around a few centres as the image embedding."""
     from label_studio_ale.detection_store import StoredDetections
     from label_studio_ale.detections import Detections
 
     rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(12, EMBEDDING_DIMS))
     for start in range(0, len(task_ids), 5_000):
         items = []
         for task_id in task_ids[start : start + 5_000]:
             n = int(rng.poisson(4))
             xy = rng.uniform(0, 500, size=(n, 2))
             boxes = np.hstack([xy, xy + rng.uniform(10, 100, size=(n, 2))])
-            items.append(StoredDetections(task_id, Detections(boxes, rng.beta(0.5, 2, size=(n, 2)), (640, 640)), int(rng.integers(0, 2**63)), None))
+            embedding = None
+            if embeddings:
+                vector = centres[rng.integers(len(centres))] + rng.normal(scale=0.5, size=EMBEDDING_DIMS)
+                embedding = (vector / np.linalg.norm(vector)).astype(np.float32)
+            found = Detections(boxes, rng.beta(0.5, 2, size=(n, 2)), (640, 640), embedding=embedding)
+            items.append(StoredDetections(task_id, found, int(rng.integers(0, 2**63)), None))
         store.put_many(project, MODEL_VERSION, items)
 
 
@@ -106,10 +135,11 @@ def ls_writes(before: dict[str, int], after: dict[str, int], served_before: str,
     return {"created": created, "deleted": deleted, "switches": switches, "total": created + deleted + switches}
 
 
-def run_sync(server, project: int, model_dir: Path, client) -> dict:
+def run_sync(server, project: int, model_dir: Path, client, ls_clusters: int = 0) -> dict:
     before, served_before = client.model_versions(project), client.project(project).model_version
     out = subprocess.run(
-        [sys.executable, __file__, "--child", "--url", server.url, "--project", str(project), "--model-dir", str(model_dir)],
+        [sys.executable, __file__, "--child", "--url", server.url, "--project", str(project), "--model-dir", str(model_dir),
+         "--ls-clusters", str(ls_clusters)],  # fmt: skip
         env={**os.environ, "ALE_BENCH_TOKEN": server.token},
         capture_output=True,
         text=True,
@@ -152,6 +182,40 @@ def scale_part(server, sizes: list[int], workdir: Path) -> list[dict]:
         rows.append({"tasks": n, "new_tasks": len(added), "full": full, "idle": idle, "incremental": incremental,
                      "incremental_to_full_seconds": incremental["seconds"] / full["seconds"]})
     return rows
+
+
+def clusters_part(server, k: int, n: int, workdir: Path) -> dict:
+    """The full sync of `n` tasks with embeddings, without LS clusters and with `k`, each on a fresh project."""
+    from label_studio_sdk import LabelStudio
+
+    from label_studio_ale.detection_store import SqliteDetectionStore
+    from label_studio_ale.ls_client import LabelStudioClient
+
+    ls = LabelStudio(base_url=server.url, api_key=server.token, timeout=900)
+    client = LabelStudioClient(server.url, server.token, timeout=900)
+    runs = {}
+    for clusters in (0, k):
+        model_dir = workdir / f"models-clusters-{clusters}"
+        store = SqliteDetectionStore(model_dir / "detections.sqlite")
+        project = ls.projects.create(title=f"sync clusters {clusters}", label_config=LABEL_CONFIG).id
+        ids = import_tasks(ls, client, project, 0, n)
+        store_detections(store, project, ids, seed=n, embeddings=True)
+        runs[clusters] = run_sync(server, project, model_dir, client, ls_clusters=clusters)
+        served = client.project(project).model_version
+        found = [p for p in ls.predictions.list(project=project) if p.model_version == served]
+        runs[clusters]["with_cluster"] = sum(1 for p in found if p.cluster is not None)
+        r = runs[clusters]
+        print(f"  LS_CLUSTERS={clusters}: {r['status']} {r['seconds']:.1f}s writes {r['writes']} peak {r['peak_rss_mb']:.0f} MB", flush=True)
+    plain, clustered = runs[0], runs[k]
+    return {
+        "tasks": n,
+        "clusters": k,
+        "plain": plain,
+        "clustered": clustered,
+        "clustered_to_plain_seconds": clustered["seconds"] / plain["seconds"],
+        "clustered_import_ms_per_task": 1000 * clustered["phases"]["import"] / n,
+        "plain_import_ms_per_task": 1000 * plain["phases"]["import"] / n,
+    }
 
 
 def fanout_part(server, images: int, per_job: int, workdir: Path) -> dict:
@@ -225,11 +289,14 @@ def main() -> int:
     parser.add_argument("--sizes", default="10000,50000")
     parser.add_argument("--fanout-images", type=int, default=96)
     parser.add_argument("--fanout-per-job", type=int, default=8)
+    parser.add_argument("--clusters", type=int, default=0, help="also measure a full sync with LS_CLUSTERS=K (0: skip)")
+    parser.add_argument("--clusters-tasks", type=int, default=10_000)
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "sync-scale" / "results.json"))
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--project", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--ls-clusters", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child(args)
@@ -244,6 +311,7 @@ def main() -> int:
         os.environ["ALE_BENCH_TOKEN"] = server.token
         scale = scale_part(server, sizes, workdir)
         fanout = fanout_part(server, args.fanout_images, args.fanout_per_job, workdir) if args.fanout_images else None
+        clusters = clusters_part(server, args.clusters, args.clusters_tasks, workdir) if args.clusters else None
     finally:
         server.stop()
 
@@ -253,6 +321,7 @@ def main() -> int:
         "sizes": sizes,
         "runs": scale,
         "fanout": fanout,
+        "clusters": clusters,
         "targets": {
             "idle_writes_zero": all(r["idle"]["writes"]["total"] == 0 for r in scale),
             "incremental_at_most_10pct_of_full": all(r["incremental_to_full_seconds"] <= INCREMENTAL_TARGET for r in scale),
@@ -276,6 +345,10 @@ def main() -> int:
             f = fanout[name]
             print(f"pool prediction, {fanout['images']} images, {name}: 1 worker {f['one_worker_seconds']:.1f}s, "
                   f"2 workers {f['two_workers_seconds']:.1f}s: x{f['speedup_two_workers']:.2f} on {fanout['cpu_cores']} cores")
+    if clusters:
+        print(f"full sync of {clusters['tasks']:,} tasks: {clusters['plain']['seconds']:.1f}s, with LS_CLUSTERS={clusters['clusters']} "
+              f"{clusters['clustered']['seconds']:.1f}s: x{clusters['clustered_to_plain_seconds']:.1f}; import "
+              f"{clusters['plain_import_ms_per_task']:.2f} ms per task in bulk, {clusters['clustered_import_ms_per_task']:.2f} ms one request each")
     print(f"({out})")
     return 0
 
