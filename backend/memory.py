@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -38,3 +39,15 @@ def return_large_buffers_to_os() -> bool:
     if not applied:
         log.debug("mallopt(M_MMAP_THRESHOLD) refused; large buffers use the allocator's defaults")
     return applied
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MB (Linux's VmHWM).
+
+    Not ru_maxrss: Linux keeps that across exec, so a process started from a
+    large parent would report the parent's size.
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")

@@ -39,16 +39,9 @@ GROWTH_LIMIT = 1.10
 from tests.support.projects import LABEL_CONFIG  # noqa: E402 (the label config of every test project)
 
 
-def peak_rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
-
-
 def child(args) -> None:
     """One measurement in this fresh process, set up as `ale worker` sets up its own; prints one JSON line."""
-    from label_studio_ale.memory import return_large_buffers_to_os
+    from label_studio_ale.memory import peak_rss_mb, return_large_buffers_to_os
     from label_studio_ale.settings import Settings
 
     return_large_buffers_to_os()

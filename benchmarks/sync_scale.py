@@ -34,7 +34,6 @@ import argparse
 import io
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -63,25 +62,10 @@ class StoredOnly:
         raise AssertionError("the benchmark stores all detections up front")
 
 
-def rss_mb() -> float:
-    """This process's peak resident memory in MB.
-
-    Linux keeps ru_maxrss across exec, so a sync process forked from a large
-    parent would report the parent's size; VmHWM belongs to the process's own
-    address space.
-    """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def child(args) -> int:
     """One sync in this process: print its result, seconds and peak memory as JSON."""
     from label_studio_ale.jobs import sync_priorities
+    from label_studio_ale.memory import peak_rss_mb
     from label_studio_ale.runtime import Runtime
     from label_studio_ale.settings import Settings
 
@@ -89,12 +73,12 @@ def child(args) -> int:
                         ls_clusters=args.ls_clusters)  # fmt: skip
     runtime = Runtime(settings, adapter_factory=StoredOnly)
     runtime.ls.project(args.project)  # the client's first use (imports) is not the sync's cost
-    floor = rss_mb()
+    floor = peak_rss_mb()
     started = time.perf_counter()
     result = sync_priorities(args.project, runtime=runtime, progress=lambda *a: None)
     seconds = time.perf_counter() - started
     print(json.dumps({"status": result["status"], "seconds": seconds, "phases": result["phases"], "written": result.get("written"),
-                      "peak_rss_mb": rss_mb(), "rss_before_sync_mb": floor}))
+                      "peak_rss_mb": peak_rss_mb(), "rss_before_sync_mb": floor}))
     return 0
 
 
