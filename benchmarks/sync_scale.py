@@ -112,6 +112,17 @@ def import_tasks(ls, client, project: int, first: int, count: int) -> list[int]:
     return [t.id for t in client.unlabeled_tasks(project)]
 
 
+def stocked_project(ls, client, model_dir: Path, title: str, n: int, embeddings: bool = False):
+    """A new project of `n` tasks whose detections are stored under `model_dir`. -> (store, project id, task ids)."""
+    from label_studio_ale.detection_store import SqliteDetectionStore
+
+    store = SqliteDetectionStore(model_dir / "detections.sqlite")
+    project = ls.projects.create(title=title, label_config=LABEL_CONFIG).id
+    ids = import_tasks(ls, client, project, 0, n)
+    store_detections(store, project, ids, seed=n, embeddings=embeddings)
+    return store, project, ids
+
+
 def ls_writes(before: dict[str, int], after: dict[str, int], served_before: str, served_after: str) -> dict:
     created = sum(max(0, after.get(v, 0) - before.get(v, 0)) for v in after)
     deleted = sum(max(0, before.get(v, 0) - after.get(v, 0)) for v in before)
@@ -138,7 +149,6 @@ def run_sync(server, project: int, model_dir: Path, client, ls_clusters: int = 0
 def scale_part(server, sizes: list[int], workdir: Path) -> list[dict]:
     from label_studio_sdk import LabelStudio
 
-    from label_studio_ale.detection_store import SqliteDetectionStore
     from label_studio_ale.ls_client import LabelStudioClient
 
     ls = LabelStudio(base_url=server.url, api_key=server.token, timeout=900)
@@ -146,12 +156,9 @@ def scale_part(server, sizes: list[int], workdir: Path) -> list[dict]:
     rows = []
     for n in sizes:
         model_dir = workdir / f"models-{n}"
-        store = SqliteDetectionStore(model_dir / "detections.sqlite")
-        project = ls.projects.create(title=f"sync scale {n}", label_config=LABEL_CONFIG).id
         started = time.perf_counter()
-        ids = import_tasks(ls, client, project, 0, n)
-        print(f"{n:,} tasks imported in {time.perf_counter() - started:.1f}s", flush=True)
-        store_detections(store, project, ids, seed=n)
+        store, project, ids = stocked_project(ls, client, model_dir, f"sync scale {n}", n)
+        print(f"{n:,} tasks imported and their detections stored in {time.perf_counter() - started:.1f}s", flush=True)
         full = run_sync(server, project, model_dir, client)
         print(f"  full: {full['status']} {full['seconds']:.1f}s writes {full['writes']} peak {full['peak_rss_mb']:.0f} MB", flush=True)
         idle = run_sync(server, project, model_dir, client)
@@ -172,7 +179,6 @@ def clusters_part(server, k: int, n: int, workdir: Path) -> dict:
     """The full sync of `n` tasks with embeddings, without LS clusters and with `k`, each on a fresh project."""
     from label_studio_sdk import LabelStudio
 
-    from label_studio_ale.detection_store import SqliteDetectionStore
     from label_studio_ale.ls_client import LabelStudioClient
 
     ls = LabelStudio(base_url=server.url, api_key=server.token, timeout=900)
@@ -180,10 +186,7 @@ def clusters_part(server, k: int, n: int, workdir: Path) -> dict:
     runs = {}
     for clusters in (0, k):
         model_dir = workdir / f"models-clusters-{clusters}"
-        store = SqliteDetectionStore(model_dir / "detections.sqlite")
-        project = ls.projects.create(title=f"sync clusters {clusters}", label_config=LABEL_CONFIG).id
-        ids = import_tasks(ls, client, project, 0, n)
-        store_detections(store, project, ids, seed=n, embeddings=True)
+        _, project, _ = stocked_project(ls, client, model_dir, f"sync clusters {clusters}", n, embeddings=True)
         runs[clusters] = run_sync(server, project, model_dir, client, ls_clusters=clusters)
         served = client.project(project).model_version
         found = [p for p in ls.predictions.list(project=project) if p.model_version == served]
