@@ -33,7 +33,7 @@ from ..datasets import LabelledImage
 from ..model_store import ModelStore
 from ..policies import embedding_matrix, get_policy, image_novelty, needs_novelty
 from ..settings import PROMOTION_POLICIES, Settings
-from .oracle import is_reference, new_class_first
+from .oracle import is_reference, reference_picks
 
 #: Every policy the paper compares, random first: gains are measured against it.
 DEFAULT_POLICIES = (
@@ -230,7 +230,8 @@ def _run_policy(config, data, settings, policy_name, seed, initial, hashes, run_
         start = time.monotonic()
         unlabeled = np.setdiff1d(np.arange(len(data.pool)), labelled)
         if is_reference(policy_name):  # reads the ground truth, not the model
-            picked = new_class_first([data.pool[i].truth.labels for i in unlabeled], new_index, config.budget)
+            picked = reference_picks(policy_name, [data.pool[i].truth.labels for i in unlabeled], new_index, config.budget,
+                                     settings.cost_per_image)  # fmt: skip
         else:
             picked = _policy_picks(config, data, settings, store, policy_name, labelled, unlabeled, hashes, seed * 1000 + cycle)
         labelled += [int(unlabeled[i]) for i in picked]

@@ -3,7 +3,14 @@
 import numpy as np
 import pytest
 
-from label_studio_ale.bench.oracle import ORACLE_NEW_CLASS, is_reference, new_class_first
+from label_studio_ale.bench.oracle import (
+    ORACLE_NEW_CLASS,
+    ORACLE_NEW_CLASS_PER_BOX,
+    is_reference,
+    new_class_first,
+    new_class_per_box_first,
+    reference_picks,
+)
 
 
 def test_the_images_with_most_new_class_boxes_come_first_then_the_fuller_ones():
@@ -38,6 +45,52 @@ def test_a_budget_must_be_positive():
         new_class_first([np.array([3])], 3, 0)
 
 
-def test_only_the_oracle_is_a_reference():
-    assert is_reference(ORACLE_NEW_CLASS)
+def test_only_the_oracles_are_references():
+    assert is_reference(ORACLE_NEW_CLASS) and is_reference(ORACLE_NEW_CLASS_PER_BOX)
     assert not is_reference("random") and not is_reference("ale-entropy-sum")
+
+
+def test_per_box_the_images_with_most_new_class_boxes_per_cost_come_first_then_the_emptier_ones():
+    new = 3
+    labels = [
+        np.array([0, 1]),  # no new-class box: 0
+        np.array([3]),  # 1 / (1 + 2) = 0.333
+        np.array([3, 3]),  # 2 / (2 + 2) = 0.5
+        np.array([3, 0, 1]),  # 1 / (3 + 2) = 0.2: after the lone one, which the image oracle puts first
+        np.array([], dtype=int),  # empty: 0, and the fewest boxes of the zeros
+        np.array([3, 3, 3, 3, 3, 3, 0, 0]),  # 6 / (8 + 2) = 0.6
+        np.array([0]),  # 0, one box
+    ]
+    assert new_class_per_box_first(labels, new, 4, 2.0).tolist() == [5, 2, 1, 3]
+    assert new_class_per_box_first(labels, new, 10, 2.0).tolist() == [5, 2, 1, 3, 4, 6, 0]
+    # the cost of an image besides its boxes decides between many boxes and few: with none, all-new images tie at 1
+    assert new_class_per_box_first(labels, new, 3, 0.0).tolist() == [1, 2, 5]
+    # ties on both keys keep the pool order
+    assert new_class_per_box_first([np.array([3]), np.array([3]), np.array([3])], new, 2, 2.0).tolist() == [0, 1]
+
+
+def test_per_box_a_batch_buys_at_least_as_many_new_class_boxes_per_cost_as_any_single_image_of_another():
+    rng = np.random.default_rng(1)
+    labels = [rng.integers(0, 4, size=rng.integers(0, 6)) for _ in range(60)]
+    picked = new_class_per_box_first(labels, 3, 8, 2.0)
+
+    def per_cost(i):
+        return (labels[i] == 3).sum() / (len(labels[i]) + 2.0)
+
+    worst_picked = min(per_cost(i) for i in picked)
+    assert all(per_cost(i) <= worst_picked for i in set(range(60)) - set(picked.tolist()))
+
+
+def test_per_box_the_budget_and_the_cost_must_make_sense():
+    with pytest.raises(ValueError, match="budget must be a positive number of images, got 0"):
+        new_class_per_box_first([np.array([3])], 3, 0, 2.0)
+    with pytest.raises(ValueError, match="cost_per_image must be a finite number of boxes >= 0, got -1"):
+        new_class_per_box_first([np.array([3])], 3, 1, -1.0)
+
+
+def test_each_reference_picks_by_its_own_measure():
+    labels = [np.array([3, 3, 3, 0, 0, 0, 0]), np.array([3])]
+    assert reference_picks(ORACLE_NEW_CLASS, labels, 3, 1, 2.0).tolist() == [0]  # three new-class boxes
+    assert reference_picks(ORACLE_NEW_CLASS_PER_BOX, labels, 3, 1, 2.0).tolist() == [1]  # 1/3 against 3/9
+    with pytest.raises(ValueError, match="'random' is not a reference selection; the references are oracle-new-class, oracle-new-class-per-box"):
+        reference_picks("random", labels, 3, 1, 2.0)

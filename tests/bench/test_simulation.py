@@ -136,10 +136,11 @@ def test_bench_al_runs_the_embedding_and_localization_policies_like_the_others(s
 
 
 @pytest.mark.slow
-def test_the_oracle_reference_labels_at_least_the_new_class_boxes_random_does(shapes_dataset, tmp_path):
+def test_the_oracle_references_label_at_least_the_new_class_boxes_random_does(shapes_dataset, tmp_path):
     out = tmp_path / "out"
     code = main(
-        ["bench", "al", "--data", str(shapes_dataset), "--new-class", "triangle", "--policies", "random,oracle-new-class",
+        ["bench", "al", "--data", str(shapes_dataset), "--new-class", "triangle", "--policies",
+         "random,oracle-new-class,oracle-new-class-per-box",
          "--seeds", "0", "--initial", "6", "--budget", "4", "--cycles", "1", "--image-size", "64", "--initial-epochs", "1",
          "--epochs", "1", "--batch", "4", "--base-model", "yolov5n.yaml", "--jobs", "1", "--out", str(out)]
     )  # fmt: skip
@@ -151,6 +152,10 @@ def test_the_oracle_reference_labels_at_least_the_new_class_boxes_random_does(sh
     # four images with the most triangles: at least one (the pool has some), never fewer than random's four
     assert oracle[1]["labelled_objects"]["triangle"] >= max(1, random[1]["labelled_objects"]["triangle"])
     assert "| oracle-new-class |" in (out / "table.md").read_text()
+    per_box = runs["oracle-new-class-per-box"]["cycles"]
+    assert [c["labelled_images"] for c in per_box] == [6, 10] and per_box[0] == random[0]
+    assert per_box[1]["labelled_objects"]["triangle"] > per_box[0]["labelled_objects"]["triangle"]  # it found some
+    assert "| oracle-new-class-per-box |" in (out / "table.md").read_text()
 
 
 def test_the_oracle_needs_a_new_class(shapes_dataset, tmp_path, capsys):
