@@ -174,6 +174,7 @@ def simulate(
             "evaluation_images": len(data.evaluation),
             "new_class": config.new_class,
         },
+        "selection": selection_settings(settings),
         "runs": [],
     }
     order = [(seed, policy) for seed in config.seeds for policy in config.policies]
@@ -311,6 +312,23 @@ def with_a_validation_image(picked: list[int], candidates) -> list[int]:
     from ..training import with_a_validation_task
 
     return sorted(t - 1 for t in with_a_validation_task([i + 1 for i in picked], (int(i) + 1 for i in candidates)))
+
+
+def selection_settings(settings: Settings) -> dict:
+    """The settings besides the policy's name that decide which images a policy picks, by their environment names.
+
+    A `+cost` policy's order depends on COST_PER_IMAGE, a `+diverse` one's on
+    DIVERSITY_POOL: a result that does not name them cannot be repeated.
+    """
+    return {
+        "COST_PER_IMAGE": settings.cost_per_image,
+        "NOVELTY_WEIGHT": settings.novelty_weight,
+        "DIVERSITY_POOL": settings.diversity_pool,
+        "DUPLICATE_DISTANCE": settings.duplicate_distance,
+        "CLASS_BALANCE": ",".join(f"{name}={share:g}" for name, share in settings.class_balance),
+        "EMPTY_QUOTA": settings.empty_quota,
+        "EXPLORATION_FRACTION": settings.exploration_fraction,
+    }
 
 
 def model_identity(weights: str) -> str:

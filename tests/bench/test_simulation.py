@@ -136,7 +136,8 @@ def test_bench_al_runs_the_embedding_and_localization_policies_like_the_others(s
 
 
 @pytest.mark.slow
-def test_the_oracle_references_label_at_least_the_new_class_boxes_random_does(shapes_dataset, tmp_path):
+def test_the_oracle_references_label_at_least_the_new_class_boxes_random_does(shapes_dataset, tmp_path, monkeypatch):
+    monkeypatch.setenv("COST_PER_IMAGE", "3")  # the per-box oracle's cost of an image, named in the results
     out = tmp_path / "out"
     code = main(
         ["bench", "al", "--data", str(shapes_dataset), "--new-class", "triangle", "--policies",
@@ -152,6 +153,7 @@ def test_the_oracle_references_label_at_least_the_new_class_boxes_random_does(sh
     # four images with the most triangles: at least one (the pool has some), never fewer than random's four
     assert oracle[1]["labelled_objects"]["triangle"] >= max(1, random[1]["labelled_objects"]["triangle"])
     assert "| oracle-new-class |" in (out / "table.md").read_text()
+    assert json.loads((out / "results.json").read_text())["selection"]["COST_PER_IMAGE"] == 3.0
     per_box = runs["oracle-new-class-per-box"]["cycles"]
     assert [c["labelled_images"] for c in per_box] == [6, 10] and per_box[0] == random[0]
     assert per_box[1]["labelled_objects"]["triangle"] > per_box[0]["labelled_objects"]["triangle"]  # it found some
@@ -231,6 +233,21 @@ def test_results_name_the_base_model_by_its_content(tmp_path):
     assert model_identity(str(weights)) == model_identity(str(copy)) and model_identity(str(weights)).startswith("sha256:")
     assert str(tmp_path) not in model_identity(str(weights))
     assert model_identity("yolov5n.yaml") == "yolov5n.yaml"
+
+
+def test_results_name_the_settings_that_decide_the_picks():
+    from label_studio_ale.bench.simulation import selection_settings
+
+    settings = Settings(cost_per_image=3.5, diversity_pool=6, class_balance=(("bird", 0.5), ("nest", 0.25)))
+    assert selection_settings(settings) == {
+        "COST_PER_IMAGE": 3.5,
+        "NOVELTY_WEIGHT": 1.0,
+        "DIVERSITY_POOL": 6,
+        "DUPLICATE_DISTANCE": -1,
+        "CLASS_BALANCE": "bird=0.5,nest=0.25",
+        "EMPTY_QUOTA": 0.0,
+        "EXPLORATION_FRACTION": 0.0,
+    }
 
 
 def test_an_initial_set_always_holds_a_validation_image():
