@@ -1,17 +1,18 @@
 """Reference selections that read the ground truth: how much any policy could save on a benchmark.
 
 They are not policies a project can use (a sync never knows the labels of the
-images it ranks). Run beside random, each one's curve bounds the saving the
-benchmark can show at its cycle size, in what it is named for:
+images it ranks); they are run beside random:
 
-- `oracle-new-class`, per labelled image: the unlabeled images with the most
-  boxes of the new class, then the most boxes in all: the best a policy can do
-  at finding the class the first model never saw, which is what the policies
-  compete on in the benchmark;
-- `oracle-new-class-per-box`, per labelled box: the images with the most
-  new-class boxes per unit of annotation cost, boxes + `cost_per_image` (the
-  `+cost` policies' measure), then the fewest boxes in all: the new class at
-  the fewest boxes to draw.
+- `oracle-new-class`: the unlabeled images with the most boxes of the new
+  class, then the most boxes in all: the best a policy can do at finding the
+  class the first model never saw, which is what the policies compete on in
+  the benchmark. Its curve bounds the image saving the benchmark can show at
+  its cycle size.
+- `oracle-new-class-per-box`: the images with the most new-class boxes per
+  unit of annotation cost, boxes + `cost_per_image` (the `+cost` policies'
+  measure), then the fewest boxes in all: the new class at the fewest boxes
+  to draw. A reference for the box saving, not a bound: it buys the new class
+  long past what the model needs and starves the old classes (README).
 """
 
 from __future__ import annotations
