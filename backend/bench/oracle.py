@@ -44,10 +44,7 @@ def new_class_first(labels: list[np.ndarray], new_index: int, budget: int) -> np
 
     Ties go to the image with more boxes in all, then to the earlier position.
     """
-    if budget < 1:
-        raise ValueError(f"budget must be a positive number of images, got {budget}")
-    new = np.array([int(np.count_nonzero(np.asarray(ids) == new_index)) for ids in labels], dtype=np.int64)
-    total = np.array([len(ids) for ids in labels], dtype=np.int64)
+    new, total = _box_counts(labels, new_index, budget)
     order = np.lexsort((np.arange(len(labels)), -total, -new))  # last key sorts first
     return order[:budget]
 
@@ -59,12 +56,17 @@ def new_class_per_box_first(labels: list[np.ndarray], new_index: int, budget: in
     fewer boxes in all, then to the earlier position; an image without a box
     of the new class scores 0, whatever it costs.
     """
-    if budget < 1:
-        raise ValueError(f"budget must be a positive number of images, got {budget}")
+    new, total = _box_counts(labels, new_index, budget)
     if not np.isfinite(cost_per_image) or cost_per_image < 0:
         raise ValueError(f"cost_per_image must be a finite number of boxes >= 0, got {cost_per_image}")
-    new = np.array([int(np.count_nonzero(np.asarray(ids) == new_index)) for ids in labels], dtype=np.float64)
-    total = np.array([len(ids) for ids in labels], dtype=np.float64)
-    per_cost = np.divide(new, total + cost_per_image, out=np.zeros_like(new), where=new > 0)
+    per_cost = np.divide(new, total + cost_per_image, out=np.zeros(len(labels)), where=new > 0)
     order = np.lexsort((np.arange(len(labels)), total, -per_cost))  # last key sorts first
     return order[:budget]
+
+
+def _box_counts(labels: list[np.ndarray], new_index: int, budget: int) -> tuple[np.ndarray, np.ndarray]:
+    """(m,) new-class boxes and (m,) boxes in all per image, once the budget is checked."""
+    if budget < 1:
+        raise ValueError(f"budget must be a positive number of images, got {budget}")
+    new = np.array([int(np.count_nonzero(np.asarray(ids) == new_index)) for ids in labels], dtype=np.int64)
+    return new, np.array([len(ids) for ids in labels], dtype=np.int64)
