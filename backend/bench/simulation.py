@@ -32,8 +32,13 @@ from PIL import Image
 from ..datasets import LabelledImage
 from ..model_store import ModelStore
 from ..policies import embedding_matrix, get_policy, image_novelty, needs_novelty
-from ..settings import PROMOTION_POLICIES, Settings
+from ..settings import ENV_VARS, PROMOTION_POLICIES, Settings
 from .oracle import is_reference, reference_picks
+
+#: Besides the policy's name, the settings (by environment name) that decide its picks; results.json names them.
+SELECTION_SETTINGS = (
+    "COST_PER_IMAGE", "NOVELTY_WEIGHT", "DIVERSITY_POOL", "DUPLICATE_DISTANCE", "CLASS_BALANCE", "EMPTY_QUOTA", "EXPLORATION_FRACTION",
+)  # fmt: skip
 
 #: Every policy the paper compares, random first: gains are measured against it.
 DEFAULT_POLICIES = (
@@ -320,15 +325,10 @@ def selection_settings(settings: Settings) -> dict:
     A `+cost` policy's order depends on COST_PER_IMAGE, a `+diverse` one's on
     DIVERSITY_POOL: a result that does not name them cannot be repeated.
     """
-    return {
-        "COST_PER_IMAGE": settings.cost_per_image,
-        "NOVELTY_WEIGHT": settings.novelty_weight,
-        "DIVERSITY_POOL": settings.diversity_pool,
-        "DUPLICATE_DISTANCE": settings.duplicate_distance,
-        "CLASS_BALANCE": ",".join(f"{name}={share:g}" for name, share in settings.class_balance),
-        "EMPTY_QUOTA": settings.empty_quota,
-        "EXPLORATION_FRACTION": settings.exploration_fraction,
-    }
+    values = {name: getattr(settings, ENV_VARS[name][0]) for name in SELECTION_SETTINGS}
+    # as it is written in the environment: label=share pairs
+    values["CLASS_BALANCE"] = ",".join(f"{name}={share:g}" for name, share in values["CLASS_BALANCE"])
+    return values
 
 
 def model_identity(weights: str) -> str:
