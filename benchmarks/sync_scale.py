@@ -146,13 +146,17 @@ def run_sync(server, project: int, model_dir: Path, client, ls_clusters: int = 0
     return result
 
 
-def scale_part(server, sizes: list[int], workdir: Path) -> list[dict]:
+def clients(server):
+    """-> (the SDK client, the backend's LabelStudioClient) of `server`, with a timeout that a 50,000-task import needs."""
     from label_studio_sdk import LabelStudio
 
     from label_studio_ale.ls_client import LabelStudioClient
 
-    ls = LabelStudio(base_url=server.url, api_key=server.token, timeout=900)
-    client = LabelStudioClient(server.url, server.token, timeout=900)
+    return LabelStudio(base_url=server.url, api_key=server.token, timeout=900), LabelStudioClient(server.url, server.token, timeout=900)
+
+
+def scale_part(server, sizes: list[int], workdir: Path) -> list[dict]:
+    ls, client = clients(server)
     rows = []
     for n in sizes:
         model_dir = workdir / f"models-{n}"
@@ -177,12 +181,7 @@ def scale_part(server, sizes: list[int], workdir: Path) -> list[dict]:
 
 def clusters_part(server, k: int, n: int, workdir: Path) -> dict:
     """The full sync of `n` tasks with embeddings, without LS clusters and with `k`, each on a fresh project."""
-    from label_studio_sdk import LabelStudio
-
-    from label_studio_ale.ls_client import LabelStudioClient
-
-    ls = LabelStudio(base_url=server.url, api_key=server.token, timeout=900)
-    client = LabelStudioClient(server.url, server.token, timeout=900)
+    ls, client = clients(server)
     runs = {}
     for clusters in (0, k):
         model_dir = workdir / f"models-clusters-{clusters}"
@@ -213,7 +212,6 @@ def fanout_part(server, images: int, per_job: int, workdir: Path) -> dict:
 
 
 def _fanout(server, images: int, per_job: int, workdir: Path, threads: int | None) -> dict:
-    from label_studio_sdk import LabelStudio
     from redis import Redis
 
     from label_studio_ale.jobqueue import QUEUE_SYNC, RedisJobQueue
@@ -223,7 +221,7 @@ def _fanout(server, images: int, per_job: int, workdir: Path, threads: int | Non
     from tests.support.label_studio import upload_images
     from tests.support.redis_server import start_redis
 
-    ls = LabelStudio(base_url=server.url, api_key=server.token, timeout=900)
+    ls, _ = clients(server)
     files = []
     for seed in range(images):
         buffer = io.BytesIO()
