@@ -118,6 +118,12 @@ def add_parser(commands) -> None:
         ("base-epochs", "built-in dataset: epochs of the base model"),
     ):
         al.add_argument(f"--{name}", type=int, help=f"{what} (default: the preset's)")
+    al.add_argument(
+        "--budget-cost",
+        type=float,
+        help="instead of --budget images, annotation cost labelled per cycle, in boxes: each cycle labels the policy's queue "
+        "until the boxes drawn plus COST_PER_IMAGE per image reach it (for teams that pay per box)",
+    )
     al.add_argument("--base-model", help="weights every seed starts from (default: BASE_MODEL; built-in: a base model trained once and cached)")
     al.add_argument(
         "--jobs",
@@ -163,6 +169,8 @@ def _run_al(settings: Settings, args, argv: list[str]) -> int:
     started = time.monotonic()
     try:
         jobs = check_jobs(args.jobs, device)  # before a base model is trained for nothing
+        if args.budget is not None and args.budget_cost:
+            raise ValueError("--budget (images a cycle) and --budget-cost (annotation cost a cycle) both size a cycle: give one")
         if args.data:
             data = user_data(args.data, args.format, images=args.images, eval_path=args.eval_data, eval_percent=args.eval_percent)
             new_class = args.new_class
@@ -189,6 +197,7 @@ def _run_al(settings: Settings, args, argv: list[str]) -> int:
             promotion=args.promotion,
             base_model=base_model,
             device=device,
+            budget_cost=args.budget_cost or 0.0,
         )
     except ValueError as exc:
         print(f"ale bench al: {exc}", file=sys.stderr)
@@ -196,7 +205,7 @@ def _run_al(settings: Settings, args, argv: list[str]) -> int:
     _log(f"{data.description}; classes {', '.join(data.names)}; new class: {config.new_class or 'none'}")
     _log(
         f"{len(config.policies)} policies x {len(config.seeds)} seeds x {config.cycles} cycles: "
-        f"{config.initial} initial + {config.budget} per cycle, "
+        f"{config.initial} initial + {_per_cycle(config, settings)} per cycle, "
         f"{f'{config.epochs} epochs' if config.epochs else 'the recipe' + chr(39) + 's epochs'} each, base {config.base_model}; "
         f"{jobs} run{'s' if jobs > 1 else ''} at once"
     )
@@ -224,6 +233,12 @@ def _render(results: dict, out: Path) -> None:
     plot(summary, results, out / "learning_curve.png")
     print(table)
     print(f"\nwritten: {out / 'results.json'}, {out / 'table.md'}, {out / 'learning_curve.png'}")
+
+
+def _per_cycle(config, settings: Settings) -> str:
+    if config.budget_cost:
+        return f"images costing {config.budget_cost:g} boxes (COST_PER_IMAGE={settings.cost_per_image:g})"
+    return str(config.budget)
 
 
 def _seeds(raw: str) -> tuple[int, ...]:

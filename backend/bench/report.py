@@ -22,15 +22,22 @@ METRIC = "map50"
 
 
 def summarise(results: dict, metric: str = METRIC) -> dict:
-    """-> {"labelled": [n per cycle], "policies": {name: per-cycle means/sds and gains over random}}."""
+    """-> {"labelled": [n per cycle], "policies": {name: per-cycle means/sds and gains over random}}.
+
+    "labelled" is the images every run had labelled per cycle; None where the
+    runs differ (a cost budget), and each policy's "images_curve" says.
+    """
     runs = results["runs"]
     if not runs:
         raise ValueError("the results hold no finished runs")
     policies = list(dict.fromkeys(run["policy"] for run in runs))
     by_key = {(run["policy"], run["seed"]): run for run in runs}
     cycles = min(len(run["cycles"]) for run in runs)
-    labelled = [c["labelled_images"] for c in runs[0]["cycles"][:cycles]]
-    summary = {"metric": metric, "labelled": labelled, "seeds": sorted({run["seed"] for run in runs}), "policies": {}}
+    images = {key: [c["labelled_images"] for c in run["cycles"][:cycles]] for key, run in by_key.items()}
+    labelled = images[(runs[0]["policy"], runs[0]["seed"])]
+    shared = all(curve == labelled for curve in images.values())
+    summary = {"metric": metric, "labelled": labelled if shared else None, "cycles": cycles,
+               "seeds": sorted({run["seed"] for run in runs}), "policies": {}}  # fmt: skip
     for name in policies:
         seeds = sorted(seed for policy, seed in by_key if policy == name)
         values = np.array([[c[metric] for c in by_key[(name, s)]["cycles"][:cycles]] for s in seeds])
@@ -46,10 +53,12 @@ def summarise(results: dict, metric: str = METRIC) -> dict:
             [[sum(c["labelled_objects"].values()) for c in by_key[(name, s)]["cycles"][:cycles]] for s in seeds], axis=0
         ).tolist()
         row["labelled_objects"] = row["objects_curve"][-1]
+        row["images_curve"] = np.mean([images[(name, s)] for s in seeds], axis=0).tolist()
         # what each labelled image and each labelled box bought: points of the metric from the initial model to the last
         gained = (row["mean"][-1] - row["mean"][0]) * 100
-        images, boxes = labelled[-1] - labelled[0], row["objects_curve"][-1] - row["objects_curve"][0]
-        row["gain_per_image"] = gained / images if images else None
+        images_spent = row["images_curve"][-1] - row["images_curve"][0]
+        boxes = row["objects_curve"][-1] - row["objects_curve"][0]
+        row["gain_per_image"] = gained / images_spent if images_spent else None
         row["gain_per_box"] = gained / boxes if boxes else None
         new_class = [by_key[(name, s)]["cycles"][cycles - 1].get("new_class_ap50") for s in seeds]
         if all(v is not None for v in new_class):
@@ -83,13 +92,13 @@ def _add_cost_to_reach_random(summary: dict) -> None:
     A saving of 0.27 is 27 % fewer than random needed; negative: more.
     """
     random = summary["policies"].get(BASELINE_POLICY)
-    if random is None or len(summary["labelled"]) < 2:
+    if random is None or summary["cycles"] < 2:
         return
     target = random["mean"][-1]
-    random_cost = {"images": summary["labelled"][-1], "boxes": random["objects_curve"][-1]}
+    random_cost = {"images": random["images_curve"][-1], "boxes": random["objects_curve"][-1]}
     for row in summary["policies"].values():
         reach = {}
-        for unit, xs in (("images", summary["labelled"]), ("boxes", row["objects_curve"])):
+        for unit, xs in (("images", row["images_curve"]), ("boxes", row["objects_curve"])):
             needed = labelled_to_reach(xs, row["mean"], target)
             saving = None if needed is None or not random_cost[unit] else 1 - needed / random_cost[unit]
             reach[unit] = {"needed": needed, "saving": saving}
@@ -126,7 +135,11 @@ def markdown_table(summary: dict) -> str:
     """
     labelled = summary["labelled"]
     has_new = any("new_class_ap50" in row for row in summary["policies"].values())
-    header = ["policy"] + [f"{n} img" for n in labelled] + ["gain, last (pp)", "gain, mean (pp)", "boxes labelled", "pp / image", "pp / box"]
+    # under a cost budget the policies label different numbers of images: the columns are cycles
+    cycles = [f"{n} img" for n in labelled] if labelled else [f"cycle {k}" for k in range(summary["cycles"])]
+    header = ["policy"] + cycles + ["gain, last (pp)", "gain, mean (pp)", "boxes labelled"]
+    header += [] if labelled else ["images labelled"]
+    header += ["pp / image", "pp / box"]
     has_same_boxes = any(row.get("gain_same_boxes") is not None for row in summary["policies"].values())
     if has_same_boxes:
         header.append("gain at random's boxes (pp)")
@@ -149,6 +162,8 @@ def markdown_table(summary: dict) -> str:
             gain = row.get(key)
             cells.append(("—" if not gain else f"{gain['mean']:+.1f} ± {gain['sd']:.1f}" if spread else f"{gain['mean']:+.1f}"))
         cells.append(f"{row['labelled_objects']:.0f}")
+        if not labelled:
+            cells.append(f"{row['images_curve'][-1]:.0f}")
         cells += ["—" if row.get(k) is None else f"{row[k]:.2f}" for k in ("gain_per_image", "gain_per_box")]
         if has_same_boxes:
             # "—": random itself, or more boxes than random labelled
@@ -189,16 +204,17 @@ def plot(summary: dict, results: dict, path: str | Path) -> Path:
     for axis, (title, key, unit) in zip(axes[0], panels):
         for k, name in enumerate(policies):
             runs = [r for r in results["runs"] if r["policy"] == name]
-            cycles = len(summary["labelled"])
+            cycles = summary["cycles"]
             values = np.array([[c.get(key, 0.0) for c in r["cycles"][:cycles]] for r in runs])
             style = {"color": "black", "linewidth": 2.5, "linestyle": "--"} if name == BASELINE_POLICY else {
                 "color": colours[k % len(colours)],
                 "linewidth": 1.8 if name.startswith("ale-") else 1.2,
                 "linestyle": "-" if name.startswith("ale-") else ":",
             }
-            xs = summary["labelled"] if unit == "images" else policies[name]["objects_curve"]
+            xs = policies[name]["images_curve" if unit == "images" else "objects_curve"]
             axis.plot(xs, values.mean(0), marker="o", markersize=3, label=name, **style)
-        axis.set_xlabel(f"labelled {unit}" + (" (mean over seeds)" if unit == "boxes" else ""))
+        per_seed = unit == "boxes" or summary["labelled"] is None  # the same for every run only for images under an image budget
+        axis.set_xlabel(f"labelled {unit}" + (" (mean over seeds)" if per_seed else ""))
         axis.set_title(title)
         axis.grid(alpha=0.3)
     axes[0][0].set_ylabel(f"mean over {len(summary['seeds'])} seed(s)")

@@ -8,7 +8,8 @@ policy, starting from that same model, each cycle:
 1. predicts the unlabeled pool with the served version (same adapter and
    serving filters as /predict and the sync),
 2. ranks it with the policy and the batch extras (same `select_order` as the
-   priority sync) and "labels" the first `budget` images from the ground truth,
+   priority sync) and "labels" the first `budget` images from the ground truth
+   (with `budget_cost`, the queue up to that annotation cost: see `budget`),
 3. trains a new version on everything labelled so far (same `train_version`
    as Start Training: fine-tune from the current version, validation split
    by task id, promotion by PROMOTION),
@@ -33,6 +34,7 @@ from ..datasets import LabelledImage
 from ..model_store import ModelStore
 from ..policies import embedding_matrix, get_policy, image_novelty, needs_novelty
 from ..settings import ENV_VARS, PROMOTION_POLICIES, Settings
+from .budget import batch_size_for_cost, check_budget_cost, check_pool_cost, cost_prefix
 from .oracle import is_reference, reference_picks
 
 #: Besides the policy's name, the settings (by environment name) that decide its picks; results.json names them.
@@ -87,6 +89,8 @@ class BenchConfig:
     promotion: str = "always"
     base_model: str = "yolov5n.yaml"
     device: str = "cpu"
+    # > 0: a cycle labels the queue until its boxes + COST_PER_IMAGE per image reach this, instead of `budget` images
+    budget_cost: float = 0.0
 
     def __post_init__(self):
         for name in ("initial", "budget", "cycles", "image_size", "initial_epochs", "epochs", "batch"):
@@ -105,10 +109,12 @@ class BenchConfig:
                 get_policy(name)  # unknown names fail here, before any training
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct integers, got {self.seeds}")
+        check_budget_cost(self.budget_cost)
         if self.promotion not in PROMOTION_POLICIES:
             raise ValueError(f"promotion must be one of {', '.join(PROMOTION_POLICIES)}, got {self.promotion!r}")
 
     def labelled_after(self, cycle: int) -> int:
+        """Images labelled after `cycle` cycles of `budget` images (under a cost budget, what the policy's images cost decides)."""
         return self.initial + cycle * self.budget
 
 
@@ -153,13 +159,16 @@ def simulate(
     if new_index is None and any(is_reference(name) for name in config.policies):
         references = ", ".join(name for name in config.policies if is_reference(name))
         raise ValueError(f"{references} picks images of the new class: name one with --new-class, or leave {references} out")
-    needed = config.labelled_after(config.cycles)
+    needed = config.initial if config.budget_cost else config.labelled_after(config.cycles)
     eligible = [i for i, item in enumerate(data.pool) if new_index is None or new_index not in item.truth.labels]
     if len(eligible) < config.initial or len(data.pool) < needed:
         raise ValueError(
             f"the pool has {len(data.pool)} images ({len(eligible)} usable for the initial set); the configuration needs "
             f"{config.initial} initial and {needed} in all: lower --initial, --budget or --cycles, or use a larger dataset"
         )
+    if config.budget_cost:
+        boxes = [len(item.truth.labels) for item in data.pool]
+        check_pool_cost(boxes, settings.cost_per_image, config.initial, config.cycles, config.budget_cost)
     settings = settings.replace(
         image_size=config.image_size,
         train_batch=config.batch,
@@ -235,21 +244,32 @@ def _run_policy(config, data, settings, policy_name, seed, initial, hashes, run_
     for cycle in range(1, config.cycles + 1):
         start = time.monotonic()
         unlabeled = np.setdiff1d(np.arange(len(data.pool)), labelled)
+        # under a cost budget the whole queue is ranked and the cost decides where labelling stops
+        head = len(unlabeled) if config.budget_cost else config.budget
         if is_reference(policy_name):  # reads the ground truth, not the model
-            picked = reference_picks(policy_name, [data.pool[i].truth.labels for i in unlabeled], new_index, config.budget,
+            picked = reference_picks(policy_name, [data.pool[i].truth.labels for i in unlabeled], new_index, head,
                                      settings.cost_per_image)  # fmt: skip
         else:
             picked = _policy_picks(config, data, settings, store, policy_name, labelled, unlabeled, hashes, seed * 1000 + cycle)
+        if config.budget_cost:
+            boxes = [len(data.pool[unlabeled[i]].truth.labels) for i in picked]
+            picked = picked[: cost_prefix(boxes, settings.cost_per_image, config.budget_cost)]
         labelled += [int(unlabeled[i]) for i in picked]
         train_labelled(settings, store, data, labelled, run_dir / "work", seed)
         metrics = evaluate_served(settings, store, data)
         cycles.append(_cycle_record(cycle, labelled, metrics, data, new_index, time.monotonic() - start))
-        log(f"seed {seed}: {policy_name:<17} cycle {cycle}: {len(labelled)} images, mAP50 {metrics['map50']:.3f} ({time.monotonic() - start:.0f} s)")
+        boxes = sum(cycles[-1]["labelled_objects"].values())
+        log(f"seed {seed}: {policy_name:<17} cycle {cycle}: {len(labelled)} images, {boxes} boxes, mAP50 {metrics['map50']:.3f} "
+            f"({time.monotonic() - start:.0f} s)")  # fmt: skip
     return {"seed": seed, "policy": policy_name, "cycles": cycles}
 
 
 def _policy_picks(config, data, settings, store, policy_name, labelled, unlabeled, hashes, seed) -> np.ndarray:
-    """Positions in `unlabeled` of the batch the policy ranks first under the store's current version."""
+    """Positions in `unlabeled` of the batch the policy ranks first under the store's current version.
+
+    Under a cost budget: the whole queue, its head shaped by the batch extras
+    for the images the budget buys at the predicted boxes' cost.
+    """
     from ..adapters import load_adapter
     from ..predictor import Predictor
 
@@ -259,10 +279,14 @@ def _policy_picks(config, data, settings, store, policy_name, labelled, unlabele
     novelty = None
     if needs_novelty(get_policy(policy_name)):  # against the labelled images' embeddings, by the same model
         novelty = image_novelty(detections, embedding_matrix(detect_images(predictor, data, labelled)))
-    return select_batch(
+    batch = config.budget
+    if config.budget_cost:
+        batch = batch_size_for_cost([len(d) for d in detections], settings.cost_per_image, config.budget_cost)
+    order = select_queue(
         settings, policy_name, detections, unlabeled + 1, [hashes[i] for i in unlabeled] if hashes else None,
-        adapter.classes, config.budget, seed, novelty,
+        adapter.classes, batch, seed, novelty,
     )
+    return order if config.budget_cost else order[: config.budget]
 
 
 def select_batch(
@@ -274,15 +298,22 @@ def select_batch(
     drives the random policy and the exploration draw; `novelty`: (m,) each
     image's novelty against the labelled set (`policies.image_novelty`).
     """
+    return select_queue(settings, policy_name, detections, task_ids, hashes, classes, budget, seed, novelty)[:budget]
+
+
+def select_queue(
+    settings: Settings, policy_name: str, detections, task_ids: np.ndarray, hashes, classes, batch_size: int, seed: int, novelty=None
+) -> np.ndarray:
+    """The whole queue a sync would write, (m,) positions, with the batch extras shaping its first `batch_size`."""
     from ..jobs import batch_extras
     from ..ranking import select_order
 
     settings = settings.replace(policy=policy_name, policy_seed=seed)
     policy = get_policy(policy_name, seed, settings.cost_per_image, settings.novelty_weight)
     usefulness = policy.usefulness(detections, novelty)
-    extras = dataclasses.replace(batch_extras(settings, classes), batch_size=budget, seed=seed)
+    extras = dataclasses.replace(batch_extras(settings, classes), batch_size=batch_size, seed=seed)
     lookup = lambda indices: [detections[i].embedding for i in indices]  # noqa: E731
-    return select_order(usefulness, np.asarray(task_ids), detections, hashes, extras, embeddings=lookup)[:budget]
+    return select_order(usefulness, np.asarray(task_ids), detections, hashes, extras, embeddings=lookup)
 
 
 def detect_images(predictor, data: BenchData, indices) -> list:

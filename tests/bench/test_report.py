@@ -108,3 +108,34 @@ def test_the_gain_at_randoms_boxes_reads_randoms_curve_at_the_policys_boxes():
     rows = {line.split(" | ")[0][2:]: line for line in markdown_table(summary).splitlines()[2:]}
     assert "| 3.00 | 7.50 | +10.0 |" in rows["sparse"]  # 30 points over 10 images and over 4 boxes
     assert "| 5.00 | 3.12 | — |" in rows["crowded"] and "| 4.00 | 5.00 | — |" in rows["random"]
+
+
+def test_under_a_cost_budget_the_columns_are_cycles_and_images_come_from_each_policys_runs():
+    def run(policy, seed, map50s, images, boxes):
+        cycles = [
+            {"cycle": c, "labelled_images": n, "map50": m, "labelled_objects": {"old": b}} for c, (m, n, b) in enumerate(zip(map50s, images, boxes))
+        ]  # fmt: skip
+        return {"policy": policy, "seed": seed, "cycles": cycles}
+
+    results = {
+        "dataset": {},
+        "runs": [
+            run("random", 0, [0.2, 0.4, 0.6], [10, 20, 30], [0, 20, 40]),
+            run("random", 1, [0.2, 0.4, 0.6], [10, 22, 32], [0, 20, 40]),
+            # sparse images: more of them for the same cost, and random's final reached at 25 images, 28 boxes
+            run("sparse", 0, [0.2, 0.5, 0.7], [10, 25, 40], [0, 16, 32]),
+            run("sparse", 1, [0.2, 0.5, 0.7], [10, 25, 40], [0, 16, 32]),
+        ],
+    }
+    summary = summarise(results)
+    assert summary["labelled"] is None and summary["cycles"] == 3
+    assert summary["policies"]["random"]["images_curve"] == [10, 21, 31]
+    sparse = summary["policies"]["sparse"]
+    assert sparse["to_reach_random"]["images"]["needed"] == pytest.approx(32.5)
+    assert sparse["to_reach_random"]["images"]["saving"] == pytest.approx(1 - 32.5 / 31)
+    assert sparse["to_reach_random"]["boxes"]["needed"] == pytest.approx(24.0)
+    assert sparse["gain_per_image"] == pytest.approx(50 / 30)
+    lines = markdown_table(summary).splitlines()
+    assert lines[0].startswith("| policy | cycle 0 | cycle 1 | cycle 2 | gain, last (pp) | gain, mean (pp) | boxes labelled | images labelled |")
+    row = next(line for line in lines if line.startswith("| sparse"))
+    assert "| 32 | 40 | 1.67 |" in row and row.endswith("| 32 (+5 %) | 24 (-40 %) |")

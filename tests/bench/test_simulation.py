@@ -61,6 +61,7 @@ def test_ale_weights_the_number_of_boxes_and_random_follows_its_seed():
         ({"epochs": -1}, r"epochs must be 0 \(the training recipe decides\) or a positive integer"),
         ({"seeds": ()}, "seeds must be distinct"),
         ({"promotion": "sometimes"}, "promotion must be one of"),
+        ({"budget_cost": -5.0}, "budget_cost must be 0"),
     ],
 )
 def test_bad_configurations_fail_before_any_training(kwargs, message):
@@ -182,6 +183,42 @@ def test_runs_at_once_label_what_runs_in_turn_label(shapes_dataset, tmp_path):
         labelled[jobs] = [[c["labelled_objects"] for c in run["cycles"]] for run in results["runs"]]
     # the same initial sets and the same random picks, seed by seed
     assert labelled[1] == labelled[2] and len(labelled[1]) == 2
+
+
+@pytest.mark.slow
+def test_under_a_cost_budget_each_cycle_labels_the_queue_until_its_cost_is_reached(shapes_dataset, tmp_path, monkeypatch):
+    monkeypatch.setenv("COST_PER_IMAGE", "1")
+    out = tmp_path / "out"
+    code = main(
+        ["bench", "al", "--data", str(shapes_dataset), "--policies", "random,entropy-mean+cost,oracle-new-class-per-box",
+         "--new-class", "triangle", "--seeds", "0", "--initial", "6", "--budget-cost", "9", "--cycles", "2",
+         "--image-size", "64", "--initial-epochs", "1", "--epochs", "1", "--batch", "4", "--base-model", "yolov5n.yaml",
+         "--jobs", "1", "--out", str(out)]
+    )  # fmt: skip
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"]["budget_cost"] == 9.0 and results["selection"]["COST_PER_IMAGE"] == 1.0
+    for run in results["runs"]:
+        cost = [c["labelled_images"] + sum(c["labelled_objects"].values()) for c in run["cycles"]]
+        for before, after in zip(cost, cost[1:]):
+            # the image that reaches the cost is finished: at most one image (1 + 3 boxes) past it
+            assert 9 <= after - before < 9 + 1 + 3, (run["policy"], cost)
+    assert "| cycle 0 | cycle 1 | cycle 2 |" in (out / "table.md").read_text()
+
+
+def test_bench_al_explains_a_pool_too_poor_for_the_cost_budget(shapes_dataset, tmp_path, capsys):
+    code = main(
+        ["bench", "al", "--data", str(shapes_dataset), "--policies", "random", "--seeds", "0", "--initial", "6",
+         "--budget-cost", "500", "--cycles", "2", "--base-model", "yolov5n.yaml", "--out", str(tmp_path)]
+    )  # fmt: skip
+    assert code == 2
+    assert "2 cycles of --budget-cost 500 need 1000: lower --budget-cost or --cycles" in capsys.readouterr().err
+
+
+def test_a_cycle_is_sized_in_images_or_in_cost_not_both(shapes_dataset, tmp_path, capsys):
+    code = main(["bench", "al", "--data", str(shapes_dataset), "--budget", "4", "--budget-cost", "9", "--out", str(tmp_path)])
+    assert code == 2
+    assert "--budget (images a cycle) and --budget-cost (annotation cost a cycle) both size a cycle: give one" in capsys.readouterr().err
 
 
 def test_bench_al_explains_a_pool_too_small_for_the_configuration(shapes_dataset, tmp_path, capsys):
