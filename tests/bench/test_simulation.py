@@ -206,28 +206,26 @@ def test_under_a_cost_budget_each_cycle_labels_the_queue_until_its_cost_is_reach
     assert "| cycle 0 | cycle 1 | cycle 2 |" in (out / "table.md").read_text()
 
 
-def test_bench_al_explains_a_pool_too_poor_for_the_cost_budget(shapes_dataset, tmp_path, capsys):
-    code = main(
-        ["bench", "al", "--data", str(shapes_dataset), "--policies", "random", "--seeds", "0", "--initial", "6",
-         "--budget-cost", "500", "--cycles", "2", "--base-model", "yolov5n.yaml", "--out", str(tmp_path)]
-    )  # fmt: skip
-    assert code == 2
-    assert "2 cycles of --budget-cost 500 need 1000: lower --budget-cost or --cycles" in capsys.readouterr().err
-
-
 def test_a_cycle_is_sized_in_images_or_in_cost_not_both(shapes_dataset, tmp_path, capsys):
     code = main(["bench", "al", "--data", str(shapes_dataset), "--budget", "4", "--budget-cost", "9", "--out", str(tmp_path)])
     assert code == 2
     assert "--budget (images a cycle) and --budget-cost (annotation cost a cycle) both size a cycle: give one" in capsys.readouterr().err
 
 
-def test_bench_al_explains_a_pool_too_small_for_the_configuration(shapes_dataset, tmp_path, capsys):
+@pytest.mark.parametrize(
+    "sizes, message",
+    [
+        (["--initial", "30", "--budget", "20"], "lower --initial, --budget or --cycles"),
+        (["--initial", "6", "--budget-cost", "500"], "2 cycles of --budget-cost 500 need 1000: lower --budget-cost or --cycles"),
+    ],
+)
+def test_bench_al_explains_a_pool_too_small_for_the_configuration(shapes_dataset, tmp_path, capsys, sizes, message):
     code = main(
-        ["bench", "al", "--data", str(shapes_dataset), "--policies", "random", "--seeds", "0", "--initial", "30",
-         "--budget", "20", "--cycles", "2", "--base-model", "yolov5n.yaml", "--out", str(tmp_path)]
+        ["bench", "al", "--data", str(shapes_dataset), "--policies", "random", "--seeds", "0", *sizes, "--cycles", "2",
+         "--base-model", "yolov5n.yaml", "--out", str(tmp_path)]
     )  # fmt: skip
     assert code == 2
-    assert "lower --initial, --budget or --cycles" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
 
 
 def test_bench_al_names_an_unknown_new_class(shapes_dataset, tmp_path, capsys):
