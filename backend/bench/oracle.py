@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .budget import image_costs
+
 #: The bench-only reference; `ale bench al --policies random,oracle-new-class`.
 ORACLE_NEW_CLASS = "oracle-new-class"
 #: ... and `ale bench al --policies random,oracle-new-class-per-box`.
@@ -57,9 +59,7 @@ def new_class_per_box_first(labels: list[np.ndarray], new_index: int, budget: in
     of the new class scores 0, whatever it costs.
     """
     new, total = _box_counts(labels, new_index, budget)
-    if not np.isfinite(cost_per_image) or cost_per_image < 0:
-        raise ValueError(f"cost_per_image must be a finite number of boxes >= 0, got {cost_per_image}")
-    per_cost = np.divide(new, total + cost_per_image, out=np.zeros(len(labels)), where=new > 0)
+    per_cost = np.divide(new, image_costs(total, cost_per_image), out=np.zeros(len(labels)), where=new > 0)
     order = np.lexsort((np.arange(len(labels)), total, -per_cost))  # last key sorts first
     return order[:budget]
 

@@ -244,17 +244,12 @@ def _run_policy(config, data, settings, policy_name, seed, initial, hashes, run_
     for cycle in range(1, config.cycles + 1):
         start = time.monotonic()
         unlabeled = np.setdiff1d(np.arange(len(data.pool)), labelled)
-        # under a cost budget the whole queue is ranked and the cost decides where labelling stops
-        head = len(unlabeled) if config.budget_cost else config.budget
         if is_reference(policy_name):  # reads the ground truth, not the model
-            picked = reference_picks(policy_name, [data.pool[i].truth.labels for i in unlabeled], new_index, head,
-                                     settings.cost_per_image)  # fmt: skip
+            queue = reference_picks(policy_name, [data.pool[i].truth.labels for i in unlabeled], new_index, len(unlabeled),
+                                    settings.cost_per_image)  # fmt: skip
         else:
-            picked = _policy_picks(config, data, settings, store, policy_name, labelled, unlabeled, hashes, seed * 1000 + cycle)
-        if config.budget_cost:
-            boxes = [len(data.pool[unlabeled[i]].truth.labels) for i in picked]
-            picked = picked[: cost_prefix(boxes, settings.cost_per_image, config.budget_cost)]
-        labelled += [int(unlabeled[i]) for i in picked]
+            queue = _policy_queue(config, data, settings, store, policy_name, labelled, unlabeled, hashes, seed * 1000 + cycle)
+        labelled += [int(unlabeled[i]) for i in _labelled_next(config, data, settings, unlabeled, queue)]
         train_labelled(settings, store, data, labelled, run_dir / "work", seed)
         metrics = evaluate_served(settings, store, data)
         cycles.append(_cycle_record(cycle, labelled, metrics, data, new_index, time.monotonic() - start))
@@ -264,11 +259,19 @@ def _run_policy(config, data, settings, policy_name, seed, initial, hashes, run_
     return {"seed": seed, "policy": policy_name, "cycles": cycles}
 
 
-def _policy_picks(config, data, settings, store, policy_name, labelled, unlabeled, hashes, seed) -> np.ndarray:
-    """Positions in `unlabeled` of the batch the policy ranks first under the store's current version.
+def _labelled_next(config, data, settings, unlabeled, queue) -> np.ndarray:
+    """The head of `queue` (positions in `unlabeled`) a cycle labels: `budget` images, or the images up to `budget_cost`."""
+    if not config.budget_cost:
+        return queue[: config.budget]
+    boxes = [len(data.pool[unlabeled[i]].truth.labels) for i in queue]
+    return queue[: cost_prefix(boxes, settings.cost_per_image, config.budget_cost)]
 
-    Under a cost budget: the whole queue, its head shaped by the batch extras
-    for the images the budget buys at the predicted boxes' cost.
+
+def _policy_queue(config, data, settings, store, policy_name, labelled, unlabeled, hashes, seed) -> np.ndarray:
+    """Positions in `unlabeled`, the policy's queue under the store's current version.
+
+    The batch extras shape its head: `budget` images, or under a cost budget
+    the images the budget buys at the predicted boxes' cost.
     """
     from ..adapters import load_adapter
     from ..predictor import Predictor
@@ -282,11 +285,10 @@ def _policy_picks(config, data, settings, store, policy_name, labelled, unlabele
     batch = config.budget
     if config.budget_cost:
         batch = batch_size_for_cost([len(d) for d in detections], settings.cost_per_image, config.budget_cost)
-    order = select_queue(
+    return select_queue(
         settings, policy_name, detections, unlabeled + 1, [hashes[i] for i in unlabeled] if hashes else None,
         adapter.classes, batch, seed, novelty,
     )
-    return order if config.budget_cost else order[: config.budget]
 
 
 def select_batch(
