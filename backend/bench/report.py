@@ -7,7 +7,10 @@ images and boxes each policy's mean curve needs to reach random's final mean
 mAP50, against what random labelled for it, the points each labelled
 image and each labelled box bought (initial model to last cycle), and each
 policy's final mAP50 against random's at the same number of labelled boxes
-(what the same annotation money bought, for teams that pay per box).
+(what the same annotation money bought, for teams that pay per box). Under a
+cost budget (`--budget-cost`), also the annotation cost each policy needs to
+reach random's final: boxes plus COST_PER_IMAGE per image, the budget's own
+measure.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ def summarise(results: dict, metric: str = METRIC) -> dict:
     """-> {"labelled": [n per cycle], "policies": {name: per-cycle means/sds and gains over random}}.
 
     "labelled" is the images every run had labelled per cycle; None where the
-    runs differ (a cost budget), and each policy's "images_curve" says.
+    runs differ (a cost budget), and each policy's "images_curve" says. Under a
+    cost budget, "cost_per_image" is the run's COST_PER_IMAGE and each policy
+    has a "cost_curve" (boxes + cost_per_image x images, per cycle).
     """
     runs = results["runs"]
     if not runs:
@@ -38,6 +43,9 @@ def summarise(results: dict, metric: str = METRIC) -> dict:
     shared = all(curve == labelled for curve in images.values())
     summary = {"metric": metric, "labelled": labelled if shared else None, "cycles": cycles,
                "seeds": sorted({run["seed"] for run in runs}), "policies": {}}  # fmt: skip
+    cost_per_image = _cost_per_image(results)
+    if cost_per_image is not None:
+        summary["cost_per_image"] = cost_per_image
     for name in policies:
         seeds = sorted(seed for policy, seed in by_key if policy == name)
         values = np.array([[c[metric] for c in by_key[(name, s)]["cycles"][:cycles]] for s in seeds])
@@ -54,6 +62,8 @@ def summarise(results: dict, metric: str = METRIC) -> dict:
         ).tolist()
         row["labelled_objects"] = row["objects_curve"][-1]
         row["images_curve"] = np.mean([images[(name, s)] for s in seeds], axis=0).tolist()
+        if cost_per_image is not None:
+            row["cost_curve"] = (np.array(row["objects_curve"]) + cost_per_image * np.array(row["images_curve"])).tolist()
         # what each labelled image and each labelled box bought: points of the metric from the initial model to the last
         gained = (row["mean"][-1] - row["mean"][0]) * 100
         images_spent = row["images_curve"][-1] - row["images_curve"][0]
@@ -70,6 +80,16 @@ def summarise(results: dict, metric: str = METRIC) -> dict:
     _add_cost_to_reach_random(summary)
     _add_gain_at_same_boxes(summary)
     return summary
+
+
+def _cost_per_image(results: dict) -> float | None:
+    """COST_PER_IMAGE of a cost-budget run (None under an image budget); a ValueError if the results lack it."""
+    if not (results.get("config") or {}).get("budget_cost"):
+        return None
+    value = (results.get("selection") or {}).get("COST_PER_IMAGE")
+    if value is None:
+        raise ValueError("a --budget-cost result must name COST_PER_IMAGE under 'selection': rerun it with this version of ale bench al")
+    return float(value)
 
 
 def labelled_to_reach(labelled: list[float], curve: list[float], target: float) -> float | None:
@@ -95,10 +115,12 @@ def _add_cost_to_reach_random(summary: dict) -> None:
     if random is None or summary["cycles"] < 2:
         return
     target = random["mean"][-1]
-    random_cost = {"images": random["images_curve"][-1], "boxes": random["objects_curve"][-1]}
+    units = ["images", "boxes"] + (["cost"] if "cost_per_image" in summary else [])
+    curve = {"images": "images_curve", "boxes": "objects_curve", "cost": "cost_curve"}
+    random_cost = {unit: random[curve[unit]][-1] for unit in units}
     for row in summary["policies"].values():
         reach = {}
-        for unit, xs in (("images", row["images_curve"]), ("boxes", row["objects_curve"])):
+        for unit, xs in ((unit, row[curve[unit]]) for unit in units):
             needed = labelled_to_reach(xs, row["mean"], target)
             saving = None if needed is None or not random_cost[unit] else 1 - needed / random_cost[unit]
             reach[unit] = {"needed": needed, "saving": saving}
@@ -146,8 +168,10 @@ def markdown_table(summary: dict) -> str:
     if has_new:
         header += ["new class AP50", "new-class boxes"]
     has_reach = any("to_reach_random" in row for row in summary["policies"].values())
+    has_cost = "cost_per_image" in summary
     if has_reach:
         header += ["images to random's last", "boxes to random's last"]
+        header += [f"cost to random's last (boxes + {summary['cost_per_image']:g}/img)"] if has_cost else []
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
 
     def order(item):
@@ -173,7 +197,7 @@ def markdown_table(summary: dict) -> str:
         if has_reach:
             reach = row.get("to_reach_random", {})
             own = name == BASELINE_POLICY  # random's own cost: nothing to compare with
-            cells += [_reach_cell(reach.get("images"), own), _reach_cell(reach.get("boxes"), own)]
+            cells += [_reach_cell(reach.get(unit), own) for unit in ("images", "boxes") + (("cost",) if has_cost else ())]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

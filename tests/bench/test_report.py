@@ -139,3 +139,44 @@ def test_under_a_cost_budget_the_columns_are_cycles_and_images_come_from_each_po
     assert lines[0].startswith("| policy | cycle 0 | cycle 1 | cycle 2 | gain, last (pp) | gain, mean (pp) | boxes labelled | images labelled |")
     row = next(line for line in lines if line.startswith("| sparse"))
     assert "| 32 | 40 | 1.67 |" in row and row.endswith("| 32 (+5 %) | 24 (-40 %) |")
+
+
+def _cost_budget_results(**extra):
+    def run(policy, seed, map50s, images, boxes):
+        cycles = [
+            {"cycle": c, "labelled_images": n, "map50": m, "labelled_objects": {"old": b}} for c, (m, n, b) in enumerate(zip(map50s, images, boxes))
+        ]  # fmt: skip
+        return {"policy": policy, "seed": seed, "cycles": cycles}
+
+    runs = [
+        run("random", 0, [0.2, 0.4, 0.6], [10, 20, 30], [0, 20, 40]),
+        run("random", 1, [0.2, 0.4, 0.6], [10, 22, 32], [0, 20, 40]),
+        run("sparse", 0, [0.2, 0.5, 0.7], [10, 25, 40], [0, 16, 32]),
+    ]
+    return {"dataset": {}, "config": {"budget_cost": 40.0}, "runs": runs, **extra}
+
+
+def test_under_a_cost_budget_the_table_gives_the_cost_each_policy_needs_to_reach_random():
+    summary = summarise(_cost_budget_results(selection={"COST_PER_IMAGE": 2.0}))
+    assert summary["cost_per_image"] == 2.0
+    # boxes + 2 per image, per cycle: random 0+20, 20+42, 40+62; sparse 0+20, 16+50, 32+80
+    assert summary["policies"]["random"]["cost_curve"] == pytest.approx([20, 62, 102])
+    sparse = summary["policies"]["sparse"]
+    assert sparse["cost_curve"] == pytest.approx([20, 66, 112])
+    # random's final 0.6 is halfway from cycle 1 (0.5) to cycle 2 (0.7): cost 66 + (112 - 66) / 2 = 89
+    assert sparse["to_reach_random"]["cost"]["needed"] == pytest.approx(89.0)
+    assert sparse["to_reach_random"]["cost"]["saving"] == pytest.approx(1 - 89 / 102)
+    lines = markdown_table(summary).splitlines()
+    assert lines[0].endswith("| images to random's last | boxes to random's last | cost to random's last (boxes + 2/img) |")
+    rows = {line.split(" | ")[0][2:]: line for line in lines[2:]}
+    assert rows["sparse"].endswith("| 32 (+5 %) | 24 (-40 %) | 89 (-13 %) |")
+    assert rows["random"].endswith("| 31 | 40 | 102 |")
+
+
+def test_an_image_budget_has_no_cost_column_and_a_cost_budget_without_its_cost_per_image_is_refused():
+    image_budget = _cost_budget_results(selection={"COST_PER_IMAGE": 2.0}, config={})
+    summary = summarise(image_budget)
+    assert "cost_per_image" not in summary and "cost" not in summary["policies"]["sparse"]["to_reach_random"]
+    assert "cost to random's last" not in markdown_table(summary)
+    with pytest.raises(ValueError, match="COST_PER_IMAGE"):
+        summarise(_cost_budget_results())
