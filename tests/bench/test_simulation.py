@@ -203,7 +203,8 @@ def test_under_a_cost_budget_each_cycle_labels_the_queue_until_its_cost_is_reach
         for before, after in zip(cost, cost[1:]):
             # the image that reaches the cost is finished: at most one image (1 + 3 boxes) past it
             assert 9 <= after - before < 9 + 1 + 3, (run["policy"], cost)
-    assert "| cycle 0 | cycle 1 | cycle 2 |" in (out / "table.md").read_text()
+    table = (out / "table.md").read_text()
+    assert "| cycle 0 | cycle 1 | cycle 2 |" in table and "| cost to random's last (boxes + 1/img) |" in table
 
 
 def test_a_cycle_is_sized_in_images_or_in_cost_not_both(shapes_dataset, tmp_path, capsys):
