@@ -131,6 +131,8 @@ class Settings:
     train_epochs: int = DEFAULT_TRAIN_EPOCHS
     train_batch: int = DEFAULT_TRAIN_BATCH
     train_recipe: str = TRAIN_RECIPES[0]
+    #: 0: the small-data recipe's own minimum (200 optimizer steps)
+    train_min_steps: int = 0
     promotion: str = PROMOTION_POLICIES[0]
     promotion_min_images: int = DEFAULT_PROMOTION_MIN_IMAGES
     auto_train_after: int = 0
@@ -193,6 +195,8 @@ class Settings:
             raise ConfigError("TRAIN_BATCH", f"must be a positive number, got {self.train_batch}")
         if self.train_epochs < 0:
             raise ConfigError("TRAIN_EPOCHS", f"must be 0 (the recipe decides) or a number of epochs, got {self.train_epochs}")
+        if self.train_min_steps < 0:
+            raise ConfigError("TRAIN_MIN_STEPS", f"must be 0 (the recipe decides) or a number of optimizer steps, got {self.train_min_steps}")
         if self.train_recipe not in TRAIN_RECIPES:
             raise ConfigError("TRAIN_RECIPE", f"must be one of {', '.join(TRAIN_RECIPES)}, got {self.train_recipe!r}")
         if self.promotion_min_images < 1:
@@ -325,6 +329,7 @@ ENV_VARS = {
     "TRAIN_EPOCHS": ("train_epochs", int),
     "TRAIN_BATCH": ("train_batch", int),
     "TRAIN_RECIPE": ("train_recipe", str.lower),
+    "TRAIN_MIN_STEPS": ("train_min_steps", int),
     "PROMOTION": ("promotion", str.lower),
     "PROMOTION_MIN_IMAGES": ("promotion_min_images", int),
     "AUTO_TRAIN_AFTER": ("auto_train_after", int),

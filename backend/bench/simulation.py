@@ -189,6 +189,8 @@ def simulate(
             "new_class": config.new_class,
         },
         "selection": selection_settings(settings),
+        # how long each fine-tune trains besides config's epochs (0: the recipe's own minimum)
+        "training": {"TRAIN_RECIPE": settings.train_recipe, "TRAIN_MIN_STEPS": settings.train_min_steps},
         "runs": [],
     }
     order = [(seed, policy) for seed in config.seeds for policy in config.policies]

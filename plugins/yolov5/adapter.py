@@ -121,7 +121,9 @@ class YoloV5Adapter:
 
         from .recipe import plan, repeated_dataset
 
-        recipe = plan(settings.train_recipe, split_size(data_yaml, "train"), settings.train_batch, settings.train_epochs)
+        recipe = plan(
+            settings.train_recipe, split_size(data_yaml, "train"), settings.train_batch, settings.train_epochs, settings.train_min_steps
+        )
         return train_yolo(
             repeated_dataset(data_yaml, recipe.repeat),
             weights,

@@ -10,6 +10,8 @@ optimizer steps rather than epochs:
 
     steps = max(MIN_STEPS, MIN_EPOCHS x batches in the labelled set)
 
+(TRAIN_MIN_STEPS replaces MIN_STEPS: more steps for a few dozen images, at
+proportionally more time)
 so a dozen images get as many steps as fifty, and a larger project still
 sees every image MIN_EPOCHS times. A small set is listed several times per
 epoch (an epoch of at least EPOCH_BATCHES batches): the same steps in fewer,
@@ -52,10 +54,15 @@ class Plan:
     overrides: dict = field(default_factory=dict)
 
 
-def plan(recipe: str, train_images: int, batch: int, epochs: int = 0) -> Plan:
-    """How to fine-tune on `train_images` images in batches of `batch`. `epochs` > 0 fixes the epochs."""
+def plan(recipe: str, train_images: int, batch: int, epochs: int = 0, min_steps: int = 0) -> Plan:
+    """How to fine-tune on `train_images` images in batches of `batch`.
+
+    `epochs` > 0 fixes the epochs; `min_steps` > 0 replaces MIN_STEPS (small-data only).
+    """
     if recipe not in RECIPES:
         raise ValueError(f"TRAIN_RECIPE must be one of {', '.join(RECIPES)}, got {recipe!r}")
+    if min_steps < 0:
+        raise ValueError(f"TRAIN_MIN_STEPS must be 0 (the recipe's {MIN_STEPS}) or a number of optimizer steps, got {min_steps}")
     if train_images < 1 or batch < 1:
         raise ValueError(f"need at least one training image and a positive batch, got {train_images} and {batch}")
     if recipe == ULTRALYTICS:
@@ -66,7 +73,7 @@ def plan(recipe: str, train_images: int, batch: int, epochs: int = 0) -> Plan:
         repeat += 1
     per_epoch = math.ceil(train_images * repeat / batch)
     if not epochs:
-        epochs = math.ceil(max(MIN_STEPS, MIN_EPOCHS * labelled_batches) / per_epoch)
+        epochs = math.ceil(max(min_steps or MIN_STEPS, MIN_EPOCHS * labelled_batches) / per_epoch)
     return Plan(
         epochs,
         repeat,

@@ -32,6 +32,22 @@ def test_a_few_dozen_images_get_the_same_steps():
         assert MIN_STEPS <= recipe.epochs * per_epoch < MIN_STEPS + per_epoch
 
 
+@pytest.mark.parametrize("images, batch", [(12, 8), (48, 8), (77, 8), (500, 16)])
+def test_train_min_steps_replaces_the_minimum_and_leaves_larger_sets_their_epochs(images, batch):
+    default, longer = plan("small-data", images, batch), plan("small-data", images, batch, min_steps=600)
+    per_epoch = math.ceil(images * longer.repeat / batch)
+    wanted = max(600, MIN_EPOCHS * math.ceil(images / batch))
+    assert wanted <= longer.epochs * per_epoch < wanted + per_epoch
+    assert longer.repeat == default.repeat and longer.overrides["nbs"] == batch
+    if MIN_EPOCHS * math.ceil(images / batch) >= 600:  # 500 images: MIN_EPOCHS passes already exceed it
+        assert longer == default
+    else:
+        assert longer.epochs > default.epochs
+    assert plan("small-data", images, batch, min_steps=0) == default  # 0: the recipe's own MIN_STEPS
+    with pytest.raises(ValueError, match="TRAIN_MIN_STEPS"):
+        plan("small-data", images, batch, min_steps=-1)
+
+
 def test_train_epochs_fixes_the_epochs_and_ultralytics_keeps_its_defaults():
     fixed = plan("small-data", 40, 8, epochs=7)
     assert fixed.epochs == 7 and fixed.repeat == 1 and fixed.overrides["nbs"] == 8
@@ -76,3 +92,22 @@ def test_a_dataset_given_by_a_relative_path_names_its_listing_by_an_absolute_one
     listing = yaml.safe_load(out.read_text())["train"]
     assert listing == str(tmp_path / "models" / "train-repeated.txt")
     assert Path(listing).is_file()
+
+
+def test_fine_tune_trains_the_epochs_train_min_steps_asks_for(tmp_path, monkeypatch):
+    """The adapter's fine-tune plans with the settings' TRAIN_MIN_STEPS (the trainer itself stubbed at its seam)."""
+    from label_studio_ale.settings import Settings
+    from label_studio_ale_plugins.yolov5 import adapter
+
+    for split, count in (("train", 38), ("val", 10)):
+        (tmp_path / "images" / split).mkdir(parents=True)
+        for k in range(count):
+            (tmp_path / "images" / split / f"{k}.png").write_bytes(b"png")
+    data_yaml = tmp_path / "data.yaml"
+    data_yaml.write_text(f"path: {tmp_path}\ntrain: images/train\nval: images/val\nnames:\n  0: bird\n")
+    asked = []
+    monkeypatch.setattr(adapter, "train_yolo", lambda data, weights, out, **options: asked.append(options["epochs"]))
+    for min_steps in (0, 600):
+        adapter.YoloV5Adapter.fine_tune(Settings(train_batch=8, train_min_steps=min_steps), "w.pt", data_yaml, tmp_path / "work")
+    # 38 images listed 5 times: 24 batches an epoch; 200 steps take 9 epochs, 600 take 25
+    assert asked == [9, 25]
