@@ -22,6 +22,8 @@ import numpy as np
 from .simulation import BASELINE_POLICY
 
 METRIC = "map50"
+#: What "to reach random's final" is counted in, and the summary curve each reads.
+REACH_CURVES = {"images": "images_curve", "boxes": "objects_curve", "cost": "cost_curve"}
 
 
 def summarise(results: dict, metric: str = METRIC) -> dict:
@@ -115,16 +117,20 @@ def _add_cost_to_reach_random(summary: dict) -> None:
     if random is None or summary["cycles"] < 2:
         return
     target = random["mean"][-1]
-    units = ["images", "boxes"] + (["cost"] if "cost_per_image" in summary else [])
-    curve = {"images": "images_curve", "boxes": "objects_curve", "cost": "cost_curve"}
-    random_cost = {unit: random[curve[unit]][-1] for unit in units}
+    units = _reach_units(summary)
+    random_cost = {unit: random[REACH_CURVES[unit]][-1] for unit in units}
     for row in summary["policies"].values():
         reach = {}
-        for unit, xs in ((unit, row[curve[unit]]) for unit in units):
-            needed = labelled_to_reach(xs, row["mean"], target)
+        for unit in units:
+            needed = labelled_to_reach(row[REACH_CURVES[unit]], row["mean"], target)
             saving = None if needed is None or not random_cost[unit] else 1 - needed / random_cost[unit]
             reach[unit] = {"needed": needed, "saving": saving}
         row["to_reach_random"] = {"target": target, **reach}
+
+
+def _reach_units(summary: dict) -> tuple[str, ...]:
+    """The units of "to reach random's final": images and boxes, and the annotation cost under a cost budget."""
+    return ("images", "boxes", "cost") if "cost_per_image" in summary else ("images", "boxes")
 
 
 def _add_gain_at_same_boxes(summary: dict) -> None:
@@ -168,10 +174,10 @@ def markdown_table(summary: dict) -> str:
     if has_new:
         header += ["new class AP50", "new-class boxes"]
     has_reach = any("to_reach_random" in row for row in summary["policies"].values())
-    has_cost = "cost_per_image" in summary
+    reach_units = _reach_units(summary)
     if has_reach:
         header += ["images to random's last", "boxes to random's last"]
-        header += [f"cost to random's last (boxes + {summary['cost_per_image']:g}/img)"] if has_cost else []
+        header += [f"cost to random's last (boxes + {summary['cost_per_image']:g}/img)"] if "cost" in reach_units else []
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
 
     def order(item):
@@ -197,7 +203,7 @@ def markdown_table(summary: dict) -> str:
         if has_reach:
             reach = row.get("to_reach_random", {})
             own = name == BASELINE_POLICY  # random's own cost: nothing to compare with
-            cells += [_reach_cell(reach.get(unit), own) for unit in ("images", "boxes") + (("cost",) if has_cost else ())]
+            cells += [_reach_cell(reach.get(unit), own) for unit in reach_units]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

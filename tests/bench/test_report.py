@@ -110,21 +110,23 @@ def test_the_gain_at_randoms_boxes_reads_randoms_curve_at_the_policys_boxes():
     assert "| 5.00 | 3.12 | — |" in rows["crowded"] and "| 4.00 | 5.00 | — |" in rows["random"]
 
 
-def test_under_a_cost_budget_the_columns_are_cycles_and_images_come_from_each_policys_runs():
-    def run(policy, seed, map50s, images, boxes):
-        cycles = [
-            {"cycle": c, "labelled_images": n, "map50": m, "labelled_objects": {"old": b}} for c, (m, n, b) in enumerate(zip(map50s, images, boxes))
-        ]  # fmt: skip
-        return {"policy": policy, "seed": seed, "cycles": cycles}
+def _budget_run(policy, seed, map50s, images, boxes):
+    """A run whose cycles labelled `images` and `boxes` (one class), as a cost budget's do."""
+    cycles = [
+        {"cycle": c, "labelled_images": n, "map50": m, "labelled_objects": {"old": b}} for c, (m, n, b) in enumerate(zip(map50s, images, boxes))
+    ]  # fmt: skip
+    return {"policy": policy, "seed": seed, "cycles": cycles}
 
+
+def test_under_a_cost_budget_the_columns_are_cycles_and_images_come_from_each_policys_runs():
     results = {
         "dataset": {},
         "runs": [
-            run("random", 0, [0.2, 0.4, 0.6], [10, 20, 30], [0, 20, 40]),
-            run("random", 1, [0.2, 0.4, 0.6], [10, 22, 32], [0, 20, 40]),
+            _budget_run("random", 0, [0.2, 0.4, 0.6], [10, 20, 30], [0, 20, 40]),
+            _budget_run("random", 1, [0.2, 0.4, 0.6], [10, 22, 32], [0, 20, 40]),
             # sparse images: more of them for the same cost, and random's final reached at 25 images, 28 boxes
-            run("sparse", 0, [0.2, 0.5, 0.7], [10, 25, 40], [0, 16, 32]),
-            run("sparse", 1, [0.2, 0.5, 0.7], [10, 25, 40], [0, 16, 32]),
+            _budget_run("sparse", 0, [0.2, 0.5, 0.7], [10, 25, 40], [0, 16, 32]),
+            _budget_run("sparse", 1, [0.2, 0.5, 0.7], [10, 25, 40], [0, 16, 32]),
         ],
     }
     summary = summarise(results)
@@ -142,16 +144,10 @@ def test_under_a_cost_budget_the_columns_are_cycles_and_images_come_from_each_po
 
 
 def _cost_budget_results(**extra):
-    def run(policy, seed, map50s, images, boxes):
-        cycles = [
-            {"cycle": c, "labelled_images": n, "map50": m, "labelled_objects": {"old": b}} for c, (m, n, b) in enumerate(zip(map50s, images, boxes))
-        ]  # fmt: skip
-        return {"policy": policy, "seed": seed, "cycles": cycles}
-
     runs = [
-        run("random", 0, [0.2, 0.4, 0.6], [10, 20, 30], [0, 20, 40]),
-        run("random", 1, [0.2, 0.4, 0.6], [10, 22, 32], [0, 20, 40]),
-        run("sparse", 0, [0.2, 0.5, 0.7], [10, 25, 40], [0, 16, 32]),
+        _budget_run("random", 0, [0.2, 0.4, 0.6], [10, 20, 30], [0, 20, 40]),
+        _budget_run("random", 1, [0.2, 0.4, 0.6], [10, 22, 32], [0, 20, 40]),
+        _budget_run("sparse", 0, [0.2, 0.5, 0.7], [10, 25, 40], [0, 16, 32]),
     ]
     return {"dataset": {}, "config": {"budget_cost": 40.0}, "runs": runs, **extra}
 
