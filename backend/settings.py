@@ -131,7 +131,7 @@ class Settings:
     train_epochs: int = DEFAULT_TRAIN_EPOCHS
     train_batch: int = DEFAULT_TRAIN_BATCH
     train_recipe: str = TRAIN_RECIPES[0]
-    #: 0: the small-data recipe's own minimum (200 optimizer steps)
+    #: 0: the small-data recipe's own minimum (600 optimizer steps)
     train_min_steps: int = 0
     promotion: str = PROMOTION_POLICIES[0]
     promotion_min_images: int = DEFAULT_PROMOTION_MIN_IMAGES

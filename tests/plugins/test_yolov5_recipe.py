@@ -32,14 +32,14 @@ def test_a_few_dozen_images_get_the_same_steps():
         assert MIN_STEPS <= recipe.epochs * per_epoch < MIN_STEPS + per_epoch
 
 
-@pytest.mark.parametrize("images, batch", [(12, 8), (48, 8), (77, 8), (500, 16)])
+@pytest.mark.parametrize("images, batch", [(12, 8), (48, 8), (77, 8), (1000, 16)])
 def test_train_min_steps_replaces_the_minimum_and_leaves_larger_sets_their_epochs(images, batch):
-    default, longer = plan("small-data", images, batch), plan("small-data", images, batch, min_steps=600)
+    default, longer = plan("small-data", images, batch), plan("small-data", images, batch, min_steps=1000)
     per_epoch = math.ceil(images * longer.repeat / batch)
-    wanted = max(600, MIN_EPOCHS * math.ceil(images / batch))
+    wanted = max(1000, MIN_EPOCHS * math.ceil(images / batch))
     assert wanted <= longer.epochs * per_epoch < wanted + per_epoch
     assert longer.repeat == default.repeat and longer.overrides["nbs"] == batch
-    if MIN_EPOCHS * math.ceil(images / batch) >= 600:  # 500 images: MIN_EPOCHS passes already exceed it
+    if MIN_EPOCHS * math.ceil(images / batch) >= 1000:  # 1000 images: MIN_EPOCHS passes already exceed it
         assert longer == default
     else:
         assert longer.epochs > default.epochs
@@ -107,7 +107,7 @@ def test_fine_tune_trains_the_epochs_train_min_steps_asks_for(tmp_path, monkeypa
     data_yaml.write_text(f"path: {tmp_path}\ntrain: images/train\nval: images/val\nnames:\n  0: bird\n")
     asked = []
     monkeypatch.setattr(adapter, "train_yolo", lambda data, weights, out, **options: asked.append(options["epochs"]))
-    for min_steps in (0, 600):
+    for min_steps in (0, 200, 600):
         adapter.YoloV5Adapter.fine_tune(Settings(train_batch=8, train_min_steps=min_steps), "w.pt", data_yaml, tmp_path / "work")
-    # 38 images listed 5 times: 24 batches an epoch; 200 steps take 9 epochs, 600 take 25
-    assert asked == [9, 25]
+    # 38 images listed 5 times: 24 batches an epoch; the default (600 steps) takes 25 epochs, 200 steps take 9
+    assert asked == [25, 9, 25]
