@@ -22,6 +22,10 @@ labelled images plus those pseudo-labels; the control is fine-tuned once more
 on the labelled images alone, the same number of steps. Reported as the gain
 of pseudo-labels over the control.
 
+A recipe may name its fewest optimizer steps, `small-data@400`: the
+small-data recipe with TRAIN_MIN_STEPS=400, so one run sweeps the steps
+(`--recipes small-data@200,small-data@600,small-data@1000 --baseline small-data@200`).
+
 Usage: python benchmarks/finetune_recipe.py [--recipes small-data,ultralytics] [--sizes 12,24,48,96]
            [--seeds 0,1,2] [--pseudo-labels] [--out docs/benchmarks/finetune] [--resume]
 """
@@ -75,6 +79,11 @@ def main() -> int:
     from label_studio_ale.training import is_validation
 
     recipes = [r for r in args.recipes.split(",") if r]
+    for recipe in recipes:
+        try:
+            recipe_settings(Settings(), recipe)  # a misspelt recipe fails before the base model is trained
+        except ValueError as error:
+            parser.error(str(error))
     sizes = sorted(int(n) for n in args.sizes.split(","))
     seeds = [int(s) for s in args.seeds.split(",")]
     if args.baseline not in recipes:
@@ -107,12 +116,12 @@ def main() -> int:
             first_val = next(i for i in order if is_validation(i + 1))
             order = [first_val] + [i for i in order if i != first_val]
             for recipe in recipes:
-                epochs = BASELINE_EPOCHS if recipe == BASELINE else 0
+                train = recipe_settings(settings, recipe)
                 for n in sizes:
                     if earlier := [r for r in done["runs"] if (r["recipe"], r["seed"], r["images"]) == (recipe, seed, n)]:
                         results["runs"].append(earlier[0])
                         continue
-                    record = _fine_tune(settings.replace(train_recipe=recipe, train_epochs=epochs), data, new_class, order[:n], Path(work), seed)
+                    record = _fine_tune(train, data, new_class, order[:n], Path(work), seed)
                     results["runs"].append({"recipe": recipe, "seed": seed, **record})
                     _log(f"seed {seed} {recipe:<12} {n:>4} images: mAP50 {record['map50']:.3f}, new class AP50 {record['new_class_ap50']:.3f} ({record['seconds']:.0f} s)")
                     _write(out / "results.json", results)
@@ -135,6 +144,16 @@ def main() -> int:
     (out / "table.md").write_text(table + "\n")
     print(table)
     return 0
+
+
+def recipe_settings(settings, recipe: str):
+    """`settings` training with `recipe`: a TRAIN_RECIPE name, `ultralytics` at BASELINE_EPOCHS, or `small-data@STEPS`."""
+    from label_studio_ale_plugins.yolov5.recipe import RECIPES, SMALL_DATA
+
+    name, at, steps = recipe.partition("@")
+    if name not in RECIPES or (at and (name != SMALL_DATA or not steps.isdigit() or int(steps) < 1)):
+        raise ValueError(f"--recipes: {recipe!r} is not one of {', '.join(RECIPES)} or {SMALL_DATA}@STEPS (e.g. {SMALL_DATA}@600)")
+    return settings.replace(train_recipe=name, train_epochs=BASELINE_EPOCHS if name == BASELINE else 0, train_min_steps=int(steps or 0))
 
 
 def _fine_tune(settings, data, new_class: str, labelled: list[int], work: Path, seed: int, store_dir: Path | None = None) -> dict:
