@@ -11,9 +11,9 @@ optimizer steps rather than epochs:
     steps = max(MIN_STEPS, MIN_EPOCHS x batches in the labelled set)
 
 so a dozen images get as many steps as fifty, and a larger project still
-sees every image MIN_EPOCHS times (TRAIN_MIN_STEPS replaces MIN_STEPS: more
-steps for a few dozen images, at proportionally more time). A small set is listed several times per
-epoch (an epoch of at least EPOCH_BATCHES batches): the same steps in fewer,
+sees every image MIN_EPOCHS times (TRAIN_MIN_STEPS replaces MIN_STEPS: fewer
+for a faster, weaker fine-tune, more at proportionally more time). A small set
+is listed several times per epoch (an epoch of at least EPOCH_BATCHES batches): the same steps in fewer,
 longer epochs, which saves ultralytics' fixed cost per epoch. The warmup is
 WARMUP_STEPS steps and mosaic augmentation stops for the last tenth of the
 epochs, whatever their length. TRAIN_EPOCHS (when set) fixes the epochs of
