@@ -59,6 +59,9 @@ class Trainer(Protocol):
     fine_tune(settings, weights, data_yaml, work, seed=, on_epoch=): fine-tune on an
         ultralytics-layout dataset -> the trained weights (file or folder) under `work`;
         `on_epoch(epoch, epochs, metrics)` after every epoch
+    training_plan(settings, data_yaml) (optional): how fine_tune will train on it, a
+        JSON-able dict (the yolov5 adapter: epochs, repeat, steps, train_images);
+        a version's manifest keeps it under "plan"
     """
 
     fresh_model: str

@@ -185,6 +185,8 @@ def train_version(
         ran["epochs"] = epochs  # the recipe decides when TRAIN_EPOCHS is 0
         progress("train", epoch, epochs, metrics)
 
+    # what the recipe made of the settings (e.g. TRAIN_MIN_STEPS=0): the manifest says what this version actually got
+    plan = factory.training_plan(settings, dataset) if hasattr(factory, "training_plan") else None
     trained = factory.fine_tune(settings, base, dataset, work, seed=seed, on_epoch=on_epoch)
     metrics = evaluate_weights(settings, trained, dataset, classes)
     same_classes = current is not None and list(current.classes) == classes
@@ -194,6 +196,7 @@ def train_version(
         "base": (settings.base_model or factory.fresh_model) if origin == "base model" else origin,
         "epochs": ran["epochs"],
         "recipe": settings.train_recipe,
+        **({"plan": plan} if plan else {}),
         "image_size": settings.image_size,
         "label_config_labels": classes,
         **(counts or {}),

@@ -115,6 +115,7 @@ def main() -> int:
             # every size needs a validation image (Start Training's split is by task id): the first one leads
             first_val = next(i for i in order if is_validation(i + 1))
             order = [first_val] + [i for i in order if i != first_val]
+            width = max(len(name) for name in recipes)  # small-data@600 is wider than a plain recipe name
             for recipe in recipes:
                 train = recipe_settings(settings, recipe)
                 for n in sizes:
@@ -123,7 +124,7 @@ def main() -> int:
                         continue
                     record = _fine_tune(train, data, new_class, order[:n], Path(work), seed)
                     results["runs"].append({"recipe": recipe, "seed": seed, **record})
-                    _log(f"seed {seed} {recipe:<12} {n:>4} images: mAP50 {record['map50']:.3f}, new class AP50 {record['new_class_ap50']:.3f} ({record['seconds']:.0f} s)")
+                    _log(f"seed {seed} {recipe:<{width}} {n:>4} images: mAP50 {record['map50']:.3f}, new class AP50 {record['new_class_ap50']:.3f} ({record['seconds']:.0f} s)")
                     _write(out / "results.json", results)
             if args.pseudo_labels:
                 for n in sorted(int(x) for x in args.pseudo_sizes.split(",")):
@@ -175,6 +176,7 @@ def _fine_tune(settings, data, new_class: str, labelled: list[int], work: Path, 
         "map": metrics["map"],
         "new_class_ap50": metrics["per_class"].get(new_class, {}).get("map50", 0.0),
         "epochs": store.current().manifest["epochs"],
+        "steps": store.current().manifest.get("plan", {}).get("steps"),  # optimizer steps, as the adapter planned them
         "seconds": round(seconds, 1),
     }
     if store_dir.name.startswith("models-"):

@@ -189,7 +189,8 @@ def simulate(
             "new_class": config.new_class,
         },
         "selection": selection_settings(settings),
-        # how long each fine-tune trains besides config's epochs (0: the recipe's own minimum)
+        # the settings that decide how long each fine-tune trains (0: the recipe's own minimum); what each
+        # cycle's fine-tune actually got (epochs, optimizer steps) is in its record's "fine_tune"
         "training": {"TRAIN_RECIPE": settings.train_recipe, "TRAIN_MIN_STEPS": settings.train_min_steps},
         "runs": [],
     }
@@ -231,11 +232,12 @@ def initial_model(config: BenchConfig, data: BenchData, settings: Settings, seed
 def policy_run(config, data, settings, policy_name, seed, initial, hashes, run_dir, new_index, first_dir, first_metrics, log) -> dict:
     """One policy's cycles from the seed's first model (copied from `first_dir`); its versions are removed after."""
     shutil.copytree(first_dir, run_dir / "models" / "0")
+    first_plan = ModelStore(run_dir / "models", 0).current().manifest.get("plan")
     try:
         run = _run_policy(config, data, settings, policy_name, seed, initial, hashes, run_dir, new_index, log)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)  # versions are large; the metrics are kept
-    run["cycles"].insert(0, _cycle_record(0, initial, first_metrics, data, new_index, 0.0))
+    run["cycles"].insert(0, _cycle_record(0, initial, first_metrics, data, new_index, 0.0, first_plan))
     return run
 
 
@@ -252,12 +254,13 @@ def _run_policy(config, data, settings, policy_name, seed, initial, hashes, run_
         else:
             queue = _policy_queue(config, data, settings, store, policy_name, labelled, unlabeled, hashes, seed * 1000 + cycle)
         labelled += [int(unlabeled[i]) for i in _labelled_next(config, data, settings, unlabeled, queue)]
-        train_labelled(settings, store, data, labelled, run_dir / "work", seed)
+        plan = train_labelled(settings, store, data, labelled, run_dir / "work", seed).version.manifest.get("plan")
         metrics = evaluate_served(settings, store, data)
-        cycles.append(_cycle_record(cycle, labelled, metrics, data, new_index, time.monotonic() - start))
+        cycles.append(_cycle_record(cycle, labelled, metrics, data, new_index, time.monotonic() - start, plan))
         boxes = sum(cycles[-1]["labelled_objects"].values())
+        steps = f"{plan['steps']} steps, " if plan and "steps" in plan else ""
         log(f"seed {seed}: {policy_name:<17} cycle {cycle}: {len(labelled)} images, {boxes} boxes, mAP50 {metrics['map50']:.3f} "
-            f"({time.monotonic() - start:.0f} s)")  # fmt: skip
+            f"({steps}{time.monotonic() - start:.0f} s)")  # fmt: skip
     return {"seed": seed, "policy": policy_name, "cycles": cycles}
 
 
@@ -328,15 +331,15 @@ def detect_images(predictor, data: BenchData, indices) -> list:
     return detections
 
 
-def train_labelled(settings: Settings, store, data: BenchData, labelled: list[int], work: Path, seed: int) -> None:
-    """Train a version on the labelled pool images (task id = pool index + 1) into `store`."""
+def train_labelled(settings: Settings, store, data: BenchData, labelled: list[int], work: Path, seed: int):
+    """Train a version on the labelled pool images (task id = pool index + 1) into `store`. -> `training.TrainedVersion`"""
     from ..training import TrainingSample, train_version, write_training_set
 
     samples = [TrainingSample(i + 1, data.pool[i].path, data.pool[i].truth.xyxy, data.pool[i].truth.labels) for i in labelled]
     shutil.rmtree(work, ignore_errors=True)
     try:
         dataset, _ = write_training_set(work, samples, data.names)
-        train_version(settings, store, dataset, data.names, work, seed=seed)
+        return train_version(settings, store, dataset, data.names, work, seed=seed)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -381,7 +384,10 @@ def model_identity(weights: str) -> str:
     return str(weights)
 
 
-def _cycle_record(cycle: int, labelled: list[int], metrics: dict, data: BenchData, new_index: int | None, seconds: float) -> dict:
+def _cycle_record(
+    cycle: int, labelled: list[int], metrics: dict, data: BenchData, new_index: int | None, seconds: float, plan: dict | None = None
+) -> dict:
+    """One cycle's line of results.json; `plan` is the adapter's account of the cycle's fine-tune (`fine_tune`: epochs, steps)."""
     objects = np.zeros(len(data.names), dtype=np.int64)
     for i in labelled:
         objects += np.bincount(data.pool[i].truth.labels, minlength=len(data.names))
@@ -397,6 +403,8 @@ def _cycle_record(cycle: int, labelled: list[int], metrics: dict, data: BenchDat
     }
     if new_index is not None:
         record["new_class_ap50"] = record["ap50"].get(data.names[new_index], 0.0)
+    if plan:
+        record["fine_tune"] = plan
     return record
 
 

@@ -102,6 +102,14 @@ class TfodAdapter:
         return save_detector(grow_head(model, spec, grown, origin), grown, Path(out))
 
     @staticmethod
+    def training_plan(settings: Settings, data_yaml: Path) -> dict:
+        """How `fine_tune` trains on `data_yaml`: TRAIN_EPOCHS (or TFOD_EPOCHS) epochs, a step per batch (kept in the manifest)."""
+        from label_studio_ale.datasets import split_size
+
+        epochs = settings.train_epochs or TFOD_EPOCHS
+        return {"epochs": epochs, "repeat": 1, "steps": epochs * -(-split_size(data_yaml, "train") // settings.train_batch)}
+
+    @staticmethod
     def fine_tune(settings: Settings, weights: str, data_yaml: Path, work: Path, *, seed: int = 0, on_epoch=None) -> Path:
         from .training import train_detector
 

@@ -116,14 +116,20 @@ class YoloV5Adapter:
         return grow_head(weights, classes, Path(out).with_suffix(".pt"), origin)
 
     @staticmethod
+    def training_plan(settings: Settings, data_yaml: Path) -> dict:
+        """How `fine_tune` trains on `data_yaml`: epochs, repeats of the listing, optimizer steps (kept in the version's manifest)."""
+        from label_studio_ale.datasets import split_size
+
+        images = split_size(data_yaml, "train")
+        return _recipe_plan(settings, images).summary(images, settings.train_batch)
+
+    @staticmethod
     def fine_tune(settings: Settings, weights: str, data_yaml: Path, work: Path, *, seed: int = 0, on_epoch=None) -> Path:
         from label_studio_ale.datasets import split_size
 
-        from .recipe import plan, repeated_dataset
+        from .recipe import repeated_dataset
 
-        recipe = plan(
-            settings.train_recipe, split_size(data_yaml, "train"), settings.train_batch, settings.train_epochs, settings.train_min_steps
-        )
+        recipe = _recipe_plan(settings, split_size(data_yaml, "train"))
         return train_yolo(
             repeated_dataset(data_yaml, recipe.repeat),
             weights,
@@ -289,6 +295,13 @@ def _version_name(weights: str) -> str:
         digest = hashlib.sha256(path.read_bytes()).hexdigest()[:8]
         return f"{path.stem}-{digest}"
     return f"{path.stem}-untrained"
+
+
+def _recipe_plan(settings: Settings, train_images: int):
+    """The recipe's `Plan` for fine-tuning on `train_images` images under `settings`."""
+    from .recipe import plan
+
+    return plan(settings.train_recipe, train_images, settings.train_batch, settings.train_epochs, settings.train_min_steps)
 
 
 def train_yolo(

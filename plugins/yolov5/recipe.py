@@ -44,6 +44,8 @@ WARMUP_STEPS = 10
 CLOSE_MOSAIC_SHARE = 0.1
 #: Epochs of the `ultralytics` recipe when TRAIN_EPOCHS is not set (its own default is 100, from scratch).
 ULTRALYTICS_EPOCHS = 30
+#: ultralytics' nominal batch (`nbs`): without the recipe's override it accumulates gradients up to this many images.
+NOMINAL_BATCH = 64
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,20 @@ class Plan:
     epochs: int
     repeat: int = 1
     overrides: dict = field(default_factory=dict)
+
+    def steps(self, train_images: int, batch: int) -> int:
+        """Optimizer steps this plan takes on `train_images` in batches of `batch`.
+
+        Exact for small-data (a step per batch); with ultralytics' accumulation
+        up to `nbs` images a lower bound, as its warmup steps more often.
+        """
+        per_epoch = math.ceil(train_images * self.repeat / batch)
+        accumulate = max(round(self.overrides.get("nbs", NOMINAL_BATCH) / batch), 1)
+        return self.epochs * per_epoch // accumulate
+
+    def summary(self, train_images: int, batch: int) -> dict:
+        """What a version's manifest records of its fine-tune: epochs, listing repeats, optimizer steps."""
+        return {"epochs": self.epochs, "repeat": self.repeat, "steps": self.steps(train_images, batch)}
 
 
 def plan(recipe: str, train_images: int, batch: int, epochs: int = 0, min_steps: int = 0) -> Plan:

@@ -32,3 +32,21 @@ def test_a_recipe_may_name_its_fewest_steps(finetune_recipe):
 def test_a_misnamed_recipe_is_refused_with_the_forms_it_takes(finetune_recipe, recipe):
     with pytest.raises(ValueError, match=r"--recipes: .* small-data@STEPS"):
         finetune_recipe.recipe_settings(Settings(), recipe)
+
+
+@pytest.mark.slow
+def test_a_fine_tune_record_says_how_many_optimizer_steps_it_trained(finetune_recipe, tmp_path):
+    """A real one-epoch fine-tune: the record's steps are the adapter's plan, a step per batch of the training split."""
+    from label_studio_ale.bench.sources import user_data
+    from label_studio_ale.synthetic import make_scene, write_yolo_dataset
+
+    scenes = [make_scene(seed, size=(64, 64), num_classes=2, max_objects=2, min_side=12, max_side=24) for seed in range(16)]
+    write_yolo_dataset(tmp_path / "data", scenes, ["ellipse", "box"], split="train")
+    (tmp_path / "data" / "data.yaml").write_text("names: [ellipse, box]\n")
+    data = user_data(tmp_path / "data")
+    settings = Settings(train_epochs=1, train_batch=4, image_size=64, base_model="yolov5n.yaml", model_dir=str(tmp_path / "models"))
+    labelled = list(range(len(data.pool)))
+    record = finetune_recipe._fine_tune(settings, data, "box", labelled, tmp_path / "work", 0)
+    assert record["images"] == len(labelled) and record["epochs"] == 1
+    # the validation split (by task id) takes some of the images: at most ceil(n / 4) batches, at least one
+    assert 1 <= record["steps"] <= -(-len(labelled) // 4)

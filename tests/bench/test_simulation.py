@@ -106,6 +106,9 @@ def test_bench_al_runs_every_policy_and_seed_and_writes_table_and_plot(shapes_da
             assert 0.0 <= c["map50"] <= 1.0 and set(c["ap50"]) <= {"ellipse", "box", "triangle"}
             assert 0.0 <= c["seconds"] < results["seconds"]
             assert "new_class_ap50" in c
+            # what the fine-tune got, from the adapter: one epoch (--epochs 1), a step per batch of 4 training images
+            assert c["fine_tune"]["epochs"] == 1 and c["fine_tune"]["repeat"] == 1
+            assert 1 <= c["fine_tune"]["steps"] <= -(-c["labelled_images"] // 4)
     # the seeds draw different initial sets
     assert runs[("random", 0)]["cycles"][0]["labelled_objects"] != runs[("random", 1)]["cycles"][0]["labelled_objects"]
     table = (out / "table.md").read_text()

@@ -76,6 +76,8 @@ def test_start_training_fine_tunes_exports_versions_and_ranks_with_class_vectors
             assert key in version.metrics
         assert 0.0 <= version.metrics["map"] <= version.metrics["map50"] <= 1.0
         assert job.meta["training"]["epoch"] == job.meta["training"]["epochs"] == 3
+        # and the manifest says what the fine-tune got: 3 epochs of a step per batch of 8 training images
+        assert version.manifest["plan"] == {"epochs": 3, "repeat": 1, "steps": 3 * -(-version.manifest["train_images"] // 8)}
 
         # The job re-synced LS's queue with the new version, ranked by ALE entropy-sum over class vectors.
         sync = result["sync"]

@@ -86,6 +86,8 @@ def test_start_training_from_label_studio_trains_versions_and_resyncs(ls_sdk, se
     assert version.manifest["train_images"] + version.manifest["val_images"] == len(annotated)
     assert version.manifest["val_images"] >= 1 and version.manifest["boxes"] > len(annotated)
     assert version.manifest["skipped_images"] == 1
+    # the adapter's account of the fine-tune: TRAIN_EPOCHS=3 over the training split at TRAIN_BATCH=8, a step per batch
+    assert version.manifest["plan"] == {"epochs": 3, "repeat": 1, "steps": 3 * -(-version.manifest["train_images"] // 8)}
 
     # /versions lists it with its metrics (COCO and VOC, per class).
     listed = httpx.get(f"{services}/versions", params={"project": project}, timeout=10).json()

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from label_studio_ale_plugins.yolov5.recipe import EPOCH_BATCHES, MIN_EPOCHS, MIN_STEPS, WARMUP_STEPS, plan, repeated_dataset
+from label_studio_ale_plugins.yolov5.recipe import EPOCH_BATCHES, MIN_EPOCHS, MIN_STEPS, NOMINAL_BATCH, WARMUP_STEPS, plan, repeated_dataset
 
 
 @pytest.mark.parametrize("images, batch", [(3, 8), (19, 8), (38, 8), (77, 8), (500, 16), (5000, 16)])
@@ -107,7 +107,21 @@ def test_fine_tune_trains_the_epochs_train_min_steps_asks_for(tmp_path, monkeypa
     data_yaml.write_text(f"path: {tmp_path}\ntrain: images/train\nval: images/val\nnames:\n  0: bird\n")
     asked = []
     monkeypatch.setattr(adapter, "train_yolo", lambda data, weights, out, **options: asked.append(options["epochs"]))
+    plans = []
     for min_steps in (0, 200, 600):
-        adapter.YoloV5Adapter.fine_tune(Settings(train_batch=8, train_min_steps=min_steps), "w.pt", data_yaml, tmp_path / "work")
+        settings = Settings(train_batch=8, train_min_steps=min_steps)
+        adapter.YoloV5Adapter.fine_tune(settings, "w.pt", data_yaml, tmp_path / "work")
+        plans.append(adapter.YoloV5Adapter.training_plan(settings, data_yaml))
     # 38 images listed 5 times: 24 batches an epoch; the default (600 steps) takes 25 epochs, 200 steps take 9
     assert asked == [25, 9, 25]
+    # and the plan a version's manifest keeps says so, in optimizer steps: what TRAIN_MIN_STEPS=0 meant is on record
+    assert plans == [{"epochs": 25, "repeat": 5, "steps": 600}, {"epochs": 9, "repeat": 5, "steps": 216}, {"epochs": 25, "repeat": 5, "steps": 600}]
+
+
+def test_steps_count_a_step_per_batch_or_per_nominal_batch_with_accumulation():
+    small = plan("small-data", 12, 8)
+    assert small.steps(12, 8) == small.epochs * math.ceil(12 * small.repeat / 8) >= MIN_STEPS
+    assert small.summary(12, 8) == {"epochs": small.epochs, "repeat": small.repeat, "steps": small.steps(12, 8)}
+    # ultralytics' own recipe accumulates 64 images a step: 96 images at batch 16 are 6 batches, 4 to a step
+    assert NOMINAL_BATCH == 64 and plan("ultralytics", 96, 16).steps(96, 16) == 30 * 6 // 4 == 45
+    assert plan("ultralytics", 96, 64).steps(96, 64) == 30 * 2  # a batch as large as nbs: a step per batch
