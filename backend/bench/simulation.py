@@ -180,7 +180,10 @@ def simulate(
     hashes = _hashes(settings, data.pool)
     results = {
         # the base model by its content: a path on the machine that ran it says nothing to a reader
-        "config": dataclasses.asdict(config) | {"base_model": model_identity(config.base_model)},
+        "config": dataclasses.asdict(config)
+        | {"base_model": model_identity(config.base_model)}
+        # a cycle sized by cost labels what its cost buys: the image budget plays no part and is not reported as if it did
+        | ({"budget": None} if config.budget_cost else {}),
         "dataset": {
             "description": data.description,
             "classes": data.names,
