@@ -41,6 +41,8 @@ BOX_VARIANCE = (0.1, 0.1, 0.2, 0.2)
 DEFAULT_MAX_DETECTIONS = 100
 DEFAULT_NMS_IOU = 0.5
 DEFAULT_SCORE_FLOOR = 0.001
+#: Seed of the fresh logit weights a grown head gives its new classes (`grow_head`).
+GROW_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -138,7 +140,12 @@ def grow_head(model, old: DetectorSpec, new: DetectorSpec, origin: dict[str, str
     for s, t in zip(model.box_head.prediction_layer.weights, grown.box_head.prediction_layer.weights):
         t.assign(s)
     old_kernel, old_bias = (np.asarray(w) for w in model.classification_head.prediction_layer.weights)
-    kernel, bias = (np.asarray(w).copy() for w in grown.classification_head.prediction_layer.weights)
+    layer = grown.classification_head.prediction_layer
+    bias = np.asarray(layer.bias).copy()
+    # New classes' logit weights: the layer's own initializer, seeded (build_detector's draw is not), so the
+    # same detector and classes grow the same head without touching the global random state.
+    initializer = type(layer.kernel_initializer).from_config(layer.kernel_initializer.get_config() | {"seed": GROW_SEED})
+    kernel = np.asarray(initializer(tuple(layer.kernel.shape), dtype="float32")).copy()
     anchors = old_kernel.shape[-1] // len(old.classes)
     old_c, new_c = len(old.classes), len(new.classes)
     for j, name in enumerate(new.classes):

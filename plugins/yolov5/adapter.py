@@ -33,6 +33,8 @@ DEFAULT_CONF_FLOOR = 0.001
 #: ultralytics' own predict default for class-aware NMS inside the model.
 DEFAULT_MODEL_IOU = 0.7
 DEFAULT_MAX_DET = MODEL_MAX_DETECTIONS
+#: Seed of the fresh rows a grown head gives its new classes (`grow_head`).
+GROW_SEED = 0
 
 
 def import_ultralytics(allow_downloads: bool = False):
@@ -397,7 +399,12 @@ def grow_head(weights: str | Path, classes: list[str] | tuple[str, ...], out: st
     old = old.float()
     names = old.names if isinstance(old.names, dict) else dict(enumerate(old.names))
     old_classes = [str(names[i]) for i in range(len(names))]
-    new = DetectionModel(old.yaml, nc=len(classes), verbose=False)
+    # The new classes' rows start from a fresh initialisation drawn from a fixed seed, on a forked RNG:
+    # the same checkpoint and classes grow the same head (a benchmark rerun, a retried job trains the same
+    # model), and the caller's random state is left as it was.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(GROW_SEED)
+        new = DetectionModel(old.yaml, nc=len(classes), verbose=False)
     old_state, new_state = old.state_dict(), new.state_dict()
     origin = {name: name for name in classes if name in old_classes} | dict(origin or {})
     moved = [(classes.index(new), old_classes.index(old)) for new, old in origin.items() if new in classes and old in old_classes]

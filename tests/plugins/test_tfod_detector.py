@@ -109,6 +109,20 @@ def test_growing_the_head_keeps_every_known_class_exactly(tmp_path):
         grow_head(model, SPEC, DetectorSpec(("bird",), image_size=128))
 
 
+def test_growing_the_same_head_twice_gives_the_same_new_class_weights():
+    """The fresh logit weights are drawn from a fixed seed: a rerun or a retried job fine-tunes the same start."""
+    model = build_detector(SPEC)
+    _randomise_class_logits(model)
+    grown_spec = DetectorSpec(("bird", "egg", "nest"), image_size=64)
+    kernels = []
+    for seed in (1, 2):  # whatever the global random state
+        tf.random.set_seed(seed)
+        np.random.seed(seed)
+        kernels.append(np.asarray(grow_head(model, SPEC, grown_spec).classification_head.prediction_layer.kernel))
+    np.testing.assert_array_equal(kernels[0], kernels[1])
+    assert np.std(kernels[0]) > 0  # drawn, not zeros
+
+
 def test_only_a_detector_this_backend_trained_is_fine_tuned(tmp_path):
     export = export_od_model(tmp_path / "od")
     with pytest.raises(AdapterError, match="not a trainable tfod detector.*an OD API export can be served, not fine-tuned"):

@@ -201,6 +201,22 @@ def test_grow_head_keeps_every_known_class_exactly(trained_weights, tmp_path, sc
         grow_head(trained_weights, ["cat"], tmp_path / "x.pt")
 
 
+def test_grow_head_grows_the_same_head_every_time_and_leaves_the_random_state_alone(trained_weights, tmp_path):
+    """The new class's fresh rows are drawn from a fixed seed: a rerun or a retried job fine-tunes the same start."""
+    import torch
+
+    from label_studio_ale_plugins.yolov5 import grow_head
+
+    state = torch.random.get_rng_state()
+    grown = [torch.load(grow_head(trained_weights, ["bird", "egg", "nest"], tmp_path / f"grown{k}.pt"), weights_only=False) for k in range(2)]
+    assert torch.equal(torch.random.get_rng_state(), state)
+    first, second = (g["model"].state_dict() for g in grown)
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    torch.manual_seed(1234)  # whatever the caller's random state, the same head
+    third = torch.load(grow_head(trained_weights, ["bird", "egg", "nest"], tmp_path / "grown2.pt"), weights_only=False)["model"].state_dict()
+    assert all(torch.equal(first[k], third[k]) for k in first)
+
+
 def test_hub_names_are_refused_unless_downloads_are_allowed(tmp_path, monkeypatch):
     from label_studio_ale.adapters import check_adapter_settings
     from label_studio_ale.settings import Settings
