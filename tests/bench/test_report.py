@@ -81,6 +81,28 @@ def test_images_and_boxes_to_reach_randoms_final_map_come_from_the_mean_curves()
     assert row.endswith(f"| {ale['images']['needed']:.0f} (-12 %) | {ale['boxes']['needed']:.0f} (-24 %) |")
 
 
+def test_each_seed_is_also_held_against_its_own_randoms_final():
+    """The mean curves can hide the spread: per seed, the change in images and boxes to reach that seed's random."""
+    summary = summarise(RESULTS)
+    by_seed = summary["policies"]["ale-entropy-sum"]["to_reach_random_by_seed"]
+    # seed 0: random ends at 0.50, ale crosses it between 15 (0.45) and 20 (0.60) images; seed 1: 0.40, between 0.30 and 0.44
+    images = [15 + 5 * 0.05 / 0.15, 15 + 5 * 0.10 / 0.14]
+    assert by_seed["seeds"] == [0, 1]
+    assert by_seed["images"] == pytest.approx([1 - n / 20 for n in images])
+    assert by_seed["boxes"] == pytest.approx([1 - (4 + 4 * 0.05 / 0.15) / 8, 1 - (4 + 4 * 0.10 / 0.14) / 8])
+    assert "to_reach_random_by_seed" not in summary["policies"]["random"]
+    table = markdown_table(summary).split("\n\n")[1].splitlines()
+    assert table[0] == (
+        "| policy | images to each seed's random, by seed | boxes to each seed's random, by seed "
+        "| images, mean ± sd | boxes, mean ± sd | seeds that reach it |"
+    )
+    assert table[2] == "| ale-entropy-sum | -17, -7 % | -33, -14 % | -12 ± 7 % | -24 ± 13 % | 2 of 2 |"
+    # a seed that never reaches its random's final is shown as such and left out of the mean
+    short = {"dataset": RESULTS["dataset"], "runs": RESULTS["runs"][:3] + [_run("ale-entropy-sum", 1, [0.20, 0.30, 0.35], [0, 0.1, 0.2])]}
+    row = markdown_table(summarise(short)).split("\n\n")[1].splitlines()[2]
+    assert row == "| ale-entropy-sum | -17, — % | -33, — % | -17 ± 0 % | -33 ± 0 % | 1 of 2 |"
+
+
 def test_a_policy_that_never_reaches_random_says_so():
     from label_studio_ale.bench.report import labelled_to_reach
 
@@ -165,6 +187,7 @@ def test_under_a_cost_budget_the_table_gives_the_cost_each_policy_needs_to_reach
     lines = markdown_table(summary).splitlines()
     assert lines[0].endswith("| images to random's last | boxes to random's last | cost to random's last (boxes + 2/img) |")
     rows = {line.split(" | ")[0][2:]: line for line in lines[2:]}
+    assert "\n\n" not in markdown_table(summary)  # sparse ran one seed: no by-seed table
     assert rows["sparse"].endswith("| 32 (+5 %) | 24 (-40 %) | 89 (-13 %) |")
     assert rows["random"].endswith("| 31 | 40 | 102 |")
 
