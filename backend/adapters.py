@@ -60,7 +60,7 @@ class Trainer(Protocol):
         ultralytics-layout dataset -> the trained weights (file or folder) under `work`;
         `on_epoch(epoch, epochs, metrics)` after every epoch
     training_plan(settings, data_yaml) (optional): how fine_tune will train on it, a
-        JSON-able dict (the yolov5 adapter: epochs, repeat, steps, train_images);
+        JSON-able dict (both adapters: epochs, repeat, optimizer steps);
         a version's manifest keeps it under "plan"
     """
 

@@ -248,12 +248,15 @@ def markdown_table(summary: dict) -> str:
 def by_seed_table(summary: dict) -> str:
     """Each seed against its own random: the change in images and boxes to reach that random's final.
 
-    Only policies compared on two or more seeds (one seed has no spread to show); '' when there is none.
-
     Cells: per seed in seed order ('—' where not reached), then mean ± sd over
-    the seeds that reach it, and how many do.
+    the seeds that reach it, and how many do. Only policies compared on two
+    seeds or more get a row (one seed has no spread to show); '' when none does.
     """
-    rows = {name: row["to_reach_random_by_seed"] for name, row in summary["policies"].items() if len(row.get("to_reach_random_by_seed", {}).get("seeds", ())) > 1}
+    rows = {
+        name: row["to_reach_random_by_seed"]
+        for name, row in summary["policies"].items()
+        if len(row.get("to_reach_random_by_seed", {}).get("seeds", ())) > 1
+    }
     if not rows:
         return ""
     units = _reach_units(summary)
