@@ -40,32 +40,29 @@ def summarise(results: dict, metric: str = METRIC) -> dict:
     policies = list(dict.fromkeys(run["policy"] for run in runs))
     by_key = {(run["policy"], run["seed"]): run for run in runs}
     cycles = min(len(run["cycles"]) for run in runs)
-    images = {key: [c["labelled_images"] for c in run["cycles"][:cycles]] for key, run in by_key.items()}
-    labelled = images[(runs[0]["policy"], runs[0]["seed"])]
-    shared = all(curve == labelled for curve in images.values())
+    cost_per_image = _cost_per_image(results)
+    curves = {key: run_curves(run, cycles, metric, cost_per_image) for key, run in by_key.items()}
+    labelled = curves[(runs[0]["policy"], runs[0]["seed"])]["images"]
+    shared = all(curve["images"] == labelled for curve in curves.values())
     summary = {"metric": metric, "labelled": labelled if shared else None, "cycles": cycles,
                "seeds": sorted({run["seed"] for run in runs}), "policies": {}}  # fmt: skip
-    cost_per_image = _cost_per_image(results)
     if cost_per_image is not None:
         summary["cost_per_image"] = cost_per_image
     for name in policies:
         seeds = sorted(seed for policy, seed in by_key if policy == name)
-        values = np.array([[c[metric] for c in by_key[(name, s)]["cycles"][:cycles]] for s in seeds])
+        values = np.array([curves[(name, s)]["metric"] for s in seeds])
         row = {"seeds": len(seeds), "mean": values.mean(0).tolist(), "sd": _sd(values).tolist()}
         baseline_seeds = [s for s in seeds if (BASELINE_POLICY, s) in by_key]
         if baseline_seeds and name != BASELINE_POLICY:
-            baseline = np.array([[c[metric] for c in by_key[(BASELINE_POLICY, s)]["cycles"][:cycles]] for s in baseline_seeds])
-            mine = np.array([[c[metric] for c in by_key[(name, s)]["cycles"][:cycles]] for s in baseline_seeds])
+            baseline = np.array([curves[(BASELINE_POLICY, s)]["metric"] for s in baseline_seeds])
+            mine = np.array([curves[(name, s)]["metric"] for s in baseline_seeds])
             gains = (mine - baseline)[:, 1:] * 100  # cycle 0 is the shared initial model
             row["gain_final"] = {"mean": float(gains[:, -1].mean()), "sd": float(_sd(gains[:, -1]))} if gains.size else None
             row["gain_mean"] = {"mean": float(gains.mean()), "sd": float(_sd(gains.mean(1)))} if gains.size else None
-        row["objects_curve"] = np.mean(
-            [[sum(c["labelled_objects"].values()) for c in by_key[(name, s)]["cycles"][:cycles]] for s in seeds], axis=0
-        ).tolist()
+        for unit, curve in REACH_CURVES.items():  # images_curve, objects_curve and, under a cost budget, cost_curve
+            if unit in curves[(name, seeds[0])]:
+                row[curve] = np.mean([curves[(name, s)][unit] for s in seeds], axis=0).tolist()
         row["labelled_objects"] = row["objects_curve"][-1]
-        row["images_curve"] = np.mean([images[(name, s)] for s in seeds], axis=0).tolist()
-        if cost_per_image is not None:
-            row["cost_curve"] = (np.array(row["objects_curve"]) + cost_per_image * np.array(row["images_curve"])).tolist()
         # what each labelled image and each labelled box bought: points of the metric from the initial model to the last
         gained = (row["mean"][-1] - row["mean"][0]) * 100
         images_spent = row["images_curve"][-1] - row["images_curve"][0]
@@ -80,9 +77,21 @@ def summarise(results: dict, metric: str = METRIC) -> dict:
             )
         summary["policies"][name] = row
     _add_cost_to_reach_random(summary)
-    _add_reach_by_seed(summary, by_key, cycles, cost_per_image)
+    _add_reach_by_seed(summary, curves)
     _add_gain_at_same_boxes(summary)
     return summary
+
+
+def run_curves(run: dict, cycles: int, metric: str, cost_per_image: float | None = None) -> dict:
+    """One run's first `cycles` cycles as curves, (cycles,) each: labelled "images" and "boxes", the `metric`
+    ("metric") and, with `cost_per_image` (a cost budget), the annotation "cost": boxes + cost_per_image x images."""
+    done = run["cycles"][:cycles]
+    images = [c["labelled_images"] for c in done]
+    boxes = [sum(c["labelled_objects"].values()) for c in done]
+    curves = {"images": images, "boxes": boxes, "metric": [c[metric] for c in done]}
+    if cost_per_image is not None:
+        curves["cost"] = [b + cost_per_image * i for b, i in zip(boxes, images)]
+    return curves
 
 
 def _cost_per_image(results: dict) -> float | None:
@@ -129,37 +138,27 @@ def _add_cost_to_reach_random(summary: dict) -> None:
         row["to_reach_random"] = {"target": target, **reach}
 
 
-def _add_reach_by_seed(summary: dict, by_key: dict, cycles: int, cost_per_image: float | None) -> None:
+def _add_reach_by_seed(summary: dict, curves: dict) -> None:
     """Per policy and seed: the saving against that seed's own random, its final metric as the target.
 
     The mean curves' saving (`to_reach_random`) can hide how much it varies by
     seed; this keeps each seed's. Savings as in `to_reach_random` (0.27: 27 %
     fewer), None where that seed's run never reaches its random's final.
+    `curves`: `run_curves` of every (policy, seed).
     """
-    if cycles < 2:
+    if summary["cycles"] < 2:
         return
     units = _reach_units(summary)
-
-    def curves(run):
-        done = run["cycles"][:cycles]
-        images = [c["labelled_images"] for c in done]
-        boxes = [sum(c["labelled_objects"].values()) for c in done]
-        spent = {"images": images, "boxes": boxes}
-        if cost_per_image is not None:
-            spent["cost"] = [b + cost_per_image * i for b, i in zip(boxes, images)]
-        return spent, [c[summary["metric"]] for c in done]
-
     for name, row in summary["policies"].items():
-        seeds = [s for s in summary["seeds"] if (name, s) in by_key and (BASELINE_POLICY, s) in by_key]
+        seeds = [s for s in summary["seeds"] if (name, s) in curves and (BASELINE_POLICY, s) in curves]
         if name == BASELINE_POLICY or not seeds:
             continue
         by_seed = {"seeds": seeds} | {unit: [] for unit in units}
         for seed in seeds:
-            random_spent, random_values = curves(by_key[(BASELINE_POLICY, seed)])
-            spent, values = curves(by_key[(name, seed)])
+            random, mine = curves[(BASELINE_POLICY, seed)], curves[(name, seed)]
             for unit in units:
-                needed = labelled_to_reach(spent[unit], values, random_values[-1])
-                total = random_spent[unit][-1]
+                needed = labelled_to_reach(mine[unit], mine["metric"], random["metric"][-1])
+                total = random[unit][-1]
                 by_seed[unit].append(None if needed is None or not total else 1 - needed / total)
         row["to_reach_random_by_seed"] = by_seed
 
