@@ -12,8 +12,7 @@ evaluation set.
 Baseline, same images, same seeds: `--baseline` (default `ultralytics`: its
 own defaults at TRAIN_EPOCHS=30, which is what Start Training did before the
 small-data recipe). Reported per recipe and size: mAP50 mean and sd over the
-seeds, mAP50-95, the new class's AP50 and labelled boxes, seconds per
-fine-tune and their ratio to the baseline's (timed in the same run); whether
+seeds, the new class's AP50 and labelled boxes, seconds per fine-tune; whether
 each recipe's mean mAP50 rises with every size; and the gain over the baseline.
 
 With `--pseudo-labels`, a further experiment (semi-supervised): the small-data
