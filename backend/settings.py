@@ -68,6 +68,8 @@ DEFAULT_TRAIN_EPOCHS = 0
 DEFAULT_TRAIN_BATCH = 16
 #: yolov5: small-data (measured for tens to hundreds of labelled images) or ultralytics' own defaults.
 TRAIN_RECIPES = ("small-data", "ultralytics")
+#: yolov5: auto (bfloat16 on a CPU that computes it natively, float32 elsewhere), fp32 or bf16.
+TRAIN_PRECISIONS = ("auto", "fp32", "bf16")
 PROMOTION_POLICIES = ("if-not-worse", "always")
 #: `if-not-worse` compares versions only on at least this many validation images;
 #: below it a new version is promoted (and the reason says so): a handful of
@@ -133,6 +135,7 @@ class Settings:
     train_recipe: str = TRAIN_RECIPES[0]
     #: 0: the small-data recipe's own minimum (600 optimizer steps)
     train_min_steps: int = 0
+    train_precision: str = TRAIN_PRECISIONS[0]
     promotion: str = PROMOTION_POLICIES[0]
     promotion_min_images: int = DEFAULT_PROMOTION_MIN_IMAGES
     auto_train_after: int = 0
@@ -199,6 +202,8 @@ class Settings:
             raise ConfigError("TRAIN_MIN_STEPS", f"must be 0 (the recipe decides) or a number of optimizer steps, got {self.train_min_steps}")
         if self.train_recipe not in TRAIN_RECIPES:
             raise ConfigError("TRAIN_RECIPE", f"must be one of {', '.join(TRAIN_RECIPES)}, got {self.train_recipe!r}")
+        if self.train_precision not in TRAIN_PRECISIONS:
+            raise ConfigError("TRAIN_PRECISION", f"must be one of {', '.join(TRAIN_PRECISIONS)}, got {self.train_precision!r}")
         if self.promotion_min_images < 1:
             raise ConfigError("PROMOTION_MIN_IMAGES", f"must be a positive number of validation images, got {self.promotion_min_images}")
         if self.auto_train_after < 0:
@@ -330,6 +335,7 @@ ENV_VARS = {
     "TRAIN_BATCH": ("train_batch", int),
     "TRAIN_RECIPE": ("train_recipe", str.lower),
     "TRAIN_MIN_STEPS": ("train_min_steps", int),
+    "TRAIN_PRECISION": ("train_precision", str.lower),
     "PROMOTION": ("promotion", str.lower),
     "PROMOTION_MIN_IMAGES": ("promotion_min_images", int),
     "AUTO_TRAIN_AFTER": ("auto_train_after", int),

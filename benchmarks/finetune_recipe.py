@@ -12,7 +12,8 @@ evaluation set.
 Baseline, same images, same seeds: `--baseline` (default `ultralytics`: its
 own defaults at TRAIN_EPOCHS=30, which is what Start Training did before the
 small-data recipe). Reported per recipe and size: mAP50 mean and sd over the
-seeds, the new class's AP50 and labelled boxes, seconds per fine-tune; whether
+seeds, mAP50-95, the new class's AP50 and labelled boxes, seconds per
+fine-tune and their ratio to the baseline's (timed in the same run); whether
 each recipe's mean mAP50 rises with every size; and the gain over the baseline.
 
 With `--pseudo-labels`, a further experiment (semi-supervised): the small-data
@@ -25,6 +26,9 @@ of pseudo-labels over the control.
 A recipe may name its fewest optimizer steps, `small-data@400`: the
 small-data recipe with TRAIN_MIN_STEPS=400, so one run sweeps the steps
 (`--recipes small-data@200,small-data@600,small-data@1000 --baseline small-data@200`).
+And the precision it trains in, `small-data:bf16` (TRAIN_PRECISION; default
+auto): `--recipes small-data:fp32,small-data:bf16 --baseline small-data:fp32`
+compares bfloat16 training with float32 on the same images, in time and mAP.
 
 Usage: python benchmarks/finetune_recipe.py [--recipes small-data,ultralytics] [--sizes 12,24,48,96]
            [--seeds 0,1,2] [--pseudo-labels] [--out docs/benchmarks/finetune] [--resume]
@@ -148,13 +152,24 @@ def main() -> int:
 
 
 def recipe_settings(settings, recipe: str):
-    """`settings` training with `recipe`: a TRAIN_RECIPE name, `ultralytics` at BASELINE_EPOCHS, or `small-data@STEPS`."""
+    """`settings` training with `recipe`: a TRAIN_RECIPE name, `ultralytics` at BASELINE_EPOCHS, or `small-data@STEPS`,
+    each optionally with `:PRECISION` (a TRAIN_PRECISION: `small-data:fp32`, `small-data@600:bf16`; default auto)."""
+    from label_studio_ale.settings import TRAIN_PRECISIONS
     from label_studio_ale_plugins.yolov5.recipe import RECIPES, SMALL_DATA
 
-    name, at, steps = recipe.partition("@")
-    if name not in RECIPES or (at and (name != SMALL_DATA or not steps.isdigit() or int(steps) < 1)):
-        raise ValueError(f"--recipes: {recipe!r} is not one of {', '.join(RECIPES)} or {SMALL_DATA}@STEPS (e.g. {SMALL_DATA}@600)")
-    return settings.replace(train_recipe=name, train_epochs=BASELINE_EPOCHS if name == BASELINE else 0, train_min_steps=int(steps or 0))
+    spec, colon, precision = recipe.partition(":")
+    name, at, steps = spec.partition("@")
+    if name not in RECIPES or (at and (name != SMALL_DATA or not steps.isdigit() or int(steps) < 1)) or (colon and precision not in TRAIN_PRECISIONS):
+        raise ValueError(
+            f"--recipes: {recipe!r} is not one of {', '.join(RECIPES)} or {SMALL_DATA}@STEPS (e.g. {SMALL_DATA}@600), "
+            f"optionally with :PRECISION, one of {', '.join(TRAIN_PRECISIONS)} (e.g. {SMALL_DATA}:fp32)"
+        )
+    return settings.replace(
+        train_recipe=name,
+        train_epochs=BASELINE_EPOCHS if name == BASELINE else 0,
+        train_min_steps=int(steps or 0),
+        train_precision=precision or settings.train_precision,
+    )
 
 
 def _fine_tune(settings, data, new_class: str, labelled: list[int], work: Path, seed: int, store_dir: Path | None = None) -> dict:
@@ -177,6 +192,7 @@ def _fine_tune(settings, data, new_class: str, labelled: list[int], work: Path, 
         "new_class_ap50": metrics["per_class"].get(new_class, {}).get("map50", 0.0),
         "epochs": store.current().manifest["epochs"],
         "steps": store.current().manifest.get("plan", {}).get("steps"),  # optimizer steps, as the adapter planned them
+        "precision": store.current().manifest.get("plan", {}).get("precision"),  # what auto resolved to on this machine
         "seconds": round(seconds, 1),
     }
     if store_dir.name.startswith("models-"):
@@ -237,8 +253,8 @@ def report(results: dict) -> str:
     recipes = list(dict.fromkeys(run["recipe"] for run in results["runs"]))
     sizes = sorted({run["images"] for run in results["runs"]})
     lines = [
-        "| recipe | labelled images | epochs | mAP50 | gain over baseline (pp) | new-class boxes | new-class AP50 | seconds |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| recipe | labelled images | epochs | mAP50 | gain over baseline (pp) | mAP50-95 | new-class boxes | new-class AP50 | seconds | time / baseline's |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     means = {}
     for recipe in recipes:
@@ -248,12 +264,17 @@ def report(results: dict) -> str:
                 continue
             maps = [r["map50"] for r in runs]
             means[(recipe, n)] = statistics.fmean(maps)
-            base = [r["map50"] for r in by.get((results["baseline"], n), [])]
-            gain = "—" if recipe == results["baseline"] or len(base) != len(maps) else f"{100 * (statistics.fmean(maps) - statistics.fmean(base)):+.1f}"
+            baseline = by.get((results["baseline"], n), [])
+            base = [r["map50"] for r in baseline]
+            compared = recipe != results["baseline"] and len(base) == len(maps)
+            gain = f"{100 * (statistics.fmean(maps) - statistics.fmean(base)):+.1f}" if compared else "—"
+            seconds = _mean([r["seconds"] for r in runs])
+            # the same seeds and images, timed in the same run: a ratio, not a machine's seconds
+            ratio = f"{seconds / _mean([r['seconds'] for r in baseline]):.2f}" if compared else "—"
             lines.append(
                 f"| {recipe} | {n} | {_mean([r['epochs'] for r in runs]):.0f} | {statistics.fmean(maps):.3f} ± {_sd(maps):.3f} | {gain} "
-                f"| {_mean([r['new_class_boxes'] for r in runs]):.1f} | {_mean([r['new_class_ap50'] for r in runs]):.3f} "
-                f"| {_mean([r['seconds'] for r in runs]):.0f} |"
+                f"| {_mean([r['map'] for r in runs]):.3f} | {_mean([r['new_class_boxes'] for r in runs]):.1f} "
+                f"| {_mean([r['new_class_ap50'] for r in runs]):.3f} | {seconds:.0f} | {ratio} |"
             )
     lines.append("")
     for recipe in recipes:

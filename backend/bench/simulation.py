@@ -193,8 +193,12 @@ def simulate(
         },
         "selection": selection_settings(settings),
         # the settings that decide how long each fine-tune trains (0: the recipe's own minimum); what each
-        # cycle's fine-tune actually got (epochs, optimizer steps) is in its record's "fine_tune"
-        "training": {"TRAIN_RECIPE": settings.train_recipe, "TRAIN_MIN_STEPS": settings.train_min_steps},
+        # cycle's fine-tune actually got (epochs, optimizer steps, the precision auto chose) is in its record's "fine_tune"
+        "training": {
+            "TRAIN_RECIPE": settings.train_recipe,
+            "TRAIN_MIN_STEPS": settings.train_min_steps,
+            "TRAIN_PRECISION": settings.train_precision,
+        },
         "runs": [],
     }
     order = [(seed, policy) for seed in config.seeds for policy in config.policies]

@@ -28,9 +28,17 @@ def test_a_recipe_may_name_its_fewest_steps(finetune_recipe):
     assert (old.train_recipe, old.train_epochs) == ("ultralytics", finetune_recipe.BASELINE_EPOCHS)
 
 
-@pytest.mark.parametrize("recipe", ["fast", "ultralytics@600", "small-data@", "small-data@0", "small-data@six"])
+def test_a_recipe_may_name_its_precision(finetune_recipe):
+    base = Settings(train_batch=8)
+    assert finetune_recipe.recipe_settings(base, "small-data").train_precision == "auto"
+    bf16 = finetune_recipe.recipe_settings(base, "small-data@600:bf16")
+    assert (bf16.train_recipe, bf16.train_min_steps, bf16.train_precision) == ("small-data", 600, "bf16")
+    assert finetune_recipe.recipe_settings(base, "ultralytics:fp32").train_precision == "fp32"
+
+
+@pytest.mark.parametrize("recipe", ["fast", "ultralytics@600", "small-data@", "small-data@0", "small-data@six", "small-data:half", "small-data:"])
 def test_a_misnamed_recipe_is_refused_with_the_forms_it_takes(finetune_recipe, recipe):
-    with pytest.raises(ValueError, match=r"--recipes: .* small-data@STEPS"):
+    with pytest.raises(ValueError, match=r"--recipes: .* small-data@STEPS .*:PRECISION, one of auto, fp32, bf16"):
         finetune_recipe.recipe_settings(Settings(), recipe)
 
 

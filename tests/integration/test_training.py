@@ -12,6 +12,7 @@ from rq import Queue
 from label_studio_ale.jobqueue import QUEUE_TRAIN, RedisJobQueue, queue_name
 from label_studio_ale.model_store import ModelStore
 from label_studio_ale.synthetic import make_scene
+from label_studio_ale_plugins.yolov5.cpu_training import cpu_has_native_bf16
 from tests.support.backend import backend_env, process_env, run_backend, run_worker
 from tests.support.label_studio import upload_images
 from tests.support.models import HELD_OUT_SEEDS, IMAGE_SIZE
@@ -86,8 +87,11 @@ def test_start_training_from_label_studio_trains_versions_and_resyncs(ls_sdk, se
     assert version.manifest["train_images"] + version.manifest["val_images"] == len(annotated)
     assert version.manifest["val_images"] >= 1 and version.manifest["boxes"] > len(annotated)
     assert version.manifest["skipped_images"] == 1
-    # the adapter's account of the fine-tune: TRAIN_EPOCHS=3 over the training split at TRAIN_BATCH=8, a step per batch
-    assert version.manifest["plan"] == {"epochs": 3, "repeat": 1, "steps": 3 * -(-version.manifest["train_images"] // 8)}
+    # the adapter's account of the fine-tune: TRAIN_EPOCHS=3 over the training split at TRAIN_BATCH=8, a step per batch,
+    # in the precision TRAIN_PRECISION=auto resolves to on this machine's CPU
+    precision = "bf16" if cpu_has_native_bf16() else "fp32"
+    steps = 3 * -(-version.manifest["train_images"] // 8)
+    assert version.manifest["plan"] == {"epochs": 3, "repeat": 1, "steps": steps, "precision": precision}
 
     # /versions lists it with its metrics (COCO and VOC, per class).
     listed = httpx.get(f"{services}/versions", params={"project": project}, timeout=10).json()
@@ -173,7 +177,7 @@ def press_and_wait(services, redis_server, project, timeout=300):
 
 
 def test_a_new_label_grows_the_head_and_the_old_classes_keep_working(ls_sdk, services, redis_server, model_dir):
-    from label_studio_ale.boxes import box_iou
+    from label_studio_ale.evaluation import GroundTruth, evaluate
     from label_studio_ale_plugins.yolov5 import YoloV5Adapter
 
     project, train, val, scenes = create_split_project(ls_sdk, "new species", 10, 2, 52_000, **SCENE)
@@ -200,19 +204,17 @@ def test_a_new_label_grows_the_head_and_the_old_classes_keep_working(ls_sdk, ser
     assert version.manifest["base"] == "v0001, head grown to 3 classes"
     assert "egg" in ls_sdk.projects.get(id=project).label_config
 
-    # The grown model still finds the old species on images it never saw.
+    # The grown model still finds the old species on images it never saw: their AP50, which needs no score
+    # threshold. After this test's 15 optimizer steps the scores of right boxes swing with the task ids (which
+    # images are in the split) and with float rounding: over 48 simulated splits, boxes found at score >= 0.25
+    # ranged from 13 to 22 of the 22 (9 in one suite run), while the old classes' mean AP50 stayed >= 0.72.
+    # A grow that starts the old classes' rows fresh (the bird's row going to the new class) ends at 0.40-0.46.
     adapter = YoloV5Adapter(version.weights, image_size=IMAGE_SIZE)
     scenes = [make_scene(seed) for seed in HELD_OUT_SEEDS]
-    found = total = 0
-    for det, scene in zip(adapter.predict([s.image for s in scenes]), scenes):
-        det = det[det.scores >= 0.25]
-        for box, label in zip(scene.xyxy, scene.labels):
-            total += 1
-            if len(det):
-                overlap = box_iou(box[None], det.xyxy)[0]
-                best = int(overlap.argmax())
-                found += bool(overlap[best] >= 0.5 and det.labels[best] == label)
-    assert found / total >= 0.5, f"old classes found {found}/{total}"
+    truth = [GroundTruth(scene.xyxy, scene.labels, scene.image.size) for scene in scenes]
+    per_class = evaluate(truth, adapter.predict([s.image for s in scenes]), list(version.classes))["per_class"]
+    old_ap50 = {name: per_class[name]["map50"] for name in ("bird", "nest")}
+    assert sum(old_ap50.values()) / 2 >= 0.6, f"old classes' AP50 on held-out images: {old_ap50}"
     assert second["sync"]["model_version"].startswith("ale:v0002:")
 
 

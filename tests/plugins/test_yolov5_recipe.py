@@ -106,16 +106,20 @@ def test_fine_tune_trains_the_epochs_train_min_steps_asks_for(tmp_path, monkeypa
     data_yaml = tmp_path / "data.yaml"
     data_yaml.write_text(f"path: {tmp_path}\ntrain: images/train\nval: images/val\nnames:\n  0: bird\n")
     asked = []
-    monkeypatch.setattr(adapter, "train_yolo", lambda data, weights, out, **options: asked.append(options["epochs"]))
+    monkeypatch.setattr(adapter, "train_yolo", lambda data, weights, out, **options: asked.append((options["epochs"], options["precision"])))
     plans = []
-    for min_steps in (0, 200, 600):
-        settings = Settings(train_batch=8, train_min_steps=min_steps)
+    for min_steps, precision in ((0, "fp32"), (200, "bf16"), (600, "fp32")):
+        settings = Settings(train_batch=8, train_min_steps=min_steps, train_precision=precision)
         adapter.YoloV5Adapter.fine_tune(settings, "w.pt", data_yaml, tmp_path / "work")
         plans.append(adapter.YoloV5Adapter.training_plan(settings, data_yaml))
     # 38 images listed 5 times: 24 batches an epoch; the default (600 steps) takes 25 epochs, 200 steps take 9
-    assert asked == [25, 9, 25]
-    # and the plan a version's manifest keeps says so, in optimizer steps: what TRAIN_MIN_STEPS=0 meant is on record
-    assert plans == [{"epochs": 25, "repeat": 5, "steps": 600}, {"epochs": 9, "repeat": 5, "steps": 216}, {"epochs": 25, "repeat": 5, "steps": 600}]
+    assert asked == [(25, "fp32"), (9, "bf16"), (25, "fp32")]
+    # and the plan a version's manifest keeps says so, in optimizer steps and precision: what TRAIN_MIN_STEPS=0 meant is on record
+    assert plans == [
+        {"epochs": 25, "repeat": 5, "steps": 600, "precision": "fp32"},
+        {"epochs": 9, "repeat": 5, "steps": 216, "precision": "bf16"},
+        {"epochs": 25, "repeat": 5, "steps": 600, "precision": "fp32"},
+    ]
 
 
 def test_steps_count_a_step_per_batch_or_per_nominal_batch_with_accumulation():
