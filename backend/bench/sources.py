@@ -36,6 +36,17 @@ def builtin_data(cache: str | Path, pool_size: int, eval_size: int, image_size: 
     return BenchData(scenes.class_names, parts["pool"], parts["eval"], description), scenes.class_names[scenes.new_class]
 
 
+def base_model_dir(cache: str | Path, settings: Settings, images: int, epochs: int, image_size: int) -> Path:
+    """Where the built-in base model for these settings is cached.
+
+    The recipe and TRAIN_PRECISION are part of the key: a base model trained
+    another way is another model, and a run must not start from one trained
+    in a precision it did not ask for.
+    """
+    scenes = DigitScenes(size=image_size)
+    return Path(cache) / f"digits-{scenes.key}" / f"base-{images}-{epochs}ep-{settings.train_recipe}-{settings.train_precision}"
+
+
 def builtin_base_model(cache: str | Path, settings: Settings, images: int, epochs: int, image_size: int, device: str, log=print) -> Path:
     """The built-in dataset's base model, trained once and cached: `images` scenes without the new class.
 
@@ -46,8 +57,7 @@ def builtin_base_model(cache: str | Path, settings: Settings, images: int, epoch
     from ..training import TrainingSample, train_version, write_training_set
 
     scenes = DigitScenes(size=image_size)
-    # the recipe is part of the key: a base model trained another way is another model
-    store = ModelStore(Path(cache) / f"digits-{scenes.key}" / f"base-{images}-{epochs}ep-{settings.train_recipe}", 0)
+    store = ModelStore(base_model_dir(cache, settings, images, epochs, image_size), 0)
     if store.current() is not None:
         return store.current().weights
     folder = store.dir.parent / "scenes"
