@@ -76,6 +76,7 @@ def main() -> int:
     )
     args = parser.parse_args()
 
+    from label_studio_ale.adapters import adapter_class
     from label_studio_ale.bench.cli import DEFAULT_CACHE, PRESETS
     from label_studio_ale.bench.simulation import model_identity
     from label_studio_ale.bench.sources import builtin_base_model, builtin_data
@@ -105,7 +106,7 @@ def main() -> int:
         "benchmark": "finetune_recipe",
         "data": data.description,
         "new_class": new_class,
-        "base_model": model_identity(str(base)),
+        "base_model": model_identity(str(base), adapter_class(settings)),
         "baseline": args.baseline,
         "sizes": sizes,
         "seeds": seeds,

@@ -178,10 +178,12 @@ def simulate(
         model_dir=str(work / "models"),
     )
     hashes = _hashes(settings, data.pool)
+    from ..adapters import adapter_class
+
     results = {
         # the base model by its content: a path on the machine that ran it says nothing to a reader
         "config": dataclasses.asdict(config)
-        | {"base_model": model_identity(config.base_model)}
+        | {"base_model": model_identity(config.base_model, adapter_class(settings))}
         # a cycle sized by cost labels what its cost buys: the image budget plays no part and is not reported as if it did
         | ({"budget": None} if config.budget_cost else {}),
         "dataset": {
@@ -376,11 +378,19 @@ def selection_settings(settings: Settings) -> dict:
     return values
 
 
-def model_identity(weights: str) -> str:
-    """`sha256:<16 hex>` of a weights file (`name@sha256:...` for a folder's files), or the name itself (a yaml)."""
+def model_identity(weights: str, factory=None) -> str:
+    """`sha256:<16 hex>` of a weights file (`name@sha256:...` for a folder's files), or the name itself (a yaml).
+
+    With an adapter class `factory` that has `weights_digest(path)`, a file is
+    named by its weights instead, `weights-sha256:<16 hex>`: its bytes also
+    hold the date it was written, so the same training run twice gives
+    another file hash.
+    """
     import hashlib
 
     path = Path(weights)
+    if path.is_file() and hasattr(factory, "weights_digest"):
+        return f"weights-sha256:{factory.weights_digest(str(path))}"
     if path.is_file():
         return f"sha256:{hashlib.sha256(path.read_bytes()).hexdigest()[:16]}"
     if path.is_dir():

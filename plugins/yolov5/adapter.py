@@ -115,6 +115,12 @@ class YoloV5Adapter:
             weights_source(settings.base_model, allow_downloads=settings.allow_downloads, setting="BASE_MODEL")
 
     @staticmethod
+    def weights_digest(weights: str) -> str:
+        from .checkpoint_digest import weights_digest
+
+        return weights_digest(weights)
+
+    @staticmethod
     def grow(weights: str, classes: list[str], out: Path, origin: dict[str, str] | None = None) -> Path:
         return grow_head(weights, classes, Path(out).with_suffix(".pt"), origin)
 
