@@ -152,6 +152,7 @@ def simulate(
     threads; `log` is then called in the workers too and must be a
     module-level function.
     """
+    from ..adapters import adapter_class
     from .runs import RunPool
 
     work = Path(work)
@@ -178,8 +179,6 @@ def simulate(
         model_dir=str(work / "models"),
     )
     hashes = _hashes(settings, data.pool)
-    from ..adapters import adapter_class
-
     results = {
         # the base model by its content: a path on the machine that ran it says nothing to a reader
         "config": dataclasses.asdict(config)
@@ -389,9 +388,9 @@ def model_identity(weights: str, factory=None) -> str:
     import hashlib
 
     path = Path(weights)
-    if path.is_file() and hasattr(factory, "weights_digest"):
-        return f"weights-sha256:{factory.weights_digest(str(path))}"
     if path.is_file():
+        if hasattr(factory, "weights_digest"):
+            return f"weights-sha256:{factory.weights_digest(str(path))}"
         return f"sha256:{hashlib.sha256(path.read_bytes()).hexdigest()[:16]}"
     if path.is_dir():
         digest = hashlib.sha256()

@@ -395,14 +395,20 @@ def _epoch_figures(trainer) -> dict:
     return figures
 
 
-def checkpoint_classes(weights: str | Path) -> list[str]:
-    """Class names stored in an ultralytics checkpoint, in index order."""
+def checkpoint_model(weights: str | Path):
+    """The model in a local ultralytics checkpoint, unfused, on the CPU."""
     import_ultralytics()
     from ultralytics.nn.tasks import load_checkpoint
 
     if not Path(weights).is_file():
         raise AdapterError(f"{weights}: no such file (a hub name is fetched first, with ALLOW_DOWNLOADS)")
     model, _ = load_checkpoint(str(weights), device="cpu", inplace=True, fuse=False)
+    return model
+
+
+def checkpoint_classes(weights: str | Path) -> list[str]:
+    """Class names stored in an ultralytics checkpoint, in index order."""
+    model = checkpoint_model(weights)
     names = model.names if isinstance(model.names, dict) else dict(enumerate(model.names))
     return [str(names[i]) for i in range(len(names))]
 

@@ -10,22 +10,15 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from label_studio_ale.errors import AdapterError
-
 
 def weights_digest(weights: str | Path) -> str:
     """16 hex of sha256 over the model's parameters and buffers (names, dtypes, shapes, values), in state-dict order."""
-    from .adapter import import_ultralytics
-
-    import_ultralytics()
     import torch
-    from ultralytics.nn.tasks import load_checkpoint
 
-    if not Path(weights).is_file():
-        raise AdapterError(f"{weights}: no such file")
-    model, _ = load_checkpoint(str(weights), device="cpu", inplace=True, fuse=False)
+    from .adapter import checkpoint_model
+
     digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
+    for name, tensor in checkpoint_model(weights).state_dict().items():
         tensor = tensor.detach().cpu().contiguous()
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
