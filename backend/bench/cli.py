@@ -119,6 +119,13 @@ def add_parser(commands) -> None:
     ):
         al.add_argument(f"--{name}", type=int, help=f"{what} (default: the preset's)")
     al.add_argument(
+        "--burst",
+        type=int,
+        default=1,
+        help="built-in dataset: frames per scene in the pool, a scene moved a little from frame to frame, as a camera "
+        "trap fires in bursts (default 1: every pool image its own scene)",
+    )
+    al.add_argument(
         "--budget-cost",
         type=float,
         help="instead of --budget images, annotation cost labelled per cycle, in boxes: each cycle labels the policy's queue "
@@ -171,12 +178,14 @@ def _run_al(settings: Settings, args, argv: list[str]) -> int:
         jobs = check_jobs(args.jobs, device)  # before a base model is trained for nothing
         if args.budget is not None and args.budget_cost:
             raise ValueError("--budget (images a cycle) and --budget-cost (annotation cost a cycle) both size a cycle: give one")
+        if args.data and args.burst != 1:
+            raise ValueError("--burst shapes the built-in dataset's pool; a --data pool is used as it is")
         if args.data:
             data = user_data(args.data, args.format, images=args.images, eval_path=args.eval_data, eval_percent=args.eval_percent)
             new_class = args.new_class
             base_model = args.base_model or settings.base_model
         else:
-            data, new_class = builtin_data(cache, pick("pool"), pick("eval"), pick("image_size"))
+            data, new_class = builtin_data(cache, pick("pool"), pick("eval"), pick("image_size"), burst=args.burst)
             new_class = args.new_class or new_class
             base_model = args.base_model or str(
                 builtin_base_model(cache, settings, pick("base_images"), pick("base_epochs"), pick("image_size"), device, log=_log)

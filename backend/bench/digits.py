@@ -9,6 +9,12 @@ to `max_objects`, some none), like field images, which is where ALE's
 sqrt(N) term matters. The pool and the evaluation set draw their glyphs from
 disjoint halves of the scans, so the evaluation measures generalisation to
 unseen handwriting.
+
+A pool can also come in bursts, as a camera trap fires several frames per
+trigger: `frame` 1, 2, ... of a scene is the same scene a moment later, each
+object moved by up to BURST_SHIFT pixels, the light changed by up to
+BURST_LIGHT and the sensor noise drawn afresh. That is the look-alike pool
+that near-duplicate suppression and diversity are meant for.
 """
 
 from __future__ import annotations
@@ -31,6 +37,12 @@ DEFAULT_DIGITS = (1, 4, 7, 0)
 OBJECT_COUNT_WEIGHTS = (0.05, 0.35, 0.22, 0.14, 0.1, 0.08, 0.06)
 #: The new class is rarer than the others, as a newly recognised species is.
 NEW_CLASS_SHARE = 0.18
+#: Pixels an object moves, at most, along each axis between a scene's first frame and a later one of its burst.
+BURST_SHIFT = 3
+#: Brightness change, at most, as a share, between a burst's first frame and a later one.
+BURST_LIGHT = 0.06
+#: Bump when the drawing of later frames changes, so cached burst pools are rebuilt (frame 0 is GENERATOR_VERSION's).
+BURST_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -66,9 +78,17 @@ class DigitScenes:
     def class_names(self) -> list[str]:
         return [f"digit-{d}" for d in self.digits]
 
-    def scene(self, seed: int, half: int, *, with_new_class: bool = True) -> Scene:
-        """One scene; `half` picks the glyph scans (0: even, 1: odd); `with_new_class` False leaves it out."""
+    def scene(self, seed: int, half: int, *, with_new_class: bool = True, frame: int = 0) -> Scene:
+        """One scene; `half` picks the glyph scans (0: even, 1: odd); `with_new_class` False leaves it out.
+
+        `frame` > 0: a later frame of the scene's burst (see the module docstring);
+        the same background, objects, glyphs and ink, moved a little.
+        """
+        if frame < 0:
+            raise ValueError(f"frame must be 0 (the scene) or a later frame of its burst, got {frame}")
         rng = np.random.default_rng(seed)
+        # its own generator, so that the scene's draws (and so frame 0) are the same in every frame
+        later = np.random.default_rng([seed, frame]) if frame else None
         canvas = _background(rng, self.size)
         count = int(rng.choice(len(OBJECT_COUNT_WEIGHTS), p=OBJECT_COUNT_WEIGHTS))
         share = np.full(len(self.digits), 1.0)
@@ -76,25 +96,40 @@ class DigitScenes:
             share[:] = (1 - NEW_CLASS_SHARE) / (len(self.digits) - 1)
             share[self.new_class] = NEW_CLASS_SHARE if with_new_class else 0.0
         boxes, labels = [], []
+        first_frame = []  # the boxes where frame 0 has them: placements are checked there, so every frame draws alike
         for _ in range(count * 20):  # rejection sampling for non-overlapping placements
             if len(boxes) == count:
                 break
             side = int(rng.integers(self.min_side, self.max_side + 1))
             x1, y1 = (int(v) for v in rng.integers(0, self.size - side, size=2))
             box = [x1, y1, x1 + side, y1 + side]
-            if any(overlaps(box, b) for b in boxes):
+            if any(overlaps(box, b) for b in first_frame):
                 continue
             label = int(rng.choice(len(self.digits), p=share / share.sum()))
-            xyxy = _ink_digit(canvas, rng, self.digits[label], half, box)
+            placed = box if later is None else _moved(box, later, self.size)
+            xyxy = _ink_digit(canvas, rng, self.digits[label], half, placed)
+            dx, dy = placed[0] - box[0], placed[1] - box[1]
+            first_frame.append([xyxy[0] - dx, xyxy[1] - dy, xyxy[2] - dx, xyxy[3] - dy])
             boxes.append(xyxy)
             labels.append(label)
-        image = Image.fromarray(np.clip(canvas + rng.normal(0, 4, canvas.shape), 0, 255).astype(np.uint8), "RGB")
+        if later is not None:
+            canvas = canvas * later.uniform(1 - BURST_LIGHT, 1 + BURST_LIGHT)
+        noise = (rng if later is None else later).normal(0, 4, canvas.shape)
+        image = Image.fromarray(np.clip(canvas + noise, 0, 255).astype(np.uint8), "RGB")
         return Scene(image, np.asarray(boxes, dtype=np.float64).reshape(-1, 4), np.asarray(labels, dtype=np.int64))
 
-    def write(self, root: str | Path, count: int, first_seed: int, half: int, *, with_new_class: bool = True) -> Path:
-        """Write `count` scenes as a YOLO dataset folder (data.yaml, images/, labels/). Returns `root`."""
+    def write(self, root: str | Path, count: int, first_seed: int, half: int, *, with_new_class: bool = True, burst: int = 1) -> Path:
+        """Write `count` images as a YOLO dataset folder (data.yaml, images/, labels/). Returns `root`.
+
+        `burst` > 1: the images are bursts of that many frames of a scene, one
+        after another (the last burst cut short when `count` is not a multiple).
+        """
+        if burst < 1:
+            raise ValueError(f"burst must be 1 (one frame a scene) or more frames a scene, got {burst}")
         root = Path(root)
-        scenes = [self.scene(first_seed + i, half, with_new_class=with_new_class) for i in range(count)]
+        scenes = [
+            self.scene(first_seed + i // burst, half, with_new_class=with_new_class, frame=i % burst) for i in range(count)
+        ]
         write_yolo_dataset(root, scenes, self.class_names, split="all")
         names = "".join(f"  {i}: {name}\n" for i, name in enumerate(self.class_names))
         (root / "data.yaml").write_text(f"path: {root}\nnames:\n{names}")
@@ -136,6 +171,15 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     crop = Image.fromarray(photo[y : y + side, x : x + side].astype(np.uint8)).resize((size, size), Image.BILINEAR)
     pixels = np.asarray(crop, dtype=np.float64)
     return pixels.mean() + (pixels - pixels.mean()) * rng.uniform(0.5, 0.9)
+
+
+def _moved(box: list[int], rng: np.random.Generator, size: int) -> list[int]:
+    """`box` moved by up to BURST_SHIFT pixels along each axis, kept inside a size x size image."""
+    x1, y1, x2, y2 = box
+    side = x2 - x1
+    dx, dy = (int(v) for v in rng.integers(-BURST_SHIFT, BURST_SHIFT + 1, size=2))
+    x1, y1 = min(max(x1 + dx, 0), size - side), min(max(y1 + dy, 0), size - side)
+    return [x1, y1, x1 + side, y1 + side]
 
 
 def _ink_digit(canvas: np.ndarray, rng: np.random.Generator, digit: int, half: int, box: list[int]) -> list[float]:

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..datasets import read_dataset
 from ..settings import Settings
-from .digits import DigitScenes
+from .digits import BURST_VERSION, DigitScenes
 from .simulation import BenchData
 
 #: Seeds of the evaluation scenes and of the base model's scenes start here, far from the pool's.
@@ -19,20 +19,27 @@ BASE_SEED_OFFSET = 2_000_000
 DEFAULT_EVAL_PERCENT = 25
 
 
-def builtin_data(cache: str | Path, pool_size: int, eval_size: int, image_size: int = 128) -> tuple[BenchData, str]:
-    """Generate (or reuse) the digit scenes under `cache`. -> (data, name of its new class)."""
+def builtin_data(cache: str | Path, pool_size: int, eval_size: int, image_size: int = 128, *, burst: int = 1) -> tuple[BenchData, str]:
+    """Generate (or reuse) the digit scenes under `cache`. -> (data, name of its new class).
+
+    `burst` > 1: the pool's images are bursts of that many frames of a scene
+    (a camera trap's look-alike frames); the evaluation set stays one frame a scene.
+    """
+    if burst < 1:
+        raise ValueError(f"--burst must be 1 (one frame a scene) or more frames a scene, got {burst}")
     scenes = DigitScenes(size=image_size)
     root = Path(cache) / f"digits-{scenes.key}"
     parts = {}
-    for part, count, first_seed, half in (("pool", pool_size, 0, 0), ("eval", eval_size, EVAL_SEED_OFFSET, 1)):
-        folder = root / f"{part}-{count}"
+    for part, count, first_seed, half, frames in (
+        ("pool", pool_size, 0, 0, burst),
+        ("eval", eval_size, EVAL_SEED_OFFSET, 1, 1),
+    ):
+        folder = root / (f"{part}-{count}" + (f"-burst{frames}-v{BURST_VERSION}" if frames > 1 else ""))
         if not (folder / "data.yaml").is_file():  # data.yaml is written last: its presence means complete
-            scenes.write(folder, count, first_seed, half)
+            scenes.write(folder, count, first_seed, half, burst=frames)
         parts[part] = read_dataset(folder, "yolo")[1]
-    description = (
-        f"built-in: scikit-learn handwritten digits on photographs, {image_size}px, "
-        f"{pool_size} pool + {eval_size} evaluation scenes"
-    )
+    pool = f"{pool_size} pool" if burst == 1 else f"{pool_size} pool ({-(-pool_size // burst)} scenes in bursts of {burst} frames)"
+    description = f"built-in: scikit-learn handwritten digits on photographs, {image_size}px, {pool} + {eval_size} evaluation scenes"
     return BenchData(scenes.class_names, parts["pool"], parts["eval"], description), scenes.class_names[scenes.new_class]
 
 

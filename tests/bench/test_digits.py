@@ -75,3 +75,45 @@ def test_scene_photo_names_the_photograph_a_scene_is_drawn_on(monkeypatch):
         seen.add(scene_photo(seed))
         assert (background > 125) == (scene_photo(seed) == 1), seed
     assert seen == {0, 1}
+
+
+def test_a_later_frame_of_a_burst_is_the_same_scene_moved_a_little():
+    from label_studio_ale.media import average_hash
+
+    scenes = DigitScenes()
+    seeds = [s for s in range(30) if len(scenes.scene(s, 0).labels) >= 2][:8]
+    for seed in seeds:
+        first = scenes.scene(seed, 0)
+        assert np.array_equal(np.asarray(scenes.scene(seed, 0, frame=0).image), np.asarray(first.image))
+        for frame in (1, 2, 3):
+            later = scenes.scene(seed, 0, frame=frame)
+            assert later.labels.tolist() == first.labels.tolist()
+            shift = later.xyxy - first.xyxy
+            assert np.abs(shift).max() <= digits.BURST_SHIFT
+            # each object keeps its glyph and size: the box moves as a whole
+            np.testing.assert_array_equal(shift[:, 0], shift[:, 2])
+            np.testing.assert_array_equal(shift[:, 1], shift[:, 3])
+            assert not np.array_equal(np.asarray(later.image), np.asarray(first.image))
+            # a look-alike for near-duplicate suppression: within a few bits of average hash
+            assert bin(average_hash(later.image) ^ average_hash(first.image)).count("1") <= 6
+        assert np.abs(scenes.scene(seed, 0, frame=1).xyxy - first.xyxy).sum() + np.abs(
+            scenes.scene(seed, 0, frame=2).xyxy - first.xyxy
+        ).sum() > 0, "objects move within a burst"
+        # another scene is not a look-alike
+        other = scenes.scene(seed + 1000, 0)
+        assert bin(average_hash(other.image) ^ average_hash(first.image)).count("1") > 6
+
+
+def test_a_pool_written_in_bursts_holds_each_scene_burst_times_in_a_row(tmp_path):
+    scenes = DigitScenes(size=96, max_side=30)
+    root = scenes.write(tmp_path / "pool", 7, 0, 0, burst=3)
+    _, items = read_dataset(root)
+    assert len(items) == 7  # scenes 0 and 1 three frames each, scene 2 one frame
+    for index, item in enumerate(items):
+        frame = scenes.scene(index // 3, 0, frame=index % 3)
+        np.testing.assert_allclose(item.truth.xyxy, frame.xyxy, atol=1e-3)
+        assert item.truth.labels.tolist() == frame.labels.tolist()
+    with pytest.raises(ValueError, match="burst must be 1"):
+        scenes.write(tmp_path / "bad", 4, 0, 0, burst=0)
+    with pytest.raises(ValueError, match="frame must be 0"):
+        scenes.scene(0, 0, frame=-1)

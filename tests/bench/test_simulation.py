@@ -256,6 +256,13 @@ def test_every_preset_is_a_valid_configuration(name):
     assert scenes.scene(0, 0).image.size == (preset["image_size"],) * 2
 
 
+def test_bursts_are_a_shape_of_the_built_in_pool_only(shapes_dataset, tmp_path, capsys):
+    assert main(["bench", "al", "--data", str(shapes_dataset), "--burst", "4", "--out", str(tmp_path)]) == 2
+    assert "--burst shapes the built-in dataset's pool; a --data pool is used as it is" in capsys.readouterr().err
+    assert main(["bench", "al", "--burst", "0", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path)]) == 2
+    assert "--burst must be 1 (one frame a scene) or more frames a scene, got 0" in capsys.readouterr().err
+
+
 def test_bench_al_explains_bad_seeds_and_policies(shapes_dataset, tmp_path, capsys):
     assert main(["bench", "al", "--data", str(shapes_dataset), "--seeds", "0,x", "--out", str(tmp_path)]) == 2
     assert "--seeds must be comma-separated integers, e.g. 0,1,2; got '0,x'" in capsys.readouterr().err

@@ -1,3 +1,5 @@
+import numpy as np
+
 from label_studio_ale.bench.sources import base_model_dir
 from label_studio_ale.settings import Settings
 
@@ -16,3 +18,21 @@ def test_a_base_model_trained_in_another_precision_or_recipe_is_cached_apart(tmp
     ]
     assert len({here, *others}) == 7
     assert all(path.is_relative_to(tmp_path) for path in others)
+
+
+def test_a_pool_in_bursts_is_generated_apart_and_the_evaluation_set_is_shared(tmp_path):
+    import pytest
+
+    from label_studio_ale.bench.sources import builtin_data
+
+    plain, new_class = builtin_data(tmp_path, 12, 4, 96)
+    bursts, _ = builtin_data(tmp_path, 12, 4, 96, burst=4)
+    assert new_class == "digit-0"
+    assert "3 scenes in bursts of 4 frames" in bursts.description and "bursts" not in plain.description
+    assert len(bursts.pool) == 12 and bursts.pool[0].path.parent != plain.pool[0].path.parent
+    assert [item.path for item in bursts.evaluation] == [item.path for item in plain.evaluation]
+    # the first frame of each burst is that scene as a plain pool draws it
+    for scene in range(3):
+        np.testing.assert_allclose(bursts.pool[4 * scene].truth.xyxy, plain.pool[scene].truth.xyxy)
+    with pytest.raises(ValueError, match="--burst must be 1"):
+        builtin_data(tmp_path, 12, 4, 96, burst=0)
