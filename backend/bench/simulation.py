@@ -245,7 +245,7 @@ def policy_run(config, data, settings, policy_name, seed, initial, hashes, run_d
         run = _run_policy(config, data, settings, policy_name, seed, initial, hashes, run_dir, new_index, log)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)  # versions are large; the metrics are kept
-    run["cycles"].insert(0, _cycle_record(0, initial, first_metrics, data, new_index, 0.0, first_plan))
+    run["cycles"].insert(0, _cycle_record(0, initial, first_metrics, data, new_index, 0.0, first_plan, initial))
     return run
 
 
@@ -261,10 +261,11 @@ def _run_policy(config, data, settings, policy_name, seed, initial, hashes, run_
                                     settings.cost_per_image)  # fmt: skip
         else:
             queue = _policy_queue(config, data, settings, store, policy_name, labelled, unlabeled, hashes, seed * 1000 + cycle)
-        labelled += [int(unlabeled[i]) for i in _labelled_next(config, data, settings, unlabeled, queue)]
+        picked = [int(unlabeled[i]) for i in _labelled_next(config, data, settings, unlabeled, queue)]
+        labelled += picked
         plan = train_labelled(settings, store, data, labelled, run_dir / "work", seed).version.manifest.get("plan")
         metrics = evaluate_served(settings, store, data)
-        cycles.append(_cycle_record(cycle, labelled, metrics, data, new_index, time.monotonic() - start, plan))
+        cycles.append(_cycle_record(cycle, labelled, metrics, data, new_index, time.monotonic() - start, plan, picked))
         boxes = sum(cycles[-1]["labelled_objects"].values())
         steps = f"{plan['steps']} steps, " if plan and "steps" in plan else ""
         log(f"seed {seed}: {policy_name:<17} cycle {cycle}: {len(labelled)} images, {boxes} boxes, mAP50 {metrics['map50']:.3f} "
@@ -401,9 +402,20 @@ def model_identity(weights: str, factory=None) -> str:
 
 
 def _cycle_record(
-    cycle: int, labelled: list[int], metrics: dict, data: BenchData, new_index: int | None, seconds: float, plan: dict | None = None
+    cycle: int,
+    labelled: list[int],
+    metrics: dict,
+    data: BenchData,
+    new_index: int | None,
+    seconds: float,
+    plan: dict | None = None,
+    picked: list[int] | None = None,
 ) -> dict:
-    """One cycle's line of results.json; `plan` is the adapter's account of the cycle's fine-tune (`fine_tune`: epochs, steps)."""
+    """One cycle's line of results.json; `plan` is the adapter's account of the cycle's fine-tune (`fine_tune`: epochs, steps).
+
+    `picked`: the pool indices the cycle labelled, in queue order, recorded
+    by file name (`picked`), so that a run's choices can be looked at.
+    """
     objects = np.zeros(len(data.names), dtype=np.int64)
     for i in labelled:
         objects += np.bincount(data.pool[i].truth.labels, minlength=len(data.names))
@@ -421,6 +433,8 @@ def _cycle_record(
         record["new_class_ap50"] = record["ap50"].get(data.names[new_index], 0.0)
     if plan:
         record["fine_tune"] = plan
+    if picked is not None:
+        record["picked"] = [data.pool[i].path.name for i in picked]
     return record
 
 

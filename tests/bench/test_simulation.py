@@ -109,6 +109,14 @@ def test_bench_al_runs_every_policy_and_seed_and_writes_table_and_plot(shapes_da
             # what the fine-tune got, from the adapter: one epoch (--epochs 1), a step per batch of 4 training images
             assert c["fine_tune"]["epochs"] == 1 and c["fine_tune"]["repeat"] == 1
             assert 1 <= c["fine_tune"]["steps"] <= -(-c["labelled_images"] // 4)
+        # each cycle names the images it labelled: the initial set, then a budget of new ones
+        picked = [c["picked"] for c in run["cycles"]]
+        assert [len(names) for names in picked] == [6, 4, 4]
+        assert len({name for names in picked for name in names}) == 14
+        # and the boxes counted are those images' boxes
+        label_files = shapes_dataset / "labels" / "train"
+        drawn = sum(len((label_files / name).with_suffix(".txt").read_text().splitlines()) for names in picked for name in names)
+        assert drawn == sum(run["cycles"][-1]["labelled_objects"].values())
     # the seeds draw different initial sets
     assert runs[("random", 0)]["cycles"][0]["labelled_objects"] != runs[("random", 1)]["cycles"][0]["labelled_objects"]
     table = (out / "table.md").read_text()
