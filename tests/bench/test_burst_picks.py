@@ -1,20 +1,15 @@
 """benchmarks/burst_picks.py: distinct scenes per batch of a --burst run, counted by hand on a small case."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.benchmark_scripts import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def burst_picks():
-    spec = importlib.util.spec_from_file_location("burst_picks", ROOT / "benchmarks" / "burst_picks.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("burst_picks")
 
 
 def _run(policy, seed, *picked):

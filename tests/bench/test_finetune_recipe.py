@@ -1,21 +1,14 @@
 """benchmarks/finetune_recipe.py: which training settings each named recipe runs with."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
 from label_studio_ale.settings import Settings
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.benchmark_scripts import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def finetune_recipe():
-    spec = importlib.util.spec_from_file_location("finetune_recipe", ROOT / "benchmarks" / "finetune_recipe.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("finetune_recipe")
 
 
 def test_a_recipe_may_name_its_fewest_steps(finetune_recipe):
