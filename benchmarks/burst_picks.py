@@ -22,11 +22,16 @@ import numpy as np
 
 
 def burst_of(results: dict) -> int:
-    """K of the run's pool, from the dataset description `ale bench al` records."""
-    found = re.search(r"bursts of (\d+) frames", results["dataset"].get("description", ""))
-    if not found:
-        raise ValueError("this results.json is not a --burst run: its dataset description names no bursts of frames")
-    return int(found.group(1))
+    """K of the run's pool: the dataset's `burst`, or for a run recorded before it, its description."""
+    dataset = results["dataset"]
+    if "burst" in dataset:
+        burst = int(dataset["burst"])
+    else:
+        found = re.search(r"bursts of (\d+) frames", dataset.get("description", ""))
+        burst = int(found.group(1)) if found else 1
+    if burst < 2:
+        raise ValueError("this results.json is not a --burst run: its pool holds one frame a scene")
+    return burst
 
 
 def batch_scenes(results: dict, burst: int) -> dict[str, list[list[tuple[int, int, int]]]]:

@@ -126,10 +126,14 @@ class BenchData:
     pool: list[LabelledImage]
     evaluation: list[LabelledImage]
     description: str = ""
+    #: frames a scene in the pool, listed one after another (1: every pool image its own scene)
+    burst: int = 1
 
     def __post_init__(self):
         if not self.pool or not self.evaluation:
             raise ValueError(f"the pool ({len(self.pool)} images) and the evaluation set ({len(self.evaluation)}) must not be empty")
+        if self.burst < 1:
+            raise ValueError(f"burst must be 1 (one frame a scene) or more frames a scene, got {self.burst}")
 
 
 Log = Callable[[str], None]
@@ -189,6 +193,7 @@ def simulate(
             "description": data.description,
             "classes": data.names,
             "pool_images": len(data.pool),
+            "burst": data.burst,
             "evaluation_images": len(data.evaluation),
             "new_class": config.new_class,
         },

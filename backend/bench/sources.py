@@ -40,7 +40,7 @@ def builtin_data(cache: str | Path, pool_size: int, eval_size: int, image_size: 
         parts[part] = read_dataset(folder, "yolo")[1]
     pool = f"{pool_size} pool" if burst == 1 else f"{pool_size} pool ({-(-pool_size // burst)} scenes in bursts of {burst} frames)"
     description = f"built-in: scikit-learn handwritten digits on photographs, {image_size}px, {pool} + {eval_size} evaluation scenes"
-    return BenchData(scenes.class_names, parts["pool"], parts["eval"], description), scenes.class_names[scenes.new_class]
+    return BenchData(scenes.class_names, parts["pool"], parts["eval"], description, burst), scenes.class_names[scenes.new_class]
 
 
 def base_model_dir(cache: str | Path, settings: Settings, images: int, epochs: int, image_size: int) -> Path:

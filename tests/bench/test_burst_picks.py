@@ -37,9 +37,17 @@ def test_scenes_and_frames_of_scenes_labelled_before_are_counted_per_cycle(burst
     assert (tmp_path / "burst_picks.md").read_text().startswith("| policy | cycle 1: scenes / images")
 
 
+def test_the_burst_is_read_from_the_dataset_record_before_the_description(burst_picks):
+    recorded = {"dataset": {"description": "built-in: 320 pool + 120 evaluation scenes", "burst": 3}, "runs": []}
+    assert burst_picks.burst_of(recorded) == 3
+    assert burst_picks.burst_of(results()) == 4  # a run recorded before the field: its description
+
+
 def test_a_run_without_bursts_or_picks_is_refused_with_the_reason(burst_picks):
     with pytest.raises(ValueError, match="not a --burst run"):
         burst_picks.burst_of(results(description="built-in: 320 pool + 120 evaluation scenes"))
+    with pytest.raises(ValueError, match="not a --burst run"):
+        burst_picks.burst_of({"dataset": {"description": "my pool, bursts of 4 frames", "burst": 1}, "runs": []})
     no_picks = results({"policy": "a", "seed": 0, "cycles": [{"map50": 0.5}]})
     with pytest.raises(ValueError, match="does not name the images each cycle labelled"):
         burst_picks.batch_scenes(no_picks, 4)

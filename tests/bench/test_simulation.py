@@ -95,6 +95,7 @@ def test_bench_al_runs_every_policy_and_seed_and_writes_table_and_plot(shapes_da
     assert [(r["seed"], r["policy"]) for r in results["runs"]] == [(0, "random"), (0, "ale-entropy-sum"), (1, "random"), (1, "ale-entropy-sum")]
     assert results["dataset"]["classes"] == ["ellipse", "box", "triangle"]
     assert results["dataset"]["pool_images"] + results["dataset"]["evaluation_images"] == 40
+    assert results["dataset"]["burst"] == 1  # a --data pool is taken as one image a scene
     runs = {(r["policy"], r["seed"]): r for r in results["runs"]}
     assert sorted(runs) == [("ale-entropy-sum", 0), ("ale-entropy-sum", 1), ("random", 0), ("random", 1)]
     for (policy, seed), run in runs.items():

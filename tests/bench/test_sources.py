@@ -29,6 +29,7 @@ def test_a_pool_in_bursts_is_generated_apart_and_the_evaluation_set_is_shared(tm
     bursts, _ = builtin_data(tmp_path, 12, 4, 96, burst=4)
     assert new_class == "digit-0"
     assert "3 scenes in bursts of 4 frames" in bursts.description and "bursts" not in plain.description
+    assert (bursts.burst, plain.burst) == (4, 1)
     assert len(bursts.pool) == 12 and bursts.pool[0].path.parent != plain.pool[0].path.parent
     assert [item.path for item in bursts.evaluation] == [item.path for item in plain.evaluation]
     # the first frame of each burst is that scene as a plain pool draws it
