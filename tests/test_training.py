@@ -7,7 +7,7 @@ from PIL import Image
 from label_studio_ale.model_store import ModelStore
 from label_studio_ale.settings import Settings
 from label_studio_ale.synthetic import make_scene
-from label_studio_ale.training import TrainingError, TrainingSample, is_validation, train_version, write_training_set
+from label_studio_ale.training import TrainingError, TrainingSample, evaluate_weights, is_validation, train_version, write_training_set
 from tests.support.models import IMAGE_SIZE
 
 
@@ -157,10 +157,16 @@ def test_a_pretrained_checkpoint_keeps_the_rows_its_classes_give_to_labels(train
     trained = train_version(settings, store, data_yaml, ["Kittiwake"], tmp_path / "work", aliases=config.aliases)
     assert trained.version.classes == ("Kittiwake",)
     assert trained.version.manifest["base"] == f"{bird_car}, head grown to 1 classes, Kittiwake from bird"
-    # one epoch from the bird row finds the birds; the same epoch from a fresh row (labels matched by name alone) does not
+    # the fine-tune starts from the bird row: a model that finds the Kittiwakes before its first step
+    start = tmp_path / "work" / "grown.pt"
+    np.testing.assert_allclose(class_outputs(start, images)[:, 0], class_outputs(bird_car, images)[:, 0], rtol=1e-5, atol=1e-6)
+    assert evaluate_weights(settings, start, data_yaml, ["Kittiwake"])["map50"] > 0.9
+    # What one epoch makes of it is not compared: 3 AdamW steps at the full rate (ultralytics warms up in no
+    # single-epoch run) move every weight by about the rate, and where that lands depends on the CPU's
+    # rounding (mAP50 0.0 against a fresh row's 0.01 on one CPU, 0.1 and more above it on another).
     fresh = train_version(settings, ModelStore(settings.model_dir, 2), data_yaml, ["Kittiwake"], tmp_path / "fresh")
     assert "Kittiwake from bird" not in str(fresh.version.manifest["base"])
-    assert trained.metrics["map50"] > fresh.metrics["map50"] + 0.1, (trained.metrics["map50"], fresh.metrics["map50"])
+    assert not (tmp_path / "fresh" / "grown.pt").exists()  # labels matched by name alone: no row is kept
 
 
 def test_the_demo_base_set_always_holds_a_validation_image():

@@ -122,8 +122,10 @@ def test_the_fused_step_updates_the_weights_as_the_per_tensor_loop_does():
             trainer.model(x).square().mean().backward()
             trainer.optimizer.step()
             trainer.optimizer.zero_grad()
+    # the kernels round differently (vector width, fused multiply-adds): 3e-7 apart on an AVX512 CPU after
+    # three steps, where a wrong update rule would be about a step (lr 0.01) apart
     for a, b in zip(fused.model.parameters(), loop.model.parameters()):
-        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 class _Criterion:
