@@ -16,6 +16,7 @@ normalised again (`pooled_embedding`).
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import threading
 from contextlib import nullcontext
@@ -28,6 +29,8 @@ from label_studio_ale.detections import Detections
 from label_studio_ale.errors import AdapterError
 from label_studio_ale.serving import MODEL_MAX_DETECTIONS, model_max_detections, model_score_floor
 from label_studio_ale.settings import Settings
+
+log = logging.getLogger(__name__)
 
 #: Scores below this never leave the model; serving thresholds apply later.
 DEFAULT_CONF_FLOOR = 0.001
@@ -140,9 +143,13 @@ class YoloV5Adapter:
         from label_studio_ale.datasets import split_size
 
         from .cpu_training import training_precision
-        from .recipe import repeated_dataset
+        from .recipe import no_warmup_warning, repeated_dataset
 
-        recipe = _recipe_plan(settings, split_size(data_yaml, "train"))
+        train_images = split_size(data_yaml, "train")
+        recipe = _recipe_plan(settings, train_images)
+        caveat = no_warmup_warning(recipe, train_images, settings.train_batch)
+        if caveat:
+            log.warning(caveat)
         return train_yolo(
             repeated_dataset(data_yaml, recipe.repeat),
             weights,

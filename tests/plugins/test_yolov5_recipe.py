@@ -6,7 +6,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from label_studio_ale_plugins.yolov5.recipe import EPOCH_BATCHES, MIN_EPOCHS, MIN_STEPS, NOMINAL_BATCH, WARMUP_STEPS, plan, repeated_dataset
+from label_studio_ale_plugins.yolov5.recipe import (
+    EPOCH_BATCHES,
+    MIN_EPOCHS,
+    MIN_STEPS,
+    NOMINAL_BATCH,
+    ULTRALYTICS_WARMUP_EPOCHS,
+    WARMUP_STEPS,
+    plan,
+    repeated_dataset,
+)
 
 
 @pytest.mark.parametrize("images, batch", [(3, 8), (19, 8), (38, 8), (77, 8), (500, 16), (5000, 16)])
@@ -57,6 +66,43 @@ def test_train_epochs_fixes_the_epochs_and_ultralytics_keeps_its_defaults():
         plan("fast", 40, 8)
     with pytest.raises(ValueError, match="at least one training image"):
         plan("small-data", 0, 8)
+
+
+def test_a_single_epoch_gets_no_warmup_and_every_longer_fine_tune_does():
+    """ultralytics keeps the last epoch out of the warmup: TRAIN_EPOCHS=1 steps at the full rate from the start."""
+    assert plan("small-data", 48, 8).warmup_batches(48, 8) == WARMUP_STEPS
+    # TRAIN_EPOCHS lists the set once (6 batches an epoch): 2 epochs warm up for 1 of them, 3 for all WARMUP_STEPS
+    assert plan("small-data", 48, 8, epochs=2).warmup_batches(48, 8) == 6
+    assert plan("small-data", 48, 8, epochs=3).warmup_batches(48, 8) == WARMUP_STEPS
+    assert plan("small-data", 48, 8, epochs=1).warmup_batches(48, 8) == 0
+    # ultralytics' own recipe: its 3 warmup epochs of 6 batches, capped at epochs - 1
+    assert plan("ultralytics", 48, 8).warmup_batches(48, 8) == ULTRALYTICS_WARMUP_EPOCHS * 6
+    assert plan("ultralytics", 48, 8, epochs=2).warmup_batches(48, 8) == 6
+    assert plan("ultralytics", 48, 8, epochs=1).warmup_batches(48, 8) == 0
+
+
+def test_fine_tune_warns_that_a_single_epoch_runs_without_warmup(tmp_path, monkeypatch, caplog):
+    """TRAIN_EPOCHS=1 trains (the setting is the user's) but says what it costs and what to set instead."""
+    from label_studio_ale.settings import Settings
+    from label_studio_ale_plugins.yolov5 import adapter
+
+    (tmp_path / "images" / "train").mkdir(parents=True)
+    for k in range(12):
+        (tmp_path / "images" / "train" / f"{k}.png").write_bytes(b"png")
+    data_yaml = tmp_path / "data.yaml"
+    data_yaml.write_text(f"path: {tmp_path}\ntrain: images/train\nval: images/train\nnames:\n  0: bird\n")
+    asked = []
+    monkeypatch.setattr(adapter, "train_yolo", lambda data, weights, out, **options: asked.append(options["epochs"]))
+    warnings = {}
+    for epochs in (1, 2, 0):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger=adapter.__name__):
+            adapter.YoloV5Adapter.fine_tune(Settings(train_batch=8, train_epochs=epochs), "w.pt", data_yaml, tmp_path / "work")
+        warnings[epochs] = [r.getMessage() for r in caplog.records if r.name == adapter.__name__]
+    assert asked[:2] == [1, 2]
+    assert len(warnings[1]) == 1 and "TRAIN_EPOCHS=1" in warnings[1][0] and "warmup" in warnings[1][0]
+    assert "TRAIN_EPOCHS=0" in warnings[1][0]
+    assert warnings[2] == [] and warnings[0] == []
 
 
 def test_the_repeated_dataset_lists_each_training_image_repeat_times(tmp_path):
