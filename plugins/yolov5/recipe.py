@@ -65,9 +65,12 @@ class Plan:
         Exact for small-data (a step per batch); with ultralytics' accumulation
         up to `nbs` images a lower bound, as its warmup steps more often.
         """
-        per_epoch = math.ceil(train_images * self.repeat / batch)
         accumulate = max(round(self.overrides.get("nbs", NOMINAL_BATCH) / batch), 1)
-        return self.epochs * per_epoch // accumulate
+        return self.epochs * self.batches_per_epoch(train_images, batch) // accumulate
+
+    def batches_per_epoch(self, train_images: int, batch: int) -> int:
+        """Batches in one epoch of the training split listed `repeat` times."""
+        return math.ceil(train_images * self.repeat / batch)
 
     def warmup_batches(self, train_images: int, batch: int) -> int:
         """Batches ultralytics trains with a rising learning rate: none in a single epoch.
@@ -75,9 +78,8 @@ class Plan:
         ultralytics caps the warmup at epochs - 1, keeping the last epoch for
         regular training, so one epoch steps at the full rate from its first batch.
         """
-        per_epoch = math.ceil(train_images * self.repeat / batch)
         warmup_epochs = min(self.overrides.get("warmup_epochs", ULTRALYTICS_WARMUP_EPOCHS), max(self.epochs - 1, 0))
-        return round(warmup_epochs * per_epoch)
+        return round(warmup_epochs * self.batches_per_epoch(train_images, batch))
 
     def summary(self, train_images: int, batch: int) -> dict:
         """What a version's manifest records of its fine-tune: epochs, listing repeats, optimizer steps."""
