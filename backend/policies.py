@@ -13,7 +13,9 @@ Names (the POLICY setting):
 - + "+diverse": the same usefulness; the batch is chosen by k-center over
   image embeddings among the DIVERSITY_POOL most useful batches
   (`DiversePolicy`, `ranking.select_order`)
-  Suffixes combine, e.g. ale-entropy-sum+novelty+diverse.
+- + "+rare" (right after a per-box uncertainty policy): each box's value x
+  how rare its class is in the pool's predictions (`RarityWeighted`)
+  Suffixes combine, e.g. ale-entropy-sum+novelty+diverse, entropy-mean+rare+cost.
 - a custom policy: `package.module:function` or an entry point in the
   `label_studio_ale.policies` group. The function takes one image's
   `Detections` and returns its *confidence* (seed 000's `calculate_confidence`
@@ -45,6 +47,8 @@ COST_SUFFIX = "+cost"
 NOVELTY_SUFFIX = "+novelty"
 #: ... chooses each batch for diversity among the most useful candidates.
 DIVERSE_SUFFIX = "+diverse"
+#: ... weights each box's uncertainty by how rare its class is in the pool's predictions.
+RARE_SUFFIX = "+rare"
 NOVELTY_POLICY = "novelty"
 
 
@@ -72,26 +76,34 @@ class UncertaintyPolicy:
         counts = np.array([len(d) for d in detections], dtype=np.int64)
         if counts.sum() == 0:
             return np.zeros(len(detections))
+        return self.combine(self.box_values(detections), counts)
+
+    def box_values(self, detections: Sequence[Detections]) -> np.ndarray:
+        """(m,) images -> (total,) the per-box metric of all their boxes, concatenated in image order."""
+        if not any(len(d) for d in detections):
+            return np.zeros(0)
         if self.metric == "loc":
             if any(d.instability is None for d in detections if len(d)):
                 raise ValueError(f"policy {self.name} needs each box's flip instability; these detections were predicted without it")
-            combine = scoring.ale_segments if self.ale else scoring.aggregate_segments
-            return combine(np.concatenate([d.instability for d in detections if len(d)]), counts, self.aggregation)
+            return np.concatenate([d.instability for d in detections if len(d)])
         probs = np.concatenate([d.class_probs for d in detections if len(d)])
         background = np.concatenate([d.background for d in detections if len(d)])
-        return self.usefulness_arrays(probs, counts, background)
+        return self._class_values(probs, background)
+
+    def _class_values(self, class_probs: np.ndarray, background: np.ndarray | None) -> np.ndarray:
+        distribution = scoring.box_distribution(class_probs, background)
+        return scoring.entropy(distribution) if self.metric == "entropy" else scoring.least_confidence(distribution)
+
+    def combine(self, values: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """(total,) box values, (m,) boxes per image -> (m,) this policy's aggregation (x sqrt(N) for ale-)."""
+        combine = scoring.ale_segments if self.ale else scoring.aggregate_segments
+        return combine(values, counts, self.aggregation)
 
     def usefulness_arrays(self, class_probs: np.ndarray, counts: np.ndarray, background: np.ndarray | None = None) -> np.ndarray:
         """(total, C) box scores of all images concatenated, (m,) boxes per image, optional (total,) background -> (m,)."""
         if self.metric == "loc":
             raise ValueError("usefulness_arrays scores class vectors; a loc policy scores each box's flip instability")
-        distribution = scoring.box_distribution(class_probs, background)
-        if self.metric == "entropy":
-            values = scoring.entropy(distribution)
-        else:
-            values = scoring.least_confidence(distribution)
-        combine = scoring.ale_segments if self.ale else scoring.aggregate_segments
-        return combine(values, counts, self.aggregation)
+        return self.combine(self._class_values(class_probs, background), counts)
 
 
 @dataclass(frozen=True)
@@ -277,6 +289,43 @@ class NoveltyMix(WrappedPolicy):
 
 
 @dataclass(frozen=True)
+class RarityWeighted(WrappedPolicy):
+    """A per-box uncertainty policy whose box values are weighted by how rare the box's class is in the pool's predictions.
+
+    Each box's value (entropy, least confidence or flip instability) is
+    multiplied by its expected rarity (`scoring.rarity_weights`: its class
+    scores spread over the classes, each class weighted by (1 / C) / its share
+    of the pool's predicted boxes) before the inner policy aggregates. A class
+    the model predicts little, because it is rare in the pool or not learnt
+    yet, weighs more: what a box-lean order buys too little of when a new class
+    joins a model. The shares are those of the images ranked together.
+    """
+
+    inner: UncertaintyPolicy
+    suffix = RARE_SUFFIX
+
+    def __post_init__(self):
+        if not isinstance(self.inner, UncertaintyPolicy):
+            raise ValueError(
+                f"{RARE_SUFFIX} weights the boxes of a per-box uncertainty policy ({{ale-,}}{{entropy,lc,loc}}-{{sum,max,mean,min}}); "
+                f"{getattr(self.inner, 'name', self.inner)} has none: put {RARE_SUFFIX} right after it, e.g. entropy-mean{RARE_SUFFIX}+cost"
+            )
+
+    @property
+    def needs_class_vectors(self) -> bool:
+        return True  # the weights read every box's class scores, whatever the inner metric
+
+    def usefulness(self, detections: Sequence[Detections], novelty: np.ndarray | None = None) -> np.ndarray:
+        """(m,) images -> (m,) the inner aggregation of box value x box rarity."""
+        counts = np.array([len(d) for d in detections], dtype=np.int64)
+        if counts.sum() == 0:
+            return np.zeros(len(detections))
+        probs = np.concatenate([d.class_probs for d in detections if len(d)])
+        weights = scoring.rarity_weights(probs, scoring.class_rarity(probs))
+        return self.inner.combine(self.inner.box_values(detections) * weights, counts)
+
+
+@dataclass(frozen=True)
 class DiversePolicy(WrappedPolicy):
     """Another policy's usefulness; its batches are chosen by k-center over embeddings (`ranking.diversify`)."""
 
@@ -319,16 +368,18 @@ def policy_names() -> list[str]:
 
 
 def get_policy(name: str, seed: int = 0, cost_per_image: float = DEFAULT_COST_PER_IMAGE, novelty_weight: float = DEFAULT_NOVELTY_WEIGHT):
-    """Resolve a policy by name, dotted path (`pkg.mod:function`) or entry point, with its suffixes (+cost, +novelty, +diverse)."""
+    """Resolve a policy by name, dotted path (`pkg.mod:function`) or entry point, with its suffixes (+rare, +cost, +novelty, +diverse)."""
     if not isinstance(name, str) or not name:
         raise ValueError("POLICY is empty: use e.g. ale-entropy-sum")
-    for suffix in (COST_SUFFIX, NOVELTY_SUFFIX, DIVERSE_SUFFIX):
+    for suffix in (COST_SUFFIX, NOVELTY_SUFFIX, DIVERSE_SUFFIX, RARE_SUFFIX):
         if name.endswith(suffix) and len(name) > len(suffix):
             inner = get_policy(name[: -len(suffix)], seed, cost_per_image, novelty_weight)
             if suffix == COST_SUFFIX:
                 return CostAwarePolicy(inner, cost_per_image)
             if suffix == NOVELTY_SUFFIX:
                 return NoveltyMix(inner, novelty_weight)
+            if suffix == RARE_SUFFIX:
+                return RarityWeighted(inner)
             return DiversePolicy(inner)
     if name == NOVELTY_POLICY:
         return NoveltyPolicy()

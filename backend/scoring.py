@@ -121,6 +121,46 @@ def ale_segments(values: np.ndarray, counts: np.ndarray, how: str) -> np.ndarray
     return aggregate_segments(values, counts, how) * np.sqrt(np.asarray(counts, dtype=np.float64))
 
 
+#: A class predicted nowhere in the pool weighs this much at most: its share is floored, not divided by 0.
+MAX_RARITY = 100.0
+
+
+def class_rarity(class_probs: np.ndarray) -> np.ndarray:
+    """(n, C) raw class scores of every box in a pool -> (C,) rarity of each class: (1 / C) / its predicted share.
+
+    A box's scores are normalised over the classes (background left out), so
+    each box spreads one unit over them; a class's share is its part of all
+    units. 1 where the pool is predicted balanced, above 1 for a class the
+    model predicts less (it is rare there, or not learnt yet), capped at
+    MAX_RARITY. No boxes -> ones.
+    """
+    scores = np.asarray(class_probs, dtype=np.float64)
+    if scores.ndim != 2 or scores.shape[1] < 1:
+        raise ValueError(f"class_probs must have shape (n, C) with C >= 1, got {scores.shape}")
+    classes = scores.shape[1]
+    if scores.shape[0] == 0:
+        return np.ones(classes)
+    shares = _class_shares(scores).sum(axis=0)
+    shares = shares / max(shares.sum(), _EPS)
+    return np.minimum((1.0 / classes) / np.maximum(shares, _EPS), MAX_RARITY)
+
+
+def rarity_weights(class_probs: np.ndarray, rarity: np.ndarray) -> np.ndarray:
+    """(n, C) raw class scores, (C,) `class_rarity` -> (n,) each box's expected rarity: sum over classes of share x rarity."""
+    scores = np.asarray(class_probs, dtype=np.float64)
+    rarity = np.asarray(rarity, dtype=np.float64).reshape(-1)
+    if scores.ndim != 2 or scores.shape[1] != rarity.size:
+        raise ValueError(f"class_probs (n, C) and rarity (C,) must agree, got {scores.shape} and {rarity.shape}")
+    return _class_shares(scores) @ rarity
+
+
+def _class_shares(scores: np.ndarray) -> np.ndarray:
+    """(n, C) -> (n, C) each box's scores over the classes summing to 1; uniform where all are 0."""
+    total = scores.sum(axis=1, keepdims=True)
+    uniform = np.full_like(scores, 1.0 / scores.shape[1])
+    return np.where(total > _EPS, scores / np.maximum(total, _EPS), uniform)
+
+
 def min_confidence(box_scores: np.ndarray) -> float:
     """Seed 000's default image confidence: the lowest box confidence.
 

@@ -150,3 +150,42 @@ def test_suffixes_combine_and_the_diverse_form_keeps_the_usefulness():
     assert outer.name == "lc-max+novelty+diverse+cost" and is_diverse(outer) and needs_novelty(outer), "every suffix passes the rest through"
     np.testing.assert_allclose(get_policy("lc-max+diverse").usefulness([ONE, TWO]), get_policy("lc-max").usefulness([ONE, TWO]))
     assert "novelty" in policy_names()
+
+
+def test_rare_weights_each_box_by_how_rare_its_class_is_in_the_pool():
+    # per box over the classes: (0.75, 0.25), (1, 0), (0.75, 0.25) -> shares (5/6, 1/6) -> rarity (0.6, 3)
+    weights = [0.75 * 0.6 + 0.25 * 3, 0.6]
+    policy = get_policy("entropy-mean+rare")
+    assert policy.name == "entropy-mean+rare" and policy.needs_class_vectors
+    np.testing.assert_allclose(
+        policy.usefulness([TWO, ONE, NONE]), [(H_A * weights[0] + H_B * weights[1]) / 2, H_A * weights[0], 0.0]
+    )
+    # TWO alone: shares (7/8, 1/8) -> rarity (4/7, 4)
+    np.testing.assert_allclose(
+        get_policy("ale-lc-sum+rare").usefulness([TWO]), [(LC_A * (0.75 * 4 / 7 + 0.25 * 4) + LC_B * 4 / 7) * math.sqrt(2)]
+    )
+    assert get_policy("entropy-sum+rare").usefulness([NONE, NONE]).tolist() == [0.0, 0.0]
+
+
+def test_rare_changes_the_order_towards_a_class_the_model_predicts_little():
+    common = Detections(np.tile([[0, 0, 9, 9]], (8, 1)), np.tile([[0.9, 0.0]], (8, 1)), (64, 64))  # the pool is mostly class 0
+    unsure_common = Detections([[0, 0, 9, 9]], [[0.5, 0.05]], (64, 64))  # more uncertain, class 0
+    unsure_rare = Detections([[0, 0, 9, 9]], [[0.05, 0.75]], (64, 64))  # less uncertain, class 1
+    pool = [common, unsure_common, unsure_rare]
+    plain = get_policy("entropy-mean").usefulness(pool)
+    rare = get_policy("entropy-mean+rare").usefulness(pool)
+    assert plain[1] > plain[2], "uncertainty alone serves the common class first"
+    assert rare[2] > rare[1], "weighted by rarity the rarely predicted class comes first"
+
+
+def test_rare_applies_to_per_box_policies_only_and_combines_with_the_other_suffixes():
+    from label_studio_ale.policies import needs_localization
+
+    for name in ("random+rare", "min-confidence+rare", "entropy-mean+cost+rare", "novelty+rare"):
+        with pytest.raises(ValueError, match=r"per-box uncertainty policy.*put \+rare right after it"):
+            get_policy(name)
+    policy = get_policy("entropy-mean+rare+cost", cost_per_image=2.0)
+    assert policy.name == "entropy-mean+rare+cost"
+    np.testing.assert_allclose(policy.usefulness([TWO, ONE]), get_policy("entropy-mean+rare").usefulness([TWO, ONE]) / [4.0, 3.0])
+    loc = get_policy("ale-loc-sum+rare")
+    assert needs_localization(loc) and loc.needs_class_vectors, "a loc policy's weights still read the class scores"

@@ -125,3 +125,20 @@ def test_a_real_background_column_is_used_as_given():
     np.testing.assert_allclose(scoring.box_distribution(probs), scoring.box_distribution(probs, 1 - probs.max(axis=1)))
     with pytest.raises(ValueError, match="background must have shape"):
         scoring.box_distribution(probs, background=np.array([0.3]))
+
+
+def test_class_rarity_by_hand_and_its_edges():
+    from label_studio_ale.scoring import MAX_RARITY, class_rarity, rarity_weights
+
+    scores = np.array([[0.6, 0.2], [0.9, 0.0], [0.0, 0.0]])  # the last box has no class score: uniform over the classes
+    # per box (0.75, 0.25), (1, 0), (0.5, 0.5) -> shares (0.75, 0.25) -> rarity (0.5 / 0.75, 0.5 / 0.25)
+    rarity = class_rarity(scores)
+    np.testing.assert_allclose(rarity, [2 / 3, 2.0])
+    np.testing.assert_allclose(rarity_weights(scores, rarity), [0.75 * 2 / 3 + 0.25 * 2, 2 / 3, 0.5 * 2 / 3 + 0.5 * 2])
+    np.testing.assert_allclose(class_rarity(np.array([[0.5, 0.5], [0.2, 0.2]])), [1.0, 1.0]), "a balanced pool weighs every class 1"
+    assert class_rarity(np.array([[0.7, 0.0, 0.0]])).tolist() == [1 / 3, MAX_RARITY, MAX_RARITY], "a class predicted nowhere is capped"
+    assert class_rarity(np.zeros((0, 4))).tolist() == [1.0] * 4
+    with pytest.raises(ValueError, match=r"class_probs must have shape \(n, C\)"):
+        class_rarity(np.zeros(3))
+    with pytest.raises(ValueError, match="must agree"):
+        rarity_weights(scores, np.ones(3))
