@@ -177,6 +177,30 @@ class TrainedModel(Model):
     trained = True
 
 
+def test_rank_pool_weighs_rarely_predicted_classes_up_among_the_classes_the_config_shows(tmp_path):
+    """+rare: a car box outranks a more uncertain bird box when cars are rarely predicted, unless cars have no label."""
+    both = parse_label_config(
+        '<View><Image name="image" value="$image"/><RectangleLabels name="label" toName="image">'
+        '<Label value="bird"/><Label value="car"/></RectangleLabels></View>'
+    )
+    rt = Runtime(Settings(model_dir=tmp_path, policy="entropy-mean+rare"))
+    birds = Detections(np.tile([[0, 0, 9, 9]], (6, 1)), np.tile([[0.9, 0.0]], (6, 1)), (64, 64))
+    unsure_bird = Detections([[0, 0, 9, 9]], [[0.5, 0.0]], (64, 64))
+    car_or_bird = Detections([[0, 0, 9, 9]], [[0.05, 0.9]], (64, 64))  # less uncertain: a car
+    bird_with_car_score = Detections([[0, 0, 9, 9]], [[0.6, 0.4]], (64, 64))  # a bird a little less uncertain, some car in it
+    pool = [birds, unsure_bird, car_or_bird, bird_with_car_score]
+    rt.store.put_many(1, "m-1", [StoredDetections(i, d, i, None) for i, d in enumerate(pool, 1)])
+    ranked = jobs.rank_pool(rt, 1, [1, 2, 3], Model(), both)
+    assert ranked["policy"] == "entropy-mean+rare" and ranked["order"].tolist()[0] == 2  # task 3, the rare car
+    plain = jobs.rank_pool(Runtime(Settings(model_dir=tmp_path, policy="entropy-mean")), 1, [1, 2, 3], Model(), both)
+    assert plain["order"].tolist()[0] == 1  # uncertainty alone: the bird
+    # car has no label in CONFIG: the car box is not shown, and the car column of task 4 is zeroed before the
+    # weights read it, so it cannot make that bird rare: the order is uncertainty's, the unsure bird first
+    shown_only = jobs.rank_pool(rt, 1, [1, 2, 4], Model(), CONFIG)
+    bird_only = jobs.rank_pool(Runtime(Settings(model_dir=tmp_path, policy="entropy-mean")), 1, [1, 2, 4], Model(), CONFIG)
+    assert shown_only["order"].tolist() == bird_only["order"].tolist() and shown_only["order"].tolist()[0] == 1
+
+
 def test_a_clustered_novelty_rewrite_lists_the_labelled_tasks_once(tmp_path):
     """Novelty scores the pool against the labelled tasks and clusters are written for them: one listing serves both."""
     settings = Settings(model_dir=tmp_path, policy="ale-entropy-sum+novelty", ls_clusters=2)
