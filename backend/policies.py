@@ -297,8 +297,9 @@ class RarityWeighted(WrappedPolicy):
     scores spread over the classes, each class weighted by (1 / C) / its share
     of the pool's predicted boxes) before the inner policy aggregates. A class
     the model predicts little, because it is rare in the pool or not learnt
-    yet, weighs more: what a box-lean order buys too little of when a new class
-    joins a model. The shares are those of the images ranked together.
+    yet, weighs more. The shares are those of the images ranked together.
+    On the built-in benchmark (docs/benchmarks/al-small-mean-rare) it buys a
+    new class faster than the model needs it, at the old classes' cost.
     """
 
     inner: UncertaintyPolicy
