@@ -140,9 +140,13 @@ def class_rarity(class_probs: np.ndarray) -> np.ndarray:
     classes = scores.shape[1]
     if scores.shape[0] == 0:
         return np.ones(classes)
-    shares = _class_shares(scores).sum(axis=0)
-    shares = shares / max(shares.sum(), _EPS)
-    return np.minimum((1.0 / classes) / np.maximum(shares, _EPS), MAX_RARITY)
+    return np.minimum((1.0 / classes) / np.maximum(class_shares(scores), _EPS), MAX_RARITY)
+
+
+def class_shares(class_probs: np.ndarray) -> np.ndarray:
+    """(n, C) raw class scores of n >= 1 boxes -> (C,) each class's share of them, each box's scores spread over the classes."""
+    shares = _class_shares(np.asarray(class_probs, dtype=np.float64)).sum(axis=0)
+    return shares / max(shares.sum(), _EPS)
 
 
 def rarity_weights(class_probs: np.ndarray, rarity: np.ndarray) -> np.ndarray:

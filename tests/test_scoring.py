@@ -128,10 +128,11 @@ def test_a_real_background_column_is_used_as_given():
 
 
 def test_class_rarity_by_hand_and_its_edges():
-    from label_studio_ale.scoring import MAX_RARITY, class_rarity, rarity_weights
+    from label_studio_ale.scoring import MAX_RARITY, class_rarity, class_shares, rarity_weights
 
     scores = np.array([[0.6, 0.2], [0.9, 0.0], [0.0, 0.0]])  # the last box has no class score: uniform over the classes
     # per box (0.75, 0.25), (1, 0), (0.5, 0.5) -> shares (0.75, 0.25) -> rarity (0.5 / 0.75, 0.5 / 0.25)
+    np.testing.assert_allclose(class_shares(scores), [0.75, 0.25])
     rarity = class_rarity(scores)
     np.testing.assert_allclose(rarity, [2 / 3, 2.0])
     np.testing.assert_allclose(rarity_weights(scores, rarity), [0.75 * 2 / 3 + 0.25 * 2, 2 / 3, 0.5 * 2 / 3 + 0.5 * 2])
