@@ -35,9 +35,9 @@ POLICY = "ale-entropy-sum"
 
 
 def main(argv=None) -> int:
-    from label_studio_ale.bench.cli import DEFAULT_CACHE, PRESETS
+    from label_studio_ale.bench.cli import DEFAULT_CACHE
+    from label_studio_ale.bench.first_model import small_preset_data
     from label_studio_ale.bench.runs import RunPool
-    from label_studio_ale.bench.sources import builtin_base_model, builtin_data
     from label_studio_ale.settings import Settings
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -45,14 +45,11 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="benchmarks/results/embedding-separation")
     parser.add_argument("--cache", default=str(DEFAULT_CACHE))
     args = parser.parse_args(argv)
-    preset = PRESETS["small"]
     seeds = [int(s) for s in args.seeds.split(",")]
-    settings = Settings()
     started = time.monotonic()
-    data, new_class = builtin_data(args.cache, preset["pool"], preset["eval"], preset["image_size"])
-    base = builtin_base_model(args.cache, settings, preset["base_images"], preset["base_epochs"], preset["image_size"], "cpu")
+    data, new_class, base = small_preset_data(args.cache, Settings())
     with tempfile.TemporaryDirectory() as work, RunPool(None) as pool:
-        futures = [pool.submit(measure_seed, data, new_class, str(base), seed, Path(work) / f"seed{seed}") for seed in seeds]
+        futures = [pool.submit(measure_seed, data, new_class, base, seed, Path(work) / f"seed{seed}") for seed in seeds]
         per_seed = [f.result() for f in futures]
     results = {
         "command": " ".join(["python", "benchmarks/embedding_separation.py", *(argv if argv is not None else sys.argv[1:])]),
@@ -72,26 +69,15 @@ def main(argv=None) -> int:
 
 def measure_seed(data, new_class: str, base: str, seed: int, work: Path) -> dict:
     """One seed's first model: nearest-neighbour agreement of its embeddings, and its first batches."""
-    from label_studio_ale.adapters import load_adapter
-    from label_studio_ale.bench.cli import PRESETS
     from label_studio_ale.bench.digits import scene_photo
-    from label_studio_ale.bench.simulation import BenchConfig, detect_images, initial_model, select_batch
-    from label_studio_ale.model_store import ModelStore
+    from label_studio_ale.bench.first_model import first_model
+    from label_studio_ale.bench.simulation import detect_images, select_batch
     from label_studio_ale.predictor import Predictor
     from label_studio_ale.settings import Settings
 
-    preset = PRESETS["small"]
-    config = BenchConfig(policies=(POLICY,), seeds=(seed,), initial=preset["initial"], budget=preset["budget"],
-                         image_size=preset["image_size"], initial_epochs=0, batch=preset["batch"], new_class=new_class,
-                         base_model=base)  # fmt: skip
-    settings = Settings().replace(image_size=config.image_size, train_batch=config.batch, base_model=base, promotion="always",
-                                  model_dir=str(work / "models"))  # fmt: skip
+    first = first_model(data, new_class, base, seed, work, Settings(), policies=(POLICY,))
+    settings, config, adapter, unlabeled, metrics = first.settings, first.config, first.adapter, first.unlabeled, first.metrics
     new_index = data.names.index(new_class)
-    eligible = [i for i, item in enumerate(data.pool) if new_index not in item.truth.labels]
-    initial, metrics, first_dir, _ = initial_model(config, data, settings, seed, eligible, work)
-    weights = ModelStore(Path(first_dir).parent, 0).current().weights
-    adapter = load_adapter(settings.replace(model_weights=str(weights), model_classes=()))
-    unlabeled = np.setdiff1d(np.arange(len(data.pool)), initial)
     weighted = []  # the alternative, from the same forward passes
     hook = adapter.model.model[-1].register_forward_hook(lambda module, args, out: weighted.append(score_weighted_embedding(args[0], out[0])))
     detections = detect_images(Predictor(settings.replace(policy=POLICY), adapter, None), data, unlabeled)

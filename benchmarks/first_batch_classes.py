@@ -33,9 +33,9 @@ MATCH_IOU = 0.5
 
 
 def main(argv=None) -> int:
-    from label_studio_ale.bench.cli import DEFAULT_CACHE, PRESETS
+    from label_studio_ale.bench.cli import DEFAULT_CACHE
+    from label_studio_ale.bench.first_model import small_preset_data
     from label_studio_ale.bench.runs import RunPool
-    from label_studio_ale.bench.sources import builtin_base_model, builtin_data
     from label_studio_ale.settings import Settings
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -44,15 +44,12 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="benchmarks/results/first-batch-classes")
     parser.add_argument("--cache", default=str(DEFAULT_CACHE))
     args = parser.parse_args(argv)
-    preset = PRESETS["small"]
     seeds = [int(s) for s in args.seeds.split(",")]
     policies = [p for p in args.policies.split(",") if p]
-    settings = Settings.from_env()
     started = time.monotonic()
-    data, new_class = builtin_data(args.cache, preset["pool"], preset["eval"], preset["image_size"])
-    base = builtin_base_model(args.cache, settings, preset["base_images"], preset["base_epochs"], preset["image_size"], "cpu")
+    data, new_class, base = small_preset_data(args.cache, Settings.from_env())
     with tempfile.TemporaryDirectory() as work, RunPool(None) as pool:
-        futures = [pool.submit(measure_seed, data, new_class, str(base), policies, seed, Path(work) / f"seed{seed}") for seed in seeds]
+        futures = [pool.submit(measure_seed, data, new_class, base, policies, seed, Path(work) / f"seed{seed}") for seed in seeds]
         per_seed = [f.result() for f in futures]
     results = {
         "command": " ".join(["python", "benchmarks/first_batch_classes.py", *(argv if argv is not None else sys.argv[1:])]),
@@ -73,26 +70,15 @@ def main(argv=None) -> int:
 
 def measure_seed(data, new_class: str, base: str, policies: list[str], seed: int, work: Path) -> dict:
     """One seed's first model: the pool's class shares and rarity, where each class's objects are boxed, the first batches."""
-    from label_studio_ale.adapters import load_adapter
-    from label_studio_ale.bench.cli import PRESETS
-    from label_studio_ale.bench.simulation import BenchConfig, _hashes, detect_images, initial_model, select_batch
-    from label_studio_ale.model_store import ModelStore
+    from label_studio_ale.bench.first_model import first_model
+    from label_studio_ale.bench.simulation import _hashes, detect_images, select_batch
     from label_studio_ale.predictor import Predictor
     from label_studio_ale.scoring import class_rarity, class_shares
     from label_studio_ale.settings import Settings
 
-    preset = PRESETS["small"]
-    config = BenchConfig(policies=tuple(policies), seeds=(seed,), initial=preset["initial"], budget=preset["budget"],
-                         image_size=preset["image_size"], initial_epochs=0, batch=preset["batch"], new_class=new_class,
-                         base_model=base)  # fmt: skip
-    settings = Settings.from_env().replace(image_size=config.image_size, train_batch=config.batch, base_model=base,
-                                           promotion="always", model_dir=str(work / "models"))  # fmt: skip
+    first = first_model(data, new_class, base, seed, work, Settings.from_env(), policies)
+    settings, config, adapter, unlabeled, metrics = first.settings, first.config, first.adapter, first.unlabeled, first.metrics
     new_index = data.names.index(new_class)
-    eligible = [i for i, item in enumerate(data.pool) if new_index not in item.truth.labels]
-    initial, metrics, first_dir, _ = initial_model(config, data, settings, seed, eligible, work)
-    weights = ModelStore(Path(first_dir).parent, 0).current().weights
-    adapter = load_adapter(settings.replace(model_weights=str(weights), model_classes=()))
-    unlabeled = np.setdiff1d(np.arange(len(data.pool)), initial)
     detections = detect_images(Predictor(settings.replace(policy=policies[0]), adapter, None), data, unlabeled)
     truths = [data.pool[i].truth for i in unlabeled]
     probs = np.concatenate([d.class_probs for d in detections if len(d)])
