@@ -114,13 +114,15 @@ def boxed_as(truths, detections, classes: int) -> np.ndarray:
 
     counts = np.zeros((classes, classes + 1), dtype=np.int64)
     for truth, found in zip(truths, detections):
-        for xyxy, label in zip(truth.xyxy, truth.labels):
-            if len(found) == 0:
-                counts[label, classes] += 1
-                continue
-            iou = box_iou(np.asarray(xyxy, dtype=np.float64)[None], found.xyxy)[0]
-            best = int(np.argmax(iou))
-            counts[label, int(found.labels[best]) if iou[best] >= MATCH_IOU else classes] += 1
+        if len(truth.labels) == 0:
+            continue
+        boxed_class = np.full(len(truth.labels), classes)  # missed unless a box covers it
+        if len(found):
+            iou = box_iou(np.asarray(truth.xyxy, dtype=np.float64), found.xyxy)  # (objects, boxes)
+            best = iou.argmax(axis=1)
+            covered = iou[np.arange(len(best)), best] >= MATCH_IOU
+            boxed_class[covered] = found.labels[best[covered]]
+        np.add.at(counts, (truth.labels, boxed_class), 1)
     return counts
 
 
