@@ -47,6 +47,11 @@ class EditCounts:
     def submitted(self) -> int:
         return self.accepted + self.moved + self.relabelled + self.added
 
+    @property
+    def edited(self) -> int:
+        """Boxes the annotator had to draw, fix or remove: all but the accepted ones."""
+        return self.moved + self.relabelled + self.deleted + self.added
+
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
 

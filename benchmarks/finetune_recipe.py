@@ -78,7 +78,7 @@ def main() -> int:
 
     from label_studio_ale.adapters import adapter_class
     from label_studio_ale.bench.cli import DEFAULT_CACHE, PRESETS
-    from label_studio_ale.bench.simulation import model_identity
+    from label_studio_ale.bench.records import model_identity
     from label_studio_ale.bench.sources import builtin_base_model, builtin_data
     from label_studio_ale.settings import Settings
     from label_studio_ale.training import is_validation

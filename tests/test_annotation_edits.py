@@ -24,6 +24,7 @@ def test_each_kind_of_edit_is_counted_by_hand():
     assert compare_boxes([[0, 0, 10, 10]], ["bird"], [[6, 0, 16, 10]], ["bird"]) == EditCounts(deleted=1, added=1)
     total = EditCounts(accepted=2, deleted=1) + EditCounts(accepted=1, added=3)
     assert total == EditCounts(accepted=3, deleted=1, added=3) and total.shown == 4 and total.submitted == 6
+    assert total.edited == 4  # all but the accepted boxes: one deleted, three drawn
     with pytest.raises(ValueError, match="matching lengths"):
         compare_boxes(shown, labels[:2], [], [])
 

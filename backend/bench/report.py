@@ -10,7 +10,9 @@ policy's final mAP50 against random's at the same number of labelled boxes
 (what the same annotation money bought, for teams that pay per box). Under a
 cost budget (`--budget-cost`), also the annotation cost each policy needs to
 reach random's final: boxes plus COST_PER_IMAGE per image, the budget's own
-measure.
+measure. Where every cycle records what its images' pre-annotations
+needed (`edits`), also the boxes the annotator drew, fixed or removed, and
+how many of those each policy needs to reach random's final.
 """
 
 from __future__ import annotations
@@ -19,11 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..annotation_edits import EditCounts
 from .simulation import BASELINE_POLICY
 
 METRIC = "map50"
 #: What "to reach random's final" is counted in, and the summary curve each reads.
-REACH_CURVES = {"images": "images_curve", "boxes": "objects_curve", "cost": "cost_curve"}
+REACH_CURVES = {"images": "images_curve", "boxes": "objects_curve", "cost": "cost_curve", "edits": "edits_curve"}
 
 
 def summarise(results: dict, metric: str = METRIC) -> dict:
@@ -48,6 +51,11 @@ def summarise(results: dict, metric: str = METRIC) -> dict:
                "seeds": sorted({run["seed"] for run in runs}), "policies": {}}  # fmt: skip
     if cost_per_image is not None:
         summary["cost_per_image"] = cost_per_image
+    # compared only where every run has them: a reference policy (no model ranks it) or an older result has none
+    summary["edits"] = all("edits" in curve for curve in curves.values())
+    if not summary["edits"]:
+        for curve in curves.values():
+            curve.pop("edits", None)
     for name in policies:
         seeds = sorted(seed for policy, seed in by_key if policy == name)
         values = np.array([curves[(name, s)]["metric"] for s in seeds])
@@ -63,6 +71,8 @@ def summarise(results: dict, metric: str = METRIC) -> dict:
             if unit in curves[(name, seeds[0])]:
                 row[curve] = np.mean([curves[(name, s)][unit] for s in seeds], axis=0).tolist()
         row["labelled_objects"] = row["objects_curve"][-1]
+        if summary["edits"]:
+            row["edited_boxes"] = row["edits_curve"][-1]
         # what each labelled image and each labelled box bought: points of the metric from the initial model to the last
         gained = (row["mean"][-1] - row["mean"][0]) * 100
         images_spent = row["images_curve"][-1] - row["images_curve"][0]
@@ -84,13 +94,16 @@ def summarise(results: dict, metric: str = METRIC) -> dict:
 
 def run_curves(run: dict, cycles: int, metric: str, cost_per_image: float | None = None) -> dict:
     """One run's first `cycles` cycles as curves, (cycles,) each: labelled "images" and "boxes", the `metric`
-    ("metric") and, with `cost_per_image` (a cost budget), the annotation "cost": boxes + cost_per_image x images."""
+    ("metric"), with `cost_per_image` (a cost budget) the annotation "cost": boxes + cost_per_image x images,
+    and where every cycle records its `edits`, the boxes drawn, fixed or removed so far ("edits")."""
     done = run["cycles"][:cycles]
     images = [c["labelled_images"] for c in done]
     boxes = [sum(c["labelled_objects"].values()) for c in done]
     curves = {"images": images, "boxes": boxes, "metric": [c[metric] for c in done]}
     if cost_per_image is not None:
         curves["cost"] = [b + cost_per_image * i for b, i in zip(boxes, images)]
+    if all("edits" in c for c in done):
+        curves["edits"] = np.cumsum([EditCounts(**c["edits"]).edited for c in done]).tolist()
     return curves
 
 
@@ -164,8 +177,9 @@ def _add_reach_by_seed(summary: dict, curves: dict) -> None:
 
 
 def _reach_units(summary: dict) -> tuple[str, ...]:
-    """The units of "to reach random's final": images and boxes, and the annotation cost under a cost budget."""
-    return ("images", "boxes", "cost") if "cost_per_image" in summary else ("images", "boxes")
+    """The units of "to reach random's final": images and boxes, the annotation cost under a cost budget, and
+    the boxes edited where every run records them."""
+    return ("images", "boxes") + (("cost",) if "cost_per_image" in summary else ()) + (("edits",) if summary.get("edits") else ())
 
 
 def _add_gain_at_same_boxes(summary: dict) -> None:
@@ -201,6 +215,7 @@ def markdown_table(summary: dict) -> str:
     # under a cost budget the policies label different numbers of images: the columns are cycles
     cycles = [f"{n} img" for n in labelled] if labelled else [f"cycle {k}" for k in range(summary["cycles"])]
     header = ["policy"] + cycles + ["gain, last (pp)", "gain, mean (pp)", "boxes labelled"]
+    header += ["boxes edited"] if summary.get("edits") else []
     header += [] if labelled else ["images labelled"]
     header += ["pp / image", "pp / box"]
     has_same_boxes = any(row.get("gain_same_boxes") is not None for row in summary["policies"].values())
@@ -213,6 +228,7 @@ def markdown_table(summary: dict) -> str:
     if has_reach:
         header += ["images to random's last", "boxes to random's last"]
         header += [f"cost to random's last (boxes + {summary['cost_per_image']:g}/img)"] if "cost" in reach_units else []
+        header += ["edits to random's last"] if "edits" in reach_units else []
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
 
     def order(item):
@@ -227,6 +243,8 @@ def markdown_table(summary: dict) -> str:
             gain = row.get(key)
             cells.append(("—" if not gain else f"{gain['mean']:+.1f} ± {gain['sd']:.1f}" if spread else f"{gain['mean']:+.1f}"))
         cells.append(f"{row['labelled_objects']:.0f}")
+        if summary.get("edits"):
+            cells.append(f"{row['edited_boxes']:.0f}")
         if not labelled:
             cells.append(f"{row['images_curve'][-1]:.0f}")
         cells += ["—" if row.get(k) is None else f"{row[k]:.2f}" for k in ("gain_per_image", "gain_per_box")]

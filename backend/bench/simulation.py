@@ -15,6 +15,11 @@ policy, starting from that same model, each cycle:
    by task id, promotion by PROMOTION),
 4. evaluates the served version on a fixed evaluation set shared by all
    policies and seeds.
+
+Each cycle also records what the annotator would have changed in the
+pre-annotations of the images it labelled (`edits`: the previous model's
+shown boxes against the ground truth; the initial set's against the base
+model's), the cost of labelling them for a team that accepts good boxes.
 """
 
 from __future__ import annotations
@@ -30,17 +35,16 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
+from ..annotation_edits import EditCounts
 from ..datasets import LabelledImage
 from ..model_store import ModelStore
 from ..policies import embedding_matrix, get_policy, image_novelty, needs_novelty
-from ..settings import ENV_VARS, PROMOTION_POLICIES, Settings
+from ..serving import ServingFilters
+from ..settings import PROMOTION_POLICIES, Settings
 from .budget import batch_size_for_cost, check_budget_cost, check_pool_cost, cost_prefix
+from .edits import shown_edits
+from .records import cycle_record, model_identity, selection_settings
 from .oracle import is_reference, reference_picks
-
-#: Besides the policy's name, the settings (by environment name) that decide its picks; results.json names them.
-SELECTION_SETTINGS = (
-    "COST_PER_IMAGE", "NOVELTY_WEIGHT", "DIVERSITY_POOL", "DUPLICATE_DISTANCE", "CLASS_BALANCE", "EMPTY_QUOTA", "EXPLORATION_FRACTION",
-)  # fmt: skip
 
 #: Every policy the paper compares, random first: gains are measured against it.
 DEFAULT_POLICIES = (
@@ -211,15 +215,15 @@ def simulate(
     done: dict[tuple[int, str], dict] = {}
     with RunPool(jobs, config.device) as pool:
         results["jobs"] = pool.jobs
-        firsts = {seed: pool.submit(initial_model, config, data, settings, seed, eligible, work / f"seed{seed}") for seed in config.seeds}
+        firsts = {seed: pool.submit(seed_start, config, data, settings, seed, eligible, work / f"seed{seed}") for seed in config.seeds}
         runs = {}
         for seed in config.seeds:
-            initial, first_metrics, first_dir, seconds = firsts[seed].result()
+            initial, first_metrics, first_dir, seconds, first_edits = firsts[seed].result()
             log(f"seed {seed}: initial model on {len(initial)} images: mAP50 {first_metrics['map50']:.3f} ({seconds:.0f} s)")
             for policy_name in config.policies:
                 runs[pool.submit(
                     policy_run, config, data, settings.replace(train_epochs=config.epochs), policy_name, seed, initial,
-                    hashes, work / f"seed{seed}" / policy_name, new_index, first_dir, first_metrics, log,
+                    hashes, work / f"seed{seed}" / policy_name, new_index, first_dir, first_metrics, log, first_edits,
                 )] = (seed, policy_name)  # fmt: skip
         for future in pool.as_completed(runs):
             done[runs[future]] = future.result()
@@ -242,7 +246,33 @@ def initial_model(config: BenchConfig, data: BenchData, settings: Settings, seed
     return initial, evaluate_served(settings, first, data), first.dir, time.monotonic() - start
 
 
-def policy_run(config, data, settings, policy_name, seed, initial, hashes, run_dir, new_index, first_dir, first_metrics, log) -> dict:
+def seed_start(config: BenchConfig, data: BenchData, settings: Settings, seed: int, eligible: list[int], work: Path):
+    """`initial_model`, and the edits of labelling the initial set from the base model's pre-annotations. -> 5-tuple."""
+    initial, metrics, first_dir, seconds = initial_model(config, data, settings, seed, eligible, work)
+    return initial, metrics, first_dir, seconds, base_model_edits(config, data, settings, initial)
+
+
+def base_model_edits(config: BenchConfig, data: BenchData, settings: Settings, initial: list[int]) -> EditCounts:
+    """What labelling the `initial` images changes in the base model's pre-annotations of them.
+
+    A base model built from a description (no checkpoint, no trained
+    classes) shows nothing worth keeping: every box is drawn.
+    """
+    from ..adapters import adapter_class, load_adapter
+    from ..predictor import Predictor
+
+    items = [data.pool[i] for i in initial]
+    base_classes = getattr(adapter_class(settings), "base_classes", lambda weights: None)(config.base_model)
+    if not base_classes:
+        return EditCounts(added=sum(len(item.truth.labels) for item in items))
+    adapter = load_adapter(settings.replace(model_weights=config.base_model, model_classes=tuple(base_classes)))
+    detections = detect_images(Predictor(settings, adapter, None), data, initial)
+    return shown_edits(detections, items, adapter.classes, data.names, ServingFilters.from_settings(settings))
+
+
+def policy_run(
+    config, data, settings, policy_name, seed, initial, hashes, run_dir, new_index, first_dir, first_metrics, log, first_edits=None
+) -> dict:
     """One policy's cycles from the seed's first model (copied from `first_dir`); its versions are removed after."""
     shutil.copytree(first_dir, run_dir / "models" / "0")
     first_plan = ModelStore(run_dir / "models", 0).current().manifest.get("plan")
@@ -250,7 +280,7 @@ def policy_run(config, data, settings, policy_name, seed, initial, hashes, run_d
         run = _run_policy(config, data, settings, policy_name, seed, initial, hashes, run_dir, new_index, log)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)  # versions are large; the metrics are kept
-    run["cycles"].insert(0, _cycle_record(0, initial, first_metrics, data, new_index, 0.0, first_plan, initial))
+    run["cycles"].insert(0, cycle_record(0, initial, first_metrics, data, new_index, 0.0, first_plan, initial, first_edits))
     return run
 
 
@@ -261,16 +291,21 @@ def _run_policy(config, data, settings, policy_name, seed, initial, hashes, run_
     for cycle in range(1, config.cycles + 1):
         start = time.monotonic()
         unlabeled = np.setdiff1d(np.arange(len(data.pool)), labelled)
+        edits = None
         if is_reference(policy_name):  # reads the ground truth, not the model
             queue = reference_picks(policy_name, [data.pool[i].truth.labels for i in unlabeled], new_index, len(unlabeled),
                                     settings.cost_per_image)  # fmt: skip
+            positions = _labelled_next(config, data, settings, unlabeled, queue)
         else:
-            queue = _policy_queue(config, data, settings, store, policy_name, labelled, unlabeled, hashes, seed * 1000 + cycle)
-        picked = [int(unlabeled[i]) for i in _labelled_next(config, data, settings, unlabeled, queue)]
+            queue, detections, classes = _policy_queue(config, data, settings, store, policy_name, labelled, unlabeled, hashes, seed * 1000 + cycle)
+            positions = _labelled_next(config, data, settings, unlabeled, queue)
+            edits = shown_edits([detections[i] for i in positions], [data.pool[unlabeled[i]] for i in positions], classes, data.names,
+                                ServingFilters.from_settings(settings))  # fmt: skip
+        picked = [int(unlabeled[i]) for i in positions]
         labelled += picked
         plan = train_labelled(settings, store, data, labelled, run_dir / "work", seed).version.manifest.get("plan")
         metrics = evaluate_served(settings, store, data)
-        cycles.append(_cycle_record(cycle, labelled, metrics, data, new_index, time.monotonic() - start, plan, picked))
+        cycles.append(cycle_record(cycle, labelled, metrics, data, new_index, time.monotonic() - start, plan, picked, edits))
         boxes = sum(cycles[-1]["labelled_objects"].values())
         steps = f"{plan['steps']} steps, " if plan and "steps" in plan else ""
         log(f"seed {seed}: {policy_name:<17} cycle {cycle}: {len(labelled)} images, {boxes} boxes, mAP50 {metrics['map50']:.3f} "
@@ -286,8 +321,9 @@ def _labelled_next(config, data, settings, unlabeled, queue) -> np.ndarray:
     return queue[: cost_prefix(boxes, settings.cost_per_image, config.budget_cost)]
 
 
-def _policy_queue(config, data, settings, store, policy_name, labelled, unlabeled, hashes, seed) -> np.ndarray:
-    """Positions in `unlabeled`, the policy's queue under the store's current version.
+def _policy_queue(config, data, settings, store, policy_name, labelled, unlabeled, hashes, seed) -> tuple[np.ndarray, list, list[str]]:
+    """The policy's queue under the store's current version, positions in `unlabeled`; with the (m,) Detections
+    of `unlabeled` it ranked and the names of their classes.
 
     The batch extras shape its head: `budget` images, or under a cost budget
     the images the budget buys at the predicted boxes' cost.
@@ -304,10 +340,11 @@ def _policy_queue(config, data, settings, store, policy_name, labelled, unlabele
     batch = config.budget
     if config.budget_cost:
         batch = batch_size_for_cost([len(d) for d in detections], settings.cost_per_image, config.budget_cost)
-    return select_queue(
+    queue = select_queue(
         settings, policy_name, detections, unlabeled + 1, [hashes[i] for i in unlabeled] if hashes else None,
         adapter.classes, batch, seed, novelty,
     )
+    return queue, detections, list(adapter.classes)
 
 
 def select_batch(
@@ -369,78 +406,6 @@ def with_a_validation_image(picked: list[int], candidates) -> list[int]:
     from ..training import with_a_validation_task
 
     return sorted(t - 1 for t in with_a_validation_task([i + 1 for i in picked], (int(i) + 1 for i in candidates)))
-
-
-def selection_settings(settings: Settings) -> dict:
-    """The settings besides the policy's name that decide which images a policy picks, by their environment names.
-
-    A `+cost` policy's order depends on COST_PER_IMAGE, a `+diverse` one's on
-    DIVERSITY_POOL: a result that does not name them cannot be repeated.
-    """
-    values = {name: getattr(settings, ENV_VARS[name][0]) for name in SELECTION_SETTINGS}
-    # as it is written in the environment: label=share pairs
-    values["CLASS_BALANCE"] = ",".join(f"{name}={share:g}" for name, share in values["CLASS_BALANCE"])
-    return values
-
-
-def model_identity(weights: str, factory=None) -> str:
-    """`sha256:<16 hex>` of a weights file (`name@sha256:...` for a folder's files), or the name itself (a yaml).
-
-    With an adapter class `factory` that has `weights_digest(path)`, a file is
-    named by its weights instead, `weights-sha256:<16 hex>`: its bytes also
-    hold the date it was written, so the same training run twice gives
-    another file hash.
-    """
-    import hashlib
-
-    path = Path(weights)
-    if path.is_file():
-        if hasattr(factory, "weights_digest"):
-            return f"weights-sha256:{factory.weights_digest(str(path))}"
-        return f"sha256:{hashlib.sha256(path.read_bytes()).hexdigest()[:16]}"
-    if path.is_dir():
-        digest = hashlib.sha256()
-        for file in sorted(p for p in path.rglob("*") if p.is_file()):
-            digest.update(file.relative_to(path).as_posix().encode() + file.read_bytes())
-        return f"{path.name}@sha256:{digest.hexdigest()[:16]}"
-    return str(weights)
-
-
-def _cycle_record(
-    cycle: int,
-    labelled: list[int],
-    metrics: dict,
-    data: BenchData,
-    new_index: int | None,
-    seconds: float,
-    plan: dict | None = None,
-    picked: list[int] | None = None,
-) -> dict:
-    """One cycle's line of results.json; `plan` is the adapter's account of the cycle's fine-tune (`fine_tune`: epochs, steps).
-
-    `picked`: the pool indices the cycle labelled, in queue order, recorded
-    by file name (`picked`), so that a run's choices can be looked at.
-    """
-    objects = np.zeros(len(data.names), dtype=np.int64)
-    for i in labelled:
-        objects += np.bincount(data.pool[i].truth.labels, minlength=len(data.names))
-    record = {
-        "cycle": cycle,
-        "labelled_images": len(labelled),
-        "labelled_objects": {name: int(n) for name, n in zip(data.names, objects)},
-        "map": metrics["map"],
-        "map50": metrics["map50"],
-        "voc07_map50": metrics["voc07_map50"],
-        "ap50": {name: row.get("map50", 0.0) for name, row in metrics.get("per_class", {}).items()},
-        "seconds": round(seconds, 1),
-    }
-    if new_index is not None:
-        record["new_class_ap50"] = record["ap50"].get(data.names[new_index], 0.0)
-    if plan:
-        record["fine_tune"] = plan
-    if picked is not None:
-        record["picked"] = [data.pool[i].path.name for i in picked]
-    return record
 
 
 def _new_class_index(config: BenchConfig, data: BenchData) -> int | None:

@@ -199,3 +199,38 @@ def test_an_image_budget_has_no_cost_column_and_a_cost_budget_without_its_cost_p
     assert "cost to random's last" not in markdown_table(summary)
     with pytest.raises(ValueError, match="COST_PER_IMAGE"):
         summarise(_cost_budget_results())
+
+
+def _with_edits(run, edited_per_cycle):
+    """`run` with each cycle's `edits`: `edited` boxes drawn new and one shown box accepted."""
+    cycles = [c | {"edits": {"accepted": 1, "moved": 0, "relabelled": 0, "deleted": 0, "added": n}} for c, n in zip(run["cycles"], edited_per_cycle)]
+    return run | {"cycles": cycles}
+
+
+def test_the_boxes_edited_so_far_are_a_curve_that_random_s_final_is_reached_on():
+    edited = {"random": [4, 2, 2], "ale-entropy-sum": [4, 1, 1]}
+    results = RESULTS | {"runs": [_with_edits(run, edited[run["policy"]]) for run in RESULTS["runs"]]}
+    summary = summarise(results)
+    assert summary["edits"] is True
+    ale, random = summary["policies"]["ale-entropy-sum"], summary["policies"]["random"]
+    # accepted boxes cost nothing: the curve sums the rest, cycle by cycle
+    assert ale["edits_curve"] == [4, 5, 6] and random["edits_curve"] == [4, 6, 8]
+    assert ale["edited_boxes"] == 6
+    # the mean curve 0.25, 0.375, 0.52 crosses random's final 0.45 between 5 and 6 edited boxes, of random's 8
+    needed = 5 + (0.45 - 0.375) / (0.52 - 0.375)
+    assert ale["to_reach_random"]["edits"] == {"needed": pytest.approx(needed), "saving": pytest.approx(1 - needed / 8)}
+    lines = markdown_table(summary).splitlines()
+    assert "| boxes labelled | boxes edited |" in lines[0] and lines[0].endswith("| boxes to random's last | edits to random's last |")
+    row = next(line for line in lines if line.startswith("| ale-entropy-sum"))
+    assert row.endswith(f"| {needed:.0f} (-31 %) |") and "| 6 |" in row
+    # each seed against its own random too
+    assert set(ale["to_reach_random_by_seed"]) == {"seeds", "images", "boxes", "edits"}
+
+
+def test_edits_are_compared_only_where_every_run_records_them():
+    runs = [_with_edits(run, [1, 1, 1]) for run in RESULTS["runs"][:3]] + RESULTS["runs"][3:]  # a reference policy has none
+    summary = summarise(RESULTS | {"runs": runs})
+    assert summary["edits"] is False
+    assert "edits_curve" not in summary["policies"]["random"]
+    assert "edits" not in summary["policies"]["ale-entropy-sum"]["to_reach_random"]
+    assert "edit" not in markdown_table(summary)

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from label_studio_ale.annotation_edits import EditCounts
 from label_studio_ale.bench.cli import PRESETS
 from label_studio_ale.bench.digits import DigitScenes
 from label_studio_ale.bench.simulation import DEFAULT_POLICIES, BenchConfig, select_batch
@@ -118,10 +119,17 @@ def test_bench_al_runs_every_policy_and_seed_and_writes_table_and_plot(shapes_da
         label_files = shapes_dataset / "labels" / "train"
         drawn = sum(len((label_files / name).with_suffix(".txt").read_text().splitlines()) for names in picked for name in names)
         assert drawn == sum(run["cycles"][-1]["labelled_objects"].values())
+        # what labelling each cycle's images changed in the boxes shown: every true box is submitted once; a base
+        # model built from its yaml shows nothing, so the initial set's boxes are all drawn
+        boxes = [sum(c["labelled_objects"].values()) for c in run["cycles"]]
+        edits = [EditCounts(**c["edits"]) for c in run["cycles"]]
+        assert edits[0] == EditCounts(added=boxes[0])
+        assert [e.submitted for e in edits[1:]] == [b - a for a, b in zip(boxes, boxes[1:])]
     # the seeds draw different initial sets
     assert runs[("random", 0)]["cycles"][0]["labelled_objects"] != runs[("random", 1)]["cycles"][0]["labelled_objects"]
     table = (out / "table.md").read_text()
     assert "| ale-entropy-sum |" in table and "| random |" in table and "| 6 img | 10 img | 14 img |" in table
+    assert "| boxes edited |" in table
     assert (out / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
     assert "written:" in capsys.readouterr().out
     assert results["command"].startswith("ale bench al --data ")
@@ -283,7 +291,7 @@ def test_bench_al_explains_bad_seeds_and_policies(shapes_dataset, tmp_path, caps
 
 
 def test_results_name_the_base_model_by_its_content(tmp_path):
-    from label_studio_ale.bench.simulation import model_identity
+    from label_studio_ale.bench.records import model_identity
 
     weights = tmp_path / "cache" / "weights.pt"
     weights.parent.mkdir()
@@ -296,7 +304,7 @@ def test_results_name_the_base_model_by_its_content(tmp_path):
 
 
 def test_results_name_the_settings_that_decide_the_picks():
-    from label_studio_ale.bench.simulation import selection_settings
+    from label_studio_ale.bench.records import selection_settings
 
     settings = Settings(cost_per_image=3.5, diversity_pool=6, class_balance=(("bird", 0.5), ("nest", 0.25)))
     assert selection_settings(settings) == {

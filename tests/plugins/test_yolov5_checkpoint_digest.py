@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from label_studio_ale.bench.simulation import model_identity
+from label_studio_ale.bench.records import model_identity
 from label_studio_ale.errors import AdapterError
 from label_studio_ale_plugins.yolov5 import YoloV5Adapter
 from label_studio_ale_plugins.yolov5.checkpoint_digest import weights_digest
