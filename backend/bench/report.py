@@ -300,7 +300,8 @@ def _reach_cell(reach: dict | None, baseline: bool = False) -> str:
 
 
 def plot(summary: dict, results: dict, path: str | Path) -> Path:
-    """Learning curves as a PNG: mAP50 and, with a new class, its AP50 against labelled images; mAP50 against labelled boxes."""
+    """Learning curves as a PNG: mAP50 and, with a new class, its AP50 against labelled images; mAP50 against labelled
+    boxes and, where every run records its edits, against the boxes edited."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -312,6 +313,8 @@ def plot(summary: dict, results: dict, path: str | Path) -> Path:
     if new_class:
         panels.append((f"AP50 of the new class '{new_class}'", "new_class_ap50", "images"))
     panels.append(("mAP50 against the boxes it cost", METRIC, "boxes"))
+    if summary.get("edits"):
+        panels.append(("mAP50 against the boxes edited (drawn, fixed or removed)", METRIC, "edits"))
     figure, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), squeeze=False)
     colours = plt.get_cmap("tab10").colors
     for axis, (title, key, unit) in zip(axes[0], panels):
@@ -324,9 +327,9 @@ def plot(summary: dict, results: dict, path: str | Path) -> Path:
                 "linewidth": 1.8 if name.startswith("ale-") else 1.2,
                 "linestyle": "-" if name.startswith("ale-") else ":",
             }
-            xs = policies[name]["images_curve" if unit == "images" else "objects_curve"]
+            xs = policies[name][{"images": "images_curve", "boxes": "objects_curve", "edits": "edits_curve"}[unit]]
             axis.plot(xs, values.mean(0), marker="o", markersize=3, label=name, **style)
-        per_seed = unit == "boxes" or summary["labelled"] is None  # the same for every run only for images under an image budget
+        per_seed = unit != "images" or summary["labelled"] is None  # the same for every run only for images under an image budget
         axis.set_xlabel(f"labelled {unit}" + (" (mean over seeds)" if per_seed else ""))
         axis.set_title(title)
         axis.grid(alpha=0.3)

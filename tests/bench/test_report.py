@@ -227,6 +227,17 @@ def test_the_boxes_edited_so_far_are_a_curve_that_random_s_final_is_reached_on()
     assert set(ale["to_reach_random_by_seed"]) == {"seeds", "images", "boxes", "edits"}
 
 
+def test_the_plot_gains_a_panel_against_the_boxes_edited(tmp_path):
+    from PIL import Image
+
+    edited = {"random": [4, 2, 2], "ale-entropy-sum": [4, 1, 1]}
+    results = RESULTS | {"runs": [_with_edits(run, edited[run["policy"]]) for run in RESULTS["runs"]]}
+    without = plot(summarise(RESULTS), RESULTS, tmp_path / "three.png")
+    with_edits = plot(summarise(results), results, tmp_path / "four.png")
+    # panels of equal width, side by side: images (mAP50, new class), boxes, and now edits
+    assert Image.open(with_edits).width == round(Image.open(without).width * 4 / 3)
+
+
 def test_edits_are_compared_only_where_every_run_records_them():
     runs = [_with_edits(run, [1, 1, 1]) for run in RESULTS["runs"][:3]] + RESULTS["runs"][3:]  # a reference policy has none
     summary = summarise(RESULTS | {"runs": runs})
