@@ -71,7 +71,7 @@ def main(argv=None) -> int:
 def measure_seed(data, new_class: str, base: str, policies: list[str], seed: int, work: Path) -> dict:
     """One seed's first model: the pool's class shares and rarity, where each class's objects are boxed, the first batches."""
     from label_studio_ale.bench.first_model import first_model
-    from label_studio_ale.bench.simulation import _hashes, detect_images, select_batch
+    from label_studio_ale.bench.simulation import detect_images, pool_hashes, select_batch
     from label_studio_ale.predictor import Predictor
     from label_studio_ale.scoring import class_rarity, class_shares
     from label_studio_ale.settings import Settings
@@ -82,7 +82,7 @@ def measure_seed(data, new_class: str, base: str, policies: list[str], seed: int
     detections = detect_images(Predictor(settings.replace(policy=policies[0]), adapter, None), data, unlabeled)
     truths = [data.pool[i].truth for i in unlabeled]
     probs = np.concatenate([d.class_probs for d in detections if len(d)])
-    hashes = _hashes(settings, data.pool)
+    hashes = pool_hashes(settings, data.pool)
     batches = {}
     for name in policies:
         # as the bench's first cycle: task ids are pool index + 1, the seed of cycle 1 is seed x 1000 + 1

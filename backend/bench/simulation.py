@@ -186,7 +186,7 @@ def simulate(
         promotion=config.promotion,
         model_dir=str(work / "models"),
     )
-    hashes = _hashes(settings, data.pool)
+    hashes = pool_hashes(settings, data.pool)
     results = {
         # the base model by its content: a path on the machine that ran it says nothing to a reader
         "config": dataclasses.asdict(config)
@@ -416,8 +416,8 @@ def _new_class_index(config: BenchConfig, data: BenchData) -> int | None:
     return data.names.index(config.new_class)
 
 
-def _hashes(settings: Settings, pool: list[LabelledImage]) -> list[int] | None:
-    """Average hashes for near-duplicate suppression, when DUPLICATE_DISTANCE turns it on."""
+def pool_hashes(settings: Settings, pool: list[LabelledImage]) -> list[int] | None:
+    """Each pool image's average hash for near-duplicate suppression, when DUPLICATE_DISTANCE turns it on (None when off)."""
     if settings.duplicate_distance < 0:
         return None
     from ..media import average_hash
