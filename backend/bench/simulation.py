@@ -43,8 +43,8 @@ from ..serving import ServingFilters
 from ..settings import PROMOTION_POLICIES, Settings
 from .budget import batch_size_for_cost, check_budget_cost, check_pool_cost, cost_prefix
 from .edits import shown_edits
-from .records import cycle_record, model_identity, selection_settings
 from .oracle import is_reference, reference_picks
+from .records import cycle_record, model_identity, selection_settings
 
 #: Every policy the paper compares, random first: gains are measured against it.
 DEFAULT_POLICIES = (
