@@ -327,7 +327,7 @@ def plot(summary: dict, results: dict, path: str | Path) -> Path:
                 "linewidth": 1.8 if name.startswith("ale-") else 1.2,
                 "linestyle": "-" if name.startswith("ale-") else ":",
             }
-            xs = policies[name][{"images": "images_curve", "boxes": "objects_curve", "edits": "edits_curve"}[unit]]
+            xs = policies[name][REACH_CURVES[unit]]
             axis.plot(xs, values.mean(0), marker="o", markersize=3, label=name, **style)
         per_seed = unit != "images" or summary["labelled"] is None  # the same for every run only for images under an image budget
         axis.set_xlabel(f"labelled {unit}" + (" (mean over seeds)" if per_seed else ""))

@@ -262,7 +262,7 @@ def base_model_edits(config: BenchConfig, data: BenchData, settings: Settings, i
     from ..predictor import Predictor
 
     items = [data.pool[i] for i in initial]
-    base_classes = getattr(adapter_class(settings), "base_classes", lambda weights: None)(config.base_model)
+    base_classes = adapter_class(settings).base_classes(config.base_model)  # a Trainer's, as Start Training reads them
     if not base_classes:
         return EditCounts(added=sum(len(item.truth.labels) for item in items))
     adapter = load_adapter(settings.replace(model_weights=config.base_model, model_classes=tuple(base_classes)))
@@ -291,16 +291,17 @@ def _run_policy(config, data, settings, policy_name, seed, initial, hashes, run_
     for cycle in range(1, config.cycles + 1):
         start = time.monotonic()
         unlabeled = np.setdiff1d(np.arange(len(data.pool)), labelled)
-        edits = None
+        detections = None  # what the served version showed, when a model ranked the queue
         if is_reference(policy_name):  # reads the ground truth, not the model
             queue = reference_picks(policy_name, [data.pool[i].truth.labels for i in unlabeled], new_index, len(unlabeled),
                                     settings.cost_per_image)  # fmt: skip
-            positions = _labelled_next(config, data, settings, unlabeled, queue)
         else:
             queue, detections, classes = _policy_queue(config, data, settings, store, policy_name, labelled, unlabeled, hashes, seed * 1000 + cycle)
-            positions = _labelled_next(config, data, settings, unlabeled, queue)
-            edits = shown_edits([detections[i] for i in positions], [data.pool[unlabeled[i]] for i in positions], classes, data.names,
-                                ServingFilters.from_settings(settings))  # fmt: skip
+        positions = _labelled_next(config, data, settings, unlabeled, queue)
+        edits = None if detections is None else shown_edits(
+            [detections[i] for i in positions], [data.pool[unlabeled[i]] for i in positions], classes, data.names,
+            ServingFilters.from_settings(settings),
+        )  # fmt: skip
         picked = [int(unlabeled[i]) for i in positions]
         labelled += picked
         plan = train_labelled(settings, store, data, labelled, run_dir / "work", seed).version.manifest.get("plan")
