@@ -87,6 +87,8 @@ PRESETS = {
 
 
 def add_parser(commands) -> None:
+    from .digits import NEW_CLASS_SHARE
+
     bench = commands.add_parser("bench", help="label-efficiency benchmarks of the selection policies")
     kinds = bench.add_subparsers(dest="bench_command", required=True)
     al = kinds.add_parser(
@@ -126,6 +128,12 @@ def add_parser(commands) -> None:
         "trap fires in bursts (default 1: every pool image its own scene)",
     )
     al.add_argument(
+        "--new-class-share",
+        type=float,
+        help="built-in dataset: the chance that a pool object is of the new class, e.g. 0.04 for a rare species "
+        f"(default {NEW_CLASS_SHARE}; the evaluation scenes keep the default)",
+    )
+    al.add_argument(
         "--budget-cost",
         type=float,
         help="instead of --budget images, annotation cost labelled per cycle, in boxes: each cycle labels the policy's queue "
@@ -161,6 +169,7 @@ def run(settings: Settings, args, argv: list[str]) -> int:
 def _run_al(settings: Settings, args, argv: list[str]) -> int:
     from .runs import check_jobs
     from .simulation import DEFAULT_POLICIES, BenchConfig, simulate
+    from .digits import NEW_CLASS_SHARE
     from .sources import builtin_data, builtin_base_model, user_data
 
     preset = PRESETS[args.preset]
@@ -180,12 +189,15 @@ def _run_al(settings: Settings, args, argv: list[str]) -> int:
             raise ValueError("--budget (images a cycle) and --budget-cost (annotation cost a cycle) both size a cycle: give one")
         if args.data and args.burst != 1:
             raise ValueError("--burst shapes the built-in dataset's pool; a --data pool is used as it is")
+        if args.data and args.new_class_share is not None:
+            raise ValueError("--new-class-share shapes the built-in dataset's pool; a --data pool is used as it is")
         if args.data:
             data = user_data(args.data, args.format, images=args.images, eval_path=args.eval_data, eval_percent=args.eval_percent)
             new_class = args.new_class
             base_model = args.base_model or settings.base_model
         else:
-            data, new_class = builtin_data(cache, pick("pool"), pick("eval"), pick("image_size"), burst=args.burst)
+            share = NEW_CLASS_SHARE if args.new_class_share is None else args.new_class_share
+            data, new_class = builtin_data(cache, pick("pool"), pick("eval"), pick("image_size"), burst=args.burst, new_class_share=share)
             new_class = args.new_class or new_class
             base_model = args.base_model or str(
                 builtin_base_model(cache, settings, pick("base_images"), pick("base_epochs"), pick("image_size"), device, log=_log)

@@ -78,14 +78,19 @@ class DigitScenes:
     def class_names(self) -> list[str]:
         return [f"digit-{d}" for d in self.digits]
 
-    def scene(self, seed: int, half: int, *, with_new_class: bool = True, frame: int = 0) -> Scene:
+    def scene(
+        self, seed: int, half: int, *, with_new_class: bool = True, frame: int = 0, new_class_share: float = NEW_CLASS_SHARE
+    ) -> Scene:
         """One scene; `half` picks the glyph scans (0: even, 1: odd); `with_new_class` False leaves it out.
 
         `frame` > 0: a later frame of the scene's burst (see the module docstring);
         the same background, objects, glyphs and ink, moved a little.
+        `new_class_share`: the chance that an object is of the new class (the
+        others share the rest alike); the layout of the scene does not depend on it.
         """
         if frame < 0:
             raise ValueError(f"frame must be 0 (the scene) or a later frame of its burst, got {frame}")
+        check_new_class_share(new_class_share)
         rng = np.random.default_rng(seed)
         # its own generator, so that the scene's draws (and so frame 0) are the same in every frame
         later = np.random.default_rng([seed, frame]) if frame else None
@@ -93,8 +98,8 @@ class DigitScenes:
         count = int(rng.choice(len(OBJECT_COUNT_WEIGHTS), p=OBJECT_COUNT_WEIGHTS))
         share = np.full(len(self.digits), 1.0)
         if self.new_class is not None and len(self.digits) > 1:
-            share[:] = (1 - NEW_CLASS_SHARE) / (len(self.digits) - 1)
-            share[self.new_class] = NEW_CLASS_SHARE if with_new_class else 0.0
+            share[:] = (1 - new_class_share) / (len(self.digits) - 1)
+            share[self.new_class] = new_class_share if with_new_class else 0.0
         boxes, labels = [], []
         first_frame = []  # the boxes where frame 0 has them: placements are checked there, so every frame draws alike
         for _ in range(count * 20):  # rejection sampling for non-overlapping placements
@@ -118,7 +123,17 @@ class DigitScenes:
         image = Image.fromarray(np.clip(canvas + noise, 0, 255).astype(np.uint8), "RGB")
         return Scene(image, np.asarray(boxes, dtype=np.float64).reshape(-1, 4), np.asarray(labels, dtype=np.int64))
 
-    def write(self, root: str | Path, count: int, first_seed: int, half: int, *, with_new_class: bool = True, burst: int = 1) -> Path:
+    def write(
+        self,
+        root: str | Path,
+        count: int,
+        first_seed: int,
+        half: int,
+        *,
+        with_new_class: bool = True,
+        burst: int = 1,
+        new_class_share: float = NEW_CLASS_SHARE,
+    ) -> Path:
         """Write `count` images as a YOLO dataset folder (data.yaml, images/, labels/). Returns `root`.
 
         `burst` > 1: the images are bursts of that many frames of a scene, one
@@ -128,12 +143,21 @@ class DigitScenes:
             raise ValueError(f"burst must be 1 (one frame a scene) or more frames a scene, got {burst}")
         root = Path(root)
         scenes = [
-            self.scene(first_seed + i // burst, half, with_new_class=with_new_class, frame=i % burst) for i in range(count)
+            self.scene(first_seed + i // burst, half, with_new_class=with_new_class, frame=i % burst, new_class_share=new_class_share)
+            for i in range(count)
         ]
         write_yolo_dataset(root, scenes, self.class_names, split="all")
         names = "".join(f"  {i}: {name}\n" for i, name in enumerate(self.class_names))
         (root / "data.yaml").write_text(f"path: {root}\nnames:\n{names}")
         return root
+
+
+def check_new_class_share(share: float) -> None:
+    """A share of the new class among a scene's objects must be a probability strictly between 0 and 1."""
+    if not isinstance(share, (int, float)) or not 0 < share < 1:
+        raise ValueError(
+            f"the new class's share of the objects must be between 0 and 1 (e.g. 0.04 for a rare class; default {NEW_CLASS_SHARE}), got {share!r}"
+        )
 
 
 @lru_cache(maxsize=1)

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..datasets import read_dataset
 from ..settings import Settings
-from .digits import BURST_VERSION, DigitScenes
+from .digits import BURST_VERSION, NEW_CLASS_SHARE, DigitScenes, check_new_class_share
 from .simulation import BenchData
 
 #: Seeds of the evaluation scenes and of the base model's scenes start here, far from the pool's.
@@ -19,26 +19,39 @@ BASE_SEED_OFFSET = 2_000_000
 DEFAULT_EVAL_PERCENT = 25
 
 
-def builtin_data(cache: str | Path, pool_size: int, eval_size: int, image_size: int = 128, *, burst: int = 1) -> tuple[BenchData, str]:
+def builtin_data(
+    cache: str | Path, pool_size: int, eval_size: int, image_size: int = 128, *, burst: int = 1, new_class_share: float = NEW_CLASS_SHARE
+) -> tuple[BenchData, str]:
     """Generate (or reuse) the digit scenes under `cache`. -> (data, name of its new class).
 
     `burst` > 1: the pool's images are bursts of that many frames of a scene
     (a camera trap's look-alike frames); the evaluation set stays one frame a scene.
+    `new_class_share`: the chance that a pool object is of the new class
+    (a rare species: a few percent). The evaluation set keeps the default
+    share, so the new class's AP is measured on as many objects whatever the pool.
     """
     if burst < 1:
         raise ValueError(f"--burst must be 1 (one frame a scene) or more frames a scene, got {burst}")
+    check_new_class_share(new_class_share)
     scenes = DigitScenes(size=image_size)
     root = Path(cache) / f"digits-{scenes.key}"
+    rare = new_class_share != NEW_CLASS_SHARE
     parts = {}
-    for part, count, first_seed, half, frames in (
-        ("pool", pool_size, 0, 0, burst),
-        ("eval", eval_size, EVAL_SEED_OFFSET, 1, 1),
+    for part, count, first_seed, half, frames, share in (
+        ("pool", pool_size, 0, 0, burst, new_class_share),
+        ("eval", eval_size, EVAL_SEED_OFFSET, 1, 1, NEW_CLASS_SHARE),
     ):
-        folder = root / (f"{part}-{count}" + (f"-burst{frames}-v{BURST_VERSION}" if frames > 1 else ""))
+        folder = root / (
+            f"{part}-{count}"
+            + (f"-burst{frames}-v{BURST_VERSION}" if frames > 1 else "")
+            + (f"-new{share:g}" if share != NEW_CLASS_SHARE else "")
+        )
         if not (folder / "data.yaml").is_file():  # data.yaml is written last: its presence means complete
-            scenes.write(folder, count, first_seed, half, burst=frames)
+            scenes.write(folder, count, first_seed, half, burst=frames, new_class_share=share)
         parts[part] = read_dataset(folder, "yolo")[1]
     pool = f"{pool_size} pool" if burst == 1 else f"{pool_size} pool ({-(-pool_size // burst)} scenes in bursts of {burst} frames)"
+    if rare:
+        pool += f" (the new class drawn for {new_class_share:.0%} of its objects, the evaluation scenes' {NEW_CLASS_SHARE:.0%})"
     description = f"built-in: scikit-learn handwritten digits on photographs, {image_size}px, {pool} + {eval_size} evaluation scenes"
     return BenchData(scenes.class_names, parts["pool"], parts["eval"], description, burst), scenes.class_names[scenes.new_class]
 

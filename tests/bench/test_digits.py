@@ -43,6 +43,31 @@ def test_the_new_class_is_rare_and_can_be_left_out():
     assert new not in without and set(without) == set(range(len(scenes.digits))) - {new}
 
 
+def test_a_rarer_new_class_changes_the_labels_and_not_the_layout():
+    scenes = DigitScenes()
+    new = scenes.new_class
+    default = [scenes.scene(s, 0) for s in range(300)]
+    rare = [scenes.scene(s, 0, new_class_share=0.04) for s in range(300)]
+    # the default share is the generator's constant: the same scenes as before the option existed
+    assert all(np.array_equal(a.labels, scenes.scene(s, 0, new_class_share=digits.NEW_CLASS_SHARE).labels) for s, a in enumerate(default[:20]))
+    # the number of objects is drawn before the labels
+    assert np.mean([len(a.labels) == len(b.labels) for a, b in zip(default, rare)]) > 0.95
+    labels = np.concatenate([b.labels for b in rare])
+    assert 0.02 < np.mean(labels == new) < 0.07  # 4 % asked, ~650 objects drawn
+    assert np.mean(np.concatenate([a.labels for a in default]) == new) > 0.12
+    # the old classes share the rest alike
+    old = np.bincount(labels[labels != new], minlength=len(scenes.digits))[: len(scenes.digits) - 1]
+    assert old.min() > 0.8 * old.max()
+    # leaving the new class out ignores the share
+    assert np.array_equal(scenes.scene(5, 0, with_new_class=False, new_class_share=0.5).labels, scenes.scene(5, 0, with_new_class=False).labels)
+
+
+@pytest.mark.parametrize("share", [0, 1, 1.5, -0.1, True])
+def test_a_share_of_the_new_class_outside_0_and_1_is_refused(share):
+    with pytest.raises(ValueError, match="share of the objects must be between 0 and 1"):
+        DigitScenes().scene(0, 0, new_class_share=share)
+
+
 def test_written_scenes_read_back_as_a_yolo_dataset(tmp_path):
     scenes = DigitScenes(size=96, max_side=30)
     root = scenes.write(tmp_path / "pool", 5, 0, 0)

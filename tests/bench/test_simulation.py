@@ -280,6 +280,15 @@ def test_bursts_are_a_shape_of_the_built_in_pool_only(shapes_dataset, tmp_path, 
     assert "--burst must be 1 (one frame a scene) or more frames a scene, got 0" in capsys.readouterr().err
 
 
+def test_a_rarer_new_class_is_a_shape_of_the_built_in_pool_only(shapes_dataset, tmp_path, capsys):
+    assert main(["bench", "al", "--data", str(shapes_dataset), "--new-class-share", "0.04", "--out", str(tmp_path)]) == 2
+    assert "--new-class-share shapes the built-in dataset's pool; a --data pool is used as it is" in capsys.readouterr().err
+    # refused before a base model is trained for nothing
+    assert main(["bench", "al", "--new-class-share", "0", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path)]) == 2
+    assert "the new class's share of the objects must be between 0 and 1" in capsys.readouterr().err
+    assert not list((tmp_path / "cache").rglob("weights.pt"))
+
+
 def test_bench_al_explains_bad_seeds_and_policies(shapes_dataset, tmp_path, capsys):
     assert main(["bench", "al", "--data", str(shapes_dataset), "--seeds", "0,x", "--out", str(tmp_path)]) == 2
     assert "--seeds must be comma-separated integers, e.g. 0,1,2; got '0,x'" in capsys.readouterr().err

@@ -37,3 +37,23 @@ def test_a_pool_in_bursts_is_generated_apart_and_the_evaluation_set_is_shared(tm
         np.testing.assert_allclose(bursts.pool[4 * scene].truth.xyxy, plain.pool[scene].truth.xyxy)
     with pytest.raises(ValueError, match="--burst must be 1"):
         builtin_data(tmp_path, 12, 4, 96, burst=0)
+
+
+def test_a_pool_with_a_rarer_new_class_is_generated_apart_and_the_evaluation_set_is_shared(tmp_path):
+    import pytest
+
+    from label_studio_ale.bench.sources import builtin_data
+
+    plain, _ = builtin_data(tmp_path, 60, 4, 96)
+    rare, new_class = builtin_data(tmp_path, 60, 4, 96, new_class_share=0.04)
+    assert new_class == "digit-0"
+    assert "the new class drawn for 4% of its objects" in rare.description and "new class" not in plain.description
+    assert rare.pool[0].path.parent != plain.pool[0].path.parent
+    assert [item.path for item in rare.evaluation] == [item.path for item in plain.evaluation]
+    new = plain.names.index("digit-0")
+    count = lambda data: sum(int((item.truth.labels == new).sum()) for item in data.pool)  # noqa: E731
+    assert count(rare) < count(plain)
+    # the same scenes, labelled from another draw: as many objects in each image
+    assert [len(item.truth.labels) for item in rare.pool] == [len(item.truth.labels) for item in plain.pool]
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        builtin_data(tmp_path, 12, 4, 96, new_class_share=1.0)
