@@ -299,7 +299,9 @@ class RarityWeighted(WrappedPolicy):
     the model predicts little, because it is rare in the pool or not learnt
     yet, weighs more. The shares are those of the images ranked together.
     On the built-in benchmark (docs/benchmarks/al-small-mean-rare) it buys a
-    new class faster than the model needs it, at the old classes' cost.
+    new class faster than the model needs it, at the old classes' cost; where
+    the new class stays rare in the pool (al-small-rare-class) it finds
+    nearly all of it and lifts the policy it weights.
     """
 
     inner: UncertaintyPolicy
