@@ -167,9 +167,9 @@ def run(settings: Settings, args, argv: list[str]) -> int:
 
 
 def _run_al(settings: Settings, args, argv: list[str]) -> int:
+    from .digits import NEW_CLASS_SHARE
     from .runs import check_jobs
     from .simulation import DEFAULT_POLICIES, BenchConfig, simulate
-    from .digits import NEW_CLASS_SHARE
     from .sources import builtin_data, builtin_base_model, user_data
 
     preset = PRESETS[args.preset]

@@ -49,6 +49,9 @@ def test_a_pool_with_a_rarer_new_class_is_generated_apart_and_the_evaluation_set
     assert new_class == "digit-0"
     assert "the new class drawn for 4% of its objects" in rare.description and "new class" not in plain.description
     assert rare.pool[0].path.parent != plain.pool[0].path.parent
+    # the default pool is cached where it was before the option existed: earlier runs and base models stay valid
+    assert "pool-60" in plain.pool[0].path.relative_to(tmp_path).parts
+    assert "pool-60-new0.04" in rare.pool[0].path.relative_to(tmp_path).parts
     assert [item.path for item in rare.evaluation] == [item.path for item in plain.evaluation]
     new = plain.names.index("digit-0")
     count = lambda data: sum(int((item.truth.labels == new).sum()) for item in data.pool)  # noqa: E731
