@@ -130,6 +130,7 @@ def add_parser(commands) -> None:
     al.add_argument(
         "--new-class-share",
         type=float,
+        default=NEW_CLASS_SHARE,
         help="built-in dataset: the chance that a pool object is of the new class, e.g. 0.04 for a rare species "
         f"(default {NEW_CLASS_SHARE}; the evaluation scenes keep the default)",
     )
@@ -189,15 +190,16 @@ def _run_al(settings: Settings, args, argv: list[str]) -> int:
             raise ValueError("--budget (images a cycle) and --budget-cost (annotation cost a cycle) both size a cycle: give one")
         if args.data and args.burst != 1:
             raise ValueError("--burst shapes the built-in dataset's pool; a --data pool is used as it is")
-        if args.data and args.new_class_share is not None:
+        if args.data and args.new_class_share != NEW_CLASS_SHARE:
             raise ValueError("--new-class-share shapes the built-in dataset's pool; a --data pool is used as it is")
         if args.data:
             data = user_data(args.data, args.format, images=args.images, eval_path=args.eval_data, eval_percent=args.eval_percent)
             new_class = args.new_class
             base_model = args.base_model or settings.base_model
         else:
-            share = NEW_CLASS_SHARE if args.new_class_share is None else args.new_class_share
-            data, new_class = builtin_data(cache, pick("pool"), pick("eval"), pick("image_size"), burst=args.burst, new_class_share=share)
+            data, new_class = builtin_data(
+                cache, pick("pool"), pick("eval"), pick("image_size"), burst=args.burst, new_class_share=args.new_class_share
+            )
             new_class = args.new_class or new_class
             base_model = args.base_model or str(
                 builtin_base_model(cache, settings, pick("base_images"), pick("base_epochs"), pick("image_size"), device, log=_log)
