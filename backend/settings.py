@@ -136,6 +136,8 @@ class Settings:
     #: 0: the small-data recipe's own minimum (600 optimizer steps)
     train_min_steps: int = 0
     train_precision: str = TRAIN_PRECISIONS[0]
+    #: 0: every layer trains; N: the model's first N layers keep their weights (yolov5: 10 is the backbone)
+    train_freeze: int = 0
     promotion: str = PROMOTION_POLICIES[0]
     promotion_min_images: int = DEFAULT_PROMOTION_MIN_IMAGES
     auto_train_after: int = 0
@@ -204,6 +206,8 @@ class Settings:
             raise ConfigError("TRAIN_RECIPE", f"must be one of {', '.join(TRAIN_RECIPES)}, got {self.train_recipe!r}")
         if self.train_precision not in TRAIN_PRECISIONS:
             raise ConfigError("TRAIN_PRECISION", f"must be one of {', '.join(TRAIN_PRECISIONS)}, got {self.train_precision!r}")
+        if self.train_freeze < 0:
+            raise ConfigError("TRAIN_FREEZE", f"must be 0 (every layer trains) or a number of leading layers to keep, e.g. 10 for YOLOv5's backbone, got {self.train_freeze}")
         if self.promotion_min_images < 1:
             raise ConfigError("PROMOTION_MIN_IMAGES", f"must be a positive number of validation images, got {self.promotion_min_images}")
         if self.auto_train_after < 0:
@@ -336,6 +340,7 @@ ENV_VARS = {
     "TRAIN_RECIPE": ("train_recipe", str.lower),
     "TRAIN_MIN_STEPS": ("train_min_steps", int),
     "TRAIN_PRECISION": ("train_precision", str.lower),
+    "TRAIN_FREEZE": ("train_freeze", int),
     "PROMOTION": ("promotion", str.lower),
     "PROMOTION_MIN_IMAGES": ("promotion_min_images", int),
     "AUTO_TRAIN_AFTER": ("auto_train_after", int),

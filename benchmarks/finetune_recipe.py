@@ -29,6 +29,8 @@ small-data recipe with TRAIN_MIN_STEPS=400, so one run sweeps the steps
 And the precision it trains in, `small-data:bf16` (TRAIN_PRECISION; default
 auto): `--recipes small-data:fp32,small-data:bf16 --baseline small-data:fp32`
 compares bfloat16 training with float32 on the same images, in time and mAP.
+And the layers it keeps, `small-data+freeze10` (TRAIN_FREEZE=10, YOLOv5's
+backbone): `--recipes small-data,small-data+freeze10 --baseline small-data`.
 
 Usage: python benchmarks/finetune_recipe.py [--recipes small-data,ultralytics] [--sizes 12,24,48,96]
            [--seeds 0,1,2] [--pseudo-labels] [--out docs/benchmarks/finetune] [--resume]
@@ -154,22 +156,31 @@ def main() -> int:
 
 def recipe_settings(settings, recipe: str):
     """`settings` training with `recipe`: a TRAIN_RECIPE name, `ultralytics` at BASELINE_EPOCHS, or `small-data@STEPS`,
-    each optionally with `:PRECISION` (a TRAIN_PRECISION: `small-data:fp32`, `small-data@600:bf16`; default auto)."""
+    each optionally with `:PRECISION` (a TRAIN_PRECISION: `small-data:fp32`, `small-data@600:bf16`; default auto)
+    and `+freezeN` (TRAIN_FREEZE=N: `small-data+freeze10` keeps YOLOv5's backbone; default 0)."""
     from label_studio_ale.settings import TRAIN_PRECISIONS
     from label_studio_ale_plugins.yolov5.recipe import RECIPES, SMALL_DATA
 
-    spec, colon, precision = recipe.partition(":")
+    rest, plus, freeze = recipe.partition("+freeze")
+    spec, colon, precision = rest.partition(":")
     name, at, steps = spec.partition("@")
-    if name not in RECIPES or (at and (name != SMALL_DATA or not steps.isdigit() or int(steps) < 1)) or (colon and precision not in TRAIN_PRECISIONS):
+    if (
+        name not in RECIPES
+        or (at and (name != SMALL_DATA or not steps.isdigit() or int(steps) < 1))
+        or (colon and precision not in TRAIN_PRECISIONS)
+        or (plus and (not freeze.isdigit() or int(freeze) < 1))
+    ):
         raise ValueError(
             f"--recipes: {recipe!r} is not one of {', '.join(RECIPES)} or {SMALL_DATA}@STEPS (e.g. {SMALL_DATA}@600), "
-            f"optionally with :PRECISION, one of {', '.join(TRAIN_PRECISIONS)} (e.g. {SMALL_DATA}:fp32)"
+            f"optionally with :PRECISION, one of {', '.join(TRAIN_PRECISIONS)} (e.g. {SMALL_DATA}:fp32), "
+            f"and +freezeLAYERS (e.g. {SMALL_DATA}+freeze10)"
         )
     return settings.replace(
         train_recipe=name,
         train_epochs=BASELINE_EPOCHS if name == BASELINE else 0,
         train_min_steps=int(steps or 0),
         train_precision=precision or settings.train_precision,
+        train_freeze=int(freeze or 0),
     )
 
 

@@ -208,6 +208,7 @@ def simulate(
             "TRAIN_RECIPE": settings.train_recipe,
             "TRAIN_MIN_STEPS": settings.train_min_steps,
             "TRAIN_PRECISION": settings.train_precision,
+            "TRAIN_FREEZE": settings.train_freeze,
         },
         "runs": [],
     }

@@ -93,7 +93,10 @@ def builtin_base_model(cache: str | Path, settings: Settings, images: int, epoch
     work = store.dir.parent / "work"
     try:
         dataset, _ = write_training_set(work, samples, known)
-        trained = settings.replace(image_size=image_size, train_epochs=epochs, base_model="yolov5n.yaml", device=device, promotion="always")
+        # from a yaml every layer trains, whatever TRAIN_FREEZE the loop's fine-tunes use
+        trained = settings.replace(
+            image_size=image_size, train_epochs=epochs, base_model="yolov5n.yaml", device=device, promotion="always", train_freeze=0
+        )
         train_version(trained, store, dataset, known, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -88,6 +88,15 @@ class TfodAdapter:
     fresh_model = "retinanet"
 
     @staticmethod
+    def check_settings(settings: Settings) -> None:
+        """At start: settings this adapter's training does not honour are refused, not ignored."""
+        if settings.train_freeze:
+            raise AdapterError(
+                f"TRAIN_FREEZE={settings.train_freeze}: the tfod adapter's fine-tune trains every layer; "
+                "set TRAIN_FREEZE=0, or ADAPTER=yolov5 to keep a backbone frozen"
+            )
+
+    @staticmethod
     def base_classes(weights: str) -> list[str] | None:
         from .training import base_classes
 

@@ -136,7 +136,8 @@ class YoloV5Adapter:
 
         images = split_size(data_yaml, "train")
         precision = training_precision(settings.train_precision, settings.device)
-        return _recipe_plan(settings, images).summary(images, settings.train_batch) | {"precision": precision}
+        frozen = {"freeze": settings.train_freeze} if settings.train_freeze else {}
+        return _recipe_plan(settings, images).summary(images, settings.train_batch) | {"precision": precision} | frozen
 
     @staticmethod
     def fine_tune(settings: Settings, weights: str, data_yaml: Path, work: Path, *, seed: int = 0, on_epoch=None) -> Path:
@@ -163,6 +164,7 @@ class YoloV5Adapter:
             on_epoch=on_epoch,
             allow_downloads=settings.allow_downloads,
             precision=training_precision(settings.train_precision, settings.device),
+            freeze=settings.train_freeze,
         )
 
     @classmethod
@@ -339,11 +341,14 @@ def train_yolo(
     allow_downloads: bool = False,
     overrides: dict | None = None,
     precision: str = "fp32",
+    freeze: int = 0,
 ) -> Path:
     """Fine-tune `base` (.pt or .yaml) on an ultralytics dataset yaml. Returns the last epoch's weights.
 
     `overrides` are further ultralytics train arguments (the recipe: optimizer, warmup, ...).
     `precision`: fp32, or bf16 (autocast; on the CPU see `cpu_training`).
+    `freeze` > 0: the model's first `freeze` layers keep `base`'s weights
+    (TRAIN_FREEZE; 10 is YOLOv5's backbone); the rest, the head included, train.
 
     The validation split takes no part in choosing the weights: ultralytics
     would keep the epoch that scores best on it (`best.pt`), and the promotion
@@ -357,12 +362,14 @@ def train_yolo(
     from ultralytics import YOLO
 
     from .cpu_training import BF16, FP32, cpu_bf16_autocast, float32_loss, use_fast_cpu_kernels
+    from .recipe import check_freeze
 
     if precision not in (FP32, BF16):
         raise ValueError(f"precision must be {FP32} or {BF16}, got {precision!r}")
     base = local_weights(base, allow_downloads=allow_downloads, setting="BASE_MODEL")
     out_dir = Path(out_dir)
     model = YOLO(base)
+    check_freeze(freeze, base, len(model.model.model))
     model.add_callback("on_pretrain_routine_end", use_fast_cpu_kernels)
     if precision == BF16:
         model.add_callback("on_pretrain_routine_end", float32_loss)
@@ -388,7 +395,7 @@ def train_yolo(
         "name": out_dir.name,
         "exist_ok": True,
         "verbose": False,
-    }
+    } | ({"freeze": freeze} if freeze else {})
     with cpu_bf16_autocast() if precision == BF16 else nullcontext():
         model.train(**(args | dict(overrides or {})))
     return Path(model.trainer.last)

@@ -146,3 +146,23 @@ def repeated_dataset(data_yaml: str | Path, repeat: int) -> Path:
     # absolute: ultralytics reads a relative entry against `path`, and a relative MODEL_DIR gives a relative work folder
     out.write_text(yaml.safe_dump(spec | {"train": str(listing.resolve())}, sort_keys=False))
     return out
+
+
+def check_freeze(freeze: int, base: str | Path, layers: int) -> None:
+    """TRAIN_FREEZE must leave the last layer (the detection head) training, and needs trained weights to keep."""
+    from label_studio_ale.errors import ConfigError
+
+    if freeze < 0:
+        raise ConfigError("TRAIN_FREEZE", f"must be 0 (every layer trains) or a number of leading layers to keep, got {freeze}")
+    if freeze and str(base).endswith((".yaml", ".yml")):
+        raise ConfigError(
+            "TRAIN_FREEZE",
+            f"{freeze} keeps layers' trained weights, but {Path(base).name} is a model definition with none; "
+            "set TRAIN_FREEZE=0 to train it from scratch, or BASE_MODEL to a .pt checkpoint",
+        )
+    if freeze >= layers:
+        raise ConfigError(
+            "TRAIN_FREEZE",
+            f"{freeze} would freeze all {layers} layers of {Path(base).name}, its detection head (layer {layers - 1}) included, "
+            f"so nothing would learn; use at most {layers - 1} (10 keeps YOLOv5's backbone)",
+        )

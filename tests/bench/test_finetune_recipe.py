@@ -29,9 +29,17 @@ def test_a_recipe_may_name_its_precision(finetune_recipe):
     assert finetune_recipe.recipe_settings(base, "ultralytics:fp32").train_precision == "fp32"
 
 
-@pytest.mark.parametrize("recipe", ["fast", "ultralytics@600", "small-data@", "small-data@0", "small-data@six", "small-data:half", "small-data:"])
+def test_a_recipe_may_name_the_layers_it_keeps(finetune_recipe):
+    base = Settings(train_batch=8)
+    assert finetune_recipe.recipe_settings(base, "small-data").train_freeze == 0
+    frozen = finetune_recipe.recipe_settings(base, "small-data@400:bf16+freeze10")
+    assert (frozen.train_min_steps, frozen.train_precision, frozen.train_freeze) == (400, "bf16", 10)
+    assert finetune_recipe.recipe_settings(base, "small-data+freeze3").train_freeze == 3
+
+
+@pytest.mark.parametrize("recipe", ["fast", "ultralytics@600", "small-data@", "small-data@0", "small-data@six", "small-data:half", "small-data:", "small-data+freeze", "small-data+freeze0", "small-data+freezeall"])
 def test_a_misnamed_recipe_is_refused_with_the_forms_it_takes(finetune_recipe, recipe):
-    with pytest.raises(ValueError, match=r"--recipes: .* small-data@STEPS .*:PRECISION, one of auto, fp32, bf16"):
+    with pytest.raises(ValueError, match=r"--recipes: .* small-data@STEPS .*:PRECISION, one of auto, fp32, bf16.* \+freezeLAYERS"):
         finetune_recipe.recipe_settings(Settings(), recipe)
 
 

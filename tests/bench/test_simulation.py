@@ -221,7 +221,7 @@ def test_under_a_cost_budget_each_cycle_labels_the_queue_until_its_cost_is_reach
     results = json.loads((out / "results.json").read_text())
     assert results["config"]["budget_cost"] == 9.0 and results["selection"]["COST_PER_IMAGE"] == 1.0
     assert results["config"]["budget"] is None  # the preset's images a cycle played no part
-    assert results["training"] == {"TRAIN_RECIPE": "small-data", "TRAIN_MIN_STEPS": 300, "TRAIN_PRECISION": "fp32"}
+    assert results["training"] == {"TRAIN_RECIPE": "small-data", "TRAIN_MIN_STEPS": 300, "TRAIN_PRECISION": "fp32", "TRAIN_FREEZE": 0}
     assert {c["fine_tune"]["precision"] for run in results["runs"] for c in run["cycles"][1:]} == {"fp32"}
     for run in results["runs"]:
         cost = [c["labelled_images"] + sum(c["labelled_objects"].values()) for c in run["cycles"]]

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from label_studio_ale.bench.sources import base_model_dir
 from label_studio_ale.settings import Settings
@@ -60,3 +61,26 @@ def test_a_pool_with_a_rarer_new_class_is_generated_apart_and_the_evaluation_set
     assert [len(item.truth.labels) for item in rare.pool] == [len(item.truth.labels) for item in plain.pool]
     with pytest.raises(ValueError, match="between 0 and 1"):
         builtin_data(tmp_path, 12, 4, 96, new_class_share=1.0)
+
+
+def test_the_base_model_trains_every_layer_whatever_train_freeze_the_loop_uses(tmp_path, monkeypatch):
+    """TRAIN_FREEZE is for fine-tunes from trained weights: the built-in base model, trained from a yaml, trains
+    every layer and is cached where an unfrozen run's is (the trainer stubbed at its seam)."""
+    from label_studio_ale import training
+    from label_studio_ale.bench.sources import builtin_base_model
+
+    asked = []
+
+    class Stop(Exception):
+        pass
+
+    def train_version(settings, *args, **kwargs):
+        asked.append(settings)
+        raise Stop
+
+    monkeypatch.setattr(training, "train_version", train_version)
+    frozen = Settings(train_freeze=10)
+    with pytest.raises(Stop):
+        builtin_base_model(tmp_path, frozen, 4, 1, 64, "cpu", log=lambda message: None)
+    assert [(s.train_freeze, s.base_model) for s in asked] == [(0, "yolov5n.yaml")]
+    assert base_model_dir(tmp_path, frozen, 4, 1, 64) == base_model_dir(tmp_path, Settings(), 4, 1, 64)

@@ -140,3 +140,13 @@ def test_large_images_are_tiled_around_the_tfod_adapter_with_its_class_vectors(e
     for row in det.class_probs:
         assert any(np.allclose(row, expected) for expected in MULTICLASS[:2, 1:]), "each box keeps its own class vector"
     assert len(det) <= 2 * (len(tile_windows(500, 400, 200, 0.2)) + 1)
+
+
+def test_train_freeze_is_refused_at_start_instead_of_ignored():
+    """The tfod fine-tune trains every layer: a frozen backbone asked of it is an error the server gives at start."""
+    from label_studio_ale.adapters import check_adapter_settings
+    from label_studio_ale.settings import Settings
+
+    check_adapter_settings(Settings(adapter="tfod"))  # nothing to refuse
+    with pytest.raises(AdapterError, match="TRAIN_FREEZE=10: the tfod adapter's fine-tune trains every layer; set TRAIN_FREEZE=0"):
+        check_adapter_settings(Settings(adapter="tfod", train_freeze=10))

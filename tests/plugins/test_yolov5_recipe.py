@@ -175,3 +175,73 @@ def test_steps_count_a_step_per_batch_or_per_nominal_batch_with_accumulation():
     # ultralytics' own recipe accumulates 64 images a step: 96 images at batch 16 are 6 batches, 4 to a step
     assert NOMINAL_BATCH == 64 and plan("ultralytics", 96, 16).steps(96, 16) == 30 * 6 // 4 == 45
     assert plan("ultralytics", 96, 64).steps(96, 64) == 30 * 2  # a batch as large as nbs: a step per batch
+
+
+def test_fine_tune_passes_train_freeze_and_the_plan_records_it_only_when_set(tmp_path, monkeypatch):
+    """TRAIN_FREEZE reaches the trainer (stubbed at its seam); a version's plan says `freeze` only when layers were kept."""
+    from label_studio_ale.settings import Settings
+    from label_studio_ale_plugins.yolov5 import adapter
+
+    (tmp_path / "images" / "train").mkdir(parents=True)
+    for k in range(12):
+        (tmp_path / "images" / "train" / f"{k}.png").write_bytes(b"png")
+    data_yaml = tmp_path / "data.yaml"
+    data_yaml.write_text(f"path: {tmp_path}\ntrain: images/train\nval: images/train\nnames:\n  0: bird\n")
+    asked = []
+    monkeypatch.setattr(adapter, "train_yolo", lambda data, weights, out, **options: asked.append(options["freeze"]))
+    plans = []
+    for freeze in (0, 10):
+        settings = Settings(train_batch=8, train_precision="fp32", train_freeze=freeze)
+        adapter.YoloV5Adapter.fine_tune(settings, "w.pt", data_yaml, tmp_path / "work")
+        plans.append(adapter.YoloV5Adapter.training_plan(settings, data_yaml))
+    assert asked == [0, 10]
+    assert "freeze" not in plans[0]  # manifests of unfrozen fine-tunes are as they were
+    assert plans[1] == plans[0] | {"freeze": 10}
+
+
+def test_train_freeze_must_leave_the_head_training_and_needs_trained_weights():
+    from label_studio_ale.errors import ConfigError
+    from label_studio_ale_plugins.yolov5.recipe import check_freeze
+
+    check_freeze(0, "yolov5n.yaml", 25)  # from scratch, every layer trains
+    check_freeze(10, "models/v3/weights.pt", 25)
+    check_freeze(24, "models/v3/weights.pt", 25)  # everything but the head
+    with pytest.raises(ConfigError, match=r"TRAIN_FREEZE: 25 would freeze all 25 layers of weights.pt, its detection head \(layer 24\).*at most 24"):
+        check_freeze(25, "models/v3/weights.pt", 25)
+    with pytest.raises(ConfigError, match=r"TRAIN_FREEZE: 10 keeps .* yolov5n.yaml is a model definition .* TRAIN_FREEZE=0 .* BASE_MODEL"):
+        check_freeze(10, "yolov5n.yaml", 25)
+    with pytest.raises(ConfigError, match="TRAIN_FREEZE: must be 0"):
+        check_freeze(-1, "models/v3/weights.pt", 25)
+
+
+@pytest.mark.slow
+def test_a_frozen_fine_tune_keeps_the_first_layers_weights_and_trains_the_rest(tmp_path):
+    """Real ultralytics fine-tunes: with freeze=10 YOLOv5's backbone (layers 0-9) keeps the base's parameters and
+    BatchNorm statistics, the neck and head move; TRAIN_FREEZE beyond the head is refused before any training."""
+    import torch
+
+    from label_studio_ale.errors import ConfigError
+    from label_studio_ale.synthetic import make_scene, write_yolo_dataset
+    from label_studio_ale_plugins.yolov5 import train_yolo
+
+    data = tmp_path / "data"
+    write_yolo_dataset(data, [make_scene(i, size=(64, 64), min_side=12, max_side=24) for i in range(16)], ["bird", "nest"], "train")
+    write_yolo_dataset(data, [make_scene(100 + i, size=(64, 64), min_side=12, max_side=24) for i in range(2)], ["bird", "nest"], "val")
+    (data / "data.yaml").write_text(f"path: {data}\ntrain: images/train\nval: images/val\nnames:\n  0: bird\n  1: nest\n")
+    options = dict(image_size=64, batch=4, precision="fp32", overrides={"nbs": 4})  # a step per batch, as the recipe steps
+    base = train_yolo(data / "data.yaml", "yolov5n.yaml", tmp_path / "base", epochs=1, **options)
+    tuned = train_yolo(data / "data.yaml", base, tmp_path / "tuned", epochs=2, freeze=10, **options)
+
+    def state(weights):  # parameters and BatchNorm statistics
+        return torch.load(weights, map_location="cpu", weights_only=False)["model"].float().state_dict()
+
+    before, after = state(base), state(tuned)
+    layer = {name: int(name.split(".")[1]) for name in before if name.startswith("model.")}  # "model.<layer>.…"
+    kept = [name for name in layer if layer[name] < 10]
+    trained = [name for name in layer if layer[name] >= 10 and before[name].is_floating_point()]
+    assert kept and trained
+    assert all(torch.equal(before[name], after[name]) for name in kept)
+    assert sum(not torch.equal(before[name], after[name]) for name in trained) > len(trained) / 2
+    with pytest.raises(ConfigError, match="TRAIN_FREEZE: 25 would freeze all 25 layers"):
+        train_yolo(data / "data.yaml", base, tmp_path / "all", epochs=1, freeze=25, **options)
+    assert not (tmp_path / "all").exists()
