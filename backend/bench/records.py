@@ -70,7 +70,7 @@ def cycle_record(
     `picked`: the pool indices the cycle labelled, in queue order, recorded
     by file name (`picked`), so that a run's choices can be looked at.
     `edits`: what labelling them changed in the pre-annotations shown
-    (`bench.edits`); none for a reference policy, which no model ranks.
+    (`bench.edits`), a reference policy's included: it picks from the truth, but its images are shown the served model's boxes.
     """
     objects = np.zeros(len(data.names), dtype=np.int64)
     for i in labelled:

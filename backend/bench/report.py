@@ -51,7 +51,8 @@ def summarise(results: dict, metric: str = METRIC) -> dict:
                "seeds": sorted({run["seed"] for run in runs}), "policies": {}}  # fmt: skip
     if cost_per_image is not None:
         summary["cost_per_image"] = cost_per_image
-    # compared only where every run has them: a reference policy (no model ranks it) or an older result has none
+    # compared only where every run has them: a result written before they were recorded (or before reference
+    # policies recorded them) has none
     summary["edits"] = all("edits" in curve for curve in curves.values())
     if not summary["edits"]:
         for curve in curves.values():

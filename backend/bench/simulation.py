@@ -292,18 +292,19 @@ def _run_policy(config, data, settings, policy_name, seed, initial, hashes, run_
     for cycle in range(1, config.cycles + 1):
         start = time.monotonic()
         unlabeled = np.setdiff1d(np.arange(len(data.pool)), labelled)
-        detections = None  # what the served version showed, when a model ranked the queue
+        detections = None  # what the served version predicted on the unlabeled pool, when a model ranked it
         if is_reference(policy_name):  # reads the ground truth, not the model
             queue = reference_picks(policy_name, [data.pool[i].truth.labels for i in unlabeled], new_index, len(unlabeled),
                                     settings.cost_per_image)  # fmt: skip
         else:
             queue, detections, classes = _policy_queue(config, data, settings, store, policy_name, labelled, unlabeled, hashes, seed * 1000 + cycle)
         positions = _labelled_next(config, data, settings, unlabeled, queue)
-        edits = None if detections is None else shown_edits(
-            [detections[i] for i in positions], [data.pool[unlabeled[i]] for i in positions], classes, data.names,
-            ServingFilters.from_settings(settings),
-        )  # fmt: skip
         picked = [int(unlabeled[i]) for i in positions]
+        if detections is None:  # a reference picks from the truth, but its annotator still sees the served model's boxes
+            shown, classes = served_detections(settings, store, data, picked)
+        else:
+            shown = [detections[i] for i in positions]
+        edits = shown_edits(shown, [data.pool[i] for i in picked], classes, data.names, ServingFilters.from_settings(settings))
         labelled += picked
         plan = train_labelled(settings, store, data, labelled, run_dir / "work", seed).version.manifest.get("plan")
         metrics = evaluate_served(settings, store, data)
@@ -321,6 +322,15 @@ def _labelled_next(config, data, settings, unlabeled, queue) -> np.ndarray:
         return queue[: config.budget]
     boxes = [len(data.pool[unlabeled[i]].truth.labels) for i in queue]
     return queue[: cost_prefix(boxes, settings.cost_per_image, config.budget_cost)]
+
+
+def served_detections(settings: Settings, store, data: BenchData, indices: list[int]) -> tuple[list, list[str]]:
+    """What the store's current version shows on pool images `indices`: one Detections each, and its class names."""
+    from ..adapters import load_adapter
+    from ..predictor import Predictor
+
+    adapter = load_adapter(settings.replace(model_weights=str(store.current().weights), model_classes=()))
+    return detect_images(Predictor(settings, adapter, None), data, indices), list(adapter.classes)
 
 
 def _policy_queue(config, data, settings, store, policy_name, labelled, unlabeled, hashes, seed) -> tuple[np.ndarray, list, list[str]]:

@@ -179,6 +179,14 @@ def test_the_oracle_references_label_at_least_the_new_class_boxes_random_does(sh
     assert [c["labelled_images"] for c in per_box] == [6, 10] and per_box[0] == random[0]
     assert per_box[1]["labelled_objects"]["triangle"] > per_box[0]["labelled_objects"]["triangle"]  # it found some
     assert "| oracle-new-class-per-box |" in (out / "table.md").read_text()
+    # a reference picks from the truth, but its images are shown the served model's boxes: it records its edits,
+    # every true box of the images it labelled submitted once, and the table compares edits for every policy
+    for run in runs.values():
+        boxes = [sum(c["labelled_objects"].values()) for c in run["cycles"]]
+        edits = [EditCounts(**c["edits"]) for c in run["cycles"]]
+        assert [e.submitted for e in edits[1:]] == [b - a for a, b in zip(boxes, boxes[1:])]
+    table = (out / "table.md").read_text()
+    assert "| boxes edited |" in table and "| edits to random's last |" in table
 
 
 def test_the_oracle_needs_a_new_class(shapes_dataset, tmp_path, capsys):
