@@ -81,16 +81,22 @@ def test_a_single_epoch_gets_no_warmup_and_every_longer_fine_tune_does():
     assert plan("ultralytics", 48, 8, epochs=1).warmup_batches(48, 8) == 0
 
 
+def twelve_image_dataset(root: Path) -> Path:
+    """A data yaml over 12 placeholder images (the trainer is stubbed: only their count matters)."""
+    (root / "images" / "train").mkdir(parents=True)
+    for k in range(12):
+        (root / "images" / "train" / f"{k}.png").write_bytes(b"png")
+    data_yaml = root / "data.yaml"
+    data_yaml.write_text(f"path: {root}\ntrain: images/train\nval: images/train\nnames:\n  0: bird\n")
+    return data_yaml
+
+
 def test_fine_tune_warns_that_a_single_epoch_runs_without_warmup(tmp_path, monkeypatch, caplog):
     """TRAIN_EPOCHS=1 trains (the setting is the user's) but says what it costs and what to set instead."""
     from label_studio_ale.settings import Settings
     from label_studio_ale_plugins.yolov5 import adapter
 
-    (tmp_path / "images" / "train").mkdir(parents=True)
-    for k in range(12):
-        (tmp_path / "images" / "train" / f"{k}.png").write_bytes(b"png")
-    data_yaml = tmp_path / "data.yaml"
-    data_yaml.write_text(f"path: {tmp_path}\ntrain: images/train\nval: images/train\nnames:\n  0: bird\n")
+    data_yaml = twelve_image_dataset(tmp_path)
     asked = []
     monkeypatch.setattr(adapter, "train_yolo", lambda data, weights, out, **options: asked.append(options["epochs"]))
     warnings = {}
@@ -182,11 +188,7 @@ def test_fine_tune_passes_train_freeze_and_the_plan_records_it_only_when_set(tmp
     from label_studio_ale.settings import Settings
     from label_studio_ale_plugins.yolov5 import adapter
 
-    (tmp_path / "images" / "train").mkdir(parents=True)
-    for k in range(12):
-        (tmp_path / "images" / "train" / f"{k}.png").write_bytes(b"png")
-    data_yaml = tmp_path / "data.yaml"
-    data_yaml.write_text(f"path: {tmp_path}\ntrain: images/train\nval: images/train\nnames:\n  0: bird\n")
+    data_yaml = twelve_image_dataset(tmp_path)
     asked = []
     monkeypatch.setattr(adapter, "train_yolo", lambda data, weights, out, **options: asked.append(options["freeze"]))
     plans = []
