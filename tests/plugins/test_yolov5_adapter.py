@@ -289,3 +289,13 @@ def test_a_hub_name_fails_at_setup_and_at_start_with_the_fix(tmp_path):
     for command in (["serve", "--port", "1"], ["worker"]):
         run = subprocess.run([sys.executable, "-m", "label_studio_ale.cli", *command], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
         assert run.returncode == 2 and "configuration error: MODEL_WEIGHTS=yolo11n.pt is not a file here" in run.stderr
+
+
+def test_a_frozen_backbone_of_a_model_definition_is_refused_at_start():
+    """TRAIN_FREEZE keeps trained layers: BASE_MODEL as a .yaml has none, so the server refuses to start with both."""
+    from label_studio_ale.adapters import check_adapter_settings
+    from label_studio_ale.settings import Settings
+
+    check_adapter_settings(Settings(model_weights="yolov5n.yaml", base_model="yolov5n.yaml"))  # from scratch, every layer
+    with pytest.raises(AdapterError, match=r"TRAIN_FREEZE=10 keeps trained layers, but BASE_MODEL=yolov5n.yaml .* TRAIN_FREEZE=0"):
+        check_adapter_settings(Settings(model_weights="yolov5n.yaml", base_model="yolov5n.yaml", train_freeze=10))
