@@ -324,12 +324,18 @@ def _labelled_next(config, data, settings, unlabeled, queue) -> np.ndarray:
     return queue[: cost_prefix(boxes, settings.cost_per_image, config.budget_cost)]
 
 
+def served_adapter(settings: Settings, store):
+    """The adapter of the store's current version, with the class names its checkpoint holds."""
+    from ..adapters import load_adapter
+
+    return load_adapter(settings.replace(model_weights=str(store.current().weights), model_classes=()))
+
+
 def served_detections(settings: Settings, store, data: BenchData, indices: list[int]) -> tuple[list, list[str]]:
     """What the store's current version shows on pool images `indices`: one Detections each, and its class names."""
-    from ..adapters import load_adapter
     from ..predictor import Predictor
 
-    adapter = load_adapter(settings.replace(model_weights=str(store.current().weights), model_classes=()))
+    adapter = served_adapter(settings, store)
     return detect_images(Predictor(settings, adapter, None), data, indices), list(adapter.classes)
 
 
@@ -340,10 +346,9 @@ def _policy_queue(config, data, settings, store, policy_name, labelled, unlabele
     The batch extras shape its head: `budget` images, or under a cost budget
     the images the budget buys at the predicted boxes' cost.
     """
-    from ..adapters import load_adapter
     from ..predictor import Predictor
 
-    adapter = load_adapter(settings.replace(model_weights=str(store.current().weights), model_classes=()))
+    adapter = served_adapter(settings, store)
     predictor = Predictor(settings.replace(policy=policy_name), adapter, None)  # a loc policy predicts mirrored too
     detections = detect_images(predictor, data, unlabeled)
     novelty = None

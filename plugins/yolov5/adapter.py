@@ -115,9 +115,10 @@ class YoloV5Adapter:
         """At start, before any model loads: weights that can be found (or, with ALLOW_DOWNLOADS, fetched), and a
         BASE_MODEL that TRAIN_FREEZE can keep layers of."""
         weights_source(settings.model_weights, allow_downloads=settings.allow_downloads, setting="MODEL_WEIGHTS")
+        base_kind = None
         if settings.base_model:
-            weights_source(settings.base_model, allow_downloads=settings.allow_downloads, setting="BASE_MODEL")
-        if settings.train_freeze and settings.base_model.endswith((".yaml", ".yml")):
+            base_kind = weights_source(settings.base_model, allow_downloads=settings.allow_downloads, setting="BASE_MODEL")
+        if settings.train_freeze and base_kind == "yaml":
             raise AdapterError(
                 f"TRAIN_FREEZE={settings.train_freeze} keeps trained layers, but BASE_MODEL={settings.base_model} is a model "
                 "definition with no weights: set BASE_MODEL to a .pt checkpoint, or TRAIN_FREEZE=0 to train from scratch"
