@@ -27,6 +27,8 @@ SHOWN_SETTINGS = (
     "adapter", "policy", "policy_seed", "score_threshold", "nms_metric", "nms_threshold", "max_tags_per_pixel", "max_detections",
     "sync_batch_size", "exploration_fraction", "empty_quota", "class_balance", "duplicate_distance", "diversity_pool",
     "novelty_weight", "cost_per_image", "ls_clusters", "tile_size", "tile_overlap", "tile_above", "promotion", "sync_interval",
+    "base_model", "image_size", "device", "train_recipe", "train_epochs", "train_min_steps", "train_batch", "train_precision",
+    "train_freeze",
 )  # fmt: skip
 
 
@@ -57,6 +59,7 @@ def admin_blueprint(settings, runtime) -> Blueprint:
             savings=savings_by_model(runtime.store, project),
             disagreements=latest.get("most_disagreement", []),
             settings=[(name, getattr(settings, name)) for name in SHOWN_SETTINGS],
+            fine_tune=fine_tune_summary,
             style=STYLE,
         )
 
@@ -145,6 +148,22 @@ def task_thumbnail(runtime, project: int, task: int) -> bytes:
     return out.getvalue()
 
 
+def fine_tune_summary(manifest: dict) -> str:
+    """How a version was fine-tuned, from its manifest: "600 steps, bf16, layers 0-9 kept"; epochs where no plan was recorded."""
+    plan = manifest.get("plan") or {}
+    if "steps" in plan:
+        parts = [f"{plan['steps']} steps"]
+    elif manifest.get("epochs"):
+        parts = [f"{plan.get('epochs', manifest['epochs'])} epochs"]
+    else:
+        return ""
+    if plan.get("precision"):
+        parts.append(plan["precision"])
+    if plan.get("freeze"):
+        parts.append(f"layers 0-{plan['freeze'] - 1} kept")
+    return ", ".join(parts)
+
+
 def metrics_svg(versions, width: int = 520, height: int = 200) -> str:
     """An inline SVG line plot of mAP50 and COCO mAP per version ("" with fewer than one version)."""
     if not versions:
@@ -183,11 +202,11 @@ PROJECT = """<!doctype html><html><head><meta charset="utf-8"><title>project {{ 
 <p><a href="/ui">all projects</a></p><h1>Project {{ project }}</h1>
 <h2>Model versions</h2>
 {% if versions %}
-<table id="versions"><tr><th class="l">version</th><th>served</th><th>COCO mAP</th><th>mAP50</th><th>VOC07 AP50</th><th>VOC12 AP50</th><th>train</th><th>val</th><th class="l">promotion</th></tr>
+<table id="versions"><tr><th class="l">version</th><th>served</th><th>COCO mAP</th><th>mAP50</th><th>VOC07 AP50</th><th>VOC12 AP50</th><th>train</th><th>val</th><th class="l">fine-tune</th><th class="l">promotion</th></tr>
 {% for v in versions %}<tr data-version="{{ v.name }}"><td class="l">{{ v.name }}</td><td>{{ "★" if v.name == served else "" }}</td>
 <td class="map">{{ "%.3f"|format(v.metrics.get("map", 0)) }}</td><td class="map50">{{ "%.3f"|format(v.metrics.get("map50", 0)) }}</td>
 <td>{{ "%.3f"|format(v.metrics.get("voc07_map50", 0)) }}</td><td>{{ "%.3f"|format(v.metrics.get("voc12_map50", 0)) }}</td>
-<td>{{ v.manifest.get("train_images", "") }}</td><td>{{ v.manifest.get("val_images", "") }}</td>
+<td>{{ v.manifest.get("train_images", "") }}</td><td>{{ v.manifest.get("val_images", "") }}</td><td class="l fine-tune">{{ fine_tune(v.manifest) }}</td>
 <td class="l">{{ (v.manifest.get("promotion") or {}).get("reason", "") }}</td></tr>{% endfor %}</table>
 {{ plot|safe }}
 {% else %}<p>No trained version yet: press Start Training in Label Studio.</p>{% endif %}

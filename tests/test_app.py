@@ -213,3 +213,33 @@ def test_the_admin_page_lists_projects_and_says_what_a_new_project_lacks(adapter
     assert "Jobs run inside this server" in text and "<td class=\"l\">POLICY</td><td class=\"l\">ale-entropy-sum</td>" in text
     guarded = make_client(adapter, model_dir=tmp_path, basic_auth_user="u", basic_auth_password="p")
     assert guarded.get("/ui").status_code == 401
+
+
+def test_the_admin_page_says_how_each_version_was_fine_tuned_and_the_training_settings(adapter, tmp_path):
+    from label_studio_ale.model_store import ModelStore
+
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"weights")
+    store = ModelStore(tmp_path / "models", 7)
+    store.add(weights, ["bird"], {"map50": 0.5}, {"epochs": 20})  # a manifest from before plans were recorded
+    store.add(weights, ["bird"], {"map50": 0.6}, {"epochs": 30, "plan": {"epochs": 30, "repeat": 4, "steps": 600, "precision": "bf16", "freeze": 10}})
+    client = make_client(adapter, model_dir=tmp_path / "models", train_freeze=10, train_precision="fp32")
+    text = client.get("/ui/projects/7").get_data(as_text=True)
+    cells = [cell.split("</td>")[0] for cell in text.split('<td class="l fine-tune">')[1:]]
+    assert cells == ["20 epochs", "600 steps, bf16, layers 0-9 kept"]
+    assert '<td class="l">TRAIN_FREEZE</td><td class="l">10</td>' in text
+    assert '<td class="l">TRAIN_PRECISION</td><td class="l">fp32</td>' in text
+
+
+@pytest.mark.parametrize(
+    "manifest, shown",
+    [
+        ({}, ""),
+        ({"epochs": 5, "plan": {"epochs": 5, "repeat": 1, "steps": 40}}, "40 steps"),  # tfod: no precision, nothing kept
+        ({"epochs": 30, "plan": {"epochs": 30, "repeat": 4, "steps": 600, "precision": "fp32"}}, "600 steps, fp32"),
+    ],
+)
+def test_a_versions_fine_tune_is_summarised_from_its_manifest(manifest, shown):
+    from label_studio_ale.admin import fine_tune_summary
+
+    assert fine_tune_summary(manifest) == shown

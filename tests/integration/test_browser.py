@@ -94,7 +94,8 @@ def test_the_admin_page_shows_the_versions_the_queue_head_and_the_settings_as_th
     project, _ = create_project(ls_sdk, range(55_100, 55_110), "admin page", max_objects=5, min_side=14, max_side=30)
     store = ModelStore(models, project)
     for map50, reason in ((0.412, "first version"), (0.637, "better on the same validation images")):
-        version = store.add(trained_weights, ["bird", "nest"], {"map": map50 / 2, "map50": map50, "voc07_map50": map50, "voc12_map50": map50}, {"train_images": 8, "val_images": 2, "promotion": {"promoted": True, "reason": reason}})
+        plan = {"epochs": 30, "repeat": 4, "steps": 600, "precision": "bf16"}
+        version = store.add(trained_weights, ["bird", "nest"], {"map": map50 / 2, "map50": map50, "voc07_map50": map50, "voc12_map50": map50}, {"train_images": 8, "val_images": 2, "epochs": 30, "plan": plan, "promotion": {"promoted": True, "reason": reason}})
         store.promote(version.name)
     jobs = RedisJobQueue(Redis.from_url(redis_server.url), "yolov5")
     with run_worker(env, tmp_path, queues="predict,sync"):
@@ -120,6 +121,7 @@ def test_the_admin_page_shows_the_versions_the_queue_head_and_the_settings_as_th
             }
             expected = {d["version"]: (f"{d['metrics']['map50']:.3f}", d["served"]) for d in api["details"]}
             assert shown == expected and page.locator("svg.plot polyline").count() == 2
+            assert [versions.nth(i).locator(".fine-tune").inner_text() for i in range(versions.count())] == ["600 steps, bf16"] * 2
             head = page.locator("#queue figure")
             page_tasks = [int(head.nth(i).get_attribute("data-task")) for i in range(head.count())]
             page_boxes = [int(head.nth(i).locator(".boxes").inner_text()) for i in range(head.count())]
@@ -128,6 +130,7 @@ def test_the_admin_page_shows_the_versions_the_queue_head_and_the_settings_as_th
             page.wait_for_function("[...document.querySelectorAll('#queue img')].every(i => i.complete && i.naturalWidth > 0)", timeout=60_000)
             settings_text = page.locator("#settings").inner_text()
             assert "POLICY\tale-entropy-sum" in settings_text and "SCORE_THRESHOLD\t0.25" in settings_text
+            assert "TRAIN_FREEZE\t0" in settings_text and "TRAIN_RECIPE\tsmall-data" in settings_text
             screenshot = tmp_path / "admin-page.png"
             page.screenshot(path=str(screenshot), full_page=True)
     if os.environ.get(KEEP_SCREENSHOTS):
