@@ -41,7 +41,8 @@ def main() -> int:
     args = parser.parse_args()
 
     os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="ale-bench-yolo-"))
-    from label_studio_ale_plugins.yolov5.adapter import YoloV5Adapter, import_ultralytics
+    from label_studio_ale_plugins.yolov5 import YoloV5Adapter
+    from label_studio_ale_plugins.yolov5.offline import import_ultralytics
 
     import_ultralytics()
     from ultralytics import YOLO

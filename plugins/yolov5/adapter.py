@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import threading
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +28,10 @@ from label_studio_ale.errors import AdapterError
 from label_studio_ale.serving import MODEL_MAX_DETECTIONS, model_max_detections, model_score_floor
 from label_studio_ale.settings import Settings
 
+from .checkpoints import checkpoint_classes, grow_head, local_weights, weights_source
+from .offline import import_ultralytics
+from .training import train_yolo
+
 log = logging.getLogger(__name__)
 
 #: Scores below this never leave the model; serving thresholds apply later.
@@ -37,22 +39,6 @@ DEFAULT_CONF_FLOOR = 0.001
 #: ultralytics' own predict default for class-aware NMS inside the model.
 DEFAULT_MODEL_IOU = 0.7
 DEFAULT_MAX_DET = MODEL_MAX_DETECTIONS
-#: Seed of the fresh rows a grown head gives its new classes (`grow_head`).
-GROW_SEED = 0
-
-
-def import_ultralytics(allow_downloads: bool = False):
-    """Import ultralytics configured never to reach the network (no hub, no pip, no fonts) unless downloads are allowed.
-
-    With ALLOW_DOWNLOADS it may fetch the checkpoints named by hub name; it never pip-installs.
-    """
-    # read by ultralytics at each download attempt, so the latest caller's choice holds
-    os.environ["YOLO_OFFLINE"] = "0" if allow_downloads else "1"
-    os.environ["YOLO_AUTOINSTALL"] = "0"
-    os.environ.setdefault("YOLO_VERBOSE", "False")
-    import ultralytics
-
-    return ultralytics
 
 
 class YoloV5Adapter:
@@ -245,48 +231,6 @@ def pooled_embedding(maps) -> "torch.Tensor":
     return torch.nn.functional.normalize(torch.cat(parts, dim=1), dim=1)
 
 
-def weights_source(weights: str, *, allow_downloads: bool = False, setting: str = "MODEL_WEIGHTS") -> str:
-    """Check what `weights` names, without loading anything. -> "yaml", "file" or "hub".
-
-    A `.pt` name without a folder that is not a file here is a name ultralytics
-    downloads (yolo11n.pt, yolov8s.pt, yolov5nu.pt): refused unless
-    ALLOW_DOWNLOADS is on, with the two ways to fix it.
-    """
-    path = Path(weights)
-    if path.suffix in (".yaml", ".yml"):
-        return "yaml"
-    if path.suffix != ".pt":
-        raise AdapterError(f"{setting}={weights} must be a .pt checkpoint or a model .yaml")
-    if path.is_file():
-        return "file"
-    if path.name == str(weights):
-        if allow_downloads:
-            return "hub"
-        raise AdapterError(
-            f"{setting}={weights} is not a file here ({path.resolve()}), and downloads are off. Either put the "
-            f"checkpoint at that path or set {setting} to its full path, or set ALLOW_DOWNLOADS=true to let "
-            "ultralytics download it by name (the machine needs internet access)"
-        )
-    raise AdapterError(f"{setting}={weights}: no such file (copy the .pt there, or fix the path)")
-
-
-def local_weights(weights: str | Path, *, allow_downloads: bool = False, setting: str = "MODEL_WEIGHTS") -> str:
-    """The local path of `weights`: a yaml or a file as they are; a hub name handed to ultralytics, which downloads it."""
-    weights = str(weights)
-    if weights_source(weights, allow_downloads=allow_downloads, setting=setting) != "hub":
-        return weights
-    import_ultralytics(allow_downloads=True)
-    from ultralytics.utils.downloads import attempt_download_asset
-
-    try:
-        local = str(attempt_download_asset(weights))
-    except Exception as exc:  # no network, unknown name: ultralytics' own errors vary
-        raise AdapterError(f"{setting}={weights}: ultralytics could not download it ({type(exc).__name__}: {exc})") from None
-    if not Path(local).is_file():
-        raise AdapterError(f"{setting}={weights}: ultralytics did not download it (is the name right, and the network up?)")
-    return local
-
-
 def _load_model(weights: str, classes: tuple[str, ...]):
     """-> (DetectionModel, class names). `weights` is a yaml or a local file (see `local_weights`)."""
     from ultralytics.nn.tasks import DetectionModel, load_checkpoint
@@ -332,159 +276,3 @@ def _recipe_plan(settings: Settings, train_images: int):
     from .recipe import plan
 
     return plan(settings.train_recipe, train_images, settings.train_batch, settings.train_epochs, settings.train_min_steps)
-
-
-def train_yolo(
-    data_yaml: str | Path,
-    base: str | Path,
-    out_dir: str | Path,
-    *,
-    epochs: int,
-    image_size: int = 640,
-    batch: int = 16,
-    device: str = "cpu",
-    seed: int = 0,
-    on_epoch=None,
-    allow_downloads: bool = False,
-    overrides: dict | None = None,
-    precision: str = "fp32",
-    freeze: int = 0,
-) -> Path:
-    """Fine-tune `base` (.pt or .yaml) on an ultralytics dataset yaml. Returns the last epoch's weights.
-
-    `overrides` are further ultralytics train arguments (the recipe: optimizer, warmup, ...).
-    `precision`: fp32, or bf16 (autocast; on the CPU see `cpu_training`).
-    `freeze` > 0: the model's first `freeze` layers keep `base`'s weights
-    (TRAIN_FREEZE; 10 is YOLOv5's backbone); the rest, the head included, train.
-
-    The validation split takes no part in choosing the weights: ultralytics
-    would keep the epoch that scores best on it (`best.pt`), and the promotion
-    gate then compares versions on those same images, favouring the new one.
-    So validation runs once, after the last epoch, and `last.pt` is returned.
-    `on_epoch(epoch, epochs, figures)` is called after each epoch (1-based)
-    with the epoch's training losses and, after the last, ultralytics' own
-    validation metrics.
-    """
-    import_ultralytics(allow_downloads)
-    from ultralytics import YOLO
-
-    from .cpu_training import BF16, FP32, cpu_bf16_autocast, float32_loss, use_fast_cpu_kernels
-    from .recipe import check_freeze
-
-    if precision not in (FP32, BF16):
-        raise ValueError(f"precision must be {FP32} or {BF16}, got {precision!r}")
-    base = local_weights(base, allow_downloads=allow_downloads, setting="BASE_MODEL")
-    out_dir = Path(out_dir)
-    model = YOLO(base)
-    check_freeze(freeze, base, len(model.model.model))
-    model.add_callback("on_pretrain_routine_end", use_fast_cpu_kernels)
-    if precision == BF16:
-        model.add_callback("on_pretrain_routine_end", float32_loss)
-    if on_epoch is not None:
-        # ultralytics reports once more after training (its final validation): that call is skipped
-        model.add_callback("on_fit_epoch_end", lambda trainer: trainer.epoch < trainer.epochs and on_epoch(trainer.epoch + 1, trainer.epochs, _epoch_figures(trainer)))
-    args = {
-        "data": str(data_yaml),
-        "epochs": epochs,
-        "imgsz": image_size,
-        "batch": batch,
-        "device": device,
-        "workers": 0,  # dataloader workers fork; keep it in-process (see design: fork after torch threads)
-        "plots": False,  # plots would fetch a font
-        "amp": BF16 if precision == BF16 else False,
-        # a checkpoint after the last epoch only: the fine-tune is never resumed, and a
-        # checkpoint per epoch cost 8 % of a CPU fine-tune (0.3 s each, ~30 epochs)
-        "save": False,
-        "seed": seed,
-        "deterministic": True,
-        "val": False,  # see above: validate after the last epoch only
-        "project": str(out_dir.parent),
-        "name": out_dir.name,
-        "exist_ok": True,
-        "verbose": False,
-    } | ({"freeze": freeze} if freeze else {})
-    with cpu_bf16_autocast() if precision == BF16 else nullcontext():
-        model.train(**(args | dict(overrides or {})))
-    return Path(model.trainer.last)
-
-
-def _epoch_figures(trainer) -> dict:
-    """An epoch's training losses (`train/...`); after the last epoch also ultralytics' validation (`metrics/...`, `val/...`)."""
-    figures = {k: float(v) for k, v in trainer.label_loss_items(trainer.tloss, prefix="train").items()}
-    if trainer.epoch + 1 >= trainer.epochs:
-        figures |= {k: float(v) for k, v in (trainer.metrics or {}).items()}
-    return figures
-
-
-def checkpoint_model(weights: str | Path):
-    """The model in a local ultralytics checkpoint, unfused, on the CPU."""
-    import_ultralytics()
-    from ultralytics.nn.tasks import load_checkpoint
-
-    if not Path(weights).is_file():
-        raise AdapterError(f"{weights}: no such file (a hub name is fetched first, with ALLOW_DOWNLOADS)")
-    model, _ = load_checkpoint(str(weights), device="cpu", inplace=True, fuse=False)
-    return model
-
-
-def checkpoint_classes(weights: str | Path) -> list[str]:
-    """Class names stored in an ultralytics checkpoint, in index order."""
-    model = checkpoint_model(weights)
-    names = model.names if isinstance(model.names, dict) else dict(enumerate(model.names))
-    return [str(names[i]) for i in range(len(names))]
-
-
-def grow_head(weights: str | Path, classes: list[str] | tuple[str, ...], out: str | Path, origin: dict[str, str] | None = None) -> Path:
-    """Checkpoint for new class names, keeping what the model knows about the ones it had.
-
-    Every parameter is copied from `weights`; in the classification layers
-    (first dimension = number of classes) each class's row moves to its
-    position in `classes`: the row of the old class `origin[new]` names, or of
-    the old class of the same name, and new classes start from the fresh
-    initialisation. Returns `out`, a checkpoint ultralytics trains from.
-    """
-    import_ultralytics()
-    import torch
-    from ultralytics.nn.tasks import DetectionModel, load_checkpoint
-
-    old, _ = load_checkpoint(str(weights), device="cpu", inplace=True, fuse=False)
-    old = old.float()
-    names = old.names if isinstance(old.names, dict) else dict(enumerate(old.names))
-    old_classes = [str(names[i]) for i in range(len(names))]
-    # The new classes' rows start from a fresh initialisation drawn from a fixed seed, on a forked RNG:
-    # the same checkpoint and classes grow the same head (a benchmark rerun, a retried job trains the same
-    # model), and the caller's random state is left as it was.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(GROW_SEED)
-        new = DetectionModel(old.yaml, nc=len(classes), verbose=False)
-    old_state, new_state = old.state_dict(), new.state_dict()
-    origin = {name: name for name in classes if name in old_classes} | dict(origin or {})
-    moved = [(classes.index(new), old_classes.index(old)) for new, old in origin.items() if new in classes and old in old_classes]
-    if not moved:
-        raise AdapterError(f"none of the model's classes ({', '.join(old_classes)}) are in the new classes ({', '.join(classes)})")
-    new_rows = torch.tensor([n for n, _ in moved])
-    old_rows = torch.tensor([o for _, o in moved])
-    for key, value in new_state.items():
-        before = old_state.get(key)
-        if before is None:
-            continue
-        if _is_class_layer(key, new):
-            value = value.clone()
-            value[new_rows] = before[old_rows]
-            new_state[key] = value
-        elif before.shape == value.shape:
-            new_state[key] = before
-    new.load_state_dict(new_state)
-    new.names = dict(enumerate(classes))
-    new.args = getattr(old, "args", {})
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": new, "train_args": {}, "epoch": -1}, out)
-    return out
-
-
-def _is_class_layer(key: str, model) -> bool:
-    """The last conv of each classification branch of the Detect head (cv3.<level>.2)."""
-    import re
-
-    return re.fullmatch(rf"model\.{len(model.model) - 1}\.cv3\.\d+\.2\.(weight|bias)", key) is not None

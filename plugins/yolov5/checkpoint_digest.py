@@ -15,7 +15,7 @@ def weights_digest(weights: str | Path) -> str:
     """16 hex of sha256 over the model's parameters and buffers (names, dtypes, shapes, values), in state-dict order."""
     import torch
 
-    from .adapter import checkpoint_model
+    from .checkpoints import checkpoint_model
 
     digest = hashlib.sha256()
     for name, tensor in checkpoint_model(weights).state_dict().items():

@@ -220,7 +220,7 @@ def test_grow_head_grows_the_same_head_every_time_and_leaves_the_random_state_al
 def test_hub_names_are_refused_unless_downloads_are_allowed(tmp_path, monkeypatch):
     from label_studio_ale.adapters import check_adapter_settings
     from label_studio_ale.settings import Settings
-    from label_studio_ale_plugins.yolov5.adapter import weights_source
+    from label_studio_ale_plugins.yolov5.checkpoints import weights_source
 
     monkeypatch.chdir(tmp_path)
     for call in (

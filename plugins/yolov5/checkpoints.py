@@ -1,0 +1,129 @@
+"""ultralytics checkpoints: where one is (a file, a yaml, a name to download), the model and class names it holds, and a copy
+whose head is grown to new classes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from label_studio_ale.errors import AdapterError
+
+from .offline import import_ultralytics
+
+#: Seed of the fresh rows a grown head gives its new classes (`grow_head`).
+GROW_SEED = 0
+
+
+def weights_source(weights: str, *, allow_downloads: bool = False, setting: str = "MODEL_WEIGHTS") -> str:
+    """Check what `weights` names, without loading anything. -> "yaml", "file" or "hub".
+
+    A `.pt` name without a folder that is not a file here is a name ultralytics
+    downloads (yolo11n.pt, yolov8s.pt, yolov5nu.pt): refused unless
+    ALLOW_DOWNLOADS is on, with the two ways to fix it.
+    """
+    path = Path(weights)
+    if path.suffix in (".yaml", ".yml"):
+        return "yaml"
+    if path.suffix != ".pt":
+        raise AdapterError(f"{setting}={weights} must be a .pt checkpoint or a model .yaml")
+    if path.is_file():
+        return "file"
+    if path.name == str(weights):
+        if allow_downloads:
+            return "hub"
+        raise AdapterError(
+            f"{setting}={weights} is not a file here ({path.resolve()}), and downloads are off. Either put the "
+            f"checkpoint at that path or set {setting} to its full path, or set ALLOW_DOWNLOADS=true to let "
+            "ultralytics download it by name (the machine needs internet access)"
+        )
+    raise AdapterError(f"{setting}={weights}: no such file (copy the .pt there, or fix the path)")
+
+
+def local_weights(weights: str | Path, *, allow_downloads: bool = False, setting: str = "MODEL_WEIGHTS") -> str:
+    """The local path of `weights`: a yaml or a file as they are; a hub name handed to ultralytics, which downloads it."""
+    weights = str(weights)
+    if weights_source(weights, allow_downloads=allow_downloads, setting=setting) != "hub":
+        return weights
+    import_ultralytics(allow_downloads=True)
+    from ultralytics.utils.downloads import attempt_download_asset
+
+    try:
+        local = str(attempt_download_asset(weights))
+    except Exception as exc:  # no network, unknown name: ultralytics' own errors vary
+        raise AdapterError(f"{setting}={weights}: ultralytics could not download it ({type(exc).__name__}: {exc})") from None
+    if not Path(local).is_file():
+        raise AdapterError(f"{setting}={weights}: ultralytics did not download it (is the name right, and the network up?)")
+    return local
+
+
+def checkpoint_model(weights: str | Path):
+    """The model in a local ultralytics checkpoint, unfused, on the CPU."""
+    import_ultralytics()
+    from ultralytics.nn.tasks import load_checkpoint
+
+    if not Path(weights).is_file():
+        raise AdapterError(f"{weights}: no such file (a hub name is fetched first, with ALLOW_DOWNLOADS)")
+    model, _ = load_checkpoint(str(weights), device="cpu", inplace=True, fuse=False)
+    return model
+
+
+def checkpoint_classes(weights: str | Path) -> list[str]:
+    """Class names stored in an ultralytics checkpoint, in index order."""
+    model = checkpoint_model(weights)
+    names = model.names if isinstance(model.names, dict) else dict(enumerate(model.names))
+    return [str(names[i]) for i in range(len(names))]
+
+
+def grow_head(weights: str | Path, classes: list[str] | tuple[str, ...], out: str | Path, origin: dict[str, str] | None = None) -> Path:
+    """Checkpoint for new class names, keeping what the model knows about the ones it had.
+
+    Every parameter is copied from `weights`; in the classification layers
+    (first dimension = number of classes) each class's row moves to its
+    position in `classes`: the row of the old class `origin[new]` names, or of
+    the old class of the same name, and new classes start from the fresh
+    initialisation. Returns `out`, a checkpoint ultralytics trains from.
+    """
+    import_ultralytics()
+    import torch
+    from ultralytics.nn.tasks import DetectionModel, load_checkpoint
+
+    old, _ = load_checkpoint(str(weights), device="cpu", inplace=True, fuse=False)
+    old = old.float()
+    names = old.names if isinstance(old.names, dict) else dict(enumerate(old.names))
+    old_classes = [str(names[i]) for i in range(len(names))]
+    # The new classes' rows start from a fresh initialisation drawn from a fixed seed, on a forked RNG:
+    # the same checkpoint and classes grow the same head (a benchmark rerun, a retried job trains the same
+    # model), and the caller's random state is left as it was.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(GROW_SEED)
+        new = DetectionModel(old.yaml, nc=len(classes), verbose=False)
+    old_state, new_state = old.state_dict(), new.state_dict()
+    origin = {name: name for name in classes if name in old_classes} | dict(origin or {})
+    moved = [(classes.index(new), old_classes.index(old)) for new, old in origin.items() if new in classes and old in old_classes]
+    if not moved:
+        raise AdapterError(f"none of the model's classes ({', '.join(old_classes)}) are in the new classes ({', '.join(classes)})")
+    new_rows = torch.tensor([n for n, _ in moved])
+    old_rows = torch.tensor([o for _, o in moved])
+    for key, value in new_state.items():
+        before = old_state.get(key)
+        if before is None:
+            continue
+        if _is_class_layer(key, new):
+            value = value.clone()
+            value[new_rows] = before[old_rows]
+            new_state[key] = value
+        elif before.shape == value.shape:
+            new_state[key] = before
+    new.load_state_dict(new_state)
+    new.names = dict(enumerate(classes))
+    new.args = getattr(old, "args", {})
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": new, "train_args": {}, "epoch": -1}, out)
+    return out
+
+
+def _is_class_layer(key: str, model) -> bool:
+    """The last conv of each classification branch of the Detect head (cv3.<level>.2)."""
+    import re
+
+    return re.fullmatch(rf"model\.{len(model.model) - 1}\.cv3\.\d+\.2\.(weight|bias)", key) is not None
