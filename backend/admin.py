@@ -58,7 +58,7 @@ def admin_blueprint(settings, runtime) -> Blueprint:
             head=queue_head(runtime, project, shown_mask(runtime, project)),
             savings=savings_by_model(runtime.store, project),
             disagreements=latest.get("most_disagreement", []),
-            settings=[(name, getattr(settings, name)) for name in SHOWN_SETTINGS],
+            settings=shown_settings(settings),
             fine_tune=fine_tune_summary,
             style=STYLE,
         )
@@ -146,6 +146,22 @@ def task_thumbnail(runtime, project: int, task: int) -> bytes:
     out = io.BytesIO()
     thumb.save(out, format="JPEG", quality=85)
     return out.getvalue()
+
+
+def shown_settings(settings) -> list[tuple[str, object]]:
+    """(name, value) of SHOWN_SETTINGS; an unset BASE_MODEL says what a first training starts from instead."""
+    rows = [(name, getattr(settings, name)) for name in SHOWN_SETTINGS]
+    if not settings.base_model:
+        from .adapters import adapter_class
+        from .errors import AdapterError
+
+        try:
+            fresh = getattr(adapter_class(settings), "fresh_model", None)
+        except AdapterError:  # the page still renders; the adapter's own error is in the log
+            fresh = None
+        unset = f"unset: a first training starts from {fresh}" if fresh else "unset"
+        rows = [(name, unset if name == "base_model" else value) for name, value in rows]
+    return rows
 
 
 def fine_tune_summary(manifest: dict) -> str:

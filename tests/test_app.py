@@ -229,6 +229,9 @@ def test_the_admin_page_says_how_each_version_was_fine_tuned_and_the_training_se
     assert cells == ["20 epochs", "600 steps, bf16, layers 0-9 kept"]
     assert '<td class="l">TRAIN_FREEZE</td><td class="l">10</td>' in text
     assert '<td class="l">TRAIN_PRECISION</td><td class="l">fp32</td>' in text
+    assert '<td class="l">BASE_MODEL</td><td class="l">unset: a first training starts from yolov5n.yaml</td>' in text
+    named = make_client(adapter, model_dir=tmp_path / "models", base_model="models/birds.pt").get("/ui/projects/7").get_data(as_text=True)
+    assert '<td class="l">BASE_MODEL</td><td class="l">models/birds.pt</td>' in named
 
 
 @pytest.mark.parametrize(

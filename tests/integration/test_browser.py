@@ -131,6 +131,7 @@ def test_the_admin_page_shows_the_versions_the_queue_head_and_the_settings_as_th
             settings_text = page.locator("#settings").inner_text()
             assert "POLICY\tale-entropy-sum" in settings_text and "SCORE_THRESHOLD\t0.25" in settings_text
             assert "TRAIN_FREEZE\t0" in settings_text and "TRAIN_RECIPE\tsmall-data" in settings_text
+            assert "BASE_MODEL\tunset: a first training starts from yolov5n.yaml" in settings_text
             screenshot = tmp_path / "admin-page.png"
             page.screenshot(path=str(screenshot), full_page=True)
     if os.environ.get(KEEP_SCREENSHOTS):
