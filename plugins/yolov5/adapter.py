@@ -28,7 +28,7 @@ from label_studio_ale.errors import AdapterError
 from label_studio_ale.serving import MODEL_MAX_DETECTIONS, model_max_detections, model_score_floor
 from label_studio_ale.settings import Settings
 
-from .checkpoints import checkpoint_classes, grow_head, local_weights, weights_source
+from .checkpoints import checkpoint_classes, grow_head, is_model_definition, local_weights, weights_source
 from .offline import import_ultralytics
 from .training import train_yolo
 
@@ -74,7 +74,7 @@ class YoloV5Adapter:
         self.stride = int(max(self.model.stride.max().item(), 32))
         self.version = _version_name(self.weights)
         # A model built from a yaml has learnt nothing: its uncertainty is noise (the queue starts spread out)
-        self.trained = Path(self.weights).suffix not in (".yaml", ".yml")
+        self.trained = not is_model_definition(self.weights)
         # One forward pass at a time: gunicorn threads share this model.
         self._lock = threading.Lock()
         self._pooled: list = []
@@ -235,8 +235,7 @@ def _load_model(weights: str, classes: tuple[str, ...]):
     """-> (DetectionModel, class names). `weights` is a yaml or a local file (see `local_weights`)."""
     from ultralytics.nn.tasks import DetectionModel, load_checkpoint
 
-    path = Path(weights)
-    if path.suffix in (".yaml", ".yml"):
+    if is_model_definition(weights):
         if not classes:
             raise AdapterError(
                 f"MODEL_WEIGHTS={weights} builds an untrained model from yaml; set MODEL_CLASSES "
@@ -250,7 +249,7 @@ def _load_model(weights: str, classes: tuple[str, ...]):
         return model.fuse(verbose=False), classes
     weights_source(weights)
     try:
-        model, _ = load_checkpoint(str(path), device="cpu", inplace=True, fuse=True)
+        model, _ = load_checkpoint(str(weights), device="cpu", inplace=True, fuse=True)
     except Exception as exc:
         raise AdapterError(
             f"{weights} is not an ultralytics YOLO checkpoint ({type(exc).__name__}: {exc}); "

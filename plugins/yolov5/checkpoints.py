@@ -13,6 +13,15 @@ from .offline import import_ultralytics
 GROW_SEED = 0
 
 
+#: What names a model definition (an architecture with no trained weights) rather than a checkpoint.
+MODEL_DEFINITION_SUFFIXES = (".yaml", ".yml")
+
+
+def is_model_definition(weights: str | Path) -> bool:
+    """Whether `weights` names a model .yaml, built untrained, rather than a checkpoint."""
+    return Path(weights).suffix in MODEL_DEFINITION_SUFFIXES
+
+
 def weights_source(weights: str, *, allow_downloads: bool = False, setting: str = "MODEL_WEIGHTS") -> str:
     """Check what `weights` names, without loading anything. -> "yaml", "file" or "hub".
 
@@ -20,9 +29,9 @@ def weights_source(weights: str, *, allow_downloads: bool = False, setting: str 
     downloads (yolo11n.pt, yolov8s.pt, yolov5nu.pt): refused unless
     ALLOW_DOWNLOADS is on, with the two ways to fix it.
     """
-    path = Path(weights)
-    if path.suffix in (".yaml", ".yml"):
+    if is_model_definition(weights):
         return "yaml"
+    path = Path(weights)
     if path.suffix != ".pt":
         raise AdapterError(f"{setting}={weights} must be a .pt checkpoint or a model .yaml")
     if path.is_file():

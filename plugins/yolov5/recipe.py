@@ -152,9 +152,11 @@ def check_freeze(freeze: int, base: str | Path, layers: int) -> None:
     """TRAIN_FREEZE must leave the last layer (the detection head) training, and needs trained weights to keep."""
     from label_studio_ale.errors import ConfigError
 
+    from .checkpoints import is_model_definition
+
     if freeze < 0:
         raise ConfigError("TRAIN_FREEZE", f"must be 0 (every layer trains) or a number of leading layers to keep, got {freeze}")
-    if freeze and str(base).endswith((".yaml", ".yml")):
+    if freeze and is_model_definition(base):
         raise ConfigError(
             "TRAIN_FREEZE",
             f"{freeze} keeps layers' trained weights, but {Path(base).name} is a model definition with none; "
