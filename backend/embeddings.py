@@ -12,12 +12,16 @@ import numpy as np
 DISTANCE_CHUNK = 1024
 
 
-def k_center(vectors: np.ndarray, count: int) -> np.ndarray:
-    """Greedy k-center: (k, D) candidates in usefulness order -> (min(count, k),) indices, most useful first.
+def k_center(vectors: np.ndarray, count: int, covered: np.ndarray | None = None) -> np.ndarray:
+    """Greedy k-center: (k, D) candidates in usefulness order -> (min(count, k),) indices, picked first to last.
 
-    Starts from candidate 0; each next pick is the candidate farthest from
-    every pick so far (ties: the more useful, lower index). The picks cover
-    the candidates' spread instead of one crowded corner of it.
+    Without `covered` it starts from candidate 0; each next pick is the
+    candidate farthest from every pick so far (ties: the more useful, lower
+    index). The picks cover the candidates' spread instead of one crowded
+    corner of it. `covered`: (r, D) images already labelled, counted as picks
+    made before (the core-set form, Sener & Savarese 2018): the first pick is
+    then the candidate farthest from them, and a candidate like a labelled
+    image comes last.
     """
     vectors = _matrix("vectors", vectors)
     k = vectors.shape[0]
@@ -26,9 +30,15 @@ def k_center(vectors: np.ndarray, count: int) -> np.ndarray:
     count = min(count, k)
     if count == 0:
         return np.zeros(0, dtype=np.int64)
-    picks = [0]
-    nearest = np.linalg.norm(vectors - vectors[0], axis=1)
-    nearest[0] = -1.0
+    covered = None if covered is None else _matrix("covered", covered)
+    if covered is not None and covered.shape[0]:
+        nearest = nearest_distance(vectors, covered)
+        picks = [int(np.argmax(nearest))]
+    else:
+        picks = [0]
+        nearest = np.full(k, np.inf)
+    nearest = np.minimum(nearest, np.linalg.norm(vectors - vectors[picks[0]], axis=1))
+    nearest[picks] = -1.0
     while len(picks) < count:
         pick = int(np.argmax(nearest))  # argmax keeps the first of equals: the more useful
         picks.append(pick)

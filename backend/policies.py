@@ -13,6 +13,9 @@ Names (the POLICY setting):
 - + "+diverse": the same usefulness; the batch is chosen by k-center over
   image embeddings among the DIVERSITY_POOL most useful batches
   (`DiversePolicy`, `ranking.select_order`)
+- + "+coreset": "+diverse" whose k-center counts the labelled images as
+  chosen already, so the batch keeps away from what is labelled too
+  (`CoresetPolicy`)
 - + "+rare" (right after a per-box uncertainty policy): each box's value x
   how rare its class is in the pool's predictions (`RarityWeighted`)
   Suffixes combine, e.g. ale-entropy-sum+novelty+diverse, entropy-mean+rare+cost.
@@ -49,6 +52,8 @@ NOVELTY_SUFFIX = "+novelty"
 DIVERSE_SUFFIX = "+diverse"
 #: ... weights each box's uncertainty by how rare its class is in the pool's predictions.
 RARE_SUFFIX = "+rare"
+#: ... chooses each batch for diversity from each other and from the labelled images.
+CORESET_SUFFIX = "+coreset"
 NOVELTY_POLICY = "novelty"
 
 
@@ -187,6 +192,10 @@ class WrappedPolicy:
     @property
     def diverse(self) -> bool:
         return is_diverse(self.inner)
+
+    @property
+    def coreset(self) -> bool:
+        return is_coreset(self.inner)
 
 
 @dataclass(frozen=True)
@@ -340,6 +349,21 @@ class DiversePolicy(WrappedPolicy):
         return self.inner.usefulness(detections, novelty)
 
 
+@dataclass(frozen=True)
+class CoresetPolicy(DiversePolicy):
+    """`DiversePolicy` whose k-center starts from the labelled images (the core-set form, Sener & Savarese 2018).
+
+    The batch is chosen among the same candidates, but a candidate is as
+    good as covered when a labelled image is like it: a frame of a burst
+    whose sibling was labelled, or a scene labelled before, gives way to
+    candidates unlike anything labelled (`embeddings.k_center`'s `covered`).
+    The ranking reads the labelled images' embeddings for it.
+    """
+
+    suffix = CORESET_SUFFIX
+    coreset = True
+
+
 def needs_localization(policy) -> bool:
     """Whether the policy scores boxes by their flip instability (predicted twice, once mirrored)."""
     return bool(getattr(policy, "needs_localization", False))
@@ -352,6 +376,11 @@ def needs_novelty(policy) -> bool:
 
 def is_diverse(policy) -> bool:
     return bool(getattr(policy, "diverse", False))
+
+
+def is_coreset(policy) -> bool:
+    """Whether the policy's diverse batch keeps away from the labelled images (it needs their embeddings)."""
+    return bool(getattr(policy, "coreset", False))
 
 
 def single_object_confidence(detections: Detections) -> float:
@@ -371,10 +400,11 @@ def policy_names() -> list[str]:
 
 
 def get_policy(name: str, seed: int = 0, cost_per_image: float = DEFAULT_COST_PER_IMAGE, novelty_weight: float = DEFAULT_NOVELTY_WEIGHT):
-    """Resolve a policy by name, dotted path (`pkg.mod:function`) or entry point, with its suffixes (+rare, +cost, +novelty, +diverse)."""
+    """Resolve a policy by name, dotted path (`pkg.mod:function`) or entry point, with its suffixes (+rare, +cost, +novelty,
+    +diverse, +coreset)."""
     if not isinstance(name, str) or not name:
         raise ValueError("POLICY is empty: use e.g. ale-entropy-sum")
-    for suffix in (COST_SUFFIX, NOVELTY_SUFFIX, DIVERSE_SUFFIX, RARE_SUFFIX):
+    for suffix in (COST_SUFFIX, NOVELTY_SUFFIX, DIVERSE_SUFFIX, CORESET_SUFFIX, RARE_SUFFIX):
         if name.endswith(suffix) and len(name) > len(suffix):
             inner = get_policy(name[: -len(suffix)], seed, cost_per_image, novelty_weight)
             if suffix == COST_SUFFIX:
@@ -383,6 +413,8 @@ def get_policy(name: str, seed: int = 0, cost_per_image: float = DEFAULT_COST_PE
                 return NoveltyMix(inner, novelty_weight)
             if suffix == RARE_SUFFIX:
                 return RarityWeighted(inner)
+            if suffix == CORESET_SUFFIX:
+                return CoresetPolicy(inner)
             return DiversePolicy(inner)
     if name == NOVELTY_POLICY:
         return NoveltyPolicy()

@@ -20,7 +20,7 @@ from .embeddings import spacing
 from .ls_client import TaskRef
 from .ls_format import match_labels, parse_label_config
 from .media import MediaFetcher, average_hash
-from .policies import get_policy, is_diverse, needs_novelty
+from .policies import get_policy, is_coreset, is_diverse, needs_novelty
 from .predictor import Predictor
 from .progress import Progress, _job_progress
 from .ranking import BatchExtras, ls_scores, select_order, spread_order
@@ -116,10 +116,13 @@ def rank_pool(
         return {"policy": SPREAD_POLICY, "detections": detections, "usefulness": usefulness, "order": order, "usable": usable}
     check_policy_fits(adapter, rt.settings.policy)
     policy = settings_policy(rt.settings)
-    novelty = None
-    if needs_novelty(policy):
+    novelty = reference = None
+    coreset = extras and is_coreset(policy)  # the labelled images shape the head batch only
+    if needs_novelty(policy) or coreset:
         tasks = labelled() if labelled is not None else predicted_labelled_tasks(rt, project, config, adapter)
-        novelty = pool_novelty(rt.store, project, key, task_ids, labelled_embeddings(rt.store, project, key, tasks))
+        reference = labelled_embeddings(rt.store, project, key, tasks)
+    if needs_novelty(policy):
+        novelty = pool_novelty(rt.store, project, key, task_ids, reference)
     usefulness = policy.usefulness(detections, novelty) if task_ids.size else np.zeros(0)
     # Images that could not be fetched or decoded have no usefulness: they go to the very end of the queue.
     usefulness = np.where(usable, usefulness, -np.inf)
@@ -130,7 +133,7 @@ def rank_pool(
         found = rt.store.embeddings(project, key, [int(task_ids[i]) for i in indices])
         return [found.get(int(task_ids[i])) for i in indices]
 
-    order = select_order(usefulness, task_ids, detections, hashes, shaping, usable, embeddings)
+    order = select_order(usefulness, task_ids, detections, hashes, shaping, usable, embeddings, reference if coreset else None)
     return {"policy": policy.name, "detections": detections, "usefulness": usefulness, "order": order, "usable": usable}
 
 

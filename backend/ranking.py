@@ -6,7 +6,9 @@ be served — with the batch extras:
 
 0. diversity (a "+diverse" policy, PPAL's two stages): the batch is chosen
    by k-center over image embeddings among the `diversity_pool` x batch most
-   useful images, and the rest of those candidates follow it;
+   useful images, and the rest of those candidates follow it; given the
+   labelled images' embeddings ("+coreset"), k-center counts them as chosen
+   already, so the batch also keeps away from what is labelled;
 1. near-duplicate suppression: an image whose 64-bit average hash is within
    `duplicate_distance` bits of one already in the batch moves out of it;
 2. class balance (seed 000's `ideal_class_balance`): each batch slot goes to
@@ -143,11 +145,13 @@ def select_order(
     extras: BatchExtras = BatchExtras(),
     usable: np.ndarray | None = None,
     embeddings: EmbeddingLookup | None = None,
+    labelled: np.ndarray | None = None,
 ) -> np.ndarray:
     """Rank, then apply the batch extras to the head of the queue. Returns (m,) indices.
 
     usable: (m,) bool, False for images that could not be used; they come last, by task id.
     embeddings: image indices -> their embeddings, for `extras.diversity_pool`.
+    labelled: (r, D) the labelled images' embeddings, which the diverse batch keeps away from too.
     """
     if usable is not None:
         usable = np.asarray(usable, dtype=bool)
@@ -163,6 +167,7 @@ def select_order(
                 None if hashes is None else [hashes[i] for i in ok],
                 extras,
                 embeddings=None if embeddings is None else (lambda indices: embeddings([int(ok[i]) for i in indices])),
+                labelled=labelled,
             )
             return np.concatenate([ok[head], bad[np.argsort(task_ids[bad], kind="stable")]]).astype(np.int64)
     order = list(rank(usefulness, task_ids))
@@ -172,7 +177,7 @@ def select_order(
         return np.asarray(order, dtype=np.int64)
 
     if extras.diversity_pool and embeddings is not None:
-        order = diversify(order, embeddings, size, extras.diversity_pool)
+        order = diversify(order, embeddings, size, extras.diversity_pool, labelled)
     if extras.duplicate_distance >= 0 and hashes is not None:
         order = _suppress_duplicates(order, hashes, size, extras.duplicate_distance)
     if extras.class_balance and detections is not None:
@@ -184,11 +189,12 @@ def select_order(
     return np.asarray(order, dtype=np.int64)
 
 
-def diversify(order: list[int], embeddings: EmbeddingLookup, size: int, pool: int) -> list[int]:
+def diversify(order: list[int], embeddings: EmbeddingLookup, size: int, pool: int, labelled: np.ndarray | None = None) -> list[int]:
     """The batch by k-center among the first `pool` x `size` of `order`, then the other candidates, then the rest.
 
     Candidates without an embedding follow the chosen batch; with too few
-    embeddings to choose from, the order is kept.
+    embeddings to choose from, the order is kept. `labelled`: (r, D)
+    embeddings k-center counts as chosen before (`embeddings.k_center`'s `covered`).
     """
     candidates = order[: size * pool]
     vectors = list(embeddings(candidates))
@@ -197,7 +203,8 @@ def diversify(order: list[int], embeddings: EmbeddingLookup, size: int, pool: in
     have = [i for i, v in enumerate(vectors) if v is not None]
     if len(have) <= size:
         return order
-    picked = [candidates[have[p]] for p in k_center(np.stack([vectors[i] for i in have]), size)]
+    covered = labelled if labelled is not None and np.size(labelled) else None
+    picked = [candidates[have[p]] for p in k_center(np.stack([vectors[i] for i in have]), size, covered)]
     chosen = set(picked)
     return picked + [i for i in candidates if i not in chosen] + order[size * pool :]
 

@@ -44,7 +44,7 @@ DEFAULT_TILE_EMPTY_SHARE = 0.2
 DEFAULT_POLICY = "ale-entropy-sum"
 #: With a "+cost" policy: an image's annotation cost besides its boxes, in boxes (policies.CostAwarePolicy).
 DEFAULT_COST_PER_IMAGE = 2.0
-#: With a "+diverse" policy: the candidate pool k-center chooses a batch from, in batches (ranking.diversify).
+#: With a "+diverse" or "+coreset" policy: the candidate pool k-center chooses a batch from, in batches (ranking.diversify).
 DEFAULT_DIVERSITY_POOL = 4
 #: With a "+novelty" policy: the exponent of the novelty factor (policies.NoveltyMix).
 DEFAULT_NOVELTY_WEIGHT = 1.0

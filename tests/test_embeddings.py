@@ -17,6 +17,21 @@ def test_k_center_starts_from_the_most_useful_and_then_goes_farthest_first():
     assert k_center(np.array([[0.0, 0.0], [1.0, 0.0], [-1.0, 0.0]]), 2).tolist() == [0, 1]
 
 
+def test_k_center_with_labelled_images_counts_them_as_picks_made_before():
+    line = np.array([[0.0], [0.1], [5.0], [5.1], [10.0]])
+    # labelled at 0 and 9.8: distances to them 0, 0.1, 5, 4.7, 0.2
+    picks = k_center(line, 3, covered=np.array([[0.0], [9.8]]))
+    assert picks[0] == 2, "the candidate farthest from the labelled set comes first"
+    # then 10 (0.2 from 9.8), then 0.1 and 5.1 tie at 0.1 from their nearest: the more useful
+    assert picks.tolist() == [2, 4, 1]
+    # a candidate identical to a labelled image comes last, though it is the most useful
+    assert k_center(np.array([[0.0], [3.0], [1.0]]), 3, covered=np.array([[0.0]])).tolist() == [1, 2, 0]
+    # nothing labelled: the batch form, from the most useful
+    assert k_center(line, 3, covered=np.zeros((0, 1))).tolist() == k_center(line, 3).tolist() == [0, 4, 2]
+    with pytest.raises(ValueError, match="covered must be finite"):
+        k_center(line, 2, covered=np.array([[np.nan]]))
+
+
 def test_novelty_is_the_distance_to_the_nearest_labelled_image_in_units_of_their_spacing():
     labelled = np.array([[0.0, 0.0], [1.0, 0.0], [1.0, 2.0]])  # nearest-other distances 1, 1, 2: spacing 1
     pool = np.array([[3.0, 0.0], [0.5, 0.0], [1.0, 0.0], [np.nan, np.nan]])

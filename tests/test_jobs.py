@@ -201,6 +201,32 @@ def test_rank_pool_weighs_rarely_predicted_classes_up_among_the_classes_the_conf
     assert shown_only["order"].tolist() == bird_only["order"].tolist() and shown_only["order"].tolist()[0] == 1
 
 
+def test_a_coreset_head_keeps_away_from_the_labelled_tasks_which_only_the_head_reads(tmp_path):
+    """+coreset: the more useful task 1 looks like labelled task 9, so the head batch of one is task 2."""
+
+    def image(bird_score, embedding):
+        return Detections([[0, 0, 9, 9]], [[bird_score, 0.0]], (64, 64), embedding=np.asarray(embedding, dtype=np.float32))
+
+    settings = Settings(model_dir=tmp_path, policy="ale-entropy-sum+coreset", sync_batch_size=1, diversity_pool=2)
+    rt = Runtime(settings)
+    pool = {1: image(0.5, [1.0, 0.0]), 2: image(0.7, [0.0, 1.0]), 9: image(0.9, [0.98, 0.2])}
+    rt.store.put_many(1, raw_output_key(Model.version, settings), [StoredDetections(t, d, t, None) for t, d in pool.items()])
+    listings = []
+
+    def labelled():
+        listings.append(1)
+        return [TaskRef(9, {})]
+
+    ranked = jobs.rank_pool(rt, 1, [1, 2], Model(), CONFIG, labelled=labelled)
+    assert ranked["policy"] == "ale-entropy-sum+coreset" and ranked["order"].tolist() == [1, 0] and listings == [1]
+    assert ranked["usefulness"][0] > ranked["usefulness"][1], "task 1 is the more useful: the labelled image moved it"
+    diverse = Runtime(settings.replace(policy="ale-entropy-sum+diverse"))
+    diverse.store.put_many(1, raw_output_key(Model.version, settings), [StoredDetections(t, d, t, None) for t, d in pool.items()])
+    assert jobs.rank_pool(diverse, 1, [1, 2], Model(), CONFIG)["order"].tolist() == [0, 1], "+diverse starts from the most useful"
+    jobs.rank_pool(rt, 1, [1, 2], Model(), CONFIG, extras=False, labelled=labelled)
+    assert listings == [1], "without the batch extras nothing reads the labelled tasks"
+
+
 def test_a_clustered_novelty_rewrite_lists_the_labelled_tasks_once(tmp_path):
     """Novelty scores the pool against the labelled tasks and clusters are written for them: one listing serves both."""
     settings = Settings(model_dir=tmp_path, policy="ale-entropy-sum+novelty", ls_clusters=2)

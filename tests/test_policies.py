@@ -152,6 +152,17 @@ def test_suffixes_combine_and_the_diverse_form_keeps_the_usefulness():
     assert "novelty" in policy_names()
 
 
+def test_the_coreset_form_is_a_diverse_form_that_needs_the_labelled_images():
+    from label_studio_ale.policies import is_coreset, is_diverse, needs_novelty
+
+    policy = get_policy("ale-entropy-sum+coreset")
+    assert policy.name == "ale-entropy-sum+coreset" and is_diverse(policy) and is_coreset(policy) and not needs_novelty(policy)
+    np.testing.assert_allclose(policy.usefulness([ONE, TWO]), get_policy("ale-entropy-sum").usefulness([ONE, TWO]))
+    outer = get_policy("entropy-mean+novelty+coreset+cost")
+    assert outer.name == "entropy-mean+novelty+coreset+cost" and is_coreset(outer) and is_diverse(outer) and needs_novelty(outer)
+    assert not is_coreset(get_policy("ale-entropy-sum+diverse")) and not is_coreset(get_policy("random"))
+
+
 def test_rare_weights_each_box_by_how_rare_its_class_is_in_the_pool():
     # per box over the classes: (0.75, 0.25), (1, 0), (0.75, 0.25) -> shares (5/6, 1/6) -> rarity (0.6, 3)
     weights = [0.75 * 0.6 + 0.25 * 3, 0.6]

@@ -125,6 +125,25 @@ def test_spread_order_of_nothing_and_of_identical_images():
     assert order.tolist() == [1, 2, 0] and spread.tolist() == [0, 64, 0]
 
 
+def test_a_coreset_batch_keeps_away_from_the_labelled_images_too():
+    # candidates by usefulness: 0 and 1 look like a labelled image, 2 and 3 are unlike anything labelled
+    vectors = {0: [1.0, 0.0], 1: [0.98, 0.2], 2: [0.0, 1.0], 3: [-1.0, 0.0], 4: [0.0, -1.0]}
+    usefulness = np.array([5.0, 4.0, 3.0, 2.0, 1.0])
+    ids = np.arange(20, 25)
+    lookup = lambda idx: [np.array(vectors[i]) for i in idx]  # noqa: E731
+    extras = BatchExtras(batch_size=2, diversity_pool=2)
+    labelled = np.array([[0.99, 0.1]])
+    # without the labelled images: the most useful (0), then the farthest from it (3)
+    assert select_order(usefulness, ids, extras=extras, embeddings=lookup).tolist() == [0, 3, 1, 2, 4]
+    # with them: 3 is farthest from the labelled image (distance ~1.99), then 2 (1.41 from 3, ~1.27 from labelled)
+    assert select_order(usefulness, ids, extras=extras, embeddings=lookup, labelled=labelled).tolist() == [3, 2, 0, 1, 4]
+    # an empty labelled set (a project with nothing labelled yet) is the plain diverse batch
+    assert select_order(usefulness, ids, extras=extras, embeddings=lookup, labelled=np.zeros((0, 0))).tolist() == [0, 3, 1, 2, 4]
+    # unusable images still come last; among the usable candidates 4 is farthest from the labelled image (1.48), then 2
+    usable = np.array([True, True, True, False, True])
+    assert select_order(usefulness, ids, extras=extras, usable=usable, embeddings=lookup, labelled=labelled).tolist() == [4, 2, 0, 1, 3]
+
+
 def test_a_diverse_batch_is_chosen_by_k_center_among_the_most_useful_candidates():
     # six images by usefulness; 0, 1, 2 look alike, 3 and 4 are elsewhere, 5 is far but beyond the candidate pool
     vectors = {0: [1.0, 0.0], 1: [0.99, 0.14], 2: [0.98, 0.2], 3: [0.0, 1.0], 4: [-1.0, 0.0], 5: [0.0, -1.0]}

@@ -22,8 +22,8 @@ SELECTION_SETTINGS = (
 def selection_settings(settings: Settings) -> dict:
     """The settings besides the policy's name that decide which images a policy picks, by their environment names.
 
-    A `+cost` policy's order depends on COST_PER_IMAGE, a `+diverse` one's on
-    DIVERSITY_POOL: a result that does not name them cannot be repeated.
+    A `+cost` policy's order depends on COST_PER_IMAGE, a `+diverse` or
+    `+coreset` one's on DIVERSITY_POOL: a result that does not name them cannot be repeated.
     """
     values = {name: getattr(settings, ENV_VARS[name][0]) for name in SELECTION_SETTINGS}
     # as it is written in the environment: label=share pairs

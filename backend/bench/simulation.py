@@ -38,7 +38,7 @@ from PIL import Image
 from ..annotation_edits import EditCounts
 from ..datasets import LabelledImage
 from ..model_store import ModelStore
-from ..policies import embedding_matrix, get_policy, image_novelty, needs_novelty
+from ..policies import embedding_matrix, get_policy, image_novelty, is_coreset, needs_novelty
 from ..serving import ServingFilters
 from ..settings import PROMOTION_POLICIES, Settings
 from .budget import batch_size_for_cost, check_budget_cost, check_pool_cost, cost_prefix
@@ -65,6 +65,7 @@ DEFAULT_POLICIES = (
     "novelty",
     "ale-entropy-sum+novelty",
     "ale-entropy-sum+diverse",
+    "ale-entropy-sum+coreset",
     "loc-sum",
     "ale-loc-sum",
     "entropy-sum+cost",
@@ -351,15 +352,19 @@ def _policy_queue(config, data, settings, store, policy_name, labelled, unlabele
     adapter = served_adapter(settings, store)
     predictor = Predictor(settings.replace(policy=policy_name), adapter, None)  # a loc policy predicts mirrored too
     detections = detect_images(predictor, data, unlabeled)
-    novelty = None
-    if needs_novelty(get_policy(policy_name)):  # against the labelled images' embeddings, by the same model
-        novelty = image_novelty(detections, embedding_matrix(detect_images(predictor, data, labelled)))
+    novelty = covered = None
+    policy = get_policy(policy_name)
+    if needs_novelty(policy) or is_coreset(policy):  # against the labelled images' embeddings, by the same model
+        reference = embedding_matrix(detect_images(predictor, data, labelled))
+        reference = reference[~np.isnan(reference).any(axis=1)]
+        novelty = image_novelty(detections, reference) if needs_novelty(policy) else None
+        covered = reference if is_coreset(policy) else None
     batch = config.budget
     if config.budget_cost:
         batch = batch_size_for_cost([len(d) for d in detections], settings.cost_per_image, config.budget_cost)
     queue = select_queue(
         settings, policy_name, detections, unlabeled + 1, [hashes[i] for i in unlabeled] if hashes else None,
-        adapter.classes, batch, seed, novelty,
+        adapter.classes, batch, seed, novelty, covered,
     )
     return queue, detections, list(adapter.classes)
 
@@ -377,9 +382,13 @@ def select_batch(
 
 
 def select_queue(
-    settings: Settings, policy_name: str, detections, task_ids: np.ndarray, hashes, classes, batch_size: int, seed: int, novelty=None
+    settings: Settings, policy_name: str, detections, task_ids: np.ndarray, hashes, classes, batch_size: int, seed: int, novelty=None,
+    covered=None,
 ) -> np.ndarray:
-    """The whole queue a sync would write, (m,) positions, with the batch extras shaping its first `batch_size`."""
+    """The whole queue a sync would write, (m,) positions, with the batch extras shaping its first `batch_size`.
+
+    `covered`: (r, D) the labelled images' embeddings, which a "+coreset" batch keeps away from.
+    """
     from ..jobs import batch_extras
     from ..ranking import select_order
 
@@ -388,7 +397,7 @@ def select_queue(
     usefulness = policy.usefulness(detections, novelty)
     extras = dataclasses.replace(batch_extras(settings, classes), batch_size=batch_size, seed=seed)
     lookup = lambda indices: [detections[i].embedding for i in indices]  # noqa: E731
-    return select_order(usefulness, np.asarray(task_ids), detections, hashes, extras, embeddings=lookup)
+    return select_order(usefulness, np.asarray(task_ids), detections, hashes, extras, embeddings=lookup, labelled=covered)
 
 
 def detect_images(predictor, data: BenchData, indices) -> list:

@@ -143,7 +143,7 @@ def test_bench_al_runs_every_policy_and_seed_and_writes_table_and_plot(shapes_da
 @pytest.mark.slow
 def test_bench_al_runs_the_embedding_and_localization_policies_like_the_others(shapes_dataset, tmp_path):
     out = tmp_path / "out"
-    policies = ["novelty", "ale-entropy-sum+novelty+diverse", "ale-loc-sum", "entropy-sum+cost", "entropy-mean+rare+cost"]
+    policies = ["novelty", "ale-entropy-sum+novelty+diverse", "ale-entropy-sum+coreset", "ale-loc-sum", "entropy-sum+cost", "entropy-mean+rare+cost"]
     code = main(
         ["bench", "al", "--data", str(shapes_dataset), "--policies", ",".join(policies), "--seeds", "0", "--initial", "6",
          "--budget", "4", "--cycles", "1", "--image-size", "64", "--initial-epochs", "1", "--epochs", "1", "--batch", "4",

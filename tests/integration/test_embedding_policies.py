@@ -2,7 +2,8 @@
 
 The sync predicts the labelled images for their embeddings, scores the pool
 by usefulness x novelty, and chooses the head batch by k-center over the
-candidates' embeddings; recomputed here from what the worker stored.
+candidates' embeddings (with "+coreset", counting the labelled images as
+chosen); recomputed here from what the worker stored.
 """
 
 import numpy as np
@@ -64,3 +65,40 @@ def test_the_sync_ranks_by_novelty_against_the_labelled_images_and_picks_a_diver
     expected = head + [t for t in candidates if t not in head] + by_usefulness[3 * BATCH :]
     assert result["order"] == expected
     assert result["order"][:BATCH] != by_usefulness[:BATCH], "diversity changed the head batch here"
+
+
+def test_a_coreset_sync_chooses_its_head_away_from_the_labelled_images(ls_sdk, label_studio, redis_server, trained_weights, tmp_path):
+    from label_studio_ale_plugins.yolov5 import YoloV5Adapter
+
+    policy = "ale-entropy-sum+coreset"
+    models = tmp_path / "models"
+    env = backend_env(
+        label_studio, trained_weights, models, redis_server, SCORE_THRESHOLD="0.25", POLICY=policy, SYNC_BATCH_SIZE=str(BATCH), DIVERSITY_POOL="3"
+    )
+    jobs = RedisJobQueue(Redis.from_url(redis_server.url), "yolov5")
+    project, ids = create_project(ls_sdk, range(54_100, 54_114), "coreset", max_objects=5, min_side=14, max_side=30)
+    labelled = ids[:3]
+    for task in labelled:
+        submit_box(ls_sdk, task)
+    with run_worker(env, tmp_path, queues="predict,sync"):
+        result = run_sync(jobs, project)
+    assert result["status"] == "synced" and result["policy"] == policy
+
+    settings = Settings.from_env(env)
+    key = raw_output_key(YoloV5Adapter(trained_weights, image_size=IMAGE_SIZE).version, settings)
+    stored = SqliteDetectionStore(models / "detections.sqlite").get_many(project, key, embeddings=True)
+    assert set(labelled) <= set(stored), "the labelled images were predicted for their embeddings"
+    reference = np.stack([stored[t].detections.embedding for t in labelled])
+    pool = np.array(sorted(set(ids) - set(labelled)))
+    filters = ServingFilters.from_settings(settings)
+    shown = [shown_detections(stored[int(t)].detections, np.ones(2, dtype=bool), filters) for t in pool]
+    usefulness = get_policy("ale-entropy-sum").usefulness(shown)
+    np.testing.assert_allclose([result["usefulness"][int(t)] for t in pool], usefulness, rtol=1e-6)  # the policy's own usefulness
+
+    # the head: k-center over the candidates with the labelled images counted as chosen, then the other candidates, then the rest
+    by_usefulness = [int(pool[i]) for i in rank(usefulness, pool)]
+    candidates = by_usefulness[: 3 * BATCH]
+    vectors = np.stack([stored[t].detections.embedding for t in candidates])
+    head = [candidates[i] for i in k_center(vectors, BATCH, covered=reference)]
+    assert result["order"] == head + [t for t in candidates if t not in head] + by_usefulness[3 * BATCH :]
+    assert head != [candidates[i] for i in k_center(vectors, BATCH)], "the labelled images changed the head batch here"
