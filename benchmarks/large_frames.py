@@ -19,7 +19,6 @@ Usage: python benchmarks/large_frames.py [--frames 10 20] [--weights best.pt]
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import subprocess
 import sys

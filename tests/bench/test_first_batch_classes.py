@@ -1,6 +1,5 @@
 """benchmarks/first_batch_classes.py: objects counted by the class of the box that covers them, by hand on a small case."""
 
-import numpy as np
 import pytest
 
 from label_studio_ale.detections import Detections

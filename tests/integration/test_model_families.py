@@ -17,7 +17,7 @@ from label_studio_ale.synthetic import make_scene
 from label_studio_ale_plugins.yolov5 import YoloV5Adapter, grow_head
 from tests.support.backend import backend_env
 from tests.support.models import HELD_OUT_SEEDS, IMAGE_SIZE, assert_same_as_ultralytics, class_outputs, train_family_checkpoint
-from tests.support.projects import LABEL_CONFIG, annotate, create_split_project
+from tests.support.projects import annotate, create_split_project
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
