@@ -28,31 +28,39 @@ POLICY = "ale-entropy-sum+novelty+diverse"
 BATCH = 3
 
 
-def test_the_sync_ranks_by_novelty_against_the_labelled_images_and_picks_a_diverse_head(ls_sdk, label_studio, redis_server, trained_weights, tmp_path):
+def synced_with_three_labelled(policy, seeds, name, ls_sdk, label_studio, redis_server, trained_weights, tmp_path):
+    """Sync a 14-image project with its first 3 tasks labelled under `policy`. -> (result, labelled embeddings (3, D),
+    pool task ids, their shown detections, the stored detections by task id)."""
     from label_studio_ale_plugins.yolov5 import YoloV5Adapter
 
     models = tmp_path / "models"
     env = backend_env(
-        label_studio, trained_weights, models, redis_server, SCORE_THRESHOLD="0.25", POLICY=POLICY, SYNC_BATCH_SIZE=str(BATCH), DIVERSITY_POOL="3"
+        label_studio, trained_weights, models, redis_server, SCORE_THRESHOLD="0.25", POLICY=policy, SYNC_BATCH_SIZE=str(BATCH), DIVERSITY_POOL="3"
     )
     jobs = RedisJobQueue(Redis.from_url(redis_server.url), "yolov5")
-    project, ids = create_project(ls_sdk, range(54_000, 54_014), "novelty and diversity", max_objects=5, min_side=14, max_side=30)
+    project, ids = create_project(ls_sdk, seeds, name, max_objects=5, min_side=14, max_side=30)
     labelled = ids[:3]
     for task in labelled:
         submit_box(ls_sdk, task)
     with run_worker(env, tmp_path, queues="predict,sync"):
         result = run_sync(jobs, project)
-    assert result["status"] == "synced" and result["policy"] == POLICY and result["tasks"] == len(ids) - 3
+    assert result["status"] == "synced" and result["policy"] == policy and result["tasks"] == len(ids) - 3
 
     settings = Settings.from_env(env)
     key = raw_output_key(YoloV5Adapter(trained_weights, image_size=IMAGE_SIZE).version, settings)
-    store = SqliteDetectionStore(models / "detections.sqlite")
-    stored = store.get_many(project, key, embeddings=True)
+    stored = SqliteDetectionStore(models / "detections.sqlite").get_many(project, key, embeddings=True)
     assert set(labelled) <= set(stored), "the labelled images were predicted for their embeddings"
     reference = np.stack([stored[t].detections.embedding for t in labelled])
     pool = np.array(sorted(set(ids) - set(labelled)))
     filters = ServingFilters.from_settings(settings)
     shown = [shown_detections(stored[int(t)].detections, np.ones(2, dtype=bool), filters) for t in pool]
+    return result, reference, pool, shown, stored
+
+
+def test_the_sync_ranks_by_novelty_against_the_labelled_images_and_picks_a_diverse_head(ls_sdk, label_studio, redis_server, trained_weights, tmp_path):
+    result, reference, pool, shown, stored = synced_with_three_labelled(
+        POLICY, range(54_000, 54_014), "novelty and diversity", ls_sdk, label_studio, redis_server, trained_weights, tmp_path
+    )
     usefulness = get_policy(POLICY).usefulness(shown, image_novelty(shown, reference))
     plain = get_policy("ale-entropy-sum").usefulness(shown)
     assert not np.allclose(usefulness, plain), "novelty changes the scores"
@@ -68,30 +76,10 @@ def test_the_sync_ranks_by_novelty_against_the_labelled_images_and_picks_a_diver
 
 
 def test_a_coreset_sync_chooses_its_head_away_from_the_labelled_images(ls_sdk, label_studio, redis_server, trained_weights, tmp_path):
-    from label_studio_ale_plugins.yolov5 import YoloV5Adapter
-
     policy = "ale-entropy-sum+coreset"
-    models = tmp_path / "models"
-    env = backend_env(
-        label_studio, trained_weights, models, redis_server, SCORE_THRESHOLD="0.25", POLICY=policy, SYNC_BATCH_SIZE=str(BATCH), DIVERSITY_POOL="3"
+    result, reference, pool, shown, stored = synced_with_three_labelled(
+        policy, range(54_100, 54_114), "coreset", ls_sdk, label_studio, redis_server, trained_weights, tmp_path
     )
-    jobs = RedisJobQueue(Redis.from_url(redis_server.url), "yolov5")
-    project, ids = create_project(ls_sdk, range(54_100, 54_114), "coreset", max_objects=5, min_side=14, max_side=30)
-    labelled = ids[:3]
-    for task in labelled:
-        submit_box(ls_sdk, task)
-    with run_worker(env, tmp_path, queues="predict,sync"):
-        result = run_sync(jobs, project)
-    assert result["status"] == "synced" and result["policy"] == policy
-
-    settings = Settings.from_env(env)
-    key = raw_output_key(YoloV5Adapter(trained_weights, image_size=IMAGE_SIZE).version, settings)
-    stored = SqliteDetectionStore(models / "detections.sqlite").get_many(project, key, embeddings=True)
-    assert set(labelled) <= set(stored), "the labelled images were predicted for their embeddings"
-    reference = np.stack([stored[t].detections.embedding for t in labelled])
-    pool = np.array(sorted(set(ids) - set(labelled)))
-    filters = ServingFilters.from_settings(settings)
-    shown = [shown_detections(stored[int(t)].detections, np.ones(2, dtype=bool), filters) for t in pool]
     usefulness = get_policy("ale-entropy-sum").usefulness(shown)
     np.testing.assert_allclose([result["usefulness"][int(t)] for t in pool], usefulness, rtol=1e-6)  # the policy's own usefulness
 
