@@ -203,8 +203,7 @@ def diversify(order: list[int], embeddings: EmbeddingLookup, size: int, pool: in
     have = [i for i, v in enumerate(vectors) if v is not None]
     if len(have) <= size:
         return order
-    covered = labelled if labelled is not None and np.size(labelled) else None
-    picked = [candidates[have[p]] for p in k_center(np.stack([vectors[i] for i in have]), size, covered)]
+    picked = [candidates[have[p]] for p in k_center(np.stack([vectors[i] for i in have]), size, labelled)]
     chosen = set(picked)
     return picked + [i for i in candidates if i not in chosen] + order[size * pool :]
 
