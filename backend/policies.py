@@ -6,7 +6,7 @@ Names (the POLICY setting):
 - min-confidence (seed 000's default), mean-confidence, weighted-confidence
   (box-area weighted mean): least confident images first
 - random: a seeded shuffle, the baseline every policy must beat
-- novelty: how unlike the labelled set an image is (`NoveltyPolicy`)
+- novelty: how unlike the labelled set an image is (`novelty.NoveltyPolicy`)
 - any of these + "+cost" (e.g. ale-entropy-sum+cost): usefulness per unit of
   expected annotation cost, for teams that pay per box (`CostAwarePolicy`)
 - + "+novelty": usefulness x novelty ** NOVELTY_WEIGHT (`NoveltyMix`)
@@ -18,7 +18,8 @@ Names (the POLICY setting):
   (`CoresetPolicy`)
 - + "+rare" (right after a per-box uncertainty policy): each box's value x
   how rare its class is in the pool's predictions (`RarityWeighted`)
-  Suffixes combine, e.g. ale-entropy-sum+novelty+diverse, entropy-mean+rare+cost.
+  Suffixes combine, e.g. ale-entropy-sum+novelty+diverse, entropy-mean+rare+cost
+  (the wrappers are in `policy_suffixes`).
 - a custom policy: `package.module:function` or an entry point in the
   `label_studio_ale.policies` group. The function takes one image's
   `Detections` and returns its *confidence* (seed 000's `calculate_confidence`
@@ -34,8 +35,21 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from . import embeddings, scoring
+from . import scoring
 from .detections import Detections
+from .novelty import NOVELTY_POLICY, NoveltyPolicy
+from .policy_suffixes import (
+    CORESET_SUFFIX,
+    COST_SUFFIX,
+    DIVERSE_SUFFIX,
+    NOVELTY_SUFFIX,
+    RARE_SUFFIX,
+    CoresetPolicy,
+    CostAwarePolicy,
+    DiversePolicy,
+    NoveltyMix,
+    RarityWeighted,
+)
 from .settings import DEFAULT_COST_PER_IMAGE, DEFAULT_NOVELTY_WEIGHT
 
 POLICY_ENTRY_POINT_GROUP = "label_studio_ale.policies"
@@ -44,17 +58,6 @@ DEFAULT_POLICY = "ale-entropy-sum"
 #: Per-box metrics: entropy and least confidence of the class scores; loc, the box's flip instability.
 METRICS = ("entropy", "lc", "loc")
 CONFIDENCE_KINDS = ("min", "mean", "weighted")
-#: A policy name ending in this divides usefulness by the expected annotation cost.
-COST_SUFFIX = "+cost"
-#: ... multiplies usefulness by novelty ** NOVELTY_WEIGHT.
-NOVELTY_SUFFIX = "+novelty"
-#: ... chooses each batch for diversity among the most useful candidates.
-DIVERSE_SUFFIX = "+diverse"
-#: ... weights each box's uncertainty by how rare its class is in the pool's predictions.
-RARE_SUFFIX = "+rare"
-#: ... chooses each batch for diversity from each other and from the labelled images.
-CORESET_SUFFIX = "+coreset"
-NOVELTY_POLICY = "novelty"
 
 
 @dataclass(frozen=True)
@@ -165,222 +168,6 @@ class CustomPolicy:
         if not np.isfinite(values).all():
             raise ValueError(f"policy {self.name} returned a non-finite confidence")
         return -values
-
-
-class WrappedPolicy:
-    """What a policy suffix keeps of the policy it wraps (`inner`): its name plus the suffix, and what it needs."""
-
-    inner: object
-    suffix = ""
-
-    @property
-    def name(self) -> str:
-        return f"{self.inner.name}{self.suffix}"
-
-    @property
-    def needs_class_vectors(self) -> bool:
-        return self.inner.needs_class_vectors
-
-    @property
-    def needs_localization(self) -> bool:
-        return needs_localization(self.inner)
-
-    @property
-    def needs_novelty(self) -> bool:
-        return needs_novelty(self.inner)
-
-    @property
-    def diverse(self) -> bool:
-        return is_diverse(self.inner)
-
-    @property
-    def coreset(self) -> bool:
-        return is_coreset(self.inner)
-
-
-@dataclass(frozen=True)
-class CostAwarePolicy(WrappedPolicy):
-    """Another policy's usefulness per unit of expected annotation cost: predicted boxes + `per_image`.
-
-    Annotators pay per box they draw or check, plus a constant per image
-    (`per_image`, in boxes). Non-negative usefulness is divided by the cost;
-    a negative one (custom policies: -confidence) is multiplied by it, so a
-    costlier image always ranks lower at equal usefulness.
-    """
-
-    inner: object
-    per_image: float = DEFAULT_COST_PER_IMAGE
-    suffix = COST_SUFFIX
-
-    def __post_init__(self):
-        if not self.per_image > 0:
-            raise ValueError(f"the cost per image must be a positive number of boxes, got {self.per_image}")
-
-    def usefulness(self, detections: Sequence[Detections], novelty: np.ndarray | None = None) -> np.ndarray:
-        """(m,) images -> (m,) usefulness / (boxes + per_image), or x cost where negative."""
-        value = np.asarray(self.inner.usefulness(detections, novelty), dtype=np.float64)
-        cost = np.array([len(d) for d in detections], dtype=np.float64) + self.per_image
-        return np.where(value >= 0, value / cost, value * cost)
-
-
-def embedding_matrix(detections: Sequence[Detections]) -> np.ndarray:
-    """(m,) images -> (m, D) their embeddings; a row of NaN for an image without one. (m, 0) when none has one."""
-    dims = {d.embedding.size for d in detections if d.embedding is not None}
-    if len(dims) > 1:
-        raise ValueError(f"images carry embeddings of different sizes {sorted(dims)}: were they predicted by one model?")
-    out = np.full((len(detections), dims.pop() if dims else 0), np.nan)
-    for i, d in enumerate(detections):
-        if d.embedding is not None:
-            out[i] = d.embedding
-    return out
-
-
-def image_novelty(detections: Sequence[Detections], reference: np.ndarray) -> np.ndarray:
-    """(m,) images, (r, D) the labelled images' embeddings -> (m,) novelty (`embeddings.novelty`; 1 without embeddings)."""
-    vectors = embedding_matrix(detections)
-    reference = np.asarray(reference, dtype=np.float64)
-    if vectors.shape[1] == 0 or reference.size == 0:
-        return np.ones(len(detections))
-    return embeddings.novelty(vectors, reference)
-
-
-def _novelty(novelty, n: int, name: str) -> np.ndarray:
-    if novelty is None:
-        raise ValueError(f"policy {name} needs each image's novelty (image_novelty of the labelled set), and none was given")
-    novelty = np.asarray(novelty, dtype=np.float64)
-    if novelty.shape != (n,) or not (np.isfinite(novelty).all() and (novelty >= 0).all()):
-        raise ValueError(f"novelty must be ({n},) finite values >= 0, got shape {novelty.shape}")
-    return novelty
-
-
-@dataclass(frozen=True)
-class NoveltyPolicy:
-    """How unlike the labelled set an image is (`embeddings.novelty`): seed 000's remedy for confident mistakes.
-
-    The distance to the nearest labelled images in the detector's own feature
-    space, not an autoencoder's reconstruction error: no second model to train
-    and keep in step with the detector, and it follows the labelled set at
-    once. Images without an embedding, or a project with nothing labelled,
-    get 1 (neutral).
-    """
-
-    name = NOVELTY_POLICY
-    needs_class_vectors = False
-    needs_novelty = True
-
-    def usefulness(self, detections: Sequence[Detections], novelty: np.ndarray | None = None) -> np.ndarray:
-        """(m,) images and their (m,) novelty (`image_novelty`) -> (m,) the novelty itself."""
-        return _novelty(novelty, len(detections), self.name).copy()
-
-
-@dataclass(frozen=True)
-class NoveltyMix(WrappedPolicy):
-    """Another policy's usefulness x novelty ** weight (divided where negative): uncertain *and* unlike what is labelled.
-
-    weight 0 is the policy alone; 1 makes an image twice as far from the
-    labelled set count twice as useful. Multiplying keeps the mix free of the
-    policy's own scale (entropy sums and confidences mix alike).
-    """
-
-    inner: object
-    weight: float = DEFAULT_NOVELTY_WEIGHT
-    suffix = NOVELTY_SUFFIX
-    needs_novelty = True
-
-    def __post_init__(self):
-        if not self.weight >= 0:
-            raise ValueError(f"the novelty weight must be 0 or a positive exponent, got {self.weight}")
-
-    def usefulness(self, detections: Sequence[Detections], novelty: np.ndarray | None = None) -> np.ndarray:
-        value = np.asarray(self.inner.usefulness(detections, novelty), dtype=np.float64)
-        factor = np.maximum(_novelty(novelty, len(detections), self.name), 1e-6) ** self.weight
-        return np.where(value >= 0, value * factor, value / factor)
-
-
-@dataclass(frozen=True)
-class RarityWeighted(WrappedPolicy):
-    """A per-box uncertainty policy whose box values are weighted by how rare the box's class is in the pool's predictions.
-
-    Each box's value (entropy, least confidence or flip instability) is
-    multiplied by its expected rarity (`scoring.rarity_weights`: its class
-    scores spread over the classes, each class weighted by (1 / C) / its share
-    of the pool's predicted boxes) before the inner policy aggregates. A class
-    the model predicts little, because it is rare in the pool or not learnt
-    yet, weighs more. The shares are those of the images ranked together.
-    On the built-in benchmark (docs/benchmarks/al-small-mean-rare) it buys a
-    new class faster than the model needs it, at the old classes' cost; where
-    the new class stays rare in the pool (al-small-rare-class) it finds
-    nearly all of it and lifts the policy it weights.
-    """
-
-    inner: UncertaintyPolicy
-    suffix = RARE_SUFFIX
-
-    def __post_init__(self):
-        if not isinstance(self.inner, UncertaintyPolicy):
-            raise ValueError(
-                f"{RARE_SUFFIX} weights the boxes of a per-box uncertainty policy ({{ale-,}}{{entropy,lc,loc}}-{{sum,max,mean,min}}); "
-                f"{getattr(self.inner, 'name', self.inner)} has none: put {RARE_SUFFIX} right after it, e.g. entropy-mean{RARE_SUFFIX}+cost"
-            )
-
-    @property
-    def needs_class_vectors(self) -> bool:
-        return True  # the weights read every box's class scores, whatever the inner metric
-
-    def usefulness(self, detections: Sequence[Detections], novelty: np.ndarray | None = None) -> np.ndarray:
-        """(m,) images -> (m,) the inner aggregation of box value x box rarity."""
-        counts = np.array([len(d) for d in detections], dtype=np.int64)
-        if counts.sum() == 0:
-            return np.zeros(len(detections))
-        probs = np.concatenate([d.class_probs for d in detections if len(d)])
-        weights = scoring.rarity_weights(probs, scoring.class_rarity(probs))
-        return self.inner.combine(self.inner.box_values(detections) * weights, counts)
-
-
-@dataclass(frozen=True)
-class DiversePolicy(WrappedPolicy):
-    """Another policy's usefulness; its batches are chosen by k-center over embeddings (`ranking.diversify`)."""
-
-    inner: object
-    suffix = DIVERSE_SUFFIX
-    diverse = True
-
-    def usefulness(self, detections: Sequence[Detections], novelty: np.ndarray | None = None) -> np.ndarray:
-        return self.inner.usefulness(detections, novelty)
-
-
-@dataclass(frozen=True)
-class CoresetPolicy(DiversePolicy):
-    """`DiversePolicy` whose k-center starts from the labelled images (the core-set form, Sener & Savarese 2018).
-
-    The batch is chosen among the same candidates, but a candidate is as
-    good as covered when a labelled image is like it: a frame of a burst
-    whose sibling was labelled, or a scene labelled before, gives way to
-    candidates unlike anything labelled (`embeddings.k_center`'s `covered`).
-    The ranking reads the labelled images' embeddings for it.
-    """
-
-    suffix = CORESET_SUFFIX
-    coreset = True
-
-
-def needs_localization(policy) -> bool:
-    """Whether the policy scores boxes by their flip instability (predicted twice, once mirrored)."""
-    return bool(getattr(policy, "needs_localization", False))
-
-
-def needs_novelty(policy) -> bool:
-    """Whether the policy compares images with the labelled set (it takes each image's novelty)."""
-    return bool(getattr(policy, "needs_novelty", False))
-
-
-def is_diverse(policy) -> bool:
-    return bool(getattr(policy, "diverse", False))
-
-
-def is_coreset(policy) -> bool:
-    """Whether the policy's diverse batch keeps away from the labelled images (it needs their embeddings)."""
-    return bool(getattr(policy, "coreset", False))
 
 
 def single_object_confidence(detections: Detections) -> float:

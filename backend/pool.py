@@ -20,7 +20,8 @@ from .embeddings import spacing
 from .ls_client import TaskRef
 from .ls_format import match_labels, parse_label_config
 from .media import MediaFetcher, average_hash
-from .policies import get_policy, is_coreset, is_diverse, needs_novelty
+from .policies import get_policy
+from .policy_suffixes import is_coreset, is_diverse, needs_novelty
 from .predictor import Predictor
 from .progress import Progress, _job_progress
 from .ranking import BatchExtras, ls_scores, select_order, spread_order

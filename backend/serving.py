@@ -59,7 +59,8 @@ def raw_output_key(model_version: str, settings: Settings) -> str:
 
 def measures_localization(settings: Settings) -> bool:
     """Whether the policy needs each box's flip instability: a second, mirrored forward pass per image."""
-    from .policies import get_policy, needs_localization
+    from .policies import get_policy
+    from .policy_suffixes import needs_localization
 
     try:
         return needs_localization(get_policy(settings.policy))

@@ -42,11 +42,11 @@ DEFAULT_TILE_MIN_VISIBLE = 0.5
 DEFAULT_TILE_EMPTY_SHARE = 0.2
 
 DEFAULT_POLICY = "ale-entropy-sum"
-#: With a "+cost" policy: an image's annotation cost besides its boxes, in boxes (policies.CostAwarePolicy).
+#: With a "+cost" policy: an image's annotation cost besides its boxes, in boxes (policy_suffixes.CostAwarePolicy).
 DEFAULT_COST_PER_IMAGE = 2.0
 #: With a "+diverse" or "+coreset" policy: the candidate pool k-center chooses a batch from, in batches (ranking.diversify).
 DEFAULT_DIVERSITY_POOL = 4
-#: With a "+novelty" policy: the exponent of the novelty factor (policies.NoveltyMix).
+#: With a "+novelty" policy: the exponent of the novelty factor (policy_suffixes.NoveltyMix).
 DEFAULT_NOVELTY_WEIGHT = 1.0
 #: Embedding clusters written into each prediction's `cluster` for LS's own sampling; 0: none (prediction_clusters).
 DEFAULT_LS_CLUSTERS = 0

@@ -5,7 +5,8 @@ import pytest
 from PIL import Image
 
 from label_studio_ale.detections import Detections
-from label_studio_ale.policies import get_policy, needs_localization
+from label_studio_ale.policies import get_policy
+from label_studio_ale.policy_suffixes import needs_localization
 from label_studio_ale.predictor import Predictor
 from label_studio_ale.scoring import flip_instability
 from label_studio_ale.serving import raw_output_key

@@ -113,7 +113,7 @@ def half(detections) -> float:
 
 
 def test_novelty_ranks_images_unlike_the_labelled_set_first_and_mixes_with_any_policy():
-    from label_studio_ale.policies import image_novelty
+    from label_studio_ale.novelty import image_novelty
 
     near = ONE.with_embedding([1.0, 0.0])
     far = ONE.with_embedding([0.0, 1.0])
@@ -141,7 +141,7 @@ def test_novelty_ranks_images_unlike_the_labelled_set_first_and_mixes_with_any_p
 
 
 def test_suffixes_combine_and_the_diverse_form_keeps_the_usefulness():
-    from label_studio_ale.policies import is_diverse, needs_novelty
+    from label_studio_ale.policy_suffixes import is_diverse, needs_novelty
 
     policy = get_policy("ale-entropy-sum+novelty+diverse")
     assert policy.name == "ale-entropy-sum+novelty+diverse" and is_diverse(policy) and needs_novelty(policy)
@@ -153,7 +153,7 @@ def test_suffixes_combine_and_the_diverse_form_keeps_the_usefulness():
 
 
 def test_the_coreset_form_is_a_diverse_form_that_needs_the_labelled_images():
-    from label_studio_ale.policies import is_coreset, is_diverse, needs_novelty
+    from label_studio_ale.policy_suffixes import is_coreset, is_diverse, needs_novelty
 
     policy = get_policy("ale-entropy-sum+coreset")
     assert policy.name == "ale-entropy-sum+coreset" and is_diverse(policy) and is_coreset(policy) and not needs_novelty(policy)
@@ -190,7 +190,7 @@ def test_rare_changes_the_order_towards_a_class_the_model_predicts_little():
 
 
 def test_rare_applies_to_per_box_policies_only_and_combines_with_the_other_suffixes():
-    from label_studio_ale.policies import needs_localization
+    from label_studio_ale.policy_suffixes import needs_localization
 
     for name in ("random+rare", "min-confidence+rare", "entropy-mean+cost+rare", "novelty+rare"):
         with pytest.raises(ValueError, match=r"per-box uncertainty policy.*put \+rare right after it"):

@@ -38,7 +38,9 @@ from PIL import Image
 from ..annotation_edits import EditCounts
 from ..datasets import LabelledImage
 from ..model_store import ModelStore
-from ..policies import embedding_matrix, get_policy, image_novelty, is_coreset, needs_novelty
+from ..novelty import embedding_matrix, image_novelty
+from ..policies import get_policy
+from ..policy_suffixes import is_coreset, needs_novelty
 from ..serving import ServingFilters
 from ..settings import PROMOTION_POLICIES, Settings
 from .budget import batch_size_for_cost, check_budget_cost, check_pool_cost, cost_prefix
@@ -376,7 +378,7 @@ def select_batch(
 
     Same policy, batch extras and `select_order` as the priority sync; `seed`
     drives the random policy and the exploration draw; `novelty`: (m,) each
-    image's novelty against the labelled set (`policies.image_novelty`).
+    image's novelty against the labelled set (`novelty.image_novelty`).
     """
     return select_queue(settings, policy_name, detections, task_ids, hashes, classes, budget, seed, novelty)[:budget]
 

@@ -13,7 +13,8 @@ from redis import Redis
 from label_studio_ale.detection_store import SqliteDetectionStore
 from label_studio_ale.embeddings import k_center
 from label_studio_ale.jobqueue import RedisJobQueue
-from label_studio_ale.policies import get_policy, image_novelty
+from label_studio_ale.novelty import image_novelty
+from label_studio_ale.policies import get_policy
 from label_studio_ale.ranking import rank
 from label_studio_ale.serving import ServingFilters, raw_output_key, shown_detections
 from label_studio_ale.settings import Settings
