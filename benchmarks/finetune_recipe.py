@@ -31,6 +31,9 @@ auto): `--recipes small-data:fp32,small-data:bf16 --baseline small-data:fp32`
 compares bfloat16 training with float32 on the same images, in time and mAP.
 And the layers it keeps, `small-data+freeze10` (TRAIN_FREEZE=10, YOLOv5's
 backbone): `--recipes small-data,small-data+freeze10 --baseline small-data`.
+And the batch its steps take, `small-data@300x16` (TRAIN_BATCH=16 for 300
+steps: as many images seen as 600 steps of the preset's batch of 8):
+`--recipes small-data@600,small-data@300x16,small-data@600x16 --baseline small-data@600`.
 
 Usage: python benchmarks/finetune_recipe.py [--recipes small-data,ultralytics] [--sizes 12,24,48,96]
            [--seeds 0,1,2] [--pseudo-labels] [--out docs/benchmarks/finetune] [--resume]
@@ -155,23 +158,27 @@ def main() -> int:
 
 
 def recipe_settings(settings, recipe: str):
-    """`settings` training with `recipe`: a TRAIN_RECIPE name, `ultralytics` at BASELINE_EPOCHS, or `small-data@STEPS`,
-    each optionally with `:PRECISION` (a TRAIN_PRECISION: `small-data:fp32`, `small-data@600:bf16`; default auto)
-    and `+freezeN` (TRAIN_FREEZE=N: `small-data+freeze10` keeps YOLOv5's backbone; default 0)."""
+    """`settings` training with `recipe`: a TRAIN_RECIPE name, `ultralytics` at BASELINE_EPOCHS, or `small-data@STEPS`
+    (`small-data@STEPSxBATCH` with TRAIN_BATCH=BATCH; default the preset's), each optionally with `:PRECISION`
+    (a TRAIN_PRECISION: `small-data:fp32`, `small-data@600:bf16`; default auto) and `+freezeN` (TRAIN_FREEZE=N:
+    `small-data+freeze10` keeps YOLOv5's backbone; default 0)."""
     from label_studio_ale.settings import TRAIN_PRECISIONS
     from label_studio_ale_plugins.yolov5.recipe import RECIPES, SMALL_DATA
 
     rest, plus, freeze = recipe.partition("+freeze")
     spec, colon, precision = rest.partition(":")
     name, at, steps = spec.partition("@")
+    steps, x, batch = steps.partition("x")
     if (
         name not in RECIPES
         or (at and (name != SMALL_DATA or not steps.isdigit() or int(steps) < 1))
+        or (x and (not batch.isdigit() or int(batch) < 1))
         or (colon and precision not in TRAIN_PRECISIONS)
         or (plus and (not freeze.isdigit() or int(freeze) < 1))
     ):
         raise ValueError(
-            f"--recipes: {recipe!r} is not one of {', '.join(RECIPES)} or {SMALL_DATA}@STEPS (e.g. {SMALL_DATA}@600), "
+            f"--recipes: {recipe!r} is not one of {', '.join(RECIPES)} or {SMALL_DATA}@STEPS (e.g. {SMALL_DATA}@600, "
+            f"or {SMALL_DATA}@300x16 for 300 steps of 16 images), "
             f"optionally with :PRECISION, one of {', '.join(TRAIN_PRECISIONS)} (e.g. {SMALL_DATA}:fp32), "
             f"and +freezeLAYERS (e.g. {SMALL_DATA}+freeze10)"
         )
@@ -181,6 +188,7 @@ def recipe_settings(settings, recipe: str):
         train_min_steps=int(steps or 0),
         train_precision=precision or settings.train_precision,
         train_freeze=int(freeze or 0),
+        train_batch=int(batch) if x else settings.train_batch,
     )
 
 

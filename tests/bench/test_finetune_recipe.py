@@ -37,7 +37,20 @@ def test_a_recipe_may_name_the_layers_it_keeps(finetune_recipe):
     assert finetune_recipe.recipe_settings(base, "small-data+freeze3").train_freeze == 3
 
 
-@pytest.mark.parametrize("recipe", ["fast", "ultralytics@600", "small-data@", "small-data@0", "small-data@six", "small-data:half", "small-data:", "small-data+freeze", "small-data+freeze0", "small-data+freezeall"])
+def test_a_recipe_may_name_its_batch(finetune_recipe):
+    base = Settings(train_batch=8)
+    assert finetune_recipe.recipe_settings(base, "small-data@600").train_batch == 8
+    wide = finetune_recipe.recipe_settings(base, "small-data@300x16:bf16+freeze10")
+    assert (wide.train_min_steps, wide.train_batch, wide.train_precision, wide.train_freeze) == (300, 16, "bf16", 10)
+
+
+@pytest.mark.parametrize(
+    "recipe",
+    [
+        "fast", "ultralytics@600", "small-data@", "small-data@0", "small-data@six", "small-data:half", "small-data:",
+        "small-data+freeze", "small-data+freeze0", "small-data+freezeall", "small-data@300x", "small-data@300x0", "small-data@x16",
+    ],
+)
 def test_a_misnamed_recipe_is_refused_with_the_forms_it_takes(finetune_recipe, recipe):
     with pytest.raises(ValueError, match=r"--recipes: .* small-data@STEPS .*:PRECISION, one of auto, fp32, bf16.* \+freezeLAYERS"):
         finetune_recipe.recipe_settings(Settings(), recipe)
