@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..datasets import read_dataset
-from ..settings import Settings
+from ..settings import DEFAULT_TRAIN_BATCH, Settings
 from .digits import BURST_VERSION, NEW_CLASS_SHARE, DigitScenes, check_new_class_share
 from .simulation import BenchData
 
@@ -17,6 +17,10 @@ from .simulation import BenchData
 EVAL_SEED_OFFSET = 1_000_000
 BASE_SEED_OFFSET = 2_000_000
 DEFAULT_EVAL_PERCENT = 25
+#: The built-in base model's training batch, whatever TRAIN_BATCH the caller runs with: TRAIN_BATCH's default,
+#: which every committed `ale bench al` base model was trained with. Taken from the caller, the cached model
+#: depended on which benchmark trained it first (`benchmarks/finetune_recipe.py` runs at the preset's batch of 8).
+BASE_BATCH = DEFAULT_TRAIN_BATCH
 
 
 def builtin_data(
@@ -61,10 +65,13 @@ def base_model_dir(cache: str | Path, settings: Settings, images: int, epochs: i
 
     The recipe and TRAIN_PRECISION are part of the key: a base model trained
     another way is another model, and a run must not start from one trained
-    in a precision it did not ask for.
+    in a precision it did not ask for. The batch (BASE_BATCH) is in it too, so
+    that no model cached before it was fixed, at whatever batch its caller had,
+    is taken for one trained at BASE_BATCH.
     """
     scenes = DigitScenes(size=image_size)
-    return Path(cache) / f"digits-{scenes.key}" / f"base-{images}-{epochs}ep-{settings.train_recipe}-{settings.train_precision}"
+    key = f"base-{images}-{epochs}ep-b{BASE_BATCH}-{settings.train_recipe}-{settings.train_precision}"
+    return Path(cache) / f"digits-{scenes.key}" / key
 
 
 def builtin_base_model(cache: str | Path, settings: Settings, images: int, epochs: int, image_size: int, device: str, log=print) -> Path:
@@ -93,9 +100,10 @@ def builtin_base_model(cache: str | Path, settings: Settings, images: int, epoch
     work = store.dir.parent / "work"
     try:
         dataset, _ = write_training_set(work, samples, known)
-        # from a yaml every layer trains, whatever TRAIN_FREEZE the loop's fine-tunes use
+        # from a yaml every layer trains, whatever TRAIN_FREEZE the loop's fine-tunes use, at one batch whatever theirs
         trained = settings.replace(
-            image_size=image_size, train_epochs=epochs, base_model="yolov5n.yaml", device=device, promotion="always", train_freeze=0
+            image_size=image_size, train_epochs=epochs, train_batch=BASE_BATCH, base_model="yolov5n.yaml", device=device,
+            promotion="always", train_freeze=0,
         )
         train_version(trained, store, dataset, known, work)
     finally:

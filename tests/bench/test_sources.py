@@ -84,3 +84,28 @@ def test_the_base_model_trains_every_layer_whatever_train_freeze_the_loop_uses(t
         builtin_base_model(tmp_path, frozen, 4, 1, 64, "cpu", log=lambda message: None)
     assert [(s.train_freeze, s.base_model) for s in asked] == [(0, "yolov5n.yaml")]
     assert base_model_dir(tmp_path, frozen, 4, 1, 64) == base_model_dir(tmp_path, Settings(), 4, 1, 64)
+
+
+def test_the_base_model_trains_at_one_batch_whatever_train_batch_the_caller_uses(tmp_path, monkeypatch):
+    """`ale bench al` (TRAIN_BATCH, 16 by default) and the fine-tune benchmark (the preset's 8) share the cached base
+    model, so it must not depend on which of them trained it first (the trainer stubbed at its seam)."""
+    from label_studio_ale import training
+    from label_studio_ale.bench.sources import BASE_BATCH, builtin_base_model
+
+    asked = []
+
+    class Stop(Exception):
+        pass
+
+    def train_version(settings, *args, **kwargs):
+        asked.append(settings)
+        raise Stop
+
+    monkeypatch.setattr(training, "train_version", train_version)
+    for batch in (8, 32):
+        with pytest.raises(Stop):
+            builtin_base_model(tmp_path, Settings(train_batch=batch), 4, 1, 64, "cpu", log=lambda message: None)
+    assert [s.train_batch for s in asked] == [BASE_BATCH, BASE_BATCH] and BASE_BATCH == 16
+    assert base_model_dir(tmp_path, Settings(train_batch=8), 4, 1, 64) == base_model_dir(tmp_path, Settings(), 4, 1, 64)
+    # a model cached under the key that had no batch in it is not taken for one trained at BASE_BATCH
+    assert f"-b{BASE_BATCH}-" in base_model_dir(tmp_path, Settings(), 4, 1, 64).name
