@@ -63,48 +63,43 @@ def test_a_pool_with_a_rarer_new_class_is_generated_apart_and_the_evaluation_set
         builtin_data(tmp_path, 12, 4, 96, new_class_share=1.0)
 
 
-def test_the_base_model_trains_every_layer_whatever_train_freeze_the_loop_uses(tmp_path, monkeypatch):
-    """TRAIN_FREEZE is for fine-tunes from trained weights: the built-in base model, trained from a yaml, trains
-    every layer and is cached where an unfrozen run's is (the trainer stubbed at its seam)."""
+class _Stop(Exception):
+    """Raised by the stubbed trainer: the test only needs the settings it was asked to train with."""
+
+
+def _base_model_training_settings(tmp_path, monkeypatch, callers) -> list:
+    """The settings `builtin_base_model` hands the trainer for each caller's settings (the trainer stubbed at its seam)."""
     from label_studio_ale import training
     from label_studio_ale.bench.sources import builtin_base_model
 
     asked = []
 
-    class Stop(Exception):
-        pass
-
     def train_version(settings, *args, **kwargs):
         asked.append(settings)
-        raise Stop
+        raise _Stop
 
     monkeypatch.setattr(training, "train_version", train_version)
+    for settings in callers:
+        with pytest.raises(_Stop):
+            builtin_base_model(tmp_path, settings, 4, 1, 64, "cpu", log=lambda message: None)
+    return asked
+
+
+def test_the_base_model_trains_every_layer_whatever_train_freeze_the_loop_uses(tmp_path, monkeypatch):
+    """TRAIN_FREEZE is for fine-tunes from trained weights: the built-in base model, trained from a yaml, trains
+    every layer and is cached where an unfrozen run's is."""
     frozen = Settings(train_freeze=10)
-    with pytest.raises(Stop):
-        builtin_base_model(tmp_path, frozen, 4, 1, 64, "cpu", log=lambda message: None)
+    asked = _base_model_training_settings(tmp_path, monkeypatch, [frozen])
     assert [(s.train_freeze, s.base_model) for s in asked] == [(0, "yolov5n.yaml")]
     assert base_model_dir(tmp_path, frozen, 4, 1, 64) == base_model_dir(tmp_path, Settings(), 4, 1, 64)
 
 
 def test_the_base_model_trains_at_one_batch_whatever_train_batch_the_caller_uses(tmp_path, monkeypatch):
     """`ale bench al` (TRAIN_BATCH, 16 by default) and the fine-tune benchmark (the preset's 8) share the cached base
-    model, so it must not depend on which of them trained it first (the trainer stubbed at its seam)."""
-    from label_studio_ale import training
-    from label_studio_ale.bench.sources import BASE_BATCH, builtin_base_model
+    model, so it must not depend on which of them trained it first."""
+    from label_studio_ale.bench.sources import BASE_BATCH
 
-    asked = []
-
-    class Stop(Exception):
-        pass
-
-    def train_version(settings, *args, **kwargs):
-        asked.append(settings)
-        raise Stop
-
-    monkeypatch.setattr(training, "train_version", train_version)
-    for batch in (8, 32):
-        with pytest.raises(Stop):
-            builtin_base_model(tmp_path, Settings(train_batch=batch), 4, 1, 64, "cpu", log=lambda message: None)
+    asked = _base_model_training_settings(tmp_path, monkeypatch, [Settings(train_batch=8), Settings(train_batch=32)])
     assert [s.train_batch for s in asked] == [BASE_BATCH, BASE_BATCH] and BASE_BATCH == 16
     assert base_model_dir(tmp_path, Settings(train_batch=8), 4, 1, 64) == base_model_dir(tmp_path, Settings(), 4, 1, 64)
     # a model cached under the key that had no batch in it is not taken for one trained at BASE_BATCH
