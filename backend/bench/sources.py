@@ -18,8 +18,8 @@ EVAL_SEED_OFFSET = 1_000_000
 BASE_SEED_OFFSET = 2_000_000
 DEFAULT_EVAL_PERCENT = 25
 #: The built-in base model's training batch, whatever TRAIN_BATCH the caller runs with: TRAIN_BATCH's default,
-#: which every committed `ale bench al` base model was trained with. Taken from the caller, the cached model
-#: depended on which benchmark trained it first (`benchmarks/finetune_recipe.py` runs at the preset's batch of 8).
+#: what `ale bench al` trained it with. Taken from the caller, the cached model depended on which benchmark
+#: trained it first (`benchmarks/finetune_recipe.py` runs at the preset's batch of 8).
 BASE_BATCH = DEFAULT_TRAIN_BATCH
 
 
