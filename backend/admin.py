@@ -27,7 +27,7 @@ SHOWN_SETTINGS = (
     "adapter", "policy", "policy_seed", "score_threshold", "nms_metric", "nms_threshold", "max_tags_per_pixel", "max_detections",
     "sync_batch_size", "exploration_fraction", "empty_quota", "class_balance", "duplicate_distance", "diversity_pool",
     "novelty_weight", "cost_per_image", "ls_clusters", "tile_size", "tile_overlap", "tile_above", "promotion", "sync_interval",
-    "base_model", "image_size", "device", "train_recipe", "train_epochs", "train_min_steps", "train_batch", "train_precision",
+    "base_model", "image_size", "device", "train_recipe", "train_epochs", "train_min_steps", "train_continue_steps", "train_batch", "train_precision",
     "train_freeze",
 )  # fmt: skip
 

@@ -113,6 +113,20 @@ def split_size(data_yaml: str | Path, split: str = "train") -> int:
     return sum(1 for p in image_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def split_label_boxes(data_yaml: str | Path, classes: list[str], split: str = "train") -> dict[str, int]:
+    """{label: boxes} in one split of a YOLO dataset (beside its data.yaml), read from its label files alone."""
+    label_dir = Path(data_yaml).parent / "labels" / split
+    counts = dict.fromkeys(classes, 0)
+    for label_file in label_dir.rglob("*.txt") if label_dir.is_dir() else ():
+        for line in label_file.read_text().splitlines():
+            if line.strip():
+                index = int(line.split()[0])
+                if not 0 <= index < len(classes):
+                    raise ValueError(f"{label_file}: class index {index} outside 0..{len(classes) - 1}")
+                counts[classes[index]] += 1
+    return counts
+
+
 def read_yolo_split(data_yaml: str | Path, split: str = "val") -> tuple[list[str], list[LabelledImage]]:
     """-> (class names, labelled images of `split`). An image without a label file has no objects."""
     return read_yolo(data_yaml, split)

@@ -135,6 +135,8 @@ class Settings:
     train_recipe: str = TRAIN_RECIPES[0]
     #: 0: the small-data recipe's own minimum (600 optimizer steps)
     train_min_steps: int = 0
+    #: 0: as train_min_steps; N: the fewest steps of a fine-tune that continues the current version with its classes
+    train_continue_steps: int = 0
     train_precision: str = TRAIN_PRECISIONS[0]
     #: 0: every layer trains; N: the model's first N layers keep their weights (yolov5: 10 is the backbone)
     train_freeze: int = 0
@@ -202,6 +204,8 @@ class Settings:
             raise ConfigError("TRAIN_EPOCHS", f"must be 0 (the recipe decides) or a number of epochs, got {self.train_epochs}")
         if self.train_min_steps < 0:
             raise ConfigError("TRAIN_MIN_STEPS", f"must be 0 (the recipe decides) or a number of optimizer steps, got {self.train_min_steps}")
+        if self.train_continue_steps < 0:
+            raise ConfigError("TRAIN_CONTINUE_STEPS", f"must be 0 (as TRAIN_MIN_STEPS) or a number of optimizer steps, got {self.train_continue_steps}")
         if self.train_recipe not in TRAIN_RECIPES:
             raise ConfigError("TRAIN_RECIPE", f"must be one of {', '.join(TRAIN_RECIPES)}, got {self.train_recipe!r}")
         if self.train_precision not in TRAIN_PRECISIONS:
@@ -339,6 +343,7 @@ ENV_VARS = {
     "TRAIN_BATCH": ("train_batch", int),
     "TRAIN_RECIPE": ("train_recipe", str.lower),
     "TRAIN_MIN_STEPS": ("train_min_steps", int),
+    "TRAIN_CONTINUE_STEPS": ("train_continue_steps", int),
     "TRAIN_PRECISION": ("train_precision", str.lower),
     "TRAIN_FREEZE": ("train_freeze", int),
     "PROMOTION": ("promotion", str.lower),

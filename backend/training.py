@@ -18,6 +18,7 @@ from PIL import Image
 
 from .boxes import clip_boxes
 from .consensus import consensus
+from .datasets import split_label_boxes
 from .errors import AleError
 from .evaluation import evaluate
 from .ls_format import parse_label_config, rectangle_to_xyxy, task_image_url
@@ -178,6 +179,10 @@ def train_version(
                 f", {label} from {old}" for label, old in rows.items() if label != old
             )
             base = str(factory.grow(base, classes, work / "grown", rows))
+    same_classes = current is not None and list(current.classes) == classes
+    trained_labels = sorted(label for label, boxes in split_label_boxes(dataset, classes).items() if boxes)
+    if same_classes and settings.train_continue_steps and continues_labels(current, trained_labels):
+        settings = settings.replace(train_min_steps=settings.train_continue_steps)
     progress("train", 0, settings.train_epochs)
     ran = {"epochs": settings.train_epochs}
 
@@ -189,7 +194,6 @@ def train_version(
     plan = factory.training_plan(settings, dataset) if hasattr(factory, "training_plan") else None
     trained = factory.fine_tune(settings, base, dataset, work, seed=seed, on_epoch=on_epoch)
     metrics = evaluate_weights(settings, trained, dataset, classes)
-    same_classes = current is not None and list(current.classes) == classes
     baseline = evaluate_weights(settings, current.weights, dataset, classes) if same_classes else None
     promote, reason = promotion_decision(settings, metrics, current, baseline, classes)
     manifest = {
@@ -199,6 +203,8 @@ def train_version(
         **({"plan": plan} if plan else {}),
         "image_size": settings.image_size,
         "label_config_labels": classes,
+        # the labels it learnt from boxes of: the next fine-tune continues it with fewer steps only if it adds none
+        "trained_labels": trained_labels,
         **(counts or {}),
         "promotion": {
             "promoted": promote,
@@ -211,6 +217,18 @@ def train_version(
     if promote:
         store.promote(version.name)
     return TrainedVersion(version, promote, metrics, baseline, reason)
+
+
+def continues_labels(current: ModelVersion, trained_labels: list[str]) -> bool:
+    """True when `current` was trained on boxes of every label in `trained_labels`.
+
+    A head row that has never seen a box of its label (a label added to the
+    config, or a new class before its first boxes) must be learnt: that
+    fine-tune takes the recipe's full steps, not TRAIN_CONTINUE_STEPS. A
+    version stored before the manifest recorded its labels counts as not.
+    """
+    known = current.manifest.get("trained_labels")
+    return known is not None and set(trained_labels) <= set(known)
 
 
 def inherited_rows(known: list[str], classes: list[str], aliases: dict[str, str] | None = None) -> dict[str, str]:

@@ -195,3 +195,18 @@ def test_unrecognised_layouts_say_what_is_expected(tmp_path):
         read_dataset(tmp_path / "nowhere")
     with pytest.raises(ValueError, match="format 'csv' is unknown"):
         read_dataset(tmp_path, "csv")
+
+
+def test_split_label_boxes_counts_each_labels_boxes_from_the_label_files(tmp_path):
+    from label_studio_ale.datasets import split_label_boxes
+
+    labels = tmp_path / "labels" / "train"
+    labels.mkdir(parents=True)
+    (labels / "1.txt").write_text("0 0.5 0.5 0.1 0.1\n2 0.2 0.2 0.1 0.1\n\n")
+    (labels / "2.txt").write_text("0 0.4 0.4 0.1 0.1\n")
+    (labels / "3.txt").write_text("")  # an image with no objects
+    data_yaml = tmp_path / "data.yaml"
+    assert split_label_boxes(data_yaml, ["bird", "nest", "egg"]) == {"bird": 2, "nest": 0, "egg": 1}
+    assert split_label_boxes(data_yaml, ["bird"], split="val") == {"bird": 0}  # no such split: nothing labelled
+    with pytest.raises(ValueError, match=r"1.txt: class index 2 outside 0..1"):
+        split_label_boxes(data_yaml, ["bird", "nest"])

@@ -65,6 +65,7 @@ def test_every_variable_is_read():
         "TRAIN_BATCH": "8",
         "TRAIN_RECIPE": "Ultralytics",
         "TRAIN_MIN_STEPS": "400",
+        "TRAIN_CONTINUE_STEPS": "300",
         "TRAIN_PRECISION": "FP32",
         "TRAIN_FREEZE": "10",
         "PROMOTION": "Always",
@@ -80,7 +81,7 @@ def test_every_variable_is_read():
     assert s.log_level == "DEBUG" and s.image_size == 320 and s.fetch_timeout == 3.0
     assert s.redis_url.endswith("/3") and s.policy == "ale-lc-max" and s.sync_projects == (1, 4)
     assert s.promotion == "always" and s.promotion_min_images == 20 and s.allow_downloads is True
-    assert s.train_epochs == 5 and s.train_recipe == "ultralytics" and s.train_min_steps == 400
+    assert s.train_epochs == 5 and s.train_recipe == "ultralytics" and s.train_min_steps == 400 and s.train_continue_steps == 300
     assert s.train_precision == "fp32" and s.train_freeze == 10
     assert s.class_balance == (("bird", 0.7), ("nest", 0.3)) and s.duplicate_distance == 4
     assert s.predict_chunk_pixels == 5000 and s.tile_min_visible == 0.4 and s.tile_empty_share == 0.5
@@ -131,6 +132,7 @@ def test_secrets_are_not_in_repr():
         ({"TRAIN_RECIPE": "fast"}, "TRAIN_RECIPE"),
         ({"TRAIN_EPOCHS": "-1"}, "TRAIN_EPOCHS"),
         ({"TRAIN_MIN_STEPS": "-200"}, "TRAIN_MIN_STEPS"),
+        ({"TRAIN_CONTINUE_STEPS": "-1"}, "TRAIN_CONTINUE_STEPS"),
         ({"TRAIN_PRECISION": "half"}, "TRAIN_PRECISION"),
         ({"TRAIN_FREEZE": "-1"}, "TRAIN_FREEZE"),
         ({"AUTO_TRAIN_AFTER": "-1"}, "AUTO_TRAIN_AFTER"),

@@ -1,5 +1,7 @@
 """Training pieces shared by Start Training and the benchmark: the dataset writer and train_version."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -180,3 +182,62 @@ def test_the_demo_base_set_always_holds_a_validation_image():
     assert len(picked) == 10 and picked[:9] == tasks[:9] and is_validation(picked[-1]) and picked[-1] in tasks[10:]
     mixed = next(start for start in ids if any(is_validation(t) for t in range(start, start + 10)))
     assert base_set(list(range(mixed, mixed + 16)), 10) == list(range(mixed, mixed + 10)), "already mixed: the first ones"
+
+
+def _bird_and_nest_set(tmp_path, name, nests: bool):
+    """A 20-image data.yaml with a bird on every image and, when `nests`, a nest on each too."""
+    (tmp_path / name).mkdir()
+    boxes, labels = ([[5, 5, 30, 30], [40, 10, 70, 40]], [0, 1]) if nests else ([[5, 5, 30, 30]], [0])
+    samples = [_sample(i, tmp_path / name, boxes, labels) for i in range(1, 21)]
+    return write_training_set(tmp_path / name / "ds", samples, ["bird", "nest"])[0]
+
+
+@pytest.mark.slow
+def test_a_fine_tune_that_adds_no_label_takes_train_continue_steps(trained_weights, tmp_path, monkeypatch):
+    """TRAIN_CONTINUE_STEPS applies only when the current version has learnt from boxes of every label labelled now.
+
+    The trainer is stubbed at its seam (it returns the weights it was given), so
+    each version's plan shows the steps the recipe gave it; evaluation is real.
+    """
+    import shutil
+
+    from label_studio_ale_plugins.yolov5 import adapter
+
+    epochs = []
+
+    def trainer(data, weights, out, **options):
+        epochs.append(options["epochs"])
+        Path(out).mkdir(parents=True, exist_ok=True)
+        return Path(shutil.copyfile(weights, Path(out) / "best.pt"))
+
+    monkeypatch.setattr(adapter, "train_yolo", trainer)
+    settings = Settings(base_model=str(trained_weights), train_batch=8, train_continue_steps=200, image_size=IMAGE_SIZE,
+                        train_precision="fp32", model_dir=str(tmp_path / "models"))  # fmt: skip
+    store = ModelStore(settings.model_dir, 1)
+    birds, both = _bird_and_nest_set(tmp_path, "birds", nests=False), _bird_and_nest_set(tmp_path, "both", nests=True)
+
+    def steps(dataset, run_settings=settings):
+        version = train_version(run_settings, store, dataset, ["bird", "nest"], tmp_path / "work").version
+        return version.manifest["plan"]["steps"], version.manifest["trained_labels"]
+
+    # the first version starts from BASE_MODEL: the recipe's full minimum
+    assert steps(birds) == (600, ["bird"])
+    # the first nest boxes: that head row has never learnt from a box, so the full minimum again
+    assert steps(both) == (600, ["bird", "nest"])
+    # the same labels once more: the version it continues knows them all
+    assert steps(both) == (200, ["bird", "nest"])
+    assert steps(birds) == (200, ["bird"])  # fewer labels than it knows: still a continuation
+    # unset (0), every fine-tune takes TRAIN_MIN_STEPS (here the recipe's 600)
+    assert steps(both, settings.replace(train_continue_steps=0)) == (600, ["bird", "nest"])
+    assert len(epochs) == 5
+
+
+def test_a_version_without_a_record_of_its_labels_is_not_continued():
+    from types import SimpleNamespace
+
+    from label_studio_ale.training import continues_labels
+
+    assert continues_labels(SimpleNamespace(manifest={"trained_labels": ["bird", "nest"]}), ["bird"])
+    assert not continues_labels(SimpleNamespace(manifest={"trained_labels": ["bird"]}), ["bird", "nest"])
+    # stored before versions recorded their labels: what it learnt is unknown, so a fine-tune gets the full steps
+    assert not continues_labels(SimpleNamespace(manifest={}), ["bird"])

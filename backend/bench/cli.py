@@ -230,7 +230,8 @@ def _run_al(settings: Settings, args, argv: list[str]) -> int:
         f"{len(config.policies)} policies x {len(config.seeds)} seeds x {config.cycles} cycles: "
         f"{config.initial} initial + {_per_cycle(config, settings)} per cycle, "
         f"{f'{config.epochs} epochs' if config.epochs else 'the recipe' + chr(39) + 's epochs'} each"
-        f"{f' (TRAIN_MIN_STEPS={settings.train_min_steps})' if settings.train_min_steps else ''}, base {config.base_model}; "
+        f"{f' (TRAIN_MIN_STEPS={settings.train_min_steps})' if settings.train_min_steps else ''}"
+        f"{f' (TRAIN_CONTINUE_STEPS={settings.train_continue_steps})' if settings.train_continue_steps else ''}, base {config.base_model}; "
         f"{jobs} run{'s' if jobs > 1 else ''} at once"
     )
     with tempfile.TemporaryDirectory(prefix="ale-bench-", dir=out) as work:

@@ -210,6 +210,7 @@ def simulate(
         "training": {
             "TRAIN_RECIPE": settings.train_recipe,
             "TRAIN_MIN_STEPS": settings.train_min_steps,
+            "TRAIN_CONTINUE_STEPS": settings.train_continue_steps,
             "TRAIN_PRECISION": settings.train_precision,
             "TRAIN_FREEZE": settings.train_freeze,
         },
