@@ -217,6 +217,7 @@ def test_runs_at_once_label_what_runs_in_turn_label(shapes_dataset, tmp_path):
 def test_under_a_cost_budget_each_cycle_labels_the_queue_until_its_cost_is_reached(shapes_dataset, tmp_path, monkeypatch):
     monkeypatch.setenv("COST_PER_IMAGE", "1")
     monkeypatch.setenv("TRAIN_MIN_STEPS", "300")  # named in the results (--epochs fixes the epochs here)
+    monkeypatch.setenv("TRAIN_CONTINUE_STEPS", "150")
     monkeypatch.setenv("TRAIN_PRECISION", "fp32")
     out = tmp_path / "out"
     code = main(
@@ -229,7 +230,9 @@ def test_under_a_cost_budget_each_cycle_labels_the_queue_until_its_cost_is_reach
     results = json.loads((out / "results.json").read_text())
     assert results["config"]["budget_cost"] == 9.0 and results["selection"]["COST_PER_IMAGE"] == 1.0
     assert results["config"]["budget"] is None  # the preset's images a cycle played no part
-    assert results["training"] == {"TRAIN_RECIPE": "small-data", "TRAIN_MIN_STEPS": 300, "TRAIN_PRECISION": "fp32", "TRAIN_FREEZE": 0}
+    assert results["training"] == {
+        "TRAIN_RECIPE": "small-data", "TRAIN_MIN_STEPS": 300, "TRAIN_CONTINUE_STEPS": 150, "TRAIN_PRECISION": "fp32", "TRAIN_FREEZE": 0
+    }  # fmt: skip
     assert {c["fine_tune"]["precision"] for run in results["runs"] for c in run["cycles"][1:]} == {"fp32"}
     for run in results["runs"]:
         cost = [c["labelled_images"] + sum(c["labelled_objects"].values()) for c in run["cycles"]]
