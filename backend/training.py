@@ -164,7 +164,8 @@ def train_version(
     if current is None and hasattr(factory, "local_weights"):
         base = factory.local_weights(settings, base)  # a hub name is fetched (ALLOW_DOWNLOADS) or refused here
     origin = "base model"
-    if current is not None and list(current.classes) == classes:
+    same_classes = current is not None and list(current.classes) == classes
+    if same_classes:
         base, origin = str(current.weights), current.name
     elif current is not None and set(current.classes) & set(classes):
         # New (or removed) labels: grow the head, keeping the known classes.
@@ -179,7 +180,6 @@ def train_version(
                 f", {label} from {old}" for label, old in rows.items() if label != old
             )
             base = str(factory.grow(base, classes, work / "grown", rows))
-    same_classes = current is not None and list(current.classes) == classes
     trained_labels = sorted(label for label, boxes in split_label_boxes(dataset, classes).items() if boxes)
     if same_classes and settings.train_continue_steps and continues_labels(current, trained_labels):
         settings = settings.replace(train_min_steps=settings.train_continue_steps)
