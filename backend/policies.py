@@ -186,23 +186,24 @@ def policy_names() -> list[str]:
     return names + sorted(ep.name for ep in entry_points(group=POLICY_ENTRY_POINT_GROUP))
 
 
+#: What each suffix wraps the policy before it in: (inner, cost per image, novelty weight) -> policy.
+_SUFFIXES = {
+    COST_SUFFIX: lambda inner, cost, _: CostAwarePolicy(inner, cost),
+    NOVELTY_SUFFIX: lambda inner, _, weight: NoveltyMix(inner, weight),
+    DIVERSE_SUFFIX: lambda inner, *_: DiversePolicy(inner),
+    CORESET_SUFFIX: lambda inner, *_: CoresetPolicy(inner),
+    RARE_SUFFIX: lambda inner, *_: RarityWeighted(inner),
+}
+
+
 def get_policy(name: str, seed: int = 0, cost_per_image: float = DEFAULT_COST_PER_IMAGE, novelty_weight: float = DEFAULT_NOVELTY_WEIGHT):
     """Resolve a policy by name, dotted path (`pkg.mod:function`) or entry point, with its suffixes (+rare, +cost, +novelty,
     +diverse, +coreset)."""
     if not isinstance(name, str) or not name:
         raise ValueError("POLICY is empty: use e.g. ale-entropy-sum")
-    for suffix in (COST_SUFFIX, NOVELTY_SUFFIX, DIVERSE_SUFFIX, CORESET_SUFFIX, RARE_SUFFIX):
+    for suffix, wrap in _SUFFIXES.items():
         if name.endswith(suffix) and len(name) > len(suffix):
-            inner = get_policy(name[: -len(suffix)], seed, cost_per_image, novelty_weight)
-            if suffix == COST_SUFFIX:
-                return CostAwarePolicy(inner, cost_per_image)
-            if suffix == NOVELTY_SUFFIX:
-                return NoveltyMix(inner, novelty_weight)
-            if suffix == RARE_SUFFIX:
-                return RarityWeighted(inner)
-            if suffix == CORESET_SUFFIX:
-                return CoresetPolicy(inner)
-            return DiversePolicy(inner)
+            return wrap(get_policy(name[: -len(suffix)], seed, cost_per_image, novelty_weight), cost_per_image, novelty_weight)
     if name == NOVELTY_POLICY:
         return NoveltyPolicy()
     parts = name.split("-")
