@@ -1,0 +1,106 @@
+"""The detection store's record of the queue a project is served: its version, what ordered it, each task's score in it.
+
+`served_queues` holds one row per project (the prediction version a sync
+last switched Label Studio to, its raw output and ranking keys, the cluster
+centroids its predictions were written with); `served_tasks` each task's
+usefulness and LS score in it. The tables themselves are created with the
+store's others (`detection_store.TABLES`).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Iterable
+
+import numpy as np
+
+from .detection_rows import ServedQueue, ServedTasks, served_from_rows, served_rows
+
+
+class ServedQueueStoreMixin:
+    """Reads and writes of the served queue, in the store's transactions (`_tx`, `_exec`, `_execmany`)."""
+
+    def served_queue(self, project: int) -> ServedQueue | None:
+        with self._tx() as db:
+            row = self._exec(db, "SELECT ls_version, raw_key, ranking_key FROM served_queues WHERE project = ?", (project,)).fetchone()
+        return None if row is None else ServedQueue(*row)
+
+    def served_centroids(self, project: int, ls_version: str) -> np.ndarray | None:
+        """(k, D) cluster centroids the served `ls_version` was written with; None without (or for another version)."""
+        with self._tx() as db:
+            row = self._exec(
+                db, "SELECT centroids, centroid_dims FROM served_queues WHERE project = ? AND ls_version = ?", (project, ls_version)
+            ).fetchone()
+        if row is None or row[0] is None:
+            return None
+        return np.frombuffer(bytes(row[0]), dtype=np.float32).reshape(-1, int(row[1]))
+
+    def served_tasks(self, project: int, limit: int | None = None) -> ServedTasks:
+        """The served queue's tasks by ascending score: all, or the first `limit` (its head)."""
+        query = "SELECT task_id, usefulness, score FROM served_tasks WHERE project = ? ORDER BY score, task_id"
+        params: tuple = (project,)
+        if limit is not None:
+            query, params = f"{query} LIMIT ?", (project, int(limit))
+        with self._tx() as db:
+            rows = self._exec(db, query, params).fetchall()
+        return served_from_rows(rows)
+
+    def served_last_task(self, project: int) -> int | None:
+        """The greatest task id in the project's served queue; None when it has none."""
+        with self._tx() as db:
+            row = self._exec(db, "SELECT MAX(task_id) FROM served_tasks WHERE project = ?", (project,)).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
+    def rescore_served(self, project: int, ls_version: str, drop: Iterable[int], task_ids, scores) -> bool:
+        """Drop tasks from the served queue and give others new scores, if it is still `ls_version`. -> whether it was."""
+        drop = [(project, int(t)) for t in drop]
+        updates = [(float(s), project, int(t)) for t, s in zip(np.asarray(task_ids).tolist(), np.asarray(scores, dtype=np.float64).tolist())]
+        with self._tx() as db:
+            if not self._serves(db, project, ls_version):
+                return False
+            self._execmany(db, "DELETE FROM served_tasks WHERE project = ? AND task_id = ?", drop)
+            self._execmany(db, "UPDATE served_tasks SET score = ? WHERE project = ? AND task_id = ?", updates)
+        return True
+
+    def replace_served(self, project: int, queue: ServedQueue, task_ids, usefulness, scores, centroids: np.ndarray | None = None) -> None:
+        """Record a full sync's queue (and the (k, D) cluster centroids its predictions were written with), replacing the last."""
+        rows = served_rows(project, task_ids, usefulness, scores)
+        blob, dims = (None, None) if centroids is None else (np.asarray(centroids, dtype=np.float32).tobytes(), int(np.shape(centroids)[1]))
+        with self._tx() as db:
+            self._forget(db, project)
+            self._exec(
+                db,
+                "INSERT INTO served_queues (project, ls_version, raw_key, ranking_key, updated, centroids, centroid_dims) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (project, queue.ls_version, queue.raw_key, queue.ranking_key, time.time(), blob, dims),
+            )
+            self._execmany(db, "INSERT INTO served_tasks (project, task_id, usefulness, score) VALUES (?, ?, ?, ?)", rows)
+
+    def add_served(self, project: int, ls_version: str, task_ids, usefulness, scores) -> bool:
+        """Add tasks to the served queue if it is still `ls_version`. -> whether it was (and they were added)."""
+        rows = served_rows(project, task_ids, usefulness, scores)
+        with self._tx() as db:
+            if not self._serves(db, project, ls_version):
+                return False
+            self._execmany(
+                db,
+                "INSERT INTO served_tasks (project, task_id, usefulness, score) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (project, task_id) DO UPDATE SET usefulness = excluded.usefulness, score = excluded.score",
+                rows,
+            )
+            self._exec(db, "UPDATE served_queues SET updated = ? WHERE project = ?", (time.time(), project))
+        return True
+
+    def forget_served(self, project: int) -> None:
+        """Drop the project's served record: its next sync rewrites the whole queue."""
+        with self._tx() as db:
+            self._forget(db, project)
+
+    def _forget(self, db, project: int) -> None:
+        self._exec(db, "DELETE FROM served_tasks WHERE project = ?", (project,))
+        self._exec(db, "DELETE FROM served_queues WHERE project = ?", (project,))
+
+    def _serves(self, db, project: int, ls_version: str) -> bool:
+        """Whether the project's recorded queue is `ls_version` (inside the caller's transaction)."""
+        row = self._exec(db, "SELECT ls_version FROM served_queues WHERE project = ?", (project,)).fetchone()
+        return row is not None and row[0] == ls_version
