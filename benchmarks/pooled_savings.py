@@ -1,0 +1,299 @@
+"""Every run of the small preset's setup read together: what each policy saves over all the seeds of all base models.
+
+Each machine trains its own base model from the same scenes, and a run reads
+three or six seeds of one of them. The savings have moved by ten points from
+one base model to the next, so no single run says how far a policy is from a
+target. This reads every `ale bench al` result given, keeps the runs made
+with the small preset's setup and the recipe a project gets (`preset_problem`
+says why a file or run is left out), and pools them:
+
+- a *pair* is one seed's first model: runs that start from the same first
+  model (same seed, same cycle-0 mAP50 to every digit) are the same pair,
+  whichever file holds them; a (pair, policy) found twice is kept once, and
+  a second copy whose curve differs is counted as a conflict;
+- per policy, the pairs where it ran beside random: their mean curves and the
+  images and boxes it needs to reach random's final mean mAP50 (the project's
+  own `summarise`, as every table reads a run), and the same per base model;
+- a bootstrap (BOOTSTRAP_DRAWS draws, a fixed seed) that draws base models,
+  then each drawn model's seeds, with replacement: the 95 % interval of each
+  saving and the share of draws that reach the issue's targets (TARGETS). A
+  draw in which the policy never reaches random's final counts as below
+  every target.
+
+Usage: python benchmarks/pooled_savings.py [RESULTS.json ...] [--out docs/benchmarks/al-small-pooled]
+(default: every docs/benchmarks/al-small*/ results.json, nested folders included)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+#: The small preset's setup a pooled run must have (`ale bench al --preset small`, at most fewer policies or other seeds).
+PRESET_CONFIG = {"initial": 24, "budget": 24, "image_size": 128, "batch": 8, "initial_epochs": 0, "epochs": 0, "promotion": "always"}
+PRESET_DESCRIPTION = "built-in: scikit-learn handwritten digits on photographs, 128px, 320 pool + 120 evaluation scenes"
+#: Cycles read from each run (a run with more is read up to here).
+CYCLES = 3
+#: Bootstrap draws over the pairs, and their seed (the same inputs give the same intervals).
+BOOTSTRAP_DRAWS = 2000
+BOOTSTRAP_SEED = 0
+#: The savings the issue asks for: images for the best policy, boxes for at least one.
+TARGETS = {"images": 0.40, "boxes": 0.25}
+BASELINE = "random"
+
+
+def default_results() -> list[Path]:
+    return sorted((ROOT / "docs" / "benchmarks").glob("al-small*/**/results.json"))
+
+
+def preset_problem(results: dict) -> str | None:
+    """Why a results file is not the small preset's setup with the default recipe and selection; None when it is."""
+    from label_studio_ale.bench.records import selection_settings
+    from label_studio_ale.settings import Settings
+
+    config, dataset, training = results.get("config", {}), results.get("dataset", {}), results.get("training", {})
+    for name, value in PRESET_CONFIG.items():
+        if config.get(name) != value:
+            return f"config {name} is {config.get(name)!r}, the preset's is {value!r}"
+    if config.get("cycles", 0) < CYCLES:
+        return f"{config.get('cycles')} cycles, fewer than {CYCLES}"
+    if config.get("budget_cost"):
+        return "a cost budget (--budget-cost)"
+    if dataset.get("description") != PRESET_DESCRIPTION:
+        return f"another pool: {dataset.get('description')!r}"
+    if training.get("TRAIN_RECIPE") != "small-data" or training.get("TRAIN_MIN_STEPS") != 0:
+        return f"another recipe: {training or 'not recorded'}"
+    for name in ("TRAIN_CONTINUE_STEPS", "TRAIN_FREEZE"):
+        if training.get(name, 0):
+            return f"{name}={training[name]}"
+    defaults = selection_settings(Settings())
+    changed = {k: v for k, v in results.get("selection", {}).items() if defaults.get(k) != v}
+    if changed or "selection" not in results:
+        return f"selection settings {changed or 'not recorded'}"
+    return None
+
+
+def run_problem(run: dict, min_steps: int) -> str | None:
+    """Why a run is not the recipe's: a cycle that does not record its fine-tune, or one shorter than `min_steps`."""
+    for cycle in run["cycles"][1 : CYCLES + 1]:
+        steps = (cycle.get("fine_tune") or {}).get("steps")
+        if steps is None:
+            return f"cycle {cycle['cycle']} does not record its fine-tune"
+        if steps < min_steps:
+            return f"cycle {cycle['cycle']} trained {steps} steps, fewer than the recipe's {min_steps}"
+    return None
+
+
+def pool_runs(paths: list[Path]) -> dict:
+    """-> {"pairs": {pair: {"base", "seed"}}, "runs": {(pair, policy): run}, "skipped": [...], "conflicts": [...]}.
+
+    A pair is named `<base model>/seed<k>` after the first file that holds it.
+    """
+    from label_studio_ale_plugins.yolov5.recipe import MIN_STEPS
+
+    pairs, runs, skipped, conflicts = {}, {}, [], []
+    same = _BaseModels()
+    for path in paths:
+        results = json.loads(Path(path).read_text())
+        problem = preset_problem(results)
+        if problem:
+            skipped.append({"file": str(path), "why": problem})
+            continue
+        for run in results["runs"]:
+            problem = run_problem(run, MIN_STEPS)
+            if problem:
+                skipped.append({"file": str(path), "policy": run["policy"], "seed": run["seed"], "why": problem})
+                continue
+            first = (run["seed"], run["cycles"][0]["map50"])  # the first model: shared by every policy of the seed
+            base = results["config"]["base_model"]
+            same.join(pairs.setdefault(first, base), base)  # one model named two ways (a file's hash, its weights')
+            key = (first, run["policy"])
+            kept = runs.setdefault(key, dict(run, cycles=run["cycles"][: CYCLES + 1]))
+            if [c["map50"] for c in kept["cycles"]] != [c["map50"] for c in run["cycles"][: CYCLES + 1]]:
+                conflicts.append({"pair": key[0], "policy": key[1], "file": str(path)})
+    named = {first: {"base": same.name(base), "seed": first[0]} for first, base in pairs.items()}
+    label = {first: f"{p['base']}/seed{p['seed']}" for first, p in named.items()}
+    conflicts = [c | {"pair": label[c["pair"]]} for c in conflicts]
+    return {
+        "pairs": {label[first]: p for first, p in named.items()},
+        "runs": {(label[first], policy): run for (first, policy), run in runs.items()},
+        "skipped": skipped,
+        "conflicts": conflicts,
+    }
+
+
+class _BaseModels:
+    """Names of one base model: a pair (first model) found under two names joins them; the weights' digest names the group."""
+
+    def __init__(self):
+        self.parent: dict[str, str] = {}
+
+    def _root(self, name: str) -> str:
+        while self.parent.setdefault(name, name) != name:
+            name = self.parent[name]
+        return name
+
+    def join(self, a: str, b: str) -> None:
+        self.parent[self._root(a)] = self._root(b)
+
+    def name(self, name: str) -> str:
+        root = self._root(name)
+        group = sorted(n for n in self.parent if self._root(n) == root)
+        # runs name a base model by its weights now (weights-sha256:...); older ones by the file's bytes
+        return next((n for n in group if n.startswith("weights-sha256:")), group[0])
+
+
+def reach(runs: dict, pairs: list[str], policy: str, new_class: str = "digit-0") -> dict:
+    """The images and boxes `policy`'s mean curve over `pairs` needs to reach random's final mean mAP50 on them.
+
+    -> {"images": saving, "boxes": saving, "final": mAP50, "random_final": mAP50}; a saving of 0.27 is 27 %
+    fewer than random labelled, None where the mean curve never reaches it. A pair may repeat (a bootstrap draw).
+    """
+    from label_studio_ale.bench.report import summarise
+
+    listed = [
+        dict(runs[(pair, name)], seed=i)  # a drawn pair may repeat: each copy is its own seed to summarise
+        for i, pair in enumerate(pairs)
+        for name in (BASELINE, policy)
+    ]
+    summary = summarise({"config": {}, "dataset": {"new_class": new_class}, "runs": listed})
+    row, random = summary["policies"][policy], summary["policies"][BASELINE]
+    got = row["to_reach_random"]
+    return {"images": got["images"]["saving"], "boxes": got["boxes"]["saving"], "final": row["mean"][-1], "random_final": random["mean"][-1]}
+
+
+def pooled(pool: dict, draws: int = BOOTSTRAP_DRAWS, seed: int = BOOTSTRAP_SEED) -> dict:
+    """Per policy run beside random: its pooled saving, the bootstrap interval and share of draws at each target, per base model."""
+    by_policy = defaultdict(list)
+    for pair, policy in pool["runs"]:
+        if policy != BASELINE and (pair, BASELINE) in pool["runs"]:
+            by_policy[policy].append(pair)
+    rng = np.random.default_rng(seed)
+    table = {}
+    for policy, pairs in sorted(by_policy.items()):
+        pairs = sorted(pairs)
+        row = {"pairs": len(pairs), "base_models": sorted({pool["pairs"][p]["base"] for p in pairs})}
+        row |= reach(pool["runs"], pairs, policy)
+        samples = _bootstrap(pool, pairs, policy, draws, rng)
+        for unit, target in TARGETS.items():
+            values = np.array(samples[unit])
+            # no interpolation: a draw that never reaches random's final is -inf, and -inf - -inf is not a number
+            low, high = np.quantile(values, [0.025, 0.975], method="inverted_cdf")
+            row[f"{unit}_interval"] = [_finite(low), _finite(high)]
+            row[f"{unit}_at_target"] = float((values >= target).mean())
+        row["by_base_model"] = {
+            base: reach(pool["runs"], [p for p in pairs if pool["pairs"][p]["base"] == base], policy) | {
+                "pairs": sum(pool["pairs"][p]["base"] == base for p in pairs)
+            }
+            for base in row["base_models"]
+        }
+        table[policy] = row
+    return table
+
+
+def _bootstrap(pool: dict, pairs: list[str], policy: str, draws: int, rng) -> dict[str, list[float]]:
+    """`draws` savings per unit, each from a draw of the base models (with replacement), then of each drawn model's pairs.
+
+    Seeds of one base model vary less than base models do: drawing pairs alone
+    would treat six seeds of one model as six models and narrow the interval.
+    A policy that never reaches random's final in a draw gives -inf.
+    """
+    by_base = defaultdict(list)
+    for pair in pairs:
+        by_base[pool["pairs"][pair]["base"]].append(pair)
+    bases = sorted(by_base)
+    samples = {unit: [] for unit in TARGETS}
+    for _ in range(draws):
+        drawn = []
+        for b in rng.integers(0, len(bases), len(bases)):
+            own = by_base[bases[b]]
+            drawn += [own[i] for i in rng.integers(0, len(own), len(own))]
+        got = reach(pool["runs"], drawn, policy)
+        for unit in TARGETS:
+            samples[unit].append(-np.inf if got[unit] is None else got[unit])
+    return samples
+
+
+def _finite(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None
+
+
+def _pct(value: float | None) -> str:
+    return "not reached" if value is None else f"{-100 * value:+.0f} %".replace("-", "−")
+
+
+def _interval(values: list) -> str:
+    """[low, high] savings as "−30 to −19 %" (fewer than random: negative, as the tables write it)."""
+    low, high = values
+    if high is None:
+        return "not reached"
+    return f"{'not reached' if low is None else f'{-100 * low:+.0f}'} to {-100 * high:+.0f} %".replace("-", "−")
+
+
+def markdown(table: dict) -> str:
+    """One row per policy, most pairs first: images and boxes to random's final (pooled), their 95 % interval, the share at target."""
+    lines = [
+        "| policy | pairs | base models | final mAP50 (random's) | images to random's last | 95 % interval | draws ≥ 40 % fewer "
+        "| boxes to random's last | 95 % interval | draws ≥ 25 % fewer |",
+        "|---|---:|---:|---|---:|---|---:|---:|---|---:|",
+    ]
+    for policy, row in sorted(table.items(), key=lambda item: (-item[1]["pairs"], item[0])):
+        lines.append(
+            f"| {policy} | {row['pairs']} | {len(row['base_models'])} | {row['final']:.3f} ({row['random_final']:.3f}) "
+            f"| {_pct(row['images'])} | {_interval(row['images_interval'])} | {row['images_at_target']:.0%} "
+            f"| {_pct(row['boxes'])} | {_interval(row['boxes_interval'])} | {row['boxes_at_target']:.0%} |"
+        )
+    lines += ["", "By base model (pairs; images and boxes to random's last on its seeds):", ""]
+    lines += ["| policy | " + " | ".join(["base model (pairs)", "images", "boxes"]) + " |", "|---|---|---:|---:|"]
+    for policy, row in sorted(table.items(), key=lambda item: (-item[1]["pairs"], item[0])):
+        for base, got in row["by_base_model"].items():
+            lines.append(f"| {policy} | {base} ({got['pairs']}) | {_pct(got['images'])} | {_pct(got['boxes'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("results", nargs="*", type=Path, help="results.json files (default: docs/benchmarks/al-small*/)")
+    parser.add_argument("--out", type=Path, help="write results.json and table.md here")
+    parser.add_argument("--draws", type=int, default=BOOTSTRAP_DRAWS)
+    args = parser.parse_args(argv)
+    if args.draws < 1:
+        parser.error(f"--draws must be a positive number of bootstrap draws, got {args.draws}")
+    paths = args.results or default_results()
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        parser.error(f"no such results file: {', '.join(missing)}")
+    pool = pool_runs(paths)
+    if not any(policy == BASELINE for _, policy in pool["runs"]):
+        print("no run of the small preset's setup with random beside it among the files given", file=sys.stderr)
+        return 1
+    table = pooled(pool, args.draws)
+    text = markdown(table)
+    print(text)
+    print(f"{len(pool['pairs'])} pairs; {len(pool['skipped'])} files or runs left out; {len(pool['conflicts'])} conflicting repeats")
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "table.md").write_text(text)
+        record = {
+            "files": [str(Path(p).resolve().relative_to(ROOT)) if Path(p).resolve().is_relative_to(ROOT) else str(p) for p in paths],
+            "pairs": sorted(pool["pairs"]),
+            "skipped": pool["skipped"],
+            "conflicts": pool["conflicts"],
+            "draws": args.draws,
+            "targets": TARGETS,
+            "policies": table,
+        }
+        (args.out / "results.json").write_text(json.dumps(record, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
