@@ -95,7 +95,8 @@ def run_problem(run: dict, min_steps: int) -> str | None:
 def pool_runs(paths: list[Path]) -> dict:
     """-> {"pairs": {pair: {"base", "seed"}}, "runs": {(pair, policy): run}, "skipped": [...], "conflicts": [...]}.
 
-    A pair is named `<base model>/seed<k>` after the first file that holds it.
+    A pair is named `<base model>/seed<k>`; a base model that files name two
+    ways (the bytes of its file, its weights) goes by its weights' digest.
     """
     from label_studio_ale_plugins.yolov5.recipe import MIN_STEPS
 
