@@ -20,6 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 LABEL_STUDIO_VERSION = "1.23.2"
+#: Installed beside it. Label Studio 1.23.2 asks for sentry-sdk>=2.16.0 with no upper bound, and starts
+#: sentry with `send_default_pii`, an option sentry-sdk 3.0 refuses ("Unknown option"): the server
+#: then fails before it listens.
+LABEL_STUDIO_CONSTRAINTS = ("sentry-sdk>=2.16.0,<3",)
 #: First start runs every migration (~45 s on 2 cores); slow disks need more.
 START_TIMEOUT = 240
 STOP_TIMEOUT = 20
@@ -35,18 +39,20 @@ def ensure_venv(python: str | None = None, log=None) -> Path:
     python = python or os.environ.get("PYTHON", "python3.11")
     venv = cache_dir() / f"label-studio-{LABEL_STUDIO_VERSION}-{Path(python).name}"
     marker = venv / ".complete"
-    if marker.exists():
+    requirements = [f"label-studio=={LABEL_STUDIO_VERSION}", *LABEL_STUDIO_CONSTRAINTS]
+    # the marker names what was installed: an environment made without today's constraints is made again
+    if marker.exists() and marker.read_text().split() == requirements:
         return venv
     subprocess.run(["rm", "-rf", str(venv)], check=True)
     venv.parent.mkdir(parents=True, exist_ok=True)
     (log or _stderr)(f"installing label-studio=={LABEL_STUDIO_VERSION} into {venv} (first run only, a few minutes)")
     subprocess.run([python, "-m", "venv", str(venv)], check=True)
     subprocess.run(
-        [str(venv / "bin" / "pip"), "install", "-q", f"label-studio=={LABEL_STUDIO_VERSION}"],
+        [str(venv / "bin" / "pip"), "install", "-q", *requirements],
         check=True,
         stderr=subprocess.DEVNULL,
     )
-    marker.touch()
+    marker.write_text("\n".join(requirements) + "\n")
     return venv
 
 

@@ -2,7 +2,8 @@
 
 import stat
 
-from label_studio_ale.label_studio_server import SECRET_KEY_FILE, secret_key
+from label_studio_ale import label_studio_server
+from label_studio_ale.label_studio_server import LABEL_STUDIO_VERSION, SECRET_KEY_FILE, ensure_venv, secret_key
 
 
 def test_a_data_folder_keeps_one_secret_key_that_label_studio_reads_back_whole(tmp_path):
@@ -20,3 +21,19 @@ def test_a_key_label_studio_wrote_is_kept_unless_it_starts_with_a_dollar(tmp_pat
     (lost / ".env").write_text("SECRET_KEY=$6s_165#a5alx389)r\n")
     assert secret_key(kept) == "ab#c)d%e"  # tokens issued before this launcher set it stay valid
     assert secret_key(lost) != "$6s_165#a5alx389)r" and not secret_key(lost).startswith("$")
+
+
+def test_the_environment_is_made_again_when_it_was_installed_without_todays_constraints(tmp_path, monkeypatch):
+    """The install itself (minutes, from the registry) runs in the integration tests; here only what decides it."""
+    calls = []
+    monkeypatch.setenv("ALE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(label_studio_server.subprocess, "run", lambda args, **kwargs: calls.append(args))
+    venv = tmp_path / f"label-studio-{LABEL_STUDIO_VERSION}-python3.11"
+    venv.mkdir()
+    (venv / ".complete").touch()  # an environment made before the constraints: sentry-sdk unbounded
+    assert ensure_venv("python3.11", log=lambda line: None) == venv
+    pip = next(args for args in calls if args[0].endswith("pip"))
+    assert f"label-studio=={LABEL_STUDIO_VERSION}" in pip and "sentry-sdk>=2.16.0,<3" in pip
+    assert (venv / ".complete").read_text().split() == [f"label-studio=={LABEL_STUDIO_VERSION}", "sentry-sdk>=2.16.0,<3"]
+    calls.clear()
+    assert ensure_venv("python3.11", log=lambda line: None) == venv and calls == []  # made with them: reused
