@@ -20,7 +20,7 @@ says why a file or run is left out), and pools them:
   draw in which the policy never reaches random's final counts as below
   every target.
 
-Usage: python benchmarks/pooled_savings.py [RESULTS.json ...] [--out docs/benchmarks/al-small-pooled]
+Usage: python benchmarks/pooled_savings.py [RESULTS.json ...] [--out docs/benchmarks/pooled-small]
 (default: every docs/benchmarks/al-small*/ results.json, nested folders included)
 """
 
@@ -42,7 +42,7 @@ PRESET_CONFIG = {"initial": 24, "budget": 24, "image_size": 128, "batch": 8, "in
 PRESET_DESCRIPTION = "built-in: scikit-learn handwritten digits on photographs, 128px, 320 pool + 120 evaluation scenes"
 #: Cycles read from each run (a run with more is read up to here).
 CYCLES = 3
-#: Bootstrap draws over the pairs, and their seed (the same inputs give the same intervals).
+#: Bootstrap draws (base models, then their pairs), and their seed (the same inputs give the same intervals).
 BOOTSTRAP_DRAWS = 2000
 BOOTSTRAP_SEED = 0
 #: The savings the issue asks for: images for the best policy, boxes for at least one.
@@ -181,35 +181,32 @@ def pooled(pool: dict, draws: int = BOOTSTRAP_DRAWS, seed: int = BOOTSTRAP_SEED)
     table = {}
     for policy, pairs in sorted(by_policy.items()):
         pairs = sorted(pairs)
-        row = {"pairs": len(pairs), "base_models": sorted({pool["pairs"][p]["base"] for p in pairs})}
+        by_base = defaultdict(list)
+        for pair in pairs:
+            by_base[pool["pairs"][pair]["base"]].append(pair)
+        row = {"pairs": len(pairs), "base_models": sorted(by_base)}
         row |= reach(pool["runs"], pairs, policy)
-        samples = _bootstrap(pool, pairs, policy, draws, rng)
+        samples = _bootstrap(pool["runs"], by_base, policy, draws, rng)
         for unit, target in TARGETS.items():
             values = np.array(samples[unit])
             # no interpolation: a draw that never reaches random's final is -inf, and -inf - -inf is not a number
             low, high = np.quantile(values, [0.025, 0.975], method="inverted_cdf")
             row[f"{unit}_interval"] = [_finite(low), _finite(high)]
             row[f"{unit}_at_target"] = float((values >= target).mean())
-        row["by_base_model"] = {
-            base: reach(pool["runs"], [p for p in pairs if pool["pairs"][p]["base"] == base], policy) | {
-                "pairs": sum(pool["pairs"][p]["base"] == base for p in pairs)
-            }
-            for base in row["base_models"]
-        }
+        row["by_base_model"] = {base: reach(pool["runs"], own, policy) | {"pairs": len(own)} for base, own in sorted(by_base.items())}
         table[policy] = row
     return table
 
 
-def _bootstrap(pool: dict, pairs: list[str], policy: str, draws: int, rng) -> dict[str, list[float]]:
+def _bootstrap(runs: dict, by_base: dict[str, list[str]], policy: str, draws: int, rng) -> dict[str, list[float]]:
     """`draws` savings per unit, each from a draw of the base models (with replacement), then of each drawn model's pairs.
+
+    `by_base`: each base model's pairs.
 
     Seeds of one base model vary less than base models do: drawing pairs alone
     would treat six seeds of one model as six models and narrow the interval.
     A policy that never reaches random's final in a draw gives -inf.
     """
-    by_base = defaultdict(list)
-    for pair in pairs:
-        by_base[pool["pairs"][pair]["base"]].append(pair)
     bases = sorted(by_base)
     samples = {unit: [] for unit in TARGETS}
     for _ in range(draws):
@@ -217,7 +214,7 @@ def _bootstrap(pool: dict, pairs: list[str], policy: str, draws: int, rng) -> di
         for b in rng.integers(0, len(bases), len(bases)):
             own = by_base[bases[b]]
             drawn += [own[i] for i in rng.integers(0, len(own), len(own))]
-        got = reach(pool["runs"], drawn, policy)
+        got = reach(runs, drawn, policy)
         for unit in TARGETS:
             samples[unit].append(-np.inf if got[unit] is None else got[unit])
     return samples
@@ -253,7 +250,7 @@ def markdown(table: dict) -> str:
             f"| {_pct(row['boxes'])} | {_interval(row['boxes_interval'])} | {row['boxes_at_target']:.0%} |"
         )
     lines += ["", "By base model (pairs; images and boxes to random's last on its seeds):", ""]
-    lines += ["| policy | " + " | ".join(["base model (pairs)", "images", "boxes"]) + " |", "|---|---|---:|---:|"]
+    lines += ["| policy | base model (pairs) | images | boxes |", "|---|---|---:|---:|"]
     for policy, row in sorted(table.items(), key=lambda item: (-item[1]["pairs"], item[0])):
         for base, got in row["by_base_model"].items():
             lines.append(f"| {policy} | {base} ({got['pairs']}) | {_pct(got['images'])} | {_pct(got['boxes'])} |")
