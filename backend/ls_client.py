@@ -7,9 +7,11 @@ exchanged for short-lived access tokens) and a legacy `Token` key.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import logging
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from typing import Iterator
 from urllib.parse import urlsplit
 
@@ -26,6 +28,10 @@ UNCERTAINTY_SAMPLING = "Uncertainty sampling"
 CREATE_THREADS = 4
 #: Where files uploaded into LS are served from.
 UPLOAD_PREFIX = "/data/upload/"
+#: An access token this close to its expiry is replaced before a request: the
+#: SDK refreshes only once a token has expired, so one sent in its last moments
+#: reaches Label Studio expired and the request is refused with 401.
+TOKEN_REFRESH_MARGIN = timedelta(seconds=30)
 
 
 class LabelStudioError(AleError):
@@ -57,15 +63,10 @@ class LabelStudioClient:
                 "LABEL_STUDIO_API_KEY is empty: create a personal access token in Label Studio "
                 "(Account & Settings -> Personal Access Token) and set LABEL_STUDIO_API_KEY"
             )
-        from label_studio_sdk import LabelStudio
-
         self.url = url.rstrip("/")
         split = urlsplit(self.url)
         self.netloc = split.netloc.lower()
-        # api_key is passed explicitly: the SDK otherwise falls back to an
-        # environment variable read at its import time.
-        self.sdk = LabelStudio(base_url=self.url, api_key=api_key, timeout=timeout)
-
+        self.sdk = sdk_client(self.url, api_key, timeout)
     def project(self, project_id: int) -> ProjectInfo:
         p = self.sdk.projects.get(id=project_id)
         return ProjectInfo(p.id, p.label_config or "", p.model_version or "", p.sampling or "")
@@ -290,6 +291,52 @@ class LabelStudioClient:
             raise
         except Exception as exc:  # httpx transport errors, token refresh failures
             raise MediaError(f"cannot download {path_and_query} from Label Studio: {type(exc).__name__}: {exc}") from None
+
+
+def sdk_client(url: str, api_key: str, timeout: float = DEFAULT_TIMEOUT):
+    """A `label_studio_sdk.LabelStudio` that replaces its access tokens before they expire."""
+    from label_studio_sdk import LabelStudio
+
+    # api_key is passed explicitly: the SDK otherwise falls back to an
+    # environment variable read at its import time.
+    sdk = LabelStudio(base_url=url, api_key=api_key, timeout=timeout)
+    refresh_tokens_early(sdk)
+    return sdk
+
+
+def refresh_tokens_early(sdk, margin: timedelta = TOKEN_REFRESH_MARGIN) -> None:
+    """Make an SDK client replace its access token `margin` before the token expires.
+
+    The SDK builds the Authorization header for every request from its tokens
+    client's `api_key`, which refreshes only an expired token; this wraps that
+    property of the one tokens client so that a token about to expire counts as
+    expired. A legacy `Token` key is left as it is.
+    """
+    tokens = sdk._client_wrapper._tokens_client
+    if tokens._use_legacy_token or isinstance(tokens, _EarlyRefresh):
+        return
+    tokens.__class__ = _early_refresh_class(type(tokens))
+    tokens._refresh_margin = margin
+
+
+@functools.cache
+def _early_refresh_class(tokens_class: type) -> type:
+    return type("EarlyRefresh" + tokens_class.__name__, (_EarlyRefresh, tokens_class), {})
+
+
+class _EarlyRefresh:
+    """Mixed into the SDK's tokens client (`refresh_tokens_early`)."""
+
+    _refresh_margin: timedelta
+
+    @property
+    def api_key(self) -> str:
+        expires = self._access_token_expiration
+        if self._access_token and expires is not None and expires - datetime.now(timezone.utc) < self._refresh_margin:
+            with self._token_refresh_lock:
+                if self._access_token_expiration == expires:  # not refreshed meanwhile by another thread
+                    self._access_token = None
+        return super().api_key
 
 
 #: URI schemes of Label Studio's cloud storages: LS resolves them for a task (io_storages/proxy_api.py).

@@ -13,9 +13,9 @@ def label_studio(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def ls_sdk(label_studio):
-    from label_studio_sdk import LabelStudio
+    from backend.ls_client import sdk_client
 
-    return LabelStudio(base_url=label_studio.url, api_key=label_studio.token)
+    return sdk_client(label_studio.url, label_studio.token)
 
 
 @pytest.fixture(scope="session")

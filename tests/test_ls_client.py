@@ -1,0 +1,78 @@
+"""LabelStudioClient's token handling, at the SDK's network seam (no server: the refresh is replaced)."""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+
+import jwt
+import pytest
+
+from backend.ls_client import TOKEN_REFRESH_MARGIN, LabelStudioClient
+
+# A port nothing listens on: any request that reaches the network fails the test.
+NOWHERE = "http://127.0.0.1:9"
+
+
+def _jwt(token_type: str, expires_in: float, jti: str) -> str:
+    return jwt.encode({"token_type": token_type, "exp": int(time.time() + expires_in), "jti": jti}, "a signing key of thirty-two bytes!", algorithm="HS256")
+
+
+@pytest.fixture
+def client(monkeypatch):
+    client = LabelStudioClient(NOWHERE, _jwt("refresh", 3600 * 24, "personal"))
+    tokens = client.sdk._client_wrapper._tokens_client
+    refreshed = []
+
+    def refresh(refresh_token=None):
+        refreshed.append(refresh_token)
+        return SimpleNamespace(access=_jwt("access", 300, f"fresh-{len(refreshed)}"))
+
+    monkeypatch.setattr(tokens, "refresh", refresh)
+    return client, tokens, refreshed
+
+
+def _authorization(client: LabelStudioClient) -> str:
+    return client.sdk._client_wrapper.get_headers()["Authorization"]
+
+
+def test_an_access_token_about_to_expire_is_replaced_before_it_is_sent(client):
+    client, tokens, refreshed = client
+    about_to_expire = _jwt("access", TOKEN_REFRESH_MARGIN.total_seconds() / 3, "old")
+    tokens._set_access_token(about_to_expire)
+    header = _authorization(client)
+    assert refreshed == [None]
+    assert header != f"Bearer {about_to_expire}"
+    assert jwt.decode(header.split()[1], options={"verify_signature": False})["jti"] == "fresh-1"
+    # the fresh token is kept: the next request does not refresh again
+    assert _authorization(client) == header
+    assert refreshed == [None]
+
+
+def test_an_access_token_with_time_left_is_kept(client):
+    client, tokens, refreshed = client
+    valid = _jwt("access", 4 * TOKEN_REFRESH_MARGIN.total_seconds(), "valid")
+    tokens._set_access_token(valid)
+    assert _authorization(client) == f"Bearer {valid}"
+    assert refreshed == []
+
+
+def test_the_first_request_gets_an_access_token(client):
+    client, tokens, refreshed = client
+    assert tokens._access_token is None
+    assert _authorization(client).startswith("Bearer ")
+    assert refreshed == [None]
+
+
+def test_a_legacy_key_is_sent_as_it_is():
+    client = LabelStudioClient(NOWHERE, "0123456789abcdef0123456789abcdef01234567")
+    assert _authorization(client) == "Token 0123456789abcdef0123456789abcdef01234567"
+
+
+def test_wrapping_twice_changes_nothing(client):
+    from backend.ls_client import refresh_tokens_early
+
+    client, tokens, _ = client
+    cls = type(tokens)
+    refresh_tokens_early(client.sdk)
+    assert type(tokens) is cls
