@@ -52,6 +52,11 @@ class EditCounts:
         """Boxes the annotator had to draw, fix or remove: all but the accepted ones."""
         return self.moved + self.relabelled + self.deleted + self.added
 
+    @property
+    def mistakes(self) -> int:
+        """The shown boxes' errors at mAP50's standard: a wrong label, a false box, a missed object (moved boxes match)."""
+        return self.relabelled + self.deleted + self.added
+
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
 

@@ -48,6 +48,8 @@ BOOTSTRAP_SEED = 0
 #: The savings the issue asks for: images for the best policy, boxes for at least one.
 TARGETS = {"images": 0.40, "boxes": 0.25}
 BASELINE = "random"
+#: After a reference's name in the table (it is listed after the policies).
+REFERENCE_MARK = " †"
 
 
 def default_results() -> list[Path]:
@@ -243,12 +245,16 @@ def markdown(table: dict) -> str:
         "| boxes to random's last | 95 % interval | draws ≥ 25 % fewer |",
         "|---|---:|---:|---|---:|---|---:|---:|---|---:|",
     ]
-    for policy, row in sorted(table.items(), key=lambda item: (-item[1]["pairs"], item[0])):
+    from label_studio_ale.bench.oracle import is_reference
+
+    for policy, row in sorted(table.items(), key=lambda item: (is_reference(item[0]), -item[1]["pairs"], item[0])):
         lines.append(
-            f"| {policy} | {row['pairs']} | {len(row['base_models'])} | {row['final']:.3f} ({row['random_final']:.3f}) "
+            f"| {policy}{REFERENCE_MARK if is_reference(policy) else ''} | {row['pairs']} | {len(row['base_models'])} | {row['final']:.3f} ({row['random_final']:.3f}) "
             f"| {_pct(row['images'])} | {_interval(row['images_interval'])} | {row['images_at_target']:.0%} "
             f"| {_pct(row['boxes'])} | {_interval(row['boxes_interval'])} | {row['boxes_at_target']:.0%} |"
         )
+    if any(is_reference(policy) for policy in table):
+        lines += ["", f"{REFERENCE_MARK.strip()} a reference that reads the ground truth (`ale bench al`'s oracles): what a policy could save, not one a project can run."]
     lines += ["", "By base model (pairs; images and boxes to random's last on its seeds):", ""]
     lines += ["| policy | base model (pairs) | images | boxes |", "|---|---|---:|---:|"]
     for policy, row in sorted(table.items(), key=lambda item: (-item[1]["pairs"], item[0])):

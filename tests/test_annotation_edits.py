@@ -25,6 +25,8 @@ def test_each_kind_of_edit_is_counted_by_hand():
     total = EditCounts(accepted=2, deleted=1) + EditCounts(accepted=1, added=3)
     assert total == EditCounts(accepted=3, deleted=1, added=3) and total.shown == 4 and total.submitted == 6
     assert total.edited == 4  # all but the accepted boxes: one deleted, three drawn
+    # mistakes at mAP50's standard: the relabelled, deleted and drawn boxes; a moved box still matches
+    assert compare_boxes(shown, labels, submitted, sub_labels).mistakes == 3
     with pytest.raises(ValueError, match="matching lengths"):
         compare_boxes(shown, labels[:2], [], [])
 

@@ -104,7 +104,7 @@ def add_parser(commands) -> None:
     al.add_argument("--eval-data", help="a separate evaluation dataset (default: a fixed share of --data)")
     al.add_argument("--eval-percent", type=int, default=25, help="share of --data held out for evaluation (default 25)")
     al.add_argument("--new-class", help="a class left out of the initial labelled set (built-in: its last class; 'none' for no such class)")
-    al.add_argument("--policies", help="comma-separated policy names (default: the preset's); oracle-new-class, oracle-new-class-per-box: references that read the ground truth")
+    al.add_argument("--policies", help="comma-separated policy names (default: the preset's); oracle-new-class, oracle-new-class-per-box, oracle-errors, oracle-errors-per-box: references that read the ground truth")
     al.add_argument("--seeds", help="comma-separated seeds; each draws its own initial set (default: the preset's)")
     for name, what in (
         ("initial", "images labelled before the first cycle"),

@@ -29,12 +29,19 @@ def shown_edits(
     model_classes: (C,) the names of the detections' classes; those not among
     the dataset's `names` are not shown (no label config has them).
     """
+    return sum(image_edits(detections, items, model_classes, names, filters), EditCounts())
+
+
+def image_edits(
+    detections: Sequence[Detections], items: Sequence[LabelledImage], model_classes: Sequence[str], names: Sequence[str], filters: ServingFilters
+) -> list[EditCounts]:
+    """`shown_edits`, one EditCounts per item."""
     if len(detections) != len(items):
         raise ValueError(f"one Detections per labelled image: got {len(detections)} for {len(items)} images")
     to_name = np.array([names.index(c) if c in names else -1 for c in model_classes], dtype=np.int64)
     shown = to_name >= 0
-    total = EditCounts()
+    edits = []
     for found, item in zip(detections, items):
         boxes = shown_detections(found, shown, filters)
-        total += compare_boxes(boxes.xyxy, to_name[boxes.labels], item.truth.xyxy, item.truth.labels)
-    return total
+        edits.append(compare_boxes(boxes.xyxy, to_name[boxes.labels], item.truth.xyxy, item.truth.labels))
+    return edits

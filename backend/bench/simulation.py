@@ -44,8 +44,8 @@ from ..policy_suffixes import is_coreset, needs_novelty
 from ..serving import ServingFilters
 from ..settings import PROMOTION_POLICIES, Settings
 from .budget import batch_size_for_cost, check_budget_cost, check_pool_cost, cost_prefix
-from .edits import shown_edits
-from .oracle import is_reference, reference_picks
+from .edits import image_edits, shown_edits
+from .oracle import NEW_CLASS_REFERENCES, is_reference, reads_mistakes, reference_picks
 from .records import cycle_record, model_identity, selection_settings
 
 #: Every policy the paper compares, random first: gains are measured against it.
@@ -168,8 +168,8 @@ def simulate(
 
     work = Path(work)
     new_index = _new_class_index(config, data)
-    if new_index is None and any(is_reference(name) for name in config.policies):
-        references = ", ".join(name for name in config.policies if is_reference(name))
+    if new_index is None and any(name in NEW_CLASS_REFERENCES for name in config.policies):
+        references = ", ".join(name for name in config.policies if name in NEW_CLASS_REFERENCES)
         raise ValueError(f"{references} picks images of the new class: name one with --new-class, or leave {references} out")
     needed = config.initial if config.budget_cost else config.labelled_after(config.cycles)
     eligible = [i for i, item in enumerate(data.pool) if new_index is None or new_index not in item.truth.labels]
@@ -297,9 +297,14 @@ def _run_policy(config, data, settings, policy_name, seed, initial, hashes, run_
         start = time.monotonic()
         unlabeled = np.setdiff1d(np.arange(len(data.pool)), labelled)
         detections = None  # what the served version predicted on the unlabeled pool, when a model ranked it
-        if is_reference(policy_name):  # reads the ground truth, not the model
+        if is_reference(policy_name):  # reads the ground truth, not the model's scores
+            mistakes = None
+            if reads_mistakes(policy_name):  # where the served model's pre-annotations are wrong
+                detections, classes = served_detections(settings, store, data, list(unlabeled))
+                found = image_edits(detections, [data.pool[i] for i in unlabeled], classes, data.names, ServingFilters.from_settings(settings))
+                mistakes = np.array([e.mistakes for e in found], dtype=np.int64)
             queue = reference_picks(policy_name, [data.pool[i].truth.labels for i in unlabeled], new_index, len(unlabeled),
-                                    settings.cost_per_image)  # fmt: skip
+                                    settings.cost_per_image, mistakes)  # fmt: skip
         else:
             queue, detections, classes = _policy_queue(config, data, settings, store, policy_name, labelled, unlabeled, hashes, seed * 1000 + cycle)
         positions = _labelled_next(config, data, settings, unlabeled, queue)

@@ -154,3 +154,13 @@ def test_the_bootstrap_draws_base_models_then_their_seeds(pooled_savings, tmp_pa
     # a draw of A twice gives A's saving, of B twice B's: the interval runs between the models' own
     assert row["images_interval"] == [pytest.approx(0.25), pytest.approx(0.5)]
     assert 0.15 < row["images_at_target"] < 0.45  # at least B twice (a quarter of the draws), and some mixed draws
+
+
+def test_a_reference_is_read_like_a_policy_and_marked_after_them(pooled_savings, tmp_path):
+    path = write(tmp_path, "a", results(WEIGHTS, [run("random", 0, 0.5, **RANDOM), run("oracle-errors-per-box", 0, 0.5, **BETTER),
+                                                  run("entropy-mean", 0, 0.5, **RANDOM)]))  # fmt: skip
+    table = pooled_savings.pooled(pooled_savings.pool_runs([path]), draws=50, seed=0)
+    assert table["oracle-errors-per-box"]["boxes"] == pytest.approx(0.35)
+    rows = [line.split(" | ")[0] for line in pooled_savings.markdown(table).splitlines() if line.startswith("| ") and " | 1 | 1 | " in line]
+    assert rows == ["| entropy-mean", "| oracle-errors-per-box †"]
+    assert "† a reference that reads the ground truth" in pooled_savings.markdown(table)

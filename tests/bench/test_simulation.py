@@ -189,6 +189,29 @@ def test_the_oracle_references_label_at_least_the_new_class_boxes_random_does(sh
     assert "| boxes edited |" in table and "| edits to random's last |" in table
 
 
+@pytest.mark.slow
+def test_the_mistake_references_label_where_the_served_model_is_wrong(shapes_dataset, tmp_path):
+    out = tmp_path / "out"
+    code = main(
+        ["bench", "al", "--data", str(shapes_dataset), "--new-class", "none", "--policies",
+         "random,oracle-errors,oracle-errors-per-box",
+         "--seeds", "0", "--initial", "6", "--budget", "4", "--cycles", "1", "--image-size", "64", "--initial-epochs", "1",
+         "--epochs", "1", "--batch", "4", "--base-model", "yolov5n.yaml", "--jobs", "1", "--out", str(out)]
+    )  # fmt: skip
+    assert code == 0  # no new class needed: they read the model's mistakes, not a class
+    runs = {r["policy"]: r for r in json.loads((out / "results.json").read_text())["runs"]}
+    first = runs["random"]["cycles"][0]
+    mistakes = {}
+    for name, run in runs.items():
+        assert [c["labelled_images"] for c in run["cycles"]] == [6, 10] and run["cycles"][0] == first
+        mistakes[name] = EditCounts(**run["cycles"][1]["edits"]).mistakes
+    # the first batch is shown the first model's boxes, the ones the oracle ranked by: no four images hold more mistakes
+    assert mistakes["oracle-errors"] >= max(1, mistakes["random"])
+    assert mistakes["oracle-errors-per-box"] >= 1
+    table = (out / "table.md").read_text()
+    assert "| oracle-errors |" in table and "| oracle-errors-per-box |" in table
+
+
 def test_the_oracle_needs_a_new_class(shapes_dataset, tmp_path, capsys):
     code = main(["bench", "al", "--data", str(shapes_dataset), "--policies", "random,oracle-new-class", "--out", str(tmp_path)])
     assert code == 2
