@@ -156,16 +156,18 @@ def test_bench_al_runs_the_embedding_and_localization_policies_like_the_others(s
         assert [c["labelled_images"] for c in run["cycles"]] == [6, 10]
 
 
+def one_tiny_cycle(dataset, new_class: str, policies: str, out) -> list[str]:
+    """`ale bench al` arguments for one seed and one cycle of 4 images after 6, on 64 px, one epoch each."""
+    return ["bench", "al", "--data", str(dataset), "--new-class", new_class, "--policies", policies,
+            "--seeds", "0", "--initial", "6", "--budget", "4", "--cycles", "1", "--image-size", "64", "--initial-epochs", "1",
+            "--epochs", "1", "--batch", "4", "--base-model", "yolov5n.yaml", "--jobs", "1", "--out", str(out)]  # fmt: skip
+
+
 @pytest.mark.slow
 def test_the_oracle_references_label_at_least_the_new_class_boxes_random_does(shapes_dataset, tmp_path, monkeypatch):
     monkeypatch.setenv("COST_PER_IMAGE", "3")  # the per-box oracle's cost of an image, named in the results
     out = tmp_path / "out"
-    code = main(
-        ["bench", "al", "--data", str(shapes_dataset), "--new-class", "triangle", "--policies",
-         "random,oracle-new-class,oracle-new-class-per-box",
-         "--seeds", "0", "--initial", "6", "--budget", "4", "--cycles", "1", "--image-size", "64", "--initial-epochs", "1",
-         "--epochs", "1", "--batch", "4", "--base-model", "yolov5n.yaml", "--jobs", "1", "--out", str(out)]
-    )  # fmt: skip
+    code = main(one_tiny_cycle(shapes_dataset, "triangle", "random,oracle-new-class,oracle-new-class-per-box", out))
     assert code == 0
     runs = {r["policy"]: r for r in json.loads((out / "results.json").read_text())["runs"]}
     oracle, random = runs["oracle-new-class"]["cycles"], runs["random"]["cycles"]
@@ -192,12 +194,7 @@ def test_the_oracle_references_label_at_least_the_new_class_boxes_random_does(sh
 @pytest.mark.slow
 def test_the_mistake_references_label_where_the_served_model_is_wrong(shapes_dataset, tmp_path):
     out = tmp_path / "out"
-    code = main(
-        ["bench", "al", "--data", str(shapes_dataset), "--new-class", "none", "--policies",
-         "random,oracle-errors,oracle-errors-per-box",
-         "--seeds", "0", "--initial", "6", "--budget", "4", "--cycles", "1", "--image-size", "64", "--initial-epochs", "1",
-         "--epochs", "1", "--batch", "4", "--base-model", "yolov5n.yaml", "--jobs", "1", "--out", str(out)]
-    )  # fmt: skip
+    code = main(one_tiny_cycle(shapes_dataset, "none", "random,oracle-errors,oracle-errors-per-box", out))
     assert code == 0  # no new class needed: they read the model's mistakes, not a class
     runs = {r["policy"]: r for r in json.loads((out / "results.json").read_text())["runs"]}
     first = runs["random"]["cycles"][0]
