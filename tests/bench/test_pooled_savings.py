@@ -123,6 +123,9 @@ def test_the_bootstrap_interval_spans_the_pairs_and_counts_the_draws_at_target(p
     assert row["images_interval"] == [None, pytest.approx(0.25)] and row["boxes_interval"] == [None, pytest.approx(0.35)]
     assert 0.15 < row["boxes_at_target"] < 0.35 and row["images_at_target"] == 0.0
     assert pooled_savings.pooled(pool, draws=400, seed=0) == table  # the same draws for the same inputs
+    # and the same draws for this policy when the runs of a policy read before it join the files
+    more = write(tmp_path, "b", results(WEIGHTS, [run("ale-entropy-sum", 0, 0.5, **BETTER), run("ale-entropy-sum", 1, 0.6, **worse)]))
+    assert pooled_savings.pooled(pooled_savings.pool_runs([path, more]), draws=400, seed=0)["entropy-mean"] == row
     assert "| entropy-mean | 2 | 1 | 0.875 (0.900) | not reached | not reached to −25 % |" in pooled_savings.markdown(table)
 
 
