@@ -241,6 +241,10 @@ def _launch(data_dir: Path, port: int, log: Path, username: str, password: str) 
         "ML_BLOCK_LOCAL_IP": "false",
         "LATEST_VERSION_CHECK": "false",
         "COLLECT_ANALYTICS": "false",
+        # LS reports its errors to its makers' Sentry unless the DSN is empty: a local
+        # server's errors (a demo's, a test's) stay on the machine.
+        "SENTRY_DSN": "",
+        "FRONTEND_SENTRY_DSN": "",
         # LS's own batched prediction import: recounts only the imported tasks, where the
         # default path recounts every task of the project on each import request.
         LS_BATCHED_PREDICTION_IMPORT: "true",

@@ -37,3 +37,20 @@ def test_the_environment_is_made_again_when_it_was_installed_without_todays_cons
     assert (venv / ".complete").read_text().split() == [f"label-studio=={LABEL_STUDIO_VERSION}", "sentry-sdk>=2.16.0,<3"]
     calls.clear()
     assert ensure_venv("python3.11", log=lambda line: None) == venv and calls == []  # made with them: reused
+
+
+def test_the_server_reports_nothing_beyond_the_machine(tmp_path, monkeypatch):
+    launched = {}
+
+    class Popen:
+        def __init__(self, args, env, **kwargs):
+            launched.update(args=args, env=env)
+
+    monkeypatch.setattr(label_studio_server, "ensure_venv", lambda: tmp_path / "venv")
+    monkeypatch.setattr(label_studio_server.subprocess, "Popen", Popen)
+    (tmp_path / "data").mkdir()
+    label_studio_server._launch(tmp_path / "data", 8080, tmp_path / "ls.log", "admin@example.com", "a password")
+    env = launched["env"]
+    # LS reads an empty DSN as "no Sentry"; left unset it falls back to its makers' project
+    assert env["SENTRY_DSN"] == "" and env["FRONTEND_SENTRY_DSN"] == ""
+    assert env["COLLECT_ANALYTICS"] == "false" and env["LATEST_VERSION_CHECK"] == "false"
