@@ -128,7 +128,7 @@ def run_demo(settings: Settings, workdir: Path, *, ls_port: int = DEFAULT_LS_POR
              images: int = DEFAULT_IMAGES, annotated: int = DEFAULT_ANNOTATED, epochs: int = DEFAULT_EPOCHS,
              wait: bool = True, log=print) -> int:
     """Start every service, prepare the demo project, print how to reach it; block until Ctrl-C (or return at once)."""
-    from .label_studio_server import port_is_free, start_label_studio, stop_process, wait_for_http
+    from .label_studio_server import port_is_free, start_label_studio, stop_processes, wait_for_http
     from .ls_client import LabelStudioClient
 
     workdir = Path(workdir).resolve()
@@ -200,8 +200,7 @@ def run_demo(settings: Settings, workdir: Path, *, ls_port: int = DEFAULT_LS_POR
         # A second Ctrl-C must not cut the shutdown short: the services run in sessions of their own and would be left behind.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        for process in reversed(processes):
-            stop_process(process)
+        stop_processes(processes)  # together, and before Label Studio: a job still running may need it
         if server is not None:
             server.stop()
         signal.signal(signal.SIGTERM, previous)

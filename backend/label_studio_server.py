@@ -93,14 +93,31 @@ def wait_for_http(url: str, timeout: float, process: subprocess.Popen | None = N
 
 def stop_process(process: subprocess.Popen, timeout: float = STOP_TIMEOUT) -> None:
     """SIGTERM the process group (started with start_new_session), then SIGKILL after `timeout`."""
-    if process.poll() is not None:
-        return
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+    stop_processes([process], timeout)
+
+
+def stop_processes(processes: list[subprocess.Popen], timeout: float = STOP_TIMEOUT) -> None:
+    """`stop_process` for several at once: every group is sent SIGTERM first, and all share one `timeout`.
+
+    Stopped one after another, services that each take long to exit add up
+    their waits; here the slowest alone decides.
+    """
+    running = [p for p in processes if p.poll() is None]
+    for process in running:
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+        except ProcessLookupError:  # exited since the poll
+            pass
+    deadline = time.monotonic() + timeout
+    for process in running:
+        try:
+            process.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            process.wait()
 
 
 @dataclass

@@ -54,3 +54,50 @@ def test_the_server_reports_nothing_beyond_the_machine(tmp_path, monkeypatch):
     # LS reads an empty DSN as "no Sentry"; left unset it falls back to its makers' project
     assert env["SENTRY_DSN"] == "" and env["FRONTEND_SENTRY_DSN"] == ""
     assert env["COLLECT_ANALYTICS"] == "false" and env["LATEST_VERSION_CHECK"] == "false"
+
+
+def test_processes_are_stopped_together_not_one_after_another(tmp_path):
+    """`first` exits on SIGTERM only once `second` has had its own SIGTERM: one after another, it would be killed."""
+    import subprocess
+    import sys
+
+    from label_studio_ale.label_studio_server import stop_processes
+
+    marker = tmp_path / "second-was-told"
+    script = (
+        "import pathlib, signal, sys, time\n"
+        "marker = pathlib.Path(sys.argv[2])\n"
+        "def on_term(*_):\n"
+        "    if sys.argv[1] == 'second':\n"
+        "        marker.touch()\n"
+        "        sys.exit(0)\n"
+        "    while not marker.exists():\n"
+        "        time.sleep(0.05)\n"
+        "    sys.exit(0)\n"
+        "signal.signal(signal.SIGTERM, on_term)\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    first, second = (
+        subprocess.Popen([sys.executable, "-c", script, name, str(marker)], stdout=subprocess.PIPE, text=True, start_new_session=True)
+        for name in ("first", "second")
+    )
+    for process in (first, second):
+        assert process.stdout.readline().strip() == "ready"  # its handler is set
+    stop_processes([first, second], timeout=30)
+    assert (first.returncode, second.returncode) == (0, 0)  # both exited on their own, none was killed
+
+
+def test_a_process_that_ignores_sigterm_is_killed_after_the_timeout():
+    import subprocess
+    import sys
+
+    from label_studio_ale.label_studio_server import stop_processes
+
+    stubborn = subprocess.Popen(
+        [sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(120)"],
+        stdout=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    assert stubborn.stdout.readline().strip() == "ready"
+    stop_processes([stubborn], timeout=0.5)
+    assert stubborn.returncode == -9
