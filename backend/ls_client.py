@@ -67,6 +67,7 @@ class LabelStudioClient:
         split = urlsplit(self.url)
         self.netloc = split.netloc.lower()
         self.sdk = sdk_client(self.url, api_key, timeout)
+
     def project(self, project_id: int) -> ProjectInfo:
         p = self.sdk.projects.get(id=project_id)
         return ProjectInfo(p.id, p.label_config or "", p.model_version or "", p.sampling or "")

@@ -96,12 +96,12 @@ def most_mistakes_per_box_first(labels: list[np.ndarray], mistakes: np.ndarray, 
 
 
 def _mistake_counts(labels: list[np.ndarray], mistakes, budget: int) -> tuple[np.ndarray, np.ndarray]:
-    if budget < 1:
-        raise ValueError(f"budget must be a positive number of images, got {budget}")
+    """(m,) mistakes and (m,) boxes in all per image, once the budget and the counts are checked."""
+    total = _checked_totals(labels, budget)
     mistakes = np.asarray(mistakes, dtype=np.int64)
     if mistakes.shape != (len(labels),) or (mistakes < 0).any():
         raise ValueError(f"mistakes must be ({len(labels)},) counts >= 0, one per image; got shape {mistakes.shape}")
-    return mistakes, np.array([len(ids) for ids in labels], dtype=np.int64)
+    return mistakes, total
 
 
 def new_class_first(labels: list[np.ndarray], new_index: int, budget: int) -> np.ndarray:
@@ -129,7 +129,13 @@ def new_class_per_box_first(labels: list[np.ndarray], new_index: int, budget: in
 
 def _box_counts(labels: list[np.ndarray], new_index: int, budget: int) -> tuple[np.ndarray, np.ndarray]:
     """(m,) new-class boxes and (m,) boxes in all per image, once the budget is checked."""
+    total = _checked_totals(labels, budget)
+    new = np.array([int(np.count_nonzero(np.asarray(ids) == new_index)) for ids in labels], dtype=np.int64)
+    return new, total
+
+
+def _checked_totals(labels: list[np.ndarray], budget: int) -> np.ndarray:
+    """(m,) boxes in all per image, once `budget` is checked to be a positive number of images."""
     if budget < 1:
         raise ValueError(f"budget must be a positive number of images, got {budget}")
-    new = np.array([int(np.count_nonzero(np.asarray(ids) == new_index)) for ids in labels], dtype=np.int64)
-    return new, np.array([len(ids) for ids in labels], dtype=np.int64)
+    return np.array([len(ids) for ids in labels], dtype=np.int64)

@@ -13,7 +13,7 @@ def label_studio(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def ls_sdk(label_studio):
-    from backend.ls_client import sdk_client
+    from label_studio_ale.ls_client import sdk_client
 
     return sdk_client(label_studio.url, label_studio.token)
 
