@@ -241,7 +241,7 @@ def _interval(values: list) -> str:
 
 
 def markdown(table: dict) -> str:
-    """One row per policy, most pairs first: images and boxes to random's final (pooled), their 95 % interval, the share at target."""
+    """One row per policy, most pairs first, references last: images and boxes to random's final (pooled), their 95 % interval, the share at target."""
     lines = [
         "| policy | pairs | base models | final mAP50 (random's) | images to random's last | 95 % interval | draws ≥ 40 % fewer "
         "| boxes to random's last | 95 % interval | draws ≥ 25 % fewer |",
@@ -249,7 +249,9 @@ def markdown(table: dict) -> str:
     ]
     from label_studio_ale.bench.oracle import is_reference
 
-    for policy, row in sorted(table.items(), key=lambda item: (is_reference(item[0]), -item[1]["pairs"], item[0])):
+    # the policies, most pairs first, then the references
+    ranked = sorted(table.items(), key=lambda item: (is_reference(item[0]), -item[1]["pairs"], item[0]))
+    for policy, row in ranked:
         lines.append(
             f"| {policy}{REFERENCE_MARK if is_reference(policy) else ''} | {row['pairs']} | {len(row['base_models'])} | {row['final']:.3f} ({row['random_final']:.3f}) "
             f"| {_pct(row['images'])} | {_interval(row['images_interval'])} | {row['images_at_target']:.0%} "
@@ -259,7 +261,7 @@ def markdown(table: dict) -> str:
         lines += ["", f"{REFERENCE_MARK.strip()} a reference that reads the ground truth (`ale bench al`'s oracles): what a policy could save, not one a project can run."]
     lines += ["", "By base model (pairs; images and boxes to random's last on its seeds):", ""]
     lines += ["| policy | base model (pairs) | images | boxes |", "|---|---|---:|---:|"]
-    for policy, row in sorted(table.items(), key=lambda item: (-item[1]["pairs"], item[0])):
+    for policy, row in ranked:
         for base, got in row["by_base_model"].items():
             lines.append(f"| {policy} | {base} ({got['pairs']}) | {_pct(got['images'])} | {_pct(got['boxes'])} |")
     return "\n".join(lines) + "\n"
