@@ -6,6 +6,7 @@ Everything else receives a `Settings` instance as an argument.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Mapping
@@ -20,6 +21,8 @@ DEFAULT_MODEL_WEIGHTS = "yolov5n.yaml"
 DEFAULT_SCORE_THRESHOLD = 0.25
 DEFAULT_NMS_METRIC = "iou"
 DEFAULT_NMS_THRESHOLD = 0.5
+#: What DEVICE may name: the yolov5 adapter hands it to torch.device, which refuses a bare GPU index.
+TORCH_DEVICE = re.compile(r"cpu|mps|cuda(:\d+)?")
 DEFAULT_MAX_TAGS_PER_PIXEL = 0  # 0 disables the filter
 DEFAULT_IMAGE_SIZE = 640
 DEFAULT_PREDICT_BATCH_SIZE = 8
@@ -226,6 +229,9 @@ class Settings:
             raise ConfigError("FETCH_TIMEOUT", f"must be a positive number of seconds, got {self.fetch_timeout}")
         if bool(self.basic_auth_user) != bool(self.basic_auth_password):
             raise ConfigError("BASIC_AUTH_USER", "set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
+        if not TORCH_DEVICE.fullmatch(self.device):
+            hint = f"; a GPU's index is written cuda:{self.device}" if self.device.isdigit() else ""
+            raise ConfigError("DEVICE", f"must be a torch device: cpu, cuda, cuda:N or mps, got {self.device!r}{hint}")
         if not self.label_studio_url.startswith(("http://", "https://")):
             raise ConfigError("LABEL_STUDIO_URL", f"must start with http:// or https://, got {self.label_studio_url!r}")
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from label_studio_ale.cli import build_parser
-from label_studio_ale.settings import ENV_VARS
+from label_studio_ale.settings import ENV_VARS, Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILES = [ROOT / "docker-compose.yml", ROOT / "docker" / "compose.gpu.yml", ROOT / "docker" / "compose.ports.yml"]
@@ -170,3 +170,32 @@ def test_the_ports_override_publishes_on_loopback_only():
     for name, service in services.items():
         for mapping in service["ports"]:
             assert mapping.startswith("127.0.0.1:"), f"{name} publishes {mapping} beyond loopback"
+
+
+def example_values() -> dict[str, str]:
+    values = {}
+    for line in (ROOT / ".env.example").read_text().splitlines():
+        match = re.match(r"^([A-Z_][A-Z0-9_]*)=(.*)$", line)
+        if match:
+            values[match.group(1)] = match.group(2)
+    return values
+
+
+def test_every_device_a_compose_file_sets_is_one_the_backend_accepts():
+    """With .env.example's values, or each variable's own default, every DEVICE parses (the GPU file's included)."""
+    example = example_values()
+
+    def resolved(value: str, env: dict[str, str]) -> str:
+        return VARIABLE.sub(lambda m: env.get(m.group(1)) or re.search(r":?-([^}]*)}", m.group(0)).group(1), value)
+
+    seen = []
+    for path in COMPOSE_FILES:
+        for name, service in (yaml.safe_load(path.read_text()).get("services") or {}).items():
+            value = (service.get("environment") or {}).get("DEVICE")
+            if value is None:
+                continue
+            for env in (example, {}):
+                device = resolved(str(value), env)
+                seen.append((path.name, name, device))
+                Settings.from_env({"DEVICE": device})  # raises ConfigError naming DEVICE
+    assert ("compose.gpu.yml", "worker", "cuda:0") in seen

@@ -139,9 +139,22 @@ def test_secrets_are_not_in_repr():
         ({"DIVERSITY_POOL": "1"}, "DIVERSITY_POOL"),
         ({"NOVELTY_WEIGHT": "-0.5"}, "NOVELTY_WEIGHT"),
         ({"LS_CLUSTERS": "-1"}, "LS_CLUSTERS"),
+        ({"DEVICE": "gpu"}, "DEVICE"),
+        ({"DEVICE": "cuda:"}, "DEVICE"),
     ],
 )
 def test_bad_values_name_the_variable(env, field):
     with pytest.raises(ConfigError) as caught:
         Settings.from_env(env)
     assert caught.value.field == field and str(caught.value).startswith(field)
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda", "cuda:0", "cuda:3", "mps"])
+def test_torch_devices_are_accepted(device):
+    assert Settings.from_env({"DEVICE": device}).device == device
+
+
+def test_a_bare_gpu_index_is_refused_with_the_spelling_torch_takes():
+    # torch.device("0") raises deep inside the worker's first job; the setting fails at start instead
+    with pytest.raises(ConfigError, match=r"DEVICE: must be a torch device.*got '1'; a GPU's index is written cuda:1"):
+        Settings.from_env({"DEVICE": "1"})

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from ..datasets import FORMATS
-from ..settings import Settings
+from ..settings import TORCH_DEVICE, Settings
 
 DEFAULT_OUT = "bench-al"
 DEFAULT_CACHE = Path.home() / ".cache" / "label-studio-ale" / "bench"
@@ -185,6 +185,8 @@ def _run_al(settings: Settings, args, argv: list[str]) -> int:
     device = args.device or settings.device
     started = time.monotonic()
     try:
+        if not TORCH_DEVICE.fullmatch(device):
+            raise ValueError(f"--device must be a torch device: cpu, cuda, cuda:N or mps, got {device!r}")
         jobs = check_jobs(args.jobs, device)  # before a base model is trained for nothing
         if args.budget is not None and args.budget_cost:
             raise ValueError("--budget (images a cycle) and --budget-cost (annotation cost a cycle) both size a cycle: give one")

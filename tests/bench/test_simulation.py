@@ -269,6 +269,13 @@ def test_a_cycle_is_sized_in_images_or_in_cost_not_both(shapes_dataset, tmp_path
     assert "--budget (images a cycle) and --budget-cost (annotation cost a cycle) both size a cycle: give one" in capsys.readouterr().err
 
 
+def test_a_bare_gpu_index_is_refused_before_anything_is_trained(shapes_dataset, tmp_path, capsys):
+    code = main(["bench", "al", "--data", str(shapes_dataset), "--device", "0", "--out", str(tmp_path)])
+    assert code == 2
+    assert "--device must be a torch device: cpu, cuda, cuda:N or mps, got '0'" in capsys.readouterr().err
+    assert not (tmp_path / "results.json").exists()
+
+
 @pytest.mark.parametrize(
     "sizes, message",
     [
