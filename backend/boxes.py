@@ -125,7 +125,7 @@ def max_tags_per_pixel_mask(
     image_size: tuple[int, int],
     limit: int,
 ) -> np.ndarray:
-    """Seed 000's crowding filter. Returns the (n,) keep-mask.
+    """The Conservation Metrics pipeline's crowding filter. Returns the (n,) keep-mask.
 
     Boxes are visited by descending score; a box is kept only if every pixel it
     covers is covered by fewer than `limit` already kept boxes. `limit=2` lets

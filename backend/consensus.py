@@ -1,4 +1,4 @@
-"""Several annotators on one image: their boxes merged by majority vote (seed 000's future work). Pure numpy.
+"""Several annotators on one image: their boxes merged by majority vote (the Conservation Metrics pipeline's future work). Pure numpy.
 
 Boxes of the same label are matched across annotators (at most one box of
 each annotator per group): a box joins the group of its label whose mean box

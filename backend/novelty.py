@@ -1,6 +1,6 @@
 """Novelty: how unlike the labelled set an image is, in the detector's own feature space.
 
-Seed 000's remedy for confident mistakes, usable as a policy of its own
+The Conservation Metrics pipeline's remedy for confident mistakes, usable as a policy of its own
 (`NoveltyPolicy`, POLICY=novelty) and as a factor on any other
 (`policy_suffixes.NoveltyMix`, the "+novelty" suffix). The distances are
 `embeddings.novelty`'s.
@@ -52,7 +52,7 @@ def checked_novelty(novelty, n: int, name: str) -> np.ndarray:
 
 @dataclass(frozen=True)
 class NoveltyPolicy:
-    """How unlike the labelled set an image is (`embeddings.novelty`): seed 000's remedy for confident mistakes.
+    """How unlike the labelled set an image is (`embeddings.novelty`): the Conservation Metrics pipeline's remedy for confident mistakes.
 
     The distance to the nearest labelled images in the detector's own feature
     space, not an autoencoder's reconstruction error: no second model to train

@@ -3,7 +3,7 @@
 Names (the POLICY setting):
 - ale-{entropy,lc}-{sum,max,mean,min}: the ALE paper's A(S) x sqrt(N)
 - {entropy,lc}-{sum,max,mean,min}: plain aggregation of box uncertainty
-- min-confidence (seed 000's default), mean-confidence, weighted-confidence
+- min-confidence (the Conservation Metrics pipeline's default), mean-confidence, weighted-confidence
   (box-area weighted mean): least confident images first
 - random: a seeded shuffle, the baseline every policy must beat
 - novelty: how unlike the labelled set an image is (`novelty.NoveltyPolicy`)
@@ -22,7 +22,7 @@ Names (the POLICY setting):
   (the wrappers are in `policy_suffixes`).
 - a custom policy: `package.module:function` or an entry point in the
   `label_studio_ale.policies` group. The function takes one image's
-  `Detections` and returns its *confidence* (seed 000's `calculate_confidence`
+  `Detections` and returns its *confidence* (the Conservation Metrics pipeline's `calculate_confidence`
   convention): lower confidence = more useful.
 """
 
@@ -116,7 +116,7 @@ class UncertaintyPolicy:
 
 @dataclass(frozen=True)
 class ConfidencePolicy:
-    """Seed 000: image confidence from its box confidences; usefulness = 1 - confidence.
+    """The Conservation Metrics pipeline: image confidence from its box confidences; usefulness = 1 - confidence.
 
     An image with no boxes has usefulness 0 (see the empty-image quota to serve some).
     """
@@ -171,7 +171,7 @@ class CustomPolicy:
 
 
 def single_object_confidence(detections: Detections) -> float:
-    """Seed 000's `calculate_confidence` example: exactly one object expected per image.
+    """The Conservation Metrics pipeline's `calculate_confidence` example: exactly one object expected per image.
 
     Any other count gets confidence 0 (review first); one object gets its score.
     """

@@ -11,13 +11,13 @@ be served — with the batch extras:
    already, so the batch also keeps away from what is labelled;
 1. near-duplicate suppression: an image whose 64-bit average hash is within
    `duplicate_distance` bits of one already in the batch moves out of it;
-2. class balance (seed 000's `ideal_class_balance`): each batch slot goes to
+2. class balance (the Conservation Metrics pipeline's `ideal_class_balance`): each batch slot goes to
    the first candidate, among the next `balance_window`, whose predicted
    dominant class is furthest below its target share;
 3. empty quota: at least this fraction of the batch are images with no
    predictions (the model may be blind to what they contain);
 4. exploration: this fraction of the batch is drawn at random from the most
-   confident half of the pool (seed 000's remedy for confident mistakes).
+   confident half of the pool (the Conservation Metrics pipeline's remedy for confident mistakes).
 
 Images that are not `usable` (their file could not be fetched or decoded)
 take no part in any of this: they follow every usable image, by task id, so no

@@ -1,7 +1,7 @@
 """Uncertainty metrics and image aggregation: pure numpy, no I/O.
 
 Per kept box (rows of a class-score matrix):
-- box confidence: p1, the highest raw class score (seed 000)
+- box confidence: p1, the highest raw class score (the Conservation Metrics pipeline)
 - least confidence, the ALE paper's margin form: LC = 1 - (p1 - p2)
 - entropy: H = -sum p_i log p_i, optionally divided by log K
 
@@ -166,7 +166,7 @@ def _class_shares(scores: np.ndarray) -> np.ndarray:
 
 
 def min_confidence(box_scores: np.ndarray) -> float:
-    """Seed 000's default image confidence: the lowest box confidence.
+    """The Conservation Metrics pipeline's default image confidence: the lowest box confidence.
 
     box_scores: (n,) in [0, 1]. An image with no boxes gives 1.0: nothing for
     an annotator to correct, so it is served last.

@@ -16,7 +16,7 @@ says why a file or run is left out), and pools them:
   own `summarise`, as every table reads a run), and the same per base model;
 - a bootstrap (BOOTSTRAP_DRAWS draws, a fixed seed) that draws base models,
   then each drawn model's seeds, with replacement: the 95 % interval of each
-  saving and the share of draws that reach the issue's targets (TARGETS). A
+  saving and the share of draws that reach the targets (TARGETS). A
   draw in which the policy never reaches random's final counts as below
   every target.
 
@@ -46,7 +46,7 @@ CYCLES = 3
 #: Bootstrap draws (base models, then their pairs), and their seed (the same inputs give the same intervals).
 BOOTSTRAP_DRAWS = 2000
 BOOTSTRAP_SEED = 0
-#: The savings the issue asks for: images for the best policy, boxes for at least one.
+#: The benchmark's targets: images saved by the best policy, boxes by at least one.
 TARGETS = {"images": 0.40, "boxes": 0.25}
 BASELINE = "random"
 #: After a reference's name in the table (it is listed after the policies).

@@ -34,7 +34,7 @@ NONE = Detections.empty(2, (64, 64))
         ("lc-sum", [LC_A + LC_B, LC_A, 0.0]),
         ("ale-lc-mean", [(LC_A + LC_B) / 2 * math.sqrt(2), LC_A, 0.0]),
         ("lc-min", [LC_B, LC_A, 0.0]),
-        # seed 000: usefulness = 1 - confidence; weighted by box area (100 and 200 px)
+        # the Conservation Metrics pipeline: usefulness = 1 - confidence; weighted by box area (100 and 200 px)
         ("min-confidence", [0.4, 0.4, 0.0]),
         ("mean-confidence", [0.25, 0.4, 0.0]),
         ("weighted-confidence", [1 - (0.6 * 100 + 0.9 * 200) / 300, 0.4, 0.0]),

@@ -14,7 +14,7 @@ from ..settings import TORCH_DEVICE, Settings
 DEFAULT_OUT = "bench-al"
 DEFAULT_CACHE = Path.home() / ".cache" / "label-studio-ale" / "bench"
 
-#: The CPU preset's policies: random, seed 000's default, entropy-sum and the
+#: The CPU preset's policies: random, the Conservation Metrics pipeline's default, entropy-sum and the
 #: ALE paper's winner, then what goes beyond uncertainty: diversity, novelty,
 #: localization and cost per box, and entropy-mean, the README's choice when
 #: boxes cost the money. The large preset runs every policy.

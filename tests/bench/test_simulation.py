@@ -34,7 +34,7 @@ IDS = np.arange(1, len(POOL) + 1)
         ("entropy-sum", [5, 1]),
         # the single most uncertain box decides
         ("entropy-max", [5, 0]),
-        # seed 000: lowest box confidence first
+        # the Conservation Metrics pipeline: lowest box confidence first
         ("min-confidence", [5, 0]),
     ],
 )
