@@ -229,11 +229,14 @@ def _worker(settings: Settings, args) -> int:
 def _cron(settings: Settings) -> int:
     from rq.cron import CronScheduler
 
-    from .jobqueue import QUEUE_SYNC, queue_name
+    from .jobqueue import JOB_TIMEOUT, QUEUE_SYNC, queue_name
     from .jobs import sync_all
 
     scheduler = CronScheduler(connection=_need_redis(settings), logging_level=settings.log_level)
-    scheduler.register(sync_all, queue_name=queue_name(settings.adapter, QUEUE_SYNC), interval=settings.sync_interval)
+    # Without a job_timeout rq gives the job its queue's 180 s, and kills a full sync of a large project part-way.
+    scheduler.register(
+        sync_all, queue_name=queue_name(settings.adapter, QUEUE_SYNC), interval=settings.sync_interval, job_timeout=JOB_TIMEOUT
+    )
     scheduler.start()
     return 0
 

@@ -5,10 +5,15 @@ import sys
 import time
 
 import pytest
+from redis import Redis
+from rq import Queue
+from rq.job import Job
+from rq.registry import FinishedJobRegistry
 
 from label_studio_ale.app import create_app
+from label_studio_ale.jobqueue import JOB_TIMEOUT, QUEUE_SYNC, queue_name
 from label_studio_ale.jobs import SYNC_VERSION_PREFIX
-from label_studio_ale.settings import Settings
+from label_studio_ale.settings import DEFAULT_ADAPTER, Settings
 from label_studio_ale_plugins.yolov5 import YoloV5Adapter
 from tests.support.backend import backend_env, process_env, run_worker
 from tests.support.label_studio import stop_process
@@ -16,6 +21,7 @@ from tests.support.models import IMAGE_SIZE
 from tests.support.projects import add_images, create_project
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
 
 def make_project(ls, seeds, title):
     return create_project(ls, seeds, title, max_objects=4)
@@ -88,6 +94,11 @@ def test_rq_cron_schedules_syncs_that_a_worker_runs(ls_sdk, label_studio, redis_
                 "the cron scheduler did not enqueue a later sync that ranks the new task",
             )
             assert ls_sdk.projects.get(id=project).model_version == first
+        # the scheduled syncs get the backend's job timeout, not rq's default 180 s
+        sync_queue = Queue(queue_name(DEFAULT_ADAPTER, QUEUE_SYNC), connection=Redis.from_url(redis_server.url))
+        scheduled = [Job.fetch(i, connection=sync_queue.connection) for i in FinishedJobRegistry(queue=sync_queue).get_job_ids()]
+        scheduled = [job for job in scheduled if job.func_name.endswith("sync_all")]
+        assert scheduled and {job.timeout for job in scheduled} == {JOB_TIMEOUT}
     finally:
         stop_process(cron)
     assert "sync_all" in log.read_text()
