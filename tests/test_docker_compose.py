@@ -199,3 +199,24 @@ def test_every_device_a_compose_file_sets_is_one_the_backend_accepts():
                 seen.append((path.name, name, device))
                 Settings.from_env({"DEVICE": device})  # raises ConfigError naming DEVICE
     assert ("compose.gpu.yml", "worker", "cuda:0") in seen
+
+
+def test_the_gpu_worker_reserves_the_gpu_it_is_told_to():
+    """A `count` reservation always hands a container the host's GPU 0, whatever GPU_DEVICE says."""
+    worker = yaml.safe_load((ROOT / "docker" / "compose.gpu.yml").read_text())["services"]["worker"]
+    (reservation,) = worker["deploy"]["resources"]["reservations"]["devices"]
+    assert "count" not in reservation and reservation["device_ids"] == ["${GPU_DEVICE:-0}"]
+
+
+def test_only_the_service_that_serves_http_keeps_the_images_http_healthcheck():
+    assert "HEALTHCHECK" in (ROOT / "docker" / "Dockerfile").read_text() and "9090/health" in (ROOT / "docker" / "Dockerfile").read_text()
+    services = compose()["services"]
+    for name, service in services.items():
+        if not service.get("image", "").startswith("label-studio-ale"):
+            continue
+        serves_http = service["command"][1] == "serve"
+        check = service.get("healthcheck", {})
+        if serves_http:
+            assert "9090/health" in " ".join(check.get("test", [])), name
+        else:
+            assert check.get("disable") is True, f"{name} inherits a healthcheck of a port it never opens"
