@@ -90,6 +90,11 @@ class TfodAdapter:
     @staticmethod
     def check_settings(settings: Settings) -> None:
         """At start: settings this adapter's training does not honour are refused, not ignored."""
+        if settings.device != "cpu":
+            raise AdapterError(
+                f"DEVICE={settings.device}: the tfod adapter does not choose a device, TensorFlow places its work (on the CPU "
+                "unless it was installed as tensorflow[and-cuda]); set DEVICE=cpu, or ADAPTER=yolov5 to train on a chosen GPU"
+            )
         if settings.train_freeze:
             raise AdapterError(
                 f"TRAIN_FREEZE={settings.train_freeze}: the tfod adapter's fine-tune trains every layer; "

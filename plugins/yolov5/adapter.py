@@ -98,9 +98,15 @@ class YoloV5Adapter:
 
     @staticmethod
     def check_settings(settings: Settings) -> None:
-        """At start, before any model loads: weights that can be found (or, with ALLOW_DOWNLOADS, fetched), and a
-        BASE_MODEL that TRAIN_FREEZE can keep layers of."""
+        """At start, before any model loads: weights that can be found (or, with ALLOW_DOWNLOADS, fetched), a
+        TRAIN_PRECISION the DEVICE can train in, and a BASE_MODEL that TRAIN_FREEZE can keep layers of."""
+        from .cpu_training import check_precision
+
         weights_source(settings.model_weights, allow_downloads=settings.allow_downloads, setting="MODEL_WEIGHTS")
+        try:
+            check_precision(settings.train_precision, settings.device)
+        except ValueError as exc:
+            raise AdapterError(str(exc)) from None
         base_kind = None
         if settings.base_model:
             base_kind = weights_source(settings.base_model, allow_downloads=settings.allow_downloads, setting="BASE_MODEL")

@@ -42,6 +42,33 @@ def training_precision(setting: str, device: str) -> str:
     return BF16 if is_cpu(device) and cpu_has_native_bf16() else FP32
 
 
+def check_precision(setting: str, device: str, cuda_native_bf16=None) -> None:
+    """At start: TRAIN_PRECISION=bf16 only where a fine-tune can compute in it, the CPU or a CUDA GPU with native bfloat16.
+
+    ultralytics refuses bfloat16 autocast on any other device at the first
+    training batch, after the dataset is built; this says so before.
+    `cuda_native_bf16`: () -> bool, torch's own check unless given.
+    """
+    if setting != BF16 or is_cpu(device):
+        return
+    if str(device).lower().startswith("cuda"):
+        if cuda_native_bf16 is None:
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ValueError(f"TRAIN_PRECISION=bf16 with DEVICE={device}: torch sees no CUDA GPU here; set DEVICE=cpu, or TRAIN_PRECISION=auto")
+
+            def cuda_native_bf16():
+                return torch.cuda.is_bf16_supported(including_emulation=False)
+
+        if cuda_native_bf16():
+            return
+        where = "this GPU computes bfloat16 only by emulation (it needs an Ampere or newer NVIDIA GPU)"
+    else:
+        where = f"training on {device} has no bfloat16 autocast"
+    raise ValueError(f"TRAIN_PRECISION=bf16 with DEVICE={device}: {where}; set TRAIN_PRECISION=auto or fp32")
+
+
 def is_cpu(device: str) -> bool:
     return str(device).lower() == "cpu"
 

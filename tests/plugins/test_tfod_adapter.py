@@ -150,3 +150,12 @@ def test_train_freeze_is_refused_at_start_instead_of_ignored():
     check_adapter_settings(Settings(adapter="tfod"))  # nothing to refuse
     with pytest.raises(AdapterError, match="TRAIN_FREEZE=10: the tfod adapter's fine-tune trains every layer; set TRAIN_FREEZE=0"):
         check_adapter_settings(Settings(adapter="tfod", train_freeze=10))
+
+
+def test_a_device_is_refused_at_start_instead_of_ignored():
+    """TensorFlow places the tfod adapter's work itself: DEVICE=cuda:0 would be silently trained on the CPU."""
+    from label_studio_ale.adapters import check_adapter_settings
+    from label_studio_ale.settings import Settings
+
+    with pytest.raises(AdapterError, match=r"DEVICE=cuda:0: the tfod adapter does not choose a device.*set DEVICE=cpu"):
+        check_adapter_settings(Settings(adapter="tfod", device="cuda:0"))

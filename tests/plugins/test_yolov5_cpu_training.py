@@ -7,7 +7,7 @@ import torch
 
 from label_studio_ale.settings import Settings
 from label_studio_ale_plugins.yolov5 import cpu_training
-from label_studio_ale_plugins.yolov5.cpu_training import Float32Loss, cpu_bf16_autocast, training_precision, use_fast_cpu_kernels
+from label_studio_ale_plugins.yolov5.cpu_training import Float32Loss, check_precision, cpu_bf16_autocast, training_precision, use_fast_cpu_kernels
 
 
 @pytest.mark.parametrize("native", [True, False])
@@ -23,6 +23,33 @@ def test_auto_is_bf16_only_on_a_cpu_that_computes_it_natively(monkeypatch, nativ
 def test_an_explicit_precision_is_kept_on_every_device(monkeypatch, device):
     monkeypatch.setattr(cpu_training, "cpu_has_native_bf16", lambda: False)
     assert training_precision("fp32", device) == "fp32" and training_precision("bf16", device) == "bf16"
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda:0", "mps"])
+@pytest.mark.parametrize("setting", ["auto", "fp32"])
+def test_auto_and_fp32_train_on_every_device(setting, device):
+    check_precision(setting, device, cuda_native_bf16=lambda: False)
+
+
+def test_bf16_is_refused_where_ultralytics_would_refuse_it_at_the_first_batch():
+    check_precision("bf16", "cpu")  # torch's CPU autocast, emulated or not
+    check_precision("bf16", "cuda:1", cuda_native_bf16=lambda: True)
+    with pytest.raises(ValueError, match=r"TRAIN_PRECISION=bf16 with DEVICE=cuda:0: this GPU computes bfloat16 only by emulation.*TRAIN_PRECISION=auto or fp32"):
+        check_precision("bf16", "cuda:0", cuda_native_bf16=lambda: False)
+    with pytest.raises(ValueError, match=r"DEVICE=mps: training on mps has no bfloat16 autocast"):
+        check_precision("bf16", "mps")
+
+
+def test_the_adapter_refuses_bf16_on_a_device_without_it_at_start():
+    from label_studio_ale.adapters import check_adapter_settings
+    from label_studio_ale.errors import AdapterError
+
+    check_adapter_settings(Settings(model_weights="yolov5n.yaml", train_precision="bf16"))  # the CPU
+    with pytest.raises(AdapterError, match=r"TRAIN_PRECISION=bf16 with DEVICE=mps"):
+        check_adapter_settings(Settings(model_weights="yolov5n.yaml", train_precision="bf16", device="mps"))
+    if not torch.cuda.is_available():
+        with pytest.raises(AdapterError, match=r"DEVICE=cuda:0: torch sees no CUDA GPU here; set DEVICE=cpu, or TRAIN_PRECISION=auto"):
+            check_adapter_settings(Settings(model_weights="yolov5n.yaml", train_precision="bf16", device="cuda:0"))
 
 
 def test_an_unknown_precision_names_the_setting_and_its_values():
