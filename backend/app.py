@@ -13,7 +13,7 @@ import threading
 from typing import Callable
 
 from flask import Flask, jsonify, request
-from werkzeug.exceptions import HTTPException, NotFound
+from werkzeug.exceptions import HTTPException, NotFound, ServiceUnavailable
 
 from . import __version__
 from .adapters import UNTRAINED_NOTE, Adapter, check_policy_fits, is_trained, load_adapter
@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 #: Largest request body accepted; a /predict for thousands of tasks is far below it.
 MAX_REQUEST_BYTES = 16 * 1024 * 1024
 START_TRAINING = "START_TRAINING"
+#: Seconds a Start Training waits for another one of the same project to finish queueing.
+TRAIN_ENQUEUE_WAIT = 5.0
 #: How long Redis remembers a project's latest train job for deduplication.
 JOB_MEMORY_SECONDS = 24 * 60 * 60
 TASKS_CREATED = "TASKS_CREATED"
@@ -141,7 +143,12 @@ def create_app(
         """Enqueue one train job per project. -> (job id, whether a new job was created)."""
         from .training import train_project
 
-        with runtime.lock(f"train-enqueue:{project}", wait=5):
+        with runtime.lock(f"train-enqueue:{project}", wait=TRAIN_ENQUEUE_WAIT) as acquired:
+            if not acquired:  # unlocked, two presses could each queue a training
+                raise ServiceUnavailable(
+                    f"another Start Training of project {project} is being queued and has not finished within "
+                    f"{TRAIN_ENQUEUE_WAIT:g} s; nothing was queued. Press Start Training again in a moment"
+                )
             running = training_jobs.get(project) if runtime.redis is None else runtime.redis.get(f"ale:train:{project}")
             running = running.decode() if isinstance(running, bytes) else running
             info = jobs().info(running) if running else None

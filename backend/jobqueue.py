@@ -119,17 +119,48 @@ class RedisJobQueue:
 
         try:
             job = Job.fetch(job_id, connection=self.redis)
-        except NoSuchJobError:
+        except (NoSuchJobError, ValueError):  # ValueError: not an id rq could have made (rq validates before reading)
             return None
         status = job.get_status(refresh=True)
         error = None
-        if status == "started" and is_abandoned(self.redis, job.id) and fail_abandoned(self.redis, job):
-            return JobInfo(job.id, job.func_name, "failed", None, ABANDONED, dict(job.meta))
-        status = job.get_status(refresh=True)  # it may have finished meanwhile
+        abandoned = status == "started" and is_abandoned(self.redis, job.id) and fail_abandoned(self.redis, job)
+        # it may have finished meanwhile, or, abandoned with retries left, be queued again
+        status = job.get_status(refresh=True)
         if status == "failed":
             latest = job.latest_result()
-            error = (latest.exc_string or "").strip().splitlines()[-1] if latest and latest.exc_string else "failed"
+            if abandoned:
+                error = ABANDONED
+            else:
+                error = (latest.exc_string or "").strip().splitlines()[-1] if latest and latest.exc_string else "failed"
         return JobInfo(job.id, job.func_name, str(status.value if hasattr(status, "value") else status), job.return_value(), error, dict(job.meta))
+
+
+#: Deletes each key (a job's alive and watched keys) only while it still names this worker (ARGV[1]).
+_RELEASE_OWN_KEYS = """
+for _, key in ipairs(KEYS) do
+    if redis.call('get', key) == ARGV[1] then redis.call('del', key) end
+end
+"""
+
+
+#: Renews a job's alive key (KEYS[1]) for ARGV[2] s, unless another worker's run of it holds the key now.
+_RENEW_OWN_KEY = """
+local holder = redis.call('get', KEYS[1])
+if (not holder) or holder == ARGV[1] then redis.call('set', KEYS[1], ARGV[1], 'EX', ARGV[2]) end
+"""
+
+
+def renew_alive(redis, job_id: str, worker_name: str) -> None:
+    """A running job's heartbeat; a late beat of a run that just failed never takes over its retry's key."""
+    redis.eval(_RENEW_OWN_KEY, 1, alive_key(job_id), worker_name, HEARTBEAT_TTL)
+
+
+def release_watch(redis, job_id: str, worker_name: str) -> None:
+    """After a job ran: its alive and watched keys go, unless a retry on another worker holds them already.
+
+    One script, so a job is never seen watched without its heartbeat.
+    """
+    redis.eval(_RELEASE_OWN_KEYS, 2, alive_key(job_id), watched_key(job_id), worker_name)
 
 
 def is_abandoned(redis, job_id: str) -> bool:
@@ -149,10 +180,15 @@ def fail_abandoned(redis, job) -> bool:
 
     registry = StartedJobRegistry(job.origin, connection=redis)
     entries = [e for e in redis.zrange(registry.key, 0, -1) if e.decode().split(":", 1)[0] == job.id]
-    if not entries or job.get_status(refresh=True) != "started":
+    if not entries or job.get_status(refresh=True) != "started" or not is_abandoned(redis, job.id):
+        return False
+    # Every worker's sweep and every status read may find the same lost job at once: the one that removes
+    # its registry entries fails it, the others stop here (two would retry it twice, and run it twice).
+    claimed = [entry for entry in entries if redis.zrem(registry.key, entry)]
+    if not claimed:
         return False
     redis.delete(watched_key(job.id))  # before a retry can start it again: that run is watched afresh
-    redis.zadd(registry.key, {entry: 1 for entry in entries})  # expired since 1970
+    redis.zadd(registry.key, {entry: 1 for entry in claimed})  # expired since 1970
     registry.cleanup(timestamp=1)
     log.warning("job %s (%s): %s", job.id, job.func_name, ABANDONED)
     return True

@@ -19,7 +19,7 @@ import time
 from redis.exceptions import ConnectionError as RedisConnectionError
 from rq import SimpleWorker
 
-from .jobqueue import HEARTBEAT_INTERVAL, HEARTBEAT_TTL, JOB_TIMEOUT, alive_key, recover_abandoned, watched_key
+from .jobqueue import HEARTBEAT_INTERVAL, HEARTBEAT_TTL, JOB_TIMEOUT, alive_key, recover_abandoned, release_watch, renew_alive, watched_key
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class AleWorker(SimpleWorker):
         def beat() -> None:
             while not stop.wait(HEARTBEAT_INTERVAL):
                 try:
-                    redis.set(alive_key(job.id), self.name, ex=HEARTBEAT_TTL)
+                    renew_alive(redis, job.id, self.name)
                 except Exception as exc:  # Redis away for a moment: the next beat retries
                     log.warning("job %s heartbeat failed: %s", job.id, type(exc).__name__)
 
@@ -95,6 +95,7 @@ class AleWorker(SimpleWorker):
             stop.set()
             thread.join()
             try:
-                redis.delete(alive_key(job.id), watched_key(job.id))
+                # a failed job with an immediate retry may already run on another worker, under its own keys
+                release_watch(redis, job.id, self.name)
             except Exception:
                 pass

@@ -246,3 +246,40 @@ def test_a_versions_fine_tune_is_summarised_from_its_manifest(manifest, shown):
     from label_studio_ale.admin import fine_tune_summary
 
     assert fine_tune_summary(manifest) == shown
+
+
+@pytest.fixture
+def redis_url():
+    from tests.support.redis_server import start_redis
+
+    server = start_redis()
+    yield server.url
+    server.stop()
+
+
+def test_start_training_that_cannot_take_the_projects_queueing_lock_queues_nothing(adapter, redis_url, tmp_path, monkeypatch):
+    """A press whose lock is held (a stuck press, a slow Redis) answers 503 instead of queueing unguarded."""
+    from redis import Redis
+
+    import label_studio_ale.app as app_module
+    from label_studio_ale.jobqueue import QUEUE_TRAIN, queue_name
+
+    monkeypatch.setattr(app_module, "TRAIN_ENQUEUE_WAIT", 0.2)
+    client = make_client(adapter, redis_url=redis_url, model_dir=tmp_path)
+    redis = Redis.from_url(redis_url)
+    redis.set("ale:lock:train-enqueue:7", "another-press", px=60_000)
+    response = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 7}})
+    assert response.status_code == 503
+    assert "another Start Training of project 7 is being queued" in response.get_json()["error"]
+    assert redis.llen(f"rq:queue:{queue_name('yolov5', QUEUE_TRAIN)}") == 0 and redis.get("ale:train:7") is None
+    redis.delete("ale:lock:train-enqueue:7")
+    response = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 7}})
+    assert response.status_code == 201 and redis.get("ale:train:7").decode() == response.get_json()["job"]
+    again = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 7}})
+    assert again.status_code == 200 and again.get_json()["status"] == "already training"
+
+
+def test_a_job_id_rq_could_not_have_made_is_not_found(adapter, redis_url, tmp_path):
+    client = make_client(adapter, redis_url=redis_url, model_dir=tmp_path)
+    response = client.get("/jobs/a.b")
+    assert response.status_code == 404 and "no job 'a.b'" in response.get_json()["error"]

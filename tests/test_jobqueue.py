@@ -102,3 +102,96 @@ def test_a_finished_job_with_a_stale_watch_is_reported_finished(redis):
     assert fail_abandoned(redis, Job.fetch(job_id, connection=redis)) is False
     assert recover_abandoned(redis, [q.name for q in jobs.queues.values()]) == []
     assert Queue(jobs.queues["sync"].name, connection=redis).failed_job_registry.count == 0
+
+
+def started_then_lost(redis, jobs, kind: str, retries: int = 0):
+    """A job an `ale worker` took and started, whose heartbeat then lapsed (the worker was killed). -> the rq Job."""
+    import time
+
+    from rq import SimpleWorker
+
+    from label_studio_ale.jobqueue import watched_key
+
+    jobs.enqueue(kind, time.sleep, 60, retries=retries)
+    worker = SimpleWorker([jobs.queues[kind]], connection=redis)
+    worker.register_birth()
+    job, _ = worker.dequeue_job_and_maintain_ttl(timeout=1)
+    worker.prepare_execution(job)
+    worker.prepare_job_execution(job)
+    assert job.get_status(refresh=True) == "started"
+    redis.set(watched_key(job.id), worker.name, ex=600)  # watched, and no alive key: its worker is gone
+    return job
+
+
+class RunsBeforeFirstWrite:
+    """A Redis client whose first write command is preceded by `other()`: a second sweep, between this one's reads and writes."""
+
+    WRITES = {"delete", "zrem", "zadd", "set", "eval"}
+
+    def __init__(self, redis, other):
+        self.redis, self.other = redis, other
+
+    def __getattr__(self, name):
+        command = getattr(self.redis, name)
+        if name not in self.WRITES or self.other is None:
+            return command
+
+        def call(*args, **kwargs):
+            other, self.other = self.other, None
+            other()
+            return command(*args, **kwargs)
+
+        return call
+
+
+def test_a_lost_job_found_by_two_sweeps_at_once_is_retried_once(redis):
+    from rq.job import Job
+
+    from label_studio_ale.jobqueue import RedisJobQueue, fail_abandoned
+
+    jobs = RedisJobQueue(redis, "yolov5")
+    job = started_then_lost(redis, jobs, "predict", retries=2)
+    first = []
+    second = RunsBeforeFirstWrite(redis, lambda: first.append(fail_abandoned(redis, Job.fetch(job.id, connection=redis))))
+
+    assert fail_abandoned(second, Job.fetch(job.id, connection=redis)) is False, "the second sweep must leave it to the first"
+    assert first == [True]
+    queued = [i.decode() for i in redis.lrange(jobs.queues["predict"].key, 0, -1)]
+    assert queued.count(job.id) == 1, "retried once, so it runs once"
+    assert Job.fetch(job.id, connection=redis).retries_left == 1
+
+
+def test_a_lost_job_is_reported_failed_only_once_it_has_no_retry_left(redis):
+    from label_studio_ale.jobqueue import ABANDONED, RedisJobQueue
+
+    jobs = RedisJobQueue(redis, "yolov5")
+    chunk = started_then_lost(redis, jobs, "predict", retries=2)
+    assert jobs.info(chunk.id).status == "queued", "rq runs it again: a client polling it must keep waiting"
+    training = started_then_lost(redis, jobs, "train")
+    info = jobs.info(training.id)
+    assert (info.status, info.error) == ("failed", ABANDONED)
+
+
+def test_a_run_renews_and_releases_only_the_keys_it_holds(redis):
+    from label_studio_ale.jobqueue import alive_key, is_abandoned, release_watch, renew_alive, watched_key
+
+    # worker A's run failed and rq retried it at once: worker B's run holds the keys before A cleans up
+    redis.set(alive_key("j"), "B", ex=60)
+    redis.set(watched_key("j"), "B", ex=600)
+    renew_alive(redis, "j", "A")  # A's last heartbeat, late
+    release_watch(redis, "j", "A")
+    assert redis.mget(alive_key("j"), watched_key("j")) == [b"B", b"B"]
+    assert not is_abandoned(redis, "j")
+    renew_alive(redis, "j", "B")
+    assert redis.ttl(alive_key("j")) > 60
+    release_watch(redis, "j", "B")
+    assert redis.mget(alive_key("j"), watched_key("j")) == [None, None]
+    renew_alive(redis, "k", "A")  # a lapsed key of its own run comes back
+    assert redis.get(alive_key("k")) == b"A"
+
+
+@pytest.mark.parametrize("job_id", ["a.b", "../x", "id with spaces"])
+def test_an_id_rq_could_not_have_made_is_no_job(redis, job_id):
+    from label_studio_ale.jobqueue import RedisJobQueue
+
+    assert RedisJobQueue(redis, "yolov5").info(job_id) is None
