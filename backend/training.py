@@ -124,10 +124,25 @@ def train_project(project: int, *, runtime: Runtime | None = None, progress=None
     publish({"evaluation": evaluation_record(version.name, metrics, promote, trained.reason)})
     log.info("project %s: trained %s (promoted: %s, %s) map50 %.3f", project, version.name, promote, trained.reason, metrics["map50"])
     if promote and then_sync:
-        from .jobs import sync_priorities
-
-        result["sync"] = {k: v for k, v in sync_priorities(project, runtime=rt).items() if k in ("status", "model_version", "tasks")}
+        result["sync"] = resync_after_promotion(project, rt)
     return result
+
+
+def resync_after_promotion(project: int, rt: Runtime) -> dict:
+    """Rank the queue with the version just promoted. -> the sync's status, or why it failed.
+
+    A failed sync (Label Studio away, say) does not fail the training: the
+    version is trained, stored and promoted, and serves /predict; the next
+    sync (scheduled, or a request) ranks the queue with it.
+    """
+    from .jobs import sync_priorities
+
+    try:
+        synced = sync_priorities(project, runtime=rt)
+    except Exception as exc:
+        log.exception("project %s: the sync after the promotion failed; the promoted version stands", project)
+        return {"status": "failed", "error": f"{exc}; the new version serves /predict, and the next sync ranks the queue with it"}
+    return {k: v for k, v in synced.items() if k in ("status", "model_version", "tasks")}
 
 
 def train_version(

@@ -241,3 +241,23 @@ def test_a_version_without_a_record_of_its_labels_is_not_continued():
     assert not continues_labels(SimpleNamespace(manifest={"trained_labels": ["bird"]}), ["bird", "nest"])
     # stored before versions recorded their labels: what it learnt is unknown, so a fine-tune gets the full steps
     assert not continues_labels(SimpleNamespace(manifest={}), ["bird"])
+
+
+def test_a_sync_that_fails_after_a_promotion_leaves_the_training_done(tmp_path, monkeypatch, caplog):
+    """Label Studio away for the re-sync: the trained, promoted version stands; the result says the sync failed and why."""
+    import label_studio_ale.jobs as jobs
+    from label_studio_ale.jobs import SyncError
+    from label_studio_ale.runtime import Runtime
+    from label_studio_ale.training import resync_after_promotion
+
+    def down(project, runtime):
+        raise SyncError(f"sync of project {project} failed before switching; the previous order stays: LS is down")
+
+    monkeypatch.setattr(jobs, "sync_priorities", down)
+    result = resync_after_promotion(4, Runtime(Settings(model_dir=tmp_path)))
+    assert result["status"] == "failed"
+    assert result["error"].startswith("sync of project 4 failed before switching") and "the next sync ranks the queue with it" in result["error"]
+    assert "the promoted version stands" in caplog.text
+
+    monkeypatch.setattr(jobs, "sync_priorities", lambda project, runtime: {"status": "synced", "model_version": "ale:v0001:x", "tasks": 3, "phases": {}})
+    assert resync_after_promotion(4, Runtime(Settings(model_dir=tmp_path))) == {"status": "synced", "model_version": "ale:v0001:x", "tasks": 3}
