@@ -236,7 +236,13 @@ def _add_new_tasks(rt, project, config, adapter, version, fresh, progress, phase
     try:
         _import(rt, project, ids, ranked, scores, version, adapter, config, progress, clusters)
     except Exception as exc:
-        raise SyncError(f"sync of project {project} could not add {ids.size} new tasks; the served order stays as it was: {exc}") from exc
+        # Chunks imported before the failure are in the served version already: the next sync rewrites the whole
+        # queue under a fresh version, rather than add those tasks a second time.
+        rt.store.forget_served(project)
+        raise SyncError(
+            f"sync of project {project} could not add {ids.size} new tasks; the older tasks keep their order, "
+            f"and the next sync rewrites the queue: {exc}"
+        ) from exc
     phase_done("import")
     if not rt.store.add_served(project, version, ids, ranked["usefulness"], scores):
         rt.store.forget_served(project)  # another sync replaced the record meanwhile: the next sync rewrites
@@ -279,7 +285,8 @@ def _reshape_head(rt: Runtime, project: int, config, adapter: Adapter, version: 
     try:
         written = rt.ls.set_prediction_scores(project, version, moved)
     except Exception as exc:
-        raise SyncError(f"sync of project {project} could not re-shape the head of its queue; the next sync tries again: {exc}") from exc
+        rt.store.forget_served(project)  # some scores may have moved: the record no longer says what LS serves
+        raise SyncError(f"sync of project {project} could not re-shape the head of its queue; the next sync rewrites it: {exc}") from exc
     if not rt.store.rescore_served(project, version, labelled, window.task_ids[keep], scores):
         rt.store.forget_served(project)
     log.info("project %s: head batch labelled; %d of the next %d tasks re-ordered by the batch extras", project, len(moved), len(scores))

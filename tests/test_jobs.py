@@ -248,3 +248,36 @@ def test_a_clustered_novelty_rewrite_lists_the_labelled_tasks_once(tmp_path):
     assert result["status"] == "synced" and result["labelled_predictions"] == 2 and ls.switched == result["model_version"]
     assert sorted(p["task"] for p in ls.created) == list(range(1, 11))
     assert all(p["cluster"] in (0, 1) for p in ls.created)
+
+
+class ImportFailsAfter:
+    """Label Studio that takes `chunks` bulk imports, then refuses the next (it went away mid-sync)."""
+
+    def __init__(self, chunks):
+        self.chunks, self.imported = chunks, []
+
+    def import_predictions(self, project, items):
+        if self.chunks == 0:
+            raise jobs.LabelStudioError("Label Studio answered 502")
+        self.chunks -= 1
+        self.imported += items
+        return len(items)
+
+
+def test_new_tasks_added_in_part_make_the_next_sync_rewrite_the_queue(tmp_path):
+    """Some chunks of new tasks reached the served version before LS failed: the record is dropped, not kept as if current."""
+    settings = Settings(model_dir=tmp_path, import_chunk_size=2)
+    ls = ImportFailsAfter(chunks=1)
+    rt = Runtime(settings, ls=ls)
+    key = raw_output_key(Model.version, settings)
+    pool = {t: Detections([[0, 0, 9, 9]], [[0.3 + t / 100, 0.0]], (64, 64)) for t in range(1, 8)}
+    rt.store.put_many(1, key, [StoredDetections(t, d, t, None) for t, d in pool.items()])
+    queue = ServedQueue("ale:m-1:a", key, "ranking")
+    served = np.array([1, 2, 3], dtype=np.int64)
+    rt.store.replace_served(1, queue, served, np.array([0.9, 0.5, 0.1]), np.array([0.1, 0.5, 0.9]))
+    assert rt.store.served_queue(1) == queue
+    fresh = [TaskRef(t, {}) for t in (4, 5, 6, 7)]
+    with pytest.raises(jobs.SyncError, match=r"could not add 4 new tasks; the older tasks keep their order, and the next sync rewrites the queue"):
+        jobs._add_new_tasks(rt, 1, CONFIG, TrainedModel(), "ale:m-1:a", fresh, lambda *a, **k: None, lambda name: None)
+    assert len(ls.imported) == 2, "one chunk of two reached the served version"
+    assert rt.store.served_queue(1) is None, "the next sync must not add these tasks to the served version a second time"
