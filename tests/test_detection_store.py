@@ -125,6 +125,21 @@ def test_a_failed_write_leaves_nothing_half_written(store):
     assert store.served_queue(1).ls_version == "ale:a" and store.served_tasks(1).task_ids.tolist() == [1, 2]
 
 
+def test_a_full_disk_is_reported_as_such_and_keeps_what_was_stored(tmp_path):
+    """SQLite rolls a full-disk write back itself; the store's own rollback must not replace that error with its own."""
+    import sqlite3
+
+    store = SqliteDetectionStore(tmp_path / "detections.sqlite")
+    found = Detections([[0, 0, 9, 9]], [[0.9, 0.1]], (64, 64), embedding=np.ones(64, dtype=np.float32))
+    store.put_many(1, "m", [StoredDetections(1, found, 1, None)])
+    pages = store._connect().execute("PRAGMA page_count").fetchone()[0]
+    store._connect().execute(f"PRAGMA max_page_count = {pages + 2}")  # the disk fills after two more pages
+    many = [StoredDetections(t, found, t, None) for t in range(2, 2000)]
+    with pytest.raises(sqlite3.OperationalError, match="database or disk is full"):
+        store.put_many(1, "m", many)
+    assert sorted(store.get_many(1, "m")) == [1]
+
+
 def test_threads_and_a_second_opener_share_one_store(store_url, tmp_path):
     first, second = open_detection_store(store_url, tmp_path), open_detection_store(store_url, tmp_path)
     errors = []
