@@ -75,6 +75,8 @@ class ModelStore:
             manifest = json.loads((path / "manifest.json").read_text())
         except FileNotFoundError:
             raise LookupError(f"model version {name} of {self.dir} is missing or incomplete") from None
+        except ValueError as exc:  # a record cut short (a disk that filled, a copy interrupted)
+            raise LookupError(f"model version {name} of {self.dir} has an unreadable record ({exc}); train again, or promote another version") from None
         version = ModelVersion(name, path, classes, metrics, manifest)
         self._refuse_links(version.weights, name)
         return version
@@ -110,10 +112,13 @@ class ModelStore:
             (staging / "classes.json").write_text(json.dumps(list(classes)))
             (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
             (staging / "manifest.json").write_text(json.dumps(manifest | {"created": time.time()}, indent=2))
+            # On disk before the rename: after a power loss a version is either absent or whole, never empty files.
+            _fsync_tree(staging)
             for _ in range(100):  # another writer may take the same number: try the next
                 name = self._next_name()
                 try:
                     os.rename(staging, self.dir / name)
+                    _fsync_path(self.dir)
                     return self.get(name)
                 except OSError:
                     if not (self.dir / name).exists():
@@ -132,7 +137,25 @@ class ModelStore:
             f.flush()
             os.fsync(f.fileno())
         os.replace(temp, self.dir / CURRENT)
+        _fsync_path(self.dir)
 
     def _next_name(self) -> str:
         numbers = [int(p.name[1:]) for p in self.dir.iterdir() if _VERSION_NAME.match(p.name)] if self.dir.is_dir() else []
         return f"v{max(numbers, default=0) + 1:04d}"
+
+
+def _fsync_path(path: Path) -> None:
+    """Flush a file's or a folder's entry list to disk (a folder: so that a rename in it survives a power loss)."""
+    handle = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+def _fsync_tree(root: Path) -> None:
+    """Every file under `root`, then every folder, deepest first."""
+    for folder, _, files in os.walk(root, topdown=False):
+        for name in files:
+            _fsync_path(Path(folder) / name)
+        _fsync_path(Path(folder))

@@ -45,6 +45,35 @@ def test_incomplete_versions_are_invisible_and_never_promoted(tmp_path, weights)
         store.get("../../etc")
 
 
+def test_a_version_with_an_unreadable_record_is_left_out_and_never_promoted(tmp_path, weights):
+    """A record cut to nothing (a power loss, a full disk) reads as an incomplete version, not as a JSON traceback."""
+    store = ModelStore(tmp_path, 1)
+    good = store.add(weights, ["bird"], {}, {})
+    cut = store.add(weights, ["bird"], {}, {})
+    (cut.path / "metrics.json").write_text("")
+    assert [v.name for v in store.versions()] == [good.name]
+    with pytest.raises(LookupError, match=r"model version v0002 .* has an unreadable record .*train again, or promote another version"):
+        store.promote(cut.name)
+
+
+def test_a_version_and_the_pointer_are_on_disk_before_they_are_named(tmp_path, weights, monkeypatch):
+    """Every file of a version, its folder and the store's folder are flushed to disk (fsync) around the renames."""
+    import label_studio_ale.model_store as model_store
+
+    flushed = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(model_store.os, "fsync", lambda fd: (flushed.append(os.readlink(f"/proc/self/fd/{fd}")), real_fsync(fd))[1])
+    store = ModelStore(tmp_path / "models", 3)
+    version = store.add(weights, ["bird"], {"map50": 0.5}, {})
+    names = [os.path.basename(p) for p in flushed]
+    assert {"weights.pt", "classes.json", "metrics.json", "manifest.json"} <= set(names)
+    assert any(n.startswith(".incoming-") for n in names), "the version's folder, before its rename"
+    assert flushed[-1] == str(store.dir), "the store's folder, after the rename"
+    flushed.clear()
+    store.promote(version.name)
+    assert flushed[-1] == str(store.dir) and len(flushed) == 2, "the pointer's file, then the folder holding its new name"
+
+
 def test_a_crash_while_writing_a_version_leaves_the_current_pointer_complete(tmp_path, weights):
     """Kill a writer midway (SIGKILL in the middle of add): current still names the complete v0001."""
     store = ModelStore(tmp_path, 3)
