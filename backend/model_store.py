@@ -27,6 +27,10 @@ WEIGHTS = "weights.pt"
 #: Where a version keeps weights that are a folder (e.g. a SavedModel export).
 WEIGHTS_DIR = "model"
 _VERSION_NAME = re.compile(r"^v\d{4,}$")
+#: Names in a project's folder that only a running training writes: its work folder, a version being copied
+#: in, the pointer being replaced. A training killed mid-way leaves them (`remove_leftovers`).
+WORK_PREFIX, INCOMING_PREFIX, POINTER_PREFIX = ".work-", ".incoming-", ".current-"
+LEFTOVER_PREFIXES = (WORK_PREFIX, INCOMING_PREFIX, POINTER_PREFIX)
 
 
 @dataclass(frozen=True)
@@ -103,7 +107,7 @@ class ModelStore:
     def add(self, weights: str | Path, classes, metrics: dict, manifest: dict) -> ModelVersion:
         """Copy `weights` (a file, or a folder such as a SavedModel) in as a new complete version (not yet current)."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".incoming-", dir=self.dir))
+        staging = Path(tempfile.mkdtemp(prefix=INCOMING_PREFIX, dir=self.dir))
         try:
             if Path(weights).is_dir():
                 shutil.copytree(weights, staging / WEIGHTS_DIR)
@@ -128,10 +132,27 @@ class ModelStore:
             shutil.rmtree(staging, ignore_errors=True)
             raise
 
+    def remove_leftovers(self) -> list[str]:
+        """Delete what a killed training left in the store (a work folder, a version half-copied, a pointer not yet renamed).
+
+        Call it only while no training of the project can run (under its train lock). -> the names removed.
+        """
+        if not self.dir.is_dir():
+            return []
+        removed = []
+        for entry in self.dir.iterdir():
+            if entry.name.startswith(LEFTOVER_PREFIXES) and not entry.is_symlink():
+                if entry.is_dir():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+                removed.append(entry.name)
+        return sorted(removed)
+
     def promote(self, name: str) -> None:
         """Make `name` the served version, atomically."""
         self.get(name)  # must be complete
-        handle, temp = tempfile.mkstemp(prefix=".current-", dir=self.dir)
+        handle, temp = tempfile.mkstemp(prefix=POINTER_PREFIX, dir=self.dir)
         with os.fdopen(handle, "w") as f:
             f.write(name + "\n")
             f.flush()

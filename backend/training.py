@@ -23,7 +23,7 @@ from .errors import AleError
 from .evaluation import evaluate
 from .ls_format import parse_label_config, rectangle_to_xyxy, task_image_url
 from .media import MediaFetcher
-from .model_store import ModelStore, ModelVersion
+from .model_store import WORK_PREFIX, ModelStore, ModelVersion
 from .runtime import Runtime, current_runtime
 from .settings import Settings
 from .tile_dataset import TrainingTiles, write_tiles, yolo_lines
@@ -96,7 +96,10 @@ def train_project(project: int, *, runtime: Runtime | None = None, progress=None
         config = parse_label_config(rt.ls.project(project).label_config)
         classes = list(config.labels)
         store = ModelStore(settings.model_dir, project)
-        work = store.dir / f".work-{int(time.time() * 1000)}"
+        left = store.remove_leftovers()  # no other training of the project runs: these are a killed one's
+        if left:
+            log.warning("project %s: removed what a stopped training left in %s: %s", project, store.dir, ", ".join(left))
+        work = store.dir / f"{WORK_PREFIX}{int(time.time() * 1000)}"
         try:
             samples, skipped = _annotated_samples(rt, project, config, classes)
             if not samples:

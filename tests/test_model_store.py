@@ -163,3 +163,18 @@ def test_weights_that_link_out_of_the_store_are_refused(tmp_path, weights, folde
     (store.dir / "current").write_text(f"{linked.name}\n")  # a tampered pointer to it
     with pytest.raises(LookupError, match="is a link"):
         store.current()
+
+
+def test_what_a_killed_training_left_is_removed_and_versions_are_kept(tmp_path, weights):
+    store = ModelStore(tmp_path, 2)
+    kept = store.add(weights, ["bird"], {}, {})
+    store.promote(kept.name)
+    (store.dir / ".work-1700000000000" / "images").mkdir(parents=True)
+    (store.dir / ".incoming-abc").mkdir()
+    (store.dir / ".incoming-abc" / "weights.pt").write_bytes(b"half")
+    (store.dir / ".current-xyz").write_text("v0009")
+    (store.dir / "images").mkdir()  # the training image cache stays
+    assert store.remove_leftovers() == [".current-xyz", ".incoming-abc", ".work-1700000000000"]
+    assert sorted(p.name for p in store.dir.iterdir()) == ["current", "images", "v0001"]
+    assert store.current().name == "v0001" and store.remove_leftovers() == []
+    assert ModelStore(tmp_path, 99).remove_leftovers() == []  # a project with no folder yet
