@@ -7,6 +7,7 @@ in the same split across versions and versions are compared on the same images.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
 import zlib
@@ -296,6 +297,29 @@ def promotion_decision(settings: Settings, metrics: dict, current: ModelVersion 
     return False, f"mAP50 {metrics['map50']:.3f} < {current.name}'s {baseline['map50']:.3f} on the same {size}: {current.name} keeps serving"
 
 
+def cached_image_size(cached: Path, fetch) -> tuple[int, int]:
+    """The size of a task's image in the training cache, fetched (`fetch() -> PIL image`) if absent. -> (width, height).
+
+    Written whole or not at all (flushed before its rename); a cached file
+    that does not open anyway (copied in damaged, say) is fetched again.
+    """
+    if cached.exists():
+        try:
+            with Image.open(cached) as image:
+                return image.size
+        except (OSError, SyntaxError) as exc:  # PIL's errors for a file it cannot identify or parse
+            log.warning("cached training image %s does not open (%s); fetching it again", cached, exc)
+            cached.unlink(missing_ok=True)
+    temp = cached.with_suffix(".tmp.png")
+    image = fetch()
+    with temp.open("wb") as f:
+        image.save(f, format="PNG", compress_level=1)  # a 45 MP frame: seconds, not tens
+        f.flush()
+        os.fsync(f.fileno())
+    temp.replace(cached)
+    return image.size
+
+
 def _annotated_samples(rt: Runtime, project: int, config, classes: list[str]) -> tuple[list[TrainingSample], dict]:
     """The project's annotated tasks as samples. Images are cached per task across runs."""
     cache = ModelStore(rt.settings.model_dir, project).dir / "images"
@@ -307,12 +331,7 @@ def _annotated_samples(rt: Runtime, project: int, config, classes: list[str]) ->
     for task, results in rt.ls.annotated_tasks(project):
         cached = cache / f"{task.id}.png"
         try:
-            if not cached.exists():
-                image = fetcher.fetch(task_image_url({"id": task.id, "data": task.data}, config), task.id, project)
-                image.save(cached.with_suffix(".tmp.png"), compress_level=1)  # a 45 MP frame: seconds, not tens
-                cached.with_suffix(".tmp.png").replace(cached)
-            with Image.open(cached) as image:
-                size = image.size
+            size = cached_image_size(cached, lambda: fetcher.fetch(task_image_url({"id": task.id, "data": task.data}, config), task.id, project))
         except AleError as exc:
             log.warning("project %s task %s: image skipped for training: %s", project, task.id, exc)
             skipped["skipped_images"] += 1

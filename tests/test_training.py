@@ -261,3 +261,22 @@ def test_a_sync_that_fails_after_a_promotion_leaves_the_training_done(tmp_path, 
 
     monkeypatch.setattr(jobs, "sync_priorities", lambda project, runtime: {"status": "synced", "model_version": "ale:v0001:x", "tasks": 3, "phases": {}})
     assert resync_after_promotion(4, Runtime(Settings(model_dir=tmp_path))) == {"status": "synced", "model_version": "ale:v0001:x", "tasks": 3}
+
+
+def test_a_cached_training_image_is_fetched_once_and_again_only_when_it_does_not_open(tmp_path):
+    from label_studio_ale.training import cached_image_size
+
+    fetched = []
+
+    def fetch():
+        fetched.append(1)
+        return Image.new("RGB", (40, 30), "white")
+
+    cached = tmp_path / "7.png"
+    assert cached_image_size(cached, fetch) == (40, 30) and len(fetched) == 1
+    assert cached_image_size(cached, fetch) == (40, 30) and len(fetched) == 1, "the cache serves it"
+    cached.write_bytes(b"")  # cut to nothing
+    assert cached_image_size(cached, fetch) == (40, 30) and len(fetched) == 2
+    with Image.open(cached) as image:
+        assert image.size == (40, 30)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["7.png"], "no temp file left"
