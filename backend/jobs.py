@@ -234,6 +234,7 @@ def _add_new_tasks(rt, project, config, adapter, version, fresh, progress, phase
     if scores is None:
         return None
     try:
+        rt.check_lock(f"sync:{project}", f"adding {ids.size} new tasks to version {version}")
         _import(rt, project, ids, ranked, scores, version, adapter, config, progress, clusters)
     except Exception as exc:
         # Chunks imported before the failure are in the served version already: the next sync rewrites the whole
@@ -311,6 +312,7 @@ def _rewrite(rt, project, config, adapter, queue: ServedQueue, served: ServedQue
             for items in labelled_predictions(rt, project, config, adapter, clustering.centroids, version, labelled_tasks()):
                 labelled += rt.ls.create_predictions(project, items)
         phase_done("import")
+        rt.check_lock(f"sync:{project}", f"switching project {project} to {version}")
         rt.ls.switch_queue(project, version)
         phase_done("switch")
     except Exception as exc:

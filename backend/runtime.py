@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
 from .adapters import Adapter, load_adapter
-from .errors import AdapterError
+from .errors import AdapterError, AleError
 from .detection_store import DetectionStore, open_detection_store
 from .ls_client import LabelStudioClient
 from .settings import Settings
@@ -24,6 +25,31 @@ log = logging.getLogger(__name__)
 LOCK_LEASE = 60
 #: A raised flag nobody takes (its holder's machine vanished) is forgotten after this long.
 FLAG_TTL = 24 * 60 * 60
+
+
+class LockLostError(AleError):
+    """A job's lock lapsed while it ran (Redis restarted, or unreachable for a whole lease): another job may hold it."""
+
+    status = 503
+
+
+class HeldLock:
+    """What `Runtime.lock` yields: true when acquired; `check` refuses once its lease may have lapsed."""
+
+    def __init__(self, name: str, acquired: bool):
+        self.name, self.acquired = name, acquired
+        self.lost = threading.Event()  # set by the renewing thread
+
+    def __bool__(self) -> bool:
+        return self.acquired
+
+    def check(self, what: str) -> None:
+        """Before a write that only the lock's holder may make: raise LockLostError naming `what` once the lock is lost."""
+        if self.lost.is_set():
+            raise LockLostError(
+                f"{what} was not done: the lock {self.name} lapsed while this job ran (Redis restarted or could not be "
+                f"reached for {LOCK_LEASE:g} s), so another job may hold it; the next run does it"
+            )
 
 
 class Runtime:
@@ -41,6 +67,7 @@ class Runtime:
         self._adapter: Adapter | None = None
         self._adapter_lock = threading.Lock()
         self._local_locks: dict[str, threading.Lock] = {}
+        self._held = threading.local()  # name -> HeldLock, of the locks this thread holds
         self._local_flags: dict[str, str] = {}  # raised flag -> the value it holds
         self._flags_lock = threading.Lock()
         self._project_adapters: dict[int, tuple[str, Adapter]] = {}
@@ -92,34 +119,52 @@ class Runtime:
         return cached[1]
 
     @contextmanager
-    def lock(self, name: str, wait: float = 0.0) -> Iterator[bool]:
-        """A named lock across processes (Redis) or threads (embedded). Yields whether it was acquired."""
+    def lock(self, name: str, wait: float = 0.0) -> Iterator[HeldLock]:
+        """A named lock across processes (Redis) or threads (embedded). Yields a HeldLock, true when acquired."""
+        held_here = self._held_here()
         if self.redis is not None:
             # thread_local=False: the renewing thread must see the lock's token
             lock = self.redis.lock(
                 f"ale:lock:{name}", timeout=LOCK_LEASE, blocking=wait > 0, blocking_timeout=wait or None, thread_local=False
             )
-            acquired = lock.acquire()
+            held = HeldLock(name, bool(lock.acquire()))
             stop = threading.Event()
-            if acquired:
-                threading.Thread(target=_renew, args=(lock, stop), name=f"ale-lock-{name}", daemon=True).start()
+            if held:
+                held_here[name] = held
+                threading.Thread(target=_renew, args=(lock, stop, held.lost), name=f"ale-lock-{name}", daemon=True).start()
             try:
-                yield acquired
+                yield held
             finally:
                 stop.set()
-                if acquired:
+                if held:
+                    held_here.pop(name, None)
                     try:
                         lock.release()
                     except Exception:  # lost meanwhile (Redis restarted): nothing left to release
                         log.warning("lock %s was already gone at release", name)
             return
         local = self._local_locks.setdefault(name, threading.Lock())
-        acquired = local.acquire(timeout=wait) if wait > 0 else local.acquire(blocking=False)
+        held = HeldLock(name, local.acquire(timeout=wait) if wait > 0 else local.acquire(blocking=False))
+        if held:
+            held_here[name] = held
         try:
-            yield acquired
+            yield held
         finally:
-            if acquired:
+            if held:
+                held_here.pop(name, None)
                 local.release()
+
+    def _held_here(self) -> dict[str, HeldLock]:
+        locks = getattr(self._held, "locks", None)
+        if locks is None:
+            locks = self._held.locks = {}
+        return locks
+
+    def check_lock(self, name: str, what: str) -> None:
+        """Raise LockLostError naming `what` if this thread holds lock `name` and it lapsed (nothing when not held here)."""
+        held = self._held_here().get(name)
+        if held is not None:
+            held.check(what)
 
     # Flags: a request that something be done, shared like the locks (Redis across processes, or this process).
 
@@ -169,13 +214,23 @@ class Runtime:
             return name in self._local_flags
 
 
-def _renew(lock, stop: threading.Event) -> None:
-    """Keep renewing `lock`'s lease until `stop` is set."""
+def _renew(lock, stop: threading.Event, lost: threading.Event) -> None:
+    """Keep renewing `lock`'s lease until `stop` is set; set `lost` once the lease has lapsed, or may have."""
+    from redis.exceptions import LockNotOwnedError
+
+    renewed = time.monotonic()
     while not stop.wait(LOCK_LEASE / 3):
         try:
             lock.reacquire()
-        except Exception as exc:  # Redis away for a moment, or the lease lapsed: try again next round
+            renewed = time.monotonic()
+        except LockNotOwnedError:  # the key expired or was replaced (Redis restarted): another job may hold it
+            log.warning("lock %s lapsed while held", lock.name)
+            lost.set()
+            return
+        except Exception as exc:  # Redis away for a moment: try again next round
             log.warning("could not renew lock %s: %s", lock.name, type(exc).__name__)
+            if time.monotonic() - renewed >= LOCK_LEASE:  # unrenewed for a whole lease: it has lapsed in Redis
+                lost.set()
 
 
 _current: Runtime | None = None

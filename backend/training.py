@@ -112,7 +112,9 @@ def train_project(project: int, *, runtime: Runtime | None = None, progress=None
             counts["skipped_images"] = skipped["skipped_images"]
             counts["skipped_boxes"] += skipped["skipped_boxes"]
             counts.update({k: v for k, v in skipped.items() if k in ("consensus_tasks", "disagreements", "most_disagreement")})
-            trained = train_version(settings, store, dataset, classes, work, progress=progress, counts=counts, aliases=config.aliases)
+            trained = train_version(
+                settings, store, dataset, classes, work, progress=progress, counts=counts, aliases=config.aliases, before_promote=acquired.check
+            )
         finally:
             shutil.rmtree(work, ignore_errors=True)
     version, promote, metrics = trained.version, trained.promoted, trained.metrics
@@ -160,6 +162,7 @@ def train_version(
     counts: dict | None = None,
     seed: int = 0,
     aliases: dict[str, str] | None = None,
+    before_promote=None,
 ) -> TrainedVersion:
     """Fine-tune the store's current version (or BASE_MODEL) on `dataset`, evaluate, store, promote by PROMOTION.
 
@@ -168,6 +171,8 @@ def train_version(
     whose classes are named otherwise keeps the rows of those the label
     config maps to a label: `aliases` (lower-cased model class -> label, the
     config's names and `predicted_values`; default: the labels themselves).
+    `before_promote(what)` runs before a promotion and raises to prevent it
+    (the project's lock lapsed): the version stays stored, not served.
     """
     from .adapters import Trainer, adapter_class
 
@@ -234,6 +239,8 @@ def train_version(
     }
     version = store.add(trained, classes, metrics, manifest)
     if promote:
+        if before_promote is not None:
+            before_promote(f"promoting {version.name} (trained and stored; `ale models` lists it)")
         store.promote(version.name)
     return TrainedVersion(version, promote, metrics, baseline, reason)
 

@@ -281,3 +281,37 @@ def test_new_tasks_added_in_part_make_the_next_sync_rewrite_the_queue(tmp_path):
         jobs._add_new_tasks(rt, 1, CONFIG, TrainedModel(), "ale:m-1:a", fresh, lambda *a, **k: None, lambda name: None)
     assert len(ls.imported) == 2, "one chunk of two reached the served version"
     assert rt.store.served_queue(1) is None, "the next sync must not add these tasks to the served version a second time"
+
+
+class RecordsDiscards(CountingLS):
+    def __init__(self, labelled):
+        super().__init__(labelled)
+        self.deleted = []
+
+    def project(self, project):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(model_version="ale:m-1:before")
+
+    def import_predictions(self, project, items):
+        self.created += items
+        return len(items)
+
+    def delete_model_version(self, project, version):
+        self.deleted.append(version)
+        return 1
+
+
+def test_a_rewrite_whose_lock_lapsed_switches_nothing_and_removes_its_version(tmp_path):
+    """Another sync may hold the project's lock by then: the rewrite stops before the switch, as any failure before it does."""
+    settings = Settings(model_dir=tmp_path)
+    ls = RecordsDiscards([])
+    rt = Runtime(settings, ls=ls)
+    key = raw_output_key(Model.version, settings)
+    rt.store.put_many(1, key, [StoredDetections(t, Detections([[0, 0, 9, 9]], [[0.4, 0.0]], (64, 64)), t, None) for t in (1, 2)])
+    with rt.lock("sync:1") as held:
+        held.lost.set()
+        with pytest.raises(jobs.SyncError, match=r"failed before switching; the previous order stays: switching project 1 to ale:m-1:.* was not done: the lock sync:1 lapsed"):
+            jobs._rewrite(rt, 1, CONFIG, TrainedModel(), ServedQueue(None, key, "ranking"), None, np.array([1, 2]), lambda *a, **k: None, lambda name: None)
+    assert ls.switched is None and len(ls.created) == 2 and ls.deleted == [ls.created[0]["model_version"]]
+    assert rt.store.served_queue(1) is None

@@ -280,3 +280,25 @@ def test_a_cached_training_image_is_fetched_once_and_again_only_when_it_does_not
     with Image.open(cached) as image:
         assert image.size == (40, 30)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["7.png"], "no temp file left"
+
+
+def test_a_version_whose_lock_lapsed_during_training_is_stored_but_not_promoted(trained_weights, tmp_path, monkeypatch):
+    """Another training may hold the project's lock by then: promoting would bypass its comparison. The trainer is stubbed."""
+    import shutil
+
+    from label_studio_ale.runtime import HeldLock, LockLostError
+    from label_studio_ale_plugins.yolov5 import adapter
+
+    def trainer(data, weights, out, **options):
+        Path(out).mkdir(parents=True, exist_ok=True)
+        return Path(shutil.copyfile(weights, Path(out) / "best.pt"))
+
+    monkeypatch.setattr(adapter, "train_yolo", trainer)
+    settings = Settings(base_model=str(trained_weights), train_batch=8, image_size=IMAGE_SIZE, train_precision="fp32",
+                        model_dir=str(tmp_path / "models"))  # fmt: skip
+    store = ModelStore(settings.model_dir, 1)
+    held = HeldLock("train:1", True)
+    held.lost.set()
+    with pytest.raises(LockLostError, match=r"promoting v0001 \(trained and stored; `ale models` lists it\) was not done: the lock train:1 lapsed"):
+        train_version(settings, store, _bird_and_nest_set(tmp_path, "birds", nests=False), ["bird", "nest"], tmp_path / "work", before_promote=held.check)
+    assert [v.name for v in store.versions()] == ["v0001"] and store.current() is None
