@@ -37,6 +37,8 @@ TRAIN_ENQUEUE_WAIT = 5.0
 JOB_MEMORY_SECONDS = 24 * 60 * 60
 TASKS_CREATED = "TASKS_CREATED"
 ANNOTATION_CREATED = "ANNOTATION_CREATED"
+#: LS's bulk form ("Create Annotations From Predictions"): `annotation` is a list.
+ANNOTATIONS_CREATED = "ANNOTATIONS_CREATED"
 ANNOTATION_UPDATED = "ANNOTATION_UPDATED"
 #: Seconds a client is told to wait before retrying while Redis is down.
 REDIS_RETRY_AFTER = 30
@@ -160,10 +162,10 @@ def create_app(
                 runtime.redis.set(f"ale:train:{project}", job_id, ex=JOB_MEMORY_SECONDS)
             return job_id, True
 
-    def _count_new_annotation(project: int) -> int:
+    def _count_new_annotations(project: int, count: int = 1) -> int:
         if runtime.redis is not None:
-            return int(runtime.redis.incr(f"ale:new-annotations:{project}"))
-        annotation_counts[project] = annotation_counts.get(project, 0) + 1
+            return int(runtime.redis.incrby(f"ale:new-annotations:{project}", count))
+        annotation_counts[project] = annotation_counts.get(project, 0) + count
         return annotation_counts[project]
 
     def _record_savings(body: dict) -> str | None:
@@ -177,6 +179,13 @@ def create_app(
         if not isinstance(task_id, int):
             return None
         return jobs().enqueue(QUEUE_SYNC, record_annotations, project, task_id, retry=True)
+
+    def _record_many(project: int, annotations: list[dict]) -> str | None:
+        """One job recording the tasks of a bulk event's annotations. -> its id, None without a task."""
+        from .savings import record_tasks
+
+        task_ids = sorted({a["task"] for a in annotations if isinstance(a.get("task"), int)})
+        return jobs().enqueue(QUEUE_SYNC, record_tasks, project, task_ids, retry=True) if task_ids else None
 
     def _reset_annotation_count(project: int) -> None:
         if runtime.redis is not None:
@@ -270,6 +279,18 @@ def create_app(
             response = jsonify(status="queued" if started else "already training", action=action, job=job_id)
             response.status_code = 201 if started else 200
             return response
+        if action == ANNOTATIONS_CREATED:
+            project = _project_from_event(body)
+            listed = body.get("annotation") if isinstance(body.get("annotation"), list) else []
+            made = [a for a in listed if isinstance(a, dict) and not a.get("was_cancelled")]
+            recorded = _record_many(project, made)
+            if not made:
+                return jsonify(status="ignored", action=action, reason="the event lists no submitted annotation")
+            if settings.auto_train_after and _count_new_annotations(project, len(made)) >= settings.auto_train_after:
+                _reset_annotation_count(project)
+                job_id, started = _start_training(project)
+                return jsonify(status="training" if started else "already training", action=action, job=job_id, savings=recorded)
+            return jsonify(status="counted" if settings.auto_train_after else "recording", action=action, savings=recorded)
         recorded = _record_savings(body) if action in (ANNOTATION_CREATED, ANNOTATION_UPDATED) else None
         if action == ANNOTATION_CREATED and settings.auto_train_after:
             project = _project_from_event(body)
@@ -277,7 +298,7 @@ def create_app(
             if isinstance(annotation, dict) and annotation.get("was_cancelled"):
                 # LS sends every Skip as ANNOTATION_CREATED: nothing was labelled
                 return jsonify(status="ignored", action=action, reason="a skipped task is not a new annotation")
-            if _count_new_annotation(project) >= settings.auto_train_after:
+            if _count_new_annotations(project) >= settings.auto_train_after:
                 _reset_annotation_count(project)
                 job_id, started = _start_training(project)
                 return jsonify(status="training" if started else "already training", action=action, job=job_id)

@@ -87,6 +87,14 @@ def record_annotations(project: int, task_id: int, *, runtime=None) -> dict:
     return {"task": int(task_id), "annotations": len(records)}
 
 
+def record_tasks(project: int, task_ids: list[int], *, runtime=None) -> dict:
+    """The job a bulk annotation webhook (ANNOTATIONS_CREATED) queues: record each task's annotations. -> {"tasks", "annotations"}."""
+    from .runtime import current_runtime
+
+    rt = runtime or current_runtime()
+    return {"tasks": len(task_ids), "annotations": sum(len(record_task(rt, project, t)) for t in task_ids)}
+
+
 def recompute(rt, project: int) -> dict:
     """Record every annotated task of the project again. -> {"tasks", "annotations"} recorded."""
     tasks = annotations = 0

@@ -283,3 +283,29 @@ def test_a_job_id_rq_could_not_have_made_is_not_found(adapter, redis_url, tmp_pa
     client = make_client(adapter, redis_url=redis_url, model_dir=tmp_path)
     response = client.get("/jobs/a.b")
     assert response.status_code == 404 and "no job 'a.b'" in response.get_json()["error"]
+
+
+def test_annotations_created_in_bulk_count_towards_auto_training_and_are_recorded_in_one_job(adapter, redis_url, tmp_path):
+    """LS's "Create Annotations From Predictions" sends ANNOTATIONS_CREATED, its `annotation` a list."""
+    from redis import Redis
+    from rq import Queue
+
+    from label_studio_ale.jobqueue import QUEUE_SYNC, QUEUE_TRAIN, queue_name
+
+    client = make_client(adapter, redis_url=redis_url, model_dir=tmp_path, auto_train_after=3)
+    bulk = {
+        "action": "ANNOTATIONS_CREATED",
+        "project": {"id": 5},
+        "annotation": [{"id": 1, "task": 11}, {"id": 2, "task": 12}, {"id": 3, "task": 13, "was_cancelled": True}],
+    }
+    body = client.post("/webhook", json=bulk).get_json()
+    assert body["status"] == "counted"
+    redis = Redis.from_url(redis_url)
+    recording = Queue(queue_name("yolov5", QUEUE_SYNC), connection=redis).fetch_job(body["savings"])
+    assert recording.func_name.endswith("record_tasks") and recording.args == (5, [11, 12])
+    body = client.post("/webhook", json=bulk | {"annotation": [{"id": 4, "task": 14}]}).get_json()
+    assert body["status"] == "training"
+    assert Queue(queue_name("yolov5", QUEUE_TRAIN), connection=redis).fetch_job(body["job"]).args == (5,)
+    nothing = client.post("/webhook", json=bulk | {"annotation": [{"id": 5, "task": 15, "was_cancelled": True}]}).get_json()
+    assert nothing["status"] == "ignored" and "no submitted annotation" in nothing["reason"]
+    assert client.post("/webhook", json=bulk | {"annotation": "not a list"}).get_json()["status"] == "ignored"

@@ -77,3 +77,21 @@ def test_the_recorded_edits_match_what_the_annotator_did_and_outlive_the_version
     # per model: 2 annotations, 8 boxes shown, 5 kept as they were; the mean lead time of the two
     row = [line for line in done.stdout.splitlines() if line.startswith("v0002-0a1b2c3d")]
     assert row and row[0].split()[1:] == ["2", "5", "1", "1", "1", "1", "62%", "24.8"], done.stdout
+
+
+def test_annotations_created_from_predictions_in_bulk_are_recorded(ls_sdk, label_studio, trained_weights, tmp_path):
+    """LS's "Create Annotations From Predictions" sends one ANNOTATIONS_CREATED with a list: each task is recorded."""
+    models = tmp_path / "models"
+    env = backend_env(label_studio, trained_weights, models)
+    project, tasks = create_project(ls_sdk, [56_100, 56_101], "bulk annotations")
+    ls_sdk.projects.import_predictions(id=project, request=[{"task": t, "result": SHOWN, "score": 0.5, "model_version": VERSION} for t in tasks])
+    shown = {p.task: p.id for p in ls_sdk.predictions.list(project=project)}
+    made = [ls_sdk.annotations.create(id=t, result=SHOWN, parent_prediction=shown[t]) for t in tasks]  # accepted as shown
+    store = SqliteDetectionStore(models / "detections.sqlite")
+    with run_backend(env, tmp_path) as url:
+        event = {"action": "ANNOTATIONS_CREATED", "project": {"id": project}, "annotation": [{"id": a.id, "task": t} for a, t in zip(made, tasks)]}
+        answer = httpx.post(f"{url}/webhook", json=event, timeout=30).json()
+        assert answer["status"] == "recording" and answer["savings"]
+        records = wait_for_records(store, project, 2)
+    assert sorted(r.task_id for r in records) == sorted(tasks)
+    assert all(r.counts == EditCounts(accepted=4) and r.ls_version == VERSION for r in records)
