@@ -26,6 +26,13 @@ TASK_PAGE_SIZE = 1000
 UNCERTAINTY_SAMPLING = "Uncertainty sampling"
 #: Requests in flight at once when predictions are created one by one.
 CREATE_THREADS = 4
+#: For requests that create something: the SDK retries a 5xx or a dropped connection, and LS may have
+#: committed what the first try created (a bulk import commits before its counters, which can fail).
+ONCE = {"max_retries": 0}
+#: Tasks with at least one submitted annotation (LS's `only_annotated` parameter is read by nothing in 1.23).
+ANNOTATED_QUERY = json.dumps(
+    {"filters": {"conjunction": "and", "items": [{"filter": "filter:tasks:total_annotations", "operator": "greater", "type": "Number", "value": 0}]}}
+)
 #: Where files uploaded into LS are served from.
 UPLOAD_PREFIX = "/data/upload/"
 #: An access token this close to its expiry is replaced before a request: the
@@ -88,7 +95,7 @@ class LabelStudioClient:
 
     def labelled_tasks(self, project_id: int) -> Iterator[TaskRef]:
         """Every task somebody has labelled (LS's is_labeled), page by page, with just its data."""
-        for task in self._tasks(project_id, fields="task_only", include="id,data,is_labeled", only_annotated=True):
+        for task in self._tasks(project_id, fields="task_only", include="id,data,is_labeled", query=ANNOTATED_QUERY):
             if task.is_labeled:
                 yield TaskRef(task.id, dict(task.data or {}))
 
@@ -114,11 +121,11 @@ class LabelStudioClient:
     def annotated_tasks(self, project_id: int) -> Iterator[tuple[TaskRef, list[list[dict]]]]:
         """Tasks with at least one submitted (not skipped) annotation, with each annotator's latest result.
 
-        Only annotated tasks are listed (LS filters them), page by page. One
-        result per annotator (`completed_by`): several when the project asks
-        for more than one annotation per task.
+        Only tasks with an annotation are listed (ANNOTATED_QUERY), page by
+        page. One result per annotator (`completed_by`): several when the
+        project asks for more than one annotation per task.
         """
-        for task in self._tasks(project_id, fields="all", only_annotated=True):
+        for task in self._tasks(project_id, fields="all", query=ANNOTATED_QUERY):
             latest: dict = {}
             for annotation in task.annotations or []:
                 if annotation.get("was_cancelled"):
@@ -132,14 +139,17 @@ class LabelStudioClient:
                 yield TaskRef(task.id, dict(task.data or {})), [result for _, result in sorted(latest.values(), key=lambda v: v[0])]
 
     def _tasks(self, project_id: int, **params) -> Iterator:
-        """A project's tasks, page by page, stopping at LS's `total`.
+        """A project's tasks, page by page, stopping at LS's `total`, with their data as stored.
 
         The SDK's pager asks for one page past the last, which LS answers with
-        a logged "NotFound: Invalid page" traceback on every listing.
+        a logged "NotFound: Invalid page" traceback on every listing. LS would
+        rewrite a bucket URI (s3://...) into a link on its own HOST, which need
+        not be the address this backend reaches it at: `media` resolves the
+        URI itself, as it does for /predict.
         """
         page, seen = 1, 0
         while True:
-            pager = self.sdk.tasks.list(project=project_id, page=page, page_size=TASK_PAGE_SIZE, **params)
+            pager = self.sdk.tasks.list(project=project_id, page=page, page_size=TASK_PAGE_SIZE, resolve_uri=False, **params)
             items = pager.items or []
             yield from items
             seen += len(items)
@@ -149,9 +159,7 @@ class LabelStudioClient:
 
     def import_predictions(self, project_id: int, items: list[dict]) -> int:
         """Bulk-create predictions; raises unless LS created every item (it drops invalid ones silently)."""
-        response = self.sdk.projects.import_predictions(
-            id=project_id, request=items, request_options={"timeout_in_seconds": IMPORT_TIMEOUT}
-        )
+        response = self.sdk.projects.import_predictions(id=project_id, request=items, request_options=ONCE | {"timeout_in_seconds": IMPORT_TIMEOUT})
         created = int(getattr(response, "created", 0) or 0)
         if created != len(items):
             raise LabelStudioError(
@@ -168,7 +176,7 @@ class LabelStudioClient:
         from concurrent.futures import ThreadPoolExecutor
 
         def create(item: dict) -> None:
-            self.sdk.predictions.create(project=project_id, **item)
+            self.sdk.predictions.create(project=project_id, **item, request_options=ONCE)
 
         with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
             for _ in pool.map(create, items):
@@ -377,7 +385,7 @@ def upload_images(sdk, project_id: int, files: list[tuple[str, bytes]]) -> list[
             params={"return_task_ids": "true"},
             files={f"file{i}": (name, data, "image/png") for i, (name, data) in enumerate(chunk)},
             force_multipart=True,
-            request_options={"timeout_in_seconds": IMPORT_TIMEOUT},
+            request_options=ONCE | {"timeout_in_seconds": IMPORT_TIMEOUT},
         )
         if response.status_code != 201:
             raise LabelStudioError(f"Label Studio refused the upload: {response.status_code} {response.text[:500]}")

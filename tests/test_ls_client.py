@@ -76,3 +76,45 @@ def test_wrapping_twice_changes_nothing(client):
     cls = type(tokens)
     refresh_tokens_early(client.sdk)
     assert type(tokens) is cls
+
+
+@pytest.fixture
+def failing_server():
+    """A loopback HTTP server that answers every request 500 and counts them by path."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen: dict[str, int] = {}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            seen[self.path] = seen.get(self.path, 0) + 1
+            self.send_response(500)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b'{"detail": "the counters could not be updated"}')
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    server.shutdown()
+
+
+def test_requests_that_create_predictions_are_sent_once_even_when_answered_500(failing_server):
+    """LS may have committed what a failed request created: a retry would create every prediction twice."""
+    url, seen = failing_server
+    client = LabelStudioClient(url, "a-legacy-token")
+    item = {"task": 1, "result": [], "score": 0.5, "model_version": "ale:v1"}
+    with pytest.raises(Exception):
+        client.import_predictions(7, [item])
+    with pytest.raises(Exception):
+        client.create_predictions(7, [item], threads=1)
+    assert seen == {"/api/projects/7/import/predictions": 1, "/api/predictions/": 1}
+    seen.clear()
+    with pytest.raises(Exception):  # what the SDK does by default: the same request again
+        client.sdk.projects.import_predictions(id=7, request=[item])
+    assert seen["/api/projects/7/import/predictions"] > 1

@@ -15,6 +15,7 @@ from redis import Redis
 
 from label_studio_ale.jobqueue import QUEUE_SYNC, RedisJobQueue
 from label_studio_ale.jobs import sync_priorities
+from label_studio_ale.ls_client import LabelStudioClient
 from label_studio_ale.model_store import ModelStore
 from label_studio_ale.synthetic import make_scene
 from label_studio_ale.training import is_validation
@@ -170,6 +171,11 @@ def test_bucket_images_are_pre_annotated_ranked_and_trained_on(ls_sdk, label_stu
     served = ls_sdk.projects.get(id=project).model_version
     ranked = {p.task for p in ls_sdk.predictions.list(project=project) if p.model_version == served}
     assert ranked == set(tasks) - set(annotated)
+    # The backend lists tasks with their bucket URIs as stored, not rewritten onto LS's own HOST
+    # (which need not be the address the backend reaches LS at): media resolves them per task.
+    client = LabelStudioClient(label_studio.url, label_studio.token)
+    assert {t.data["image"].split("/", 3)[2] for t in client.unlabeled_tasks(project)} == {bucket}
+    assert all(t.data["image"].startswith("s3://") for t in client.unlabeled_tasks(project))
 
     # Start Training reads the annotated images from the bucket too.
     ls_sdk.ml.train(id=ml.id)

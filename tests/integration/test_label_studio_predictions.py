@@ -147,3 +147,31 @@ def test_listing_tasks_never_asks_label_studio_for_a_page_past_the_end(ls_sdk, l
     while label_studio.log.read_text(errors="replace").count("Invalid page") == before:
         assert time.monotonic() < deadline, "LS logged nothing for a page past the end: this test cannot see the difference"
         time.sleep(0.2)
+
+
+def test_the_annotated_tasks_are_filtered_by_label_studio_not_listed_whole(ls_sdk, label_studio):
+    """LS 1.23 reads no `only_annotated`: the listing for training and for labelled tasks filters on total_annotations."""
+    from label_studio_ale.ls_client import LabelStudioClient
+
+    project = ls_sdk.projects.create(title="annotated listing", label_config=LABEL_CONFIG)
+    task_ids = upload_images(ls_sdk, project.id, [(f"a{i}.png", png(make_scene(i))) for i in range(6)])
+    box = {"from_name": "label", "to_name": "image", "type": "rectanglelabels", "original_width": 128, "original_height": 128,
+           "value": {"x": 10, "y": 10, "width": 20, "height": 20, "rotation": 0, "rectanglelabels": ["Bird"]}}  # fmt: skip
+    ls_sdk.annotations.create(id=task_ids[1], result=[box])
+    ls_sdk.annotations.create(id=task_ids[4], result=[box])
+    ls_sdk.annotations.create(id=task_ids[5], result=[], was_cancelled=True)  # skipped: not annotated
+    client = LabelStudioClient(label_studio.url, label_studio.token)
+    listed = []
+    plain_list = client.sdk.tasks.list
+
+    def counting_list(**params):
+        pager = plain_list(**params)
+        listed.extend(t.id for t in pager.items or [])
+        return pager
+
+    client.sdk.tasks.list = counting_list
+    assert [task.id for task, _ in client.annotated_tasks(project.id)] == [task_ids[1], task_ids[4]]
+    assert sorted(listed) == [task_ids[1], task_ids[4]], "LS sent only the annotated tasks"
+    listed.clear()
+    assert [t.id for t in client.labelled_tasks(project.id)] == [task_ids[1], task_ids[4]]
+    assert sorted(listed) == [task_ids[1], task_ids[4]]
