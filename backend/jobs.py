@@ -418,8 +418,11 @@ def _versions(rt: Runtime, project: int) -> list[str]:
 
 def _discard(rt: Runtime, project: int, version: str) -> None:
     try:
-        # A switch whose answer was lost may have taken effect: never delete what is being served.
-        if rt.ls.project(project).model_version != version:
+        served = rt.ls.project(project).model_version
+        # A switch whose answer was lost may have taken effect: never delete what is being served. And while the
+        # project serves a version not written by a sync (its ML backend's title, before the first sync), LS clears
+        # the project's model_version on any deletion: the partial version waits for the next sync's cleanup.
+        if served != version and (not served or served.startswith(SYNC_VERSION_PREFIX)):
             rt.ls.delete_model_version(project, version)
     except Exception:  # LS may be the thing that failed; the next sync cleans up
         log.warning("project %s: could not remove partial version %s yet", project, version)

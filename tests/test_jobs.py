@@ -315,3 +315,25 @@ def test_a_rewrite_whose_lock_lapsed_switches_nothing_and_removes_its_version(tm
             jobs._rewrite(rt, 1, CONFIG, TrainedModel(), ServedQueue(None, key, "ranking"), None, np.array([1, 2]), lambda *a, **k: None, lambda name: None)
     assert ls.switched is None and len(ls.created) == 2 and ls.deleted == [ls.created[0]["model_version"]]
     assert rt.store.served_queue(1) is None
+
+
+@pytest.mark.parametrize(
+    "served, deleted",
+    [("ale:m-1:before", True), ("", True), ("my-yolo-backend", False), ("ale:m-1:partial", False)],
+)
+def test_a_partial_version_is_removed_only_where_ls_keeps_the_project_served(tmp_path, served, deleted):
+    """LS clears the project's model_version on any deletion while it names the ML backend (before the first sync)."""
+    from types import SimpleNamespace
+
+    class LS:
+        removed = []
+
+        def project(self, project):
+            return SimpleNamespace(model_version=served)
+
+        def delete_model_version(self, project, version):
+            self.removed.append(version)
+
+    ls = LS()
+    jobs._discard(Runtime(Settings(model_dir=tmp_path), ls=ls), 1, "ale:m-1:partial")
+    assert ls.removed == (["ale:m-1:partial"] if deleted else [])
