@@ -205,6 +205,11 @@ def create_app(
             return None
         if _basic_auth_ok(request.headers.get("Authorization", ""), settings):
             return None
+        if request.path == "/webhook":  # LS sends webhooks without the model connection's credentials
+            log.warning(
+                "a webhook without Basic Auth was refused: in Label Studio, add the header 'Authorization: Basic ...' "
+                "to the project's webhook to this backend (Settings > Webhooks)"
+            )
         response = jsonify(error="authentication required: configure Basic Auth on the ML backend in Label Studio")
         response.status_code = 401
         response.headers["WWW-Authenticate"] = 'Basic realm="label-studio-ale"'

@@ -122,6 +122,16 @@ def test_basic_auth_guards_everything_but_health(adapter):
     assert client.get("/versions", headers={"Authorization": f"Basic {right}"}).status_code == 200
 
 
+def test_a_webhook_refused_for_lack_of_basic_auth_says_where_to_add_it(adapter, caplog):
+    """LS sends webhooks without the model connection's credentials: the log names the header and where it goes."""
+    client = make_client(adapter, basic_auth_user="ls", basic_auth_password="s3cret-pw")
+    assert client.post("/webhook", json={"action": "TASKS_CREATED", "project": {"id": 1}}).status_code == 401
+    assert "add the header 'Authorization: Basic ...' to the project's webhook to this backend (Settings > Webhooks)" in caplog.text
+    assert "s3cret-pw" not in caplog.text
+    caplog.clear()
+    assert client.get("/versions").status_code == 401 and "Webhooks" not in caplog.text
+
+
 def test_unknown_route_and_method_are_json_errors(adapter):
     client = make_client(adapter)
     response = client.get("/nope")
