@@ -3,7 +3,7 @@
 An annotation is compared with the prediction shown with it
 (`annotation_edits`): the one LS says it was created from
 (`parent_prediction`), else the task's latest prediction created before the
-annotation. The record is kept in the detection store, so it outlives the
+task was opened (the submit less its lead time). The record is kept in the detection store, so it outlives the
 prediction version the sync deletes later. An `ANNOTATION_CREATED` or
 `ANNOTATION_UPDATED` webhook records its task at once; `ale savings
 --recompute` records every annotated task again from Label Studio (what LS
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import timedelta
 
 from .annotation_edits import EditCounts, EditRecord, compare_results
 from .jobs import SYNC_VERSION_PREFIX
@@ -60,8 +61,12 @@ def task_records(annotations, predictions) -> list[EditRecord]:
         if annotation.was_cancelled:
             continue
         shown = by_id.get(annotation.parent_prediction)
-        if shown is None:
-            before = [p for p in predictions if p.created_at is not None and annotation.created_at is not None and p.created_at <= annotation.created_at]
+        if shown is None and annotation.created_at is not None:
+            # LS forgot what was shown (not recorded, or that version deleted since): the latest prediction that
+            # existed when the task was opened, `lead_time` before the submit. One written later, by a sync that
+            # ran while the annotator worked, was never shown: then nothing is recorded rather than a wrong record.
+            opened = annotation.created_at - timedelta(seconds=float(annotation.lead_time or 0))
+            before = [p for p in predictions if p.created_at is not None and p.created_at <= opened]
             shown = max(before, key=lambda p: (p.created_at, p.id), default=None)
         if shown is None:
             continue

@@ -21,3 +21,23 @@ def test_annotations_are_summed_per_model_whatever_the_sync_version(tmp_path):
     assert first.accepted_share == 0.75 and first.as_dict()["accepted_share"] == 0.75
     assert (second.model, second.counts.shown, second.accepted_share) == ("v0002-bb", 2, 0.0)
     assert savings_by_model(store, 2) == []
+
+
+def test_without_a_parent_prediction_only_one_that_existed_when_the_task_was_opened_counts_as_shown():
+    """A sync that switched versions while the annotator worked wrote a prediction the annotator never saw."""
+    from datetime import datetime, timedelta, timezone
+    from types import SimpleNamespace
+
+    from label_studio_ale.ls_format import rectangle_result
+    from label_studio_ale.savings import task_records
+
+    submit = datetime(2026, 12, 7, 9, 0, 0, tzinfo=timezone.utc)
+    shown = [rectangle_result([10, 10, 30, 30], "bird", (128, 128), "label", "image")]
+    old = SimpleNamespace(id=1, created_at=submit - timedelta(minutes=10), result=shown, model_version="ale:v0001-aa:1")
+    new = SimpleNamespace(id=2, created_at=submit - timedelta(seconds=20), result=[], model_version="ale:v0002-bb:2")
+    annotation = SimpleNamespace(id=9, task=4, was_cancelled=False, parent_prediction=None, created_at=submit, lead_time=60.0, result=shown)
+    (record,) = task_records([annotation], [old, new])
+    assert record.ls_version == "ale:v0001-aa:1" and record.counts.accepted == 1
+    assert task_records([annotation], [new]) == [], "the only prediction left came after the task was opened: nothing recorded"
+    quick = SimpleNamespace(**{**vars(annotation), "lead_time": 5.0})
+    assert task_records([quick], [old, new])[0].ls_version == "ale:v0002-bb:2"

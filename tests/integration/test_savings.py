@@ -50,6 +50,7 @@ def test_the_recorded_edits_match_what_the_annotator_did_and_outlive_the_version
     env = backend_env(label_studio, trained_weights, models)  # no Redis: the backend runs the job on its own thread
     project, (first, second) = create_project(ls_sdk, [56_000, 56_001], "pre-annotation savings")
     ls_sdk.projects.import_predictions(id=project, request=[{"task": t, "result": SHOWN, "score": 0.5, "model_version": VERSION} for t in (first, second)])
+    imported = time.monotonic()
     shown = {p.task: p.id for p in ls_sdk.predictions.list(project=project)}
     annotation = ls_sdk.annotations.create(id=first, result=SUBMITTED, lead_time=42.5, parent_prediction=shown[first])
     store = SqliteDetectionStore(models / "detections.sqlite")
@@ -62,6 +63,8 @@ def test_the_recorded_edits_match_what_the_annotator_did_and_outlive_the_version
 
     # The version is cleaned up; the second task is annotated without LS knowing what it was shown (no parent_prediction),
     # keeping everything but relabelling the first box. Recomputing from LS keeps the first record and adds the second.
+    # its 7 s of work began after the predictions were written (else they were not what it was shown)
+    time.sleep(max(0.0, imported + 8 - time.monotonic()))
     later = ls_sdk.annotations.create(id=second, result=[box([10, 10, 30, 30], "nest")] + SHOWN[1:], lead_time=7.0)
     cli = [sys.executable, "-m", "label_studio_ale.cli", "savings", "--project", str(project), "--recompute"]
     done = subprocess.run(cli, env=process_env(env), capture_output=True, text=True, timeout=120)
