@@ -46,16 +46,18 @@ def predict_pool(project: int, task_ids: list[int] | None = None, *, runtime: Ru
     progress = progress or _job_progress
     info = rt.ls.project(project)
     wanted = None if task_ids is None else set(task_ids)
-    tasks = [t for t in rt.ls.unlabeled_tasks(project) if wanted is None or t.id in wanted]
+    # Task ids only grow: the tasks an import created are listed from the smallest of them, not the whole project.
+    after = None if not wanted else min(wanted) - 1
+    tasks = [t for t in rt.ls.unlabeled_tasks(project, after_id=after) if wanted is None or t.id in wanted]
     return predict_missing(rt, project, parse_label_config(info.label_config), tasks, progress, rt.adapter_for(project))
 
 
 def predict_missing(rt: Runtime, project: int, config, tasks: Sequence[TaskRef], progress: Progress, adapter: Adapter) -> dict:
     """Store what `adapter` produces for every task that has nothing stored for it yet (or only an error)."""
     key = raw_output_key(adapter.version, rt.settings)
-    stored = rt.store.get_many(project, key, [t.id for t in tasks])
-    missing = [t for t in tasks if t.id not in stored or stored[t.id].error is not None]
-    del stored
+    usable = set(rt.store.usable_ids(project, key).tolist())  # ids only: nothing decoded to learn what exists
+    missing = [t for t in tasks if t.id not in usable]
+    del usable
     predictor = Predictor(rt.settings, adapter, MediaFetcher(rt.settings, rt.ls), project)
     failed = 0
     errors: dict[int, str] = {}
@@ -80,6 +82,7 @@ def predict_missing(rt: Runtime, project: int, config, tasks: Sequence[TaskRef],
         rt.store.put_many(project, key, items)
         done += len(chunk.images)
         progress("predict", done, len(missing))
+        chunk = image = None  # the frames go before the next chunk's are decoded
     return {"model_version": adapter.version, "tasks": len(tasks), "predicted": len(missing) - failed, "failed": failed, "errors": errors}
 
 

@@ -104,8 +104,9 @@ class Predictor:
         A chunk holds at most `max_pixels` decoded pixels (an image larger than
         that alone) and `max_images` tasks; None: no bound. Downloads run up to
         FETCH_WORKERS ahead as compressed bytes and are decoded here, one at a
-        time, so a step holds about `max_pixels` of decoded frames, whatever
-        the task count.
+        time, so a step holds about `max_pixels` of decoded frames (plus the
+        frame that closes the chunk), whatever the task count: a caller drops
+        each chunk (`del chunk`) before asking for the next.
         """
         def load(position: int) -> bytes | str:
             try:
@@ -152,6 +153,7 @@ class Predictor:
             ready = chunk.ready()
             found = self.detect([chunk.images[i] for i in ready], shown)
             detections.update({chunk.start + i: d for i, d in zip(ready, found)})
+            del chunk  # its frames go before the next chunk's are decoded
         version = self.adapter.version
         predictions = []
         for position, task in enumerate(tasks):
