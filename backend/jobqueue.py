@@ -249,6 +249,11 @@ def recent_jobs(redis, adapter: str, limit: int) -> list[dict]:
     return rows
 
 
+#: Finished and failed jobs the embedded queue remembers (the oldest are forgotten first), as rq keeps
+#: results for a while: every annotation queues a job, and a full sync's result names every task.
+EMBEDDED_JOBS_KEPT = 500
+
+
 class EmbeddedJobQueue:
     """One daemon thread running jobs in order; enough for a small project without Redis.
 
@@ -292,7 +297,13 @@ class EmbeddedJobQueue:
                 info.status, info.error = "failed", f"{type(exc).__name__}: {exc}"
             finally:
                 _embedded.job = None
+                self._forget_oldest_done()
                 self._queue.task_done()
+
+    def _forget_oldest_done(self) -> None:
+        done = [job_id for job_id, info in list(self._jobs.items()) if info.status in ("finished", "failed")]
+        for job_id in done[: max(0, len(done) - EMBEDDED_JOBS_KEPT)]:
+            self._jobs.pop(job_id, None)
 
 
 def make_job_queue(runtime) -> RedisJobQueue | EmbeddedJobQueue:

@@ -195,3 +195,16 @@ def test_an_id_rq_could_not_have_made_is_no_job(redis, job_id):
     from label_studio_ale.jobqueue import RedisJobQueue
 
     assert RedisJobQueue(redis, "yolov5").info(job_id) is None
+
+
+def test_the_embedded_queue_forgets_its_oldest_finished_jobs(monkeypatch):
+    """Without Redis every annotation queues a job: the queue keeps the latest EMBEDDED_JOBS_KEPT done, not all of them."""
+    import label_studio_ale.jobqueue as jobqueue
+    from label_studio_ale.jobqueue import EmbeddedJobQueue
+
+    monkeypatch.setattr(jobqueue, "EMBEDDED_JOBS_KEPT", 5)
+    jobs = EmbeddedJobQueue()
+    ids = [jobs.enqueue("sync", len, "x" * i) for i in range(12)]
+    jobs.join()
+    assert [jobs.info(i) for i in ids[:7]] == [None] * 7
+    assert [jobs.info(i).result for i in ids[7:]] == [7, 8, 9, 10, 11]
