@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 
-#: Pool rows compared with the labelled set at a time: (chunk x labelled) distances in memory.
+#: Pool rows compared with the labelled set at a time, against this many labelled rows at a time:
+#: (DISTANCE_CHUNK x REFERENCE_CHUNK) distances in memory (32 MB of float64), however large the labelled set.
 DISTANCE_CHUNK = 1024
+REFERENCE_CHUNK = 4096
 
 
 def k_center(vectors: np.ndarray, count: int, covered: np.ndarray | None = None) -> np.ndarray:
@@ -58,9 +60,29 @@ def nearest_distance(vectors: np.ndarray, reference: np.ndarray) -> np.ndarray:
     ref_sq = (reference**2).sum(axis=1)
     for start in range(0, vectors.shape[0], DISTANCE_CHUNK):
         part = vectors[start : start + DISTANCE_CHUNK]
-        squared = (part**2).sum(axis=1)[:, None] + ref_sq[None, :] - 2.0 * part @ reference.T
-        out[start : start + DISTANCE_CHUNK] = np.sqrt(np.maximum(squared.min(axis=1), 0.0))
+        out[start : start + DISTANCE_CHUNK] = np.sqrt(np.maximum(_nearest_squared(part, reference, ref_sq), 0.0))
     return out
+
+
+def _nearest_squared(part: np.ndarray, reference: np.ndarray, ref_sq: np.ndarray, first_row: int | None = None) -> np.ndarray:
+    """(p, D) rows, (r, D) reference with its (r,) squared norms -> (p,) squared distance to the nearest reference row.
+
+    The reference is read REFERENCE_CHUNK rows at a time, keeping the running
+    minimum. `first_row`: `part` is reference[first_row:first_row + p], and a
+    row is not compared with itself.
+    """
+    part_sq = (part**2).sum(axis=1)[:, None]
+    nearest = np.full(part.shape[0], np.inf)
+    rows = np.arange(part.shape[0])
+    for begin in range(0, reference.shape[0], REFERENCE_CHUNK):
+        block = reference[begin : begin + REFERENCE_CHUNK]
+        squared = part_sq + ref_sq[None, begin : begin + REFERENCE_CHUNK] - 2.0 * part @ block.T
+        if first_row is not None:
+            itself = first_row + rows - begin
+            inside = (itself >= 0) & (itself < block.shape[0])
+            squared[rows[inside], itself[inside]] = np.inf
+        np.minimum(nearest, squared.min(axis=1), out=nearest)
+    return nearest
 
 
 def novelty(vectors: np.ndarray, reference: np.ndarray, scale: float | None = None) -> np.ndarray:
@@ -91,10 +113,7 @@ def spacing(reference: np.ndarray) -> float:
     ref_sq = (reference**2).sum(axis=1)
     for start in range(0, r, DISTANCE_CHUNK):
         part = reference[start : start + DISTANCE_CHUNK]
-        squared = ref_sq[start : start + DISTANCE_CHUNK, None] + ref_sq[None, :] - 2.0 * part @ reference.T
-        rows = np.arange(part.shape[0])
-        squared[rows, start + rows] = np.inf  # not itself
-        within[start : start + DISTANCE_CHUNK] = np.sqrt(np.maximum(squared.min(axis=1), 0.0))
+        within[start : start + DISTANCE_CHUNK] = np.sqrt(np.maximum(_nearest_squared(part, reference, ref_sq, first_row=start), 0.0))
     median = float(np.median(within))
     return median if median > 0 else 1.0
 

@@ -52,3 +52,21 @@ def test_bad_embeddings_are_refused_with_the_field_named():
         nearest_distance(np.zeros((1, 3)), np.zeros((1, 2)))
     with pytest.raises(ValueError, match="vectors must be finite"):
         k_center(np.array([[np.inf]]), 1)
+
+
+def test_distances_read_in_blocks_of_both_sides_equal_the_whole_matrix(monkeypatch):
+    """A labelled set of tens of thousands is compared a block at a time; the nearest rows and the spacing do not change."""
+    import label_studio_ale.embeddings as embeddings
+
+    rng = np.random.default_rng(3)
+    pool, labelled = rng.normal(size=(23, 6)), rng.normal(size=(19, 6))
+    labelled[7] = labelled[16]  # a duplicate: its nearest other row is at 0
+    whole = np.sqrt(((pool[:, None, :] - labelled[None, :, :]) ** 2).sum(axis=2)).min(axis=1)
+    pairs = np.sqrt(((labelled[:, None, :] - labelled[None, :, :]) ** 2).sum(axis=2))
+    np.fill_diagonal(pairs, np.inf)
+    expected_spacing = float(np.median(pairs.min(axis=1)))
+    for rows, columns in ((1024, 4096), (5, 7), (4, 1), (19, 19)):
+        monkeypatch.setattr(embeddings, "DISTANCE_CHUNK", rows)
+        monkeypatch.setattr(embeddings, "REFERENCE_CHUNK", columns)
+        assert np.allclose(embeddings.nearest_distance(pool, labelled), whole, atol=1e-9)
+        assert abs(embeddings.spacing(labelled) - expected_spacing) < 1e-9
