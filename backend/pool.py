@@ -38,6 +38,8 @@ REPORTED_ERRORS = 20
 PREDICT_CHUNK = 64  # at most this many images per step (PREDICT_CHUNK_PIXELS bounds their pixels)
 #: Pool embeddings read at a time to score novelty.
 NOVELTY_CHUNK = 2048
+#: Tasks whose raw detections `rank_pool` decodes at a time (it keeps only the boxes shown).
+RANK_READ_CHUNK = 2000
 
 
 def predict_pool(project: int, task_ids: list[int] | None = None, *, runtime: Runtime | None = None, progress: Progress | None = None) -> dict:
@@ -101,17 +103,22 @@ def rank_pool(
     """
     task_ids = np.asarray(task_ids, dtype=np.int64)
     key = raw_output_key(adapter.version, rt.settings)
-    stored = rt.store.get_many(project, key, task_ids.tolist())
     shown = shown_classes(match_labels(adapter.classes, config))
     filters = ServingFilters.from_settings(rt.settings)
     num_classes = len(adapter.classes)
     detections, hashes, usable = [], [], []
-    for task_id in task_ids.tolist():
-        item = stored.pop(task_id, None)
-        ok = item is not None and item.detections is not None
-        detections.append(shown_detections(item.detections, shown, filters) if ok else Detections.empty(num_classes, (1, 1)))
-        hashes.append(item.image_hash if ok else None)
-        usable.append(ok)
+    ids = task_ids.tolist()
+    # The raw output (every box above the model's floor) is read a slice at a time; only what is shown is kept.
+    for begin in range(0, len(ids), RANK_READ_CHUNK):
+        part = ids[begin : begin + RANK_READ_CHUNK]
+        stored = rt.store.get_many(project, key, part)
+        for task_id in part:
+            item = stored.pop(task_id, None)
+            ok = item is not None and item.detections is not None
+            detections.append(shown_detections(item.detections, shown, filters) if ok else Detections.empty(num_classes, (1, 1)))
+            hashes.append(item.image_hash if ok else None)
+            usable.append(ok)
+        del stored
     usable = np.array(usable, dtype=bool)
     if not is_trained(adapter):
         # An untrained model's uncertainty is noise: cover the pool's look first, not its import order.

@@ -337,3 +337,26 @@ def test_a_partial_version_is_removed_only_where_ls_keeps_the_project_served(tmp
     ls = LS()
     jobs._discard(Runtime(Settings(model_dir=tmp_path), ls=ls), 1, "ale:m-1:partial")
     assert ls.removed == (["ale:m-1:partial"] if deleted else [])
+
+
+def test_rank_pool_decodes_the_raw_output_a_slice_at_a_time_and_ranks_as_in_one_read(tmp_path, monkeypatch):
+    """Every box above the model's floor is stored; ranking keeps only what is shown, so the raw output is read in slices."""
+    from label_studio_ale import pool
+
+    settings = Settings(model_dir=tmp_path, policy="ale-entropy-sum")
+    rt = Runtime(settings)
+    key = raw_output_key(Model.version, settings)
+    rng = np.random.default_rng(5)
+    items = []
+    for task_id in range(1, 48):
+        scores = rng.uniform(0.06, 0.95, size=(4, 1))
+        items.append(StoredDetections(task_id, Detections(np.tile([[0, 0, 9, 9]], (4, 1)), np.hstack([scores, 1 - scores]), (64, 64)), task_id, None))
+    rt.store.put_many(1, key, items)
+    whole = jobs.rank_pool(rt, 1, list(range(1, 48)), TrainedModel(), CONFIG)
+    asked = []
+    real = rt.store.get_many
+    monkeypatch.setattr(rt.store, "get_many", lambda project, version, ids=None, **kw: (asked.append(len(ids)), real(project, version, ids, **kw))[1])
+    monkeypatch.setattr(pool, "RANK_READ_CHUNK", 10)
+    sliced = jobs.rank_pool(rt, 1, list(range(1, 48)), TrainedModel(), CONFIG)
+    assert asked == [10, 10, 10, 10, 7]
+    assert sliced["order"].tolist() == whole["order"].tolist() and np.allclose(sliced["usefulness"], whole["usefulness"])
