@@ -199,12 +199,18 @@ class DetectionStore(ServedQueueStoreMixin, EditStoreMixin):
             if rows:
                 yield start + np.asarray(rows, dtype=np.int64), np.stack([found[part[i]] for i in rows])
 
-    def usable_ids(self, project: int, model_version: str) -> np.ndarray:
-        """(n,) ids of the tasks the version has detections for (not an error), ascending."""
+    def usable_ids(self, project: int, model_version: str, task_ids: Iterable[int] | None = None) -> np.ndarray:
+        """(n,) ids of the tasks (of `task_ids`; all when None) the version has detections for (not an error), ascending."""
+        select = "SELECT task_id FROM detections WHERE project = ? AND model_version = ? AND error IS NULL"
         with self._tx() as db:
-            rows = self._exec(
-                db, "SELECT task_id FROM detections WHERE project = ? AND model_version = ? AND error IS NULL", (project, model_version)
-            ).fetchall()
+            if task_ids is None:
+                rows = self._exec(db, select, (project, model_version)).fetchall()
+            else:
+                rows = [
+                    row
+                    for part in _batches([int(t) for t in task_ids])
+                    for row in self._exec(db, f"{select} AND task_id IN ({', '.join('?' * len(part))})", (project, model_version, *part)).fetchall()
+                ]
         return np.sort(np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)))
 
     def delete_version(self, project: int, model_version: str) -> int:

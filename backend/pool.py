@@ -57,7 +57,7 @@ def predict_pool(project: int, task_ids: list[int] | None = None, *, runtime: Ru
 def predict_missing(rt: Runtime, project: int, config, tasks: Sequence[TaskRef], progress: Progress, adapter: Adapter) -> dict:
     """Store what `adapter` produces for every task that has nothing stored for it yet (or only an error)."""
     key = raw_output_key(adapter.version, rt.settings)
-    usable = set(rt.store.usable_ids(project, key).tolist())  # ids only: nothing decoded to learn what exists
+    usable = set(rt.store.usable_ids(project, key, [t.id for t in tasks]).tolist())  # ids only: nothing decoded
     missing = [t for t in tasks if t.id not in usable]
     del usable
     predictor = Predictor(rt.settings, adapter, MediaFetcher(rt.settings, rt.ls), project)

@@ -40,11 +40,12 @@ def test_round_trip_by_project_version_and_task(store):
     assert len(got[11].detections) == 0 and got[11].detections.num_classes == 2 and got[11].image_hash == 2**63
     assert got[12].detections is None and got[12].error == "image is corrupt"
     assert set(store.get_many(1, "v1", [11, 99])) == {11}
-    assert store.usable_ids(1, "v1").tolist() == [10, 11]
+    assert store.usable_ids(1, "v1").tolist() == [10, 11] and store.usable_ids(1, "v1", [11, 12]).tolist() == [11]
     assert store.get_many(1, "v2") == {}
     # a later put replaces: the failed image is predicted after all
     store.put_many(1, "v1", [StoredDetections(12, det, 7, None)])
     assert store.get_many(1, "v1", [12])[12].image_hash == 7 and store.usable_ids(1, "v1").tolist() == [10, 11, 12]
+    assert store.usable_ids(1, "v1", [12, 10, 99]).tolist() == [10, 12] and store.usable_ids(1, "v1", []).tolist() == []
     assert store.delete_version(1, "v1") == 3 and store.get_many(1, "v1") == {}
     assert set(store.get_many(2, "v1")) == {10}
 
