@@ -122,11 +122,12 @@ class ModelStore:
                 name = self._next_name()
                 try:
                     os.rename(staging, self.dir / name)
-                    _fsync_path(self.dir)
-                    return self.get(name)
                 except OSError:
                     if not (self.dir / name).exists():
                         raise
+                    continue
+                _fsync_path(self.dir)  # after the rename only: its failure is not a name taken
+                return self.get(name)
             raise RuntimeError(f"could not allocate a version name in {self.dir}")
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
