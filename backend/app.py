@@ -187,6 +187,14 @@ def create_app(
         task_ids = sorted({a["task"] for a in annotations if isinstance(a.get("task"), int)})
         return jobs().enqueue(QUEUE_SYNC, record_tasks, project, task_ids, retry=True) if task_ids else None
 
+    def _count_towards_training(project: int, count: int, action: str, savings: str | None):
+        """Count `count` new annotations; once AUTO_TRAIN_AFTER are in, start a training. -> the webhook's answer."""
+        if _count_new_annotations(project, count) < settings.auto_train_after:
+            return jsonify(status="counted", action=action, savings=savings)
+        _reset_annotation_count(project)
+        job_id, started = _start_training(project)
+        return jsonify(status="training" if started else "already training", action=action, job=job_id, savings=savings)
+
     def _reset_annotation_count(project: int) -> None:
         if runtime.redis is not None:
             runtime.redis.delete(f"ale:new-annotations:{project}")
@@ -291,11 +299,9 @@ def create_app(
             recorded = _record_many(project, made)
             if not made:
                 return jsonify(status="ignored", action=action, reason="the event lists no submitted annotation")
-            if settings.auto_train_after and _count_new_annotations(project, len(made)) >= settings.auto_train_after:
-                _reset_annotation_count(project)
-                job_id, started = _start_training(project)
-                return jsonify(status="training" if started else "already training", action=action, job=job_id, savings=recorded)
-            return jsonify(status="counted" if settings.auto_train_after else "recording", action=action, savings=recorded)
+            if settings.auto_train_after:
+                return _count_towards_training(project, len(made), action, savings=recorded)
+            return jsonify(status="recording", action=action, savings=recorded)
         recorded = _record_savings(body) if action in (ANNOTATION_CREATED, ANNOTATION_UPDATED) else None
         if action == ANNOTATION_CREATED and settings.auto_train_after:
             project = _project_from_event(body)
@@ -303,11 +309,7 @@ def create_app(
             if isinstance(annotation, dict) and annotation.get("was_cancelled"):
                 # LS sends every Skip as ANNOTATION_CREATED: nothing was labelled
                 return jsonify(status="ignored", action=action, reason="a skipped task is not a new annotation")
-            if _count_new_annotations(project) >= settings.auto_train_after:
-                _reset_annotation_count(project)
-                job_id, started = _start_training(project)
-                return jsonify(status="training" if started else "already training", action=action, job=job_id)
-            return jsonify(status="counted", action=action, savings=recorded)
+            return _count_towards_training(project, 1, action, savings=recorded)
         if recorded is not None:
             return jsonify(status="recording", action=action, savings=recorded)
         if action == TASKS_CREATED:

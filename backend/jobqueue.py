@@ -126,12 +126,11 @@ class RedisJobQueue:
         abandoned = status == "started" and is_abandoned(self.redis, job.id) and fail_abandoned(self.redis, job)
         # it may have finished meanwhile, or, abandoned with retries left, be queued again
         status = job.get_status(refresh=True)
-        if status == "failed":
+        if status == "failed" and abandoned:
+            error = ABANDONED
+        elif status == "failed":
             latest = job.latest_result()
-            if abandoned:
-                error = ABANDONED
-            else:
-                error = (latest.exc_string or "").strip().splitlines()[-1] if latest and latest.exc_string else "failed"
+            error = (latest.exc_string or "").strip().splitlines()[-1] if latest and latest.exc_string else "failed"
         return JobInfo(job.id, job.func_name, str(status.value if hasattr(status, "value") else status), job.return_value(), error, dict(job.meta))
 
 
