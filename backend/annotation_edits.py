@@ -139,6 +139,18 @@ class EditRecord:
     lead_time: float | None
 
 
+@dataclass(frozen=True)
+class VersionEdits:
+    """The recorded annotations shown one prediction version, summed (`first_annotation`: the least annotation id)."""
+
+    ls_version: str
+    first_annotation: int
+    annotations: int
+    counts: EditCounts
+    lead_time_total: float
+    lead_times: int  # annotations with a lead time
+
+
 class EditStoreMixin:
     """The detection store's table of annotation edits: one row per annotation, replaced when it is updated."""
 
@@ -169,3 +181,21 @@ class EditStoreMixin:
                 (project,),
             ).fetchall()
         return [EditRecord(int(r[0]), int(r[1]), str(r[2]), EditCounts(*(int(v) for v in r[3:8])), r[8]) for r in rows]
+
+    def edit_totals(self, project: int) -> list[VersionEdits]:
+        """The project's recorded annotations summed per prediction version, in order of first annotation.
+
+        Summed by the database: one row per version read, however many annotations.
+        """
+        sums = ", ".join(f"SUM({c})" for c in CATEGORIES)
+        with self._tx() as db:
+            rows = self._exec(
+                db,
+                f"SELECT ls_version, MIN(annotation_id), COUNT(*), {sums}, SUM(lead_time), COUNT(lead_time) "
+                "FROM annotation_edits WHERE project = ? GROUP BY ls_version ORDER BY MIN(annotation_id)",
+                (project,),
+            ).fetchall()
+        return [
+            VersionEdits(str(r[0]), int(r[1]), int(r[2]), EditCounts(*(int(v) for v in r[3:8])), float(r[8] or 0.0), int(r[9]))
+            for r in rows
+        ]

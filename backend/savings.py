@@ -110,15 +110,15 @@ def recompute(rt, project: int) -> dict:
 
 
 def savings_by_model(store, project: int) -> list[ModelSavings]:
-    """The project's recorded annotations summed per model, in order of first appearance."""
+    """The project's recorded annotations summed per model, in order of first appearance (the store sums per version)."""
     totals: dict[str, list] = {}
-    for record in store.edits(project):
-        total = totals.setdefault(model_of(record.ls_version), [0, EditCounts(), []])
-        total[0] += 1
-        total[1] = total[1] + record.counts
-        if record.lead_time is not None:
-            total[2].append(float(record.lead_time))
+    for version in store.edit_totals(project):
+        total = totals.setdefault(model_of(version.ls_version), [0, EditCounts(), 0.0, 0])
+        total[0] += version.annotations
+        total[1] = total[1] + version.counts
+        total[2] += version.lead_time_total
+        total[3] += version.lead_times
     return [
-        ModelSavings(model, n, counts, round(sum(times) / len(times), 2) if times else None)
-        for model, (n, counts, times) in totals.items()
+        ModelSavings(model, n, counts, round(lead_total / timed, 2) if timed else None)
+        for model, (n, counts, lead_total, timed) in totals.items()
     ]

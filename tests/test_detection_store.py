@@ -199,3 +199,25 @@ def test_annotation_edits_are_kept_per_annotation_and_replaced_when_it_changes(s
     store.put_edits(5, [EditRecord(1, 10, "ale:v1:t", EditCounts(accepted=3), 14.0)])  # the annotation was updated
     assert store.edits(5) == [EditRecord(1, 10, "ale:v1:t", EditCounts(accepted=3), 14.0), EditRecord(2, 11, "ale:v1:t", EditCounts(deleted=1), None)]
     assert store.edits(6) == [EditRecord(1, 10, "other", EditCounts(moved=1), 3.0)] and store.edits(7) == []
+
+
+def test_annotation_edits_are_summed_per_version_by_the_database(store):
+    from label_studio_ale.annotation_edits import EditCounts, EditRecord, VersionEdits
+
+    store.put_edits(
+        5,
+        [
+            EditRecord(4, 10, "ale:v2:t", EditCounts(moved=1), None),
+            EditRecord(2, 11, "ale:v1:t", EditCounts(accepted=2, added=1), 12.5),
+            EditRecord(3, 12, "ale:v1:t", EditCounts(accepted=1, deleted=2), 7.5),
+            EditRecord(6, 13, "ale:v1:t", EditCounts(relabelled=1), None),
+            EditRecord(5, 14, "ale:v2:t", EditCounts(added=4), 3.0),
+        ],
+    )
+    store.put_edits(6, [EditRecord(1, 10, "other", EditCounts(moved=1), 3.0)])
+    assert store.edit_totals(5) == [
+        VersionEdits("ale:v1:t", 2, 3, EditCounts(accepted=3, relabelled=1, deleted=2, added=1), 20.0, 2),
+        VersionEdits("ale:v2:t", 4, 2, EditCounts(moved=1, added=4), 3.0, 1),
+    ]
+    store.put_edits(7, [EditRecord(1, 10, "ale:v3:t", EditCounts(), None)])
+    assert store.edit_totals(7) == [VersionEdits("ale:v3:t", 1, 1, EditCounts(), 0.0, 0)] and store.edit_totals(8) == []
