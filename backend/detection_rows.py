@@ -38,6 +38,37 @@ class ServedTasks:
         return int(self.task_ids.size)
 
 
+@dataclass(frozen=True)
+class LabelledReference:
+    """The labelled images a queue was ranked against: (r,) task ids with a stored embedding, and novelty's scale.
+
+    A full sync records it with its queue (novelty and "+coreset" measure the
+    pool against these images); the tasks a later sync adds, and the head it
+    re-shapes, are measured against it on the same scale, without listing the
+    project's labelled tasks again. `scale` is None where no novelty was scored.
+    """
+
+    task_ids: np.ndarray
+    scale: float | None = None
+
+    def __post_init__(self):
+        ids = np.unique(np.asarray(self.task_ids, dtype=np.int64).reshape(-1))
+        object.__setattr__(self, "task_ids", ids)
+        if self.scale is not None and not (np.isfinite(self.scale) and self.scale > 0):
+            raise ValueError(f"a labelled reference's scale must be a finite number > 0, got {self.scale}")
+
+    def with_tasks(self, task_ids) -> "LabelledReference":
+        """The same reference with more labelled tasks in it (same scale)."""
+        return LabelledReference(np.concatenate([self.task_ids, np.asarray(task_ids, dtype=np.int64).reshape(-1)]), self.scale)
+
+    def to_row(self) -> tuple[bytes, float | None]:
+        return self.task_ids.astype("<i8").tobytes(), self.scale
+
+    @classmethod
+    def from_row(cls, blob, scale) -> "LabelledReference":
+        return cls(np.frombuffer(bytes(blob), dtype="<i8"), None if scale is None else float(scale))
+
+
 def served_from_rows(rows) -> ServedTasks:
     ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
     usefulness = np.fromiter((-np.inf if r[1] is None else r[1] for r in rows), dtype=np.float64, count=len(rows))

@@ -29,15 +29,16 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from .detection_rows import ServedQueue, ServedTasks, StoredDetections, decode, decode_embedding, encode
+from .detection_rows import LabelledReference, ServedQueue, ServedTasks, StoredDetections, decode, decode_embedding, encode
 from .annotation_edits import EDITS_TABLE, EditStoreMixin
 from .errors import ConfigError
 from .served_queue_store import ServedQueueStoreMixin
 
-# ServedQueue and ServedTasks are what the store's served-queue reads return: importable from here with it
+# LabelledReference, ServedQueue and ServedTasks are what the store's served-queue reads return: importable from here with it
 __all__ = [
     "DEFAULT_SQLITE_NAME",
     "ID_BATCH",
+    "LabelledReference",
     "SCHEMA_VERSION",
     "DetectionStore",
     "PostgresDetectionStore",
@@ -49,7 +50,11 @@ __all__ = [
 ]
 
 #: Bumped whenever a table changes; older tables are a cache and are dropped (models re-run once, the next sync is full).
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
+#: The tables each schema version changed: an upgrade from a version after OLDEST_UPGRADED drops only those changed since
+#: (5 added the served queue's labelled reference: the next sync is full, the stored detections stay).
+CHANGED_IN = {5: ("served_queues", "served_tasks")}
+OLDEST_UPGRADED = 4
 #: Task ids per `IN (...)` query: well under SQLite's 32,766 bound parameters.
 ID_BATCH = 500
 DETECTION_COLUMNS = (
@@ -85,7 +90,9 @@ TABLES = (
         ranking_key TEXT NOT NULL,
         updated DOUBLE PRECISION NOT NULL,
         centroids {blob},
-        centroid_dims INTEGER
+        centroid_dims INTEGER,
+        reference_ids {blob},
+        reference_scale DOUBLE PRECISION
     )""",
     """CREATE TABLE IF NOT EXISTS served_tasks (
         project BIGINT NOT NULL,
@@ -99,6 +106,13 @@ TABLES = (
 DROPPED_ON_UPGRADE = ("detections", "served_queues", "served_tasks")
 
 
+def dropped_on_upgrade(found: int) -> tuple[str, ...]:
+    """The tables a store of schema version `found` (0: none) drops to become SCHEMA_VERSION's."""
+    if OLDEST_UPGRADED <= found < SCHEMA_VERSION:
+        return tuple(dict.fromkeys(t for version in range(found + 1, SCHEMA_VERSION + 1) for t in CHANGED_IN.get(version, ())))
+    return DROPPED_ON_UPGRADE
+
+
 class DetectionStore(ServedQueueStoreMixin, EditStoreMixin):
     """The SQL both back ends share; subclasses open connections and transactions."""
 
@@ -107,8 +121,9 @@ class DetectionStore(ServedQueueStoreMixin, EditStoreMixin):
 
     def _setup(self) -> None:
         with self._exclusive() as db:
-            if self._schema_version(db) != SCHEMA_VERSION:
-                for table in DROPPED_ON_UPGRADE:
+            found = self._schema_version(db)
+            if found != SCHEMA_VERSION:
+                for table in dropped_on_upgrade(found):
                     self._exec(db, f"DROP TABLE IF EXISTS {table}")
                 self._exec(db, "CREATE TABLE IF NOT EXISTS store_meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL)")
                 self._exec(

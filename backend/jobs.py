@@ -226,7 +226,8 @@ def _fan_out_needed(rt: Runtime, tasks: list, fanout: bool) -> bool:
 def _add_new_tasks(rt, project, config, adapter, version, fresh, progress, phase_done) -> dict | None:
     """Add `fresh` tasks to the served version between their neighbours by usefulness; None when a gap is full."""
     ids = np.array([t.id for t in fresh], dtype=np.int64)
-    ranked = rank_pool(rt, project, ids, adapter, config, extras=False)
+    # measured against the labelled tasks the queue was, on its scale: no listing, and comparable with the queue's usefulness
+    ranked = rank_pool(rt, project, ids, adapter, config, extras=False, reference=rt.store.served_reference(project, version))
     scores = place_new_tasks(rt.store.served_tasks(project), ids, ranked["usefulness"])
     centroids = rt.store.served_centroids(project, version) if rt.settings.ls_clusters else None
     clusters = None if centroids is None else cluster_ids(rt.store, project, raw_output_key(adapter.version, rt.settings), ids, centroids)
@@ -279,7 +280,10 @@ def _reshape_head(rt: Runtime, project: int, config, adapter: Adapter, version: 
     keep = np.array([t in unlabeled for t in ids], dtype=bool)
     keep[np.flatnonzero(keep)[size:]] = False  # the window is `size` unlabeled tasks; later ones stay as they are
     labelled = [t for t in ids if t not in unlabeled]
-    ranked = rank_pool(rt, project, window.task_ids[keep], adapter, config)
+    # the head's labelled tasks join those the queue was ranked against (labelled elsewhere: at the next full sync)
+    reference = rt.store.served_reference(project, version)
+    reference = None if reference is None else reference.with_tasks(labelled)
+    ranked = rank_pool(rt, project, window.task_ids[keep], adapter, config, reference=reference)
     scores = np.empty(int(keep.sum()))
     scores[ranked["order"]] = np.sort(window.scores[keep])  # the window's own scores, handed out in the new order
     moved = {int(t): float(new) for t, old, new in zip(window.task_ids[keep], window.scores[keep], scores) if new != old}
@@ -288,7 +292,7 @@ def _reshape_head(rt: Runtime, project: int, config, adapter: Adapter, version: 
     except Exception as exc:
         rt.store.forget_served(project)  # some scores may have moved: the record no longer says what LS serves
         raise SyncError(f"sync of project {project} could not re-shape the head of its queue; the next sync rewrites it: {exc}") from exc
-    if not rt.store.rescore_served(project, version, labelled, window.task_ids[keep], scores):
+    if not rt.store.rescore_served(project, version, labelled, window.task_ids[keep], scores, ranked["reference"]):
         rt.store.forget_served(project)
     log.info("project %s: head batch labelled; %d of the next %d tasks re-ordered by the batch extras", project, len(moved), len(scores))
     return written
@@ -320,7 +324,9 @@ def _rewrite(rt, project, config, adapter, queue: ServedQueue, served: ServedQue
         raise SyncError(f"sync of project {project} failed before switching; the previous order stays: {exc}") from exc
     # Recorded after the switch: a record lost here only makes the next sync a full one.
     centroids = None if clustering is None else clustering.centroids
-    rt.store.replace_served(project, ServedQueue(version, queue.raw_key, queue.ranking_key), task_ids, ranked["usefulness"], scores, centroids)
+    rt.store.replace_served(
+        project, ServedQueue(version, queue.raw_key, queue.ranking_key), task_ids, ranked["usefulness"], scores, centroids, ranked["reference"]
+    )
     rt.store.prune(project, {queue.raw_key} | ({served.raw_key} if served is not None else set()))
     log.info("project %s: queue synced, %d tasks, version %s", project, task_ids.size, version)
     return {

@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .adapters import Adapter, check_policy_fits, is_trained
-from .detection_store import StoredDetections
+from .detection_store import LabelledReference, StoredDetections
 from .detections import Detections
 from .embeddings import novelty as embedding_novelty
 from .embeddings import spacing
@@ -90,7 +90,7 @@ def predict_missing(rt: Runtime, project: int, config, tasks: Sequence[TaskRef],
 
 def rank_pool(
     rt: Runtime, project: int, task_ids: Sequence[int], adapter: Adapter, config, extras: bool = True,
-    labelled: Callable[[], list[TaskRef]] | None = None,
+    labelled: Callable[[], list[TaskRef]] | None = None, reference: LabelledReference | None = None,
 ) -> dict:
     """Score and order what annotators would be shown of `task_ids`. Returns arrays aligned with `task_ids`.
 
@@ -99,7 +99,10 @@ def rank_pool(
     (`serving.shown_detections`, the same as /predict). `extras`: reshape the
     head of the order with the batch extras (off: usefulness order alone).
     `labelled`: gives the project's labelled tasks, predicted (`predicted_labelled_tasks`),
-    for a caller that lists them too; listed here when a policy needs them and it is not given.
+    for a caller that lists them too; listed here when a policy needs them and no `reference` is given.
+    `reference`: the labelled tasks (and novelty scale) to measure against instead, as a served
+    queue recorded them: nothing is listed. The result's "reference" is what was measured against
+    (None where the policy needs no labelled images).
     """
     task_ids = np.asarray(task_ids, dtype=np.int64)
     key = raw_output_key(adapter.version, rt.settings)
@@ -124,16 +127,25 @@ def rank_pool(
         # An untrained model's uncertainty is noise: cover the pool's look first, not its import order.
         order, spread = spread_order(hashes, task_ids)
         usefulness = np.where(usable, spread, -np.inf)
-        return {"policy": SPREAD_POLICY, "detections": detections, "usefulness": usefulness, "order": order, "usable": usable}
+        return {"policy": SPREAD_POLICY, "detections": detections, "usefulness": usefulness, "order": order, "usable": usable, "reference": None}
     check_policy_fits(adapter, rt.settings.policy)
     policy = settings_policy(rt.settings)
-    novelty = reference = None
+    novelty = vectors = None
     coreset = extras and is_coreset(policy)  # the labelled images shape the head batch only
     if needs_novelty(policy) or coreset:
-        tasks = labelled() if labelled is not None else predicted_labelled_tasks(rt, project, config, adapter)
-        reference = labelled_embeddings(rt.store, project, key, tasks)
+        if reference is None:
+            tasks = labelled() if labelled is not None else predicted_labelled_tasks(rt, project, config, adapter)
+            reference = LabelledReference([t.id for t in tasks])
+        found = rt.store.embeddings(project, key, reference.task_ids.tolist())
+        vectors = np.stack(list(found.values())) if found else np.zeros((0, 0))
+        scale = reference.scale
+        if needs_novelty(policy) and scale is None:
+            scale = spacing(vectors) if vectors.size else 1.0
+        reference = LabelledReference(list(found), scale)
+    else:
+        reference = None
     if needs_novelty(policy):
-        novelty = pool_novelty(rt.store, project, key, task_ids, reference)
+        novelty = pool_novelty(rt.store, project, key, task_ids, vectors, reference.scale)
     usefulness = policy.usefulness(detections, novelty) if task_ids.size else np.zeros(0)
     # Images that could not be fetched or decoded have no usefulness: they go to the very end of the queue.
     usefulness = np.where(usable, usefulness, -np.inf)
@@ -144,20 +156,20 @@ def rank_pool(
         found = rt.store.embeddings(project, key, [int(task_ids[i]) for i in indices])
         return [found.get(int(task_ids[i])) for i in indices]
 
-    order = select_order(usefulness, task_ids, detections, hashes, shaping, usable, embeddings, reference if coreset else None)
-    return {"policy": policy.name, "detections": detections, "usefulness": usefulness, "order": order, "usable": usable}
+    order = select_order(usefulness, task_ids, detections, hashes, shaping, usable, embeddings, vectors if coreset else None)
+    return {"policy": policy.name, "detections": detections, "usefulness": usefulness, "order": order, "usable": usable, "reference": reference}
 
 
 def settings_policy(s: Settings):
     return get_policy(s.policy, s.policy_seed, s.cost_per_image, s.novelty_weight)
 
 
-def pool_novelty(store, project: int, key: str, task_ids: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """(m,) novelty of each task against the (r, D) labelled embeddings, from the store chunk by chunk; 1 without an embedding."""
+def pool_novelty(store, project: int, key: str, task_ids: np.ndarray, reference: np.ndarray, scale: float) -> np.ndarray:
+    """(m,) novelty of each task against the (r, D) labelled embeddings in units of `scale`, from the store chunk by
+    chunk; 1 without an embedding."""
     out = np.ones(task_ids.size)
     if reference.size == 0:
         return out
-    scale = spacing(reference)
     for rows, vectors in store.embedding_chunks(project, key, task_ids.tolist(), NOVELTY_CHUNK):
         out[rows] = embedding_novelty(vectors, reference, scale)
     return out
@@ -168,12 +180,6 @@ def predicted_labelled_tasks(rt: Runtime, project: int, config, adapter: Adapter
     labelled = list(rt.ls.labelled_tasks(project))
     predict_missing(rt, project, config, labelled, lambda *args, **kwargs: None, adapter)
     return labelled
-
-
-def labelled_embeddings(store, project: int, key: str, labelled: Sequence[TaskRef]) -> np.ndarray:
-    """(r, D) embeddings stored under `key` for the `labelled` tasks that have one."""
-    found = store.embeddings(project, key, [t.id for t in labelled])
-    return np.stack(list(found.values())) if found else np.zeros((0, 0))
 
 
 def preview_ranking(project: int, *, runtime: Runtime | None = None, progress: Progress | None = None) -> dict:

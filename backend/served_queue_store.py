@@ -2,7 +2,8 @@
 
 `served_queues` holds one row per project (the prediction version a sync
 last switched Label Studio to, its raw output and ranking keys, the cluster
-centroids its predictions were written with); `served_tasks` each task's
+centroids its predictions were written with, the labelled tasks it was ranked
+against); `served_tasks` each task's
 usefulness and LS score in it. The tables themselves are created with the
 store's others (`detection_store.TABLES`).
 """
@@ -14,7 +15,7 @@ from typing import Iterable
 
 import numpy as np
 
-from .detection_rows import ServedQueue, ServedTasks, served_from_rows, served_rows
+from .detection_rows import LabelledReference, ServedQueue, ServedTasks, served_from_rows, served_rows
 
 
 class ServedQueueStoreMixin:
@@ -35,6 +36,16 @@ class ServedQueueStoreMixin:
             return None
         return np.frombuffer(bytes(row[0]), dtype=np.float32).reshape(-1, int(row[1]))
 
+    def served_reference(self, project: int, ls_version: str) -> LabelledReference | None:
+        """The labelled tasks the served `ls_version` was ranked against; None without (or for another version)."""
+        with self._tx() as db:
+            row = self._exec(
+                db, "SELECT reference_ids, reference_scale FROM served_queues WHERE project = ? AND ls_version = ?", (project, ls_version)
+            ).fetchone()
+        if row is None or row[0] is None:
+            return None
+        return LabelledReference.from_row(row[0], row[1])
+
     def served_tasks(self, project: int, limit: int | None = None) -> ServedTasks:
         """The served queue's tasks by ascending score: all, or the first `limit` (its head)."""
         query = "SELECT task_id, usefulness, score FROM served_tasks WHERE project = ? ORDER BY score, task_id"
@@ -51,8 +62,13 @@ class ServedQueueStoreMixin:
             row = self._exec(db, "SELECT MAX(task_id) FROM served_tasks WHERE project = ?", (project,)).fetchone()
         return None if row is None or row[0] is None else int(row[0])
 
-    def rescore_served(self, project: int, ls_version: str, drop: Iterable[int], task_ids, scores) -> bool:
-        """Drop tasks from the served queue and give others new scores, if it is still `ls_version`. -> whether it was."""
+    def rescore_served(
+        self, project: int, ls_version: str, drop: Iterable[int], task_ids, scores, reference: LabelledReference | None = None
+    ) -> bool:
+        """Drop tasks from the served queue and give others new scores, if it is still `ls_version`. -> whether it was.
+
+        `reference`: the labelled tasks the new scores were measured against, replacing the recorded ones.
+        """
         drop = [(project, int(t)) for t in drop]
         updates = [(float(s), project, int(t)) for t, s in zip(np.asarray(task_ids).tolist(), np.asarray(scores, dtype=np.float64).tolist())]
         with self._tx() as db:
@@ -60,19 +76,28 @@ class ServedQueueStoreMixin:
                 return False
             self._execmany(db, "DELETE FROM served_tasks WHERE project = ? AND task_id = ?", drop)
             self._execmany(db, "UPDATE served_tasks SET score = ? WHERE project = ? AND task_id = ?", updates)
+            if reference is not None:
+                self._exec(
+                    db, "UPDATE served_queues SET reference_ids = ?, reference_scale = ? WHERE project = ?", (*reference.to_row(), project)
+                )
         return True
 
-    def replace_served(self, project: int, queue: ServedQueue, task_ids, usefulness, scores, centroids: np.ndarray | None = None) -> None:
-        """Record a full sync's queue (and the (k, D) cluster centroids its predictions were written with), replacing the last."""
+    def replace_served(
+        self, project: int, queue: ServedQueue, task_ids, usefulness, scores, centroids: np.ndarray | None = None,
+        reference: LabelledReference | None = None,
+    ) -> None:
+        """Record a full sync's queue, replacing the last; with the (k, D) cluster centroids its predictions were
+        written with and the labelled tasks it was ranked against, where it had them."""
         rows = served_rows(project, task_ids, usefulness, scores)
         blob, dims = (None, None) if centroids is None else (np.asarray(centroids, dtype=np.float32).tobytes(), int(np.shape(centroids)[1]))
+        reference_ids, reference_scale = (None, None) if reference is None else reference.to_row()
         with self._tx() as db:
             self._forget(db, project)
             self._exec(
                 db,
-                "INSERT INTO served_queues (project, ls_version, raw_key, ranking_key, updated, centroids, centroid_dims) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (project, queue.ls_version, queue.raw_key, queue.ranking_key, time.time(), blob, dims),
+                "INSERT INTO served_queues (project, ls_version, raw_key, ranking_key, updated, centroids, centroid_dims, "
+                "reference_ids, reference_scale) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (project, queue.ls_version, queue.raw_key, queue.ranking_key, time.time(), blob, dims, reference_ids, reference_scale),
             )
             self._execmany(db, "INSERT INTO served_tasks (project, task_id, usefulness, score) VALUES (?, ?, ?, ?)", rows)
 

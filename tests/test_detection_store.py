@@ -7,6 +7,7 @@ import pytest
 
 from label_studio_ale.detection_store import (
     ID_BATCH,
+    LabelledReference,
     ServedQueue,
     SqliteDetectionStore,
     StoredDetections,
@@ -117,6 +118,54 @@ def test_the_served_queue_is_replaced_whole_and_added_to_only_while_current(stor
     assert store.served_queue(1) is None and len(store.served_tasks(1)) == 0
     with pytest.raises(ValueError, match="must match"):
         store.replace_served(1, queue, [1, 2], [0.0], [0.5])
+
+
+def test_the_labelled_reference_is_recorded_with_its_queue_and_grows_with_a_rescore(store):
+    """The labelled tasks a full sync ranked against; a re-shape of its head adds the head's labelled tasks."""
+    queue = ServedQueue("ale:m:1", "m", "rk")
+    store.replace_served(1, queue, [30, 10, 20], [0.5, 2.0, 1.0], [0.5, 0.25, 0.75])
+    assert store.served_reference(1, "ale:m:1") is None, "ranked without labelled images"
+    store.replace_served(1, queue, [30, 10, 20], [0.5, 2.0, 1.0], [0.5, 0.25, 0.75], reference=LabelledReference([7, 3, 5], 0.25))
+    recorded = store.served_reference(1, "ale:m:1")
+    assert recorded.task_ids.tolist() == [3, 5, 7] and recorded.scale == 0.25
+    assert store.served_reference(1, "ale:m:0") is None, "another version's reference is not this queue's"
+    assert store.rescore_served(1, "ale:m:1", [10], [30], [0.1], recorded.with_tasks([10]))
+    grown = store.served_reference(1, "ale:m:1")
+    assert grown.task_ids.tolist() == [3, 5, 7, 10] and grown.scale == 0.25
+    assert store.served_tasks(1).task_ids.tolist() == [30, 20]
+    assert store.rescore_served(1, "ale:m:1", [], [30], [0.2]), "a rescore without a reference keeps the recorded one"
+    assert store.served_reference(1, "ale:m:1").task_ids.tolist() == [3, 5, 7, 10]
+    store.replace_served(2, ServedQueue("ale:m:2", "m", "rk"), [1], [0.0], [0.5], reference=LabelledReference([], None))
+    empty = store.served_reference(2, "ale:m:2")
+    assert empty is not None and empty.task_ids.size == 0 and empty.scale is None, "nothing labelled is recorded as such"
+    with pytest.raises(ValueError, match="scale"):
+        LabelledReference([1], 0.0)
+
+
+def test_an_upgrade_from_schema_4_keeps_the_stored_detections_and_makes_the_next_sync_full(store_url, tmp_path):
+    """Schema 5 changed the served queue only: a store of 4 keeps its detections (no model re-runs); older ones drop them."""
+    store = open_detection_store(store_url, tmp_path)
+    found = Detections([[0, 0, 9, 9]], [[0.9, 0.1]], (64, 64))
+    store.put_many(1, "m", [StoredDetections(1, found, 1, None)])
+    with store._tx() as db:  # the served queue table as schema 4 had it
+        store._exec(db, "DROP TABLE served_queues")
+        store._exec(
+            db,
+            "CREATE TABLE served_queues (project BIGINT PRIMARY KEY, ls_version TEXT NOT NULL, raw_key TEXT NOT NULL, "
+            "ranking_key TEXT NOT NULL, updated DOUBLE PRECISION NOT NULL, centroids BYTEA, centroid_dims INTEGER)".replace(
+                "BYTEA", store.blob_type
+            ),
+        )
+        store._exec(db, "INSERT INTO served_queues VALUES (1, 'ale:m:1', 'm', 'rk', 0, NULL, NULL)")
+        store._exec(db, "UPDATE store_meta SET value = 4 WHERE name = 'schema'")
+    upgraded = open_detection_store(store_url, tmp_path)
+    assert upgraded.served_queue(1) is None, "the next sync is full"
+    assert list(upgraded.get_many(1, "m")) == [1], "the detections stay"
+    upgraded.replace_served(1, ServedQueue("ale:m:2", "m", "rk"), [2], [1.0], [0.5], reference=LabelledReference([1], 1.0))
+    assert upgraded.served_reference(1, "ale:m:2").task_ids.tolist() == [1]
+    with upgraded._tx() as db:
+        upgraded._exec(db, "UPDATE store_meta SET value = 3 WHERE name = 'schema'")
+    assert open_detection_store(store_url, tmp_path).get_many(1, "m") == {}, "an older store drops them too"
 
 
 def test_a_failed_write_leaves_nothing_half_written(store):

@@ -250,6 +250,93 @@ def test_a_clustered_novelty_rewrite_lists_the_labelled_tasks_once(tmp_path):
     assert all(p["cluster"] in (0, 1) for p in ls.created)
 
 
+class IncrementalLS(CountingLS):
+    """CountingLS that also takes bulk imports, answers which tasks are unlabeled and moves scores."""
+
+    def __init__(self, labelled):
+        super().__init__(labelled)
+        self.imported, self.moved = [], {}
+
+    def import_predictions(self, project, items):
+        self.imported += items
+        return len(items)
+
+    def unlabeled_among(self, project, task_ids):
+        return {int(t) for t in task_ids} - {t.id for t in self.labelled}
+
+    def set_prediction_scores(self, project, version, scores):
+        self.moved.update(scores)
+        return len(scores)
+
+
+def embedded_pool(rt, settings, task_ids, dims=8, seed=0):
+    """Stored detections with unit embeddings for `task_ids` -> {task id: embedding}."""
+    rng = np.random.default_rng(seed)
+    vectors = {}
+    items = []
+    for task_id in task_ids:
+        vector = rng.normal(size=dims).astype(np.float32)
+        vectors[task_id] = vector / np.linalg.norm(vector)
+        found = Detections([[0, 0, 9, 9]], [[0.2 + task_id / 50, 0.0]], (64, 64), embedding=vectors[task_id])
+        items.append(StoredDetections(task_id, found, task_id, None))
+    rt.store.put_many(1, raw_output_key(Model.version, settings), items)
+    return vectors
+
+
+def test_new_tasks_are_measured_against_the_labelled_tasks_the_queue_was_ranked_against_without_listing_them(tmp_path):
+    """+novelty: a full sync records its labelled tasks and novelty's scale; tasks added later are scored against
+    those, on that scale (comparable with the queue's usefulness), with no listing of the project's labelled tasks."""
+    from label_studio_ale.embeddings import novelty, spacing
+    from label_studio_ale.policies import get_policy
+
+    settings = Settings(model_dir=tmp_path, policy="ale-entropy-sum+novelty")
+    ls = IncrementalLS([TaskRef(i, {}) for i in (1, 2, 3)])
+    rt = Runtime(settings, ls=ls)
+    embedded_pool(rt, settings, range(1, 13))
+    key = raw_output_key(Model.version, settings)
+    vectors = rt.store.embeddings(1, key, range(1, 13))  # as stored
+    result = jobs._rewrite(rt, 1, CONFIG, TrainedModel(), ServedQueue(None, key, "ranking"), None, np.arange(4, 11), lambda *a, **k: None, lambda n: None)
+    assert ls.listings == 1
+    version = result["model_version"]
+    recorded = rt.store.served_reference(1, version)
+    reference = np.stack([vectors[t] for t in (1, 2, 3)])
+    assert recorded.task_ids.tolist() == [1, 2, 3] and recorded.scale == pytest.approx(spacing(reference))
+
+    ls.labelled = [TaskRef(i, {}) for i in (1, 2, 3, 4)]  # labelled since: counted at the next full sync
+    added = jobs._add_new_tasks(rt, 1, CONFIG, TrainedModel(), version, [TaskRef(11, {}), TaskRef(12, {})], lambda *a, **k: None, lambda n: None)
+    assert added["status"] == "updated" and ls.listings == 1, "an incremental add lists no labelled task"
+    new = [Detections([[0, 0, 9, 9]], [[0.2 + t / 50, 0.0]], (64, 64)) for t in (11, 12)]
+    expected = get_policy("ale-entropy-sum+novelty").usefulness(new, novelty(np.stack([vectors[11], vectors[12]]), reference, recorded.scale))
+    assert [added["usefulness"][t] for t in (11, 12)] == pytest.approx(expected.tolist())
+
+
+def test_a_reshaped_head_counts_its_labelled_tasks_with_the_recorded_ones(tmp_path):
+    """+coreset, one task a batch, candidates the 2 most useful (usefulness grows with the task id).
+
+    Labelled task 1 looks like 8, so the full sync serves 7 first. Once 7 is labelled, 8 (like 7) gives way to 6:
+    the re-shape measures against 1 and 7, still without listing them, and the record then holds both.
+    """
+    settings = Settings(model_dir=tmp_path, policy="ale-entropy-sum+coreset", sync_batch_size=1, diversity_pool=2)
+    ls = IncrementalLS([TaskRef(1, {})])
+    rt = Runtime(settings, ls=ls)
+    looks = {1: [1.0, 0.0], 5: [-1.0, 0.0], 6: [0.7, -0.7], 7: [0.0, 1.0], 8: [0.05, 1.0]}
+    items = [
+        StoredDetections(t, Detections([[0, 0, 9, 9]], [[0.2 + t / 50, 0.0]], (64, 64), embedding=np.array(v, dtype=np.float32)), t, None)
+        for t, v in looks.items()
+    ]
+    key = raw_output_key(Model.version, settings)
+    rt.store.put_many(1, key, items)
+    result = jobs._rewrite(rt, 1, CONFIG, TrainedModel(), ServedQueue(None, key, "ranking"), None, np.array([5, 6, 7, 8]), lambda *a, **k: None, lambda n: None)
+    version = result["model_version"]
+    assert result["order"][:2] == [7, 8] and ls.listings == 1
+    assert rt.store.served_reference(1, version).task_ids.tolist() == [1]
+    ls.labelled = [TaskRef(1, {}), TaskRef(7, {})]
+    assert jobs._reshape_head(rt, 1, CONFIG, TrainedModel(), version) > 0
+    assert ls.listings == 1, "the re-shape lists no labelled task"
+    assert rt.store.served_tasks(1).task_ids.tolist()[:2] == [6, 8], "away from 7, the head's labelled task"
+    assert rt.store.served_reference(1, version).task_ids.tolist() == [1, 7]
+
+
 class ImportFailsAfter:
     """Label Studio that takes `chunks` bulk imports, then refuses the next (it went away mid-sync)."""
 
