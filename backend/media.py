@@ -20,11 +20,10 @@ import io
 import re
 import threading
 import time
-import warnings
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import httpx
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from .errors import MediaError
 from .ls_client import STORAGE_SCHEMES, LabelStudioClient, read_limited, storage_hosts_of
@@ -51,6 +50,14 @@ class MediaFetcher:
         return decode_image(self.fetch_bytes(url, task_id, project), self.settings.max_image_pixels)
 
     def fetch_bytes(self, url: str, task_id: int | None = None, project: int | None = None) -> bytes:
+        try:
+            return self._fetch_bytes(url, task_id, project)
+        except MediaError:
+            raise
+        except (ValueError, httpx.InvalidURL) as exc:  # a malformed URL: unbalanced brackets, a port that is not a number
+            raise MediaError(f"image URL {url[:80]!r} is malformed ({exc}): correct it in the task's data") from None
+
+    def _fetch_bytes(self, url: str, task_id: int | None, project: int | None) -> bytes:
         split = urlsplit(url)
         resolved = _storage_reference(split, self.ls_netloc)
         if resolved is not None:
@@ -168,24 +175,50 @@ def _refuse_traversal(path: str) -> None:
             raise MediaError(f"path '{path[:80]}' contains '..'; only files inside Label Studio's storage are served")
 
 
+#: EXIF orientation -> the transpose that shows the image as a browser does (EXIF 2.3, tag 0x0112).
+ORIENTATION_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+EXIF_ORIENTATION = 0x0112
+#: Single-channel modes wider than 8 bits (thermal and scientific cameras), and the white each is scaled from.
+WIDE_MODES = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": 65535}
+
+
+def use_own_pixel_limit() -> None:
+    """Turn Pillow's process-wide decompression-bomb guard off, for MAX_IMAGE_PIXELS alone to decide.
+
+    Pillow's guard refuses by its own limit (89 MP, or whatever was set last in
+    the process), in its own words, and also when a frame already checked is
+    opened again from the training cache. Every image from outside passes
+    `decode_image`, which checks MAX_IMAGE_PIXELS before any pixel is decoded.
+    """
+    Image.MAX_IMAGE_PIXELS = None
+
+
 def decode_image(data: bytes, max_pixels: int) -> Image.Image:
-    """Decode bytes to an RGB image, refusing more than `max_pixels` before decoding pixels."""
-    if max_pixels > (Image.MAX_IMAGE_PIXELS or 0):
-        # Pillow's own bomb guard (89 MP) would refuse what MAX_IMAGE_PIXELS allows; ours is checked below instead.
-        Image.MAX_IMAGE_PIXELS = max_pixels
+    """Decode bytes to an RGB image as a browser shows it (EXIF orientation applied), refusing more than
+    `max_pixels` before decoding pixels. Raises MediaError saying what is wrong."""
+    use_own_pixel_limit()
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            width, height = image.size
-            if width * height > max_pixels:
-                raise MediaError(
-                    f"image is {width}x{height} = {width * height} pixels, over MAX_IMAGE_PIXELS={max_pixels}"
-                )
-            image.load()
+        image = Image.open(io.BytesIO(data))
+        width, height = image.size
+        if width * height > max_pixels:
+            raise MediaError(
+                f"image is {width}x{height} = {width * height} pixels, over MAX_IMAGE_PIXELS={max_pixels}: "
+                "raise MAX_IMAGE_PIXELS to take frames this large (a decoded frame holds 3 bytes a pixel)"
+            )
+        image.load()
+        image = _upright(image)
+        return _rgb(image)
     except MediaError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:  # Pillow's guard, set again by other code
         raise MediaError(f"image refused as a decompression bomb: {exc}") from None
     except UnidentifiedImageError:
         raise MediaError("file is not an image Pillow can read (PNG, JPEG, TIFF, WebP, ...)") from None
@@ -193,9 +226,36 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
         raise MediaError(f"image is corrupt or truncated: {exc}") from None
     except Exception as exc:  # third-party decoder plugins raise their own types
         raise MediaError(f"image cannot be decoded: {type(exc).__name__}: {exc}") from None
-    # Browsers honour EXIF orientation, so the annotator sees the transposed image.
-    # In place: otherwise Pillow returns a copy even when nothing turns, twice a 45 MP frame's memory.
-    ImageOps.exif_transpose(image, in_place=True)
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """The image turned by its EXIF orientation, as browsers show it to the annotator; as stored where EXIF is unreadable.
+
+    Not `ImageOps.exif_transpose`: it rewrites the whole EXIF block, and raises on tags a camera wrote
+    with odd types (a date stored as a number), which would lose a good image.
+    """
+    try:
+        orientation = image.getexif().get(EXIF_ORIENTATION)
+    except Exception:  # a damaged EXIF block: browsers show such an image as stored
+        orientation = None
+    method = ORIENTATION_TRANSPOSE.get(orientation) if isinstance(orientation, int) else None
+    return image if method is None else image.transpose(method)
+
+
+def _rgb(image: Image.Image) -> Image.Image:
+    """An RGB image of any mode; 16-bit and float images scaled to 8 bits rather than clipped at 255 (all white)."""
+    import numpy as np
+
+    if image.mode in WIDE_MODES:
+        # as a browser shows a 16-bit PNG: its top 8 bits
+        values = np.asarray(image, dtype=np.int32)
+        image = Image.fromarray((np.clip(values, 0, WIDE_MODES[image.mode]) * 255 // WIDE_MODES[image.mode]).astype(np.uint8))
+    elif image.mode == "F":
+        # no fixed white for floats: the image's own range, stretched to 0..255
+        values = np.nan_to_num(np.asarray(image, dtype=np.float32))
+        low, high = float(values.min()), float(values.max())
+        scaled = (values - low) * (255.0 / (high - low)) if high > low else np.zeros_like(values)
+        image = Image.fromarray(scaled.astype(np.uint8))
     return image.convert("RGB") if image.mode != "RGB" else image
 
 

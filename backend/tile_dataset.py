@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from .boxes import box_area, clip_boxes
+from .media import use_own_pixel_limit
 from .settings import Settings
 from .tiling import TileSettings, tile_windows
 
@@ -69,6 +70,7 @@ def write_tiles(image_path: Path, xyxy: np.ndarray, labels: np.ndarray, images_d
     xyxy: (n, 4) boxes in pixels of the frame, already clipped to it; labels: (n,) class indices.
     """
     counts = {"tiles": 0, "empty_tiles": 0, "boxes": 0}
+    use_own_pixel_limit()  # a cached frame, checked against MAX_IMAGE_PIXELS when it was fetched
     with Image.open(image_path) as opened:
         image = opened.convert("RGB")
     width, height = image.size

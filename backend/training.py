@@ -23,7 +23,7 @@ from .datasets import split_label_boxes
 from .errors import AleError
 from .evaluation import evaluate
 from .ls_format import parse_label_config, rectangle_to_xyxy, task_image_url
-from .media import MediaFetcher
+from .media import MediaFetcher, use_own_pixel_limit
 from .model_store import WORK_PREFIX, ModelStore, ModelVersion
 from .runtime import Runtime, current_runtime
 from .settings import Settings
@@ -310,6 +310,7 @@ def cached_image_size(cached: Path, fetch) -> tuple[int, int]:
     Written whole or not at all (flushed before its rename); a cached file
     that does not open anyway (copied in damaged, say) is fetched again.
     """
+    use_own_pixel_limit()  # the frame passed MAX_IMAGE_PIXELS when it was fetched; Pillow's own limit may be lower
     if cached.exists():
         try:
             with Image.open(cached) as image:

@@ -132,3 +132,65 @@ def test_storage_hosts_are_the_endpoints_presigned_urls_point_to():
         ]
     )
     assert hosts == {"127.0.0.1", "minio.lab.org", ".amazonaws.com", "storage.googleapis.com", "camtraps.blob.core.windows.net"}
+
+
+# --- decoding: as a browser shows the image, and one bad image never takes others down ---
+
+import struct  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from label_studio_ale.media import decode_image  # noqa: E402
+
+
+def jpeg(image: Image.Image, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", **options)
+    return buffer.getvalue()
+
+
+def test_exif_orientation_turns_the_image_as_a_browser_does():
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to view
+    wide = Image.new("RGB", (16, 8), (200, 30, 30))
+    assert decode_image(jpeg(wide, exif=exif), 10_000).size == (8, 16)
+    assert decode_image(jpeg(wide), 10_000).size == (16, 8)
+
+
+def test_a_damaged_exif_block_still_decodes_upright():
+    """Orientation 6 beside a DateTime stored as a DOUBLE: Pillow's exif_transpose raises on such a block."""
+    payload = bytes.fromhex("45786966000049492a0008000000030012010300010000000600000086920100050000002800000032010c00010000002800000000000000c7")
+    good = jpeg(Image.new("RGB", (16, 8), (90, 90, 90)))
+    damaged = good[:2] + b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload + good[2:]
+    image = decode_image(damaged, 10_000)
+    assert image.mode == "RGB" and image.size == (8, 16)
+
+
+def test_16_bit_and_float_images_are_scaled_to_8_bits_not_clipped_to_white():
+    """A thermal camera's 16-bit frame: a browser shows its top 8 bits; Pillow's convert alone clips at 255."""
+    ramp = np.tile(np.linspace(0, 65535, 256).astype(np.uint16), (4, 1))
+    buffer = io.BytesIO()
+    Image.fromarray(ramp).save(buffer, format="PNG")
+    grey = np.asarray(decode_image(buffer.getvalue(), 10_000))[..., 0]
+    assert grey[0, 0] == 0 and grey[0, -1] == 255 and abs(int(grey[0, 128]) - 128) <= 1
+    floats = Image.fromarray(np.tile(np.linspace(0.0, 1.0, 256, dtype=np.float32), (4, 1)), mode="F")
+    buffer = io.BytesIO()
+    floats.save(buffer, format="TIFF")
+    stretched = np.asarray(decode_image(buffer.getvalue(), 10_000))[..., 0]
+    assert stretched[0, 0] == 0 and stretched[0, -1] == 255 and 120 <= stretched[0, 128] <= 135
+
+
+def test_a_frame_over_max_image_pixels_is_refused_by_the_setting_whatever_pillows_own_limit(monkeypatch):
+    """Pillow's guard is process-wide (89 MP by default, or whatever code set last): the message names the setting."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000)
+    buffer = io.BytesIO()
+    Image.new("L", (100, 100)).save(buffer, format="PNG")
+    with pytest.raises(MediaError, match=r"100x100 = 10000 pixels, over MAX_IMAGE_PIXELS=4000: raise MAX_IMAGE_PIXELS"):
+        decode_image(buffer.getvalue(), 4_000)
+    assert decode_image(buffer.getvalue(), 20_000).size == (100, 100), "allowed by the setting, Pillow's lower limit aside"
+
+
+@pytest.mark.parametrize("url", ["https://example.com]/a.jpg", "http://[2001:db8::1/img.jpg", "http://127.0.0.1:port/x.png"])
+def test_a_malformed_url_is_the_tasks_error_not_the_batchs(url):
+    with pytest.raises(MediaError, match="is malformed .*correct it in the task's data"):
+        fetcher(None, allowed_media_hosts=("example.com", "127.0.0.1")).fetch_bytes(url)

@@ -282,6 +282,16 @@ def test_a_cached_training_image_is_fetched_once_and_again_only_when_it_does_not
     assert sorted(p.name for p in tmp_path.iterdir()) == ["7.png"], "no temp file left"
 
 
+def test_a_cached_frame_over_pillows_own_limit_opens(tmp_path, monkeypatch):
+    """MAX_IMAGE_PIXELS let it be fetched; a fresh worker reading it from the cache must not refuse it by Pillow's limit."""
+    from label_studio_ale.training import cached_image_size
+
+    cached = tmp_path / "8.png"
+    Image.new("L", (100, 100)).save(cached)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000)  # Pillow's 179 MP hard limit, scaled down
+    assert cached_image_size(cached, lambda: pytest.fail("the cached frame is read, not fetched again")) == (100, 100)
+
+
 def test_a_version_whose_lock_lapsed_during_training_is_stored_but_not_promoted(trained_weights, tmp_path, monkeypatch):
     """Another training may hold the project's lock by then: promoting would bypass its comparison. The trainer is stubbed."""
     import shutil
