@@ -124,6 +124,16 @@ def test_coco_metrics_equal_pycocotools_reading_files(tmp_path):
     assert ours["map75"] == pytest.approx(reference.stats[2], abs=1e-6)
 
 
+def test_a_frame_with_more_than_100_objects_counts_them_all():
+    """A colony frame of 150 birds found perfectly: COCO's default cap of 100 detections would score it 0.66."""
+    xy = np.stack(np.meshgrid(np.arange(15) * 30.0, np.arange(10) * 30.0), axis=-1).reshape(-1, 2)
+    boxes = np.hstack([xy, xy + 20])
+    gt = [GroundTruth(boxes, np.zeros(150, dtype=int), (460, 310))]
+    pred = [det(boxes, [0] * 150, np.linspace(0.5, 0.99, 150), size=(460, 310))]
+    result = evaluate(gt, pred, CLASSES)
+    assert result["map"] == pytest.approx(1.0) and result["map50"] == pytest.approx(1.0) and result["voc07_map50"] == pytest.approx(1.0)
+
+
 def test_coco_needs_ground_truth_and_shapes_are_checked():
     with pytest.raises(ValueError, match="no ground-truth boxes"):
         coco_metrics([GroundTruth(np.zeros((0, 4)), [], (10, 10))], [Detections.empty(2, (10, 10))], CLASSES)
