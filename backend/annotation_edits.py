@@ -105,9 +105,11 @@ def _boxes(results: list[dict]) -> tuple[np.ndarray, list[str]]:
     for result in results or []:
         if result.get("type") != "rectanglelabels":
             continue
-        # in percent of the image: the same frame for both sides, whatever sizes they carry
-        box, label = rectangle_to_xyxy({**result, "original_width": 100, "original_height": 100})
-        boxes.append(box)
+        # in percent of the image: the same frame for both sides, whatever sizes they carry (a rotated box is
+        # turned in the image's own pixels, then scaled back)
+        width, height = float(result.get("original_width") or 100), float(result.get("original_height") or 100)
+        box, label = rectangle_to_xyxy({**result, "original_width": width, "original_height": height})
+        boxes.append(box * np.array([100 / width, 100 / height, 100 / width, 100 / height]))
         labels.append(label)
     return np.array(boxes).reshape(-1, 4), labels
 

@@ -64,6 +64,14 @@ def _parse_label_config(xml: str) -> RectangleConfig:
             f'<RectangleLabels name="{control.name}"> must point at an <Image> tag with toName; '
             f"it points at {control.to_name or 'nothing'}"
         )
+    others = [c.name for c in rectangles[1:] if targets[0] in c.to_name]
+    if others:
+        # the backend predicts, trains on and ranks by one tag's boxes: another tag's objects would be trained as background
+        raise LabelConfigError(
+            f'label config has {len(others) + 1} <RectangleLabels> tags on <Image name="{targets[0]}"> '
+            f'("{control.name}", "{others[0]}"{", ..." if len(others) > 1 else ""}): the backend predicts and trains one; '
+            "put every <Label> in a single <RectangleLabels>"
+        )
     image = images[targets[0]]
     if not image.value or not image.value.startswith("$"):
         raise LabelConfigError(f'<Image name="{image.name}"> needs value="$<data field>", e.g. value="$image"')
@@ -146,9 +154,12 @@ def rectangle_result(box, label: str, image_size: tuple[int, int], from_name: st
 
 
 def rectangle_to_xyxy(result: dict, image_size: tuple[int, int] | None = None) -> tuple[np.ndarray, str]:
-    """One LS rectangle result -> ((4,) xyxy pixels, label). Rotation must be 0.
+    """One LS rectangle result -> ((4,) xyxy pixels, label).
 
     `image_size` (width, height) is used when the result lacks original_width/height.
+    A rotated rectangle (LS turns it clockwise about its top-left corner) gives
+    its axis-aligned bounds, which hold the object: dropped, the object would be
+    left in the image as background.
     """
     value = result.get("value") or {}
     try:
@@ -161,10 +172,18 @@ def rectangle_to_xyxy(result: dict, image_size: tuple[int, int] | None = None) -
             f"result {result.get('id', '?')} is not a rectangle with x, y, width, height, rectanglelabels "
             "and original_width/original_height"
         ) from None
-    if abs(float(value.get("rotation") or 0.0)) > 1e-6:
-        raise LabelConfigError(f"result {result.get('id', '?')} is rotated; rotated boxes are not supported")
-    box = np.array([x * width / 100, y * height / 100, (x + w) * width / 100, (y + h) * height / 100])
-    return box, label
+    try:
+        rotation = float(value.get("rotation") or 0.0)
+    except (TypeError, ValueError):
+        raise LabelConfigError(f"result {result.get('id', '?')} has a rotation that is not a number: {value.get('rotation')!r}") from None
+    left, top, w_px, h_px = x * width / 100, y * height / 100, w * width / 100, h * height / 100
+    if abs(rotation) % 360 < 1e-6:
+        return np.array([left, top, left + w_px, top + h_px]), label
+    # turned in pixels, not percent: the two axes of a non-square image have different scales
+    theta = np.deg2rad(rotation)
+    dx, dy = np.array([0.0, w_px, w_px, 0.0]), np.array([0.0, 0.0, h_px, h_px])
+    xs, ys = left + dx * np.cos(theta) - dy * np.sin(theta), top + dx * np.sin(theta) + dy * np.cos(theta)
+    return np.array([xs.min(), ys.min(), xs.max(), ys.max()]), label
 
 
 def task_image_url(task: dict, config: RectangleConfig) -> str:

@@ -37,3 +37,12 @@ def test_ls_results_are_compared_in_percent_whatever_sizes_they_carry():
     choice = {"type": "choices", "value": {"choices": ["blurry"]}}
     assert compare_results(shown, same_in_other_pixels + [choice]) == EditCounts(accepted=1)
     assert compare_results([], []) == EditCounts()
+
+
+def test_a_box_the_annotator_turned_is_compared_by_its_bounds_not_refused():
+    """A rotated rectangle used to make the whole task's record fail; it is now the box it covers."""
+    shown = [rectangle_result([100, 40, 140, 80], "bird", (200, 100), "label", "image")]
+    turned = [{**shown[0], "value": {**shown[0]["value"], "rotation": 1}}]  # a nudge: still the shown box
+    assert compare_results(shown, turned) == EditCounts(accepted=1)
+    upright = [{**shown[0], "value": {**shown[0]["value"], "rotation": 90}}]  # turned a quarter about its corner: elsewhere
+    assert compare_results(shown, upright) == EditCounts(deleted=1, added=1)

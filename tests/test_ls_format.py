@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 
 from label_studio_ale.detections import Detections
@@ -38,11 +39,25 @@ def test_parse_label_config_finds_names_and_labels():
             "<View><Image name='i' value='$image'/><RectangleLabels name='l' toName='i'></RectangleLabels></View>",
             "no <Label>",
         ),
+        (
+            "<View><Image name='i' value='$image'/><RectangleLabels name='birds' toName='i'><Label value='gull'/></RectangleLabels>"
+            "<RectangleLabels name='mammals' toName='i'><Label value='seal'/></RectangleLabels></View>",
+            r'2 <RectangleLabels> tags on <Image name="i"> \("birds", "mammals"\): .*put every <Label> in a single <RectangleLabels>',
+        ),
     ],
 )
 def test_bad_label_configs_say_what_is_wrong(xml, match):
     with pytest.raises(LabelConfigError, match=match):
         parse_label_config(xml)
+
+
+def test_a_second_rectangle_tag_on_another_image_is_left_alone():
+    config = parse_label_config(
+        "<View><Image name='i' value='$image'/><Image name='map' value='$map'/>"
+        "<RectangleLabels name='birds' toName='i'><Label value='gull'/></RectangleLabels>"
+        "<RectangleLabels name='areas' toName='map'><Label value='colony'/></RectangleLabels></View>"
+    )
+    assert (config.from_name, config.to_name, config.labels) == ("birds", "i", ("gull",))
 
 
 def test_match_labels_by_name_case_and_predicted_values():
@@ -92,12 +107,30 @@ def test_rectangle_round_trip():
     assert box == pytest.approx([20.5, 10.25, 60, 61])
 
 
-def test_rectangle_to_xyxy_rejects_malformed_and_rotated():
+def test_rectangle_to_xyxy_rejects_malformed_boxes():
     with pytest.raises(LabelConfigError, match="not a rectangle"):
         rectangle_to_xyxy({"id": "a", "value": {"x": 1}})
-    rotated = {"original_width": 10, "original_height": 10, "value": {"x": 0, "y": 0, "width": 1, "height": 1, "rotation": 30, "rectanglelabels": ["Bird"]}}
-    with pytest.raises(LabelConfigError, match="rotated"):
-        rectangle_to_xyxy(rotated)
+    odd = {"original_width": 10, "original_height": 10, "value": {"x": 0, "y": 0, "width": 1, "height": 1, "rotation": "a bit", "rectanglelabels": ["Bird"]}}
+    with pytest.raises(LabelConfigError, match="rotation that is not a number"):
+        rectangle_to_xyxy(odd)
+
+
+def rotated(rotation, x=50.0, y=50.0, width=10.0, height=20.0, size=(200, 100)):
+    value = {"x": x, "y": y, "width": width, "height": height, "rotation": rotation, "rectanglelabels": ["Bird"]}
+    return {"original_width": size[0], "original_height": size[1], "value": value}
+
+
+def test_a_rotated_rectangle_gives_its_axis_aligned_bounds_in_pixels():
+    """LS turns a rectangle clockwise about its top-left corner; on a 200x100 image 10% x 20% is 20 x 20 pixels."""
+    assert rectangle_to_xyxy(rotated(0))[0] == pytest.approx([100, 50, 120, 70])
+    assert rectangle_to_xyxy(rotated(360))[0] == pytest.approx([100, 50, 120, 70])
+    assert rectangle_to_xyxy(rotated(90))[0] == pytest.approx([80, 50, 100, 70])  # turned down and left of its corner
+    assert rectangle_to_xyxy(rotated(180))[0] == pytest.approx([80, 30, 100, 50])
+    assert rectangle_to_xyxy(rotated(-90))[0] == pytest.approx([100, 30, 120, 50])
+    half = 20 * np.sqrt(2)  # a 20 x 20 square turned 45 degrees spans its diagonal in x, from -w/sqrt2 to +w/sqrt2 ...
+    assert rectangle_to_xyxy(rotated(45))[0] == pytest.approx([100 - half / 2, 50, 100 + half / 2, 50 + half])
+    c, s = np.cos(np.deg2rad(3)), np.sin(np.deg2rad(3))  # a 40 x 4 pixel box turned 3 degrees
+    assert rectangle_to_xyxy(rotated(3, width=20, height=4))[0] == pytest.approx([100 - 4 * s, 50, 100 + 40 * c, 50 + 40 * s + 4 * c])
 
 
 def test_task_image_url():
