@@ -103,6 +103,12 @@ def train_project(project: int, *, runtime: Runtime | None = None, progress=None
         work = store.dir / f"{WORK_PREFIX}{int(time.time() * 1000)}"
         try:
             samples, skipped = _annotated_samples(rt, project, config, classes)
+            if not samples and skipped["skipped_images"]:
+                raise TrainingError(
+                    f"project {project}: none of its {skipped['skipped_images']} annotated images could be read "
+                    f"({skipped['first_image_error']}): give the backend access to them (ALLOWED_MEDIA_HOSTS, the "
+                    "storage's credentials), then press Start Training"
+                )
             if not samples:
                 raise TrainingError(f"project {project} has no annotations yet: label some images in Label Studio, then press Start Training")
             try:
@@ -184,8 +190,10 @@ def train_version(
         )
     progress = progress or (lambda *args: None)
     current = store.current()
+    # every label renamed since the served version: nothing of its head maps to the new labels, start as a first training
+    from_base = current is None or not set(current.classes) & set(classes)
     base = settings.base_model or factory.fresh_model
-    if current is None and hasattr(factory, "local_weights"):
+    if from_base and hasattr(factory, "local_weights"):
         base = factory.local_weights(settings, base)  # a hub name is fetched (ALLOW_DOWNLOADS) or refused here
     origin = "base model"
     same_classes = current is not None and list(current.classes) == classes
@@ -193,17 +201,20 @@ def train_version(
         base, origin = str(current.weights), current.name
     elif current is not None and set(current.classes) & set(classes):
         # New (or removed) labels: grow the head, keeping the known classes.
-        base = str(factory.grow(str(current.weights), classes, work / "grown"))
-        origin = f"{current.name}, head grown to {len(classes)} classes"
-    elif current is None:
+        report: dict = {}
+        base = str(factory.grow(str(current.weights), classes, work / "grown", report=report))
+        origin = f"{current.name}, head grown to {len(classes)} classes" + grow_note(report, {})
+    else:
         # A model brought from earlier work: keep what it knows of the labels it shares with this project.
+        if current is not None:
+            log.info("the labels share none of %s's classes %s: training from %s", current.name, list(current.classes), base)
         known = factory.base_classes(base)
         rows = inherited_rows(known or [], classes, aliases)
         if known and known != classes and rows:
-            origin = f"{base}, head grown to {len(classes)} classes" + "".join(
-                f", {label} from {old}" for label, old in rows.items() if label != old
-            )
-            base = str(factory.grow(base, classes, work / "grown", rows))
+            report = {}
+            grown = str(factory.grow(base, classes, work / "grown", rows, report=report))
+            origin = f"{base}, head grown to {len(classes)} classes" + grow_note(report, rows)
+            base = grown
     trained_labels = sorted(label for label, boxes in split_label_boxes(dataset, classes).items() if boxes)
     if same_classes and settings.train_continue_steps and continues_labels(current, trained_labels):
         settings = settings.replace(train_min_steps=settings.train_continue_steps)
@@ -304,6 +315,15 @@ def promotion_decision(settings: Settings, metrics: dict, current: ModelVersion 
     return False, f"mAP50 {metrics['map50']:.3f} < {current.name}'s {baseline['map50']:.3f} on the same {size}: {current.name} keeps serving"
 
 
+def grow_note(report: dict, rows: dict[str, str]) -> str:
+    """What a grown head kept, for the manifest's "base": ", Kittiwake from bird" per label started from another's row."""
+    kept = report.get("kept_rows", rows)
+    note = "".join(f", {label} from {old}" for label, old in kept.items() if label != old)
+    if report.get("fresh_class_branch"):
+        note += ", classification branch fresh (sized for another class count)"
+    return note
+
+
 def cached_image_size(cached: Path, fetch) -> tuple[int, int]:
     """The size of a task's image in the training cache, fetched (`fetch() -> PIL image`) if absent. -> (width, height).
 
@@ -343,6 +363,7 @@ def _annotated_samples(rt: Runtime, project: int, config, classes: list[str]) ->
         except AleError as exc:
             log.warning("project %s task %s: image skipped for training: %s", project, task.id, exc)
             skipped["skipped_images"] += 1
+            skipped.setdefault("first_image_error", f"task {task.id}: {exc}")
             continue
         annotations = [_result_boxes(result, config, classes, size, skipped) for result in results]
         if len(annotations) == 1:

@@ -312,3 +312,95 @@ def test_a_version_whose_lock_lapsed_during_training_is_stored_but_not_promoted(
     with pytest.raises(LockLostError, match=r"promoting v0001 \(trained and stored; `ale models` lists it\) was not done: the lock train:1 lapsed"):
         train_version(settings, store, _bird_and_nest_set(tmp_path, "birds", nests=False), ["bird", "nest"], tmp_path / "work", before_promote=held.check)
     assert [v.name for v in store.versions()] == ["v0001"] and store.current() is None
+
+
+def test_an_80_class_nano_checkpoint_grows_to_a_few_labels_with_a_fresh_classification_branch(tmp_path):
+    """Ultralytics sizes a nano head's classification branch by the class count (80 wide for COCO, 64 for a few
+    labels): the branch starts fresh, as in ultralytics' own fine-tune, and the rest of the model is kept."""
+    import torch
+    from ultralytics.nn.tasks import DetectionModel
+
+    from label_studio_ale_plugins.yolov5 import grow_head
+    from tests.support.models import class_outputs
+
+    coco = DetectionModel("yolov5n.yaml", nc=80, verbose=False)
+    coco.names = {i: ("bird" if i == 14 else f"c{i}") for i in range(80)}
+    torch.save({"model": coco, "train_args": {}, "epoch": -1}, tmp_path / "coco.pt")
+    report: dict = {}
+    grown = grow_head(tmp_path / "coco.pt", ["Kittiwake", "nest"], tmp_path / "grown.pt", {"Kittiwake": "bird"}, report)
+    assert report == {"kept_rows": {}, "fresh_class_branch": True}
+    model = torch.load(grown, weights_only=False)["model"]
+    assert model.names == {0: "Kittiwake", 1: "nest"}
+    before, after = coco.state_dict(), model.state_dict()
+    kept = [k for k in after if k in before and before[k].shape == after[k].shape and torch.equal(before[k].float(), after[k].float())]
+    assert any(k.startswith("model.0.") for k in kept) and any(".cv2." in k for k in kept), "backbone and box branch kept"
+    assert class_outputs(grown, [make_scene(30_100).image]).shape[1] == 2, "it loads and predicts two classes"
+
+    # a checkpoint whose branch is as wide keeps the rows it is asked for
+    small = DetectionModel("yolov5n.yaml", nc=3, verbose=False)
+    small.names = {0: "bird", 1: "car", 2: "nest"}
+    torch.save({"model": small, "train_args": {}, "epoch": -1}, tmp_path / "small.pt")
+    report = {}
+    grow_head(tmp_path / "small.pt", ["Kittiwake", "nest"], tmp_path / "grown-small.pt", {"Kittiwake": "bird"}, report)
+    assert report == {"kept_rows": {"Kittiwake": "bird", "nest": "nest"}, "fresh_class_branch": False}
+
+
+def test_labels_all_renamed_since_the_served_version_start_from_the_base_models_rows(tmp_path, monkeypatch):
+    """Nothing of the served version's head maps to the new labels: the training starts as a first one, from BASE_MODEL,
+    whose bird row the alias names (not from the base model's raw head, not refused)."""
+    from label_studio_ale import adapters
+
+    calls = []
+
+    class Factory:
+        fresh_model = "yolov5n.yaml"
+
+        @staticmethod
+        def base_classes(weights):
+            return ["bird", "car"]
+
+        @staticmethod
+        def grow(weights, classes, out, origin=None, report=None):
+            calls.append(("grow", weights, classes, origin))
+            return out
+
+        @staticmethod
+        def fine_tune(settings, weights, data_yaml, work, seed=0, on_epoch=None):
+            calls.append(("fine_tune", str(weights)))
+            raise KeyboardInterrupt  # what happens next is not this test's
+
+    monkeypatch.setattr(adapters, "adapter_class", lambda settings: Factory)
+    store = ModelStore(tmp_path / "models", 1)
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"x")
+    store.promote(store.add(weights, ["Kittiwake"], {}, {"trained_labels": ["Kittiwake"]}).name)
+    data = tmp_path / "ds"
+    (data / "labels" / "train").mkdir(parents=True)
+    (data / "data.yaml").write_text("names: [Gull]\n")
+    settings = Settings(model_dir=tmp_path / "models", base_model=str(tmp_path / "coco.pt"))
+    with pytest.raises(KeyboardInterrupt):
+        train_version(settings, store, data / "data.yaml", ["Gull"], tmp_path / "work", aliases={"bird": "Gull"})
+    assert calls[0] == ("grow", str(tmp_path / "coco.pt"), ["Gull"], {"Gull": "bird"})
+    assert calls[1] == ("fine_tune", str(tmp_path / "work" / "grown"))
+
+
+def test_a_project_whose_annotated_images_all_fail_to_load_says_why_not_that_it_has_no_annotations(tmp_path):
+    from types import SimpleNamespace
+
+    from label_studio_ale.ls_client import TaskRef
+    from label_studio_ale.runtime import Runtime
+    from label_studio_ale.training import train_project
+
+    class LS:
+        def project(self, project):
+            return SimpleNamespace(label_config='<View><Image name="image" value="$image"/><RectangleLabels name="label" '
+                                                 'toName="image"><Label value="bird"/></RectangleLabels></View>')
+
+        def annotated_tasks(self, project):
+            for task_id in (3, 4):
+                yield TaskRef(task_id, {"image": f"https://bucket.example.org/{task_id}.jpg"}), [[]]
+
+    rt = Runtime(Settings(model_dir=tmp_path), ls=LS())
+    with pytest.raises(TrainingError, match=r"none of its 2 annotated images could be read \(task 3: image host 'bucket.example.org' "
+                                            r"is not allowed.*\): give the backend access to them \(ALLOWED_MEDIA_HOSTS"):
+        train_project(7, runtime=rt, then_sync=False)

@@ -108,7 +108,8 @@ class TfodAdapter:
         return base_classes(weights)
 
     @staticmethod
-    def grow(weights: str, classes: list[str], out: Path, origin: dict[str, str] | None = None) -> Path:
+    def grow(weights: str, classes: list[str], out: Path, origin: dict[str, str] | None = None, report: dict | None = None) -> Path:
+        """`report` is the yolov5 adapter's: this detector's head always keeps the rows it is asked for."""
         from .detector import grow_head, load_detector, save_detector
 
         model, spec = load_detector(weights)

@@ -123,8 +123,8 @@ class YoloV5Adapter:
         return weights_digest(weights)
 
     @staticmethod
-    def grow(weights: str, classes: list[str], out: Path, origin: dict[str, str] | None = None) -> Path:
-        return grow_head(weights, classes, Path(out).with_suffix(".pt"), origin)
+    def grow(weights: str, classes: list[str], out: Path, origin: dict[str, str] | None = None, report: dict | None = None) -> Path:
+        return grow_head(weights, classes, Path(out).with_suffix(".pt"), origin, report)
 
     @staticmethod
     def training_plan(settings: Settings, data_yaml: Path) -> dict:

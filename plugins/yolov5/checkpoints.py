@@ -3,11 +3,14 @@ whose head is grown to new classes."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from label_studio_ale.errors import AdapterError
 
 from .offline import import_ultralytics
+
+log = logging.getLogger(__name__)
 
 #: Seed of the fresh rows a grown head gives its new classes (`grow_head`).
 GROW_SEED = 0
@@ -82,7 +85,10 @@ def checkpoint_classes(weights: str | Path) -> list[str]:
     return [str(names[i]) for i in range(len(names))]
 
 
-def grow_head(weights: str | Path, classes: list[str] | tuple[str, ...], out: str | Path, origin: dict[str, str] | None = None) -> Path:
+def grow_head(
+    weights: str | Path, classes: list[str] | tuple[str, ...], out: str | Path, origin: dict[str, str] | None = None,
+    report: dict | None = None,
+) -> Path:
     """Checkpoint for new class names, keeping what the model knows about the ones it had.
 
     Every parameter is copied from `weights`; in the classification layers
@@ -90,6 +96,13 @@ def grow_head(weights: str | Path, classes: list[str] | tuple[str, ...], out: st
     position in `classes`: the row of the old class `origin[new]` names, or of
     the old class of the same name, and new classes start from the fresh
     initialisation. Returns `out`, a checkpoint ultralytics trains from.
+
+    Ultralytics sizes the classification branch by the class count (its width
+    is max(channels, min(classes, 100))): where the new width differs, as from
+    an 80-class COCO nano checkpoint to a few labels, that branch starts fresh,
+    as in ultralytics' own fine-tune, and the rest is kept. `report`, when
+    given, receives "kept_rows" (new class -> old class whose row it starts
+    from) and "fresh_class_branch".
     """
     import_ultralytics()
     import torch
@@ -112,17 +125,29 @@ def grow_head(weights: str | Path, classes: list[str] | tuple[str, ...], out: st
         raise AdapterError(f"none of the model's classes ({', '.join(old_classes)}) are in the new classes ({', '.join(classes)})")
     new_rows = torch.tensor([n for n, _ in moved])
     old_rows = torch.tensor([o for _, o in moved])
+    fresh_branch = False
     for key, value in new_state.items():
         before = old_state.get(key)
         if before is None:
             continue
         if _is_class_layer(key, new):
+            if before.shape[1:] != value.shape[1:]:  # the branch feeding this layer changed width
+                fresh_branch = True
+                continue
             value = value.clone()
             value[new_rows] = before[old_rows]
             new_state[key] = value
         elif before.shape == value.shape:
             new_state[key] = before
     new.load_state_dict(new_state)
+    if fresh_branch:
+        log.warning(
+            "%s: its classification branch is sized for %d classes, the new head's for %d: that branch starts fresh "
+            "(no class row is kept); the backbone, neck and box branch are kept", weights, len(old_classes), len(classes),
+        )
+    if report is not None:
+        report["kept_rows"] = {} if fresh_branch else {classes[n]: old_classes[o] for n, o in moved}
+        report["fresh_class_branch"] = fresh_branch
     new.names = dict(enumerate(classes))
     new.args = getattr(old, "args", {})
     out = Path(out)
