@@ -25,7 +25,15 @@ bulk prediction import drops the `cluster` field, so the clustered sync
 creates its predictions one request each: reported as the ratio of the two
 syncs' seconds and the clustered import's milliseconds per task.
 
-Usage: python benchmarks/sync_scale.py [--sizes 10000,50000] [--fanout-images 96] [--clusters 8]
+Part 4, with --novelty-labelled L: a project of --novelty-tasks unlabeled
+tasks (default 10,000) and L labelled ones, every detection stored with an
+embedding, synced under --novelty-policy (default ale-entropy-sum+novelty):
+the full sync, then an incremental one after N/100 new tasks. Novelty
+measures the pool against the labelled tasks' embeddings; reported as the
+incremental / full seconds (the part 1 target, <= 10 %) and the phases.
+
+Usage: python benchmarks/sync_scale.py [--sizes 10000,50000] [--fanout-images 96] [--clusters 8] [--novelty-labelled 5000]
+("--sizes ''" skips part 1, "--fanout-images 0" part 2)
 """
 
 from __future__ import annotations
@@ -48,8 +56,11 @@ from tests.support.projects import LABEL_CONFIG  # noqa: E402 (the label config 
 NEW_SHARE = 0.01
 INCREMENTAL_TARGET = 0.10
 MODEL_VERSION = "bench-model"
-#: Dimensions of the embeddings stored for the clusters part (the served YOLO embeddings have a few hundred).
+#: Dimensions of the embeddings stored for the clusters and novelty parts (the served YOLO embeddings have a few hundred).
 EMBEDDING_DIMS = 64
+#: The policy of parts 1 and 3 (the backend's default), and of part 4.
+DEFAULT_POLICY = "ale-entropy-sum"
+NOVELTY_POLICY = "ale-entropy-sum+novelty"
 
 
 class StoredOnly:
@@ -70,7 +81,7 @@ def child(args) -> int:
     from label_studio_ale.settings import Settings
 
     settings = Settings(label_studio_url=args.url, label_studio_api_key=os.environ["ALE_BENCH_TOKEN"], model_dir=Path(args.model_dir),
-                        ls_clusters=args.ls_clusters)  # fmt: skip
+                        ls_clusters=args.ls_clusters, policy=args.policy)  # fmt: skip
     runtime = Runtime(settings, adapter_factory=StoredOnly)
     runtime.ls.project(args.project)  # the client's first use (imports) is not the sync's cost
     floor = peak_rss_mb()
@@ -130,11 +141,11 @@ def ls_writes(before: dict[str, int], after: dict[str, int], served_before: str,
     return {"created": created, "deleted": deleted, "switches": switches, "total": created + deleted + switches}
 
 
-def run_sync(server, project: int, model_dir: Path, client, ls_clusters: int = 0) -> dict:
+def run_sync(server, project: int, model_dir: Path, client, ls_clusters: int = 0, policy: str = DEFAULT_POLICY) -> dict:
     before, served_before = client.model_versions(project), client.project(project).model_version
     out = subprocess.run(
         [sys.executable, __file__, "--child", "--url", server.url, "--project", str(project), "--model-dir", str(model_dir),
-         "--ls-clusters", str(ls_clusters)],  # fmt: skip
+         "--ls-clusters", str(ls_clusters), "--policy", policy],  # fmt: skip
         env={**os.environ, "ALE_BENCH_TOKEN": server.token},
         capture_output=True,
         text=True,
@@ -202,6 +213,34 @@ def clusters_part(server, k: int, n: int, workdir: Path) -> dict:
         "clustered_import_ms_per_task": 1000 * clustered["phases"]["import"] / n,
         "plain_import_ms_per_task": 1000 * plain["phases"]["import"] / n,
     }
+
+
+def novelty_part(server, n: int, labelled: int, policy: str, workdir: Path) -> dict:
+    """Full and incremental sync under a policy that measures the pool against `labelled` labelled tasks."""
+    from label_studio_ale.detection_store import SqliteDetectionStore
+
+    ls, client = clients(server)
+    model_dir = workdir / "models-novelty"
+    store = SqliteDetectionStore(model_dir / "detections.sqlite")
+    project = ls.projects.create(title=f"sync novelty {labelled}", label_config=LABEL_CONFIG).id
+    started = time.perf_counter()
+    for start in range(0, labelled, 5_000):
+        batch = [{"data": {"image": f"/data/upload/1/l{i}.png"}, "annotations": [{"result": []}]} for i in range(start, min(labelled, start + 5_000))]
+        ls.projects.import_tasks(id=project, request=batch)
+    labelled_ids = [t.id for t in client.labelled_tasks(project)]
+    ids = import_tasks(ls, client, project, 0, n)
+    store_detections(store, project, labelled_ids + ids, seed=n, embeddings=True)
+    print(f"{n:,} tasks and {len(labelled_ids):,} labelled imported, detections stored in {time.perf_counter() - started:.1f}s", flush=True)
+    full = run_sync(server, project, model_dir, client, policy=policy)
+    print(f"  full: {full['status']} {full['seconds']:.1f}s writes {full['writes']} phases {full['phases']}", flush=True)
+    known = set(ids)
+    added = [t for t in import_tasks(ls, client, project, n, max(1, int(n * NEW_SHARE))) if t not in known]
+    store_detections(store, project, added, seed=n + 1, embeddings=True)
+    incremental = run_sync(server, project, model_dir, client, policy=policy)
+    print(f"  incremental (+{len(added)}): {incremental['status']} {incremental['seconds']:.1f}s writes {incremental['writes']} "
+          f"phases {incremental['phases']}", flush=True)
+    return {"tasks": n, "labelled": len(labelled_ids), "new_tasks": len(added), "policy": policy, "embedding_dims": EMBEDDING_DIMS,
+            "full": full, "incremental": incremental, "incremental_to_full_seconds": incremental["seconds"] / full["seconds"]}
 
 
 def fanout_part(server, images: int, per_job: int, workdir: Path) -> dict:
@@ -276,19 +315,23 @@ def main() -> int:
     parser.add_argument("--fanout-per-job", type=int, default=8)
     parser.add_argument("--clusters", type=int, default=0, help="also measure a full sync with LS_CLUSTERS=K (0: skip)")
     parser.add_argument("--clusters-tasks", type=int, default=10_000)
+    parser.add_argument("--novelty-labelled", type=int, default=0, help="also measure syncs under a novelty policy with L labelled tasks (0: skip)")
+    parser.add_argument("--novelty-tasks", type=int, default=10_000)
+    parser.add_argument("--novelty-policy", default=NOVELTY_POLICY)
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "sync-scale" / "results.json"))
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--project", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     parser.add_argument("--ls-clusters", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--policy", default=DEFAULT_POLICY, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child(args)
 
     from tests.support.label_studio import start_label_studio
 
-    sizes = [int(s) for s in args.sizes.split(",")]
+    sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     workdir = Path(tempfile.mkdtemp(prefix="ale-bench-scale-"))
     print(f"starting Label Studio in {workdir} ...", flush=True)
     server = start_label_studio(workdir / "ls")
@@ -297,34 +340,36 @@ def main() -> int:
         scale = scale_part(server, sizes, workdir)
         fanout = fanout_part(server, args.fanout_images, args.fanout_per_job, workdir) if args.fanout_images else None
         clusters = clusters_part(server, args.clusters, args.clusters_tasks, workdir) if args.clusters else None
+        novelty = novelty_part(server, args.novelty_tasks, args.novelty_labelled, args.novelty_policy, workdir) if args.novelty_labelled else None
     finally:
         server.stop()
 
-    small, large = scale[0], scale[-1]
-    growth = large["full"]["peak_rss_mb"] / small["full"]["peak_rss_mb"]
-    report = {
-        "sizes": sizes,
-        "runs": scale,
-        "fanout": fanout,
-        "clusters": clusters,
-        "targets": {
+    targets = {}
+    if scale:
+        small, large = scale[0], scale[-1]
+        growth = large["full"]["peak_rss_mb"] / small["full"]["peak_rss_mb"]
+        targets = {
             "idle_writes_zero": all(r["idle"]["writes"]["total"] == 0 for r in scale),
             "incremental_at_most_10pct_of_full": all(r["incremental_to_full_seconds"] <= INCREMENTAL_TARGET for r in scale),
             "peak_memory_growth_full": growth,
             "task_growth": large["tasks"] / small["tasks"],
             "peak_memory_sublinear": growth < large["tasks"] / small["tasks"],
-        },
-    }
+        }
+    if novelty:
+        targets["novelty_incremental_at_most_10pct_of_full"] = novelty["incremental_to_full_seconds"] <= INCREMENTAL_TARGET
+    report = {"sizes": sizes, "runs": scale, "fanout": fanout, "clusters": clusters, "novelty": novelty, "targets": targets}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
-    print(f"\n{'tasks':>8} {'sync':<12} {'status':<10} {'seconds':>8} {'writes':>8} {'peak MB':>8}")
+    if scale:
+        print(f"\n{'tasks':>8} {'sync':<12} {'status':<10} {'seconds':>8} {'writes':>8} {'peak MB':>8}")
     for row in scale:
         for kind in ("full", "idle", "incremental"):
             r = row[kind]
             print(f"{row['tasks']:>8,} {kind:<12} {r['status']:<10} {r['seconds']:>8.1f} {r['writes']['total']:>8,} {r['peak_rss_mb']:>8.0f}")
         print(f"{'':>8} incremental / full seconds: {row['incremental_to_full_seconds']:.3f} (target <= {INCREMENTAL_TARGET})")
-    print(f"peak memory of the full sync x{growth:.2f} for x{report['targets']['task_growth']:.0f} tasks")
+    if scale:
+        print(f"peak memory of the full sync x{growth:.2f} for x{report['targets']['task_growth']:.0f} tasks")
     if fanout:
         for name in ("default_threads", "one_thread_per_worker"):
             f = fanout[name]
@@ -334,6 +379,10 @@ def main() -> int:
         print(f"full sync of {clusters['tasks']:,} tasks: {clusters['plain']['seconds']:.1f}s, with LS_CLUSTERS={clusters['clusters']} "
               f"{clusters['clustered']['seconds']:.1f}s: x{clusters['clustered_to_plain_seconds']:.1f}; import "
               f"{clusters['plain_import_ms_per_task']:.2f} ms per task in bulk, {clusters['clustered_import_ms_per_task']:.2f} ms one request each")
+    if novelty:
+        print(f"{novelty['policy']}, {novelty['tasks']:,} tasks, {novelty['labelled']:,} labelled: full {novelty['full']['seconds']:.1f}s, "
+              f"incremental (+{novelty['new_tasks']}) {novelty['incremental']['seconds']:.1f}s: "
+              f"incremental / full seconds {novelty['incremental_to_full_seconds']:.3f} (target <= {INCREMENTAL_TARGET})")
     print(f"({out})")
     return 0
 
