@@ -32,7 +32,7 @@ class PayloadError(AleError, ValueError):
 
 
 class MediaError(AleError):
-    """A task's image could not be fetched or decoded. The task gets an empty result."""
+    """A task's image could not be fetched or decoded. The task gets no prediction."""
 
 
 class AdapterError(AleError):

@@ -35,9 +35,9 @@ class TaskFailure:
 
 @dataclass
 class PredictOutcome:
-    """One LS prediction per task (same order), plus why some tasks got an empty result."""
+    """Per task (same order) its LS prediction, or an empty list where it failed (LS then stores none), and why."""
 
-    predictions: list[dict]
+    predictions: list[dict | list]
     failures: list[TaskFailure] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -158,8 +158,10 @@ class Predictor:
         predictions = []
         for position, task in enumerate(tasks):
             if position in failures:
-                log.warning("task %s: empty prediction: %s", failures[position].task_id, failures[position].reason)
-                predictions.append({"result": [], "score": 1.0, "model_version": version})
+                # No prediction (an empty list): LS stores none, and predicts the task again once the cause is fixed.
+                # An empty prediction would stay: LS skips a task that has one of the model's version.
+                log.warning("task %s: not predicted: %s", failures[position].task_id, failures[position].reason)
+                predictions.append([])
                 continue
             found = detections[position]
             predictions.append(

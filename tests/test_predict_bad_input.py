@@ -93,7 +93,7 @@ def test_each_bad_task_gets_an_empty_result_with_a_reason(adapter, media):
     reasons = {e["task"]: e["reason"] for e in body["errors"]}
     assert set(reasons) == set(range(2, 13))
     for bad in results[1:-1]:
-        assert bad["result"] == [] and bad["score"] == 1.0
+        assert bad == [], "no prediction: LS stores none, and predicts the task again once its image can be read"
     assert "corrupt or truncated" in reasons[2]
     assert "not an image" in reasons[3]
     assert "MAX_IMAGE_PIXELS=4000000" in reasons[4]

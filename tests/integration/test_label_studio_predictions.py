@@ -116,12 +116,25 @@ def test_a_file_missing_from_label_studio_is_named_as_missing(ls_sdk, label_stud
     project = ls_sdk.projects.create(title="missing file", label_config=LABEL_CONFIG)
     kept, gone = upload_images(ls_sdk, project.id, [("kept.png", png(make_scene(1))), ("gone.png", png(make_scene(2)))])
     path = ls_sdk.tasks.get(id=gone).data["image"]
-    (label_studio.data_dir / "media" / path.removeprefix("/data/")).unlink()
+    stored = label_studio.data_dir / "media" / path.removeprefix("/data/")
+    content = stored.read_bytes()
+    stored.unlink()
     tasks = [{"id": t, "data": ls_sdk.tasks.get(id=t).data} for t in (kept, gone)]
     answer = httpx.post(f"{backend}/predict", json={"tasks": tasks, "label_config": LABEL_CONFIG}, auth=AUTH, timeout=60).json()
-    assert answer["results"][0]["result"] and answer["results"][1]["result"] == []
+    assert answer["results"][0]["result"] and answer["results"][1] == [], "no prediction for the task that failed"
     (error,) = answer["errors"]
     assert error["task"] == gone and f"the file {path} is missing from Label Studio's upload folder" in error["reason"]
+
+    # LS stores nothing for it, so once the file is back "Retrieve Predictions" predicts it (LS skips a task that
+    # has a prediction of the model's version: an empty one stored for the failure would stay for good)
+    ls_sdk.ml.create(project=project.id, url=backend, title="ale", auth_method="BASIC_AUTH", basic_auth_user=AUTH[0], basic_auth_pass=AUTH[1])
+    everything = {"all": True, "excluded": []}
+    ls_sdk.actions.create(id="retrieve_tasks_predictions", project=project.id, selected_items=everything)
+    assert len(ls_sdk.predictions.list(task=kept)) == 1 and ls_sdk.predictions.list(task=gone) == []
+    stored.write_bytes(content)
+    ls_sdk.actions.create(id="retrieve_tasks_predictions", project=project.id, selected_items=everything)
+    (prediction,) = ls_sdk.predictions.list(task=gone)
+    assert prediction.result and len(ls_sdk.predictions.list(task=kept)) == 1
 
 
 def test_listing_tasks_never_asks_label_studio_for_a_page_past_the_end(ls_sdk, label_studio):
