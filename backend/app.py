@@ -442,12 +442,20 @@ def _basic_auth_ok(header: str, settings: Settings) -> bool:
     if scheme.lower() != "basic" or not encoded:
         return False
     try:
-        user, _, password = base64.b64decode(encoded, validate=True).decode("utf-8").partition(":")
-    except (ValueError, UnicodeDecodeError):
+        user, _, password = base64.b64decode(encoded, validate=True).partition(b":")
+    except ValueError:
         return False
-    user_ok = hmac.compare_digest(user.encode(), settings.basic_auth_user.encode())
-    password_ok = hmac.compare_digest(password.encode(), settings.basic_auth_password.encode())
-    return user_ok and password_ok
+    # Label Studio's ML client (requests) encodes the credentials as latin-1; curl and browsers as UTF-8
+    for encoding in ("utf-8", "latin-1"):
+        try:
+            expected_user, expected_password = settings.basic_auth_user.encode(encoding), settings.basic_auth_password.encode(encoding)
+        except UnicodeEncodeError:
+            continue
+        user_ok = hmac.compare_digest(user, expected_user)
+        password_ok = hmac.compare_digest(password, expected_password)
+        if user_ok and password_ok:
+            return True
+    return False
 
 
 def _redis_host(url: str) -> str:

@@ -10,8 +10,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .bench import cli as bench_cli
-from .errors import AleError
-from .settings import Settings
+from .errors import AleError, ConfigError
+from .settings import Settings, without_password
 
 DEFAULT_HOST = "0.0.0.0"
 DEFAULT_PORT = 9090
@@ -91,15 +91,49 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings.from_env()
         if args.command in MODEL_COMMANDS:
             from .adapters import check_adapter_settings
+            from .policies import get_policy
 
             check_adapter_settings(settings)
+            get_policy(settings.policy, settings.policy_seed, settings.cost_per_image, settings.novelty_weight)
+            if args.command == "serve" and args.workers > 1 and not settings.redis_url:
+                raise ConfigError(
+                    "REDIS_URL",
+                    f"is needed for --workers {args.workers}: without Redis each worker process keeps its own locks, jobs "
+                    "and annotation counts, so two could train or sync one project at once; set REDIS_URL or use --workers 1",
+                )
     except AleError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # label-studio-sdk's HTTP client logs every request at INFO
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
+    try:
+        return _run(settings, args, argv)
+    except (AleError, ValueError) as exc:  # a typed error, or a boundary's ValueError naming the field
+        print(f"ale {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        reason = _unreachable(exc, settings)
+        if reason is None:
+            raise  # a fault, not a situation: its traceback is what to report
+        print(f"ale {args.command}: {reason}", file=sys.stderr)
+        return 1
 
+
+def _unreachable(exc: Exception, settings: Settings) -> str | None:
+    """What to say when Redis or Label Studio cannot be reached; None for any other error."""
+    import httpx
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    if isinstance(exc, (RedisConnectionError, RedisTimeoutError)):
+        return f"cannot reach Redis at REDIS_URL={without_password(settings.redis_url)}: {exc}; is it running?"
+    if isinstance(exc, httpx.TransportError):
+        return f"cannot reach Label Studio at LABEL_STUDIO_URL={settings.label_studio_url}: {exc}; is it running?"
+    return None
+
+
+def _run(settings: Settings, args, argv: list[str] | None) -> int:
     if args.command == "serve":
         return _serve(settings, args)
     if args.command == "worker":
@@ -135,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         shown = {k: (str(v) if not isinstance(v, tuple) else list(v)) for k, v in asdict(settings).items()}
         for secret in ("label_studio_api_key", "basic_auth_password"):
             shown[secret] = "***" if shown[secret] else ""
+        for url in ("redis_url", "detection_store_url"):
+            shown[url] = without_password(shown[url])
         print(json.dumps(shown, indent=2))
         return 0
     if args.command == "adapters":

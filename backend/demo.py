@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import AleError
-from .settings import Settings
+from .settings import Settings, without_password
 
 DEMO_TITLE = "ALE demo: birds and nests"
 DEMO_CLASSES = ("bird", "nest")
@@ -167,7 +167,7 @@ def run_demo(settings: Settings, workdir: Path, *, ls_port: int = DEFAULT_LS_POR
             "SYNC_INTERVAL": str(settings.sync_interval),
         }
         backend_url = f"http://127.0.0.1:{backend_port}"
-        mode = f"rq worker and cron on {redis_url}" if redis_url else "jobs on the backend's embedded queue (no Redis)"
+        mode = f"rq worker and cron on {without_password(redis_url)}" if redis_url else "jobs on the backend's embedded queue (no Redis)"
         log(f"[2/4] backend on {backend_url}; {mode}")
         commands = [["serve", "--host", "127.0.0.1", "--port", str(backend_port)]]
         if redis_url:

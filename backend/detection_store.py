@@ -33,6 +33,7 @@ from .detection_rows import LabelledReference, ServedQueue, ServedTasks, StoredD
 from .annotation_edits import EDITS_TABLE, EditStoreMixin
 from .errors import ConfigError
 from .served_queue_store import ServedQueueStoreMixin
+from .settings import without_password
 
 # LabelledReference, ServedQueue and ServedTasks are what the store's served-queue reads return: importable from here with it
 __all__ = [
@@ -316,12 +317,12 @@ class PostgresDetectionStore(DetectionStore):
         except psycopg.OperationalError as exc:
             raise ConfigError(
                 "DETECTION_STORE_URL",
-                f"cannot connect to the PostgreSQL detection store at {_without_password(url)}: {str(exc).strip()}; "
+                f"cannot connect to the PostgreSQL detection store at {without_password(url)}: {str(exc).strip()}; "
                 "check that the server runs, the database exists and the user may create tables in it",
             ) from None
 
     def __repr__(self) -> str:
-        return f"PostgresDetectionStore({_without_password(self.url)!r})"
+        return f"PostgresDetectionStore({without_password(self.url)!r})"
 
     def _create_database_if_missing(self) -> None:
         """Create the URL's database through the server's `postgres` database when it does not exist yet."""
@@ -380,18 +381,8 @@ def open_detection_store(url: str, model_dir: str | Path) -> DetectionStore:
         return SqliteDetectionStore(url[len("sqlite:///") :])
     raise ConfigError(
         "DETECTION_STORE_URL",
-        f"must be empty (SQLite in MODEL_DIR), sqlite:///<path> or postgresql://user:password@host:5432/database, got {_without_password(url)!r}",
+        f"must be empty (SQLite in MODEL_DIR), sqlite:///<path> or postgresql://user:password@host:5432/database, got {without_password(url)!r}",
     )
-
-
-def _without_password(url: str) -> str:
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
 
 
 def _batches(ids: list[int]) -> Iterator[list[int]]:

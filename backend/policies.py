@@ -36,6 +36,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from . import scoring
+from .errors import PolicyError
 from .detections import Detections
 from .novelty import NOVELTY_POLICY, NoveltyPolicy
 from .policy_suffixes import (
@@ -200,7 +201,7 @@ def get_policy(name: str, seed: int = 0, cost_per_image: float = DEFAULT_COST_PE
     """Resolve a policy by name, dotted path (`pkg.mod:function`) or entry point, with its suffixes (+rare, +cost, +novelty,
     +diverse, +coreset)."""
     if not isinstance(name, str) or not name:
-        raise ValueError("POLICY is empty: use e.g. ale-entropy-sum")
+        raise PolicyError("POLICY is empty: use e.g. ale-entropy-sum")
     for suffix, wrap in _SUFFIXES.items():
         if name.endswith(suffix) and len(name) > len(suffix):
             return wrap(get_policy(name[: -len(suffix)], seed, cost_per_image, novelty_weight), cost_per_image, novelty_weight)
@@ -223,8 +224,8 @@ def get_policy(name: str, seed: int = 0, cost_per_image: float = DEFAULT_COST_PE
         try:
             function = getattr(importlib.import_module(module_name), attr)
         except (ImportError, AttributeError) as exc:
-            raise ValueError(f"POLICY={name}: cannot import {attr} from {module_name} ({exc})") from None
+            raise PolicyError(f"POLICY={name}: cannot import {attr} from {module_name} ({exc})") from None
         if not callable(function):
-            raise ValueError(f"POLICY={name}: {attr} is not a function")
+            raise PolicyError(f"POLICY={name}: {attr} is not a function")
         return CustomPolicy(name, function)
-    raise ValueError(f"POLICY={name!r} is unknown; choose one of {', '.join(policy_names())} or give module:function")
+    raise PolicyError(f"POLICY={name!r} is unknown; choose one of {', '.join(policy_names())} or give module:function")

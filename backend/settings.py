@@ -5,6 +5,8 @@ Everything else receives a `Settings` instance as an argument.
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import re
 from dataclasses import dataclass, field, fields
@@ -23,6 +25,8 @@ DEFAULT_NMS_METRIC = "iou"
 DEFAULT_NMS_THRESHOLD = 0.5
 #: What DEVICE may name: the yolov5 adapter hands it to torch.device, which refuses a bare GPU index.
 TORCH_DEVICE = re.compile(r"cpu|mps|cuda(:\d+)?")
+#: What redis-py's Redis.from_url accepts.
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 DEFAULT_MAX_TAGS_PER_PIXEL = 0  # 0 disables the filter
 DEFAULT_IMAGE_SIZE = 640
 DEFAULT_PREDICT_BATCH_SIZE = 8
@@ -149,6 +153,10 @@ class Settings:
     allow_downloads: bool = False
 
     def __post_init__(self) -> None:
+        for spec in fields(self):
+            value = getattr(self, spec.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(_env_name(spec.name), f"must be a finite number, got {value}")
         if self.nms_metric not in NMS_METRICS:
             raise ConfigError("NMS_METRIC", f"must be one of {', '.join(NMS_METRICS)}, got {self.nms_metric!r}")
         for name, value in (("SCORE_THRESHOLD", self.score_threshold), ("NMS_THRESHOLD", self.nms_threshold)):
@@ -223,6 +231,21 @@ class Settings:
             raise ConfigError("DUPLICATE_DISTANCE", f"must be -1 (off) or 0..64 bits, got {self.duplicate_distance}")
         if any(share < 0 for _, share in self.class_balance):
             raise ConfigError("CLASS_BALANCE", "shares must be non-negative, e.g. bird=0.7,nest=0.3")
+        if self.class_balance and not sum(share for _, share in self.class_balance) > 0:
+            raise ConfigError("CLASS_BALANCE", "at least one share must be positive, e.g. bird=0.7,nest=0.3")
+        if self.policy_seed < 0:
+            raise ConfigError("POLICY_SEED", f"must be 0 or a positive integer, got {self.policy_seed}")
+        if self.log_level.upper() not in logging.getLevelNamesMapping():
+            raise ConfigError("LOG_LEVEL", f"must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, got {self.log_level!r}")
+        if self.redis_url and not self.redis_url.startswith(REDIS_SCHEMES):
+            raise ConfigError("REDIS_URL", f"must start with {', '.join(REDIS_SCHEMES)}, e.g. redis://localhost:6379/0, got {without_password(self.redis_url)!r}")
+        for host in self.allowed_media_hosts:
+            if not _is_host_name(host):
+                raise ConfigError(
+                    "ALLOWED_MEDIA_HOSTS",
+                    f"{host!r} is not a host name: give host names or IP addresses only, without scheme, port or path "
+                    "(e.g. img.example.com)",
+                )
         if self.max_tags_per_pixel < 0:
             raise ConfigError("MAX_TAGS_PER_PIXEL", f"must be 0 (off) or a positive count, got {self.max_tags_per_pixel}")
         if self.fetch_timeout <= 0:
@@ -290,6 +313,36 @@ def _shares(raw: str) -> tuple[tuple[str, float], ...]:
             raise ValueError(f"expected label=share pairs like bird=0.7, got {part!r}")
         pairs.append((name.strip(), float(share)))
     return tuple(pairs)
+
+
+def _is_host_name(host: str) -> bool:
+    """A host name or an IP address, as urllib reads it from a URL."""
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return bool(host) and not any(c in host for c in ":/?#@[] ")
+
+
+def _env_name(attr: str) -> str:
+    """The environment variable of a Settings attribute (the attribute's name, upper-cased, where none maps to it)."""
+    return next((name for name, (a, _) in ENV_VARS.items() if a == attr), attr.upper())
+
+
+def without_password(url: str) -> str:
+    """`url` with the password of its user part shown as ***, for logs and `ale config`."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:  # not a URL we can read: show nothing of it
+        return "(unreadable URL)" if url else url
+    if password:
+        return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{password}@", ":***@")))
+    return url
 
 
 def _hosts(raw: str) -> tuple[str, ...]:

@@ -64,6 +64,13 @@ def test_setup_with_unknown_labels_explains_the_fix(adapter):
     assert "none of the model's classes (bird, nest)" in response.get_json()["error"]
 
 
+def test_setup_with_a_mistyped_policy_says_so_rather_than_internal_error(adapter):
+    """LS calls /setup before every prediction: an opaque 500 there leaves the backend in its ERROR state."""
+    response = make_client(adapter, policy="ale-entropy-summ").post("/setup", json={"project": "3", "schema": CONFIG})
+    assert 400 <= response.status_code < 500
+    assert "POLICY='ale-entropy-summ' is unknown" in response.get_json()["error"]
+
+
 @pytest.mark.parametrize(
     "body, content_type, message",
     [
@@ -120,6 +127,18 @@ def test_basic_auth_guards_everything_but_health(adapter):
     assert client.get("/versions", headers={"Authorization": f"Basic {wrong}"}).status_code == 401
     right = base64.b64encode(b"ls:s3cret-pw").decode()
     assert client.get("/versions", headers={"Authorization": f"Basic {right}"}).status_code == 200
+
+
+def test_a_non_ascii_password_is_taken_as_label_studio_and_curl_send_it(adapter):
+    """LS's ML client (requests' HTTPBasicAuth) encodes credentials as latin-1; curl and browsers as UTF-8."""
+    from requests.auth import _basic_auth_str
+
+    client = make_client(adapter, basic_auth_user="ale", basic_auth_password="pässwort")
+    assert client.get("/versions", headers={"Authorization": _basic_auth_str("ale", "pässwort")}).status_code == 200
+    utf8 = base64.b64encode("ale:pässwort".encode()).decode()
+    assert client.get("/versions", headers={"Authorization": f"Basic {utf8}"}).status_code == 200
+    other = base64.b64encode("ale:passwort".encode()).decode()
+    assert client.get("/versions", headers={"Authorization": f"Basic {other}"}).status_code == 401
 
 
 def test_a_webhook_refused_for_lack_of_basic_auth_says_where_to_add_it(adapter, caplog):

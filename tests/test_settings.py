@@ -141,6 +141,16 @@ def test_secrets_are_not_in_repr():
         ({"LS_CLUSTERS": "-1"}, "LS_CLUSTERS"),
         ({"DEVICE": "gpu"}, "DEVICE"),
         ({"DEVICE": "cuda:"}, "DEVICE"),
+        ({"LOG_LEVEL": "verbose"}, "LOG_LEVEL"),
+        ({"REDIS_URL": "localhost:6379"}, "REDIS_URL"),
+        ({"POLICY_SEED": "-1"}, "POLICY_SEED"),
+        ({"CLASS_BALANCE": "bird=0,nest=0"}, "CLASS_BALANCE"),
+        ({"FETCH_TIMEOUT": "nan"}, "FETCH_TIMEOUT"),
+        ({"TILE_EMPTY_SHARE": "nan"}, "TILE_EMPTY_SHARE"),
+        ({"COST_PER_IMAGE": "inf"}, "COST_PER_IMAGE"),
+        ({"ALLOWED_MEDIA_HOSTS": "https://img.example.com"}, "ALLOWED_MEDIA_HOSTS"),
+        ({"ALLOWED_MEDIA_HOSTS": "img.example.com,cdn.example.com:8443"}, "ALLOWED_MEDIA_HOSTS"),
+        ({"ALLOWED_MEDIA_HOSTS": "example.com/images"}, "ALLOWED_MEDIA_HOSTS"),
     ],
 )
 def test_bad_values_name_the_variable(env, field):
@@ -158,3 +168,9 @@ def test_a_bare_gpu_index_is_refused_with_the_spelling_torch_takes():
     # torch.device("0") raises deep inside the worker's first job; the setting fails at start instead
     with pytest.raises(ConfigError, match=r"DEVICE: must be a torch device.*got '1'; a GPU's index is written cuda:1"):
         Settings.from_env({"DEVICE": "1"})
+
+
+def test_media_hosts_are_names_or_addresses():
+    settings = Settings.from_env({"ALLOWED_MEDIA_HOSTS": "img.example.com,10.0.0.5,::1"})
+    assert settings.allowed_media_hosts == ("img.example.com", "10.0.0.5", "::1")
+

@@ -1,0 +1,50 @@
+"""The `ale` command: what it refuses before starting, what it shows, and how it reports a failure."""
+
+import socket
+
+from label_studio_ale.cli import main
+
+
+def test_ale_config_hides_the_passwords_in_urls(monkeypatch, capsys):
+    import json
+
+    monkeypatch.setenv("REDIS_URL", "redis://:s3cretRedis@redis:6379/0")
+    monkeypatch.setenv("DETECTION_STORE_URL", "postgresql://labelstudio:PgS3cret@postgres:5432/ale")
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "key-secret")
+    assert main(["config"]) == 0
+    out = capsys.readouterr().out
+    assert "s3cretRedis" not in out and "PgS3cret" not in out and "key-secret" not in out
+    shown = json.loads(out)
+    assert shown["redis_url"] == "redis://:***@redis:6379/0" and shown["detection_store_url"] == "postgresql://labelstudio:***@postgres:5432/ale"
+
+
+def test_model_commands_refuse_an_unknown_policy_and_many_workers_without_redis_before_starting(monkeypatch, capsys):
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    monkeypatch.setenv("POLICY", "ale-entropy-summ")
+    assert main(["serve"]) == 2
+    assert "POLICY='ale-entropy-summ' is unknown; choose one of" in capsys.readouterr().err
+    monkeypatch.setenv("POLICY", "ale-entropy-sum")
+    assert main(["serve", "--workers", "2"]) == 2
+    assert "REDIS_URL: is needed for --workers 2" in capsys.readouterr().err
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_an_unreachable_redis_or_label_studio_is_one_line_not_a_traceback(monkeypatch, capsys):
+    monkeypatch.setenv("REDIS_URL", f"redis://:pw@127.0.0.1:{closed_port()}/0")
+    assert main(["jobs"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("ale jobs: cannot reach Redis at REDIS_URL=redis://:***@127.0.0.1:") and "is it running?" in err
+    assert "Traceback" not in err and ":pw@" not in err
+
+    monkeypatch.delenv("REDIS_URL")
+    monkeypatch.setenv("LABEL_STUDIO_URL", f"http://127.0.0.1:{closed_port()}")
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "k")
+    assert main(["savings", "--project", "1", "--recompute"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("ale savings: cannot reach Label Studio at LABEL_STUDIO_URL=http://127.0.0.1:") and "Traceback" not in err
