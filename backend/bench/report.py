@@ -135,14 +135,17 @@ def labelled_to_reach(labelled: list[float], curve: list[float], target: float) 
 def _add_cost_to_reach_random(summary: dict) -> None:
     """Per policy: images and boxes labelled (mean curves) to reach random's final mean metric, and the saving.
 
-    A saving of 0.27 is 27 % fewer than random needed; negative: more.
+    A saving of 0.27 is 27 % fewer than random needed; negative: more. What
+    random needed is where its own curve first reaches that value: its last
+    point, unless the curve dipped at the end.
     """
     random = summary["policies"].get(BASELINE_POLICY)
     if random is None or summary["cycles"] < 2:
         return
     target = random["mean"][-1]
     units = _reach_units(summary)
-    random_cost = {unit: random[REACH_CURVES[unit]][-1] for unit in units}
+    # what random needed to first reach its own final value: its last point, unless its curve dipped at the end
+    random_cost = {unit: labelled_to_reach(random[REACH_CURVES[unit]], random["mean"], target) for unit in units}
     for row in summary["policies"].values():
         reach = {}
         for unit in units:
@@ -172,7 +175,9 @@ def _add_reach_by_seed(summary: dict, curves: dict) -> None:
             random, mine = curves[(BASELINE_POLICY, seed)], curves[(name, seed)]
             for unit in units:
                 needed = labelled_to_reach(mine[unit], mine["metric"], random["metric"][-1])
-                total = random[unit][-1]
+                # random's own first reach of its final (its last point, unless its curve dipped at the end):
+                # a policy is never credited with what random labelled after it had got there
+                total = labelled_to_reach(random[unit], random["metric"], random["metric"][-1])
                 by_seed[unit].append(None if needed is None or not total else 1 - needed / total)
         row["to_reach_random_by_seed"] = by_seed
 

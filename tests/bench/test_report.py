@@ -103,6 +103,18 @@ def test_each_seed_is_also_held_against_its_own_randoms_final():
     assert row == "| ale-entropy-sum | -17, — % | -33, — % | -17 ± 0 % | -33 ± 0 % | 1 of 2 |"
 
 
+def test_a_copy_of_random_saves_nothing_where_randoms_curve_dips_at_the_end():
+    """Random first reaches its final 0.45 at 12.5 images (between 0.40 and 0.50), then dips: it is charged 12.5, not
+    the 20 it ended with, so a policy with random's very curve saves nothing, by seed and on the mean curves."""
+    dipping = [0.40, 0.50, 0.45]
+    results = {"dataset": {"new_class": "new"}, "runs": [_run("random", 0, dipping), _run("copy-of-random", 0, dipping)]}
+    summary = summarise(results)
+    copy = summary["policies"]["copy-of-random"]
+    assert copy["to_reach_random"]["images"] == {"needed": pytest.approx(12.5), "saving": pytest.approx(0.0)}
+    assert copy["to_reach_random"]["boxes"]["saving"] == pytest.approx(0.0)
+    assert copy["to_reach_random_by_seed"]["images"] == pytest.approx([0.0]) and copy["to_reach_random_by_seed"]["boxes"] == pytest.approx([0.0])
+
+
 def test_a_policy_that_never_reaches_random_says_so():
     from label_studio_ale.bench.report import labelled_to_reach
 
