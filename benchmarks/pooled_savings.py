@@ -18,7 +18,8 @@ says why a file or run is left out), and pools them:
   then each drawn model's seeds, with replacement: the 95 % interval of each
   saving and the share of draws that reach the targets (TARGETS). A
   draw in which the policy never reaches random's final counts as below
-  every target.
+  every target. The table shows them for rows of MIN_INTERVAL_BASES or more
+  base models only (the results keep them, with "interval_shown").
 
 Usage: python benchmarks/pooled_savings.py [RESULTS.json ...] [--out docs/benchmarks/pooled-small]
 (default: every docs/benchmarks/al-small*/ results.json, nested folders included)
@@ -51,6 +52,9 @@ TARGETS = {"images": 0.40, "boxes": 0.25}
 BASELINE = "random"
 #: After a reference's name in the table (it is listed after the policies).
 REFERENCE_MARK = " †"
+#: Base models a row needs for its interval and draw shares to be shown: a bootstrap over one or two base models
+#: can only mix those models' own estimates, and savings move by about ten points from one base model to the next.
+MIN_INTERVAL_BASES = 3
 
 
 def default_results() -> list[Path]:
@@ -197,6 +201,7 @@ def pooled(pool: dict, draws: int = BOOTSTRAP_DRAWS, seed: int = BOOTSTRAP_SEED)
             low, high = np.quantile(values, [0.025, 0.975], method="inverted_cdf")
             row[f"{unit}_interval"] = [_finite(low), _finite(high)]
             row[f"{unit}_at_target"] = float((values >= target).mean())
+        row["interval_shown"] = len(by_base) >= MIN_INTERVAL_BASES
         row["by_base_model"] = {base: reach(pool["runs"], own, policy) | {"pairs": len(own)} for base, own in sorted(by_base.items())}
         table[policy] = row
     return table
@@ -252,11 +257,23 @@ def markdown(table: dict) -> str:
     # the policies, most pairs first, then the references
     ranked = sorted(table.items(), key=lambda item: (is_reference(item[0]), -item[1]["pairs"], item[0]))
     for policy, row in ranked:
+        bases = len(row["base_models"])
+        shown = row.get("interval_shown", bases >= MIN_INTERVAL_BASES)
+        few = f"— ({bases} base model{'s' if bases > 1 else ''})"
+        cells = {
+            unit: (_interval(row[f"{unit}_interval"]), f"{row[f'{unit}_at_target']:.0%}") if shown else (few, "—")
+            for unit in TARGETS
+        }
         lines.append(
-            f"| {policy}{REFERENCE_MARK if is_reference(policy) else ''} | {row['pairs']} | {len(row['base_models'])} | {row['final']:.3f} ({row['random_final']:.3f}) "
-            f"| {_pct(row['images'])} | {_interval(row['images_interval'])} | {row['images_at_target']:.0%} "
-            f"| {_pct(row['boxes'])} | {_interval(row['boxes_interval'])} | {row['boxes_at_target']:.0%} |"
+            f"| {policy}{REFERENCE_MARK if is_reference(policy) else ''} | {row['pairs']} | {bases} | {row['final']:.3f} ({row['random_final']:.3f}) "
+            f"| {_pct(row['images'])} | {cells['images'][0]} | {cells['images'][1]} "
+            f"| {_pct(row['boxes'])} | {cells['boxes'][0]} | {cells['boxes'][1]} |"
         )
+    lines += [
+        "",
+        f"Intervals and draw shares are shown for rows of {MIN_INTERVAL_BASES} or more base models: savings move by about ten points "
+        "from one base model to the next, and a bootstrap over one or two can only mix their own estimates (each is listed below).",
+    ]
     if any(is_reference(policy) for policy in table):
         lines += ["", f"{REFERENCE_MARK.strip()} a reference that reads the ground truth (`ale bench al`'s oracles): what a policy could save, not one a project can run."]
     lines += ["", "By base model (pairs; images and boxes to random's last on its seeds):", ""]

@@ -126,7 +126,9 @@ def test_the_bootstrap_interval_spans_the_pairs_and_counts_the_draws_at_target(p
     # and the same draws for this policy when the runs of a policy read before it join the files
     more = write(tmp_path, "b", results(WEIGHTS, [run("ale-entropy-sum", 0, 0.5, **BETTER), run("ale-entropy-sum", 1, 0.6, **worse)]))
     assert pooled_savings.pooled(pooled_savings.pool_runs([path, more]), draws=400, seed=0)["entropy-mean"] == row
-    assert "| entropy-mean | 2 | 1 | 0.875 (0.900) | not reached | not reached to −25 % |" in pooled_savings.markdown(table)
+    # one base model: the table shows no interval (the bootstrap could only mix its own seeds)
+    assert "| entropy-mean | 2 | 1 | 0.875 (0.900) | not reached | — (1 base model) | — | not reached | — (1 base model) | — |" in pooled_savings.markdown(table)
+    assert row["interval_shown"] is False
 
 
 def test_the_committed_runs_pool_without_conflicts(pooled_savings):
@@ -157,6 +159,11 @@ def test_the_bootstrap_draws_base_models_then_their_seeds(pooled_savings, tmp_pa
     # a draw of A twice gives A's saving, of B twice B's: the interval runs between the models' own
     assert row["images_interval"] == [pytest.approx(0.25), pytest.approx(0.5)]
     assert 0.15 < row["images_at_target"] < 0.45  # at least B twice (a quarter of the draws), and some mixed draws
+    # which is why two base models show no interval in the table; a third shows one
+    assert "| — (2 base models) | — |" in pooled_savings.markdown({"entropy-mean": row})
+    c = write(tmp_path, "c", results("weights-sha256:cccccccccccccccc", [run("random", 0, 0.8, **RANDOM), run("entropy-mean", 0, 0.8, **BETTER)]))
+    three = pooled_savings.pooled(pooled_savings.pool_runs([a, b, c]), draws=400, seed=0)
+    assert three["entropy-mean"]["interval_shown"] and "| −25 to −50 % |" in pooled_savings.markdown(three)
 
 
 def test_a_reference_is_read_like_a_policy_and_marked_after_them(pooled_savings, tmp_path):
