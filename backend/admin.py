@@ -46,7 +46,7 @@ def admin_blueprint(settings, runtime) -> Blueprint:
         from .savings import savings_by_model
 
         store = ModelStore(settings.model_dir, project)
-        versions, served = store.versions(), store.current()
+        versions, (served, _) = store.versions(), store.readable_current()  # a damaged one: the list says none is served
         latest = versions[-1].manifest if versions else {}
         return render_template_string(
             PROJECT,

@@ -341,10 +341,11 @@ def create_app(
             from .model_store import ModelStore
 
             store = ModelStore(settings.model_dir, project)
-            served, stored = store.current(), store.versions()
+            (served, damaged), stored = store.readable_current(), store.versions()
             return jsonify(
                 versions=[v.name for v in stored],
                 current=served.name if served else None,
+                **({"current_error": damaged} if damaged else {}),
                 # until its first version, a project is served the configured model
                 **(_training_state(holder) if served is None else {"trained": True}),
                 details=[

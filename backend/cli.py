@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     models = commands.add_parser("models", help="list a project's model versions with their metrics")
     models.add_argument("--project", type=int, required=True)
     models.add_argument("--plot", help="also draw mAP per version into this PNG")
+    models.add_argument("--promote", metavar="VERSION", help="serve this stored version (e.g. v0003) from now on; the next sync ranks by it")
 
     savings = commands.add_parser("savings", help="what the pre-annotations saved: shown boxes accepted, moved, relabelled, deleted, added")
     savings.add_argument("--project", type=int, required=True)
@@ -320,12 +321,32 @@ def _evaluate(settings: Settings, args) -> int:
     return 0
 
 
+def _promote(settings: Settings, store, project: int, name: str) -> int:
+    """Serve a stored version from now on, under the project's training lock (a training promotes under it too)."""
+    from .runtime import Runtime
+
+    with Runtime(settings).lock(f"train:{project}") as acquired:
+        if not acquired:
+            print(f"a training of project {project} is running; promote when it ends", file=sys.stderr)
+            return 1
+        try:
+            store.promote(name)
+        except LookupError as exc:
+            raise ConfigError("--promote", str(exc)) from None
+    print(f"project {project}: {name} is served from now on; the next sync ranks the queue by it")
+    return 0
+
+
 def _models(settings: Settings, args) -> int:
     from .model_store import ModelStore
 
     store = ModelStore(settings.model_dir, args.project)
+    if args.promote:
+        return _promote(settings, store, args.project, args.promote)
     versions = store.versions()
-    current = store.current()
+    current, damaged = store.readable_current()
+    if damaged:
+        print(f"the served version cannot be read: {damaged}", file=sys.stderr)
     if not versions:
         print(f"project {args.project} has no trained versions in {store.dir}")
         return 0

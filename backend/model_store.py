@@ -80,7 +80,10 @@ class ModelStore:
         except FileNotFoundError:
             raise LookupError(f"model version {name} of {self.dir} is missing or incomplete") from None
         except ValueError as exc:  # a record cut short (a disk that filled, a copy interrupted)
-            raise LookupError(f"model version {name} of {self.dir} has an unreadable record ({exc}); train again, or promote another version") from None
+            raise LookupError(
+                f"model version {name} of {self.dir} has an unreadable record ({exc}); train again, or serve another "
+                f"version: ale models --project {self.dir.name} --promote vNNNN"
+            ) from None
         version = ModelVersion(name, path, classes, metrics, manifest)
         self._refuse_links(version.weights, name)
         return version
@@ -103,6 +106,13 @@ class ModelStore:
         if not pointer.exists():
             return None
         return self.get(pointer.read_text().strip())
+
+    def readable_current(self) -> tuple[ModelVersion | None, str | None]:
+        """(the served version, None), or (None, why) when the version it names cannot be read (damaged, tampered)."""
+        try:
+            return self.current(), None
+        except (LookupError, ValueError) as exc:
+            return None, str(exc)
 
     def add(self, weights: str | Path, classes, metrics: dict, manifest: dict) -> ModelVersion:
         """Copy `weights` (a file, or a folder such as a SavedModel) in as a new complete version (not yet current)."""

@@ -189,7 +189,10 @@ def train_version(
             "MODEL_WEIGHTS at the export (the served model is unchanged)"
         )
     progress = progress or (lambda *args: None)
-    current = store.current()
+    current, damaged = store.readable_current()
+    if damaged:
+        # training again is the way out the error names: the new version is promoted as a first one would be
+        log.warning("the served version cannot be read (%s): training as a first version, from the base model", damaged)
     # every label renamed since the served version: nothing of its head maps to the new labels, start as a first training
     from_base = current is None or not set(current.classes) & set(classes)
     base = settings.base_model or factory.fresh_model

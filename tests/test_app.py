@@ -64,6 +64,19 @@ def test_setup_with_unknown_labels_explains_the_fix(adapter):
     assert "none of the model's classes (bird, nest)" in response.get_json()["error"]
 
 
+def test_versions_say_when_the_served_version_cannot_be_read(adapter, tmp_path):
+    from label_studio_ale.model_store import ModelStore
+
+    store = ModelStore(tmp_path, 4)
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"x")
+    version = store.add(weights, ["bird"], {}, {})
+    store.promote(version.name)
+    (version.path / "manifest.json").write_text("{")
+    body = make_client(adapter, model_dir=tmp_path).get("/versions?project=4").get_json()
+    assert body["current"] is None and "unreadable record" in body["current_error"] and "--promote" in body["current_error"]
+
+
 def test_setup_with_a_mistyped_policy_says_so_rather_than_internal_error(adapter):
     """LS calls /setup before every prediction: an opaque 500 there leaves the backend in its ERROR state."""
     response = make_client(adapter, policy="ale-entropy-summ").post("/setup", json={"project": "3", "schema": CONFIG})

@@ -48,3 +48,29 @@ def test_an_unreachable_redis_or_label_studio_is_one_line_not_a_traceback(monkey
     assert main(["savings", "--project", "1", "--recompute"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("ale savings: cannot reach Label Studio at LABEL_STUDIO_URL=http://127.0.0.1:") and "Traceback" not in err
+
+
+def test_a_damaged_served_version_is_named_and_another_can_be_served(monkeypatch, tmp_path, capsys):
+    """The record of the served version was cut short (a full disk): `ale models` still lists the others and says
+    what is wrong, and --promote serves another, as the error advises."""
+    from label_studio_ale.model_store import ModelStore
+
+    store = ModelStore(tmp_path, 4)
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"weights")
+    first = store.add(weights, ["bird"], {"map50": 0.5}, {"train_images": 8})
+    second = store.add(weights, ["bird"], {"map50": 0.6}, {"train_images": 9})
+    store.promote(second.name)
+    (second.path / "metrics.json").write_text('{"map50": 0.')
+    monkeypatch.setenv("MODEL_DIR", str(tmp_path))
+
+    assert main(["models", "--project", "4"]) == 0
+    out, err = capsys.readouterr()
+    assert "the served version cannot be read" in err and "ale models --project 4 --promote vNNNN" in err
+    assert first.name in out and "*" not in out.splitlines()[1]
+
+    assert main(["models", "--project", "4", "--promote", "v0007"]) == 1
+    assert "v0007" in capsys.readouterr().err and store.readable_current()[1] is not None
+    assert main(["models", "--project", "4", "--promote", first.name]) == 0
+    assert f"{first.name} is served from now on" in capsys.readouterr().out
+    assert store.current().name == first.name

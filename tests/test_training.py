@@ -404,3 +404,40 @@ def test_a_project_whose_annotated_images_all_fail_to_load_says_why_not_that_it_
     with pytest.raises(TrainingError, match=r"none of its 2 annotated images could be read \(task 3: image host 'bucket.example.org' "
                                             r"is not allowed.*\): give the backend access to them \(ALLOWED_MEDIA_HOSTS"):
         train_project(7, runtime=rt, then_sync=False)
+
+
+def test_a_served_version_that_cannot_be_read_does_not_stop_training_again(tmp_path, monkeypatch):
+    """'Train again' is what the damaged version's error advises: the training starts as a first one, from BASE_MODEL."""
+    from label_studio_ale import adapters
+
+    calls = []
+
+    class Factory:
+        fresh_model = "yolov5n.yaml"
+
+        @staticmethod
+        def base_classes(weights):
+            return None
+
+        @staticmethod
+        def grow(weights, classes, out, origin=None, report=None):
+            raise AssertionError("nothing to grow: the base model's classes are unknown")
+
+        @staticmethod
+        def fine_tune(settings, weights, data_yaml, work, seed=0, on_epoch=None):
+            calls.append(str(weights))
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(adapters, "adapter_class", lambda settings: Factory)
+    store = ModelStore(tmp_path / "models", 1)
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"x")
+    served = store.add(weights, ["Gull"], {}, {})
+    store.promote(served.name)
+    (served.path / "classes.json").write_text('["Gu')
+    data = tmp_path / "ds"
+    (data / "labels" / "train").mkdir(parents=True)
+    (data / "data.yaml").write_text("names: [Gull]\n")
+    with pytest.raises(KeyboardInterrupt):
+        train_version(Settings(model_dir=tmp_path / "models", base_model=str(tmp_path / "base.pt")), store, data / "data.yaml", ["Gull"], tmp_path / "work")
+    assert calls == [str(tmp_path / "base.pt")]
