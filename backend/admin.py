@@ -28,7 +28,7 @@ SHOWN_SETTINGS = (
     "sync_batch_size", "exploration_fraction", "empty_quota", "class_balance", "duplicate_distance", "diversity_pool",
     "novelty_weight", "cost_per_image", "ls_clusters", "tile_size", "tile_overlap", "tile_above", "promotion", "sync_interval",
     "base_model", "image_size", "device", "train_recipe", "train_epochs", "train_min_steps", "train_continue_steps", "train_batch", "train_precision",
-    "train_freeze",
+    "train_freeze", "max_request_bytes",
 )  # fmt: skip
 
 

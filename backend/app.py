@@ -13,7 +13,7 @@ import threading
 from typing import Callable
 
 from flask import Flask, jsonify, request
-from werkzeug.exceptions import HTTPException, NotFound, ServiceUnavailable
+from werkzeug.exceptions import HTTPException, NotFound, RequestEntityTooLarge, ServiceUnavailable
 
 from . import __version__
 from .adapters import UNTRAINED_NOTE, Adapter, check_policy_fits, is_trained, load_adapter
@@ -29,7 +29,6 @@ from .settings import Settings
 log = logging.getLogger(__name__)
 
 #: Largest request body accepted; a /predict for thousands of tasks is far below it.
-MAX_REQUEST_BYTES = 16 * 1024 * 1024
 START_TRAINING = "START_TRAINING"
 #: Seconds a Start Training waits for another one of the same project to finish queueing.
 TRAIN_ENQUEUE_WAIT = 5.0
@@ -121,7 +120,7 @@ def create_app(
 ) -> Flask:
     """Build the backend app. `adapter_factory` defaults to the configured entry point."""
     app = Flask("label_studio_ale")
-    app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     if ls_client is None and settings.label_studio_api_key:
         ls_client = LabelStudioClient(settings.label_studio_url, settings.label_studio_api_key)
     holder = ModelHolder(adapter_factory or (lambda: load_adapter(settings)))
@@ -390,6 +389,16 @@ def create_app(
         )
         response.headers["Retry-After"] = str(REDIS_RETRY_AFTER)
         return response
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def too_large(exc: RequestEntityTooLarge):
+        message = (
+            f"request body of {request.content_length or 'over'} bytes is over MAX_REQUEST_BYTES={settings.max_request_bytes}: "
+            "Label Studio's Retrieve Predictions sends every selected task at once (about 10 KB a task); select fewer tasks, "
+            "let the sync predict the pool (ale sync, or the scheduled one), or raise MAX_REQUEST_BYTES"
+        )
+        log.warning("%s %s refused: %s", request.method, request.path, message)
+        return _error_response(message, 413, metrics)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):

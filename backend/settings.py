@@ -35,6 +35,9 @@ DEFAULT_PREDICT_BATCH_SIZE = 8
 DEFAULT_MAX_IMAGE_PIXELS = 80_000_000
 DEFAULT_MAX_IMAGE_BYTES = 50 * 1024 * 1024
 DEFAULT_FETCH_TIMEOUT = 10.0
+#: /predict bodies above this are refused (413): LS's Retrieve Predictions sends every selected task, with its predictions,
+#: in one request, about 10 KB a task, so the default takes about 6,000 tasks; the body is parsed whole in memory.
+DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_DETECTIONS = 300
 # Decoded pixels one prediction step holds at most (RGB: 3 bytes each, so
 # ~300 MB): two 45 MP frames, eight 12 MP ones, or 64 small ones (PREDICT_CHUNK
@@ -107,6 +110,7 @@ class Settings:
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
     fetch_timeout: float = DEFAULT_FETCH_TIMEOUT
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     predict_chunk_pixels: int = DEFAULT_PREDICT_CHUNK_PIXELS
     tile_size: int = DEFAULT_TILE_SIZE
     tile_overlap: float = DEFAULT_TILE_OVERLAP
@@ -169,6 +173,7 @@ class Settings:
             ("MAX_IMAGE_PIXELS", self.max_image_pixels),
             ("MAX_IMAGE_BYTES", self.max_image_bytes),
             ("PREDICT_CHUNK_PIXELS", self.predict_chunk_pixels),
+            ("MAX_REQUEST_BYTES", self.max_request_bytes),
         ):
             if value <= 0:
                 raise ConfigError(name, f"must be a positive number, got {value}")
@@ -368,6 +373,7 @@ ENV_VARS = {
     "MAX_IMAGE_PIXELS": ("max_image_pixels", int),
     "MAX_IMAGE_BYTES": ("max_image_bytes", int),
     "FETCH_TIMEOUT": ("fetch_timeout", float),
+    "MAX_REQUEST_BYTES": ("max_request_bytes", int),
     "PREDICT_CHUNK_PIXELS": ("predict_chunk_pixels", int),
     "TILE_SIZE": ("tile_size", int),
     "TILE_OVERLAP": ("tile_overlap", float),

@@ -64,6 +64,15 @@ def test_setup_with_unknown_labels_explains_the_fix(adapter):
     assert "none of the model's classes (bird, nest)" in response.get_json()["error"]
 
 
+def test_a_request_over_max_request_bytes_says_which_setting_and_why(adapter):
+    """LS's Retrieve Predictions on a large selection sends every task at once: the 413 says what to do."""
+    tasks = [{"id": i, "data": {"image": f"/data/upload/1/{i}.png"}, "predictions": [{"result": ["x" * 200]}]} for i in range(50)]
+    response = make_client(adapter, max_request_bytes=5_000).post("/predict", json={"tasks": tasks, "label_config": CONFIG})
+    assert response.status_code == 413
+    error = response.get_json()["error"]
+    assert "over MAX_REQUEST_BYTES=5000" in error and "select fewer tasks" in error and "raise MAX_REQUEST_BYTES" in error
+
+
 def test_versions_say_when_the_served_version_cannot_be_read(adapter, tmp_path):
     from label_studio_ale.model_store import ModelStore
 

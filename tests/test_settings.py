@@ -31,6 +31,7 @@ def test_every_variable_is_read():
         "MAX_IMAGE_PIXELS": "1000",
         "MAX_IMAGE_BYTES": "2000",
         "FETCH_TIMEOUT": "3",
+        "MAX_REQUEST_BYTES": "1000000",
         "PREDICT_CHUNK_PIXELS": "5000",
         "TILE_SIZE": "512",
         "TILE_OVERLAP": "0.25",
@@ -78,7 +79,7 @@ def test_every_variable_is_read():
     assert s.label_studio_url == "http://ls:8080" and s.model_dir == Path("/models")
     assert s.model_classes == ("bird", "nest") and s.nms_metric == "iomin" and s.max_tags_per_pixel == 2
     assert s.allowed_media_hosts == ("images.example.org", "cdn.example.org")
-    assert s.log_level == "DEBUG" and s.image_size == 320 and s.fetch_timeout == 3.0
+    assert s.log_level == "DEBUG" and s.image_size == 320 and s.fetch_timeout == 3.0 and s.max_request_bytes == 1_000_000
     assert s.redis_url.endswith("/3") and s.policy == "ale-lc-max" and s.sync_projects == (1, 4)
     assert s.promotion == "always" and s.promotion_min_images == 20 and s.allow_downloads is True
     assert s.train_epochs == 5 and s.train_recipe == "ultralytics" and s.train_min_steps == 400 and s.train_continue_steps == 300
@@ -146,6 +147,7 @@ def test_secrets_are_not_in_repr():
         ({"POLICY_SEED": "-1"}, "POLICY_SEED"),
         ({"CLASS_BALANCE": "bird=0,nest=0"}, "CLASS_BALANCE"),
         ({"FETCH_TIMEOUT": "nan"}, "FETCH_TIMEOUT"),
+        ({"MAX_REQUEST_BYTES": "0"}, "MAX_REQUEST_BYTES"),
         ({"TILE_EMPTY_SHARE": "nan"}, "TILE_EMPTY_SHARE"),
         ({"COST_PER_IMAGE": "inf"}, "COST_PER_IMAGE"),
         ({"ALLOWED_MEDIA_HOSTS": "https://img.example.com"}, "ALLOWED_MEDIA_HOSTS"),
