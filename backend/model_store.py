@@ -57,7 +57,8 @@ class ModelStore:
         """Complete versions that can be loaded, oldest first (an incomplete or tampered one is left out, with a warning)."""
         if not self.dir.is_dir():
             return []
-        names = sorted(p.name for p in self.dir.iterdir() if p.is_dir() and not p.is_symlink() and _VERSION_NAME.match(p.name))
+        # by number: "v10000" comes after "v9999", which sorting the names as text would not give
+        names = sorted((p.name for p in self.dir.iterdir() if p.is_dir() and not p.is_symlink() and _VERSION_NAME.match(p.name)), key=lambda n: int(n[1:]))
         found = []
         for name in names:
             try:

@@ -352,7 +352,11 @@ def cached_image_size(cached: Path, fetch) -> tuple[int, int]:
 
 
 def _annotated_samples(rt: Runtime, project: int, config, classes: list[str]) -> tuple[list[TrainingSample], dict]:
-    """The project's annotated tasks as samples. Images are cached per task across runs."""
+    """The project's annotated tasks as samples. Images are cached per task and image URL across runs.
+
+    The URL is in the name: a task whose image was changed in LS (or another LS reusing task ids in this
+    MODEL_DIR) is fetched again, never trained with the old pixels under the new boxes.
+    """
     cache = ModelStore(rt.settings.model_dir, project).dir / "images"
     cache.mkdir(parents=True, exist_ok=True)
     fetcher = MediaFetcher(rt.settings, rt.ls)
@@ -360,9 +364,12 @@ def _annotated_samples(rt: Runtime, project: int, config, classes: list[str]) ->
     disagreements: dict[int, int] = {}
     samples = []
     for task, results in rt.ls.annotated_tasks(project):
-        cached = cache / f"{task.id}.png"
         try:
-            size = cached_image_size(cached, lambda: fetcher.fetch(task_image_url({"id": task.id, "data": task.data}, config), task.id, project))
+            url = task_image_url({"id": task.id, "data": task.data}, config)
+            cached = cache / f"{task.id}-{zlib.crc32(url.encode()):08x}.png"
+            if not cached.exists():
+                (cache / f"{task.id}.png").unlink(missing_ok=True)  # named by task alone: which image it holds is not known
+            size = cached_image_size(cached, lambda: fetcher.fetch(url, task.id, project))
         except AleError as exc:
             log.warning("project %s task %s: image skipped for training: %s", project, task.id, exc)
             skipped["skipped_images"] += 1

@@ -31,6 +31,13 @@ def test_versions_are_numbered_complete_and_promoted_atomically(tmp_path, weight
     assert not [p for p in store.dir.iterdir() if p.name.startswith(".")]  # no temp files left
 
 
+def test_versions_past_9999_keep_their_order(tmp_path, weights):
+    store = ModelStore(tmp_path / "models", 7)
+    store.add(weights, ["bird"], {}, {}).path.rename(store.dir / "v9999")
+    assert store.add(weights, ["bird"], {}, {}).name == "v10000"
+    assert [v.name for v in store.versions()] == ["v9999", "v10000"]
+
+
 def test_incomplete_versions_are_invisible_and_never_promoted(tmp_path, weights):
     store = ModelStore(tmp_path, 1)
     good = store.add(weights, ["bird"], {}, {})

@@ -441,3 +441,40 @@ def test_a_served_version_that_cannot_be_read_does_not_stop_training_again(tmp_p
     with pytest.raises(KeyboardInterrupt):
         train_version(Settings(model_dir=tmp_path / "models", base_model=str(tmp_path / "base.pt")), store, data / "data.yaml", ["Gull"], tmp_path / "work")
     assert calls == [str(tmp_path / "base.pt")]
+
+
+def test_a_task_whose_image_changed_is_fetched_again_for_training(tmp_path):
+    """The training cache is keyed by task and image URL: new pixels are never trained under the old task's name."""
+    import io
+
+    from label_studio_ale.ls_client import TaskRef
+    from label_studio_ale.ls_format import parse_label_config
+    from label_studio_ale.runtime import Runtime
+    from label_studio_ale.training import _annotated_samples
+    from tests.support.http import serve_files
+
+    def png(size):
+        buffer = io.BytesIO()
+        Image.new("RGB", size).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    config = parse_label_config('<View><Image name="image" value="$image"/><RectangleLabels name="label" toName="image">'
+                                '<Label value="bird"/></RectangleLabels></View>')
+
+    class LS:
+        url = ""
+
+        def annotated_tasks(self, project):
+            yield TaskRef(3, {"image": self.url}), [[]]
+
+    ls = LS()
+    rt = Runtime(Settings(model_dir=tmp_path, allowed_media_hosts=("127.0.0.1",)), ls=ls)
+    with serve_files({"/a.png": png((40, 30)), "/b.png": png((64, 48))}) as base:
+        (tmp_path / "5" / "images").mkdir(parents=True)
+        Image.new("RGB", (10, 10)).save(tmp_path / "5" / "images" / "3.png")  # a cache named by the task alone
+        ls.url = f"{base}/a.png"
+        (first,), _ = _annotated_samples(rt, 5, config, ["bird"])
+        ls.url = f"{base}/b.png"  # the task's image replaced in LS
+        (second,), _ = _annotated_samples(rt, 5, config, ["bird"])
+    assert Image.open(first.image).size == (40, 30) and Image.open(second.image).size == (64, 48)
+    assert not (tmp_path / "5" / "images" / "3.png").exists()
