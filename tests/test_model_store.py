@@ -59,7 +59,7 @@ def test_a_version_with_an_unreadable_record_is_left_out_and_never_promoted(tmp_
     cut = store.add(weights, ["bird"], {}, {})
     (cut.path / "metrics.json").write_text("")
     assert [v.name for v in store.versions()] == [good.name]
-    with pytest.raises(LookupError, match=r"model version v0002 .* has an unreadable record .*train again, or promote another version"):
+    with pytest.raises(LookupError, match=r"model version v0002 .* has an unreadable record .*train again, or serve another version: ale models --project 1 --promote"):
         store.promote(cut.name)
 
 
