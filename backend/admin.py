@@ -13,6 +13,7 @@ import io
 
 import numpy as np
 from flask import Blueprint, Response, abort, render_template_string
+from werkzeug.exceptions import HTTPException
 
 from .ls_format import match_labels, parse_label_config, task_image_url
 from .serving import ServingFilters, raw_output_key, shown_classes, shown_detections
@@ -127,11 +128,16 @@ def task_thumbnail(runtime, project: int, task: int) -> bytes:
 
     from .media import MediaFetcher
 
-    config = parse_label_config(runtime.ls.project(project).label_config)
-    data = runtime.ls.sdk.tasks.get(id=str(task)).data or {}
     try:
-        image = MediaFetcher(runtime.settings, runtime.ls).fetch(task_image_url({"id": task, "data": data}, config), task, project)
-    except Exception:  # a thumbnail that cannot be had is a 404, not a broken page
+        config = parse_label_config(runtime.ls.project(project).label_config)
+        found = runtime.ls.sdk.tasks.get(id=str(task))
+        owner = getattr(found, "project", None)
+        if owner is not None and int(owner) != project:
+            abort(404)  # another project's task: not this page's to show
+        image = MediaFetcher(runtime.settings, runtime.ls).fetch(task_image_url({"id": task, "data": found.data or {}}, config), task, project)
+    except HTTPException:
+        raise
+    except Exception:  # a thumbnail that cannot be had (no such task, LS down, image unreadable) is a 404, not a broken page
         abort(404)
     queue = runtime.store.served_queue(project)
     adapter = runtime.adapter_for(project)

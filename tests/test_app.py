@@ -253,6 +253,21 @@ def test_serving_beyond_loopback_without_auth_is_warned_about(host, auth, warned
         assert host in warning and "BASIC_AUTH_USER" in warning
 
 
+def test_a_thumbnail_of_another_projects_task_or_of_no_task_is_a_404(adapter, tmp_path):
+    from types import SimpleNamespace
+
+    class Tasks:
+        def get(self, id):
+            if id == "9":
+                raise RuntimeError("Label Studio answered 404")  # the SDK's own error type
+            return SimpleNamespace(project=8, data={"image": "/data/upload/8/a.png"})
+
+    ls = SimpleNamespace(project=lambda project: SimpleNamespace(label_config=CONFIG), sdk=SimpleNamespace(tasks=Tasks()))
+    client = create_app(Settings(model_dir=tmp_path), adapter_factory=lambda: adapter, ls_client=ls).test_client()
+    assert client.get("/ui/projects/7/tasks/5/thumbnail.jpg").status_code == 404, "task 5 is project 8's"
+    assert client.get("/ui/projects/7/tasks/9/thumbnail.jpg").status_code == 404
+
+
 def test_the_admin_page_lists_projects_and_says_what_a_new_project_lacks(adapter, tmp_path):
     (tmp_path / "7").mkdir()
     client = make_client(adapter, model_dir=tmp_path, sync_projects=(3,))
