@@ -325,6 +325,9 @@ def test_an_80_class_nano_checkpoint_grows_to_a_few_labels_with_a_fresh_classifi
 
     coco = DetectionModel("yolov5n.yaml", nc=80, verbose=False)
     coco.names = {i: ("bird" if i == 14 else f"c{i}") for i in range(80)}
+    head = coco.model[-1]
+    for branch in head.cv3:
+        torch.nn.init.constant_(branch[-1].bias, 3.0)  # a prior the fresh branch must not inherit
     torch.save({"model": coco, "train_args": {}, "epoch": -1}, tmp_path / "coco.pt")
     report: dict = {}
     grown = grow_head(tmp_path / "coco.pt", ["Kittiwake", "nest"], tmp_path / "grown.pt", {"Kittiwake": "bird"}, report)
@@ -335,6 +338,7 @@ def test_an_80_class_nano_checkpoint_grows_to_a_few_labels_with_a_fresh_classifi
     kept = [k for k in after if k in before and before[k].shape == after[k].shape and torch.equal(before[k].float(), after[k].float())]
     assert any(k.startswith("model.0.") for k in kept) and any(".cv2." in k for k in kept), "backbone and box branch kept"
     assert class_outputs(grown, [make_scene(30_100).image]).shape[1] == 2, "it loads and predicts two classes"
+    assert all(not torch.any(branch[-1].bias == 3.0) for branch in model.model[-1].cv3), "the class biases start fresh too"
 
     # a checkpoint whose branch is as wide keeps the rows it is asked for
     small = DetectionModel("yolov5n.yaml", nc=3, verbose=False)

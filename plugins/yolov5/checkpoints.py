@@ -125,14 +125,19 @@ def grow_head(
         raise AdapterError(f"none of the model's classes ({', '.join(old_classes)}) are in the new classes ({', '.join(classes)})")
     new_rows = torch.tensor([n for n, _ in moved])
     old_rows = torch.tensor([o for _, o in moved])
-    fresh_branch = False
+    # a level whose branch feeds its class layer at another width starts fresh, its bias too (its shape alone would pass)
+    fresh_levels = {
+        key.rsplit(".", 1)[0]
+        for key, value in new_state.items()
+        if key.endswith(".weight") and _is_class_layer(key, new) and key in old_state and old_state[key].shape[1:] != value.shape[1:]
+    }
+    fresh_branch = bool(fresh_levels)
     for key, value in new_state.items():
         before = old_state.get(key)
         if before is None:
             continue
         if _is_class_layer(key, new):
-            if before.shape[1:] != value.shape[1:]:  # the branch feeding this layer changed width
-                fresh_branch = True
+            if key.rsplit(".", 1)[0] in fresh_levels:
                 continue
             value = value.clone()
             value[new_rows] = before[old_rows]
