@@ -352,7 +352,7 @@ def cached_image_size(cached: Path, fetch) -> tuple[int, int]:
 
 
 def _annotated_samples(rt: Runtime, project: int, config, classes: list[str]) -> tuple[list[TrainingSample], dict]:
-    """The project's annotated tasks as samples. Images are cached per task and image URL across runs.
+    """The project's annotated tasks as samples. Images are cached per task and image URL across runs (images/<task>/<url crc>.png).
 
     The URL is in the name: a task whose image was changed in LS (or another LS reusing task ids in this
     MODEL_DIR) is fetched again, never trained with the old pixels under the new boxes.
@@ -366,9 +366,9 @@ def _annotated_samples(rt: Runtime, project: int, config, classes: list[str]) ->
     for task, results in rt.ls.annotated_tasks(project):
         try:
             url = task_image_url({"id": task.id, "data": task.data}, config)
-            cached = cache / f"{task.id}-{zlib.crc32(url.encode()):08x}.png"
+            cached = cache / str(task.id) / f"{zlib.crc32(url.encode()):08x}.png"
             if not cached.exists():
-                (cache / f"{task.id}.png").unlink(missing_ok=True)  # named by task alone: which image it holds is not known
+                _drop_other_images(cache, task.id)
             size = cached_image_size(cached, lambda: fetcher.fetch(url, task.id, project))
         except AleError as exc:
             log.warning("project %s task %s: image skipped for training: %s", project, task.id, exc)
@@ -389,6 +389,15 @@ def _annotated_samples(rt: Runtime, project: int, config, classes: list[str]) ->
         worst = sorted(disagreements.items(), key=lambda item: (-item[1], item[0]))[:MOST_DISAGREEMENT]
         skipped["most_disagreement"] = [{"task": t, "disagreements": n} for t, n in worst if n]
     return samples, skipped
+
+
+def _drop_other_images(cache: Path, task_id: int) -> None:
+    """Before a task's image is fetched: its images cached under other URLs (and one named by the task alone) go."""
+    (cache / f"{task_id}.png").unlink(missing_ok=True)  # named by the task alone: which image it holds is not known
+    folder = cache / str(task_id)
+    folder.mkdir(exist_ok=True)
+    for old in folder.iterdir():  # one task's folder: a file or two, not the whole cache
+        old.unlink(missing_ok=True)
 
 
 def _result_boxes(result: list[dict], config, classes: list[str], size, skipped: dict) -> tuple[np.ndarray, np.ndarray]:

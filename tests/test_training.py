@@ -478,7 +478,9 @@ def test_a_task_whose_image_changed_is_fetched_again_for_training(tmp_path):
         Image.new("RGB", (10, 10)).save(tmp_path / "5" / "images" / "3.png")  # a cache named by the task alone
         ls.url = f"{base}/a.png"
         (first,), _ = _annotated_samples(rt, 5, config, ["bird"])
+        assert Image.open(first.image).size == (40, 30)
+        assert not (tmp_path / "5" / "images" / "3.png").exists()
         ls.url = f"{base}/b.png"  # the task's image replaced in LS
         (second,), _ = _annotated_samples(rt, 5, config, ["bird"])
-    assert Image.open(first.image).size == (40, 30) and Image.open(second.image).size == (64, 48)
-    assert not (tmp_path / "5" / "images" / "3.png").exists()
+    assert Image.open(second.image).size == (64, 48)
+    assert list((tmp_path / "5" / "images" / "3").iterdir()) == [second.image], "the image of the old URL is gone"
