@@ -47,13 +47,14 @@ def admin_blueprint(settings, runtime) -> Blueprint:
         from .savings import savings_by_model
 
         store = ModelStore(settings.model_dir, project)
-        versions, (served, _) = store.versions(), store.readable_current()  # a damaged one: the list says none is served
+        versions, (served, damaged) = store.versions(), store.readable_current()
         latest = versions[-1].manifest if versions else {}
         return render_template_string(
             PROJECT,
             project=project,
             versions=versions,
             served=served.name if served else None,
+            damaged=damaged,
             plot=metrics_svg(versions),
             jobs=job_rows(settings, runtime),
             head=queue_head(runtime, project, shown_mask(runtime, project)),
@@ -223,6 +224,7 @@ PROJECT = """<!doctype html><html><head><meta charset="utf-8"><title>project {{ 
 <style>{{ style }}</style></head><body>
 <p><a href="/ui">all projects</a></p><h1>Project {{ project }}</h1>
 <h2>Model versions</h2>
+{% if damaged %}<p id="damaged" class="warn">The served version cannot be read: {{ damaged }}</p>{% endif %}
 {% if versions %}
 <table id="versions"><tr><th class="l">version</th><th>served</th><th>COCO mAP</th><th>mAP50</th><th>VOC07 AP50</th><th>VOC12 AP50</th><th>train</th><th>val</th><th class="l">fine-tune</th><th class="l">promotion</th></tr>
 {% for v in versions %}<tr data-version="{{ v.name }}"><td class="l">{{ v.name }}</td><td>{{ "★" if v.name == served else "" }}</td>

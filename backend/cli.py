@@ -112,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         return _run(settings, args, argv)
     except (AleError, ValueError) as exc:  # a typed error, or a boundary's ValueError naming the field
         print(f"ale {args.command}: {exc}", file=sys.stderr)
+        logging.getLogger("label_studio_ale.cli").debug("where it was raised (LOG_LEVEL=DEBUG)", exc_info=True)
         return 1
     except Exception as exc:
         reason = _unreachable(exc, settings)
@@ -325,6 +326,9 @@ def _promote(settings: Settings, store, project: int, name: str) -> int:
     """Serve a stored version from now on, under the project's training lock (a training promotes under it too)."""
     from .runtime import Runtime
 
+    if not settings.redis_url:
+        print(f"without REDIS_URL this lock does not see a training running in `ale serve`: promote when none of project "
+              f"{project} runs", file=sys.stderr)
     with Runtime(settings).lock(f"train:{project}") as acquired:
         if not acquired:
             print(f"a training of project {project} is running; promote when it ends", file=sys.stderr)

@@ -82,8 +82,11 @@ def test_versions_say_when_the_served_version_cannot_be_read(adapter, tmp_path):
     version = store.add(weights, ["bird"], {}, {})
     store.promote(version.name)
     (version.path / "manifest.json").write_text("{")
-    body = make_client(adapter, model_dir=tmp_path).get("/versions?project=4").get_json()
+    client = make_client(adapter, model_dir=tmp_path)
+    body = client.get("/versions?project=4").get_json()
     assert body["current"] is None and "unreadable record" in body["current_error"] and "--promote" in body["current_error"]
+    page = client.get("/ui/projects/4").get_data(as_text=True)
+    assert 'id="damaged"' in page and "The served version cannot be read" in page and "unreadable record" in page
 
 
 def test_setup_with_a_mistyped_policy_says_so_rather_than_internal_error(adapter):
