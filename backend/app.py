@@ -393,9 +393,10 @@ def create_app(
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(exc: RequestEntityTooLarge):
         message = (
-            f"request body of {request.content_length or 'over'} bytes is over MAX_REQUEST_BYTES={settings.max_request_bytes}: "
-            "Label Studio's Retrieve Predictions sends every selected task at once (about 10 KB a task); select fewer tasks, "
-            "let the sync predict the pool (ale sync, or the scheduled one), or raise MAX_REQUEST_BYTES"
+            f"request body is over MAX_REQUEST_BYTES={settings.max_request_bytes} bytes"
+            + (": Label Studio's Retrieve Predictions sends every selected task at once (about 10 KB a task); select fewer "
+               "tasks, let the sync predict the pool (ale sync, or the scheduled one), or raise MAX_REQUEST_BYTES"
+               if request.path == "/predict" else "")
         )
         log.warning("%s %s refused: %s", request.method, request.path, message)
         return _error_response(message, 413, metrics)

@@ -139,13 +139,13 @@ def rank_pool(
         found = rt.store.embeddings(project, key, reference.task_ids.tolist())
         vectors = np.stack(list(found.values())) if found else np.zeros((0, 0))
         scale = reference.scale
-        if needs_novelty(policy) and scale is None:
-            scale = spacing(vectors) if vectors.size else 1.0
+        if needs_novelty(policy) and scale is None and len(found) >= 2:
+            scale = spacing(vectors)  # below two labelled images there is no spacing to record: measured when there is
         reference = LabelledReference(list(found), scale)
     else:
         reference = None
     if needs_novelty(policy):
-        novelty = pool_novelty(rt.store, project, key, task_ids, vectors, reference.scale)
+        novelty = pool_novelty(rt.store, project, key, task_ids, vectors, reference.scale if reference.scale is not None else 1.0)
     usefulness = policy.usefulness(detections, novelty) if task_ids.size else np.zeros(0)
     # Images that could not be fetched or decoded have no usefulness: they go to the very end of the queue.
     usefulness = np.where(usable, usefulness, -np.inf)

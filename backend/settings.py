@@ -234,8 +234,8 @@ class Settings:
             raise ConfigError("AUTO_TRAIN_AFTER", f"must be 0 (off) or a number of new annotations, got {self.auto_train_after}")
         if self.duplicate_distance < -1 or self.duplicate_distance > 64:
             raise ConfigError("DUPLICATE_DISTANCE", f"must be -1 (off) or 0..64 bits, got {self.duplicate_distance}")
-        if any(share < 0 for _, share in self.class_balance):
-            raise ConfigError("CLASS_BALANCE", "shares must be non-negative, e.g. bird=0.7,nest=0.3")
+        if not all(math.isfinite(share) and share >= 0 for _, share in self.class_balance):
+            raise ConfigError("CLASS_BALANCE", "shares must be finite and non-negative, e.g. bird=0.7,nest=0.3")
         if self.class_balance and not sum(share for _, share in self.class_balance) > 0:
             raise ConfigError("CLASS_BALANCE", "at least one share must be positive, e.g. bird=0.7,nest=0.3")
         if self.policy_seed < 0:

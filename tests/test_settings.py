@@ -146,6 +146,7 @@ def test_secrets_are_not_in_repr():
         ({"REDIS_URL": "localhost:6379"}, "REDIS_URL"),
         ({"POLICY_SEED": "-1"}, "POLICY_SEED"),
         ({"CLASS_BALANCE": "bird=0,nest=0"}, "CLASS_BALANCE"),
+        ({"CLASS_BALANCE": "bird=inf"}, "CLASS_BALANCE"),
         ({"FETCH_TIMEOUT": "nan"}, "FETCH_TIMEOUT"),
         ({"MAX_REQUEST_BYTES": "0"}, "MAX_REQUEST_BYTES"),
         ({"TILE_EMPTY_SHARE": "nan"}, "TILE_EMPTY_SHARE"),
