@@ -276,13 +276,13 @@ def _reshape_head(rt: Runtime, project: int, config, adapter: Adapter, version: 
     size = extras.batch_size * RESHAPE_WINDOW_BATCHES
     window = rt.store.served_tasks(project, size + len(head))  # the labelled head is still in the record
     ids = window.task_ids.tolist()
-    unlabeled = rt.ls.unlabeled_among(project, ids)
-    keep = np.array([t in unlabeled for t in ids], dtype=bool)
+    states = rt.ls.label_states(project, ids)
+    keep = np.array([states.get(t) is False for t in ids], dtype=bool)
     keep[np.flatnonzero(keep)[size:]] = False  # the window is `size` unlabeled tasks; later ones stay as they are
-    labelled = [t for t in ids if t not in unlabeled]
+    labelled = [t for t in ids if states.get(t) is not False]  # labelled, or deleted: LS serves neither
     # the head's labelled tasks join those the queue was ranked against (labelled elsewhere: at the next full sync)
     reference = rt.store.served_reference(project, version)
-    reference = None if reference is None else reference.with_tasks(labelled)
+    reference = None if reference is None else reference.with_tasks([t for t in ids if states.get(t)])
     ranked = rank_pool(rt, project, window.task_ids[keep], adapter, config, reference=reference)
     scores = np.empty(int(keep.sum()))
     scores[ranked["order"]] = np.sort(window.scores[keep])  # the window's own scores, handed out in the new order

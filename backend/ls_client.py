@@ -101,12 +101,16 @@ class LabelStudioClient:
 
     def unlabeled_among(self, project_id: int, task_ids: list[int]) -> set[int]:
         """Which of `task_ids` nobody has labelled yet: one listing of just those tasks."""
+        return {task_id for task_id, labelled in self.label_states(project_id, task_ids).items() if not labelled}
+
+    def label_states(self, project_id: int, task_ids: list[int]) -> dict[int, bool]:
+        """{task id: whether it is labelled} for those of `task_ids` that still exist: one listing of just those tasks."""
         if not task_ids:
-            return set()
+            return {}
         wanted = {int(t) for t in task_ids}
         query = json.dumps({"selectedItems": {"all": False, "included": sorted(wanted)}})
         tasks = self._tasks(project_id, fields="task_only", include="id,is_labeled", query=query)
-        return {task.id for task in tasks if not task.is_labeled and task.id in wanted}
+        return {task.id: bool(task.is_labeled) for task in tasks if task.id in wanted}
 
     def set_prediction_scores(self, project_id: int, model_version: str, scores: dict[int, float]) -> int:
         """Give the `model_version` prediction of each task a new score (one PATCH each). -> predictions updated."""
