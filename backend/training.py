@@ -313,6 +313,9 @@ def promotion_decision(settings: Settings, metrics: dict, current: ModelVersion 
             f"only {size}, fewer than PROMOTION_MIN_IMAGES={settings.promotion_min_images}: too few to compare on, so promoted "
             "without the if-not-worse check; annotate more images to turn it on"
         )
+    if not metrics["boxes"]:
+        # AP is undefined without a box to find: 0.000 >= 0.000 would pass whatever each version predicts there
+        return True, f"{size}: without a box, mAP cannot compare the versions, so promoted without the if-not-worse check"
     if metrics["map50"] >= baseline["map50"]:
         return True, f"mAP50 {metrics['map50']:.3f} >= {current.name}'s {baseline['map50']:.3f} on the same {size}"
     return False, f"mAP50 {metrics['map50']:.3f} < {current.name}'s {baseline['map50']:.3f} on the same {size}: {current.name} keeps serving"

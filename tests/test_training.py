@@ -113,6 +113,7 @@ def _metrics(map50, images=12, boxes=30):
         (Settings(), "v0001", _metrics(0.5), _metrics(0.5), True, "mAP50 0.500 >= v0001's 0.500 on the same 12 validation images (30 boxes)"),
         (Settings(), "v0001", _metrics(0.5), _metrics(0.4), False, "mAP50 0.400 < v0001's 0.500 on the same 12 validation images (30 boxes): v0001 keeps serving"),
         (Settings(promotion_min_images=20), "v0001", _metrics(0.5), _metrics(0.4), True, "fewer than PROMOTION_MIN_IMAGES=20"),
+        (Settings(), "v0001", _metrics(0.0, boxes=0), _metrics(0.0, boxes=0), True, "12 validation images (0 boxes): without a box, mAP cannot compare"),
     ],
 )
 def test_the_promotion_gate_says_why(settings, current, baseline, metrics, promoted, reason):
