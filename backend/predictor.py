@@ -140,7 +140,7 @@ class Predictor:
             yield chunk
 
     def predict_tasks(self, tasks: list[dict], label_config: str) -> PredictOutcome:
-        """LS tasks -> one prediction each. A task whose image fails gets an empty result."""
+        """LS tasks -> one prediction each; a task whose image fails gets none (an empty list) and a reason."""
         started = time.perf_counter()
         config = parse_label_config(label_config)
         label_map = match_labels(self.adapter.classes, config)
