@@ -28,23 +28,19 @@ class ServedQueueStoreMixin:
 
     def served_centroids(self, project: int, ls_version: str) -> np.ndarray | None:
         """(k, D) cluster centroids the served `ls_version` was written with; None without (or for another version)."""
-        with self._tx() as db:
-            row = self._exec(
-                db, "SELECT centroids, centroid_dims FROM served_queues WHERE project = ? AND ls_version = ?", (project, ls_version)
-            ).fetchone()
-        if row is None or row[0] is None:
-            return None
-        return np.frombuffer(bytes(row[0]), dtype=np.float32).reshape(-1, int(row[1]))
+        row = self._served_columns(project, ls_version, "centroids, centroid_dims")
+        return None if row is None else np.frombuffer(bytes(row[0]), dtype=np.float32).reshape(-1, int(row[1]))
 
     def served_reference(self, project: int, ls_version: str) -> LabelledReference | None:
         """The labelled tasks the served `ls_version` was ranked against; None without (or for another version)."""
+        row = self._served_columns(project, ls_version, "reference_ids, reference_scale")
+        return None if row is None else LabelledReference.from_row(row[0], row[1])
+
+    def _served_columns(self, project: int, ls_version: str, columns: str) -> tuple | None:
+        """Two columns of the served queue's row if it is `ls_version` and the first is set; None otherwise."""
         with self._tx() as db:
-            row = self._exec(
-                db, "SELECT reference_ids, reference_scale FROM served_queues WHERE project = ? AND ls_version = ?", (project, ls_version)
-            ).fetchone()
-        if row is None or row[0] is None:
-            return None
-        return LabelledReference.from_row(row[0], row[1])
+            row = self._exec(db, f"SELECT {columns} FROM served_queues WHERE project = ? AND ls_version = ?", (project, ls_version)).fetchone()
+        return None if row is None or row[0] is None else row
 
     def served_tasks(self, project: int, limit: int | None = None) -> ServedTasks:
         """The served queue's tasks by ascending score: all, or the first `limit` (its head)."""
