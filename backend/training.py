@@ -467,6 +467,8 @@ def write_training_set(work: Path, samples: list[TrainingSample], classes: list[
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
+    # a folder written before (a run killed part-way) may hold the target already, even as a link to `source`
+    target.unlink(missing_ok=True)
     try:
         target.hardlink_to(source)
     except OSError:  # another file system

@@ -32,6 +32,16 @@ def test_the_dataset_is_split_by_task_id_and_boxes_are_clipped(tmp_path):
     assert "names:\n  0: bird\n  1: nest\n" in data_yaml.read_text()
 
 
+def test_a_folder_written_before_is_written_again(tmp_path):
+    """A run killed part-way leaves the folder, its validation images linked to their sources: writing again replaces them."""
+    ids = list(range(1, 21))
+    samples = [_sample(i, tmp_path, [[10, 10, 50, 40]], [0]) for i in ids]
+    first = write_training_set(tmp_path / "ds", samples, ["bird"])
+    assert write_training_set(tmp_path / "ds", samples, ["bird"]) == first
+    val = next(i for i in ids if is_validation(i))
+    assert (tmp_path / "ds" / "images" / "val_full" / f"{val}.png").read_bytes() == samples[val - 1].image.read_bytes()
+
+
 def test_too_few_images_for_a_validation_split_is_refused(tmp_path):
     train_only = [i for i in range(1, 40) if not is_validation(i)][:5]
     with pytest.raises(TrainingError, match="5 training and 0 validation images; annotate more images"):

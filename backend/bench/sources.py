@@ -98,6 +98,7 @@ def builtin_base_model(cache: str | Path, settings: Settings, images: int, epoch
     remap = np.array([known.index(name) if name in known else -1 for name in names])
     samples = [TrainingSample(i + 1, item.path, item.truth.xyxy, remap[item.truth.labels]) for i, item in enumerate(items)]
     work = store.dir.parent / "work"
+    shutil.rmtree(work, ignore_errors=True)  # what a run killed part-way left
     try:
         dataset, _ = write_training_set(work, samples, known)
         # from a yaml every layer trains, whatever TRAIN_FREEZE the loop's fine-tunes use, at one batch whatever theirs
