@@ -303,7 +303,8 @@ class _Bars:
 
 def _evaluate(settings: Settings, args) -> int:
     from .datasets import read_yolo_split
-    from .training import TrainingError, evaluate_items
+    from .errors import TrainingError
+    from .training import evaluate_items
 
     names, items = read_yolo_split(args.data, args.split)
     try:

@@ -71,7 +71,7 @@ def prepare_demo(ls, backend_url: str, *, images: int = DEFAULT_IMAGES, annotate
     import requests
 
     from .synthetic import make_scene
-    from .training import is_validation
+    from .training_set import is_validation
 
     if not 0 < annotated < images:
         raise DemoError(f"annotated must be between 1 and images - 1 ({images - 1}), got {annotated}")
@@ -112,7 +112,7 @@ def base_set(tasks: list[int], annotated: int) -> list[int]:
 
     Which ids a new project gets depends on every task the LS instance holds already.
     """
-    from .training import with_a_validation_task
+    from .training_set import with_a_validation_task
 
     return with_a_validation_task(tasks[:annotated], tasks[annotated:])
 

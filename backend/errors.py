@@ -43,3 +43,9 @@ class AdapterError(AleError):
 
 class PolicyError(AleError, ValueError):
     """The configured selection policy cannot run with this model."""
+
+
+class TrainingError(AleError):
+    """Training cannot run; the message says why and what to do. The served model is untouched."""
+
+    status = 409

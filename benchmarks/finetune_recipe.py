@@ -86,7 +86,7 @@ def main() -> int:
     from label_studio_ale.bench.records import model_identity
     from label_studio_ale.bench.sources import builtin_base_model, builtin_data
     from label_studio_ale.settings import Settings
-    from label_studio_ale.training import is_validation
+    from label_studio_ale.training_set import is_validation
 
     recipes = [r for r in args.recipes.split(",") if r]
     for recipe in recipes:
@@ -228,7 +228,7 @@ def _pseudo_label_experiment(settings, data, new_class: str, order: list[int], n
     from label_studio_ale.evaluation import GroundTruth
     from label_studio_ale.model_store import ModelStore
     from label_studio_ale.predictor import Predictor
-    from label_studio_ale.training import is_validation
+    from label_studio_ale.training_set import is_validation
     from label_studio_ale_plugins.yolov5.recipe import SMALL_DATA, plan
 
     settings = settings.replace(train_recipe=SMALL_DATA, train_epochs=0)

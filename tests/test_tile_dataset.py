@@ -5,7 +5,8 @@ from PIL import Image
 
 from label_studio_ale.tile_dataset import TrainingTiles, boxes_in_window
 from label_studio_ale.tiling import TileSettings
-from label_studio_ale.training import VAL_FULL, TrainingSample, evaluate_weights, is_validation, write_training_set
+from label_studio_ale.training import evaluate_weights
+from label_studio_ale.training_set import TrainingSample, VAL_FULL, is_validation, write_training_set
 
 TILING = TrainingTiles(TileSettings(400, 0.2, above=500), min_visible=0.5, empty_share=0.5, full_size=200)
 

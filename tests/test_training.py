@@ -1,51 +1,17 @@
-"""Training pieces shared by Start Training and the benchmark: the dataset writer and train_version."""
+"""Training pieces shared by Start Training and the benchmark: train_version, the promotion gate, the train job."""
 
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from label_studio_ale.model_store import ModelStore
 from label_studio_ale.settings import Settings
 from label_studio_ale.synthetic import make_scene
-from label_studio_ale.training import TrainingError, TrainingSample, evaluate_weights, is_validation, train_version, write_training_set
+from label_studio_ale.training import TrainingError, evaluate_weights, train_version
+from label_studio_ale.training_set import TrainingSample, write_training_set
 from tests.support.models import IMAGE_SIZE
-
-
-def _sample(task_id, tmp_path, xyxy, labels, size=(100, 50)):
-    path = tmp_path / f"img{task_id}.png"
-    Image.new("RGB", size).save(path)
-    return TrainingSample(task_id, path, np.asarray(xyxy, dtype=float).reshape(-1, 4), np.asarray(labels))
-
-
-def test_the_dataset_is_split_by_task_id_and_boxes_are_clipped(tmp_path):
-    ids = list(range(1, 21))
-    samples = [_sample(i, tmp_path, [[-10, 10, 50, 40], [90, 0, 130, 80], [120, 5, 150, 9]], [0, 1, 1]) for i in ids]
-    data_yaml, counts = write_training_set(tmp_path / "ds", samples, ["bird", "nest"])
-    val = [i for i in ids if is_validation(i)]
-    assert counts == {"train_images": 20 - len(val), "val_images": len(val), "boxes": 40, "skipped_boxes": 20, "tiled_images": 0, "tiles": 0}
-    assert sorted(int(p.stem) for p in (tmp_path / "ds" / "images" / "val").iterdir()) == val
-    rows = np.loadtxt(tmp_path / "ds" / "labels" / "train" / f"{[i for i in ids if i not in val][0]}.txt", ndmin=2)
-    # the first box is clipped at x = 0, the second at the right and bottom edges; the third lies outside
-    np.testing.assert_allclose(rows, [[0, 0.25, 0.5, 0.5, 0.6], [1, 0.95, 0.5, 0.1, 1.0]], atol=1e-6)
-    assert "names:\n  0: bird\n  1: nest\n" in data_yaml.read_text()
-
-
-def test_a_folder_written_before_is_written_again(tmp_path):
-    """A run killed part-way leaves the folder, its validation images linked to their sources: writing again replaces them."""
-    ids = list(range(1, 21))
-    samples = [_sample(i, tmp_path, [[10, 10, 50, 40]], [0]) for i in ids]
-    first = write_training_set(tmp_path / "ds", samples, ["bird"])
-    assert write_training_set(tmp_path / "ds", samples, ["bird"]) == first
-    val = next(i for i in ids if is_validation(i))
-    assert (tmp_path / "ds" / "images" / "val_full" / f"{val}.png").read_bytes() == samples[val - 1].image.read_bytes()
-
-
-def test_too_few_images_for_a_validation_split_is_refused(tmp_path):
-    train_only = [i for i in range(1, 40) if not is_validation(i)][:5]
-    with pytest.raises(TrainingError, match="5 training and 0 validation images; annotate more images"):
-        write_training_set(tmp_path / "ds", [_sample(i, tmp_path, [], []) for i in train_only], ["bird"])
+from tests.test_training_set import _sample
 
 
 @pytest.mark.slow
@@ -184,7 +150,7 @@ def test_a_pretrained_checkpoint_keeps_the_rows_its_classes_give_to_labels(train
 
 def test_the_demo_base_set_always_holds_a_validation_image():
     from label_studio_ale.demo import base_set
-    from label_studio_ale.training import is_validation
+    from label_studio_ale.training_set import is_validation
 
     ids = list(range(1, 400))
     train_only = next(start for start in ids if not any(is_validation(t) for t in range(start, start + 10)))
@@ -272,35 +238,6 @@ def test_a_sync_that_fails_after_a_promotion_leaves_the_training_done(tmp_path, 
 
     monkeypatch.setattr(jobs, "sync_priorities", lambda project, runtime: {"status": "synced", "model_version": "ale:v0001:x", "tasks": 3, "phases": {}})
     assert resync_after_promotion(4, Runtime(Settings(model_dir=tmp_path))) == {"status": "synced", "model_version": "ale:v0001:x", "tasks": 3}
-
-
-def test_a_cached_training_image_is_fetched_once_and_again_only_when_it_does_not_open(tmp_path):
-    from label_studio_ale.training import cached_image_size
-
-    fetched = []
-
-    def fetch():
-        fetched.append(1)
-        return Image.new("RGB", (40, 30), "white")
-
-    cached = tmp_path / "7.png"
-    assert cached_image_size(cached, fetch) == (40, 30) and len(fetched) == 1
-    assert cached_image_size(cached, fetch) == (40, 30) and len(fetched) == 1, "the cache serves it"
-    cached.write_bytes(b"")  # cut to nothing
-    assert cached_image_size(cached, fetch) == (40, 30) and len(fetched) == 2
-    with Image.open(cached) as image:
-        assert image.size == (40, 30)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["7.png"], "no temp file left"
-
-
-def test_a_cached_frame_over_pillows_own_limit_opens(tmp_path, monkeypatch):
-    """MAX_IMAGE_PIXELS let it be fetched; a fresh worker reading it from the cache must not refuse it by Pillow's limit."""
-    from label_studio_ale.training import cached_image_size
-
-    cached = tmp_path / "8.png"
-    Image.new("L", (100, 100)).save(cached)
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000)  # Pillow's 179 MP hard limit, scaled down
-    assert cached_image_size(cached, lambda: pytest.fail("the cached frame is read, not fetched again")) == (100, 100)
 
 
 def test_a_version_whose_lock_lapsed_during_training_is_stored_but_not_promoted(trained_weights, tmp_path, monkeypatch):
@@ -458,40 +395,3 @@ def test_a_served_version_that_cannot_be_read_does_not_stop_training_again(tmp_p
     assert calls == [str(tmp_path / "base.pt")]
 
 
-def test_a_task_whose_image_changed_is_fetched_again_for_training(tmp_path):
-    """The training cache is keyed by task and image URL: new pixels are never trained under the old task's name."""
-    import io
-
-    from label_studio_ale.ls_client import TaskRef
-    from label_studio_ale.ls_format import parse_label_config
-    from label_studio_ale.runtime import Runtime
-    from label_studio_ale.training import _annotated_samples
-    from tests.support.http import serve_files
-
-    def png(size):
-        buffer = io.BytesIO()
-        Image.new("RGB", size).save(buffer, format="PNG")
-        return buffer.getvalue()
-
-    config = parse_label_config('<View><Image name="image" value="$image"/><RectangleLabels name="label" toName="image">'
-                                '<Label value="bird"/></RectangleLabels></View>')
-
-    class LS:
-        url = ""
-
-        def annotated_tasks(self, project):
-            yield TaskRef(3, {"image": self.url}), [[]]
-
-    ls = LS()
-    rt = Runtime(Settings(model_dir=tmp_path, allowed_media_hosts=("127.0.0.1",)), ls=ls)
-    with serve_files({"/a.png": png((40, 30)), "/b.png": png((64, 48))}) as base:
-        (tmp_path / "5" / "images").mkdir(parents=True)
-        Image.new("RGB", (10, 10)).save(tmp_path / "5" / "images" / "3.png")  # a cache named by the task alone
-        ls.url = f"{base}/a.png"
-        (first,), _ = _annotated_samples(rt, 5, config, ["bird"])
-        assert Image.open(first.image).size == (40, 30)
-        assert not (tmp_path / "5" / "images" / "3.png").exists()
-        ls.url = f"{base}/b.png"  # the task's image replaced in LS
-        (second,), _ = _annotated_samples(rt, 5, config, ["bird"])
-    assert Image.open(second.image).size == (64, 48)
-    assert list((tmp_path / "5" / "images" / "3").iterdir()) == [second.image], "the image of the old URL is gone"

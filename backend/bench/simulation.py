@@ -418,7 +418,8 @@ def detect_images(predictor, data: BenchData, indices) -> list:
 
 def train_labelled(settings: Settings, store, data: BenchData, labelled: list[int], work: Path, seed: int):
     """Train a version on the labelled pool images (task id = pool index + 1) into `store`. -> `training.TrainedVersion`"""
-    from ..training import TrainingSample, train_version, write_training_set
+    from ..training import train_version
+    from ..training_set import TrainingSample, write_training_set
 
     samples = [TrainingSample(i + 1, data.pool[i].path, data.pool[i].truth.xyxy, data.pool[i].truth.labels) for i in labelled]
     shutil.rmtree(work, ignore_errors=True)
@@ -437,7 +438,7 @@ def evaluate_served(settings: Settings, store, data: BenchData) -> dict:
 
 def with_a_validation_image(picked: list[int], candidates) -> list[int]:
     """`picked` pool indices (task id = pool index + 1) with a validation-split image among them, sorted (`with_a_validation_task`)."""
-    from ..training import with_a_validation_task
+    from ..training_set import with_a_validation_task
 
     return sorted(t - 1 for t in with_a_validation_task([i + 1 for i in picked], (int(i) + 1 for i in candidates)))
 

@@ -81,7 +81,8 @@ def builtin_base_model(cache: str | Path, settings: Settings, images: int, epoch
     the old classes and has never seen the new one.
     """
     from ..model_store import ModelStore
-    from ..training import TrainingSample, train_version, write_training_set
+    from ..training import train_version
+    from ..training_set import TrainingSample, write_training_set
 
     scenes = DigitScenes(size=image_size)
     store = ModelStore(base_model_dir(cache, settings, images, epochs, image_size), 0)

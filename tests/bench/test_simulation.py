@@ -367,7 +367,7 @@ def test_results_name_the_settings_that_decide_the_picks():
 
 def test_an_initial_set_always_holds_a_validation_image():
     from label_studio_ale.bench.simulation import with_a_validation_image
-    from label_studio_ale.training import is_validation
+    from label_studio_ale.training_set import is_validation
 
     train_only = [i for i in range(200) if not is_validation(i + 1)][:12]
     fixed = with_a_validation_image(train_only, range(200))

@@ -18,7 +18,7 @@ from label_studio_ale.jobs import sync_priorities
 from label_studio_ale.ls_client import LabelStudioClient
 from label_studio_ale.model_store import ModelStore
 from label_studio_ale.synthetic import make_scene
-from label_studio_ale.training import is_validation
+from label_studio_ale.training_set import is_validation
 from tests.support.backend import backend_env, run_backend, run_worker
 from tests.support.projects import LABEL_CONFIG, annotate
 from tests.support.s3_server import ACCESS_KEY, REGION, SECRET_KEY, start_s3

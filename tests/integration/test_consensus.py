@@ -7,7 +7,7 @@ from label_studio_sdk import LabelStudio
 from label_studio_ale.ls_format import parse_label_config, rectangle_result
 from label_studio_ale.runtime import Runtime
 from label_studio_ale.settings import Settings
-from label_studio_ale.training import _annotated_samples
+from label_studio_ale.training_set import annotated_samples
 from tests.support.label_studio import create_personal_access_token
 from tests.support.projects import LABEL_CONFIG, create_project
 
@@ -32,7 +32,7 @@ def test_two_annotators_boxes_are_merged_by_majority_and_disagreements_counted(l
 
     rt = Runtime(Settings(label_studio_url=label_studio.url, label_studio_api_key=label_studio.token, model_dir=tmp_path))
     config = parse_label_config(LABEL_CONFIG)
-    samples, stats = _annotated_samples(rt, project, config, ["bird", "nest"])
+    samples, stats = annotated_samples(rt, project, config, ["bird", "nest"])
     by_task = {s.task_id: s for s in samples}
     np.testing.assert_allclose(by_task[shared].xyxy, [[12, 10, 32, 30]], atol=1e-6)
     assert by_task[shared].labels.tolist() == [0]

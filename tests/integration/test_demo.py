@@ -15,7 +15,7 @@ from label_studio_ale.label_studio_server import free_port, port_is_free, sign_i
 from label_studio_ale.ls_client import LabelStudioClient
 from label_studio_ale.runtime import Runtime
 from label_studio_ale.settings import Settings
-from label_studio_ale.training import is_validation
+from label_studio_ale.training_set import is_validation
 from tests.support.backend import backend_env, run_backend
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -14,7 +14,7 @@ from label_studio_ale.ls_format import rectangle_to_xyxy
 from label_studio_ale.model_store import ModelStore
 from label_studio_ale.settings import Settings
 from label_studio_ale.synthetic import make_large_scene
-from label_studio_ale.training import is_validation
+from label_studio_ale.training_set import is_validation
 from tests.support.backend import backend_env, run_backend, run_worker
 from tests.support.label_studio import upload_images
 from tests.support.models import IMAGE_SIZE

@@ -39,7 +39,7 @@ def create_split_project(ls, title: str, n_train: int, n_val: int, first_seed: i
     Which task lands in validation depends on its id, so images are uploaded
     until both counts are reached. -> (project id, train task ids, val task ids, {task id: Scene}).
     """
-    from label_studio_ale.training import is_validation
+    from label_studio_ale.training_set import is_validation
 
     seeds = list(range(first_seed, first_seed + n_train + n_val))
     project, task_ids = create_project(ls, seeds, title, **scene_options)

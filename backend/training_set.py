@@ -1,0 +1,208 @@
+"""The training set: a project's annotated tasks -> cached images and boxes -> an ultralytics dataset folder.
+
+The validation split is decided per task by a hash of its id, so a task stays
+in the same split across versions and versions are compared on the same images.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .boxes import clip_boxes
+from .consensus import consensus
+from .errors import AleError, TrainingError
+from .ls_format import rectangle_to_xyxy, task_image_url
+from .media import MediaFetcher, use_own_pixel_limit
+from .model_store import ModelStore
+from .runtime import Runtime
+from .tile_dataset import TrainingTiles, write_tiles, yolo_lines
+
+log = logging.getLogger(__name__)
+
+#: Share of annotated tasks kept for validation (by task-id hash, stable across versions).
+VAL_PERCENT = 20
+MIN_VAL_TASKS = 1
+MIN_TRAIN_TASKS = 2
+#: The split of whole validation images (tiled at evaluation as at serving); `val` may hold tiles.
+VAL_FULL = "val_full"
+#: Tasks a training reports by their number of annotator disagreements, at most.
+MOST_DISAGREEMENT = 10
+
+
+def is_validation(task_id: int) -> bool:
+    return zlib.crc32(str(task_id).encode()) % 100 < VAL_PERCENT
+
+
+def with_a_validation_task(picked: list[int], candidates) -> list[int]:
+    """Task ids `picked`, the last swapped for the first validation-split id of `candidates` not picked, if none is one.
+
+    Start Training needs a validation image, and the split is by task id: a
+    dozen ids miss it about one time in fourteen. Unchanged when no candidate is one.
+    """
+    if any(is_validation(t) for t in picked):
+        return list(picked)
+    spare = next((int(t) for t in candidates if is_validation(int(t)) and int(t) not in picked), None)
+    return list(picked) if spare is None else list(picked[:-1]) + [spare]
+
+
+@dataclass(frozen=True)
+class TrainingSample:
+    """One annotated image: `xyxy` (n, 4) pixels, `labels` (n,) indices into the class names."""
+
+    task_id: int
+    image: Path
+    xyxy: np.ndarray
+    labels: np.ndarray
+
+
+def cached_image_size(cached: Path, fetch) -> tuple[int, int]:
+    """The size of a task's image in the training cache, fetched (`fetch() -> PIL image`) if absent. -> (width, height).
+
+    Written whole or not at all (flushed before its rename); a cached file
+    that does not open anyway (copied in damaged, say) is fetched again.
+    """
+    use_own_pixel_limit()  # the frame passed MAX_IMAGE_PIXELS when it was fetched; Pillow's own limit may be lower
+    if cached.exists():
+        try:
+            with Image.open(cached) as image:
+                return image.size
+        except (OSError, SyntaxError) as exc:  # PIL's errors for a file it cannot identify or parse
+            log.warning("cached training image %s does not open (%s); fetching it again", cached, exc)
+            cached.unlink(missing_ok=True)
+    temp = cached.with_suffix(".tmp.png")
+    image = fetch()
+    with temp.open("wb") as f:
+        image.save(f, format="PNG", compress_level=1)  # a 45 MP frame: seconds, not tens
+        f.flush()
+        os.fsync(f.fileno())
+    temp.replace(cached)
+    return image.size
+
+
+def annotated_samples(rt: Runtime, project: int, config, classes: list[str]) -> tuple[list[TrainingSample], dict]:
+    """The project's annotated tasks as samples. Images are cached per task and image URL across runs (images/<task>/<url crc>.png).
+
+    The URL is in the name: a task whose image was changed in LS (or another LS reusing task ids in this
+    MODEL_DIR) is fetched again, never trained with the old pixels under the new boxes.
+    """
+    cache = ModelStore(rt.settings.model_dir, project).dir / "images"
+    cache.mkdir(parents=True, exist_ok=True)
+    fetcher = MediaFetcher(rt.settings, rt.ls)
+    skipped = {"skipped_images": 0, "skipped_boxes": 0}
+    disagreements: dict[int, int] = {}
+    samples = []
+    for task, results in rt.ls.annotated_tasks(project):
+        try:
+            url = task_image_url({"id": task.id, "data": task.data}, config)
+            cached = cache / str(task.id) / f"{zlib.crc32(url.encode()):08x}.png"
+            if not cached.exists():
+                _drop_other_images(cache, task.id)
+            size = cached_image_size(cached, lambda: fetcher.fetch(url, task.id, project))
+        except AleError as exc:
+            log.warning("project %s task %s: image skipped for training: %s", project, task.id, exc)
+            skipped["skipped_images"] += 1
+            skipped.setdefault("first_image_error", f"task {task.id}: {exc}")
+            continue
+        annotations = [_result_boxes(result, config, classes, size, skipped) for result in results]
+        if len(annotations) == 1:
+            boxes, labels = annotations[0]
+        else:  # several annotators: what a majority of them drew (consensus.py)
+            agreed = consensus(annotations)
+            boxes, labels = agreed.xyxy, agreed.labels
+            disagreements[task.id] = agreed.disagreements
+        samples.append(TrainingSample(task.id, cached, np.asarray(boxes, dtype=np.float64).reshape(-1, 4), np.asarray(labels, dtype=np.int64)))
+    if disagreements:
+        skipped["consensus_tasks"] = len(disagreements)
+        skipped["disagreements"] = sum(disagreements.values())
+        worst = sorted(disagreements.items(), key=lambda item: (-item[1], item[0]))[:MOST_DISAGREEMENT]
+        skipped["most_disagreement"] = [{"task": t, "disagreements": n} for t, n in worst if n]
+    return samples, skipped
+
+
+def _drop_other_images(cache: Path, task_id: int) -> None:
+    """Before a task's image is fetched: its images cached under other URLs (and one named by the task alone) go."""
+    (cache / f"{task_id}.png").unlink(missing_ok=True)  # named by the task alone: which image it holds is not known
+    folder = cache / str(task_id)
+    folder.mkdir(exist_ok=True)
+    for old in folder.iterdir():  # one task's folder: a file or two, not the whole cache
+        old.unlink(missing_ok=True)
+
+
+def _result_boxes(result: list[dict], config, classes: list[str], size, skipped: dict) -> tuple[np.ndarray, np.ndarray]:
+    """One annotation's rectangles -> ((k, 4) pixel boxes, (k,) class indices); others are counted as skipped."""
+    boxes, labels = [], []
+    for region in result:
+        if region.get("type") != "rectanglelabels" or region.get("from_name") != config.from_name:
+            continue
+        try:
+            box, label = rectangle_to_xyxy(region, size)
+        except AleError:
+            skipped["skipped_boxes"] += 1
+            continue
+        if label not in classes:
+            skipped["skipped_boxes"] += 1
+            continue
+        boxes.append(box)
+        labels.append(classes.index(label))
+    return np.asarray(boxes, dtype=np.float64).reshape(-1, 4), np.asarray(labels, dtype=np.int64)
+
+
+def write_training_set(work: Path, samples: list[TrainingSample], classes: list[str], tiling: TrainingTiles | None = None) -> tuple[Path, dict]:
+    """Write an ultralytics dataset under `work`, split by `is_validation(task_id)`. -> (data.yaml, counts).
+
+    Boxes are clipped to the image; boxes with no area left are skipped and counted.
+    An image that `tiling` applies to is cut into tiles (`tile_dataset`). The
+    validation images also go, whole, to a `val_full` split: a version is
+    evaluated on them as a user's images are predicted, tiled where they are large.
+    """
+    counts = {"train_images": 0, "val_images": 0, "boxes": 0, "skipped_boxes": 0, "tiled_images": 0, "tiles": 0}
+    for split in ("train", "val", VAL_FULL):
+        (work / "images" / split).mkdir(parents=True, exist_ok=True)
+        (work / "labels" / split).mkdir(parents=True, exist_ok=True)
+    for sample in samples:
+        with Image.open(sample.image) as image:
+            width, height = image.size
+        xyxy = np.asarray(sample.xyxy, dtype=np.float64).reshape(-1, 4)
+        clipped = clip_boxes(xyxy, (0, 0, width, height))
+        kept = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
+        counts["skipped_boxes"] += int((~kept).sum())
+        clipped, labels = clipped[kept], np.asarray(sample.labels).reshape(-1)[kept]
+        lines = yolo_lines(clipped, labels, width, height)
+        split = "val" if is_validation(sample.task_id) else "train"
+        if tiling is not None and tiling.tiles.applies((width, height)):
+            made = write_tiles(sample.image, clipped, labels, work / "images" / split, work / "labels" / split, str(sample.task_id), tiling)
+            counts["tiled_images"] += 1
+            counts["tiles"] += made["tiles"]
+        else:
+            shutil.copyfile(sample.image, work / "images" / split / f"{sample.task_id}{sample.image.suffix}")
+            (work / "labels" / split / f"{sample.task_id}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
+        if split == "val":
+            _link_or_copy(sample.image, work / "images" / VAL_FULL / f"{sample.task_id}{sample.image.suffix}")
+            (work / "labels" / VAL_FULL / f"{sample.task_id}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
+        counts[f"{split}_images"] += 1
+        counts["boxes"] += len(lines)
+    if counts["val_images"] < MIN_VAL_TASKS or counts["train_images"] < MIN_TRAIN_TASKS:
+        raise TrainingError(
+            f"{counts['train_images']} training and {counts['val_images']} validation images; "
+            f"annotate more images (about 1 in {100 // VAL_PERCENT} goes to validation) and try again"
+        )
+    names = "".join(f"  {i}: {name}\n" for i, name in enumerate(classes))
+    (work / "data.yaml").write_text(f"path: {work.resolve()}\ntrain: images/train\nval: images/val\nnames:\n{names}")
+    return work / "data.yaml", counts
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    # a folder written before (a run killed part-way) may hold the target already, even as a link to `source`
+    target.unlink(missing_ok=True)
+    try:
+        target.hardlink_to(source)
+    except OSError:  # another file system
+        shutil.copyfile(source, target)
