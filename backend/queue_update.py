@@ -4,10 +4,15 @@ Label Studio serves ascending prediction scores. A full sync spreads its
 queue over (0, 1) with room at both ends (`ranking.ls_scores`); new tasks
 then take scores between those of their neighbours, so only their own
 predictions are written. Their neighbours are decided by usefulness: a new
-task goes before the first served task (in score order) that is less useful
-than it. The served head may be reshaped by batch extras, so usefulness is not
-monotone along the queue; the first-less-useful rule is applied on the running
-minimum of usefulness, which is monotone, so each insertion is a binary search.
+task goes right after the last served task (in score order) that is at least
+as useful as it. The served head may be reshaped by batch extras, which serve
+a few less useful images early (exploration, empty images, diverse picks), so
+usefulness is not monotone along the queue; the rule is applied on the running
+maximum of usefulness taken from the tail, which is monotone, so each
+insertion is a binary search. A new task never goes ahead of a more useful
+one: placing it before the first less useful one instead would put it
+before the extras' picks, into the head batch, ahead of hundreds of more
+useful tasks.
 """
 
 from __future__ import annotations
@@ -40,9 +45,9 @@ def place_new_tasks(served: ServedTasks, task_ids: np.ndarray, usefulness: np.nd
         return np.zeros(0)
     if np.isnan(usefulness).any():
         raise ValueError("usefulness must not be NaN")
-    # served is in ascending score order; envelope[i] = least usefulness among the first i + 1
-    envelope = np.minimum.accumulate(served.usefulness) if len(served) else np.zeros(0)
-    # first i with envelope[i] < u  ==  number of i with envelope[i] >= u (envelope is non-increasing)
+    # served is in ascending score order; envelope[i] = greatest usefulness from i to the end of the queue
+    envelope = np.maximum.accumulate(served.usefulness[::-1])[::-1] if len(served) else np.zeros(0)
+    # after the last i with envelope[i] >= u  ==  number of i with envelope[i] >= u (envelope is non-increasing)
     slots = np.searchsorted(-envelope, -usefulness, side="right")
     bounds = np.concatenate([[0.0], served.scores, [1.0]])
     scores = np.empty(n)

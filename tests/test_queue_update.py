@@ -41,13 +41,28 @@ def test_ends_ties_and_unusable_images():
     assert place_new_tasks(empty, np.array([1, 2]), np.array([0.1, 0.9])).tolist() == [2 / 3, 1 / 3]
 
 
-def test_in_a_reshaped_head_a_new_task_goes_before_the_first_less_useful_one():
+def test_in_a_reshaped_head_a_new_task_goes_after_the_last_as_useful_one():
     # the batch extras moved a less useful image (0.1) into the head, before a 0.8
     served = ServedTasks(np.array([1, 2, 3]), np.array([0.9, 0.1, 0.8]), np.array([0.25, 0.5, 0.75]))
     scores = place_new_tasks(served, np.array([7, 8, 9]), np.array([0.5, 0.95, 0.05]))
-    assert 0.25 < scores[0] < 0.5  # before the 0.1 (not after the 0.8, which is served later)
+    assert 0.75 < scores[0] < scores[2]  # after the 0.8, not ahead of it into the head beside the 0.1
     assert scores[1] < 0.25
     assert 0.75 < scores[2]
+
+
+def test_new_tasks_do_not_jump_into_a_head_batch_with_exploration_picks():
+    """A head batch of 50 ends with five of the pool's least useful images (exploration); new tasks of middling
+    usefulness go where a full ranking puts them, not before those picks."""
+    rng = np.random.default_rng(1)
+    tail = np.sort(rng.uniform(0.0, 0.9, 995))[::-1]
+    head = np.concatenate([np.linspace(0.99, 0.95, 45), np.full(5, 0.001)])
+    usefulness = np.concatenate([head, tail])
+    served = ServedTasks(np.arange(1, 1046), usefulness, ls_scores(np.arange(1045)))
+    new = np.full(10, 0.3)
+    scores = place_new_tasks(served, np.arange(2000, 2010), new)
+    positions = np.searchsorted(served.scores, scores)
+    expected = 50 + int((tail >= 0.3).sum())
+    assert (positions == expected).all(), positions
 
 
 def test_a_full_gap_asks_for_a_rewrite():
