@@ -95,16 +95,23 @@ def sync_priorities(
     rt = runtime or current_runtime()
     progress = progress or _job_progress
     pending = f"sync-pending:{project}"
-    # Raised before trying the lock: a holder checks the flag after releasing the lock, so it cannot miss it.
+    # Raised before trying the lock: a holder checks the flags after releasing the lock, so it cannot miss them.
+    if full:  # its own flag: a holder's rerun covering this request rewrites the queue too
+        rt.raise_flag(full_sync_flag(project))
     rt.raise_flag(pending)
     result, runs = None, 0
     while True:
         with rt.lock(f"sync:{project}") as acquired:
             if not acquired or not rt.take_flag(pending):
                 break  # the holder runs it, or a sync that began after this request already did
-            latest = _sync(rt, project, progress, full=full, fanout=fanout)
+            rewrite = rt.take_flag(full_sync_flag(project))
+            try:
+                latest = _sync(rt, project, progress, full=rewrite, fanout=fanout)
+            except Exception:
+                if rewrite:  # the retry, or the next sync, still owes the rewrite
+                    rt.raise_flag(full_sync_flag(project))
+                raise
             runs += 1
-            full = False  # a rerun covers other requests, which asked for no full rewrite
         if result is None or latest["status"] != "unchanged":  # a rerun that found nothing new keeps the answer of the run that wrote
             result = latest
             _delete_stale(rt, project, result)
@@ -115,6 +122,11 @@ def sync_priorities(
         return {"status": "coalesced", "reason": "a sync of this project is running; it runs once more when done, covering this request"}
     result["runs"] = runs
     return result
+
+
+def full_sync_flag(project: int) -> str:
+    """Raised by a request for a full rewrite (`ale sync --full`) until a sync of the project takes it."""
+    return f"sync-pending-full:{project}"
 
 
 def _delete_stale(rt: Runtime, project: int, result: dict) -> None:
@@ -386,6 +398,9 @@ def queue_ranking_key(settings: Settings, adapter: Adapter, label_config: str) -
     return ranking_key(
         policy=settings.policy,
         seed=settings.policy_seed,
+        # the policy's own parameters (pool.settings_policy): a change re-scores every task
+        cost_per_image=settings.cost_per_image,
+        novelty_weight=settings.novelty_weight,
         extras=batch_extras(settings, adapter.classes),
         filters=ServingFilters.from_settings(settings),
         trained=is_trained(adapter),

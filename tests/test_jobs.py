@@ -84,6 +84,42 @@ def test_a_sync_requested_while_one_runs_runs_after_it(tmp_path, monkeypatch):
     assert jobs.sync_priorities(7, runtime=rt)["runs"] == 1 and runs == [7, 7, 7]
 
 
+def test_a_full_sync_requested_while_one_runs_is_a_full_rerun(tmp_path, monkeypatch):
+    """`ale sync --full` during another sync is coalesced; the holder's rerun is then a full rewrite."""
+    rt = Runtime(Settings(model_dir=tmp_path))
+    runs, answers = [], []
+
+    def fake_sync(runtime, project, progress, full=False, **options):
+        runs.append(full)
+        if len(runs) == 1:
+            thread = threading.Thread(target=lambda: answers.append(jobs.sync_priorities(7, runtime=rt, full=True)))
+            thread.start()
+            thread.join()
+        return {"status": "synced", "stale_versions": [], "phases": {}}
+
+    monkeypatch.setattr(jobs, "_sync", fake_sync)
+    jobs.sync_priorities(7, runtime=rt)
+    assert answers[0]["status"] == "coalesced" and runs == [False, True]
+    assert jobs.sync_priorities(7, runtime=rt)["runs"] == 1 and runs == [False, True, False], "taken once"
+
+
+def test_a_failed_full_sync_is_owed_to_the_next(tmp_path, monkeypatch):
+    rt = Runtime(Settings(model_dir=tmp_path))
+    runs = []
+
+    def fake_sync(runtime, project, progress, full=False, **options):
+        runs.append(full)
+        if len(runs) == 1:
+            raise RuntimeError("LS is down")
+        return {"status": "synced", "stale_versions": [], "phases": {}}
+
+    monkeypatch.setattr(jobs, "_sync", fake_sync)
+    with pytest.raises(RuntimeError, match="LS is down"):
+        jobs.sync_priorities(3, runtime=rt, full=True)
+    jobs.sync_priorities(3, runtime=rt)
+    assert runs == [True, True]
+
+
 def test_a_failed_sync_leaves_later_requests_pending_for_the_retry(tmp_path, monkeypatch):
     rt = Runtime(Settings(model_dir=tmp_path))
 
@@ -452,3 +488,12 @@ def test_rank_pool_decodes_the_raw_output_a_slice_at_a_time_and_ranks_as_in_one_
     sliced = jobs.rank_pool(rt, 1, list(range(1, 48)), TrainedModel(), CONFIG)
     assert asked == [10, 10, 10, 10, 7]
     assert sliced["order"].tolist() == whole["order"].tolist() and np.allclose(sliced["usefulness"], whole["usefulness"])
+
+
+def test_the_queue_ranking_key_changes_with_every_policy_parameter():
+    """COST_PER_IMAGE and NOVELTY_WEIGHT change usefulness: a queue ranked under other values is not current."""
+    base = Settings(policy="entropy-mean+novelty+cost")
+    key = jobs.queue_ranking_key(base, Model(), "<View/>")
+    assert jobs.queue_ranking_key(base.replace(cost_per_image=base.cost_per_image * 10), Model(), "<View/>") != key
+    assert jobs.queue_ranking_key(base.replace(novelty_weight=base.novelty_weight / 2), Model(), "<View/>") != key
+    assert jobs.queue_ranking_key(Settings(policy="entropy-mean+novelty+cost"), Model(), "<View/>") == key
