@@ -248,6 +248,7 @@ def _add_new_tasks(rt, project, config, adapter, version, fresh, progress, phase
         return None
     try:
         rt.check_lock(f"sync:{project}", f"adding {ids.size} new tasks to version {version}")
+        rt.store.begin_served_write(project, version)  # a sync killed from here on leaves a record that is not current
         _import(rt, project, ids, ranked, scores, version, adapter, config, progress, clusters)
     except Exception as exc:
         # Chunks imported before the failure are in the served version already: the next sync rewrites the whole
@@ -300,6 +301,8 @@ def _reshape_head(rt: Runtime, project: int, config, adapter: Adapter, version: 
     scores[ranked["order"]] = np.sort(window.scores[keep])  # the window's own scores, handed out in the new order
     moved = {int(t): float(new) for t, old, new in zip(window.task_ids[keep], window.scores[keep], scores) if new != old}
     try:
+        rt.check_lock(f"sync:{project}", f"re-ordering the head of version {version}")
+        rt.store.begin_served_write(project, version)  # a sync killed from here on leaves a record that is not current
         written = rt.ls.set_prediction_scores(project, version, moved)
     except Exception as exc:
         rt.store.forget_served(project)  # some scores may have moved: the record no longer says what LS serves

@@ -18,6 +18,12 @@ import numpy as np
 from .detection_rows import LabelledReference, ServedQueue, ServedTasks, served_from_rows, served_rows
 
 
+#: Joined to a served queue's ranking key while a sync writes into its version (`begin_served_write`): a sync
+#: killed before it records what it wrote leaves a record that is no longer current, so the next sync rewrites
+#: the queue instead of adding the same tasks a second time.
+WRITING_MARK = "+writing"
+
+
 class ServedQueueStoreMixin:
     """Reads and writes of the served queue, in the store's transactions (`_tx`, `_exec`, `_execmany`)."""
 
@@ -58,12 +64,30 @@ class ServedQueueStoreMixin:
             row = self._exec(db, "SELECT MAX(task_id) FROM served_tasks WHERE project = ?", (project,)).fetchone()
         return None if row is None or row[0] is None else int(row[0])
 
+    def begin_served_write(self, project: int, ls_version: str) -> bool:
+        """Mark the served queue as being written into, if it is still `ls_version`, before anything reaches LS.
+
+        Until `add_served` or `rescore_served` records what was written (and
+        clears the mark), the record does not match any queue: a sync that dies
+        in between (killed, out of memory) makes the next one a full rewrite.
+        -> whether it was `ls_version`.
+        """
+        with self._tx() as db:
+            if not self._serves(db, project, ls_version):
+                return False
+            self._exec(
+                db, "UPDATE served_queues SET ranking_key = ranking_key || ? WHERE project = ? AND ranking_key NOT LIKE ?",
+                (WRITING_MARK, project, f"%{WRITING_MARK}"),
+            )
+        return True
+
     def rescore_served(
         self, project: int, ls_version: str, drop: Iterable[int], task_ids, scores, reference: LabelledReference | None = None
     ) -> bool:
         """Drop tasks from the served queue and give others new scores, if it is still `ls_version`. -> whether it was.
 
         `reference`: the labelled tasks the new scores were measured against, replacing the recorded ones.
+        Clears the mark of `begin_served_write`.
         """
         drop = [(project, int(t)) for t in drop]
         updates = [(float(s), project, int(t)) for t, s in zip(np.asarray(task_ids).tolist(), np.asarray(scores, dtype=np.float64).tolist())]
@@ -76,6 +100,7 @@ class ServedQueueStoreMixin:
                 self._exec(
                     db, "UPDATE served_queues SET reference_ids = ?, reference_scale = ? WHERE project = ?", (*reference.to_row(), project)
                 )
+            self._written(db, project)
         return True
 
     def replace_served(
@@ -98,7 +123,10 @@ class ServedQueueStoreMixin:
             self._execmany(db, "INSERT INTO served_tasks (project, task_id, usefulness, score) VALUES (?, ?, ?, ?)", rows)
 
     def add_served(self, project: int, ls_version: str, task_ids, usefulness, scores) -> bool:
-        """Add tasks to the served queue if it is still `ls_version`. -> whether it was (and they were added)."""
+        """Add tasks to the served queue if it is still `ls_version`. -> whether it was (and they were added).
+
+        Clears the mark of `begin_served_write`.
+        """
         rows = served_rows(project, task_ids, usefulness, scores)
         with self._tx() as db:
             if not self._serves(db, project, ls_version):
@@ -110,6 +138,7 @@ class ServedQueueStoreMixin:
                 rows,
             )
             self._exec(db, "UPDATE served_queues SET updated = ? WHERE project = ?", (time.time(), project))
+            self._written(db, project)
         return True
 
     def forget_served(self, project: int) -> None:
@@ -120,6 +149,10 @@ class ServedQueueStoreMixin:
     def _forget(self, db, project: int) -> None:
         self._exec(db, "DELETE FROM served_tasks WHERE project = ?", (project,))
         self._exec(db, "DELETE FROM served_queues WHERE project = ?", (project,))
+
+    def _written(self, db, project: int) -> None:
+        """Clear the mark of `begin_served_write` (inside the caller's transaction): the record says what LS serves."""
+        self._exec(db, "UPDATE served_queues SET ranking_key = REPLACE(ranking_key, ?, '') WHERE project = ?", (WRITING_MARK, project))
 
     def _serves(self, db, project: int, ls_version: str) -> bool:
         """Whether the project's recorded queue is `ls_version` (inside the caller's transaction)."""

@@ -120,6 +120,21 @@ def test_the_served_queue_is_replaced_whole_and_added_to_only_while_current(stor
         store.replace_served(1, queue, [1, 2], [0.0], [0.5])
 
 
+def test_a_served_queue_being_written_into_is_not_current_until_recorded(store):
+    """begin_served_write: a sync that dies before recording what it wrote leaves a record that matches no queue."""
+    queue = ServedQueue("ale:m:1", "m", "rk")
+    store.replace_served(1, queue, [30, 10], [0.5, 2.0], [0.5, 0.25])
+    assert not store.begin_served_write(1, "ale:m:0"), "another version: nothing marked"
+    assert store.served_queue(1) == queue
+    assert store.begin_served_write(1, "ale:m:1") and store.begin_served_write(1, "ale:m:1")
+    assert store.served_queue(1) != queue and store.served_queue(1).ls_version == "ale:m:1"
+    assert store.add_served(1, "ale:m:1", [40], [1.0], [0.375])
+    assert store.served_queue(1) == queue, "recorded: current again (marked twice, cleared once)"
+    assert store.begin_served_write(1, "ale:m:1")
+    assert store.rescore_served(1, "ale:m:1", [10], [30], [0.1])
+    assert store.served_queue(1) == queue
+
+
 def test_the_labelled_reference_is_recorded_with_its_queue_and_grows_with_a_rescore(store):
     """The labelled tasks a full sync ranked against; a re-shape of its head adds the head's labelled tasks."""
     queue = ServedQueue("ale:m:1", "m", "rk")

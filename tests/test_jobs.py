@@ -497,3 +497,28 @@ def test_the_queue_ranking_key_changes_with_every_policy_parameter():
     assert jobs.queue_ranking_key(base.replace(cost_per_image=base.cost_per_image * 10), Model(), "<View/>") != key
     assert jobs.queue_ranking_key(base.replace(novelty_weight=base.novelty_weight / 2), Model(), "<View/>") != key
     assert jobs.queue_ranking_key(Settings(policy="entropy-mean+novelty+cost"), Model(), "<View/>") == key
+
+
+def test_a_sync_killed_while_adding_new_tasks_makes_the_next_sync_a_rewrite(tmp_path):
+    """A worker killed mid-import (no exception handler runs) must not leave the record current: the retry would
+    import the chunks that reached LS a second time."""
+    settings = Settings(model_dir=tmp_path, policy="ale-entropy-sum", import_chunk_size=1)
+    ls = IncrementalLS([])
+    rt = Runtime(settings, ls=ls)
+    embedded_pool(rt, settings, range(1, 9))
+    key = raw_output_key(Model.version, settings)
+    queue = ServedQueue(None, key, "ranking")
+    version = jobs._rewrite(rt, 1, CONFIG, TrainedModel(), queue, None, np.arange(1, 6), lambda *a, **k: None, lambda n: None)["model_version"]
+    current = ServedQueue(version, key, "ranking")
+    assert rt.store.served_queue(1) == current
+
+    def killed(project, items):
+        ls.imported += items
+        if len(ls.imported) > 5 + 1:  # the second chunk of the add
+            raise SystemExit("worker killed")  # not an Exception: the sync's own handler does not run
+        return len(items)
+
+    ls.import_predictions = killed
+    with pytest.raises(SystemExit):
+        jobs._add_new_tasks(rt, 1, CONFIG, TrainedModel(), version, [TaskRef(t, {}) for t in (6, 7, 8)], lambda *a, **k: None, lambda n: None)
+    assert rt.store.served_queue(1) != current, "the next sync rewrites the queue rather than add 6 again"
