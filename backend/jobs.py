@@ -239,7 +239,9 @@ def _add_new_tasks(rt, project, config, adapter, version, fresh, progress, phase
     """Add `fresh` tasks to the served version between their neighbours by usefulness; None when a gap is full."""
     ids = np.array([t.id for t in fresh], dtype=np.int64)
     # measured against the labelled tasks the queue was, on its scale: no listing, and comparable with the queue's usefulness
-    ranked = rank_pool(rt, project, ids, adapter, config, extras=False, reference=rt.store.served_reference(project, version))
+    ranked = rank_pool(
+        rt, project, ids, adapter, config, extras=False, reference=rt.store.served_reference(project, version), stream=int(ids.min())
+    )
     scores = place_new_tasks(rt.store.served_tasks(project), ids, ranked["usefulness"])
     centroids = rt.store.served_centroids(project, version) if rt.settings.ls_clusters else None
     clusters = None if centroids is None else cluster_ids(rt.store, project, raw_output_key(adapter.version, rt.settings), ids, centroids)

@@ -148,12 +148,16 @@ class ConfidencePolicy:
 
 @dataclass(frozen=True)
 class RandomPolicy:
+    """Uniform draws from a stream seeded by `seed` (and `stream`, when set: a draw of its own for another set of images)."""
+
     seed: int = 0
+    stream: int | None = None
     name = "random"
     needs_class_vectors = False
 
     def usefulness(self, detections: Sequence[Detections], novelty: np.ndarray | None = None) -> np.ndarray:
-        return np.random.default_rng(self.seed).random(len(detections))
+        seed = self.seed if self.stream is None else [self.seed, self.stream]
+        return np.random.default_rng(seed).random(len(detections))
 
 
 @dataclass(frozen=True)

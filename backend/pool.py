@@ -8,6 +8,7 @@ is given, nothing else.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Callable, Sequence
 
 import numpy as np
@@ -20,7 +21,7 @@ from .embeddings import spacing
 from .ls_client import TaskRef
 from .ls_format import match_labels, parse_label_config
 from .media import MediaFetcher, average_hash
-from .policies import get_policy
+from .policies import RandomPolicy, get_policy
 from .policy_suffixes import is_coreset, is_diverse, needs_novelty
 from .predictor import Predictor
 from .progress import Progress, _job_progress
@@ -90,7 +91,7 @@ def predict_missing(rt: Runtime, project: int, config, tasks: Sequence[TaskRef],
 
 def rank_pool(
     rt: Runtime, project: int, task_ids: Sequence[int], adapter: Adapter, config, extras: bool = True,
-    labelled: Callable[[], list[TaskRef]] | None = None, reference: LabelledReference | None = None,
+    labelled: Callable[[], list[TaskRef]] | None = None, reference: LabelledReference | None = None, stream: int | None = None,
 ) -> dict:
     """Score and order what annotators would be shown of `task_ids`. Returns arrays aligned with `task_ids`.
 
@@ -102,7 +103,8 @@ def rank_pool(
     for a caller that lists them too; listed here when a policy needs them and no `reference` is given.
     `reference`: the labelled tasks (and novelty scale) to measure against instead, as a served
     queue recorded them: nothing is listed. The result's "reference" is what was measured against
-    (None where the policy needs no labelled images).
+    (None where the policy needs no labelled images). `stream`: the `random` policy draws from a stream
+    of its own for these tasks (tasks added to a queue: the seed's stream would give each add the same values).
     """
     task_ids = np.asarray(task_ids, dtype=np.int64)
     key = raw_output_key(adapter.version, rt.settings)
@@ -130,6 +132,8 @@ def rank_pool(
         return {"policy": SPREAD_POLICY, "detections": detections, "usefulness": usefulness, "order": order, "usable": usable, "reference": None}
     check_policy_fits(adapter, rt.settings.policy)
     policy = settings_policy(rt.settings)
+    if stream is not None and isinstance(policy, RandomPolicy):
+        policy = replace(policy, stream=stream)
     novelty = vectors = None
     coreset = extras and is_coreset(policy)  # the labelled images shape the head batch only
     if needs_novelty(policy) or coreset:

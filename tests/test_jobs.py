@@ -522,3 +522,20 @@ def test_a_sync_killed_while_adding_new_tasks_makes_the_next_sync_a_rewrite(tmp_
     with pytest.raises(SystemExit):
         jobs._add_new_tasks(rt, 1, CONFIG, TrainedModel(), version, [TaskRef(t, {}) for t in (6, 7, 8)], lambda *a, **k: None, lambda n: None)
     assert rt.store.served_queue(1) != current, "the next sync rewrites the queue rather than add 6 again"
+
+
+def test_random_gives_each_add_of_new_tasks_draws_of_its_own(tmp_path):
+    """POLICY=random: tasks added one sync at a time are spread over the queue, not stacked on the seed's first draw."""
+    settings = Settings(model_dir=tmp_path, policy="random")
+    ls = IncrementalLS([])
+    rt = Runtime(settings, ls=ls)
+    embedded_pool(rt, settings, range(1, 15))
+    key = raw_output_key(Model.version, settings)
+    version = jobs._rewrite(rt, 1, CONFIG, TrainedModel(), ServedQueue(None, key, "ranking"), None, np.arange(1, 11), lambda *a, **k: None, lambda n: None)["model_version"]
+    values = [
+        jobs._add_new_tasks(rt, 1, CONFIG, TrainedModel(), version, [TaskRef(t, {})], lambda *a, **k: None, lambda n: None)["usefulness"][t]
+        for t in (11, 12, 13, 14)
+    ]
+    assert len(set(values)) == 4, values
+    full = jobs.rank_pool(rt, 1, np.arange(1, 11), TrainedModel(), CONFIG)["usefulness"]
+    assert full.tolist() == np.random.default_rng(settings.policy_seed).random(10).tolist(), "a full ranking keeps the seed's stream"
