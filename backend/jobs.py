@@ -20,7 +20,7 @@ from .detection_store import ServedQueue
 from .errors import AleError
 from .fanout import can_fan_out, fan_out, fanout_flag
 from .jobqueue import QUEUE_SYNC
-from .ls_client import LabelStudioError
+from .ls_client import UNCERTAINTY_SAMPLING, LabelStudioError
 from .ls_format import detections_to_results, match_labels, parse_label_config
 from .pool import SPREAD_POLICY, batch_extras, predict_missing, predict_pool, preview_ranking, rank_pool  # noqa: F401 (re-exported)
 from .pool import predicted_labelled_tasks
@@ -187,11 +187,14 @@ def _sync(rt: Runtime, project: int, progress: Progress, full: bool = False, fan
     current = served == queue and bool(info.model_version)
     phase_done("load")
     if current:
+        restored = _restore_sampling(rt, project, info)
         # Task ids only grow: the tasks created since the served queue are those above its last one.
         last = rt.store.served_last_task(project)
         fresh = list(rt.ls.unlabeled_tasks(project, after_id=last))
         phase_done("list")
         base = {"project": project, "served_model": adapter.version, "new_tasks": len(fresh), "stale_versions": [], "phases": phases}
+        if restored:
+            base["sampling_restored"] = restored
         if not fresh:
             reshaped = _reshape_head(rt, project, config, adapter, info.model_version)
             if reshaped:
@@ -229,6 +232,20 @@ def _sync(rt: Runtime, project: int, progress: Progress, full: bool = False, fan
     phase_done("predict")
     del fresh
     return {**base, **_rewrite(rt, project, config, adapter, queue, served, task_ids, progress, phase_done), "predicted": predicted}
+
+
+def _restore_sampling(rt: Runtime, project: int, info) -> str | None:
+    """Put a project whose sampling was changed in LS back on Uncertainty sampling. -> the sampling it had, or None.
+
+    The served queue is still right, but LS only serves it under Uncertainty
+    sampling: one PATCH (the same version, and the sampling) restores it.
+    """
+    if info.sampling == UNCERTAINTY_SAMPLING:
+        return None
+    rt.check_lock(f"sync:{project}", f"setting project {project} back to {UNCERTAINTY_SAMPLING}")
+    rt.ls.switch_queue(project, info.model_version)
+    log.warning("project %s: its sampling was %r; set back to %r, which serves the ranked queue", project, info.sampling, UNCERTAINTY_SAMPLING)
+    return info.sampling
 
 
 def _fan_out_needed(rt: Runtime, tasks: list, fanout: bool) -> bool:

@@ -17,10 +17,11 @@ from label_studio_ale.runtime import Runtime
 from label_studio_ale.serving import raw_output_key
 from label_studio_ale.settings import Settings
 
-CONFIG = parse_label_config(
+CONFIG_XML = (
     '<View><Image name="image" value="$image"/>'
     '<RectangleLabels name="label" toName="image"><Label value="bird"/></RectangleLabels></View>'
 )
+CONFIG = parse_label_config(CONFIG_XML)
 
 
 class Model:
@@ -539,3 +540,29 @@ def test_random_gives_each_add_of_new_tasks_draws_of_its_own(tmp_path):
     assert len(set(values)) == 4, values
     full = jobs.rank_pool(rt, 1, np.arange(1, 11), TrainedModel(), CONFIG)["usefulness"]
     assert full.tolist() == np.random.default_rng(settings.policy_seed).random(10).tolist(), "a full ranking keeps the seed's stream"
+
+
+def test_a_current_queue_whose_sampling_was_changed_in_ls_is_served_again_with_one_patch(tmp_path):
+    """Nothing new to rank, but the project was set to Sequential sampling in LS: the sync sets it back, writing nothing else."""
+    from types import SimpleNamespace
+
+    settings = Settings(model_dir=tmp_path, policy="ale-entropy-sum")
+    ls = IncrementalLS([])
+    rt = Runtime(settings, ls=ls, adapter_factory=TrainedModel)
+    embedded_pool(rt, settings, range(1, 6))
+    key = raw_output_key(Model.version, settings)
+    label_config = CONFIG_XML
+    version = jobs._rewrite(
+        rt, 1, CONFIG, TrainedModel(), ServedQueue(None, key, jobs.queue_ranking_key(settings, TrainedModel(), label_config)), None,
+        np.arange(1, 6), lambda *a, **k: None, lambda n: None,
+    )["model_version"]
+    ls.switched, ls.imported = None, []
+    sampling = {"now": "Sequential sampling"}
+    ls.project = lambda project: SimpleNamespace(label_config=label_config, model_version=version, sampling=sampling["now"])
+    ls.unlabeled_tasks = lambda project, after_id=None: iter([])
+    result = jobs._sync(rt, 1, lambda *a, **k: None)
+    assert result["status"] == "unchanged" and result["sampling_restored"] == "Sequential sampling"
+    assert ls.switched == version and ls.imported == []
+    ls.switched, sampling["now"] = None, "Uncertainty sampling"
+    result = jobs._sync(rt, 1, lambda *a, **k: None)
+    assert result["status"] == "unchanged" and "sampling_restored" not in result and ls.switched is None, "nothing written"
