@@ -51,10 +51,10 @@ __all__ = [
 ]
 
 #: Bumped whenever a table changes; older tables are a cache and are dropped (models re-run once, the next sync is full).
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 #: The tables each schema version changed: an upgrade from a version after OLDEST_UPGRADED drops only those changed since
-#: (5 added the served queue's labelled reference: the next sync is full, the stored detections stay).
-CHANGED_IN = {5: ("served_queues", "served_tasks")}
+#: (5 added the served queue's labelled reference, 6 its class rarity: the next sync is full, the stored detections stay).
+CHANGED_IN = {5: ("served_queues", "served_tasks"), 6: ("served_queues", "served_tasks")}
 OLDEST_UPGRADED = 4
 #: Task ids per `IN (...)` query: well under SQLite's 32,766 bound parameters.
 ID_BATCH = 500
@@ -93,7 +93,8 @@ TABLES = (
         centroids {blob},
         centroid_dims INTEGER,
         reference_ids {blob},
-        reference_scale DOUBLE PRECISION
+        reference_scale DOUBLE PRECISION,
+        class_rarity {blob}
     )""",
     """CREATE TABLE IF NOT EXISTS served_tasks (
         project BIGINT NOT NULL,

@@ -255,9 +255,11 @@ def _fan_out_needed(rt: Runtime, tasks: list, fanout: bool) -> bool:
 def _add_new_tasks(rt, project, config, adapter, version, fresh, progress, phase_done) -> dict | None:
     """Add `fresh` tasks to the served version between their neighbours by usefulness; None when a gap is full."""
     ids = np.array([t.id for t in fresh], dtype=np.int64)
-    # measured against the labelled tasks the queue was, on its scale: no listing, and comparable with the queue's usefulness
+    # measured as the queue was (its labelled tasks, on its scale; its pool's class rarity): no listing, and
+    # comparable with the queue's usefulness
     ranked = rank_pool(
-        rt, project, ids, adapter, config, extras=False, reference=rt.store.served_reference(project, version), stream=int(ids.min())
+        rt, project, ids, adapter, config, extras=False, reference=rt.store.served_reference(project, version), stream=int(ids.min()),
+        rarity=rt.store.served_rarity(project, version),
     )
     scores = place_new_tasks(rt.store.served_tasks(project), ids, ranked["usefulness"])
     centroids = rt.store.served_centroids(project, version) if rt.settings.ls_clusters else None
@@ -315,7 +317,7 @@ def _reshape_head(rt: Runtime, project: int, config, adapter: Adapter, version: 
     # the head's labelled tasks join those the queue was ranked against (labelled elsewhere: at the next full sync)
     reference = rt.store.served_reference(project, version)
     reference = None if reference is None else reference.with_tasks([t for t in ids if states.get(t)])
-    ranked = rank_pool(rt, project, window.task_ids[keep], adapter, config, reference=reference)
+    ranked = rank_pool(rt, project, window.task_ids[keep], adapter, config, reference=reference, rarity=rt.store.served_rarity(project, version))
     scores = np.empty(int(keep.sum()))
     scores[ranked["order"]] = np.sort(window.scores[keep])  # the window's own scores, handed out in the new order
     moved = {int(t): float(new) for t, old, new in zip(window.task_ids[keep], window.scores[keep], scores) if new != old}
@@ -359,7 +361,8 @@ def _rewrite(rt, project, config, adapter, queue: ServedQueue, served: ServedQue
     # Recorded after the switch: a record lost here only makes the next sync a full one.
     centroids = None if clustering is None else clustering.centroids
     rt.store.replace_served(
-        project, ServedQueue(version, queue.raw_key, queue.ranking_key), task_ids, ranked["usefulness"], scores, centroids, ranked["reference"]
+        project, ServedQueue(version, queue.raw_key, queue.ranking_key), task_ids, ranked["usefulness"], scores, centroids, ranked["reference"],
+        ranked["rarity"],
     )
     rt.store.prune(project, {queue.raw_key} | ({served.raw_key} if served is not None else set()))
     log.info("project %s: queue synced, %d tasks, version %s", project, task_ids.size, version)

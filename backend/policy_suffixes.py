@@ -8,7 +8,7 @@ suffixes combine, e.g. ale-entropy-sum+novelty+diverse, entropy-mean+rare+cost.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import numpy as np
@@ -47,6 +47,24 @@ def is_diverse(policy) -> bool:
 def is_coreset(policy) -> bool:
     """Whether the policy's diverse batch keeps away from the labelled images (it needs their embeddings)."""
     return bool(getattr(policy, "coreset", False))
+
+
+def rarity_weighted(policy) -> "RarityWeighted | None":
+    """The `+rare` part of a policy (suffixes wrap one another); None without one."""
+    while policy is not None:
+        if isinstance(policy, RarityWeighted):
+            return policy
+        policy = getattr(policy, "inner", None)
+    return None
+
+
+def with_rarity(policy, rarity: np.ndarray):
+    """`policy` with its `+rare` part weighting by the given (C,) class rarity rather than the images ranked together."""
+    if isinstance(policy, RarityWeighted):
+        return replace(policy, rarity=tuple(float(r) for r in np.asarray(rarity, dtype=np.float64).reshape(-1)))
+    if isinstance(policy, WrappedPolicy):
+        return replace(policy, inner=with_rarity(policy.inner, rarity))
+    raise ValueError(f"policy {getattr(policy, 'name', policy)} has no {RARE_SUFFIX} part to give a class rarity to")
 
 
 class WrappedPolicy:
@@ -143,9 +161,14 @@ class RarityWeighted(WrappedPolicy):
     new class faster than the model needs it, at the old classes' cost; where
     the new class stays rare in the pool (al-small-rare-class) it finds
     nearly all of it and lifts the policy it weights.
+
+    `rarity`: (C,) class rarity to weight by instead (`with_rarity`): tasks
+    added to a served queue, or its head re-shaped, are weighted as the whole
+    pool was when it was ranked, not by their own few boxes.
     """
 
     inner: object  # a policies.UncertaintyPolicy
+    rarity: tuple[float, ...] | None = None
     suffix = RARE_SUFFIX
 
     def __post_init__(self):
@@ -166,8 +189,14 @@ class RarityWeighted(WrappedPolicy):
         if counts.sum() == 0:
             return np.zeros(len(detections))
         probs = np.concatenate([d.class_probs for d in detections if len(d)])
-        weights = scoring.rarity_weights(probs, scoring.class_rarity(probs))
+        rarity = scoring.class_rarity(probs) if self.rarity is None else np.asarray(self.rarity)
+        weights = scoring.rarity_weights(probs, rarity)
         return self.inner.combine(self.inner.box_values(detections) * weights, counts)
+
+    def pool_rarity(self, detections: Sequence[Detections], num_classes: int) -> np.ndarray:
+        """(C,) the class rarity of these images' boxes, as `usefulness` weights them (ones without a box)."""
+        found = [d.class_probs for d in detections if len(d)]
+        return scoring.class_rarity(np.concatenate(found) if found else np.zeros((0, num_classes)))
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from .ls_client import TaskRef
 from .ls_format import match_labels, parse_label_config
 from .media import MediaFetcher, average_hash
 from .policies import RandomPolicy, get_policy
-from .policy_suffixes import is_coreset, is_diverse, needs_novelty
+from .policy_suffixes import is_coreset, is_diverse, needs_novelty, rarity_weighted, with_rarity
 from .predictor import Predictor
 from .progress import Progress, _job_progress
 from .ranking import BatchExtras, ls_scores, select_order, spread_order
@@ -92,6 +92,7 @@ def predict_missing(rt: Runtime, project: int, config, tasks: Sequence[TaskRef],
 def rank_pool(
     rt: Runtime, project: int, task_ids: Sequence[int], adapter: Adapter, config, extras: bool = True,
     labelled: Callable[[], list[TaskRef]] | None = None, reference: LabelledReference | None = None, stream: int | None = None,
+    rarity: np.ndarray | None = None,
 ) -> dict:
     """Score and order what annotators would be shown of `task_ids`. Returns arrays aligned with `task_ids`.
 
@@ -105,6 +106,8 @@ def rank_pool(
     queue recorded them: nothing is listed. The result's "reference" is what was measured against
     (None where the policy needs no labelled images). `stream`: the `random` policy draws from a stream
     of its own for these tasks (tasks added to a queue: the seed's stream would give each add the same values).
+    `rarity`: the (C,) class rarity a `+rare` policy weights by, as a served queue recorded it; measured on
+    these tasks otherwise. The result's "rarity" is what was weighted by (None without `+rare`).
     """
     task_ids = np.asarray(task_ids, dtype=np.int64)
     key = raw_output_key(adapter.version, rt.settings)
@@ -129,11 +132,17 @@ def rank_pool(
         # An untrained model's uncertainty is noise: cover the pool's look first, not its import order.
         order, spread = spread_order(hashes, task_ids)
         usefulness = np.where(usable, spread, -np.inf)
-        return {"policy": SPREAD_POLICY, "detections": detections, "usefulness": usefulness, "order": order, "usable": usable, "reference": None}
+        return {"policy": SPREAD_POLICY, "detections": detections, "usefulness": usefulness, "order": order, "usable": usable, "reference": None, "rarity": None}
     check_policy_fits(adapter, rt.settings.policy)
     policy = settings_policy(rt.settings)
     if stream is not None and isinstance(policy, RandomPolicy):
         policy = replace(policy, stream=stream)
+    rare = rarity_weighted(policy)
+    if rare is not None:
+        rarity = rare.pool_rarity(detections, num_classes) if rarity is None else np.asarray(rarity, dtype=np.float64)
+        policy = with_rarity(policy, rarity)
+    else:
+        rarity = None
     novelty = vectors = None
     coreset = extras and is_coreset(policy)  # the labelled images shape the head batch only
     if needs_novelty(policy) or coreset:
@@ -161,7 +170,10 @@ def rank_pool(
         return [found.get(int(task_ids[i])) for i in indices]
 
     order = select_order(usefulness, task_ids, detections, hashes, shaping, usable, embeddings, vectors if coreset else None)
-    return {"policy": policy.name, "detections": detections, "usefulness": usefulness, "order": order, "usable": usable, "reference": reference}
+    return {
+        "policy": policy.name, "detections": detections, "usefulness": usefulness, "order": order, "usable": usable,
+        "reference": reference, "rarity": rarity,
+    }
 
 
 def settings_policy(s: Settings):

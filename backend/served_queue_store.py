@@ -3,7 +3,7 @@
 `served_queues` holds one row per project (the prediction version a sync
 last switched Label Studio to, its raw output and ranking keys, the cluster
 centroids its predictions were written with, the labelled tasks it was ranked
-against); `served_tasks` each task's
+against, the class rarity a `+rare` policy weighted it by); `served_tasks` each task's
 usefulness and LS score in it. The tables themselves are created with the
 store's others (`detection_store.TABLES`).
 """
@@ -41,6 +41,11 @@ class ServedQueueStoreMixin:
         """The labelled tasks the served `ls_version` was ranked against; None without (or for another version)."""
         row = self._served_columns(project, ls_version, "reference_ids, reference_scale")
         return None if row is None else LabelledReference.from_row(row[0], row[1])
+
+    def served_rarity(self, project: int, ls_version: str) -> np.ndarray | None:
+        """(C,) the class rarity a `+rare` policy ranked the served `ls_version` by; None without (or for another version)."""
+        row = self._served_columns(project, ls_version, "class_rarity, ls_version")
+        return None if row is None else np.frombuffer(bytes(row[0]), dtype=np.float64).copy()
 
     def _served_columns(self, project: int, ls_version: str, columns: str) -> tuple | None:
         """Two columns of the served queue's row if it is `ls_version` and the first is set; None otherwise."""
@@ -105,20 +110,22 @@ class ServedQueueStoreMixin:
 
     def replace_served(
         self, project: int, queue: ServedQueue, task_ids, usefulness, scores, centroids: np.ndarray | None = None,
-        reference: LabelledReference | None = None,
+        reference: LabelledReference | None = None, rarity: np.ndarray | None = None,
     ) -> None:
         """Record a full sync's queue, replacing the last; with the (k, D) cluster centroids its predictions were
-        written with and the labelled tasks it was ranked against, where it had them."""
+        written with, the labelled tasks it was ranked against and the (C,) class rarity it was weighted by, where it had them."""
         rows = served_rows(project, task_ids, usefulness, scores)
         blob, dims = (None, None) if centroids is None else (np.asarray(centroids, dtype=np.float32).tobytes(), int(np.shape(centroids)[1]))
         reference_ids, reference_scale = (None, None) if reference is None else reference.to_row()
+        rarity_blob = None if rarity is None else np.asarray(rarity, dtype=np.float64).reshape(-1).tobytes()
         with self._tx() as db:
             self._forget(db, project)
             self._exec(
                 db,
                 "INSERT INTO served_queues (project, ls_version, raw_key, ranking_key, updated, centroids, centroid_dims, "
-                "reference_ids, reference_scale) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (project, queue.ls_version, queue.raw_key, queue.ranking_key, time.time(), blob, dims, reference_ids, reference_scale),
+                "reference_ids, reference_scale, class_rarity) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (project, queue.ls_version, queue.raw_key, queue.ranking_key, time.time(), blob, dims, reference_ids, reference_scale,
+                 rarity_blob),
             )
             self._execmany(db, "INSERT INTO served_tasks (project, task_id, usefulness, score) VALUES (?, ?, ?, ?)", rows)
 

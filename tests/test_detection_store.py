@@ -120,6 +120,14 @@ def test_the_served_queue_is_replaced_whole_and_added_to_only_while_current(stor
         store.replace_served(1, queue, [1, 2], [0.0], [0.5])
 
 
+def test_the_class_rarity_a_queue_was_weighted_by_is_recorded_with_it(store):
+    store.replace_served(1, ServedQueue("ale:m:1", "m", "rk"), [30, 10], [0.5, 2.0], [0.5, 0.25], rarity=np.array([0.6, 2.5]))
+    assert store.served_rarity(1, "ale:m:1").tolist() == [0.6, 2.5]
+    assert store.served_rarity(1, "ale:m:0") is None, "another version's"
+    store.replace_served(1, ServedQueue("ale:m:2", "m", "rk"), [30], [0.5], [0.5])
+    assert store.served_rarity(1, "ale:m:2") is None, "ranked without +rare"
+
+
 def test_a_served_queue_being_written_into_is_not_current_until_recorded(store):
     """begin_served_write: a sync that dies before recording what it wrote leaves a record that matches no queue."""
     queue = ServedQueue("ale:m:1", "m", "rk")
@@ -158,7 +166,7 @@ def test_the_labelled_reference_is_recorded_with_its_queue_and_grows_with_a_resc
 
 
 def test_an_upgrade_from_schema_4_keeps_the_stored_detections_and_makes_the_next_sync_full(store_url, tmp_path):
-    """Schema 5 changed the served queue only: a store of 4 keeps its detections (no model re-runs); older ones drop them."""
+    """Schemas 5 and 6 changed the served queue only: a store of 4 keeps its detections (no model re-runs); older ones drop them."""
     store = open_detection_store(store_url, tmp_path)
     found = Detections([[0, 0, 9, 9]], [[0.9, 0.1]], (64, 64))
     store.put_many(1, "m", [StoredDetections(1, found, 1, None)])

@@ -566,3 +566,31 @@ def test_a_current_queue_whose_sampling_was_changed_in_ls_is_served_again_with_o
     ls.switched, sampling["now"] = None, "Uncertainty sampling"
     result = jobs._sync(rt, 1, lambda *a, **k: None)
     assert result["status"] == "unchanged" and "sampling_restored" not in result and ls.switched is None, "nothing written"
+
+
+def test_tasks_added_under_rare_are_weighted_by_the_class_rarity_of_the_queue_they_join(tmp_path):
+    """+rare: the class shares are the pool's at the full sync, recorded with the queue; a new task alone would make
+    its own class look as common as the pool's commonest, and land far from where a full sync puts it."""
+    from label_studio_ale.policies import get_policy
+    from label_studio_ale.policy_suffixes import rarity_weighted
+
+    both = (
+        '<View><Image name="image" value="$image"/><RectangleLabels name="label" toName="image">'
+        '<Label value="bird"/><Label value="car"/></RectangleLabels></View>'
+    )
+    config = parse_label_config(both)
+    settings = Settings(model_dir=tmp_path, policy="entropy-mean+rare")
+    rt = Runtime(settings, ls=IncrementalLS([]))
+    key = raw_output_key(Model.version, settings)
+    pool = {t: Detections([[0, 0, 9, 9]], [[0.55 + t / 100, 0.1]], (64, 64)) for t in range(1, 11)}  # birds
+    pool[11] = Detections([[0, 0, 9, 9]], [[0.3, 0.6]], (64, 64))  # one car: rare
+    new_car = Detections([[0, 0, 9, 9]], [[0.35, 0.55]], (64, 64))
+    rt.store.put_many(1, key, [StoredDetections(t, d, t, None) for t, d in {**pool, 12: new_car}.items()])
+    result = jobs._rewrite(rt, 1, config, TrainedModel(), ServedQueue(None, key, "ranking"), None, np.arange(1, 12), lambda *a, **k: None, lambda n: None)
+    recorded = rt.store.served_rarity(1, result["model_version"])
+    policy = get_policy("entropy-mean+rare")
+    assert recorded == pytest.approx(rarity_weighted(policy).pool_rarity(list(pool.values()), 2), rel=1e-6) and recorded[1] > recorded[0]
+    added = jobs._add_new_tasks(rt, 1, config, TrainedModel(), result["model_version"], [TaskRef(12, {})], lambda *a, **k: None, lambda n: None)
+    full = jobs.rank_pool(rt, 1, np.arange(1, 13), TrainedModel(), config)  # what a full sync now gives the new car
+    alone = policy.usefulness([new_car])[0]
+    assert added["usefulness"][12] == pytest.approx(full["usefulness"][-1], rel=0.2) and added["usefulness"][12] > 1.5 * alone
