@@ -164,11 +164,23 @@ def filter_detections(
     nms_threshold: float | None = None,
     max_tags_per_pixel: int = 0,
     max_detections: int | None = None,
+    class_groups: np.ndarray | None = None,
 ) -> Detections:
-    """Apply the serving filters in order: score threshold, class-wise NMS, tag limit, top-k."""
+    """Apply the serving filters in order: score threshold, class-wise NMS, tag limit, top-k.
+
+    class_groups: (C,) int, the group each class is suppressed within by NMS
+    (classes shown as one label share one); default each class its own.
+    """
     kept = detections[detections.scores >= score_threshold]
     if nms_threshold is not None and len(kept):
-        kept = kept[nms_mask(kept.xyxy, kept.scores, nms_threshold, nms_metric, kept.labels)]
+        if class_groups is None:
+            ids = kept.labels
+        else:
+            groups = np.asarray(class_groups).reshape(-1)
+            if groups.shape != (detections.num_classes,):
+                raise ValueError(f"class_groups must have shape ({detections.num_classes},), got {groups.shape}")
+            ids = groups[kept.labels]
+        kept = kept[nms_mask(kept.xyxy, kept.scores, nms_threshold, nms_metric, ids)]
     if max_tags_per_pixel and len(kept):
         kept = kept[max_tags_per_pixel_mask(kept.xyxy, kept.scores, kept.image_size, max_tags_per_pixel)]
     if max_detections is not None and len(kept) > max_detections:

@@ -6,7 +6,7 @@ LS rectangles are percentages of the image: x, y, width, height in [0, 100].
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -22,8 +22,12 @@ RESULT_TYPE = "rectanglelabels"
 class RectangleConfig:
     """The parts of a label config that object detection needs.
 
-    `aliases` maps a lower-cased model class name to the config label it means:
-    the label itself, and every name in its `predicted_values` attribute.
+    `labels` are the names the SDK reports (a label's `alias`, else its `value`).
+    `names` maps each label's own names, exactly as written (its `value` and
+    its `alias`), to the label: LS's editor finds a label by either, so a
+    result may be stored under both. `aliases` maps a lower-cased model class
+    name to the config label it means: a label's own names first, then every
+    name in its `predicted_values` attribute.
     """
 
     from_name: str
@@ -31,6 +35,17 @@ class RectangleConfig:
     value_key: str
     labels: tuple[str, ...]
     aliases: dict[str, str]
+    names: dict[str, str] = field(default_factory=dict)
+
+    def label_for(self, name) -> str | None:
+        """The config label a model class `name` means, or None.
+
+        A label's own name, exactly, wins; then one differing in case; then a
+        `predicted_values` entry. So `<Label value="bird"/>` keeps model class
+        bird even when `<Label value="Kittiwake" predicted_values="bird"/>` starts from its row.
+        """
+        name = str(name)
+        return self.names.get(name) or self.aliases.get(name.lower())
 
 
 def parse_label_config(xml: str) -> RectangleConfig:
@@ -78,23 +93,35 @@ def _parse_label_config(xml: str) -> RectangleConfig:
     labels = tuple(control.labels)
     if not labels:
         raise LabelConfigError(f'<RectangleLabels name="{control.name}"> has no <Label> children: add one per class')
-    aliases: dict[str, str] = {}
+    attrs = {label: (tag.attr or {}) for label, tag in control.labels_attrs.items()}
+    # A label's own names: the one the SDK reports (alias, else value) and its value, which LS's editor also finds it by.
+    names: dict[str, str] = {}
     for label in labels:
-        aliases.setdefault(label.lower(), label)
-    for label, tag in control.labels_attrs.items():
-        for alias in (tag.attr or {}).get("predicted_values", "").split(","):
+        names.setdefault(label, label)
+    for label in labels:
+        value = attrs.get(label, {}).get("value")
+        if value:
+            names.setdefault(value, label)
+    # Own names before predicted_values, each first come first served: another label's
+    # predicted_values never takes a label's own name (setdefault, not assignment).
+    aliases: dict[str, str] = {}
+    for name, label in names.items():
+        aliases.setdefault(name.lower(), label)
+    for label in labels:
+        for alias in attrs.get(label, {}).get("predicted_values", "").split(","):
             if alias.strip():
-                aliases[alias.strip().lower()] = label
-    return RectangleConfig(control.name, image.name, image.value[1:], labels, aliases)
+                aliases.setdefault(alias.strip().lower(), label)
+    return RectangleConfig(control.name, image.name, image.value[1:], labels, aliases, names)
 
 
 def match_labels(model_classes: list[str] | tuple[str, ...], config: RectangleConfig) -> tuple[str | None, ...]:
     """Map each model class index to its config label (None: not in the config).
 
-    Matching is by name, case-insensitive, or through a label's `predicted_values`.
+    Matching is by a label's own name (its value or alias; exact, then case-insensitive),
+    then through a label's `predicted_values` (`RectangleConfig.label_for`).
     Raises LabelMismatchError when no class matches at all.
     """
-    mapping = tuple(config.aliases.get(str(name).lower()) for name in model_classes)
+    mapping = tuple(config.label_for(name) for name in model_classes)
     if not any(mapping):
         shown = ", ".join(map(str, model_classes[:20])) + (" ..." if len(model_classes) > 20 else "")
         raise LabelMismatchError(
@@ -156,15 +183,23 @@ def rectangle_result(box, label: str, image_size: tuple[int, int], from_name: st
 def rectangle_to_xyxy(result: dict, image_size: tuple[int, int] | None = None) -> tuple[np.ndarray, str]:
     """One LS rectangle result -> ((4,) xyxy pixels, label).
 
-    `image_size` (width, height) is used when the result lacks original_width/height.
+    LS stores percent of the image it shows, and original_width/height only as
+    the size it had then. `image_size` (width, height), the image the boxes are
+    wanted on, therefore wins: a task whose image was replaced by a resized
+    copy (or annotations imported with another copy's size) still lands its
+    boxes on the objects. Without it, the result's original_width/height.
     A rotated rectangle (LS turns it clockwise about its top-left corner) gives
     its axis-aligned bounds, which hold the object: dropped, the object would be
     left in the image as background.
     """
     value = result.get("value") or {}
     try:
-        width = float(result.get("original_width") or image_size[0])
-        height = float(result.get("original_height") or image_size[1])
+        if image_size is not None:
+            width, height = float(image_size[0]), float(image_size[1])
+        else:
+            width, height = float(result["original_width"]), float(result["original_height"])
+        if not (width > 0 and height > 0):  # also NaN
+            raise ValueError("no image size")
         x, y, w, h = (float(value[k]) for k in ("x", "y", "width", "height"))
         label = value["rectanglelabels"][0]
     except (KeyError, IndexError, TypeError, ValueError):

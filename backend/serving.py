@@ -90,26 +90,43 @@ class ServingFilters:
 
 
 def shown_classes(label_map) -> np.ndarray:
-    """(C,) label map (config label or None per model class) -> (C,) bool: the classes an annotator can see."""
-    return np.array([label is not None for label in label_map], dtype=bool)
+    """(C,) label map (config label or None per model class) -> (C,) int: each class's label group, -1 where not shown.
+
+    Classes mapped to one label (`predicted_values="bird,kittiwake"`, or car and
+    truck to Vehicle) share a group: serving's NMS compares boxes by the label
+    an annotator sees, so one animal scored as both classes is shown once.
+    """
+    groups: dict[str, int] = {}
+    return np.array([-1 if label is None else groups.setdefault(label, len(groups)) for label in label_map], dtype=np.int64)
 
 
 def shown_detections(detections: Detections, shown: np.ndarray, filters: ServingFilters) -> Detections:
     """One image's raw detections -> the boxes an annotator sees.
 
-    shown: (C,) bool, the model classes the label config has a label for.
-    Boxes of other classes are dropped first, so they take no slot of the
-    tag limit or MAX_DETECTIONS, and those classes' columns are zeroed in the
-    class vectors of the rest: uncertainty is then measured over the classes
-    an annotator can choose between (plus background), as a model trained on
-    the project's labels will be.
+    shown: (C,) int label group per model class, -1 for classes the label
+    config has no label for (`shown_classes`); or (C,) bool, each shown class
+    a group of its own. Boxes of hidden classes are dropped first, so they
+    take no slot of the tag limit or MAX_DETECTIONS, and those classes'
+    columns are zeroed in the class vectors of the rest: uncertainty is then
+    measured over the classes an annotator can choose between (plus
+    background), as a model trained on the project's labels will be. NMS
+    suppresses within a group: two classes shown as one label are one label.
+    A box keeps its class vector and its model class (columns of one group
+    are not merged: summing suits a softmax row, not independent sigmoids).
     """
-    shown = np.asarray(shown, dtype=bool)
+    shown = np.asarray(shown)
     if shown.shape != (detections.num_classes,):
         raise ValueError(f"shown must have shape ({detections.num_classes},), got {shown.shape}")
-    kept = detections[shown[detections.labels]]
-    if not shown.all() and len(kept):
-        kept = Detections(kept.xyxy, kept.class_probs * shown, kept.image_size, kept.labels, kept.scores, kept.background, kept.embedding, kept.instability)
+    if shown.dtype == bool:
+        groups = np.where(shown, np.arange(detections.num_classes), -1)
+    elif np.issubdtype(shown.dtype, np.integer):
+        groups = shown.astype(np.int64)
+    else:
+        raise ValueError(f"shown must be a bool mask or int label groups (shown_classes), got dtype {shown.dtype}")
+    visible = groups >= 0
+    kept = detections[visible[detections.labels]]
+    if not visible.all() and len(kept):
+        kept = Detections(kept.xyxy, kept.class_probs * visible, kept.image_size, kept.labels, kept.scores, kept.background, kept.embedding, kept.instability)
     return filter_detections(
         kept,
         score_threshold=filters.score_threshold,
@@ -117,4 +134,5 @@ def shown_detections(detections: Detections, shown: np.ndarray, filters: Serving
         nms_threshold=filters.nms_threshold,
         max_tags_per_pixel=filters.max_tags_per_pixel,
         max_detections=filters.max_detections,
+        class_groups=groups,
     )

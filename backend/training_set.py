@@ -137,7 +137,13 @@ def _drop_other_images(cache: Path, task_id: int) -> None:
 
 
 def _result_boxes(result: list[dict], config, classes: list[str], size, skipped: dict) -> tuple[np.ndarray, np.ndarray]:
-    """One annotation's rectangles -> ((k, 4) pixel boxes, (k,) class indices); others are counted as skipped."""
+    """One annotation's rectangles -> ((k, 4) pixel boxes, (k,) class indices); others are counted as skipped.
+
+    size: (width, height) of the image trained on; the percentages are taken of it, not of the
+    original_width/height the result recorded (`rectangle_to_xyxy`). A result's label is
+    resolved by the label's own names (`config.names`): one stored under a label's value
+    before an alias was added is that label's, as LS's editor shows it.
+    """
     boxes, labels = [], []
     for region in result:
         if region.get("type") != "rectanglelabels" or region.get("from_name") != config.from_name:
@@ -147,6 +153,7 @@ def _result_boxes(result: list[dict], config, classes: list[str], size, skipped:
         except AleError:
             skipped["skipped_boxes"] += 1
             continue
+        label = config.names.get(label, label)
         if label not in classes:
             skipped["skipped_boxes"] += 1
             continue

@@ -101,6 +101,15 @@ def test_filter_detections_applies_threshold_nms_tag_limit_and_top_k():
     assert kept.scores.tolist() == [0.9, 0.1, 0.6]
 
 
+def test_filter_detections_suppresses_within_class_groups():
+    """Two classes shown as one label (class_groups) suppress each other; by default each class only its own."""
+    det = Detections(np.array([BIG, BIG, [40, 40, 50, 50]], dtype=float), [[0.9, 0.1, 0.0], [0.2, 0.7, 0.0], [0.0, 0.0, 0.5]], (64, 64))
+    assert filter_detections(det, nms_threshold=0.5).scores.tolist() == [0.9, 0.7, 0.5]
+    assert filter_detections(det, nms_threshold=0.5, class_groups=np.array([0, 0, 1])).scores.tolist() == [0.9, 0.5]
+    with pytest.raises(ValueError, match=r"class_groups must have shape \(3,\)"):
+        filter_detections(det, nms_threshold=0.5, class_groups=np.array([0, 0]))
+
+
 def test_paired_overlap_is_the_diagonal_of_the_matrix_and_clip_keeps_boxes_inside():
     import numpy as np
 

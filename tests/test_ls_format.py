@@ -65,6 +65,33 @@ def test_match_labels_by_name_case_and_predicted_values():
     assert match_labels(("bird", "nid", "cat"), config) == ("Bird", "Nest", None)
 
 
+def _rectangles(labels):
+    return parse_label_config(
+        f'<View><Image name="image" value="$image"/><RectangleLabels name="label" toName="image">{labels}</RectangleLabels></View>'
+    )
+
+
+def test_a_labels_own_name_wins_over_another_labels_predicted_values():
+    """Kittiwake starts from the base model's bird row; the config's own bird label keeps model class bird."""
+    config = _rectangles('<Label value="bird"/><Label value="Kittiwake" predicted_values="bird,seabird"/>')
+    assert match_labels(["bird", "Kittiwake"], config) == ("bird", "Kittiwake")
+    assert match_labels(["BIRD", "seabird"], config) == ("bird", "Kittiwake"), "a name in another case before predicted_values"
+    # the order of the labels does not matter
+    config = _rectangles('<Label value="Kittiwake" predicted_values="bird"/><Label value="Bird"/>')
+    assert match_labels(["bird", "kittiwake"], config) == ("Bird", "Kittiwake")
+    # an exact name before one differing in case
+    config = _rectangles('<Label value="Bird"/><Label value="bird"/>')
+    assert match_labels(["bird", "Bird"], config) == ("bird", "Bird")
+
+
+def test_an_aliased_label_is_found_by_its_value_too():
+    """The SDK names a label by its alias; LS's editor finds it by value or alias, and so does a model class."""
+    config = _rectangles('<Label value="Kittiwake" alias="KIWA"/><Label value="Gull"/>')
+    assert config.labels == ("KIWA", "Gull")
+    assert config.names == {"KIWA": "KIWA", "Gull": "Gull", "Kittiwake": "KIWA"}
+    assert match_labels(["Kittiwake", "kiwa", "gull", "kittiwake"], config) == ("KIWA", "KIWA", "Gull", "KIWA")
+
+
 def test_unknown_labels_error_explains_the_fix():
     config = parse_label_config(CONFIG)
     with pytest.raises(LabelMismatchError) as caught:
@@ -113,6 +140,20 @@ def test_rectangle_to_xyxy_rejects_malformed_boxes():
     odd = {"original_width": 10, "original_height": 10, "value": {"x": 0, "y": 0, "width": 1, "height": 1, "rotation": "a bit", "rectanglelabels": ["Bird"]}}
     with pytest.raises(LabelConfigError, match="rotation that is not a number"):
         rectangle_to_xyxy(odd)
+
+
+def test_the_image_size_given_wins_over_the_size_the_result_recorded():
+    """LS stores percent of the image it shows: a task's image replaced by a downscaled copy keeps its boxes' places."""
+    result = {"original_width": 4000, "original_height": 3000,
+              "value": {"x": 45, "y": 45, "width": 10, "height": 10, "rotation": 0, "rectanglelabels": ["bird"]}}
+    assert rectangle_to_xyxy(result, (1000, 750))[0] == pytest.approx([450, 337.5, 550, 412.5])
+    assert rectangle_to_xyxy(result)[0] == pytest.approx([1800, 1350, 2200, 1650]), "no size given: the recorded one"
+    del result["original_width"]
+    assert rectangle_to_xyxy(result, (1000, 750))[0] == pytest.approx([450, 337.5, 550, 412.5])
+    with pytest.raises(LabelConfigError, match="original_width/original_height"):
+        rectangle_to_xyxy(result)
+    with pytest.raises(LabelConfigError, match="original_width/original_height"):
+        rectangle_to_xyxy({**result, "original_width": 0, "original_height": 3000})
 
 
 def rotated(rotation, x=50.0, y=50.0, width=10.0, height=20.0, size=(200, 100)):

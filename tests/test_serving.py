@@ -31,7 +31,7 @@ def raw():
 
 def test_boxes_of_hidden_classes_are_dropped_and_their_columns_zeroed():
     shown = shown_classes(("bird", None))
-    assert shown.tolist() == [True, False]
+    assert shown.tolist() == [0, -1]
     seen = shown_detections(raw(), shown, OPEN)
     assert len(seen) == 2 and seen.labels.tolist() == [0, 0]
     np.testing.assert_allclose(seen.class_probs, [[0.9, 0.0], [0.4, 0.0]])
@@ -72,6 +72,24 @@ def test_serving_filters_come_from_the_settings():
 def test_shown_mask_must_fit_the_class_count():
     with pytest.raises(ValueError, match="shown must have shape"):
         shown_detections(raw(), np.ones(3, dtype=bool), OPEN)
+    with pytest.raises(ValueError, match="bool mask or int label groups"):
+        shown_detections(raw(), np.ones(2), OPEN)
+
+
+def test_classes_shown_as_one_label_are_suppressed_as_one():
+    """<Label value="Kittiwake" predicted_values="bird,kittiwake"/>: one animal scored as both is one Kittiwake box."""
+    # person, bird, kittiwake: a class-aware model NMS lets one box per class through on the same animal
+    det = Detections([[100, 100, 200, 180], [102, 101, 199, 182], [300, 300, 340, 340]], [[0.0, 0.8, 0.7], [0.0, 0.65, 0.72], [0.0, 0.0, 0.6]], (640, 480))
+    nms = ServingFilters(score_threshold=0.0, nms_metric="iou", nms_threshold=0.5, max_tags_per_pixel=0, max_detections=300)
+    shown = shown_classes((None, "Kittiwake", "Kittiwake"))
+    assert shown.tolist() == [-1, 0, 0]
+    seen = shown_detections(det, shown, nms)
+    assert seen.labels.tolist() == [1, 2] and seen.scores.tolist() == [0.8, 0.6], "the stronger box of the animal, and the other animal"
+    # the kept box keeps its model class and its own class vector (hidden columns zeroed)
+    np.testing.assert_allclose(seen.class_probs[0], [0.0, 0.8, 0.7])
+    # two labels: two boxes, as before
+    assert len(shown_detections(det, shown_classes((None, "bird", "Kittiwake")), nms)) == 3
+    assert len(shown_detections(det, np.array([False, True, True]), nms)) == 3, "a bool mask: each class a group of its own"
 
 
 def test_the_model_floor_and_the_store_key_follow_the_settings():
