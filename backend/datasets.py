@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from .evaluation import GroundTruth
+from .media import read_image, upright_size
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 FORMATS = ("yolo", "coco", "voc")
@@ -245,8 +246,9 @@ def _parse_voc(xml_path: Path, root: Path):
 
 
 def _image_size(path: Path) -> tuple[int, int]:
+    """(width, height) of the image as shown (EXIF orientation applied): what labels drawn in LS or a browser refer to."""
     with Image.open(path) as image:
-        return image.size
+        return upright_size(image)
 
 
 def predict_items(adapter, items: list[LabelledImage], batch_size: int, max_pixels: int | None = None) -> list:
@@ -258,8 +260,8 @@ def predict_items(adapter, items: list[LabelledImage], batch_size: int, max_pixe
     images: list[Image.Image] = []
     pixels = 0
     for item in items:
-        with Image.open(item.path) as image:
-            images.append(image.convert("RGB"))
+        # decoded as serving decodes a task's image (EXIF orientation, 16-bit scaling): boxes land where the labels are
+        images.append(read_image(item.path))
         pixels += images[-1].width * images[-1].height
         if len(images) >= batch_size or (max_pixels is not None and pixels >= max_pixels):
             predictions.extend(adapter.predict(images))

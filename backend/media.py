@@ -234,12 +234,37 @@ def _upright(image: Image.Image) -> Image.Image:
     Not `ImageOps.exif_transpose`: it rewrites the whole EXIF block, and raises on tags a camera wrote
     with odd types (a date stored as a number), which would lose a good image.
     """
+    method = ORIENTATION_TRANSPOSE.get(_orientation(image))
+    return image if method is None else image.transpose(method)
+
+
+def _orientation(image: Image.Image) -> int | None:
+    """The EXIF orientation tag of an opened image; None where absent or unreadable (browsers then show it as stored)."""
     try:
         orientation = image.getexif().get(EXIF_ORIENTATION)
-    except Exception:  # a damaged EXIF block: browsers show such an image as stored
-        orientation = None
-    method = ORIENTATION_TRANSPOSE.get(orientation) if isinstance(orientation, int) else None
-    return image if method is None else image.transpose(method)
+    except Exception:  # a damaged EXIF block
+        return None
+    return orientation if isinstance(orientation, int) else None
+
+
+def upright_size(image: Image.Image) -> tuple[int, int]:
+    """(width, height) of an opened image as a browser shows it (EXIF orientation applied), without decoding pixels."""
+    width, height = image.size
+    method = ORIENTATION_TRANSPOSE.get(_orientation(image))
+    turned = method in (Image.Transpose.TRANSPOSE, Image.Transpose.TRANSVERSE, Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_270)
+    return (height, width) if turned else (width, height)
+
+
+def read_image(path) -> Image.Image:
+    """An image file decoded as `decode_image` decodes a task's image (upright, RGB), with the file closed.
+
+    For local datasets (`ale evaluate`): no MAX_IMAGE_PIXELS check.
+    """
+    with Image.open(path) as image:
+        image.load()
+        shown = _rgb(_upright(image))
+        # an upright RGB file comes back as itself, which closing the file would leave without pixels
+        return image.copy() if shown is image else shown
 
 
 def _rgb(image: Image.Image) -> Image.Image:

@@ -210,3 +210,42 @@ def test_split_label_boxes_counts_each_labels_boxes_from_the_label_files(tmp_pat
     assert split_label_boxes(data_yaml, ["bird"], split="val") == {"bird": 0}  # no such split: nothing labelled
     with pytest.raises(ValueError, match=r"1.txt: class index 2 outside 0..1"):
         split_label_boxes(data_yaml, ["bird", "nest"])
+
+
+def test_a_phone_photo_is_read_and_predicted_upright_as_serving_decodes_it(tmp_path):
+    """EXIF orientation 6: stored 400x200, shown (by LS, a browser, serving) 200x400; labels refer to the upright image."""
+    from label_studio_ale.datasets import predict_items
+    from label_studio_ale.media import decode_image
+
+    (tmp_path / "images" / "val").mkdir(parents=True)
+    (tmp_path / "labels" / "val").mkdir(parents=True)
+    (tmp_path / "data.yaml").write_text("names: [bird]\n")
+    stored = Image.new("RGB", (400, 200))
+    stored.paste((255, 0, 0), (0, 0, 100, 200))  # the stored left edge is the top once turned upright
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored.save(tmp_path / "images" / "val" / "a.jpg", exif=exif)
+    Image.new("I;16", (30, 20), 32768).save(tmp_path / "images" / "val" / "b.png")  # a 16-bit frame: mid-grey, not clipped to white
+    (tmp_path / "labels" / "val" / "a.txt").write_text("0 0.5 0.125 0.5 0.25\n")
+    _, items = read_yolo(tmp_path, "val")
+    assert [i.truth.image_size for i in items] == [(200, 400), (30, 20)]
+    np.testing.assert_allclose(items[0].truth.xyxy, [[50, 0, 150, 100]])
+
+    class Echo:
+        def predict(self, images):
+            return images
+
+    a, b = predict_items(Echo(), items, 8)
+    served = decode_image((tmp_path / "images" / "val" / "a.jpg").read_bytes(), 10**8)
+    assert a.size == served.size == (200, 400) and a.mode == "RGB"
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(served))
+    assert a.getpixel((100, 20))[0] > 200, "the red band is on top"
+    assert b.mode == "RGB" and b.getpixel((0, 0)) == (127, 127, 127)
+
+
+def test_an_upright_rgb_image_stays_readable_after_its_file_is_closed(tmp_path):
+    from label_studio_ale.media import read_image
+
+    Image.new("RGB", (8, 6), (1, 2, 3)).save(tmp_path / "a.png")
+    image = read_image(tmp_path / "a.png")
+    assert image.size == (8, 6) and image.getpixel((7, 5)) == (1, 2, 3)
