@@ -41,6 +41,8 @@ MULTICLASS_OUTPUT = "detection_multiclass_scores"
 #: (B, D) unit-length image features, computed in the same call as the boxes (only this backend's exports have it)
 EMBEDDING_OUTPUT = "image_embedding"
 LABEL_MAP_NAMES = ("label_map.pbtxt", "labelmap.pbtxt")
+#: The name of a class id a label map skips: a placeholder no label is expected to match.
+GAP_CLASS_PREFIX = "class_"
 #: Scores below this never leave the adapter; serving thresholds apply later.
 DEFAULT_SCORE_FLOOR = 0.001
 #: Epochs of a fine-tune when TRAIN_EPOCHS is 0 (the RetinaNet's recipe is not the yolov5 small-data one).
@@ -225,19 +227,30 @@ _FIELD = re.compile(r"\b(id|name|display_name)\s*:\s*(?:\"([^\"]*)\"|'([^']*)'|(
 
 
 def read_label_map(path: str | Path) -> list[str]:
-    """An OD API label map (`item { id: 1 name: 'bird' }`) -> class names in id order; ids must be 1..C."""
+    """An OD API label map (`item { id: 1 name: '/m/01g317' display_name: 'person' }`) -> class names in id order.
+
+    A class is named by its `display_name`, as the OD API shows it (`name` is
+    often a machine id such as a Freebase MID), else by its `name`. Ids run
+    from 1; an id the map skips (COCO's has 80 classes among ids 1..90) is
+    named `class_<id>`, which matches no label, so that class i is id i + 1 and
+    detection_multiclass_scores' columns (background, then one per id up to
+    the largest) line up.
+    """
     text = Path(path).read_text()
-    found = {}
+    found: dict[int, str] = {}
     for block in _ITEM.findall(text):
         fields = {key: next(v for v in values if v) for key, *values in _FIELD.findall(block)}
         if "id" not in fields or not ({"name", "display_name"} & set(fields)):
             raise AdapterError(f"{path}: every item needs an id and a name: {block.strip()!r}")
-        found[int(fields["id"])] = fields.get("name") or fields["display_name"]
+        class_id = int(fields["id"])
+        if class_id < 1:
+            raise AdapterError(f"{path}: class ids start at 1 (0 is the background), got {class_id}: {block.strip()!r}")
+        if class_id in found:
+            raise AdapterError(f"{path}: class id {class_id} is listed twice")
+        found[class_id] = fields.get("display_name") or fields["name"]
     if not found:
         raise AdapterError(f"{path} holds no `item {{ id: ... name: ... }}` entries")
-    if sorted(found) != list(range(1, len(found) + 1)):
-        raise AdapterError(f"{path}: class ids must be 1..{len(found)} without gaps, got {sorted(found)}")
-    return [found[i] for i in range(1, len(found) + 1)]
+    return [found.get(i, f"{GAP_CLASS_PREFIX}{i}") for i in range(1, max(found) + 1)]
 
 
 def _digest(path: Path) -> str:

@@ -72,7 +72,8 @@ def test_unusable_exports_are_refused_with_the_fix(tmp_path):
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("item { id: 1 name: 'a' }\nitem { id: 3 name: 'c' }", r"ids must be 1..2 without gaps"),
+        ("item { id: 0 name: 'background' }", r"class ids start at 1 \(0 is the background\), got 0"),
+        ("item { id: 1 name: 'a' }\nitem { id: 1 name: 'b' }", "class id 1 is listed twice"),
         ("item { name: 'a' }", "needs an id and a name"),
         ("nothing here", "holds no"),
     ],
@@ -84,6 +85,39 @@ def test_label_maps_are_read_in_id_order_and_checked(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(AdapterError, match=message):
         read_label_map(path)
+
+
+def test_a_label_map_names_classes_by_display_name_and_fills_id_gaps(tmp_path):
+    """The OD API's own maps (mscoco_label_map.pbtxt): name is a Freebase MID, display_name the class; ids 1..90 for 80 classes."""
+    path = tmp_path / "mscoco_label_map.pbtxt"
+    path.write_text(
+        'item {\n  name: "/m/01g317"\n  id: 1\n  display_name: "person"\n}\n'
+        'item {\n  name: "/m/0jbk"\n  id: 4\n  display_name: "stop sign"\n}\n'
+        "item { id: 2 name: 'bicycle' }\n"
+    )
+    assert read_label_map(path) == ["person", "bicycle", "class_3", "stop sign"]
+
+
+def test_an_export_whose_label_map_skips_ids_keeps_its_columns_in_line(tmp_path):
+    """Ids 1 and 3: class 3 is the third class and the fourth multiclass column; id 2 is a placeholder no label matches."""
+    from tests.support.tf_models import export_fixed_detections
+
+    boxes = np.array([[0.1, 0.1, 0.5, 0.5], [0.5, 0.5, 0.9, 0.9]], dtype=np.float32)
+    rows = np.array([[0.1, 0.8, 0.0, 0.1], [0.2, 0.1, 0.0, 0.7]], dtype=np.float32)  # background, bird, (id 2), nest
+    label_map = "item { id: 1 display_name: 'bird' }\nitem { id: 3 display_name: 'nest' }\n"
+    export = export_fixed_detections(tmp_path, boxes, np.array([0.8, 0.7], np.float32), np.array([1, 3], np.float32), 2, rows, label_map)
+    adapter = TfodAdapter(export)
+    assert adapter.classes == ("bird", "class_2", "nest")
+    (det,) = adapter.predict([Image.new("RGB", (10, 10))])
+    assert det.labels.tolist() == [0, 2]
+    np.testing.assert_allclose(det.class_probs, rows[:, 1:], rtol=1e-6)
+    from label_studio_ale.ls_format import match_labels, parse_label_config
+
+    config = parse_label_config(
+        '<View><Image name="image" value="$image"/><RectangleLabels name="label" toName="image">'
+        '<Label value="bird"/><Label value="nest"/></RectangleLabels></View>'
+    )
+    assert match_labels(adapter.classes, config) == ("bird", None, "nest")
 
 
 def test_a_foreign_export_keeps_each_detections_class_score_and_real_background(tmp_path):
