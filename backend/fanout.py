@@ -65,7 +65,7 @@ def fan_out(rt: Runtime, project: int, tasks: list[TaskRef], model_version: str)
             chunk_ids.append(
                 queue.enqueue(QUEUE_PREDICT, predict_chunk, project, model_version, part, retries=CHUNK_RETRIES, timeout=CHUNK_TIMEOUT)
             )
-        queue.enqueue(QUEUE_SYNC, sync_after_prediction, project, retry=True, job_id=follow_id, depends_on=chunk_ids)
+        queue.enqueue(QUEUE_SYNC, sync_after_prediction, project, model_version, retry=True, job_id=follow_id, depends_on=chunk_ids)
     except Exception:
         rt.take_flag(fanout_flag(project))  # nothing follows: the next sync must not wait for it
         raise
@@ -92,10 +92,19 @@ def predict_chunk(project: int, model_version: str, tasks: list[tuple[int, dict]
     return {"status": "predicted", **result}
 
 
-def sync_after_prediction(project: int, *, runtime: Runtime | None = None, progress: Progress | None = None) -> dict:
-    """The sync that follows a fan-out: tasks no chunk stored are predicted here, not fanned out again."""
+def sync_after_prediction(
+    project: int, model_version: str | None = None, *, runtime: Runtime | None = None, progress: Progress | None = None
+) -> dict:
+    """The sync that follows a fan-out of `model_version`'s predictions.
+
+    Tasks no chunk stored are predicted here, not fanned out again. Where
+    another version is served by now (a training promoted meanwhile: the
+    chunks skipped), the whole pool is new to it, and it is fanned out anew
+    rather than predicted by this one job on one worker.
+    """
     from .jobs import sync_priorities
 
     rt = runtime or current_runtime()
     rt.take_flag(fanout_flag(project))
-    return sync_priorities(project, runtime=rt, progress=progress, fanout=False)
+    promoted = model_version is not None and rt.adapter_for(project).version != model_version
+    return sync_priorities(project, runtime=rt, progress=progress, fanout=promoted)
