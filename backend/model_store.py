@@ -5,7 +5,9 @@ adapters whose models are folders, such as a SavedModel), `classes.json`,
 `metrics.json` and `manifest.json`. It is written under a temporary name and renamed into place
 only when complete, and `current` (a one-line file naming the served version)
 is replaced with `os.replace`: a crash at any moment leaves `current` naming a
-complete version, or no version at all.
+complete version, or no version at all. `last-version` names the highest
+number ever given, so a version folder removed by hand never has its name
+given again.
 """
 
 from __future__ import annotations
@@ -23,14 +25,18 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 CURRENT = "current"
+#: A one-line file naming the highest version number ever given in the project, so that a version folder removed
+#: by hand never has its name given again: the adapter cache, the detection store and the served-queue record all
+#: know a model by its name, and would take a new model for the removed one.
+LAST_VERSION = "last-version"
 WEIGHTS = "weights.pt"
 #: Where a version keeps weights that are a folder (e.g. a SavedModel export).
 WEIGHTS_DIR = "model"
 _VERSION_NAME = re.compile(r"^v\d{4,}$")
 #: Names in a project's folder that only a running training writes: its work folder, a version being copied
-#: in, the pointer being replaced. A training killed mid-way leaves them (`remove_leftovers`).
-WORK_PREFIX, INCOMING_PREFIX, POINTER_PREFIX = ".work-", ".incoming-", ".current-"
-LEFTOVER_PREFIXES = (WORK_PREFIX, INCOMING_PREFIX, POINTER_PREFIX)
+#: in, the pointer or the version mark being replaced. A training killed mid-way leaves them (`remove_leftovers`).
+WORK_PREFIX, INCOMING_PREFIX, POINTER_PREFIX, MARK_PREFIX = ".work-", ".incoming-", ".current-", ".last-version-"
+LEFTOVER_PREFIXES = (WORK_PREFIX, INCOMING_PREFIX, POINTER_PREFIX, MARK_PREFIX)
 
 
 @dataclass(frozen=True)
@@ -131,6 +137,8 @@ class ModelStore:
             _fsync_tree(staging)
             for _ in range(100):  # another writer may take the same number: try the next
                 name = self._next_name()
+                # reserved before the rename: a writer killed between the two leaves a gap, never a name to reuse
+                self._write_file(LAST_VERSION, name, MARK_PREFIX)
                 try:
                     os.rename(staging, self.dir / name)
                 except OSError:
@@ -164,17 +172,47 @@ class ModelStore:
     def promote(self, name: str) -> None:
         """Make `name` the served version, atomically."""
         self.get(name)  # must be complete
-        handle, temp = tempfile.mkstemp(prefix=POINTER_PREFIX, dir=self.dir)
-        with os.fdopen(handle, "w") as f:
-            f.write(name + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, self.dir / CURRENT)
-        _fsync_path(self.dir)
+        self._write_file(CURRENT, name, POINTER_PREFIX)
+
+    def record_promotion(self, name: str, promotion: dict) -> ModelVersion:
+        """Replace the manifest's `promotion` record of stored version `name`, atomically. -> the version as stored now."""
+        version = self.get(name)
+        manifest = version.manifest | {"promotion": promotion}
+        self._write_file(f"{name}/manifest.json", json.dumps(manifest, indent=2), ".manifest-", newline=False)
+        return self.get(name)
+
+    def _write_file(self, name: str, text: str, prefix: str, newline: bool = True) -> None:
+        """Write `text` as `name` (relative to the project's folder) whole or not at all: a flushed temporary, renamed."""
+        target = self.dir / name
+        handle, temp = tempfile.mkstemp(prefix=prefix, dir=target.parent)
+        try:
+            with os.fdopen(handle, "w") as f:
+                f.write(text + ("\n" if newline else ""))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(temp, target)
+        except BaseException:
+            Path(temp).unlink(missing_ok=True)
+            raise
+        _fsync_path(target.parent)
 
     def _next_name(self) -> str:
+        """One past the highest number given so far: the high-water mark, or a folder (a store older than the mark)."""
         numbers = [int(p.name[1:]) for p in self.dir.iterdir() if _VERSION_NAME.match(p.name)] if self.dir.is_dir() else []
-        return f"v{max(numbers, default=0) + 1:04d}"
+        mark = self._last_given()
+        return f"v{max(numbers + [mark], default=0) + 1:04d}"
+
+    def _last_given(self) -> int:
+        """The number in LAST_VERSION; 0 when there is none (a store made before it) or it does not parse."""
+        try:
+            text = (self.dir / LAST_VERSION).read_text().strip()
+        except FileNotFoundError:
+            return 0
+        if not _VERSION_NAME.match(text):
+            # written whole by os.replace, so only a hand edit gets here: the folders still give a lower bound
+            log.warning("%s holds %r, not a version name: numbering from the version folders", self.dir / LAST_VERSION, text)
+            return 0
+        return int(text[1:])
 
 
 def _fsync_path(path: Path) -> None:

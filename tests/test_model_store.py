@@ -180,8 +180,47 @@ def test_what_a_killed_training_left_is_removed_and_versions_are_kept(tmp_path, 
     (store.dir / ".incoming-abc").mkdir()
     (store.dir / ".incoming-abc" / "weights.pt").write_bytes(b"half")
     (store.dir / ".current-xyz").write_text("v0009")
+    (store.dir / ".last-version-xyz").write_text("v0009")
     (store.dir / "images").mkdir()  # the training image cache stays
-    assert store.remove_leftovers() == [".current-xyz", ".incoming-abc", ".work-1700000000000"]
-    assert sorted(p.name for p in store.dir.iterdir()) == ["current", "images", "v0001"]
+    assert store.remove_leftovers() == [".current-xyz", ".incoming-abc", ".last-version-xyz", ".work-1700000000000"]
+    assert sorted(p.name for p in store.dir.iterdir()) == ["current", "images", "last-version", "v0001"]
     assert store.current().name == "v0001" and store.remove_leftovers() == []
     assert ModelStore(tmp_path, 99).remove_leftovers() == []  # a project with no folder yet
+
+
+def test_a_version_removed_by_hand_never_has_its_name_given_again(tmp_path, weights):
+    """The adapter cache, the detection store and the served-queue record know a model by its name: a new model
+    named like a removed one would be taken for it (its cached weights served, its stored detections reused)."""
+    import shutil
+
+    store = ModelStore(tmp_path, 7)
+    store.add(weights, ["bird"], {}, {})
+    store.promote(store.add(weights, ["bird"], {}, {}).name)
+    shutil.rmtree(store.dir / "v0002")  # the bad newest version removed by hand
+    assert store.add(weights, ["bird"], {}, {}).name == "v0003"
+    for name in ("v0003", "v0001"):
+        shutil.rmtree(store.dir / name)
+    assert store.add(weights, ["bird"], {}, {}).name == "v0004", "nothing left on disk: the mark alone remembers"
+    assert (store.dir / "last-version").read_text() == "v0004\n"
+
+
+def test_a_store_older_than_the_mark_numbers_from_its_folders(tmp_path, weights):
+    """A store written before `last-version` existed, or one whose mark was edited by hand, counts its folders."""
+    store = ModelStore(tmp_path, 7)
+    store.add(weights, ["bird"], {}, {}).path.rename(store.dir / "v0041")
+    (store.dir / "last-version").unlink()
+    assert store.add(weights, ["bird"], {}, {}).name == "v0042"
+    (store.dir / "last-version").write_text("garbage\n")
+    assert store.add(weights, ["bird"], {}, {}).name == "v0043"
+    (store.dir / "last-version").write_text("v0100\n")  # a mark above the folders wins
+    assert store.add(weights, ["bird"], {}, {}).name == "v0101"
+
+
+def test_a_refused_promotion_is_recorded_in_place_and_whole(tmp_path, weights):
+    store = ModelStore(tmp_path, 7)
+    version = store.add(weights, ["bird"], {"map50": 0.5}, {"epochs": 3, "promotion": {"promoted": True, "reason": "first"}})
+    again = store.record_promotion(version.name, {"promoted": False, "reason": "the lock lapsed"})
+    assert again.manifest["promotion"] == {"promoted": False, "reason": "the lock lapsed"} and again.manifest["epochs"] == 3
+    assert store.get(version.name).manifest == again.manifest and sorted(p.name for p in version.path.iterdir()) == [
+        "classes.json", "manifest.json", "metrics.json", "weights.pt"
+    ]
