@@ -25,6 +25,12 @@ log = logging.getLogger(__name__)
 LOCK_LEASE = 60
 #: A raised flag nobody takes (its holder's machine vanished) is forgotten after this long.
 FLAG_TTL = 24 * 60 * 60
+#: Seconds a Redis command (or a connection) may take before it fails, unless REDIS_URL sets `socket_timeout` /
+#: `socket_connect_timeout`: without one, a Redis that stops answering (a host gone mid-connection) blocks the
+#: lock's renewal, and the job's lock checks, forever. Under a renewal round (LOCK_LEASE / 3).
+REDIS_SOCKET_TIMEOUT = 10.0
+#: What `HeldLock.check` says can be done about a write it refused, unless its caller knows better.
+NEXT_RUN_DOES_IT = "the next run does it"
 
 
 class LockLostError(AleError):
@@ -34,21 +40,42 @@ class LockLostError(AleError):
 
 
 class HeldLock:
-    """What `Runtime.lock` yields: true when acquired; `check` refuses once its lease may have lapsed."""
+    """What `Runtime.lock` yields: true when acquired; `check` refuses once its lease may have lapsed.
 
-    def __init__(self, name: str, acquired: bool):
-        self.name, self.acquired = name, acquired
-        self.lost = threading.Event()  # set by the renewing thread
+    `lock` is the Redis lock held (None for an embedded lock, which only its process can take).
+    """
+
+    def __init__(self, name: str, acquired: bool, lock=None):
+        self.name, self.acquired, self._lock = name, acquired, lock
+        self.lost = threading.Event()  # set by the renewing thread, or by a check that found the lock gone
 
     def __bool__(self) -> bool:
         return self.acquired
 
-    def check(self, what: str) -> None:
-        """Before a write that only the lock's holder may make: raise LockLostError naming `what` once the lock is lost."""
+    def check(self, what: str, remedy: str = NEXT_RUN_DOES_IT) -> None:
+        """Before a write that only the lock's holder may make: raise LockLostError naming `what` unless the lock is held.
+
+        A Redis lock is asked of Redis now, and its lease renewed: the renewing thread looks only every third of a
+        lease, and another job may have taken the key meanwhile (Redis restarted without it). A Redis that cannot
+        answer refuses the write too. `remedy` says what can be done about a refused write.
+        """
+        if not self.lost.is_set() and self._lock is not None:
+            from redis.exceptions import LockNotOwnedError
+
+            try:
+                self._lock.reacquire()  # a full lease from now, for the write that follows
+            except LockNotOwnedError:
+                log.warning("lock %s lapsed while held", self.name)
+                self.lost.set()
+            except Exception as exc:  # not proven held: another job may hold it
+                raise LockLostError(
+                    f"{what} was not done: Redis could not confirm that this job still holds the lock {self.name} "
+                    f"({type(exc).__name__}: {exc}), so another job may hold it; {remedy}"
+                ) from None
         if self.lost.is_set():
             raise LockLostError(
                 f"{what} was not done: the lock {self.name} lapsed while this job ran (Redis restarted or could not be "
-                f"reached for {LOCK_LEASE:g} s), so another job may hold it; the next run does it"
+                f"reached for {LOCK_LEASE:g} s), so another job may hold it; {remedy}"
             )
 
 
@@ -68,14 +95,15 @@ class Runtime:
         self._adapter_lock = threading.Lock()
         self._local_locks: dict[str, threading.Lock] = {}
         self._held = threading.local()  # name -> HeldLock, of the locks this thread holds
-        self._local_flags: dict[str, str] = {}  # raised flag -> the value it holds
+        self._local_flags: dict[str, tuple[str, float]] = {}  # raised flag -> (the value it holds, when it lapses)
         self._flags_lock = threading.Lock()
         self._project_adapters: dict[int, tuple[str, Adapter]] = {}
         self.redis = redis
         if self.redis is None and settings.redis_url:
             from redis import Redis
 
-            self.redis = Redis.from_url(settings.redis_url)
+            # REDIS_URL's own timeouts win (its query string overrides these)
+            self.redis = Redis.from_url(settings.redis_url, socket_timeout=REDIS_SOCKET_TIMEOUT, socket_connect_timeout=REDIS_SOCKET_TIMEOUT)
         self._store: DetectionStore | None = None
 
     @property
@@ -127,7 +155,8 @@ class Runtime:
             lock = self.redis.lock(
                 f"ale:lock:{name}", timeout=LOCK_LEASE, blocking=wait > 0, blocking_timeout=wait or None, thread_local=False
             )
-            held = HeldLock(name, bool(lock.acquire()))
+            acquired = bool(lock.acquire())
+            held = HeldLock(name, acquired, lock if acquired else None)
             stop = threading.Event()
             if held:
                 held_here[name] = held
@@ -160,11 +189,11 @@ class Runtime:
             locks = self._held.locks = {}
         return locks
 
-    def check_lock(self, name: str, what: str) -> None:
+    def check_lock(self, name: str, what: str, remedy: str = NEXT_RUN_DOES_IT) -> None:
         """Raise LockLostError naming `what` if this thread holds lock `name` and it lapsed (nothing when not held here)."""
         held = self._held_here().get(name)
         if held is not None:
-            held.check(what)
+            held.check(what, remedy)
 
     # Flags: a request that something be done, shared like the locks (Redis across processes, or this process).
 
@@ -173,7 +202,7 @@ class Runtime:
             self.redis.set(f"ale:flag:{name}", value, ex=ttl)
             return
         with self._flags_lock:
-            self._local_flags[name] = value
+            self._local_flags[name] = (value, time.monotonic() + ttl)
 
     def flag_value(self, name: str) -> str | None:
         """What a raised flag holds; None when it is not raised."""
@@ -181,7 +210,7 @@ class Runtime:
             value = self.redis.get(f"ale:flag:{name}")
             return None if value is None else value.decode()
         with self._flags_lock:
-            return self._local_flags.get(name)
+            return self._local_flag(name)
 
     def claim_flag(self, name: str, value: str, ttl: int = FLAG_TTL) -> str | None:
         """Raise the flag holding `value` unless it is raised. -> None when this call raised it, else the value it holds."""
@@ -195,9 +224,10 @@ class Runtime:
                     return held.decode()
             return None if self.redis.set(key, value, ex=ttl) else value
         with self._flags_lock:
-            if name in self._local_flags:
-                return self._local_flags[name]
-            self._local_flags[name] = value
+            held = self._local_flag(name)
+            if held is not None:
+                return held
+            self._local_flags[name] = (value, time.monotonic() + ttl)
             return None
 
     def take_flag(self, name: str) -> bool:
@@ -205,13 +235,23 @@ class Runtime:
         if self.redis is not None:
             return bool(self.redis.delete(f"ale:flag:{name}"))
         with self._flags_lock:
-            return self._local_flags.pop(name, None) is not None
+            raised = self._local_flag(name) is not None
+            self._local_flags.pop(name, None)
+            return raised
 
     def flag_raised(self, name: str) -> bool:
         if self.redis is not None:
             return bool(self.redis.exists(f"ale:flag:{name}"))
         with self._flags_lock:
-            return name in self._local_flags
+            return self._local_flag(name) is not None
+
+    def _local_flag(self, name: str) -> str | None:
+        """A flag's value in this process (under `_flags_lock`); one whose time-to-live has passed is lowered, as Redis does."""
+        found = self._local_flags.get(name)
+        if found is not None and time.monotonic() >= found[1]:
+            del self._local_flags[name]
+            found = None
+        return None if found is None else found[0]
 
 
 def _renew(lock, stop: threading.Event, lost: threading.Event) -> None:
