@@ -265,18 +265,22 @@ def _worker(settings: Settings, args) -> int:
 
 
 def _cron(settings: Settings) -> int:
-    from rq.cron import CronScheduler
+    cron_scheduler(settings, _need_redis(settings)).start()
+    return 0
 
+
+def cron_scheduler(settings: Settings, connection):
+    """`ale cron`'s scheduler: sync_all every SYNC_INTERVAL seconds, never a second one while one still waits."""
     from .jobqueue import JOB_TIMEOUT, QUEUE_SYNC, queue_name
     from .jobs import sync_all
+    from .worker import AleCronScheduler
 
-    scheduler = CronScheduler(connection=_need_redis(settings), logging_level=settings.log_level)
+    scheduler = AleCronScheduler(connection=connection, logging_level=settings.log_level)
     # Without a job_timeout rq gives the job its queue's 180 s, and kills a full sync of a large project part-way.
     scheduler.register(
         sync_all, queue_name=queue_name(settings.adapter, QUEUE_SYNC), interval=settings.sync_interval, job_timeout=JOB_TIMEOUT
     )
-    scheduler.start()
-    return 0
+    return scheduler
 
 
 class _Bars:

@@ -8,6 +8,9 @@ lapsed, and Start Training can start again at once. Each worker also sweeps
 its queues every SWEEP_INTERVAL seconds for jobs whose worker is gone, so
 that a lost pool-prediction chunk is retried on a live worker even when
 nobody asks about it.
+
+`ale cron` runs `AleCronScheduler`: rq's cron scheduler, except that it does
+not enqueue a job again while the one it enqueued last still waits.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ import threading
 import time
 
 from redis.exceptions import ConnectionError as RedisConnectionError
-from rq import SimpleWorker
+from rq import Queue, SimpleWorker
+from rq.cron import CronJob, CronScheduler
+from rq.utils import now
 
 from .jobqueue import HEARTBEAT_INTERVAL, HEARTBEAT_TTL, JOB_TIMEOUT, alive_key, recover_abandoned, release_watch, renew_alive, watched_key
 
@@ -99,3 +104,33 @@ class AleWorker(SimpleWorker):
                 release_watch(redis, job.id, self.name)
             except Exception:
                 pass
+
+
+class AleCronScheduler(CronScheduler):
+    """rq's cron scheduler, skipping a round while the job its cron job enqueued last is still in its queue.
+
+    rq enqueues at every interval whether or not the last one has started: while the only worker trains for hours,
+    a sync every SYNC_INTERVAL piles up (72 in 6 h at 5 min), and they then run back to back, each redoing the last.
+    One waiting is enough: it syncs whatever changed before it starts.
+    """
+
+    def enqueue_jobs(self) -> list[CronJob]:
+        for cron_job in self.get_jobs():
+            if cron_job.should_run():
+                waiting = still_waiting(self.connection, cron_job)
+                if waiting:
+                    log.info("%s: the one enqueued last (job %s) has not started yet; not enqueued again", cron_job.name, waiting)
+                    cron_job.set_enqueue_time(now())  # this round is done: the next is an interval away
+        return super().enqueue_jobs()
+
+
+def still_waiting(connection, cron_job: CronJob) -> str | None:
+    """The id of the job `cron_job` enqueued last, while it is still in its queue (not yet started); else None.
+
+    Its queue is first in, first out: an older one still waiting would mean this one does too. A job gone from the
+    queue (started, or the queue emptied by hand) waits for nothing, whatever its record says.
+    """
+    newest = cron_job.get_job_ids(connection, 0, 0)
+    if newest and Queue(cron_job.queue_name, connection=connection).get_job_position(newest[0]) is not None:
+        return newest[0]
+    return None

@@ -74,3 +74,42 @@ def test_a_damaged_served_version_is_named_and_another_can_be_served(monkeypatch
     assert main(["models", "--project", "4", "--promote", first.name]) == 0
     assert f"{first.name} is served from now on" in capsys.readouterr().out
     assert store.current().name == first.name
+
+
+def test_ale_cron_never_queues_a_second_sync_while_one_still_waits():
+    """rq's cron enqueues every interval whether or not the last one ran: during a 6 h training (the only worker
+    busy) 72 syncs would pile up, then run back to back. One waits; the next is queued once a worker took it."""
+    from redis import Redis
+    from rq import Queue
+    from rq.utils import now
+
+    from label_studio_ale.cli import cron_scheduler
+    from label_studio_ale.settings import Settings
+    from tests.support.redis_server import start_redis
+
+    server = start_redis()
+    try:
+        redis = Redis.from_url(server.url)
+        scheduler = cron_scheduler(Settings(redis_url=server.url, sync_interval=60), redis)
+        (cron_job,) = scheduler.get_jobs()
+        queue = Queue(cron_job.queue_name, connection=redis)
+
+        def round_due():
+            cron_job.next_enqueue_time = now()  # an interval has passed
+            scheduler.enqueue_jobs()
+            assert cron_job.next_enqueue_time > now(), "the next round is an interval away"
+
+        scheduler.enqueue_jobs()
+        for _ in range(3):
+            round_due()
+        assert [job.func_name for job in queue.get_jobs()] == ["label_studio_ale.jobs.sync_all"]
+        first = queue.job_ids[0]
+        redis.lpop(queue.key)  # a worker takes it
+        round_due()
+        round_due()
+        assert len(queue.job_ids) == 1 and queue.job_ids[0] != first
+        queue.empty()  # emptied by hand: nothing waits, whatever the history says
+        round_due()
+        assert len(queue.job_ids) == 1
+    finally:
+        server.stop()
