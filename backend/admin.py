@@ -56,7 +56,7 @@ def admin_blueprint(settings, runtime) -> Blueprint:
             served=served.name if served else None,
             damaged=damaged,
             plot=metrics_svg(versions),
-            jobs=job_rows(settings, runtime),
+            jobs=job_rows(settings, runtime, project),
             head=queue_head(runtime, project, shown_mask(runtime, project)),
             savings=savings_by_model(runtime.store, project),
             disagreements=latest.get("most_disagreement", []),
@@ -87,13 +87,14 @@ def known_projects(settings, runtime) -> list[int]:
     return sorted(found)
 
 
-def job_rows(settings, runtime) -> list[dict] | None:
-    """Recent jobs of the rq queues; None in embedded mode (jobs run in this process, GET /jobs/<id>)."""
+def job_rows(settings, runtime, project: int) -> list[dict] | None:
+    """Recent jobs of the rq queues for `project`'s page: its own and the scheduled sync of every project (sync_all);
+    None in embedded mode (jobs run in this process, GET /jobs/<id>)."""
     if runtime.redis is None:
         return None
     from .jobqueue import recent_jobs
 
-    return recent_jobs(runtime.redis, settings.adapter, RECENT_JOBS)
+    return recent_jobs(runtime.redis, settings.adapter, RECENT_JOBS, project=project)
 
 
 def shown_mask(runtime, project: int) -> np.ndarray | None:
@@ -242,7 +243,7 @@ PROJECT = """<!doctype html><html><head><meta charset="utf-8"><title>project {{ 
 {% else %}<p>No queue served yet: the next sync writes one.</p>{% endif %}
 <h2>Jobs</h2>
 {% if jobs is none %}<p>Jobs run inside this server (no REDIS_URL); GET /jobs/&lt;id&gt; reports one.</p>
-{% elif jobs %}<table id="jobs"><tr><th class="l">queue</th><th class="l">status</th><th class="l">function</th><th class="l">progress / error</th><th class="l">job</th></tr>
+{% elif jobs %}<p>This project's jobs, and the scheduled sync of every project.</p><table id="jobs"><tr><th class="l">queue</th><th class="l">status</th><th class="l">function</th><th class="l">progress / error</th><th class="l">job</th></tr>
 {% for j in jobs %}<tr><td class="l">{{ j.queue }}</td><td class="l">{{ j.status }}</td><td class="l">{{ j.function.rsplit(".", 1)[-1] }}</td><td class="l">{{ j.detail }}</td><td class="l">{{ j.id }}</td></tr>{% endfor %}</table>
 {% else %}<p>No recent job.</p>{% endif %}
 <h2>What the pre-annotations saved</h2>

@@ -32,7 +32,40 @@ JOB_TIMEOUT = 6 * 60 * 60  # training on a CPU takes a while
 HEARTBEAT_INTERVAL = 10
 #: Longer than a lock's lease (runtime.LOCK_LEASE): once a job is known dead, its locks are free.
 HEARTBEAT_TTL = 75
-ABANDONED = "the worker running this job stopped (killed or crashed) before it finished; nothing was stored. Press Start Training again"
+#: The error of a job whose worker died, by what the job is and, for a training, how far it got (`abandoned_message`).
+ABANDONED = "the worker running this job stopped (killed or crashed) before it finished; no model was trained or changed"
+ABANDONED_SYNC = (
+    "the worker running this sync stopped (killed or crashed) before it finished; no model was trained or changed. "
+    "The next sync ranks the queue again: the scheduled one, or `ale sync --project <id>` now"
+)
+ABANDONED_TRAINING = (
+    "the worker running this training stopped (killed or crashed) before it stored a new version; the served model "
+    "is unchanged. Press Start Training again"
+)
+ABANDONED_TRAINING_STORED = (
+    "the worker running this training stopped (killed or crashed) after it stored {version}, which is not served: "
+    "`ale models --project {project}` lists it with its promotion decision, `ale models --project {project} --promote "
+    "{version}` serves it; or press Start Training again"
+)
+ABANDONED_TRAINING_PROMOTED = (
+    "the worker running this training stopped (killed or crashed) after it stored {version} and made it the served "
+    "version, before its re-sync finished: the next sync (scheduled, or `ale sync --project {project}`) ranks the queue with it"
+)
+#: A training's job meta names the version it stored, once stored: {"project", "version", "served"}.
+STORED_VERSION = "stored_version"
+
+
+def abandoned_message(job) -> str:
+    """The error of a job (an rq Job) whose worker died: true of what it is, and of how far a training got."""
+    func, origin = job.func_name or "", job.origin or ""
+    if func.rsplit(".", 1)[-1] == "train_project" or origin.endswith(f"-{QUEUE_TRAIN}"):
+        stored = (job.meta or {}).get(STORED_VERSION)
+        if not stored:
+            return ABANDONED_TRAINING
+        return (ABANDONED_TRAINING_PROMOTED if stored.get("served") else ABANDONED_TRAINING_STORED).format(**stored)
+    if origin.endswith(f"-{QUEUE_SYNC}"):
+        return ABANDONED_SYNC
+    return ABANDONED
 
 
 def alive_key(job_id: str) -> str:
@@ -127,7 +160,7 @@ class RedisJobQueue:
         # it may have finished meanwhile, or, abandoned with retries left, be queued again
         status = job.get_status(refresh=True)
         if status == "failed" and abandoned:
-            error = ABANDONED
+            error = abandoned_message(job)
         elif status == "failed":
             latest = job.latest_result()
             error = (latest.exc_string or "").strip().splitlines()[-1] if latest and latest.exc_string else "failed"
@@ -189,7 +222,7 @@ def fail_abandoned(redis, job) -> bool:
     redis.delete(watched_key(job.id))  # before a retry can start it again: that run is watched afresh
     redis.zadd(registry.key, {entry: 1 for entry in claimed})  # expired since 1970
     registry.cleanup(timestamp=1)
-    log.warning("job %s (%s): %s", job.id, job.func_name, ABANDONED)
+    log.warning("job %s (%s): %s", job.id, job.func_name, abandoned_message(job))
     return True
 
 
@@ -216,13 +249,46 @@ def recover_abandoned(redis, queue_names) -> list[str]:
     return found
 
 
-def recent_jobs(redis, adapter: str, limit: int) -> list[dict]:
+#: Jobs read at a time, newest first, while looking for one project's latest jobs.
+SCAN_BATCH = 100
+#: At most this many of a registry's newest jobs are read looking for one project's: the admin page stays quick.
+SCAN_LIMIT = 2000
+
+
+def job_project(job) -> int | None:
+    """The project a job works on: its first argument, as the backend queues every per-project job; None for one of
+    every project (the scheduled sync_all) or whose arguments cannot be read."""
+    try:
+        args = job.args
+    except Exception:  # rq could not unpickle them: not a job of ours to place
+        return None
+    first = args[0] if args else None
+    return first if isinstance(first, int) and not isinstance(first, bool) else None
+
+
+def _latest_jobs(redis, ids: list[str], limit: int, project: int | None) -> list:
+    """The last `limit` of `ids`' jobs still stored, oldest first; given `project`, of those that concern it (job_project)."""
+    from rq.job import Job
+
+    if project is None:
+        return [job for job in Job.fetch_many(ids[-limit:], connection=redis) if job is not None]
+    found: list = []
+    end = len(ids)
+    while end > 0 and len(found) < limit and len(ids) - end < SCAN_LIMIT:
+        start = max(0, end - SCAN_BATCH)
+        fetched = Job.fetch_many(ids[start:end], connection=redis)
+        found = [job for job in fetched if job is not None and job_project(job) in (None, project)] + found
+        end = start
+    return found[-limit:]
+
+
+def recent_jobs(redis, adapter: str, limit: int, project: int | None = None) -> list[dict]:
     """The adapter's queued, running, finished and failed jobs (the last `limit` of each), with progress or error.
 
+    project: only that project's jobs and those of every project (sync_all); None: every job.
     -> [{"queue", "status", "id", "function", "detail"}], queue by queue.
     """
     from rq import Queue
-    from rq.job import Job
 
     from .progress import describe_progress
 
@@ -237,9 +303,7 @@ def recent_jobs(redis, adapter: str, limit: int) -> list[dict]:
             ("failed", queue.failed_job_registry.get_job_ids()),
         )
         for status, ids in registries:
-            for job in Job.fetch_many(ids[-limit:], connection=redis):
-                if job is None:
-                    continue
+            for job in _latest_jobs(redis, ids, limit, project):
                 detail = describe_progress(job.meta)
                 if status == "failed":
                     latest = job.latest_result()

@@ -17,9 +17,11 @@ import numpy as np
 from .datasets import split_label_boxes
 from .errors import TrainingError
 from .evaluation import evaluate
+from .jobqueue import STORED_VERSION
 from .ls_format import parse_label_config
 from .model_store import WORK_PREFIX, ModelStore, ModelVersion
-from .runtime import Runtime, current_runtime
+from .progress import publish
+from .runtime import LockLostError, Runtime, current_runtime
 from .settings import Settings
 from .tile_dataset import TrainingTiles
 from .training_set import VAL_FULL, annotated_samples, write_training_set
@@ -132,8 +134,9 @@ def train_version(
     whose classes are named otherwise keeps the rows of those the label
     config maps to a label: `aliases` (lower-cased model class -> label, the
     config's names and `predicted_values`; default: the labels themselves).
-    `before_promote(what)` runs before a promotion and raises to prevent it
-    (the project's lock lapsed): the version stays stored, not served.
+    `before_promote(what, remedy)` runs before a promotion and raises
+    LockLostError to prevent it (the project's lock lapsed): the version stays
+    stored, not served, and its manifest says so.
     """
     from .adapters import Trainer, adapter_class
 
@@ -207,11 +210,41 @@ def train_version(
         },
     }
     version = store.add(trained, classes, metrics, manifest)
+    _publish_stored(store, version.name, served=False)
     if promote:
         if before_promote is not None:
-            before_promote(f"promoting {version.name} (trained and stored; `ale models` lists it)")
+            promote_by_hand = f"ale models --project {store.dir.name} --promote {version.name}"
+            try:
+                before_promote(
+                    f"promoting {version.name} (trained and stored; `ale models` lists it)",
+                    f"{version.name} stays stored, not served: serve it with `{promote_by_hand}` once no training of the "
+                    "project runs, or train again",
+                )
+            except LockLostError:
+                # /versions and `ale models` show the stored record: it must not say promoted
+                refused = {
+                    "promoted": False,
+                    "reason": f"not promoted: the project's training lock was lost, or could not be confirmed, before the "
+                    f"promotion (another training may have run); by its evaluation it would have been ({reason}); "
+                    f"`{promote_by_hand}` serves it",
+                }
+                try:
+                    store.record_promotion(version.name, manifest["promotion"] | refused)
+                except Exception:  # the lock's error says what happened; this one only says the record could not
+                    log.exception("%s: could not record in its manifest that it was not promoted", version.name)
+                raise
         store.promote(version.name)
+        _publish_stored(store, version.name, served=True)
     return TrainedVersion(version, promote, metrics, baseline, reason)
+
+
+def _publish_stored(store: ModelStore, name: str, served: bool) -> None:
+    """Inside a job: record in its meta that `name` is stored (and served), for the error of a job whose worker dies
+    afterwards (`jobqueue.abandoned_message`). Best effort: the version is stored whether or not the record is."""
+    try:
+        publish({STORED_VERSION: {"project": int(store.dir.name), "version": name, "served": served}})
+    except Exception as exc:  # Redis away for a moment: the promotion's lock check decides what happens next
+        log.warning("could not record %s as stored in the job's meta: %s", name, type(exc).__name__)
 
 
 def continues_labels(current: ModelVersion, trained_labels: list[str]) -> bool:

@@ -162,14 +162,14 @@ def test_a_lost_job_found_by_two_sweeps_at_once_is_retried_once(redis):
 
 
 def test_a_lost_job_is_reported_failed_only_once_it_has_no_retry_left(redis):
-    from label_studio_ale.jobqueue import ABANDONED, RedisJobQueue
+    from label_studio_ale.jobqueue import ABANDONED_TRAINING, RedisJobQueue
 
     jobs = RedisJobQueue(redis, "yolov5")
     chunk = started_then_lost(redis, jobs, "predict", retries=2)
     assert jobs.info(chunk.id).status == "queued", "rq runs it again: a client polling it must keep waiting"
     training = started_then_lost(redis, jobs, "train")
     info = jobs.info(training.id)
-    assert (info.status, info.error) == ("failed", ABANDONED)
+    assert (info.status, info.error) == ("failed", ABANDONED_TRAINING)
 
 
 def test_a_run_renews_and_releases_only_the_keys_it_holds(redis):
@@ -208,3 +208,46 @@ def test_the_embedded_queue_forgets_its_oldest_finished_jobs(monkeypatch):
     jobs.join()
     assert [jobs.info(i) for i in ids[:7]] == [None] * 7
     assert [jobs.info(i).result for i in ids[7:]] == [7, 8, 9, 10, 11]
+
+
+def test_a_lost_jobs_error_says_what_it_was_and_how_far_a_training_got(redis):
+    """Not "nothing was stored, press Start Training" for a sync, nor for a training that had stored its version."""
+    from label_studio_ale.jobqueue import ABANDONED, ABANDONED_SYNC, ABANDONED_TRAINING, STORED_VERSION, RedisJobQueue
+
+    jobs = RedisJobQueue(redis, "yolov5")
+    sync, chunk, bare = (started_then_lost(redis, jobs, kind) for kind in ("sync", "predict", "train"))
+    assert jobs.info(sync.id).error == ABANDONED_SYNC and "Start Training" not in ABANDONED_SYNC
+    assert jobs.info(chunk.id).error == ABANDONED and "Start Training" not in ABANDONED
+    assert jobs.info(bare.id).error == ABANDONED_TRAINING and "before it stored a new version" in ABANDONED_TRAINING
+
+    stored = started_then_lost(redis, jobs, "train")
+    stored.meta[STORED_VERSION] = {"project": 3, "version": "v0005", "served": False}
+    stored.save_meta()
+    error = jobs.info(stored.id).error
+    assert "after it stored v0005, which is not served" in error and "`ale models --project 3 --promote v0005` serves it" in error
+
+    promoted = started_then_lost(redis, jobs, "train")
+    promoted.meta[STORED_VERSION] = {"project": 3, "version": "v0006", "served": True}
+    promoted.save_meta()
+    error = jobs.info(promoted.id).error
+    assert "after it stored v0006 and made it the served version" in error and "Start Training" not in error
+
+
+def test_recent_jobs_of_one_project_are_its_own_and_those_of_every_project(redis, monkeypatch):
+    """The admin page of project 5 lists project 5's jobs and the scheduled sync of all projects, not project 6's."""
+    from rq import Queue
+
+    import label_studio_ale.jobqueue as jobqueue
+    from label_studio_ale.jobqueue import QUEUE_SYNC, QUEUE_TRAIN, queue_name, recent_jobs
+
+    monkeypatch.setattr(jobqueue, "SCAN_BATCH", 3)
+    sync = Queue(queue_name("yolov5", QUEUE_SYNC), connection=redis)
+    train = Queue(queue_name("yolov5", QUEUE_TRAIN), connection=redis)
+    mine = [sync.enqueue("label_studio_ale.savings.record_annotations", args=(5, task)).id for task in (1, 2)]
+    every = sync.enqueue("label_studio_ale.jobs.sync_all").id
+    others = [sync.enqueue("label_studio_ale.savings.record_annotations", args=(6, task)).id for task in range(10)]  # newer
+    trained = train.enqueue("label_studio_ale.training.train_project", args=(6,)).id
+    assert [row["id"] for row in recent_jobs(redis, "yolov5", 2, project=5)] == [mine[1], every]
+    assert [row["id"] for row in recent_jobs(redis, "yolov5", 10, project=5)] == [*mine, every]
+    assert [row["id"] for row in recent_jobs(redis, "yolov5", 2, project=6)] == [trained, *others[-2:]]  # queue by queue
+    assert [row["id"] for row in recent_jobs(redis, "yolov5", 20)] == [trained, *mine, every, *others], "without a project: every job"

@@ -395,3 +395,80 @@ def test_a_served_version_that_cannot_be_read_does_not_stop_training_again(tmp_p
     assert calls == [str(tmp_path / "base.pt")]
 
 
+
+
+class StubTrainer:
+    """A Trainer whose fine-tune copies the weights it starts from (evaluation is stubbed beside it)."""
+
+    fresh_model = "stub.yaml"
+
+    @classmethod
+    def base_classes(cls, weights):
+        return None
+
+    @classmethod
+    def grow(cls, weights, classes, out, origin=None, report=None):
+        raise AssertionError("a first version grows nothing")
+
+    @classmethod
+    def fine_tune(cls, settings, weights, data_yaml, work, *, seed=0, on_epoch=None):
+        Path(work).mkdir(parents=True, exist_ok=True)
+        (Path(work) / "best.pt").write_bytes(b"trained")
+        return Path(work) / "best.pt"
+
+
+@pytest.fixture
+def stub_trainer(monkeypatch):
+    from types import SimpleNamespace
+
+    from label_studio_ale import adapters, training
+
+    monkeypatch.setattr(adapters, "available_adapters", lambda: {"stub": SimpleNamespace(load=lambda: StubTrainer)})
+    monkeypatch.setattr(training, "evaluate_weights", lambda *args, **kwargs: _metrics(0.5))
+    return Settings(adapter="stub")
+
+
+def test_a_version_whose_promotion_the_lock_refused_is_recorded_not_promoted(stub_trainer, tmp_path):
+    """/versions shows the stored record: it must not say promoted, and the error says how to serve it (the next
+    training trains a new version, it never promotes this one)."""
+    from label_studio_ale.runtime import HeldLock, LockLostError
+
+    settings = stub_trainer.replace(model_dir=str(tmp_path / "models"))
+    store = ModelStore(settings.model_dir, 4)
+    held = HeldLock("train:4", True)
+    held.lost.set()
+    with pytest.raises(LockLostError) as refused:
+        train_version(settings, store, _bird_and_nest_set(tmp_path, "birds", nests=False), ["bird", "nest"], tmp_path / "work", before_promote=held.check)
+    message = str(refused.value)
+    assert message.startswith("promoting v0001 (trained and stored; `ale models` lists it) was not done: the lock train:4 lapsed")
+    assert message.endswith("v0001 stays stored, not served: serve it with `ale models --project 4 --promote v0001` once no training of the project runs, or train again")
+    assert "the next run does it" not in message
+    assert store.current() is None
+    promotion = store.get("v0001").manifest["promotion"]
+    assert promotion["promoted"] is False and promotion["reason"].startswith("not promoted: the project's training lock was lost")
+    assert "it would have been (the project's first version); `ale models --project 4 --promote v0001` serves it" in promotion["reason"]
+
+
+def test_a_training_job_records_the_version_it_stored_and_served(stub_trainer, tmp_path):
+    """A worker killed after the store or the promotion leaves a job whose error must say so (jobqueue.abandoned_message)."""
+    from label_studio_ale.jobqueue import STORED_VERSION, EmbeddedJobQueue, current_embedded_job
+    from label_studio_ale.runtime import LockLostError
+
+    settings = stub_trainer.replace(model_dir=str(tmp_path / "models"))
+    store = ModelStore(settings.model_dir, 4)
+    dataset = _bird_and_nest_set(tmp_path, "birds", nests=False)
+    seen = []
+
+    def refuse(what, remedy):
+        seen.append(dict(current_embedded_job().meta[STORED_VERSION]))  # what a worker killed here would leave
+        raise LockLostError(what)
+
+    def run(before_promote=None):
+        return train_version(settings, store, dataset, ["bird", "nest"], tmp_path / "work", before_promote=before_promote)
+
+    jobs = EmbeddedJobQueue()
+    first, second = jobs.enqueue("train", run), jobs.enqueue("train", run, refuse)
+    jobs.join()
+    assert jobs.info(first).meta[STORED_VERSION] == {"project": 4, "version": "v0001", "served": True}
+    assert seen == [{"project": 4, "version": "v0002", "served": False}]
+    assert jobs.info(second).status == "failed" and jobs.info(second).meta[STORED_VERSION]["served"] is False
