@@ -12,6 +12,7 @@ when both axes are scaled, so no image size is needed.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Iterable
 
 import numpy as np
 
@@ -23,6 +24,8 @@ ACCEPT_IOU = 0.9
 #: Below this overlap a submitted box is not the shown one at all.
 MATCH_IOU = 0.5
 CATEGORIES = ("accepted", "moved", "relabelled", "deleted", "added")
+#: Ids per DELETE statement: SQLite builds before 3.32 take at most 999 parameters.
+DELETE_BATCH = 500
 
 
 @dataclass(frozen=True)
@@ -154,9 +157,48 @@ class VersionEdits:
 
 
 class EditStoreMixin:
-    """The detection store's table of annotation edits: one row per annotation, replaced when it is updated."""
+    """The detection store's table of annotation edits: one row per annotation, replaced when it is updated, deleted with it."""
 
     def put_edits(self, project: int, records: list[EditRecord]) -> None:
+        with self._tx() as db:
+            self._put_edits(db, project, records)
+
+    def put_task_edits(self, project: int, task_id: int, records: list[EditRecord], listed: Iterable[int]) -> int:
+        """Store a task's records and forget its annotations missing from `listed`, in one transaction. -> rows forgotten.
+
+        listed: the ids of every submitted annotation LS lists for the task now. One listed without a record
+        (LS no longer has the prediction it was shown) keeps the row it has.
+        """
+        listed = {int(a) for a in listed}
+        with self._tx() as db:
+            found = self._exec(db, "SELECT annotation_id FROM annotation_edits WHERE project = ? AND task_id = ?", (project, int(task_id)))
+            gone = sorted({int(r[0]) for r in found.fetchall()} - listed)
+            forgotten = self._delete_edits(db, project, "annotation_id", gone)
+            self._put_edits(db, project, records)
+        return forgotten
+
+    def delete_edits(self, project: int, annotation_ids: Iterable[int]) -> int:
+        """Forget these annotations (deleted in LS). -> rows deleted."""
+        with self._tx() as db:
+            return self._delete_edits(db, project, "annotation_id", sorted({int(a) for a in annotation_ids}))
+
+    def delete_task_edits(self, project: int, task_ids: Iterable[int]) -> int:
+        """Forget every annotation of these tasks (deleted in LS). -> rows deleted."""
+        with self._tx() as db:
+            return self._delete_edits(db, project, "task_id", sorted({int(t) for t in task_ids}))
+
+    def keep_task_edits(self, project: int, task_ids: Iterable[int], before: float) -> int:
+        """Forget the annotations of every task but `task_ids` recorded before `before` (a time.time()). -> rows deleted.
+
+        A row written since `before` stays: a webhook recorded it while LS was being listed.
+        """
+        keep = {int(t) for t in task_ids}
+        with self._tx() as db:
+            found = self._exec(db, "SELECT DISTINCT task_id FROM annotation_edits WHERE project = ? AND updated < ?", (project, before))
+            gone = sorted({int(r[0]) for r in found.fetchall()} - keep)
+            return self._delete_edits(db, project, "task_id", gone, before)
+
+    def _put_edits(self, db, project: int, records: list[EditRecord]) -> None:
         import time
 
         rows = [
@@ -165,13 +207,23 @@ class EditStoreMixin:
         ]
         columns = "project, annotation_id, task_id, ls_version, accepted, moved, relabelled, deleted, added, lead_time, updated"
         updates = ", ".join(f"{c} = excluded.{c}" for c in columns.split(", ")[2:])
-        with self._tx() as db:
-            self._execmany(
-                db,
-                f"INSERT INTO annotation_edits ({columns}) VALUES ({', '.join('?' * 11)}) "
-                f"ON CONFLICT (project, annotation_id) DO UPDATE SET {updates}",
-                rows,
-            )
+        self._execmany(
+            db,
+            f"INSERT INTO annotation_edits ({columns}) VALUES ({', '.join('?' * 11)}) "
+            f"ON CONFLICT (project, annotation_id) DO UPDATE SET {updates}",
+            rows,
+        )
+
+    def _delete_edits(self, db, project: int, column: str, ids: list[int], before: float | None = None) -> int:
+        """Delete the project's rows whose `column` is one of `ids` (and, given `before`, written before it), in the caller's transaction."""
+        deleted = 0
+        age = "" if before is None else " AND updated < ?"
+        for start in range(0, len(ids), DELETE_BATCH):  # a bounded number of parameters per statement
+            batch = ids[start : start + DELETE_BATCH]
+            params = (project, *batch) + (() if before is None else (before,))
+            found = self._exec(db, f"DELETE FROM annotation_edits WHERE project = ? AND {column} IN ({', '.join('?' * len(batch))}){age}", params)
+            deleted += max(found.rowcount, 0)
+        return deleted
 
     def edits(self, project: int) -> list[EditRecord]:
         """The project's recorded annotations, by annotation id."""

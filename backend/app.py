@@ -39,6 +39,10 @@ ANNOTATION_CREATED = "ANNOTATION_CREATED"
 #: LS's bulk form ("Create Annotations From Predictions"): `annotation` is a list.
 ANNOTATIONS_CREATED = "ANNOTATIONS_CREATED"
 ANNOTATION_UPDATED = "ANNOTATION_UPDATED"
+#: Ids only, `annotations: [{"id": ...}]` (plural, whether one annotation was deleted or the Data Manager deleted many).
+ANNOTATIONS_DELETED = "ANNOTATIONS_DELETED"
+#: Ids only, `tasks: [{"id": ...}]`: their annotations went with them, and no ANNOTATIONS_DELETED says so.
+TASKS_DELETED = "TASKS_DELETED"
 #: Seconds a client is told to wait before retrying while Redis is down.
 REDIS_RETRY_AFTER = 30
 
@@ -190,9 +194,26 @@ def create_app(
         """Count `count` new annotations; once AUTO_TRAIN_AFTER are in, start a training. -> the webhook's answer."""
         if _count_new_annotations(project, count) < settings.auto_train_after:
             return jsonify(status="counted", action=action, savings=savings)
-        _reset_annotation_count(project)
         job_id, started = _start_training(project)
+        if started:
+            # Only a training queued now takes the counted annotations. One already running exported its tasks
+            # before them: they keep counting, and the first annotation after it ends starts the next one.
+            _reset_annotation_count(project)
         return jsonify(status="training" if started else "already training", action=action, job=job_id, savings=savings)
+
+    def _forget_deleted(body: dict, action: str):
+        """Forget the savings records of the annotations (ANNOTATIONS_DELETED) or tasks (TASKS_DELETED) the event lists."""
+        key = "annotations" if action == ANNOTATIONS_DELETED else "tasks"
+        listed = body.get(key) if isinstance(body.get(key), list) else []
+        ids = sorted({item["id"] for item in listed if isinstance(item, dict) and isinstance(item.get("id"), int)})
+        if not ids:  # LS sends a bare event when an annotation is turned back into a draft: `ale savings --recompute` forgets it
+            return jsonify(status="ignored", action=action)
+        project = _project_from_event(body)
+        if action == ANNOTATIONS_DELETED:
+            forgotten = runtime.store.delete_edits(project, ids)
+        else:
+            forgotten = runtime.store.delete_task_edits(project, ids)
+        return jsonify(status="forgotten", action=action, records=forgotten)
 
     def _reset_annotation_count(project: int) -> None:
         if runtime.redis is not None:
@@ -301,6 +322,8 @@ def create_app(
             if settings.auto_train_after:
                 return _count_towards_training(project, len(made), action, savings=recorded)
             return jsonify(status="recording", action=action, savings=recorded)
+        if action in (ANNOTATIONS_DELETED, TASKS_DELETED):
+            return _forget_deleted(body, action)
         recorded = _record_savings(body) if action in (ANNOTATION_CREATED, ANNOTATION_UPDATED) else None
         if action == ANNOTATION_CREATED and settings.auto_train_after:
             project = _project_from_event(body)

@@ -393,7 +393,7 @@ def _savings(settings: Settings, args) -> int:
 
     if args.recompute:
         done = recompute(Runtime(settings), args.project)
-        print(f"recorded {done['annotations']} annotations of {done['tasks']} annotated tasks")
+        print(f"recorded {done['annotations']} annotations of {done['tasks']} annotated tasks; forgot {done['forgotten']} of deleted ones")
     if not _print_savings(settings, args.project):
         print(f"project {args.project} has no annotation recorded against a shown prediction yet")
     return 0

@@ -30,9 +30,8 @@ CREATE_THREADS = 4
 #: committed what the first try created (a bulk import commits before its counters, which can fail).
 ONCE = {"max_retries": 0}
 #: Tasks with at least one submitted annotation (LS's `only_annotated` parameter is read by nothing in 1.23).
-ANNOTATED_QUERY = json.dumps(
-    {"filters": {"conjunction": "and", "items": [{"filter": "filter:tasks:total_annotations", "operator": "greater", "type": "Number", "value": 0}]}}
-)
+ANNOTATED_FILTER = {"filter": "filter:tasks:total_annotations", "operator": "greater", "type": "Number", "value": 0}
+ANNOTATED_QUERY = json.dumps({"filters": {"conjunction": "and", "items": [ANNOTATED_FILTER]}})
 #: Where files uploaded into LS are served from.
 UPLOAD_PREFIX = "/data/upload/"
 #: An access token this close to its expiry is replaced before a request: the
@@ -97,6 +96,35 @@ class LabelStudioClient:
         """Every task somebody has labelled (LS's is_labeled), page by page, with just its data."""
         for task in self._tasks(project_id, fields="task_only", include="id,data,is_labeled", query=ANNOTATED_QUERY):
             if task.is_labeled:
+                yield TaskRef(task.id, dict(task.data or {}))
+
+    def annotated_task_ids(self, project_id: int) -> Iterator[int]:
+        """The id of every task with at least one submitted annotation, in id order, whether or not it has all the
+        annotations the project asks for (`labelled_tasks` keeps only those LS calls is_labeled).
+
+        Paged by id, not by page number: a task deleted or annotated meanwhile shifts no other out of the listing.
+        """
+        after = 0
+        while True:
+            above = {"filter": "filter:tasks:id", "operator": "greater", "type": "Number", "value": after}
+            query = json.dumps({"filters": {"conjunction": "and", "items": [ANNOTATED_FILTER, above]}, "ordering": ["tasks:id"]})
+            pager = self.sdk.tasks.list(
+                project=project_id, page=1, page_size=TASK_PAGE_SIZE, resolve_uri=False, fields="task_only", include="id", query=query
+            )
+            ids = [int(task.id) for task in pager.items or []]
+            yield from ids
+            if len(ids) < TASK_PAGE_SIZE:
+                return
+            after = max(ids)
+
+    def unlabeled_tasks_among(self, project_id: int, task_ids: list[int]) -> Iterator[TaskRef]:
+        """Those of `task_ids` nobody has labelled yet, with their data: one listing of just those tasks."""
+        if not task_ids:
+            return
+        wanted = {int(t) for t in task_ids}
+        query = json.dumps({"selectedItems": {"all": False, "included": sorted(wanted)}})
+        for task in self._tasks(project_id, fields="task_only", include="id,data,is_labeled", query=query):
+            if task.id in wanted and not task.is_labeled:
                 yield TaskRef(task.id, dict(task.data or {}))
 
     def unlabeled_among(self, project_id: int, task_ids: list[int]) -> set[int]:

@@ -5,12 +5,16 @@ An annotation is compared with the prediction shown with it
 (`parent_prediction`), else the task's latest prediction created before the
 task was opened (the submit less its lead time). The record is kept in the detection store, so it outlives the
 prediction version the sync deletes later. An `ANNOTATION_CREATED` or
-`ANNOTATION_UPDATED` webhook records its task at once; `ale savings
---recompute` records every annotated task again from Label Studio (what LS
-has no shown prediction for any more keeps its earlier record).
+`ANNOTATION_UPDATED` webhook records its task at once, `ANNOTATIONS_DELETED`
+and `TASKS_DELETED` forget what they list; `ale savings --recompute` records
+every annotated task again from Label Studio (an annotation LS has no shown
+prediction for any more keeps its earlier record) and forgets the annotations
+and tasks LS no longer has.
 """
 
 from __future__ import annotations
+
+import time
 
 import logging
 from dataclasses import dataclass
@@ -76,11 +80,15 @@ def task_records(annotations, predictions) -> list[EditRecord]:
 
 
 def record_task(rt, project: int, task_id: int) -> list[EditRecord]:
-    """Compare every annotation of `task_id` with the prediction it was shown with, and store the result."""
-    annotations = rt.ls.sdk.annotations.list(id=int(task_id))
+    """Compare every annotation of `task_id` with the prediction it was shown with, and store the result.
+
+    The task's records of annotations LS no longer lists as submitted (deleted, or skipped since) go.
+    """
+    annotations = list(rt.ls.sdk.annotations.list(id=int(task_id)))
     predictions = rt.ls.sdk.predictions.list(task=int(task_id))
     records = task_records(annotations, predictions)
-    rt.store.put_edits(project, records)
+    submitted = [int(a.id) for a in annotations if not a.was_cancelled]
+    rt.store.put_task_edits(project, int(task_id), records, submitted)
     return records
 
 
@@ -101,12 +109,20 @@ def record_tasks(project: int, task_ids: list[int], *, runtime=None) -> dict:
 
 
 def recompute(rt, project: int) -> dict:
-    """Record every annotated task of the project again. -> {"tasks", "annotations"} recorded."""
-    tasks = annotations = 0
-    for task in rt.ls.labelled_tasks(project):
-        tasks += 1
-        annotations += len(record_task(rt, project, task.id))
-    return {"tasks": tasks, "annotations": annotations}
+    """Record every task with a submitted annotation again, and forget the tasks LS no longer lists.
+
+    -> {"tasks", "annotations"} recorded, "forgotten": rows of tasks no longer annotated (or deleted).
+    A task counts with its first annotation, whether or not it has all the project asks for (overlap > 1).
+    """
+    started = time.time()
+    listed: set[int] = set()
+    annotations = 0
+    for task_id in rt.ls.annotated_task_ids(project):
+        listed.add(task_id)
+        annotations += len(record_task(rt, project, task_id))
+    # only once LS has listed every task: a listing that failed half way forgets nothing
+    forgotten = rt.store.keep_task_edits(project, listed, before=started)
+    return {"tasks": len(listed), "annotations": annotations, "forgotten": forgotten}
 
 
 def savings_by_model(store, project: int) -> list[ModelSavings]:

@@ -337,17 +337,26 @@ def _env_name(attr: str) -> str:
 
 
 def without_password(url: str) -> str:
-    """`url` with the password of its user part shown as ***, for logs and `ale config`."""
-    from urllib.parse import urlsplit, urlunsplit
+    """`url` with its passwords shown as ***, for logs and `ale config`: the user part's and any `...password` query parameter."""
+    from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
     try:
         parts = urlsplit(url)
         password = parts.password
     except ValueError:  # not a URL we can read: show nothing of it
         return "(unreadable URL)" if url else url
+    masked = parts
     if password:
-        return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{password}@", ":***@")))
-    return url
+        masked = masked._replace(netloc=parts.netloc.replace(f":{password}@", ":***@"))
+    if parts.query:  # redis-py and libpq take `?password=` too, and libpq `?sslpassword=` (the client key's)
+        fields = [field.partition("=") for field in parts.query.split("&")]
+        masked = masked._replace(
+            query="&".join(
+                f"{name}=***" if value and unquote_plus(name).strip().lower().endswith("password") else name + sep + value
+                for name, sep, value in fields
+            )
+        )
+    return urlunsplit(masked) if masked != parts else url
 
 
 def _hosts(raw: str) -> tuple[str, ...]:

@@ -46,3 +46,64 @@ def test_a_box_the_annotator_turned_is_compared_by_its_bounds_not_refused():
     assert compare_results(shown, turned) == EditCounts(accepted=1)
     upright = [{**shown[0], "value": {**shown[0]["value"], "rotation": 90}}]  # turned a quarter about its corner: elsewhere
     assert compare_results(shown, upright) == EditCounts(deleted=1, added=1)
+
+
+@pytest.fixture
+def store(store_url, tmp_path):
+    from label_studio_ale.detection_store import open_detection_store
+
+    return open_detection_store(store_url, tmp_path)
+
+
+def _record(annotation: int, task: int, accepted: int = 1):
+    from label_studio_ale.annotation_edits import EditRecord
+
+    return EditRecord(annotation, task, "ale:v1:t", EditCounts(accepted=accepted), None)
+
+
+def test_a_tasks_write_forgets_the_annotations_ls_no_longer_lists_and_keeps_those_it_does(store):
+    store.put_edits(5, [_record(1, 10), _record(2, 10), _record(3, 10), _record(4, 11)])
+    store.put_edits(6, [_record(1, 10)])
+    # LS lists 2 (updated) and 3 (its shown prediction is gone: no record, the earlier one stays); 1 was deleted
+    assert store.put_task_edits(5, 10, [_record(2, 10, accepted=5)], listed=[2, 3]) == 1
+    assert store.edits(5) == [_record(2, 10, accepted=5), _record(3, 10), _record(4, 11)]
+    assert store.edits(6) == [_record(1, 10)], "another project's annotation of the same ids stays"
+    assert store.put_task_edits(5, 12, [], listed=[]) == 0
+
+
+def test_a_tasks_write_that_fails_forgets_nothing(store):
+    from label_studio_ale.annotation_edits import EditRecord
+
+    store.put_edits(5, [_record(1, 10), _record(2, 10)])
+    broken = EditRecord(2, 10, None, EditCounts(), None)  # ls_version NOT NULL: the insert fails after the delete
+    with pytest.raises(Exception):
+        store.put_task_edits(5, 10, [broken], listed=[2])
+    assert store.edits(5) == [_record(1, 10), _record(2, 10)]
+
+
+def test_deleted_annotations_and_tasks_are_forgotten_in_batches(store, monkeypatch):
+    import label_studio_ale.annotation_edits as annotation_edits
+
+    monkeypatch.setattr(annotation_edits, "DELETE_BATCH", 2)
+    store.put_edits(5, [_record(a, 10 + a % 3) for a in range(1, 10)])
+    store.put_edits(6, [_record(1, 11)])
+    assert store.delete_edits(5, [1, 2, 3, 99, 3]) == 3
+    assert [r.annotation_id for r in store.edits(5)] == [4, 5, 6, 7, 8, 9]
+    assert store.delete_task_edits(5, [10, 11, 12345]) == 4  # annotations 4, 6, 7, 9
+    assert [r.annotation_id for r in store.edits(5)] == [5, 8] and store.edits(6) == [_record(1, 11)]
+    assert store.delete_edits(5, []) == 0 and store.delete_task_edits(5, []) == 0
+
+
+def test_a_recompute_forgets_the_tasks_it_did_not_list_but_not_those_recorded_since_it_began(store, monkeypatch):
+    import time
+
+    import label_studio_ale.annotation_edits as annotation_edits
+
+    monkeypatch.setattr(annotation_edits, "DELETE_BATCH", 2)
+    store.put_edits(5, [_record(1, 10), _record(2, 11), _record(3, 12), _record(4, 13), _record(5, 14)])
+    store.put_edits(6, [_record(1, 10)])
+    began = time.time()
+    time.sleep(0.01)
+    store.put_edits(5, [_record(6, 15)])  # a webhook recorded a task annotated while LS was being listed
+    assert store.keep_task_edits(5, {11, 13}, before=began) == 3
+    assert [r.annotation_id for r in store.edits(5)] == [2, 4, 6] and store.edits(6) == [_record(1, 10)]

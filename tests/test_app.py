@@ -378,3 +378,69 @@ def test_annotations_created_in_bulk_count_towards_auto_training_and_are_recorde
     nothing = client.post("/webhook", json=bulk | {"annotation": [{"id": 5, "task": 15, "was_cancelled": True}]}).get_json()
     assert nothing["status"] == "ignored" and "no submitted annotation" in nothing["reason"]
     assert client.post("/webhook", json=bulk | {"annotation": "not a list"}).get_json()["status"] == "ignored"
+
+
+def test_deleted_annotations_and_tasks_leave_the_savings(adapter, tmp_path):
+    """LS 1.23 sends ANNOTATIONS_DELETED (plural) and TASKS_DELETED with ids only: their records go at once."""
+    from label_studio_ale.annotation_edits import EditCounts, EditRecord
+
+    client = make_client(adapter, model_dir=tmp_path)
+    store = client.application.extensions["ale"]["runtime"].store
+    store.put_edits(5, [EditRecord(a, task, "ale:v1:t", EditCounts(accepted=1), None) for a, task in ((1, 10), (2, 10), (3, 11), (4, 12))])
+    store.put_edits(6, [EditRecord(1, 10, "ale:v1:t", EditCounts(deleted=1), None)])
+    deleted = {"action": "ANNOTATIONS_DELETED", "project": {"id": 5}, "annotations": [{"id": 1}, {"id": 3}, {"id": 99}]}
+    assert client.post("/webhook", json=deleted).get_json() == {"status": "forgotten", "action": "ANNOTATIONS_DELETED", "records": 2}
+    assert [r.annotation_id for r in store.edits(5)] == [2, 4] and len(store.edits(6)) == 1
+    gone = {"action": "TASKS_DELETED", "project": {"id": 5}, "tasks": [{"id": 10}]}
+    assert client.post("/webhook", json=gone).get_json() == {"status": "forgotten", "action": "TASKS_DELETED", "records": 1}
+    assert [r.annotation_id for r in store.edits(5)] == [4] and len(store.edits(6)) == 1
+    # an annotation turned back into a draft: LS sends the action alone
+    assert client.post("/webhook", json={"action": "ANNOTATIONS_DELETED"}).get_json() == {"status": "ignored", "action": "ANNOTATIONS_DELETED"}
+    response = client.post("/webhook", json={"action": "ANNOTATIONS_DELETED", "annotations": [{"id": 4}]})
+    assert response.status_code == 400 and "no project id" in response.get_json()["error"]
+    assert len(store.edits(5)) == 1
+
+
+def test_the_admin_page_lists_its_projects_jobs_and_the_sync_of_every_project(adapter, redis_url, tmp_path):
+    from redis import Redis
+    from rq import Queue
+
+    from label_studio_ale.jobqueue import QUEUE_SYNC, QUEUE_TRAIN, queue_name
+
+    redis = Redis.from_url(redis_url)
+    sync, train = (Queue(queue_name("yolov5", kind), connection=redis) for kind in (QUEUE_SYNC, QUEUE_TRAIN))
+    mine = [train.enqueue("label_studio_ale.training.train_project", args=(5,)).id, sync.enqueue("label_studio_ale.savings.record_annotations", args=(5, 1)).id]
+    every = sync.enqueue("label_studio_ale.jobs.sync_all").id
+    others = [train.enqueue("label_studio_ale.training.train_project", args=(6,)).id, sync.enqueue("label_studio_ale.jobs.queued_sync", args=(6,)).id]
+    page = make_client(adapter, redis_url=redis_url, model_dir=tmp_path).get("/ui/projects/5").get_data(as_text=True)
+    assert all(job in page for job in (*mine, every)) and not any(job in page for job in others)
+    assert "This project's jobs, and the scheduled sync of every project." in page
+
+
+def test_annotations_made_while_a_training_runs_count_towards_the_next_one(adapter, redis_url, tmp_path, monkeypatch):
+    """AUTO_TRAIN_AFTER: the count is reset only when a training is queued, not when one is running or the press is refused."""
+    from redis import Redis
+    from rq.job import Job
+
+    import label_studio_ale.app as app_module
+
+    monkeypatch.setattr(app_module, "TRAIN_ENQUEUE_WAIT", 0.2)
+    client = make_client(adapter, redis_url=redis_url, model_dir=tmp_path, auto_train_after=3)
+    redis = Redis.from_url(redis_url)
+
+    def annotate(task):
+        event = {"action": "ANNOTATION_CREATED", "project": {"id": 5}, "task": {"id": task}, "annotation": {"id": task, "task": task}}
+        return client.post("/webhook", json=event)
+
+    assert [annotate(t).get_json()["status"] for t in range(3)] == ["counted", "counted", "training"]
+    training = Job.fetch(redis.get("ale:train:5").decode(), connection=redis)
+    training.set_status("started")  # a worker took it: it exported tasks 0-2
+    assert [annotate(t).get_json()["status"] for t in range(3, 6)] == ["counted", "counted", "already training"]
+    assert int(redis.get("ale:new-annotations:5")) == 3
+    training.set_status("finished")
+    redis.set("ale:lock:train-enqueue:5", "another-press", px=60_000)
+    assert annotate(6).status_code == 503 and int(redis.get("ale:new-annotations:5")) == 4, "a refused press keeps the count"
+    redis.delete("ale:lock:train-enqueue:5")
+    answer = annotate(7).get_json()
+    assert answer["status"] == "training" and answer["job"] != training.id and redis.get("ale:new-annotations:5") is None
+    assert annotate(8).get_json()["status"] == "counted"

@@ -118,3 +118,39 @@ def test_requests_that_create_predictions_are_sent_once_even_when_answered_500(f
     with pytest.raises(Exception):  # what the SDK does by default: the same request again
         client.sdk.projects.import_predictions(id=7, request=[item])
     assert seen["/api/projects/7/import/predictions"] > 1
+
+
+class TaskListing:
+    """LS's task listing at the SDK's seam: applies the id and total_annotations filters and the id ordering the query asks for."""
+
+    def __init__(self, annotations: dict[int, int]):
+        self.annotations = annotations  # task id -> submitted annotations
+        self.pages = []
+
+    def list(self, project, page, page_size, query, **params):
+        import json
+
+        asked = json.loads(query)
+        assert asked["ordering"] == ["tasks:id"] and params["include"] == "id"
+        tasks = sorted(self.annotations)
+        for item in asked["filters"]["items"]:
+            field = {"filter:tasks:id": lambda t: t, "filter:tasks:total_annotations": lambda t: self.annotations[t]}[item["filter"]]
+            assert item["operator"] == "greater"
+            tasks = [t for t in tasks if field(t) > item["value"]]
+        items = tasks[(page - 1) * page_size : page * page_size]
+        self.pages.append(items)
+        if self.pages == [[2, 3]]:
+            del self.annotations[2]  # a listed task is deleted meanwhile: by page number, task 5 would shift out of page 2
+        return SimpleNamespace(items=[SimpleNamespace(id=t) for t in items], response=SimpleNamespace(total=len(tasks)))
+
+
+def test_the_annotated_tasks_are_every_one_with_an_annotation_paged_by_id(monkeypatch):
+    """Overlap 2: a task with one of its two annotations is listed (LS's is_labeled says no), one with none is not."""
+    import backend.ls_client as ls_client
+
+    monkeypatch.setattr(ls_client, "TASK_PAGE_SIZE", 2)
+    client = LabelStudioClient.__new__(LabelStudioClient)
+    listing = TaskListing({1: 0, 2: 1, 3: 2, 4: 0, 5: 1, 6: 1, 7: 3})
+    client.sdk = SimpleNamespace(tasks=listing)
+    assert list(client.annotated_task_ids(7)) == [2, 3, 5, 6, 7]
+    assert listing.pages == [[2, 3], [5, 6], [7]]

@@ -1,5 +1,7 @@
 """Savings summed per model from the recorded annotations."""
 
+import pytest
+
 from label_studio_ale.annotation_edits import EditCounts, EditRecord
 from label_studio_ale.detection_store import SqliteDetectionStore
 from label_studio_ale.savings import model_of, savings_by_model
@@ -41,3 +43,87 @@ def test_without_a_parent_prediction_only_one_that_existed_when_the_task_was_ope
     assert task_records([annotation], [new]) == [], "the only prediction left came after the task was opened: nothing recorded"
     quick = SimpleNamespace(**{**vars(annotation), "lead_time": 5.0})
     assert task_records([quick], [old, new])[0].ls_version == "ale:v0002-bb:2"
+
+
+class FakeLabelStudio:
+    """What LS answers the savings: each task's annotations and predictions, and the annotated tasks' ids."""
+
+    def __init__(self, annotations: dict, predictions: dict):
+        from types import SimpleNamespace
+
+        self.annotations, self.fail_listing_after = annotations, None
+        self.sdk = SimpleNamespace(
+            annotations=SimpleNamespace(list=lambda id: list(self.annotations.get(id, []))),
+            predictions=SimpleNamespace(list=lambda task: list(predictions.get(task, []))),
+        )
+
+    def annotated_task_ids(self, project):
+        for n, (task, annotations) in enumerate(sorted(self.annotations.items())):
+            if n == self.fail_listing_after:
+                raise ConnectionError("Label Studio went away")
+            if any(not a.was_cancelled for a in annotations):
+                yield task
+
+
+def _shown_and_annotation():
+    """A prediction of four boxes shown on a task, and a maker of annotations of it."""
+    from datetime import datetime, timedelta, timezone
+    from types import SimpleNamespace
+
+    from label_studio_ale.ls_format import rectangle_result
+
+    boxes = [rectangle_result([10 + 20 * i, 10, 25 + 20 * i, 25], "bird", (128, 128), "label", "image") for i in range(4)]
+    opened = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+    def prediction(id, task):
+        return SimpleNamespace(id=id, task=task, created_at=opened, result=boxes, model_version="ale:v0001-aa:20260101T0Z")
+
+    def annotation(id, task, parent, result, cancelled=False):
+        return SimpleNamespace(
+            id=id, task=task, was_cancelled=cancelled, parent_prediction=parent, created_at=opened + timedelta(minutes=5), lead_time=30.0, result=result
+        )
+
+    return boxes, prediction, annotation
+
+
+def test_a_deleted_annotation_leaves_the_savings_when_its_task_is_recorded_again(tmp_path):
+    """A reviewer deletes a bad annotation and the image is labelled again: only the new one counts."""
+    from types import SimpleNamespace
+
+    from label_studio_ale.savings import record_task
+
+    boxes, prediction, annotation = _shown_and_annotation()
+    ls = FakeLabelStudio({10: [annotation(100, 10, 1, [])]}, {10: [prediction(1, 10)]})
+    rt = SimpleNamespace(ls=ls, store=SqliteDetectionStore(tmp_path / "d.sqlite"))
+    record_task(rt, 1, 10)
+    ls.annotations[10] = [annotation(101, 10, 1, boxes)]
+    record_task(rt, 1, 10)
+    (saved,) = savings_by_model(rt.store, 1)
+    assert (saved.annotations, saved.counts) == (1, EditCounts(accepted=4))
+    ls.annotations[10] = [annotation(101, 10, 1, boxes, cancelled=True)]  # skipped since: no longer a submitted annotation
+    record_task(rt, 1, 10)
+    assert rt.store.edits(1) == []
+
+
+def test_a_recompute_records_partly_annotated_tasks_and_forgets_what_ls_no_longer_has(tmp_path):
+    """Overlap 2: a task one annotator of two has labelled counts; a task whose annotations were deleted does not."""
+    from types import SimpleNamespace
+
+    from label_studio_ale.savings import recompute
+
+    boxes, prediction, annotation = _shown_and_annotation()
+    ls = FakeLabelStudio(
+        {10: [annotation(200, 10, 1, boxes), annotation(201, 10, 1, boxes)], 11: [annotation(202, 11, 2, [])]},
+        {10: [prediction(1, 10)], 11: [prediction(2, 11)], 12: [prediction(3, 12)]},
+    )
+    rt = SimpleNamespace(ls=ls, store=SqliteDetectionStore(tmp_path / "d.sqlite"))
+    rt.store.put_edits(1, [EditRecord(300, 12, "ale:v0001-aa:20260101T0Z", EditCounts(deleted=4), 9.0)])  # task 12, deleted in LS since
+    rt.store.put_edits(2, [EditRecord(300, 12, "other", EditCounts(deleted=4), 9.0)])
+    assert recompute(rt, 1) == {"tasks": 2, "annotations": 3, "forgotten": 1}
+    assert [r.annotation_id for r in rt.store.edits(1)] == [200, 201, 202] and len(rt.store.edits(2)) == 1
+
+    rt.store.put_edits(1, [EditRecord(300, 12, "ale:v0001-aa:20260101T0Z", EditCounts(deleted=4), 9.0)])
+    ls.fail_listing_after = 1
+    with pytest.raises(ConnectionError):
+        recompute(rt, 1)
+    assert [r.annotation_id for r in rt.store.edits(1)] == [200, 201, 202, 300], "a listing cut short forgets nothing"

@@ -177,3 +177,22 @@ def test_media_hosts_are_names_or_addresses():
     settings = Settings.from_env({"ALLOWED_MEDIA_HOSTS": "img.example.com,10.0.0.5,::1"})
     assert settings.allowed_media_hosts == ("img.example.com", "10.0.0.5", "::1")
 
+
+
+@pytest.mark.parametrize(
+    "url, shown",
+    [
+        ("redis://:s3cret@redis:6379/0", "redis://:***@redis:6379/0"),
+        ("redis://redis:6379/0?password=s3cret", "redis://redis:6379/0?password=***"),  # redis-py reads it there too
+        ("postgresql://ale@db/ale?sslmode=require&password=p%40ss", "postgresql://ale@db/ale?sslmode=require&password=***"),
+        ("postgresql://ale:pw@db/ale?sslpassword=key-pw&application_name=ale", "postgresql://ale:***@db/ale?sslpassword=***&application_name=ale"),
+        ("redis://redis/0?PASSWORD=x&db=1", "redis://redis/0?PASSWORD=***&db=1"),
+        ("redis://redis:6379/0?password=", "redis://redis:6379/0?password="),
+        ("redis://redis:6379/0", "redis://redis:6379/0"),
+        ("", ""),
+    ],
+)
+def test_every_password_of_a_url_is_masked_in_the_user_part_or_the_query(url, shown):
+    from label_studio_ale.settings import without_password
+
+    assert without_password(url) == shown

@@ -98,3 +98,55 @@ def test_annotations_created_from_predictions_in_bulk_are_recorded(ls_sdk, label
         records = wait_for_records(store, project, 2)
     assert sorted(r.task_id for r in records) == sorted(tasks)
     assert all(r.counts == EditCounts(accepted=4) and r.ls_version == VERSION for r in records)
+
+
+def test_deleted_annotations_and_tasks_leave_the_savings_and_partly_annotated_tasks_count(ls_sdk, label_studio, trained_weights, tmp_path):
+    """Two annotations asked per task. LS's own ANNOTATIONS_DELETED and TASKS_DELETED webhooks forget what they name;
+    `ale savings --recompute` records a task with one annotation of two and forgets what LS no longer has."""
+    from label_studio_ale.annotation_edits import EditRecord
+
+    models = tmp_path / "models"
+    env = backend_env(label_studio, trained_weights, models)
+    project, (first, second, third) = create_project(ls_sdk, [56_200, 56_201, 56_202], "savings: deletions and overlap")
+    ls_sdk.projects.update(id=project, maximum_annotations=2)
+    ls_sdk.projects.import_predictions(id=project, request=[{"task": t, "result": SHOWN, "score": 0.5, "model_version": VERSION} for t in (first, second, third)])
+    shown = {p.task: p.id for p in ls_sdk.predictions.list(project=project)}
+    store = SqliteDetectionStore(models / "detections.sqlite")
+    cli = [sys.executable, "-m", "label_studio_ale.cli", "savings", "--project", str(project), "--recompute"]
+
+    def recorded():
+        return {r.annotation_id: r for r in store.edits(project)}
+
+    def wait_until(condition, timeout=30):
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert time.monotonic() < deadline, f"still recorded: {sorted(recorded())}"
+            time.sleep(0.2)
+
+    with run_backend(env, tmp_path) as url:
+        ls_sdk.webhooks.create(
+            url=f"{url}/webhook", project=project, send_payload=True, send_for_all_actions=False, actions=["ANNOTATIONS_DELETED", "TASKS_DELETED"]
+        )
+        bad = ls_sdk.annotations.create(id=first, result=[], parent_prediction=shown[first])  # every shown box deleted
+        partial = ls_sdk.annotations.create(id=second, result=SHOWN, parent_prediction=shown[second])
+        doomed = ls_sdk.annotations.create(id=third, result=SHOWN, parent_prediction=shown[third])
+        assert not ls_sdk.tasks.get(id=str(second)).is_labeled, "one annotation of the two asked for"
+        done = subprocess.run(cli, env=process_env(env), capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert set(recorded()) == {bad.id, partial.id, doomed.id} and recorded()[partial.id].counts == EditCounts(accepted=4)
+
+        ls_sdk.annotations.delete(id=bad.id)  # a reviewer deletes the bad annotation
+        wait_until(lambda: bad.id not in recorded())
+        ls_sdk.tasks.delete(id=str(third))
+        wait_until(lambda: doomed.id not in recorded())
+        again = ls_sdk.annotations.create(id=first, result=SHOWN, parent_prediction=shown[first])  # the image is labelled again
+    assert set(recorded()) == {partial.id}
+
+    # A deletion no webhook reported (the backend was down): the recompute forgets it
+    store.put_edits(project, [EditRecord(doomed.id, third, VERSION, EditCounts(accepted=4), None)])
+    ls_sdk.annotations.delete(id=partial.id)
+    done = subprocess.run(cli, env=process_env(env), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert set(recorded()) == {again.id} and recorded()[again.id].counts == EditCounts(accepted=4)
+    row = [line for line in done.stdout.splitlines() if line.startswith("v0002-0a1b2c3d")]
+    assert row and row[0].split()[1:3] == ["1", "4"], done.stdout
