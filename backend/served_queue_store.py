@@ -63,6 +63,12 @@ class ServedQueueStoreMixin:
             rows = self._exec(db, query, params).fetchall()
         return served_from_rows(rows)
 
+    def served_unusable(self, project: int, limit: int) -> list[int]:
+        """Up to `limit` task ids of the served queue whose image could not be used (no usefulness), lowest first."""
+        query = "SELECT task_id FROM served_tasks WHERE project = ? AND usefulness IS NULL ORDER BY task_id LIMIT ?"
+        with self._tx() as db:
+            return [int(row[0]) for row in self._exec(db, query, (project, int(limit))).fetchall()]
+
     def served_last_task(self, project: int) -> int | None:
         """The greatest task id in the project's served queue; None when it has none."""
         with self._tx() as db:

@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from label_studio_ale import jobs
+from label_studio_ale import jobs, queue_writes
 from label_studio_ale.detection_store import ServedQueue, StoredDetections
 from label_studio_ale.detections import Detections
 from label_studio_ale.ls_client import TaskRef
@@ -280,7 +280,7 @@ def test_a_clustered_novelty_rewrite_lists_the_labelled_tasks_once(tmp_path):
     rt.store.put_many(1, key, items)
     pool = np.arange(3, 11, dtype=np.int64)
     queue = ServedQueue(None, key, "ranking")
-    result = jobs._rewrite(rt, 1, CONFIG, TrainedModel(), queue, None, pool, lambda *a, **k: None, lambda name: None)
+    result = queue_writes.rewrite_queue(rt, 1, CONFIG, TrainedModel(), queue, None, pool, lambda *a, **k: None, lambda name: None)
     assert ls.listings == 1
     assert result["status"] == "synced" and result["labelled_predictions"] == 2 and ls.switched == result["model_version"]
     assert sorted(p["task"] for p in ls.created) == list(range(1, 11))
@@ -336,7 +336,7 @@ def test_new_tasks_are_measured_against_the_labelled_tasks_the_queue_was_ranked_
     embedded_pool(rt, settings, range(1, 13))
     key = raw_output_key(Model.version, settings)
     vectors = rt.store.embeddings(1, key, range(1, 13))  # as stored
-    result = jobs._rewrite(rt, 1, CONFIG, TrainedModel(), ServedQueue(None, key, "ranking"), None, np.arange(4, 11), lambda *a, **k: None, lambda n: None)
+    result = queue_writes.rewrite_queue(rt, 1, CONFIG, TrainedModel(), ServedQueue(None, key, "ranking"), None, np.arange(4, 11), lambda *a, **k: None, lambda n: None)
     assert ls.listings == 1
     version = result["model_version"]
     recorded = rt.store.served_reference(1, version)
@@ -344,7 +344,7 @@ def test_new_tasks_are_measured_against_the_labelled_tasks_the_queue_was_ranked_
     assert recorded.task_ids.tolist() == [1, 2, 3] and recorded.scale == pytest.approx(spacing(reference))
 
     ls.labelled = [TaskRef(i, {}) for i in (1, 2, 3, 4)]  # labelled since: counted at the next full sync
-    added = jobs._add_new_tasks(rt, 1, CONFIG, TrainedModel(), version, [TaskRef(11, {}), TaskRef(12, {})], lambda *a, **k: None, lambda n: None)
+    added = queue_writes.add_new_tasks(rt, 1, CONFIG, TrainedModel(), version, [TaskRef(11, {}), TaskRef(12, {})], lambda *a, **k: None, lambda n: None)
     assert added["status"] == "updated" and ls.listings == 1, "an incremental add lists no labelled task"
     new = [Detections([[0, 0, 9, 9]], [[0.2 + t / 50, 0.0]], (64, 64)) for t in (11, 12)]
     expected = get_policy("ale-entropy-sum+novelty").usefulness(new, novelty(np.stack([vectors[11], vectors[12]]), reference, recorded.scale))
@@ -367,13 +367,13 @@ def test_a_reshaped_head_counts_its_labelled_tasks_with_the_recorded_ones(tmp_pa
     ]
     key = raw_output_key(Model.version, settings)
     rt.store.put_many(1, key, items)
-    result = jobs._rewrite(rt, 1, CONFIG, TrainedModel(), ServedQueue(None, key, "ranking"), None, np.array([5, 6, 7, 8]), lambda *a, **k: None, lambda n: None)
+    result = queue_writes.rewrite_queue(rt, 1, CONFIG, TrainedModel(), ServedQueue(None, key, "ranking"), None, np.array([5, 6, 7, 8]), lambda *a, **k: None, lambda n: None)
     version = result["model_version"]
     assert result["order"][:2] == [7, 8] and ls.listings == 1
     assert rt.store.served_reference(1, version).task_ids.tolist() == [1]
     ls.labelled = [TaskRef(1, {}), TaskRef(7, {})]
     ls.deleted = {5}  # deleted in LS meanwhile: not served, and not a labelled image to keep away from
-    assert jobs._reshape_head(rt, 1, CONFIG, TrainedModel(), version) > 0
+    assert queue_writes.reshape_head(rt, 1, CONFIG, TrainedModel(), version) > 0
     assert ls.listings == 1, "the re-shape lists no labelled task"
     assert rt.store.served_tasks(1).task_ids.tolist() == [6, 8], "away from 7, the head's labelled task; 5 is gone"
     assert rt.store.served_reference(1, version).task_ids.tolist() == [1, 7]
@@ -407,7 +407,7 @@ def test_new_tasks_added_in_part_make_the_next_sync_rewrite_the_queue(tmp_path):
     assert rt.store.served_queue(1) == queue
     fresh = [TaskRef(t, {}) for t in (4, 5, 6, 7)]
     with pytest.raises(jobs.SyncError, match=r"could not add 4 new tasks; the older tasks keep their order, and the next sync rewrites the queue"):
-        jobs._add_new_tasks(rt, 1, CONFIG, TrainedModel(), "ale:m-1:a", fresh, lambda *a, **k: None, lambda name: None)
+        queue_writes.add_new_tasks(rt, 1, CONFIG, TrainedModel(), "ale:m-1:a", fresh, lambda *a, **k: None, lambda name: None)
     assert len(ls.imported) == 2, "one chunk of two reached the served version"
     assert rt.store.served_queue(1) is None, "the next sync must not add these tasks to the served version a second time"
 
@@ -441,7 +441,7 @@ def test_a_rewrite_whose_lock_lapsed_switches_nothing_and_removes_its_version(tm
     with rt.lock("sync:1") as held:
         held.lost.set()
         with pytest.raises(jobs.SyncError, match=r"failed before switching; the previous order stays: switching project 1 to ale:m-1:.* was not done: the lock sync:1 lapsed"):
-            jobs._rewrite(rt, 1, CONFIG, TrainedModel(), ServedQueue(None, key, "ranking"), None, np.array([1, 2]), lambda *a, **k: None, lambda name: None)
+            queue_writes.rewrite_queue(rt, 1, CONFIG, TrainedModel(), ServedQueue(None, key, "ranking"), None, np.array([1, 2]), lambda *a, **k: None, lambda name: None)
     assert ls.switched is None and len(ls.created) == 2 and ls.deleted == [ls.created[0]["model_version"]]
     assert rt.store.served_queue(1) is None
 
@@ -464,7 +464,7 @@ def test_a_partial_version_is_removed_only_where_ls_keeps_the_project_served(tmp
             self.removed.append(version)
 
     ls = LS()
-    jobs._discard(Runtime(Settings(model_dir=tmp_path), ls=ls), 1, "ale:m-1:partial")
+    queue_writes._discard(Runtime(Settings(model_dir=tmp_path), ls=ls), 1, "ale:m-1:partial")
     assert ls.removed == (["ale:m-1:partial"] if deleted else [])
 
 
@@ -509,7 +509,7 @@ def test_a_sync_killed_while_adding_new_tasks_makes_the_next_sync_a_rewrite(tmp_
     embedded_pool(rt, settings, range(1, 9))
     key = raw_output_key(Model.version, settings)
     queue = ServedQueue(None, key, "ranking")
-    version = jobs._rewrite(rt, 1, CONFIG, TrainedModel(), queue, None, np.arange(1, 6), lambda *a, **k: None, lambda n: None)["model_version"]
+    version = queue_writes.rewrite_queue(rt, 1, CONFIG, TrainedModel(), queue, None, np.arange(1, 6), lambda *a, **k: None, lambda n: None)["model_version"]
     current = ServedQueue(version, key, "ranking")
     assert rt.store.served_queue(1) == current
 
@@ -521,7 +521,7 @@ def test_a_sync_killed_while_adding_new_tasks_makes_the_next_sync_a_rewrite(tmp_
 
     ls.import_predictions = killed
     with pytest.raises(SystemExit):
-        jobs._add_new_tasks(rt, 1, CONFIG, TrainedModel(), version, [TaskRef(t, {}) for t in (6, 7, 8)], lambda *a, **k: None, lambda n: None)
+        queue_writes.add_new_tasks(rt, 1, CONFIG, TrainedModel(), version, [TaskRef(t, {}) for t in (6, 7, 8)], lambda *a, **k: None, lambda n: None)
     assert rt.store.served_queue(1) != current, "the next sync rewrites the queue rather than add 6 again"
 
 
@@ -532,9 +532,9 @@ def test_random_gives_each_add_of_new_tasks_draws_of_its_own(tmp_path):
     rt = Runtime(settings, ls=ls)
     embedded_pool(rt, settings, range(1, 15))
     key = raw_output_key(Model.version, settings)
-    version = jobs._rewrite(rt, 1, CONFIG, TrainedModel(), ServedQueue(None, key, "ranking"), None, np.arange(1, 11), lambda *a, **k: None, lambda n: None)["model_version"]
+    version = queue_writes.rewrite_queue(rt, 1, CONFIG, TrainedModel(), ServedQueue(None, key, "ranking"), None, np.arange(1, 11), lambda *a, **k: None, lambda n: None)["model_version"]
     values = [
-        jobs._add_new_tasks(rt, 1, CONFIG, TrainedModel(), version, [TaskRef(t, {})], lambda *a, **k: None, lambda n: None)["usefulness"][t]
+        queue_writes.add_new_tasks(rt, 1, CONFIG, TrainedModel(), version, [TaskRef(t, {})], lambda *a, **k: None, lambda n: None)["usefulness"][t]
         for t in (11, 12, 13, 14)
     ]
     assert len(set(values)) == 4, values
@@ -552,7 +552,7 @@ def test_a_current_queue_whose_sampling_was_changed_in_ls_is_served_again_with_o
     embedded_pool(rt, settings, range(1, 6))
     key = raw_output_key(Model.version, settings)
     label_config = CONFIG_XML
-    version = jobs._rewrite(
+    version = queue_writes.rewrite_queue(
         rt, 1, CONFIG, TrainedModel(), ServedQueue(None, key, jobs.queue_ranking_key(settings, TrainedModel(), label_config)), None,
         np.arange(1, 6), lambda *a, **k: None, lambda n: None,
     )["model_version"]
@@ -586,11 +586,47 @@ def test_tasks_added_under_rare_are_weighted_by_the_class_rarity_of_the_queue_th
     pool[11] = Detections([[0, 0, 9, 9]], [[0.3, 0.6]], (64, 64))  # one car: rare
     new_car = Detections([[0, 0, 9, 9]], [[0.35, 0.55]], (64, 64))
     rt.store.put_many(1, key, [StoredDetections(t, d, t, None) for t, d in {**pool, 12: new_car}.items()])
-    result = jobs._rewrite(rt, 1, config, TrainedModel(), ServedQueue(None, key, "ranking"), None, np.arange(1, 12), lambda *a, **k: None, lambda n: None)
+    result = queue_writes.rewrite_queue(rt, 1, config, TrainedModel(), ServedQueue(None, key, "ranking"), None, np.arange(1, 12), lambda *a, **k: None, lambda n: None)
     recorded = rt.store.served_rarity(1, result["model_version"])
     policy = get_policy("entropy-mean+rare")
     assert recorded == pytest.approx(rarity_weighted(policy).pool_rarity(list(pool.values()), 2), rel=1e-6) and recorded[1] > recorded[0]
-    added = jobs._add_new_tasks(rt, 1, config, TrainedModel(), result["model_version"], [TaskRef(12, {})], lambda *a, **k: None, lambda n: None)
+    added = queue_writes.add_new_tasks(rt, 1, config, TrainedModel(), result["model_version"], [TaskRef(12, {})], lambda *a, **k: None, lambda n: None)
     full = jobs.rank_pool(rt, 1, np.arange(1, 13), TrainedModel(), config)  # what a full sync now gives the new car
     alone = policy.usefulness([new_car])[0]
     assert added["usefulness"][12] == pytest.approx(full["usefulness"][-1], rel=0.2) and added["usefulness"][12] > 1.5 * alone
+
+
+def test_a_task_whose_image_failed_is_tried_again_hourly_and_its_recovery_rewrites_the_queue(tmp_path, monkeypatch):
+    """A passing failure left a task last (no usefulness); incremental syncs never list it again. It is predicted
+    again at most every RETRY_UNUSABLE_SECONDS, and once its image can be used the queue is rewritten with it."""
+    from types import SimpleNamespace
+
+    settings = Settings(model_dir=tmp_path, policy="ale-entropy-sum")
+    ls = IncrementalLS([])
+    rt = Runtime(settings, ls=ls, adapter_factory=TrainedModel)
+    embedded_pool(rt, settings, range(1, 5))
+    key = raw_output_key(Model.version, settings)
+    rt.store.put_many(1, key, [StoredDetections(5, None, None, "LS answered 502")])
+    ranking = jobs.queue_ranking_key(settings, TrainedModel(), CONFIG_XML)
+    version = queue_writes.rewrite_queue(rt, 1, CONFIG, TrainedModel(), ServedQueue(None, key, ranking), None, np.arange(1, 6), lambda *a, **k: None, lambda n: None)["model_version"]
+    assert rt.store.served_unusable(1, 10) == [5]
+    ls.project = lambda project: SimpleNamespace(label_config=CONFIG_XML, model_version=version, sampling="Uncertainty sampling")
+    ls.unlabeled_tasks = lambda project, after_id=None: iter([TaskRef(t, {}) for t in range(1, 6) if after_id is None or t > after_id])
+    asked = []
+    ls.unlabeled_tasks_among = lambda project, ids: asked.append(list(ids)) or iter([TaskRef(t, {}) for t in ids])
+    readable = {"now": False}
+
+    def predict_missing(rt_, project, config, tasks, progress, adapter):
+        if readable["now"]:
+            found = Detections([[0, 0, 9, 9]], [[0.5, 0.0]], (64, 64), embedding=np.ones(8, dtype=np.float32) / np.sqrt(8))
+            rt_.store.put_many(project, key, [StoredDetections(t.id, found, t.id, None) for t in tasks])
+        return {"predicted": len(tasks) if readable["now"] else 0}
+
+    monkeypatch.setattr(queue_writes, "predict_missing", predict_missing)
+    assert jobs._sync(rt, 1, lambda *a, **k: None)["status"] == "unchanged" and asked == [[5]], "tried, still failing"
+    readable["now"] = True
+    assert jobs._sync(rt, 1, lambda *a, **k: None)["status"] == "unchanged" and asked == [[5]], "not again within the hour"
+    rt.take_flag("retry-unusable:1")  # the hour has passed
+    result = jobs._sync(rt, 1, lambda *a, **k: None)
+    assert result["status"] == "synced" and asked == [[5], [5]] and result["usefulness"][5] is not None
+    assert rt.store.served_unusable(1, 10) == []
