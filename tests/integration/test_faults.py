@@ -118,7 +118,7 @@ def test_a_worker_killed_mid_training_fails_the_job_and_a_new_press_trains(ls_sd
         while (job := httpx.get(f"{url}/jobs/{job_id}", timeout=10).json())["status"] != "failed":
             assert job["status"] == "started" and time.monotonic() < deadline, job
             time.sleep(2)
-        assert "worker running this job stopped" in job["error"]
+        assert "worker running this training stopped" in job["error"] and "before it stored a new version" in job["error"]
         # nothing half-written: no version, and the served model is the one from before
         store = ModelStore(env["MODEL_DIR"], project)
         assert store.current() is None and store.versions() == []
