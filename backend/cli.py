@@ -277,8 +277,10 @@ def cron_scheduler(settings: Settings, connection):
 
     scheduler = AleCronScheduler(connection=connection, logging_level=settings.log_level)
     # Without a job_timeout rq gives the job its queue's 180 s, and kills a full sync of a large project part-way.
+    # named per adapter: rq keeps a cron job's history by name, and two adapters' stacks may share one Redis
     scheduler.register(
-        sync_all, queue_name=queue_name(settings.adapter, QUEUE_SYNC), interval=settings.sync_interval, job_timeout=JOB_TIMEOUT
+        sync_all, queue_name=queue_name(settings.adapter, QUEUE_SYNC), interval=settings.sync_interval, job_timeout=JOB_TIMEOUT,
+        name=f"sync_all:{settings.adapter}",
     )
     return scheduler
 

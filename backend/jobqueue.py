@@ -38,6 +38,10 @@ ABANDONED_SYNC = (
     "the worker running this sync stopped (killed or crashed) before it finished; no model was trained or changed. "
     "The next sync ranks the queue again: the scheduled one, or `ale sync --project <id>` now"
 )
+ABANDONED_SAVINGS = (
+    "the worker recording these annotations' savings stopped (killed or crashed) before it finished; the next "
+    "annotation of a task records it again, and `ale savings --project <id> --recompute` records every task now"
+)
 ABANDONED_TRAINING = (
     "the worker running this training stopped (killed or crashed) before it stored a new version; the served model "
     "is unchanged. Press Start Training again"
@@ -63,6 +67,8 @@ def abandoned_message(job) -> str:
         if not stored:
             return ABANDONED_TRAINING
         return (ABANDONED_TRAINING_PROMOTED if stored.get("served") else ABANDONED_TRAINING_STORED).format(**stored)
+    if func.rsplit(".", 1)[-1] in ("record_annotations", "record_tasks"):  # savings records, run on the sync queue
+        return ABANDONED_SAVINGS
     if origin.endswith(f"-{QUEUE_SYNC}"):
         return ABANDONED_SYNC
     return ABANDONED

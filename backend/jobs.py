@@ -100,6 +100,8 @@ def sync_priorities(
                 if rewrite:  # the retry, or the next sync, still owes the rewrite
                     rt.raise_flag(full_sync_flag(project))
                 raise
+            if rewrite and latest["status"] in ("coalesced", "predicting"):
+                rt.raise_flag(full_sync_flag(project))  # handed to the sync that follows the fan-out: it owes the rewrite
             runs += 1
         if result is None or latest["status"] != "unchanged":  # a rerun that found nothing new keeps the answer of the run that wrote
             result = latest

@@ -112,9 +112,11 @@ class LabelStudioClient:
                 project=project_id, page=1, page_size=TASK_PAGE_SIZE, resolve_uri=False, fields="task_only", include="id", query=query
             )
             ids = [int(task.id) for task in pager.items or []]
-            yield from ids
-            if len(ids) < TASK_PAGE_SIZE:
+            # until a page comes back empty: LS may cap a page below TASK_PAGE_SIZE (TASK_API_PAGE_SIZE_MAX), and a
+            # short page taken for the last would leave the rest out (and the savings recompute forget them)
+            if not ids:
                 return
+            yield from ids
             after = max(ids)
 
     def unlabeled_tasks_among(self, project_id: int, task_ids: list[int]) -> Iterator[TaskRef]:

@@ -49,6 +49,16 @@ def is_coreset(policy) -> bool:
     return bool(getattr(policy, "coreset", False))
 
 
+def with_inner(policy, kind: type, change):
+    """`policy` with its part of type `kind` (itself, or one a suffix wraps) replaced by `change(part)`; as it is
+    without one."""
+    if isinstance(policy, kind):
+        return change(policy)
+    if isinstance(policy, WrappedPolicy):
+        return replace(policy, inner=with_inner(policy.inner, kind, change))
+    return policy
+
+
 def rarity_weighted(policy) -> "RarityWeighted | None":
     """The `+rare` part of a policy (suffixes wrap one another); None without one."""
     while policy is not None:

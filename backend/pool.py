@@ -22,7 +22,7 @@ from .ls_client import TaskRef
 from .ls_format import match_labels, parse_label_config
 from .media import MediaFetcher, average_hash
 from .policies import RandomPolicy, get_policy
-from .policy_suffixes import is_coreset, is_diverse, needs_novelty, rarity_weighted, with_rarity
+from .policy_suffixes import is_coreset, is_diverse, needs_novelty, rarity_weighted, with_inner, with_rarity
 from .predictor import Predictor
 from .progress import Progress, _job_progress
 from .ranking import BatchExtras, ls_scores, select_order, spread_order
@@ -135,8 +135,8 @@ def rank_pool(
         return {"policy": SPREAD_POLICY, "detections": detections, "usefulness": usefulness, "order": order, "usable": usable, "reference": None, "rarity": None}
     check_policy_fits(adapter, rt.settings.policy)
     policy = settings_policy(rt.settings)
-    if stream is not None and isinstance(policy, RandomPolicy):
-        policy = replace(policy, stream=stream)
+    if stream is not None:  # bare random, or random under a suffix (random+cost, random+diverse)
+        policy = with_inner(policy, RandomPolicy, lambda random: replace(random, stream=stream))
     rare = rarity_weighted(policy)
     if rare is not None:
         rarity = rare.pool_rarity(detections, num_classes) if rarity is None else np.asarray(rarity, dtype=np.float64)

@@ -41,8 +41,10 @@ class SyncError(AleError):
 
 #: Served tasks whose image could not be used (last in the queue) are tried again at most this often per project...
 RETRY_UNUSABLE_SECONDS = 60 * 60
-#: ... and this many at a time.
+#: ... and this many at a time, going round them: the next round starts after the last task tried...
 RETRY_UNUSABLE_TASKS = 100
+#: ... which is remembered this long.
+RETRY_CURSOR_TTL = 7 * 24 * 60 * 60
 
 
 def unusable_recovered(rt: Runtime, project: int, config, adapter: Adapter, progress: Progress) -> bool:
@@ -51,13 +53,23 @@ def unusable_recovered(rt: Runtime, project: int, config, adapter: Adapter, prog
     A passing failure (a timeout, LS or the bucket answering 502) leaves a task
     last in the queue; incremental syncs list only tasks newer than the queue,
     so without this it would wait there for the next model. -> whether any can
-    be used now (the queue is then rewritten, once per recovery).
+    be used now (the queue is then rewritten; a rewrite that fails leaves the
+    recovery owed, and the next sync rewrites at once).
     """
-    unusable = rt.store.served_unusable(project, RETRY_UNUSABLE_TASKS)
-    if not unusable or rt.claim_flag(f"retry-unusable:{project}", "1", RETRY_UNUSABLE_SECONDS) is not None:
+    key = raw_output_key(adapter.version, rt.settings)
+    cursor = f"retry-unusable-after:{project}"
+    unusable = rt.store.served_unusable(project, RETRY_UNUSABLE_TASKS, int(rt.flag_value(cursor) or 0))
+    if not unusable:
         return False
+    # usable already: a recovery whose rewrite failed (or was handed to a fan-out) is still owed
+    if rt.store.usable_ids(project, key, unusable).size:
+        return True
+    if rt.claim_flag(f"retry-unusable:{project}", "1", RETRY_UNUSABLE_SECONDS) is not None:
+        return False
+    rt.raise_flag(cursor, str(max(unusable)), RETRY_CURSOR_TTL)  # the next round goes on from here: none waits for good
     tasks = list(rt.ls.unlabeled_tasks_among(project, unusable))
-    return predict_missing(rt, project, config, tasks, progress, adapter)["predicted"] > 0
+    predict_missing(rt, project, config, tasks, progress, adapter)
+    return bool(rt.store.usable_ids(project, key, unusable).size)
 
 
 def restore_sampling(rt: Runtime, project: int, info) -> str | None:

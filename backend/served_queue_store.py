@@ -63,11 +63,16 @@ class ServedQueueStoreMixin:
             rows = self._exec(db, query, params).fetchall()
         return served_from_rows(rows)
 
-    def served_unusable(self, project: int, limit: int) -> list[int]:
-        """Up to `limit` task ids of the served queue whose image could not be used (no usefulness), lowest first."""
-        query = "SELECT task_id FROM served_tasks WHERE project = ? AND usefulness IS NULL ORDER BY task_id LIMIT ?"
+    def served_unusable(self, project: int, limit: int, after: int = 0) -> list[int]:
+        """Up to `limit` task ids of the served queue whose image could not be used (no usefulness), in id order from
+        the first above `after`, then from the lowest (a caller that passes the last id it got goes round them all)."""
+        query = "SELECT task_id FROM served_tasks WHERE project = ? AND usefulness IS NULL AND task_id > ? ORDER BY task_id LIMIT ?"
         with self._tx() as db:
-            return [int(row[0]) for row in self._exec(db, query, (project, int(limit))).fetchall()]
+            found = [int(row[0]) for row in self._exec(db, query, (project, int(after), int(limit))).fetchall()]
+            if len(found) < limit and after > 0:
+                more = self._exec(db, query, (project, 0, int(limit) - len(found))).fetchall()
+                found += [int(row[0]) for row in more if int(row[0]) <= after]
+        return found
 
     def served_last_task(self, project: int) -> int | None:
         """The greatest task id in the project's served queue; None when it has none."""

@@ -92,6 +92,8 @@ def test_ale_cron_never_queues_a_second_sync_while_one_still_waits():
         redis = Redis.from_url(server.url)
         scheduler = cron_scheduler(Settings(redis_url=server.url, sync_interval=60), redis)
         (cron_job,) = scheduler.get_jobs()
+        # rq keeps a cron job's history by its name: two adapters' stacks on one Redis must not read each other's
+        assert cron_job.name == "sync_all:yolov5"
         queue = Queue(cron_job.queue_name, connection=redis)
 
         def round_due():

@@ -128,6 +128,18 @@ def test_the_class_rarity_a_queue_was_weighted_by_is_recorded_with_it(store):
     assert store.served_rarity(1, "ale:m:2") is None, "ranked without +rare"
 
 
+def test_the_unusable_tasks_of_a_served_queue_are_read_in_turn(store):
+    """served_unusable goes on after the last id it gave, then from the lowest: none waits behind a hundred for good."""
+    ids = [3, 5, 8, 9, 12]
+    usefulness = [-np.inf, 1.0, -np.inf, -np.inf, -np.inf]
+    store.replace_served(1, ServedQueue("ale:m:1", "m", "rk"), ids, usefulness, [0.1, 0.2, 0.3, 0.4, 0.5])
+    assert store.served_unusable(1, 2) == [3, 8]
+    assert store.served_unusable(1, 2, after=8) == [9, 12]
+    assert store.served_unusable(1, 2, after=12) == [3, 8], "round again from the lowest"
+    assert store.served_unusable(1, 3, after=9) == [12, 3, 8]
+    assert store.served_unusable(1, 10, after=8) == [9, 12, 3, 8], "each once"
+
+
 def test_a_served_queue_being_written_into_is_not_current_until_recorded(store):
     """begin_served_write: a sync that dies before recording what it wrote leaves a record that matches no queue."""
     queue = ServedQueue("ale:m:1", "m", "rk")

@@ -251,3 +251,14 @@ def test_recent_jobs_of_one_project_are_its_own_and_those_of_every_project(redis
     assert [row["id"] for row in recent_jobs(redis, "yolov5", 10, project=5)] == [*mine, every]
     assert [row["id"] for row in recent_jobs(redis, "yolov5", 2, project=6)] == [trained, *others[-2:]]  # queue by queue
     assert [row["id"] for row in recent_jobs(redis, "yolov5", 20)] == [trained, *mine, every, *others], "without a project: every job"
+
+
+def test_a_lost_savings_job_is_not_called_a_sync():
+    """record_annotations and record_tasks run on the sync queue; their lost job's error says what they were."""
+    from types import SimpleNamespace
+
+    from label_studio_ale.jobqueue import ABANDONED_SAVINGS, abandoned_message, queue_name
+
+    for func in ("label_studio_ale.savings.record_annotations", "label_studio_ale.savings.record_tasks"):
+        job = SimpleNamespace(func_name=func, origin=queue_name("yolov5", "sync"), meta={})
+        assert abandoned_message(job) == ABANDONED_SAVINGS and "recompute" in ABANDONED_SAVINGS

@@ -630,3 +630,59 @@ def test_a_task_whose_image_failed_is_tried_again_hourly_and_its_recovery_rewrit
     result = jobs._sync(rt, 1, lambda *a, **k: None)
     assert result["status"] == "synced" and asked == [[5], [5]] and result["usefulness"][5] is not None
     assert rt.store.served_unusable(1, 10) == []
+
+
+def test_a_recovery_whose_rewrite_failed_is_still_owed(tmp_path):
+    """The retry stored usable detections for a task the queue holds as unusable, then the rewrite failed: the next
+    sync rewrites at once, within the hour, and asks LS for nothing again."""
+    from types import SimpleNamespace
+
+    settings = Settings(model_dir=tmp_path, policy="ale-entropy-sum")
+    ls = IncrementalLS([])
+    rt = Runtime(settings, ls=ls, adapter_factory=TrainedModel)
+    embedded_pool(rt, settings, range(1, 5))
+    key = raw_output_key(Model.version, settings)
+    rt.store.put_many(1, key, [StoredDetections(5, None, None, "LS answered 502")])
+    ranking = jobs.queue_ranking_key(settings, TrainedModel(), CONFIG_XML)
+    version = queue_writes.rewrite_queue(
+        rt, 1, CONFIG, TrainedModel(), ServedQueue(None, key, ranking), None, np.arange(1, 6), lambda *a, **k: None, lambda n: None
+    )["model_version"]
+    rt.claim_flag("retry-unusable:1", "1", 3600)  # tried within the hour
+    embedded_pool(rt, settings, [5])  # what that try stored before the rewrite it asked for failed
+    ls.project = lambda project: SimpleNamespace(label_config=CONFIG_XML, model_version=version, sampling="Uncertainty sampling")
+    ls.unlabeled_tasks = lambda project, after_id=None: iter([TaskRef(t, {}) for t in range(1, 6) if after_id is None or t > after_id])
+    ls.unlabeled_tasks_among = lambda project, ids: pytest.fail("nothing to fetch again")
+    result = jobs._sync(rt, 1, lambda *a, **k: None)
+    assert result["status"] == "synced" and result["usefulness"][5] is not None and rt.store.served_unusable(1, 10) == []
+
+
+def test_a_full_sync_handed_to_a_fan_out_is_owed_to_the_sync_that_follows_it(tmp_path, monkeypatch):
+    rt = Runtime(Settings(model_dir=tmp_path))
+    runs = []
+
+    def fake_sync(runtime, project, progress, full=False, **options):
+        runs.append(full)
+        if len(runs) == 1:
+            return {"status": "predicting", "follow_up": "job-2", "stale_versions": [], "phases": {}}
+        return {"status": "synced", "stale_versions": [], "phases": {}}
+
+    monkeypatch.setattr(jobs, "_sync", fake_sync)
+    jobs.sync_priorities(3, runtime=rt, full=True)
+    jobs.sync_priorities(3, runtime=rt, fanout=False)  # the follow-up
+    assert runs == [True, True]
+
+
+@pytest.mark.parametrize("policy", ["random+cost", "random+diverse"])
+def test_random_under_a_suffix_gives_each_add_draws_of_its_own_too(tmp_path, policy):
+    settings = Settings(model_dir=tmp_path, policy=policy)
+    rt = Runtime(settings, ls=IncrementalLS([]))
+    embedded_pool(rt, settings, range(1, 15))
+    key = raw_output_key(Model.version, settings)
+    version = queue_writes.rewrite_queue(
+        rt, 1, CONFIG, TrainedModel(), ServedQueue(None, key, "ranking"), None, np.arange(1, 11), lambda *a, **k: None, lambda n: None
+    )["model_version"]
+    values = [
+        queue_writes.add_new_tasks(rt, 1, CONFIG, TrainedModel(), version, [TaskRef(t, {})], lambda *a, **k: None, lambda n: None)["usefulness"][t]
+        for t in (11, 12, 13)
+    ]
+    assert len(set(values)) == 3, values

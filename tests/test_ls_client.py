@@ -123,9 +123,10 @@ def test_requests_that_create_predictions_are_sent_once_even_when_answered_500(f
 class TaskListing:
     """LS's task listing at the SDK's seam: applies the id and total_annotations filters and the id ordering the query asks for."""
 
-    def __init__(self, annotations: dict[int, int]):
+    def __init__(self, annotations: dict[int, int], cap: int | None = None):
         self.annotations = annotations  # task id -> submitted annotations
         self.pages = []
+        self.cap = cap  # LS's TASK_API_PAGE_SIZE_MAX: a page holds at most this many, whatever was asked
 
     def list(self, project, page, page_size, query, **params):
         import json
@@ -137,7 +138,8 @@ class TaskListing:
             field = {"filter:tasks:id": lambda t: t, "filter:tasks:total_annotations": lambda t: self.annotations[t]}[item["filter"]]
             assert item["operator"] == "greater"
             tasks = [t for t in tasks if field(t) > item["value"]]
-        items = tasks[(page - 1) * page_size : page * page_size]
+        size = page_size if self.cap is None else min(page_size, self.cap)
+        items = tasks[(page - 1) * size : page * size]
         self.pages.append(items)
         if self.pages == [[2, 3]]:
             del self.annotations[2]  # a listed task is deleted meanwhile: by page number, task 5 would shift out of page 2
@@ -153,4 +155,14 @@ def test_the_annotated_tasks_are_every_one_with_an_annotation_paged_by_id(monkey
     listing = TaskListing({1: 0, 2: 1, 3: 2, 4: 0, 5: 1, 6: 1, 7: 3})
     client.sdk = SimpleNamespace(tasks=listing)
     assert list(client.annotated_task_ids(7)) == [2, 3, 5, 6, 7]
-    assert listing.pages == [[2, 3], [5, 6], [7]]
+    assert listing.pages == [[2, 3], [5, 6], [7], []]
+
+
+def test_the_annotated_tasks_are_all_listed_when_ls_caps_its_pages(monkeypatch):
+    """LS answers at most TASK_API_PAGE_SIZE_MAX a page: a short page is not the last (the recompute forgets what is not listed)."""
+    import backend.ls_client as ls_client
+
+    monkeypatch.setattr(ls_client, "TASK_PAGE_SIZE", 3)
+    client = LabelStudioClient.__new__(LabelStudioClient)
+    client.sdk = SimpleNamespace(tasks=TaskListing({t: 1 for t in range(1, 8)}, cap=2))
+    assert list(client.annotated_task_ids(7)) == [1, 2, 3, 4, 5, 6, 7]
