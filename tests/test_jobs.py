@@ -104,23 +104,6 @@ def test_a_full_sync_requested_while_one_runs_is_a_full_rerun(tmp_path, monkeypa
     assert jobs.sync_priorities(7, runtime=rt)["runs"] == 1 and runs == [False, True, False], "taken once"
 
 
-def test_a_failed_full_sync_is_owed_to_the_next(tmp_path, monkeypatch):
-    rt = Runtime(Settings(model_dir=tmp_path))
-    runs = []
-
-    def fake_sync(runtime, project, progress, full=False, **options):
-        runs.append(full)
-        if len(runs) == 1:
-            raise RuntimeError("LS is down")
-        return {"status": "synced", "stale_versions": [], "phases": {}}
-
-    monkeypatch.setattr(jobs, "_sync", fake_sync)
-    with pytest.raises(RuntimeError, match="LS is down"):
-        jobs.sync_priorities(3, runtime=rt, full=True)
-    jobs.sync_priorities(3, runtime=rt)
-    assert runs == [True, True]
-
-
 def test_a_failed_sync_leaves_later_requests_pending_for_the_retry(tmp_path, monkeypatch):
     rt = Runtime(Settings(model_dir=tmp_path))
 
@@ -544,26 +527,13 @@ def test_random_gives_each_add_of_new_tasks_draws_of_its_own(tmp_path):
 
 def test_a_current_queue_whose_sampling_was_changed_in_ls_is_served_again_with_one_patch(tmp_path):
     """Nothing new to rank, but the project was set to Sequential sampling in LS: the sync sets it back, writing nothing else."""
-    from types import SimpleNamespace
-
-    settings = Settings(model_dir=tmp_path, policy="ale-entropy-sum")
-    ls = IncrementalLS([])
-    rt = Runtime(settings, ls=ls, adapter_factory=TrainedModel)
-    embedded_pool(rt, settings, range(1, 6))
-    key = raw_output_key(Model.version, settings)
-    label_config = CONFIG_XML
-    version = queue_writes.rewrite_queue(
-        rt, 1, CONFIG, TrainedModel(), ServedQueue(None, key, jobs.queue_ranking_key(settings, TrainedModel(), label_config)), None,
-        np.arange(1, 6), lambda *a, **k: None, lambda n: None,
-    )["model_version"]
-    ls.switched, ls.imported = None, []
-    sampling = {"now": "Sequential sampling"}
-    ls.project = lambda project: SimpleNamespace(label_config=label_config, model_version=version, sampling=sampling["now"])
-    ls.unlabeled_tasks = lambda project, after_id=None: iter([])
+    rt, ls, _, project = served_queue_of_five(tmp_path)
+    version = project["model_version"]
+    ls.switched, ls.imported, project["sampling"] = None, [], "Sequential sampling"
     result = jobs._sync(rt, 1, lambda *a, **k: None)
     assert result["status"] == "unchanged" and result["sampling_restored"] == "Sequential sampling"
     assert ls.switched == version and ls.imported == []
-    ls.switched, sampling["now"] = None, "Uncertainty sampling"
+    ls.switched, project["sampling"] = None, "Uncertainty sampling"
     result = jobs._sync(rt, 1, lambda *a, **k: None)
     assert result["status"] == "unchanged" and "sampling_restored" not in result and ls.switched is None, "nothing written"
 
@@ -596,22 +566,32 @@ def test_tasks_added_under_rare_are_weighted_by_the_class_rarity_of_the_queue_th
     assert added["usefulness"][12] == pytest.approx(full["usefulness"][-1], rel=0.2) and added["usefulness"][12] > 1.5 * alone
 
 
-def test_a_task_whose_image_failed_is_tried_again_hourly_and_its_recovery_rewrites_the_queue(tmp_path, monkeypatch):
-    """A passing failure left a task last (no usefulness); incremental syncs never list it again. It is predicted
-    again at most every RETRY_UNUSABLE_SECONDS, and once its image can be used the queue is rewritten with it."""
+def served_queue_of_five(tmp_path, failed=()):
+    """A served queue of tasks 1-5 (those in `failed`: their image could not be used, LS answered 502), and its project
+    as LS lists it (a dict to change). -> (rt, ls, key, project)."""
     from types import SimpleNamespace
 
     settings = Settings(model_dir=tmp_path, policy="ale-entropy-sum")
     ls = IncrementalLS([])
     rt = Runtime(settings, ls=ls, adapter_factory=TrainedModel)
-    embedded_pool(rt, settings, range(1, 5))
+    embedded_pool(rt, settings, [t for t in range(1, 6) if t not in failed])
     key = raw_output_key(Model.version, settings)
-    rt.store.put_many(1, key, [StoredDetections(5, None, None, "LS answered 502")])
+    rt.store.put_many(1, key, [StoredDetections(t, None, None, "LS answered 502") for t in failed])
     ranking = jobs.queue_ranking_key(settings, TrainedModel(), CONFIG_XML)
-    version = queue_writes.rewrite_queue(rt, 1, CONFIG, TrainedModel(), ServedQueue(None, key, ranking), None, np.arange(1, 6), lambda *a, **k: None, lambda n: None)["model_version"]
+    version = queue_writes.rewrite_queue(
+        rt, 1, CONFIG, TrainedModel(), ServedQueue(None, key, ranking), None, np.arange(1, 6), lambda *a, **k: None, lambda n: None
+    )["model_version"]
+    project = {"label_config": CONFIG_XML, "model_version": version, "sampling": "Uncertainty sampling"}
+    ls.project = lambda project_id: SimpleNamespace(**project)
+    ls.unlabeled_tasks = lambda project_id, after_id=None: iter([TaskRef(t, {}) for t in range(1, 6) if after_id is None or t > after_id])
+    return rt, ls, key, project
+
+
+def test_a_task_whose_image_failed_is_tried_again_hourly_and_its_recovery_rewrites_the_queue(tmp_path, monkeypatch):
+    """A passing failure left a task last (no usefulness); incremental syncs never list it again. It is predicted
+    again at most every RETRY_UNUSABLE_SECONDS, and once its image can be used the queue is rewritten with it."""
+    rt, ls, key, _ = served_queue_of_five(tmp_path, failed=(5,))
     assert rt.store.served_unusable(1, 10) == [5]
-    ls.project = lambda project: SimpleNamespace(label_config=CONFIG_XML, model_version=version, sampling="Uncertainty sampling")
-    ls.unlabeled_tasks = lambda project, after_id=None: iter([TaskRef(t, {}) for t in range(1, 6) if after_id is None or t > after_id])
     asked = []
     ls.unlabeled_tasks_among = lambda project, ids: asked.append(list(ids)) or iter([TaskRef(t, {}) for t in ids])
     readable = {"now": False}
@@ -635,40 +615,36 @@ def test_a_task_whose_image_failed_is_tried_again_hourly_and_its_recovery_rewrit
 def test_a_recovery_whose_rewrite_failed_is_still_owed(tmp_path):
     """The retry stored usable detections for a task the queue holds as unusable, then the rewrite failed: the next
     sync rewrites at once, within the hour, and asks LS for nothing again."""
-    from types import SimpleNamespace
-
-    settings = Settings(model_dir=tmp_path, policy="ale-entropy-sum")
-    ls = IncrementalLS([])
-    rt = Runtime(settings, ls=ls, adapter_factory=TrainedModel)
-    embedded_pool(rt, settings, range(1, 5))
-    key = raw_output_key(Model.version, settings)
-    rt.store.put_many(1, key, [StoredDetections(5, None, None, "LS answered 502")])
-    ranking = jobs.queue_ranking_key(settings, TrainedModel(), CONFIG_XML)
-    version = queue_writes.rewrite_queue(
-        rt, 1, CONFIG, TrainedModel(), ServedQueue(None, key, ranking), None, np.arange(1, 6), lambda *a, **k: None, lambda n: None
-    )["model_version"]
+    rt, ls, key, _ = served_queue_of_five(tmp_path, failed=(5,))
     rt.claim_flag("retry-unusable:1", "1", 3600)  # tried within the hour
-    embedded_pool(rt, settings, [5])  # what that try stored before the rewrite it asked for failed
-    ls.project = lambda project: SimpleNamespace(label_config=CONFIG_XML, model_version=version, sampling="Uncertainty sampling")
-    ls.unlabeled_tasks = lambda project, after_id=None: iter([TaskRef(t, {}) for t in range(1, 6) if after_id is None or t > after_id])
+    embedded_pool(rt, rt.settings, [5])  # what that try stored before the rewrite it asked for failed
     ls.unlabeled_tasks_among = lambda project, ids: pytest.fail("nothing to fetch again")
     result = jobs._sync(rt, 1, lambda *a, **k: None)
     assert result["status"] == "synced" and result["usefulness"][5] is not None and rt.store.served_unusable(1, 10) == []
 
 
-def test_a_full_sync_handed_to_a_fan_out_is_owed_to_the_sync_that_follows_it(tmp_path, monkeypatch):
+@pytest.mark.parametrize("first", ["fails", "hands its work to a fan-out"])
+def test_a_full_sync_that_did_not_rewrite_is_owed_to_the_next(tmp_path, monkeypatch, first):
+    """`ale sync --full` whose run failed, or only queued prediction chunks: the next sync (the retry, or the one
+    that follows the chunks) rewrites."""
     rt = Runtime(Settings(model_dir=tmp_path))
     runs = []
 
     def fake_sync(runtime, project, progress, full=False, **options):
         runs.append(full)
+        if len(runs) == 1 and first == "fails":
+            raise RuntimeError("LS is down")
         if len(runs) == 1:
             return {"status": "predicting", "follow_up": "job-2", "stale_versions": [], "phases": {}}
         return {"status": "synced", "stale_versions": [], "phases": {}}
 
     monkeypatch.setattr(jobs, "_sync", fake_sync)
-    jobs.sync_priorities(3, runtime=rt, full=True)
-    jobs.sync_priorities(3, runtime=rt, fanout=False)  # the follow-up
+    if first == "fails":
+        with pytest.raises(RuntimeError, match="LS is down"):
+            jobs.sync_priorities(3, runtime=rt, full=True)
+    else:
+        jobs.sync_priorities(3, runtime=rt, full=True)
+    jobs.sync_priorities(3, runtime=rt, fanout=False)
     assert runs == [True, True]
 
 
