@@ -344,8 +344,22 @@ def _promote(settings: Settings, store, project: int, name: str) -> int:
             store.promote(name)
         except LookupError as exc:
             raise ConfigError("--promote", str(exc)) from None
+        _record_promoted_by_hand(store, name)
     print(f"project {project}: {name} is served from now on; the next sync ranks the queue by it")
     return 0
+
+
+def _record_promoted_by_hand(store, name: str) -> None:
+    """A version its training did not promote says, from now on, that it was promoted by hand (/versions and the
+    admin page show the record): the training's own decision stays in the reason."""
+    record = store.get(name).manifest.get("promotion") or {}
+    if record.get("promoted"):
+        return
+    reason = f"promoted by hand (`ale models --promote {name}`); at training: {record.get('reason') or 'no decision recorded'}"
+    try:
+        store.record_promotion(name, record | {"promoted": True, "by_hand": True, "reason": reason})
+    except OSError as exc:  # it is served all the same: only its record is behind
+        print(f"{name} is served, but its record could not say so: {exc}", file=sys.stderr)
 
 
 def _models(settings: Settings, args) -> int:

@@ -74,6 +74,8 @@ def test_a_damaged_served_version_is_named_and_another_can_be_served(monkeypatch
     assert main(["models", "--project", "4", "--promote", first.name]) == 0
     assert f"{first.name} is served from now on" in capsys.readouterr().out
     assert store.current().name == first.name
+    promotion = store.current().manifest["promotion"]
+    assert promotion["promoted"] and promotion["by_hand"] and promotion["reason"].startswith(f"promoted by hand (`ale models --promote {first.name}`)")
 
 
 def test_ale_cron_never_queues_a_second_sync_while_one_still_waits():
