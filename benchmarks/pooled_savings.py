@@ -52,6 +52,8 @@ TARGETS = {"images": 0.40, "boxes": 0.25}
 BASELINE = "random"
 #: After a reference's name in the table (it is listed after the policies).
 REFERENCE_MARK = " †"
+#: After the null reference's name (random from a second stream: listed after the policies, before the references).
+NULL_MARK = " ‡"
 #: Base models a row needs for its interval and draw shares to be shown: a bootstrap over one or two base models
 #: can only mix those models' own estimates, and savings move by about ten points from one base model to the next.
 MIN_INTERVAL_BASES = 3
@@ -252,10 +254,14 @@ def markdown(table: dict) -> str:
         "| boxes to random's last | 95 % interval | draws ≥ 25 % fewer |",
         "|---|---:|---:|---|---:|---|---:|---:|---|---:|",
     ]
+    from label_studio_ale.bench.null import is_null
     from label_studio_ale.bench.oracle import is_reference
 
-    # the policies, most pairs first, then the references
-    ranked = sorted(table.items(), key=lambda item: (is_reference(item[0]), -item[1]["pairs"], item[0]))
+    def mark(policy: str) -> str:
+        return NULL_MARK if is_null(policy) else REFERENCE_MARK if is_reference(policy) else ""
+
+    # the policies, most pairs first, then the null, then the references
+    ranked = sorted(table.items(), key=lambda item: (2 * is_reference(item[0]) + is_null(item[0]), -item[1]["pairs"], item[0]))
     for policy, row in ranked:
         bases = len(row["base_models"])
         shown = row.get("interval_shown", bases >= MIN_INTERVAL_BASES)
@@ -265,7 +271,7 @@ def markdown(table: dict) -> str:
             for unit in TARGETS
         }
         lines.append(
-            f"| {policy}{REFERENCE_MARK if is_reference(policy) else ''} | {row['pairs']} | {bases} | {row['final']:.3f} ({row['random_final']:.3f}) "
+            f"| {policy}{mark(policy)} | {row['pairs']} | {bases} | {row['final']:.3f} ({row['random_final']:.3f}) "
             f"| {_pct(row['images'])} | {cells['images'][0]} | {cells['images'][1]} "
             f"| {_pct(row['boxes'])} | {cells['boxes'][0]} | {cells['boxes'][1]} |"
         )
@@ -274,6 +280,9 @@ def markdown(table: dict) -> str:
         f"Intervals and draw shares are shown for rows of {MIN_INTERVAL_BASES} or more base models: savings move by about ten points "
         "from one base model to the next, and a bootstrap over one or two can only mix their own estimates (each is listed below).",
     ]
+    if any(is_null(policy) for policy in table):
+        lines += ["", f"{NULL_MARK.strip()} random again, from a second stream of draws, beside random from the same first models: "
+                  "the saving a policy shows by chance alone."]
     if any(is_reference(policy) for policy in table):
         lines += ["", f"{REFERENCE_MARK.strip()} a reference that reads the ground truth (`ale bench al`'s oracles): what a policy could save, not one a project can run."]
     lines += ["", "By base model (pairs; images and boxes to random's last on its seeds):", ""]

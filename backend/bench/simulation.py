@@ -45,6 +45,7 @@ from ..serving import ServingFilters
 from ..settings import PROMOTION_POLICIES, Settings
 from .budget import batch_size_for_cost, check_budget_cost, check_pool_cost, cost_prefix
 from .edits import image_edits, shown_edits
+from .null import as_selection, is_null
 from .oracle import NEW_CLASS_REFERENCES, is_reference, reads_mistakes, reference_picks
 from .records import cycle_record, model_identity, selection_settings
 
@@ -112,7 +113,7 @@ class BenchConfig:
         if len(set(self.policies)) != len(self.policies):
             raise ValueError(f"policies lists a name twice: {','.join(self.policies)}")
         for name in self.policies:
-            if not is_reference(name):
+            if not is_reference(name) and not is_null(name):
                 get_policy(name)  # unknown names fail here, before any training
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct integers, got {self.seeds}")
@@ -357,6 +358,7 @@ def _policy_queue(config, data, settings, store, policy_name, labelled, unlabele
     """
     from ..predictor import Predictor
 
+    policy_name, seed = as_selection(policy_name, seed)  # random-null: random itself, from another stream of draws
     adapter = served_adapter(settings, store)
     predictor = Predictor(settings.replace(policy=policy_name), adapter, None)  # a loc policy predicts mirrored too
     detections = detect_images(predictor, data, unlabeled)

@@ -166,11 +166,13 @@ def test_the_bootstrap_draws_base_models_then_their_seeds(pooled_savings, tmp_pa
     assert three["entropy-mean"]["interval_shown"] and "| −25 to −50 % |" in pooled_savings.markdown(three)
 
 
-def test_a_reference_is_read_like_a_policy_and_marked_after_them(pooled_savings, tmp_path):
+def test_the_null_and_the_references_are_read_like_a_policy_and_marked_after_them(pooled_savings, tmp_path):
     path = write(tmp_path, "a", results(WEIGHTS, [run("random", 0, 0.5, **RANDOM), run("oracle-errors-per-box", 0, 0.5, **BETTER),
-                                                  run("entropy-mean", 0, 0.5, **RANDOM)]))  # fmt: skip
+                                                  run("random-null", 0, 0.5, **RANDOM), run("entropy-mean", 0, 0.5, **RANDOM)]))  # fmt: skip
     table = pooled_savings.pooled(pooled_savings.pool_runs([path]), draws=50, seed=0)
     assert table["oracle-errors-per-box"]["boxes"] == pytest.approx(0.35)
+    assert table["random-null"]["images"] == table["random-null"]["boxes"] == 0.0  # the same curve: no saving
     rows = [line.split(" | ")[0] for line in pooled_savings.markdown(table).splitlines() if line.startswith("| ") and " | 1 | 1 | " in line]
-    assert rows == ["| entropy-mean", "| oracle-errors-per-box †"]
+    assert rows == ["| entropy-mean", "| random-null ‡", "| oracle-errors-per-box †"]
     assert "† a reference that reads the ground truth" in pooled_savings.markdown(table)
+    assert "‡ random again, from a second stream of draws" in pooled_savings.markdown(table)
