@@ -61,13 +61,13 @@ STORED_VERSION = "stored_version"
 
 def abandoned_message(job) -> str:
     """The error of a job (an rq Job) whose worker died: true of what it is, and of how far a training got."""
-    func, origin = job.func_name or "", job.origin or ""
-    if func.rsplit(".", 1)[-1] == "train_project" or origin.endswith(f"-{QUEUE_TRAIN}"):
+    func, origin = (job.func_name or "").rsplit(".", 1)[-1], job.origin or ""
+    if func == "train_project" or origin.endswith(f"-{QUEUE_TRAIN}"):
         stored = (job.meta or {}).get(STORED_VERSION)
         if not stored:
             return ABANDONED_TRAINING
         return (ABANDONED_TRAINING_PROMOTED if stored.get("served") else ABANDONED_TRAINING_STORED).format(**stored)
-    if func.rsplit(".", 1)[-1] in ("record_annotations", "record_tasks"):  # savings records, run on the sync queue
+    if func in ("record_annotations", "record_tasks"):  # savings records, run on the sync queue
         return ABANDONED_SAVINGS
     if origin.endswith(f"-{QUEUE_SYNC}"):
         return ABANDONED_SYNC

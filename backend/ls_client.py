@@ -121,12 +121,8 @@ class LabelStudioClient:
 
     def unlabeled_tasks_among(self, project_id: int, task_ids: list[int]) -> Iterator[TaskRef]:
         """Those of `task_ids` nobody has labelled yet, with their data: one listing of just those tasks."""
-        if not task_ids:
-            return
-        wanted = {int(t) for t in task_ids}
-        query = json.dumps({"selectedItems": {"all": False, "included": sorted(wanted)}})
-        for task in self._tasks(project_id, fields="task_only", include="id,data,is_labeled", query=query):
-            if task.id in wanted and not task.is_labeled:
+        for task in self._tasks_among(project_id, task_ids, "id,data,is_labeled"):
+            if not task.is_labeled:
                 yield TaskRef(task.id, dict(task.data or {}))
 
     def unlabeled_among(self, project_id: int, task_ids: list[int]) -> set[int]:
@@ -135,12 +131,17 @@ class LabelStudioClient:
 
     def label_states(self, project_id: int, task_ids: list[int]) -> dict[int, bool]:
         """{task id: whether it is labelled} for those of `task_ids` that still exist: one listing of just those tasks."""
+        return {task.id: bool(task.is_labeled) for task in self._tasks_among(project_id, task_ids, "id,is_labeled")}
+
+    def _tasks_among(self, project_id: int, task_ids: list[int], include: str) -> Iterator:
+        """The tasks of `task_ids` that still exist, with the fields `include` names: one listing of just those tasks."""
         if not task_ids:
-            return {}
+            return
         wanted = {int(t) for t in task_ids}
         query = json.dumps({"selectedItems": {"all": False, "included": sorted(wanted)}})
-        tasks = self._tasks(project_id, fields="task_only", include="id,is_labeled", query=query)
-        return {task.id: bool(task.is_labeled) for task in tasks if task.id in wanted}
+        for task in self._tasks(project_id, fields="task_only", include=include, query=query):
+            if task.id in wanted:
+                yield task
 
     def set_prediction_scores(self, project_id: int, model_version: str, scores: dict[int, float]) -> int:
         """Give the `model_version` prediction of each task a new score (one PATCH each). -> predictions updated."""
