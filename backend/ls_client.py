@@ -10,6 +10,7 @@ import base64
 import functools
 import json
 import logging
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Iterator
@@ -297,7 +298,7 @@ class LabelStudioClient:
                         f"(answered {response.status_code}: {response.text[:200].strip()}): check that the key still exists "
                         "and that the storage's credentials can read it (Project settings -> Cloud Storage)"
                     )
-                return read_limited(response.iter_bytes(), max_bytes, response.headers.get("content-length"))
+                return read_limited(response.iter_bytes(), max_bytes, response.headers.get("content-length"), timeout)
         except MediaError:
             raise
         except Exception as exc:  # httpx transport errors, token refresh failures
@@ -330,7 +331,7 @@ class LabelStudioClient:
                     )
                 if response.status_code != 200:
                     raise MediaError(f"Label Studio answered {response.status_code} for {path_and_query}")
-                return read_limited(response.iter_bytes(), max_bytes, response.headers.get("content-length"))
+                return read_limited(response.iter_bytes(), max_bytes, response.headers.get("content-length"), timeout)
         except MediaError:
             raise
         except Exception as exc:  # httpx transport errors, token refresh failures
@@ -428,10 +429,14 @@ def upload_images(sdk, project_id: int, files: list[tuple[str, bytes]]) -> list[
     return task_ids
 
 
-def read_limited(chunks, max_bytes: int, content_length: str | None = None) -> bytes:
-    """Join byte chunks, refusing more than `max_bytes` (checked before and while reading)."""
+def read_limited(chunks, max_bytes: int, content_length: str | None = None, timeout: float | None = None) -> bytes:
+    """Join byte chunks, refusing more than `max_bytes` (checked before and while reading), or reading for longer
+    than `timeout` seconds in all."""
     if content_length and content_length.isdigit() and int(content_length) > max_bytes:
         raise MediaError(f"image is {int(content_length)} bytes, over MAX_IMAGE_BYTES={max_bytes}")
+    # httpx's timeout bounds each read, not the download: a server that trickles a byte every few seconds
+    # would hold a /predict request (or a sync) for as long as it likes
+    deadline = None if timeout is None else time.monotonic() + timeout
     # Kept as parts and joined once: a bytearray grown chunk by chunk is reallocated
     # at every size on the way to 16 MB, which fragments the heap of a long-lived worker.
     parts, size = [], 0
@@ -440,4 +445,9 @@ def read_limited(chunks, max_bytes: int, content_length: str | None = None) -> b
         size += len(chunk)
         if size > max_bytes:
             raise MediaError(f"image is over MAX_IMAGE_BYTES={max_bytes} bytes")
+        if deadline is not None and time.monotonic() > deadline:
+            raise MediaError(
+                f"image download took over FETCH_TIMEOUT={timeout:g} s ({size} bytes so far): the server is stalled or too "
+                "slow; raise FETCH_TIMEOUT for slow storage"
+            )
     return b"".join(parts)

@@ -142,7 +142,9 @@ class MediaFetcher:
                     raise MediaError(f"{what} redirects; redirects are not followed, use the final URL")
                 if response.status_code != 200:
                     raise MediaError(f"{what} answered {response.status_code}")
-                return read_limited(response.iter_bytes(), self.settings.max_image_bytes, response.headers.get("content-length"))
+                return read_limited(
+                    response.iter_bytes(), self.settings.max_image_bytes, response.headers.get("content-length"), self.settings.fetch_timeout
+                )
         except httpx.HTTPError as exc:
             raise MediaError(f"cannot download {what}: {type(exc).__name__}: {exc}") from None
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from .boxes import filter_detections
 from .detections import Detections
-from .settings import Settings
+from .settings import DEFAULT_IMAGE_SIZE, Settings
 from .tiling import TileSettings
 
 #: Boxes below this score never leave the model: the detection store holds
@@ -41,15 +41,17 @@ def model_max_detections(settings: Settings) -> int:
 def raw_output_key(model_version: str, settings: Settings) -> str:
     """The detection store's key for what `model_version` produces under `settings`.
 
-    The default floor, cap and tiling give the bare version; anything else is
-    part of the key, so stored detections are never reused for a lower floor
-    or other tiles.
+    The default floor, cap, input size and tiling give the bare version;
+    anything else is part of the key, so stored detections are never reused
+    for a lower floor, another IMAGE_SIZE or other tiles.
     """
     floor, cap = model_score_floor(settings), model_max_detections(settings)
     tiles = settings.tiles()
     parts = []
     if floor != MODEL_SCORE_FLOOR or cap != MODEL_MAX_DETECTIONS:
         parts.append(f"floor={floor:g},max={cap}")
+    if settings.image_size != DEFAULT_IMAGE_SIZE:  # the model sees every image (and each tile) at another size
+        parts.append(f"size={settings.image_size}")
     if tiles != TileSettings(settings.image_size):
         parts.append(tiles.key() if tiles is not None else "tile=off")
     if measures_localization(settings):

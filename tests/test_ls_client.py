@@ -166,3 +166,19 @@ def test_the_annotated_tasks_are_all_listed_when_ls_caps_its_pages(monkeypatch):
     client = LabelStudioClient.__new__(LabelStudioClient)
     client.sdk = SimpleNamespace(tasks=TaskListing({t: 1 for t in range(1, 8)}, cap=2))
     assert list(client.annotated_task_ids(7)) == [1, 2, 3, 4, 5, 6, 7]
+
+
+def test_a_download_that_trickles_past_the_timeout_is_refused_whatever_each_read_takes():
+    from backend.errors import MediaError
+    from backend.ls_client import read_limited
+
+    def trickle(pieces, pause):
+        for _ in range(pieces):
+            time.sleep(pause)  # each read well within an httpx read timeout of the same seconds
+            yield b"x" * 10
+
+    assert read_limited(trickle(3, 0.0), 100, timeout=1.0) == b"x" * 30
+    started = time.monotonic()
+    with pytest.raises(MediaError, match=r"image download took over FETCH_TIMEOUT=0.3 s \(\d+ bytes so far\)"):
+        read_limited(trickle(50, 0.1), 10_000, timeout=0.3)
+    assert time.monotonic() - started < 1.0  # stopped at the deadline, not after the 5 s the server would take

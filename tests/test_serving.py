@@ -102,3 +102,6 @@ def test_the_model_floor_and_the_store_key_follow_the_settings():
     assert model_score_floor(low) == 0.01 and raw_output_key("v0003", low) == "v0003@floor=0.01,max=300"
     many = Settings(max_detections=1000)
     assert model_max_detections(many) == 1000 and raw_output_key("v0003", many) == "v0003@floor=0.05,max=1000"
+    # another input size: the same weights see every image (and tile) at another size
+    assert raw_output_key("v0003", Settings(image_size=1024)) == "v0003@size=1024"
+    assert raw_output_key("v0003", Settings(image_size=1024, tile_size=640)).startswith("v0003@size=1024;tile=640")
