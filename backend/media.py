@@ -203,6 +203,18 @@ def use_own_pixel_limit() -> None:
     Image.MAX_IMAGE_PIXELS = None
 
 
+def header_pixels(data: bytes) -> int:
+    """The pixels of an encoded image, read from its header without decoding; 0 where the header cannot be read
+    (`decode_image` then says why)."""
+    use_own_pixel_limit()
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+    except Exception:  # whatever Pillow raises on bytes that are not an image
+        return 0
+    return width * height
+
+
 def decode_image(data: bytes, max_pixels: int) -> Image.Image:
     """Decode bytes to an RGB image as a browser shows it (EXIF orientation applied), refusing more than
     `max_pixels` before decoding pixels. Raises MediaError saying what is wrong."""

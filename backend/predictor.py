@@ -16,7 +16,7 @@ from .adapters import Adapter
 from .detections import Detections
 from .errors import AleError
 from .ls_format import RectangleConfig, detections_to_results, match_labels, parse_label_config, task_image_url
-from .media import MediaFetcher, decode_image
+from .media import MediaFetcher, decode_image, header_pixels
 from .scoring import flip_instability, min_confidence
 from .serving import ServingFilters, measures_localization, shown_classes, shown_detections
 from .settings import Settings
@@ -59,9 +59,9 @@ class ImageChunk:
             self.images.append(loaded)
             self.pixels += loaded.width * loaded.height
 
-    def fits(self, loaded: Image.Image | str, max_pixels: int | None) -> bool:
-        """Whether `loaded` can join without the chunk going over `max_pixels` (a failure always can)."""
-        return max_pixels is None or isinstance(loaded, str) or self.pixels + loaded.width * loaded.height <= max_pixels
+    def fits(self, pixels: int, max_pixels: int | None) -> bool:
+        """Whether a frame of `pixels` can join without the chunk going over `max_pixels` (a failure, 0, always can)."""
+        return max_pixels is None or self.pixels + pixels <= max_pixels
 
     def ready(self) -> list[int]:
         """Positions within the chunk whose image was fetched."""
@@ -104,9 +104,9 @@ class Predictor:
         A chunk holds at most `max_pixels` decoded pixels (an image larger than
         that alone) and `max_images` tasks; None: no bound. Downloads run up to
         FETCH_WORKERS ahead as compressed bytes and are decoded here, one at a
-        time, so a step holds about `max_pixels` of decoded frames (plus the
-        frame that closes the chunk), whatever the task count: a caller drops
-        each chunk (`del chunk`) before asking for the next.
+        time, so a step holds at most `max_pixels` of decoded frames (or one
+        frame larger than that), whatever the task count: a caller drops each
+        chunk (`del chunk`) before asking for the next.
         """
         def load(position: int) -> bytes | str:
             try:
@@ -124,14 +124,16 @@ class Predictor:
                     pending.append(pool.submit(load, submitted))
                     submitted += 1
                 loaded = pending.popleft().result()
+                # the chunk is closed on the frame's header, before its pixels are decoded: a frame decoded first
+                # would stay alive beside the whole chunk while the caller predicts it
+                if chunk.images and not chunk.fits(0 if isinstance(loaded, str) else header_pixels(loaded), max_pixels):
+                    yield chunk
+                    chunk = ImageChunk(chunk.start + len(chunk.images))
                 if isinstance(loaded, bytes):
                     try:
                         loaded = decode_image(loaded, self.settings.max_image_pixels)
                     except AleError as exc:
                         loaded = str(exc)
-                if chunk.images and not chunk.fits(loaded, max_pixels):
-                    yield chunk
-                    chunk = ImageChunk(chunk.start + len(chunk.images))
                 chunk.add(loaded)
                 if max_images is not None and len(chunk.images) >= max_images:
                     yield chunk

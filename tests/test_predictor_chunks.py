@@ -86,9 +86,17 @@ class AliveFrames:
 class Boxless:
     classes, version = ("bird",), "m-1"
 
+    def __init__(self, alive: AliveFrames | None = None):
+        self.alive, self.most_while_predicting = alive, 0
+
     def predict(self, images):
+        import gc
+
         from label_studio_ale.detections import Detections
 
+        if self.alive is not None:  # the frames alive while the model runs: the chunk's, and nothing decoded ahead
+            gc.collect()
+            self.most_while_predicting = max(self.most_while_predicting, sum(ref() is not None for ref in self.alive.alive))
         return [Detections.empty(1, image.size) for image in images]
 
 
@@ -105,6 +113,17 @@ def test_predict_holds_one_chunk_of_frames_while_it_decodes_the_next(monkeypatch
     config = '<View><Image name="image" value="$image"/><RectangleLabels name="label" toName="image"><Label value="bird"/></RectangleLabels></View>'
     outcome = predictor.predict_tasks(tasks, config)
     assert len(outcome.predictions) == 8 and alive.most <= 2
+
+
+def test_no_frame_is_decoded_ahead_of_the_chunk_being_predicted(monkeypatch):
+    """A budget of two frames: the model sees two, and no third is decoded and held beside them."""
+    alive = AliveFrames(monkeypatch)
+    files, tasks = frames(8)
+    model = Boxless(alive)
+    predictor = Predictor(Settings(predict_chunk_pixels=20_000, predict_batch_size=8), model, Files(files))
+    config = '<View><Image name="image" value="$image"/><RectangleLabels name="label" toName="image"><Label value="bird"/></RectangleLabels></View>'
+    assert len(predictor.predict_tasks(tasks, config).predictions) == 8
+    assert model.most_while_predicting == 2
 
 
 def test_the_pool_prediction_holds_one_chunk_of_frames_while_it_decodes_the_next(monkeypatch, tmp_path):
