@@ -52,7 +52,7 @@ TARGETS = {"images": 0.40, "boxes": 0.25}
 BASELINE = "random"
 #: After a reference's name in the table (it is listed after the policies).
 REFERENCE_MARK = " †"
-#: After the null reference's name (random from a second stream: listed after the policies, before the references).
+#: After a null reference's name (random from another stream: listed after the policies, before the references).
 NULL_MARK = " ‡"
 #: Base models a row needs for its interval and draw shares to be shown: a bootstrap over one or two base models
 #: can only mix those models' own estimates, and savings move by about ten points from one base model to the next.
@@ -281,7 +281,7 @@ def markdown(table: dict) -> str:
         "from one base model to the next, and a bootstrap over one or two can only mix their own estimates (each is listed below).",
     ]
     if any(is_null(policy) for policy in table):
-        lines += ["", f"{NULL_MARK.strip()} random again, from a second stream of draws, beside random from the same first models: "
+        lines += ["", f"{NULL_MARK.strip()} random again, from another stream of draws, beside random from the same first models: "
                   "the saving a policy shows by chance alone."]
     if any(is_reference(policy) for policy in table):
         lines += ["", f"{REFERENCE_MARK.strip()} a reference that reads the ground truth (`ale bench al`'s oracles): what a policy could save, not one a project can run."]

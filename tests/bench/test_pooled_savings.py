@@ -175,4 +175,4 @@ def test_the_null_and_the_references_are_read_like_a_policy_and_marked_after_the
     rows = [line.split(" | ")[0] for line in pooled_savings.markdown(table).splitlines() if line.startswith("| ") and " | 1 | 1 | " in line]
     assert rows == ["| entropy-mean", "| random-null ‡", "| oracle-errors-per-box †"]
     assert "† a reference that reads the ground truth" in pooled_savings.markdown(table)
-    assert "‡ random again, from a second stream of draws" in pooled_savings.markdown(table)
+    assert "‡ random again, from another stream of draws" in pooled_savings.markdown(table)
