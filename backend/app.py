@@ -221,7 +221,8 @@ def create_app(
         annotation_counts.pop(project, None)
 
     def _adapter(project: str | None) -> Adapter:
-        return runtime.adapter_for(int(project)) if project and project.isdigit() else holder.get()
+        number = _project_number(project)
+        return holder.get() if number is None else runtime.adapter_for(number)
 
     app.extensions["ale"] = {"settings": settings, "model": holder, "metrics": metrics, "runtime": runtime, "jobs": jobs}
     if warm:
@@ -264,7 +265,7 @@ def create_app(
         check_policy_fits(adapter, settings.policy)
         if project:
             label_configs[project] = schema
-            if runtime.redis is not None and project.isdigit():
+            if runtime.redis is not None and _project_number(project) is not None:
                 from redis.exceptions import RedisError
 
                 from .jobs import projects_key
@@ -286,7 +287,7 @@ def create_app(
             raise PayloadError("'label_config' is missing: send the project's label config, or call /setup first")
         project = _project_id(body.get("project"))
         adapter = _adapter(project)
-        owner = int(project) if project and project.isdigit() else None
+        owner = _project_number(project)
         outcome = Predictor(settings, adapter, fetcher, owner).predict_tasks(tasks, label_config)
         metrics.add(
             predict_requests=1,
@@ -338,7 +339,12 @@ def create_app(
             from .jobs import predict_pool, request_sync
 
             project = _project_from_event(body)
-            task_ids = [t["id"] for t in body.get("tasks") or [] if isinstance(t, dict) and isinstance(t.get("id"), int)]
+            listed = body.get("tasks")
+            if listed is not None and not isinstance(listed, list):
+                raise PayloadError(
+                    f"'tasks' must be a list of task objects, e.g. {{\"tasks\": [{{\"id\": 1}}]}}, got {type(listed).__name__}"
+                )
+            task_ids = [t["id"] for t in listed or [] if isinstance(t, dict) and isinstance(t.get("id"), int)]
             predict = jobs().enqueue(QUEUE_PREDICT, predict_pool, project, task_ids or None)
             # A burst of imports (one webhook per request) is covered by the one sync still in the queue.
             sync, queued_now = request_sync(jobs(), runtime, project)
@@ -358,11 +364,14 @@ def create_app(
 
     @app.get("/versions")
     def versions():
-        project = request.args.get("project", type=int)
-        if project is not None:
+        raw = request.args.get("project")
+        if raw is not None:
             from .model_store import ModelStore
 
-            store = ModelStore(settings.model_dir, project)
+            number = _project_number(raw)
+            if number is None:
+                raise PayloadError(f"'project' must be a project id (a non-negative whole number, e.g. ?project=3), got {raw[:40]!r}")
+            store = ModelStore(settings.model_dir, number)
             (served, damaged), stored = store.readable_current(), store.versions()
             return jsonify(
                 versions=[v.name for v in stored],
@@ -462,6 +471,17 @@ def _project_from_event(body: dict) -> int:
     if not isinstance(project_id, int):
         raise PayloadError("webhook event has no project id: expected {\"project\": {\"id\": <int>, ...}}")
     return project_id
+
+
+def _project_number(text: str | None) -> int | None:
+    """A project id written in the ASCII digits 0-9 -> that id; anything else -> None.
+
+    str.isdigit() alone also takes '²', which int() refuses, and '٣', which it reads as 3; a number of more than
+    18 digits is no database id (and past 4,300 int() refuses it).
+    """
+    if not text or len(text) > 18 or not (text.isascii() and text.isdigit()):
+        return None
+    return int(text)
 
 
 def _project_id(project) -> str | None:

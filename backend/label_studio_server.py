@@ -30,13 +30,13 @@ STOP_TIMEOUT = 20
 
 
 def cache_dir() -> Path:
-    """Where large environments live: ALE_CACHE_DIR, else ~/.cache/label-studio-ale."""
-    return Path(os.environ.get("ALE_CACHE_DIR", Path.home() / ".cache" / "label-studio-ale"))
+    """Where large environments live: ALE_CACHE_DIR, else (unset or empty, as .env.example ships it) ~/.cache/label-studio-ale."""
+    return Path(os.environ.get("ALE_CACHE_DIR", "").strip() or Path.home() / ".cache" / "label-studio-ale")
 
 
 def ensure_venv(python: str | None = None, log=None) -> Path:
     """The Label Studio environment, installed from the package registry if absent. -> its folder."""
-    python = python or os.environ.get("PYTHON", "python3.11")
+    python = python or os.environ.get("PYTHON", "").strip() or "python3.11"  # empty, as .env.example ships it: unset
     venv = cache_dir() / f"label-studio-{LABEL_STUDIO_VERSION}-{Path(python).name}"
     marker = venv / ".complete"
     requirements = [f"label-studio=={LABEL_STUDIO_VERSION}", *LABEL_STUDIO_CONSTRAINTS]

@@ -27,6 +27,8 @@ DEFAULT_NMS_THRESHOLD = 0.5
 TORCH_DEVICE = re.compile(r"cpu|mps|cuda(:\d+)?")
 #: What redis-py's Redis.from_url accepts.
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+#: What detection_store.open_detection_store accepts besides empty (SQLite in MODEL_DIR).
+DETECTION_STORE_SCHEMES = ("sqlite:///", "postgresql://", "postgres://")
 DEFAULT_MAX_TAGS_PER_PIXEL = 0  # 0 disables the filter
 DEFAULT_IMAGE_SIZE = 640
 DEFAULT_PREDICT_BATCH_SIZE = 8
@@ -242,8 +244,15 @@ class Settings:
             raise ConfigError("POLICY_SEED", f"must be 0 or a positive integer, got {self.policy_seed}")
         if self.log_level.upper() not in logging.getLevelNamesMapping():
             raise ConfigError("LOG_LEVEL", f"must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, got {self.log_level!r}")
-        if self.redis_url and not self.redis_url.startswith(REDIS_SCHEMES):
-            raise ConfigError("REDIS_URL", f"must start with {', '.join(REDIS_SCHEMES)}, e.g. redis://localhost:6379/0, got {without_password(self.redis_url)!r}")
+        if self.redis_url:
+            _check_redis_url(self.redis_url)
+        if self.detection_store_url:
+            _check_detection_store_url(self.detection_store_url)
+        if not all(project > 0 for project in self.sync_projects):
+            raise ConfigError(
+                "SYNC_PROJECTS",
+                f"must be Label Studio project ids (positive numbers, as in the project's URL), e.g. 1,4, got {','.join(map(str, self.sync_projects))}",
+            )
         for host in self.allowed_media_hosts:
             if not _is_host_name(host):
                 raise ConfigError(
@@ -260,8 +269,7 @@ class Settings:
         if not TORCH_DEVICE.fullmatch(self.device):
             hint = f"; a GPU's index is written cuda:{self.device}" if self.device.isdigit() else ""
             raise ConfigError("DEVICE", f"must be a torch device: cpu, cuda, cuda:N or mps, got {self.device!r}{hint}")
-        if not self.label_studio_url.startswith(("http://", "https://")):
-            raise ConfigError("LABEL_STUDIO_URL", f"must start with http:// or https://, got {self.label_studio_url!r}")
+        _check_label_studio_url(self.label_studio_url)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -329,6 +337,56 @@ def _is_host_name(host: str) -> bool:
         return True
     except ValueError:
         return bool(host) and not any(c in host for c in ":/?#@[] ")
+
+
+def _check_redis_url(url: str) -> None:
+    """REDIS_URL as redis-py reads it: a scheme it takes, a numeric port, a numeric database (path or ?db=), else ConfigError."""
+    from urllib.parse import parse_qs, unquote, urlsplit
+
+    example = "e.g. redis://localhost:6379/0 or redis://:password@host:6379/0"
+    shown = without_password(url)
+    if not url.startswith(REDIS_SCHEMES):
+        raise ConfigError("REDIS_URL", f"must start with {', '.join(REDIS_SCHEMES)}, {example}, got {shown!r}")
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # reading it checks it: ValueError for a port that is no number or out of range
+    except ValueError as exc:
+        raise ConfigError("REDIS_URL", f"cannot be read as a URL ({exc}): write it as {example}, got {shown!r}") from None
+    databases = parse_qs(parts.query).get("db", [])
+    if parts.scheme != "unix" and not databases:  # redis-py reads the path as the database only without ?db=
+        databases = [unquote(parts.path).replace("/", "")]
+    for database in databases:
+        if database and not (database.isascii() and database.isdigit()):
+            raise ConfigError(
+                "REDIS_URL",
+                f"the database must be a number (redis-py would use database 0 instead), {example}, got {database!r} in {shown!r}",
+            )
+
+
+def _check_label_studio_url(url: str) -> None:
+    """LABEL_STUDIO_URL: http(s)://host[:port][/path], else ConfigError."""
+    from urllib.parse import urlsplit
+
+    example = "e.g. http://localhost:8080 or https://label-studio.example.com"
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError("LABEL_STUDIO_URL", f"must start with http:// or https://, {example}, got {url!r}")
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # reading it checks it: ValueError for a port that is no number or out of range
+    except ValueError as exc:
+        raise ConfigError("LABEL_STUDIO_URL", f"cannot be read as a URL ({exc}): write it as {example}, got {url!r}") from None
+    if not parts.hostname or any(c.isspace() for c in parts.hostname):
+        raise ConfigError("LABEL_STUDIO_URL", f"must name a host after the scheme, {example}, got {url!r}")
+
+
+def _check_detection_store_url(url: str) -> None:
+    """DETECTION_STORE_URL with a scheme detection_store.open_detection_store takes, else ConfigError (at start, not first use)."""
+    if not url.startswith(DETECTION_STORE_SCHEMES) or url == "sqlite:///":
+        raise ConfigError(
+            "DETECTION_STORE_URL",
+            "must be empty (SQLite in MODEL_DIR), sqlite:///<path> (sqlite:////abs/path for an absolute one) "
+            f"or postgresql://user:password@host:5432/database, got {without_password(url)!r}",
+        )
 
 
 def _env_name(attr: str) -> str:

@@ -303,6 +303,52 @@ def test_the_admin_page_says_how_each_version_was_fine_tuned_and_the_training_se
     assert '<td class="l">BASE_MODEL</td><td class="l">models/birds.pt</td>' in named
 
 
+def test_the_admin_page_shows_every_setting_in_force_but_the_secrets(adapter, tmp_path, monkeypatch, capsys):
+    """Every Settings field is on the page, except the ones `ale config` masks: no secret value ever appears."""
+    import json
+    from dataclasses import fields
+
+    from label_studio_ale.admin import SHOWN_SETTINGS, shown_settings
+    from label_studio_ale.cli import main
+
+    secrets = {
+        "LABEL_STUDIO_API_KEY": "key-s3cret",
+        "BASIC_AUTH_USER": "admin",
+        "BASIC_AUTH_PASS": "pw-s3cret",
+        "REDIS_URL": "redis://:redis-s3cret@redis:6379/0",
+        "DETECTION_STORE_URL": "postgresql://ale:pg-s3cret@db:5432/ale?sslpassword=key-pw-s3cret",
+    }
+    for name, value in secrets.items():
+        monkeypatch.setenv(name, value)
+    assert main(["config"]) == 0
+    masked = {name for name, value in json.loads(capsys.readouterr().out).items() if "***" in str(value)}
+    hidden = {spec.name for spec in fields(Settings)} - set(SHOWN_SETTINGS)
+    assert hidden == masked == {"label_studio_api_key", "basic_auth_password", "redis_url", "detection_store_url"}
+    assert {
+        "model_weights", "model_classes", "model_dir", "label_studio_url", "predict_batch_size", "max_image_pixels", "max_image_bytes",
+        "fetch_timeout", "predict_chunk_pixels", "tile_merge_metric", "tile_merge_threshold", "tile_min_visible", "tile_empty_share",
+        "allowed_media_hosts", "log_level", "sync_projects", "import_chunk_size", "predict_job_tasks", "promotion_min_images",
+        "auto_train_after", "allow_downloads", "basic_auth_user",
+    } <= set(SHOWN_SETTINGS)  # fmt: skip
+    settings = Settings.from_env()
+    rows = shown_settings(settings)
+    assert [name for name, _ in rows] == list(SHOWN_SETTINGS)
+    assert not any(secret in str(value) for _, value in rows for secret in ("s3cret", "key-pw"))
+
+    # the page itself (no Label Studio, Redis or PostgreSQL to reach here: their secrets are checked in the rows above)
+    served = settings.replace(
+        label_studio_api_key="", redis_url="", detection_store_url="", model_dir=tmp_path, model_classes=("bird", "nest")
+    )
+    client = create_app(served, adapter_factory=lambda: adapter).test_client()
+    auth = {"Authorization": "Basic " + base64.b64encode(b"admin:pw-s3cret").decode()}
+    text = client.get("/ui/projects/7", headers=auth).get_data(as_text=True)
+    for name in SHOWN_SETTINGS:
+        assert f'<td class="l">{name.upper()}</td>' in text, f"{name} is not on the page"
+    assert '<td class="l">MODEL_CLASSES</td><td class="l">(&#39;bird&#39;, &#39;nest&#39;)</td>' in text
+    assert '<td class="l">BASIC_AUTH_USER</td><td class="l">admin</td>' in text
+    assert "s3cret" not in text and "LABEL_STUDIO_API_KEY" not in text and "BASIC_AUTH_PASS" not in text
+
+
 @pytest.mark.parametrize(
     "manifest, shown",
     [
@@ -378,6 +424,36 @@ def test_annotations_created_in_bulk_count_towards_auto_training_and_are_recorde
     nothing = client.post("/webhook", json=bulk | {"annotation": [{"id": 5, "task": 15, "was_cancelled": True}]}).get_json()
     assert nothing["status"] == "ignored" and "no submitted annotation" in nothing["reason"]
     assert client.post("/webhook", json=bulk | {"annotation": "not a list"}).get_json()["status"] == "ignored"
+
+
+def test_a_tasks_created_event_whose_tasks_is_no_list_is_a_400_naming_the_field(adapter):
+    client = make_client(adapter)
+    for tasks in (5, "1,2", {"id": 1}):
+        response = client.post("/webhook", json={"action": "TASKS_CREATED", "project": {"id": 3}, "tasks": tasks})
+        assert response.status_code == 400, response.get_json()
+        assert "'tasks' must be a list" in response.get_json()["error"]
+    assert client.application.extensions["ale"]["metrics"].snapshot()["errors_5xx"] == 0
+
+
+@pytest.mark.parametrize("query", ["-1", "abc", "", "1.5", "²", "٣", "9" * 5000])
+def test_versions_of_a_project_that_is_no_id_is_a_400_naming_the_parameter(adapter, tmp_path, query):
+    response = make_client(adapter, model_dir=tmp_path).get("/versions", query_string={"project": query})
+    assert response.status_code == 400 and "'project' must be a project id" in response.get_json()["error"]
+
+
+def test_versions_of_a_project_without_versions_list_none(adapter, tmp_path):
+    body = make_client(adapter, model_dir=tmp_path).get("/versions?project=3").get_json()
+    assert body["versions"] == [] and body["current"] is None
+
+
+@pytest.mark.parametrize("project", ["²", "².1700000000", "٣", "1" * 5000])
+def test_a_project_id_of_non_ascii_digits_is_not_a_server_error(adapter, project):
+    """'²'.isdigit() is true but int('²') fails: such a project is no id, and the configured model answers."""
+    client = make_client(adapter)
+    response = client.post("/setup", json={"project": project, "schema": CONFIG})
+    assert response.status_code == 200 and response.get_json() == {"model_version": "fixed-1"}
+    response = client.post("/predict", json={"project": project, "tasks": [], "label_config": CONFIG})
+    assert response.status_code == 200 and response.get_json()["results"] == []
 
 
 def test_deleted_annotations_and_tasks_leave_the_savings(adapter, tmp_path):

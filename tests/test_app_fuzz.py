@@ -56,7 +56,7 @@ tasks = st.lists(
     st.fixed_dictionaries({"id": st.integers(0, 10**6) | json_values, "data": st.fixed_dictionaries({"image": image_urls}) | json_values}),
     max_size=4,
 ) | json_values
-projects = st.sampled_from(["1", "1.1700000000", "abc", "", "../1"]) | json_values
+projects = st.sampled_from(["1", "1.1700000000", "abc", "", "../1", "²", "-1"]) | json_values
 
 
 def check(response):
@@ -103,6 +103,19 @@ def test_webhook_answers_any_payload_without_a_server_error(payload):
 @given(st.binary(max_size=200), st.sampled_from(["/predict", "/setup", "/webhook"]), st.sampled_from(["application/json", "text/plain", ""]))
 def test_any_bytes_as_a_body_get_a_clear_answer(body, route, content_type):
     check(client.post(route, data=body, content_type=content_type or None))
+
+
+@FUZZ
+@given(st.sampled_from(["3", "-1", "abc", "", "²", "1e3", " 4"]) | st.text(max_size=12))
+def test_versions_answers_any_project_parameter_without_a_server_error(project):
+    check(client.get("/versions", query_string={"project": project}))
+
+
+def test_a_tasks_created_event_with_tasks_of_any_other_type_than_a_list_is_a_400():
+    for tasks in (5, "x", {"id": 1}, 1.5, True):
+        response = client.post("/webhook", json={"action": "TASKS_CREATED", "project": {"id": 3}, "tasks": tasks})
+        check(response)
+        assert response.status_code == 400 and "'tasks'" in response.get_json()["error"]
 
 
 def test_the_fuzzer_reaches_the_interesting_answers():

@@ -39,6 +39,20 @@ def test_the_environment_is_made_again_when_it_was_installed_without_todays_cons
     assert ensure_venv("python3.11", log=lambda line: None) == venv and calls == []  # made with them: reused
 
 
+def test_empty_cache_dir_and_python_as_env_example_ships_them_count_as_unset(tmp_path, monkeypatch):
+    """An empty ALE_CACHE_DIR would put the environment in the working folder, an empty PYTHON would run ''."""
+    calls = []
+    monkeypatch.setenv("ALE_CACHE_DIR", "")
+    monkeypatch.setenv("PYTHON", " ")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setattr(label_studio_server.subprocess, "run", lambda args, **kwargs: calls.append(args))
+    assert label_studio_server.cache_dir() == tmp_path / ".cache" / "label-studio-ale"
+    venv = tmp_path / ".cache" / "label-studio-ale" / f"label-studio-{LABEL_STUDIO_VERSION}-python3.11"
+    venv.mkdir(parents=True)  # what `python -m venv` would make
+    assert ensure_venv(log=lambda line: None) == venv
+    assert [args for args in calls if "venv" in args] == [["python3.11", "-m", "venv", str(venv)]]
+
+
 def test_the_server_reports_nothing_beyond_the_machine(tmp_path, monkeypatch):
     launched = {}
 

@@ -154,6 +154,22 @@ def test_secrets_are_not_in_repr():
         ({"ALLOWED_MEDIA_HOSTS": "https://img.example.com"}, "ALLOWED_MEDIA_HOSTS"),
         ({"ALLOWED_MEDIA_HOSTS": "img.example.com,cdn.example.com:8443"}, "ALLOWED_MEDIA_HOSTS"),
         ({"ALLOWED_MEDIA_HOSTS": "example.com/images"}, "ALLOWED_MEDIA_HOSTS"),
+        ({"REDIS_URL": "redis://localhost:abc/0"}, "REDIS_URL"),
+        ({"REDIS_URL": "redis://localhost:6379/notadb"}, "REDIS_URL"),
+        ({"REDIS_URL": "redis://localhost:6379/0?db=two"}, "REDIS_URL"),
+        ({"REDIS_URL": "redis://localhost:70000/0"}, "REDIS_URL"),
+        ({"REDIS_URL": "redis://[::1"}, "REDIS_URL"),
+        ({"LABEL_STUDIO_URL": "http://localhost:abc"}, "LABEL_STUDIO_URL"),
+        ({"LABEL_STUDIO_URL": "http://[::1"}, "LABEL_STUDIO_URL"),
+        ({"LABEL_STUDIO_URL": "http://"}, "LABEL_STUDIO_URL"),
+        ({"LABEL_STUDIO_URL": "https://:8080"}, "LABEL_STUDIO_URL"),
+        ({"DETECTION_STORE_URL": "mysql://ale@db/ale"}, "DETECTION_STORE_URL"),
+        ({"DETECTION_STORE_URL": "/var/lib/ale/detections.sqlite"}, "DETECTION_STORE_URL"),
+        ({"DETECTION_STORE_URL": "sqlite://detections.sqlite"}, "DETECTION_STORE_URL"),
+        ({"DETECTION_STORE_URL": "sqlite:///"}, "DETECTION_STORE_URL"),
+        ({"SYNC_PROJECTS": "-1"}, "SYNC_PROJECTS"),
+        ({"SYNC_PROJECTS": "0"}, "SYNC_PROJECTS"),
+        ({"SYNC_PROJECTS": "3, -4"}, "SYNC_PROJECTS"),
     ],
 )
 def test_bad_values_name_the_variable(env, field):
@@ -196,3 +212,80 @@ def test_every_password_of_a_url_is_masked_in_the_user_part_or_the_query(url, sh
     from label_studio_ale.settings import without_password
 
     assert without_password(url) == shown
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://",
+        "redis://localhost:6379/0",
+        "rediss://cache.example.com:6380/2",
+        "redis://:password@host:6379/0",
+        "redis://user:pw@host/1",
+        "redis://host",
+        "redis://host/",
+        "redis://[::1]:6379/3",
+        "redis://host:6379/0?db=4&socket_timeout=5",
+        "unix:///run/redis/redis.sock",
+        "unix:///run/redis/redis.sock?db=1",
+    ],
+)
+def test_redis_urls_redis_py_reads_are_accepted(url):
+    assert Settings.from_env({"REDIS_URL": url}).redis_url == url
+
+
+@pytest.mark.parametrize(
+    "url, said",
+    [
+        ("redis://localhost:abc/0", "cannot be read as a URL (Port could not be cast"),
+        ("redis://localhost:6379/notadb", "the database must be a number"),
+        ("redis://:s3cret@localhost:bad/0", "redis://:***@localhost:bad/0"),
+    ],
+)
+def test_a_redis_url_redis_py_would_misread_says_how_to_write_it_without_its_password(url, said):
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"REDIS_URL": url})
+    message = str(caught.value)
+    assert message.startswith("REDIS_URL: ") and said in message and "e.g. redis://localhost:6379/0" in message
+    assert "s3cret" not in message
+
+
+@pytest.mark.parametrize(
+    "url", ["http://localhost:8080", "https://ls.example.com", "http://ls:8080/label-studio", "http://[::1]:8080", "https://ls.example.com:443/"]
+)
+def test_label_studio_urls_with_a_host_and_optional_port_and_path_are_accepted(url):
+    assert Settings.from_env({"LABEL_STUDIO_URL": url}).label_studio_url == url.rstrip("/")
+
+
+def test_a_label_studio_url_that_cannot_be_read_names_the_variable_and_the_fix():
+    for url, said in (("http://localhost:abc", "Port could not be cast"), ("http://[::1", "Invalid IPv6 URL")):
+        with pytest.raises(ConfigError) as caught:
+            Settings.from_env({"LABEL_STUDIO_URL": url})
+        assert str(caught.value).startswith("LABEL_STUDIO_URL: ") and said in str(caught.value)
+        assert "e.g. http://localhost:8080" in str(caught.value)
+
+
+@pytest.mark.parametrize("url", ["sqlite:///detections.sqlite", "sqlite:////var/lib/ale/d.sqlite", "postgresql://ale:pw@db:5432/ale", "postgres://db/ale"])
+def test_detection_store_urls_the_store_opens_are_accepted(url):
+    assert Settings.from_env({"DETECTION_STORE_URL": url}).detection_store_url == url
+
+
+def test_a_detection_store_url_is_refused_at_start_as_the_store_would_refuse_it(tmp_path):
+    """The store refuses the same URL at first use; Settings says so at start, with the same remedy and no password."""
+    from label_studio_ale.detection_store import open_detection_store
+
+    url = "mysql://ale:s3cret@db/ale"
+    with pytest.raises(ConfigError) as at_start:
+        Settings.from_env({"DETECTION_STORE_URL": url})
+    with pytest.raises(ConfigError) as at_use:
+        open_detection_store(url, tmp_path)
+    assert at_start.value.field == at_use.value.field == "DETECTION_STORE_URL"
+    assert "sqlite:///" in str(at_start.value) and "postgresql://" in str(at_start.value) and "s3cret" not in str(at_start.value)
+    open_detection_store(f"sqlite:///{tmp_path / 'd.sqlite'}", tmp_path)  # one Settings accepts, the store opens
+    assert Settings.from_env({"DETECTION_STORE_URL": f"sqlite:///{tmp_path / 'd.sqlite'}"})
+
+
+def test_sync_projects_are_positive_ids():
+    assert Settings.from_env({"SYNC_PROJECTS": "1, 4"}).sync_projects == (1, 4)
+    with pytest.raises(ConfigError, match=r"SYNC_PROJECTS: must be Label Studio project ids \(positive numbers.*got 0"):
+        Settings.from_env({"SYNC_PROJECTS": "0"})
