@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -23,6 +24,39 @@ DEFAULT_TIMEOUT = 120
 MODEL_COMMANDS = ("serve", "worker", "sync", "rank")
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1 (`--workers 0` would listen and never answer, `--limit 0` list everything)."""
+    return _int_at_least(text, 1, "a positive integer")
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: 0 or more (epochs 0: the training recipe decides)."""
+    return _int_at_least(text, 0, "0 or a positive integer")
+
+
+def _int_at_least(text: str, least: int, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < least:
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+    return value
+
+
+def check_output_file(option: str, path: str | Path) -> Path:
+    """Refuse an output file that cannot be written before the work that produces it, not after."""
+    path = Path(path)
+    folder = path.parent
+    if path.is_dir():
+        raise ConfigError(option, f"{path} is a folder: give the name of a file to write")
+    if not folder.is_dir():
+        raise ConfigError(option, f"the folder {folder} does not exist: create it (mkdir -p {folder}) or write elsewhere")
+    if not os.access(folder, os.W_OK):
+        raise ConfigError(option, f"the folder {folder} is not writable: write elsewhere")
+    return path
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Every `ale` command and option (no side effects: importing a command's code waits for main)."""
     parser = argparse.ArgumentParser(prog="ale", description="Active-learning ML backend for Label Studio")
@@ -31,8 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve the ML backend over HTTP (gunicorn)")
     serve.add_argument("--host", default=DEFAULT_HOST)
     serve.add_argument("--port", type=int, default=DEFAULT_PORT)
-    serve.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="processes, each with its own model")
-    serve.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="request threads per process")
+    serve.add_argument("--workers", type=positive_int, default=DEFAULT_WORKERS, help="processes, each with its own model")
+    serve.add_argument("--threads", type=positive_int, default=DEFAULT_THREADS, help="request threads per process")
     serve.add_argument("--timeout", type=int, default=DEFAULT_TIMEOUT, help="seconds before a stuck request is killed")
 
     worker = commands.add_parser("worker", help="run an rq worker for the train, predict and sync queues (needs REDIS_URL)")
@@ -49,10 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     rank = commands.add_parser("rank", help="print the top of the queue a sync would write (writes nothing to LS)")
     rank.add_argument("--project", type=int, required=True)
-    rank.add_argument("--top", type=int, default=20)
+    rank.add_argument("--top", type=positive_int, default=20)
 
     jobs = commands.add_parser("jobs", help="list queued, running, finished and failed jobs (needs REDIS_URL)")
-    jobs.add_argument("--limit", type=int, default=20)
+    jobs.add_argument("--limit", type=positive_int, default=20, help="the newest jobs of each queue and status")
 
     evaluate = commands.add_parser("evaluate", help="COCO and VOC metrics of a model on a labelled YOLO-format dataset")
     evaluate.add_argument("--weights", required=True, help="model weights (.pt)")
@@ -77,9 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workdir", default="ale-demo", help="folder for Label Studio's data, models and logs (reused by later runs)")
     demo.add_argument("--ls-port", type=int, default=demo_defaults.DEFAULT_LS_PORT)
     demo.add_argument("--backend-port", type=int, default=demo_defaults.DEFAULT_BACKEND_PORT)
-    demo.add_argument("--images", type=int, default=demo_defaults.DEFAULT_IMAGES, help="generated images in the project")
-    demo.add_argument("--annotated", type=int, default=demo_defaults.DEFAULT_ANNOTATED, help="of which annotated (the base set)")
-    demo.add_argument("--epochs", type=int, default=demo_defaults.DEFAULT_EPOCHS, help="epochs of each training (0: the training recipe decides)")
+    demo.add_argument("--images", type=positive_int, default=demo_defaults.DEFAULT_IMAGES, help="generated images in the project")
+    demo.add_argument("--annotated", type=positive_int, default=demo_defaults.DEFAULT_ANNOTATED, help="of which annotated (the base set)")
+    demo.add_argument("--epochs", type=non_negative_int, default=demo_defaults.DEFAULT_EPOCHS, help="epochs of each training (0: the training recipe decides)")
 
     commands.add_parser("config", help="print the effective settings (secrets hidden)")
     commands.add_parser("adapters", help="list installed model adapters")
@@ -115,11 +149,21 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("label_studio_ale.cli").debug("where it was raised (LOG_LEVEL=DEBUG)", exc_info=True)
         return 1
     except Exception as exc:
-        reason = _unreachable(exc, settings)
+        reason = _unreachable(exc, settings) or _file_problem(exc)
         if reason is None:
             raise  # a fault, not a situation: its traceback is what to report
         print(f"ale {args.command}: {reason}", file=sys.stderr)
         return 1
+
+
+def _file_problem(exc: Exception) -> str | None:
+    """What to say about a file or folder that cannot be read or written (the commands check theirs first); None otherwise.
+
+    Only an OSError that names its file: a refused connection is an OSError too, and says nothing about a path.
+    """
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return f"{exc}: check the path, its folder and their permissions"
+    return None
 
 
 def _unreachable(exc: Exception, settings: Settings) -> str | None:
@@ -312,6 +356,8 @@ def _evaluate(settings: Settings, args) -> int:
     from .errors import TrainingError
     from .training import evaluate_items
 
+    if args.out:
+        check_output_file("--out", args.out)  # before the evaluation, which takes minutes
     names, items = read_yolo_split(args.data, args.split)
     try:
         # The same evaluation as a trained version's: what an annotator is shown, every box down to the floor.
@@ -365,6 +411,8 @@ def _record_promoted_by_hand(store, name: str) -> None:
 def _models(settings: Settings, args) -> int:
     from .model_store import ModelStore
 
+    if args.plot:
+        check_output_file("--plot", args.plot)
     store = ModelStore(settings.model_dir, args.project)
     if args.promote:
         return _promote(settings, store, args.project, args.promote)

@@ -73,7 +73,15 @@ def detect_format(path: Path) -> str:
 def read_class_names(data_yaml: str | Path) -> list[str]:
     import yaml
 
-    data = yaml.safe_load(Path(data_yaml).read_text()) or {}
+    try:
+        data = yaml.safe_load(Path(data_yaml).read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        # one line: the parser's message spans several, with a pointer under the column
+        raise ValueError(f"{data_yaml}: not valid YAML ({' '.join(str(exc).split())}); fix the file, e.g. `names: [bird, nest]`") from None
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"{data_yaml}: expected a mapping with 'names' (e.g. `names: [bird, nest]`), got a YAML {type(data).__name__}"
+        )
     names = data.get("names")
     if isinstance(names, dict):
         return [str(names[k]) for k in sorted(names)]
@@ -247,8 +255,11 @@ def _parse_voc(xml_path: Path, root: Path):
 
 def _image_size(path: Path) -> tuple[int, int]:
     """(width, height) of the image as shown (EXIF orientation applied): what labels drawn in LS or a browser refer to."""
-    with Image.open(path) as image:
-        return upright_size(image)
+    try:
+        with Image.open(path) as image:
+            return upright_size(image)
+    except OSError as exc:  # PIL.UnidentifiedImageError is one: a file named .jpg that is no image, or cut short
+        raise ValueError(f"{path}: not a readable image ({exc}); replace it or remove it from the dataset") from None
 
 
 def predict_items(adapter, items: list[LabelledImage], batch_size: int, max_pixels: int | None = None) -> list:

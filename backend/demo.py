@@ -73,8 +73,7 @@ def prepare_demo(ls, backend_url: str, *, images: int = DEFAULT_IMAGES, annotate
     from .synthetic import make_scene
     from .training_set import is_validation
 
-    if not 0 < annotated < images:
-        raise DemoError(f"annotated must be between 1 and images - 1 ({images - 1}), got {annotated}")
+    check_demo_size(images, annotated)
     log(f"creating project '{DEMO_TITLE}' with {images} generated images")
     project = ls.create_project(DEMO_TITLE, DEMO_LABEL_CONFIG)
     scenes = [make_scene(seed + i, max_objects=4) for i in range(images)]
@@ -101,6 +100,14 @@ def prepare_demo(ls, backend_url: str, *, images: int = DEFAULT_IMAGES, annotate
     elif sync != "synced":
         raise DemoError(f"the first model was trained but the queue was not ranked: {result.get('sync')}")
     return DemoProject(project, tasks, base, result["version"], result["metrics"], ls.next_task(project))
+
+
+def check_demo_size(images: int, annotated: int) -> None:
+    """The base set must leave a pool to rank: checked before Label Studio starts, not minutes after."""
+    if not 0 < annotated < images:
+        raise DemoError(
+            f"--annotated must be between 1 and --images - 1 ({images - 1}), got {annotated}: annotate fewer images or generate more"
+        )
 
 
 #: Scenes added at most when none of the project's task ids falls in the validation split.
@@ -131,6 +138,7 @@ def run_demo(settings: Settings, workdir: Path, *, ls_port: int = DEFAULT_LS_POR
     from .label_studio_server import port_is_free, start_label_studio, stop_processes, wait_for_http
     from .ls_client import LabelStudioClient
 
+    check_demo_size(images, annotated)
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     for name, port in (("Label Studio", ls_port), ("backend", backend_port)):

@@ -298,6 +298,9 @@ def recent_jobs(redis, adapter: str, limit: int, project: int | None = None) -> 
 
     from .progress import describe_progress
 
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        # ids[-0:] is every id, and a negative limit drops the newest: neither is "the last `limit`"
+        raise ValueError(f"limit (ale jobs --limit) must be a positive integer, got {limit!r}")
     rows = []
     for kind in QUEUES:
         name = queue_name(adapter, kind)

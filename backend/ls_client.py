@@ -11,6 +11,7 @@ import functools
 import json
 import logging
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Iterator
@@ -76,8 +77,25 @@ class LabelStudioClient:
         self.sdk = sdk_client(self.url, api_key, timeout)
 
     def project(self, project_id: int) -> ProjectInfo:
-        p = self.sdk.projects.get(id=project_id)
+        with self._refusals(project_id):
+            p = self.sdk.projects.get(id=project_id)
         return ProjectInfo(p.id, p.label_config or "", p.model_version or "", p.sampling or "")
+
+    @contextmanager
+    def _refusals(self, project_id: int, missing: bool = True):
+        """The SDK's ApiError for a refused key or an unknown project, as a LabelStudioError saying what to fix.
+
+        missing: a 404 means the project is unknown (the project's first request; a later page's 404 is another matter).
+        """
+        from label_studio_sdk.core.api_error import ApiError
+
+        try:
+            yield
+        except ApiError as exc:
+            refusal = refusal_message(exc, project_id, self.url, missing)
+            if refusal is None:
+                raise
+            raise LabelStudioError(refusal) from exc
 
     def unlabeled_tasks(self, project_id: int, after_id: int | None = None) -> Iterator[TaskRef]:
         """Every task of the project nobody has labelled yet (LS's is_labeled), page by page.
@@ -109,9 +127,10 @@ class LabelStudioClient:
         while True:
             above = {"filter": "filter:tasks:id", "operator": "greater", "type": "Number", "value": after}
             query = json.dumps({"filters": {"conjunction": "and", "items": [ANNOTATED_FILTER, above]}, "ordering": ["tasks:id"]})
-            pager = self.sdk.tasks.list(
-                project=project_id, page=1, page_size=TASK_PAGE_SIZE, resolve_uri=False, fields="task_only", include="id", query=query
-            )
+            with self._refusals(project_id, missing=after == 0):  # `ale savings --recompute` asks LS this first
+                pager = self.sdk.tasks.list(
+                    project=project_id, page=1, page_size=TASK_PAGE_SIZE, resolve_uri=False, fields="task_only", include="id", query=query
+                )
             ids = [int(task.id) for task in pager.items or []]
             # until a page comes back empty: LS may cap a page below TASK_PAGE_SIZE (TASK_API_PAGE_SIZE_MAX), and a
             # short page taken for the last would leave the rest out (and the savings recompute forget them)
@@ -185,7 +204,8 @@ class LabelStudioClient:
         """
         page, seen = 1, 0
         while True:
-            pager = self.sdk.tasks.list(project=project_id, page=page, page_size=TASK_PAGE_SIZE, resolve_uri=False, **params)
+            with self._refusals(project_id, missing=page == 1):
+                pager = self.sdk.tasks.list(project=project_id, page=page, page_size=TASK_PAGE_SIZE, resolve_uri=False, **params)
             items = pager.items or []
             yield from items
             seen += len(items)
@@ -336,6 +356,24 @@ class LabelStudioClient:
             raise
         except Exception as exc:  # httpx transport errors, token refresh failures
             raise MediaError(f"cannot download {path_and_query} from Label Studio: {type(exc).__name__}: {exc}") from None
+
+
+def refusal_message(exc, project_id: int, url: str, missing: bool = True) -> str | None:
+    """What to tell a user about an SDK ApiError that refused the key (401, 403) or found no project (404); None for another."""
+    status = getattr(exc, "status_code", None)
+    body = getattr(exc, "body", None)
+    said = body.get("detail") if isinstance(body, dict) else body
+    said = f" (Label Studio said: {str(said)[:200]})" if said else ""
+    if status == 401:
+        return f"Label Studio refused LABEL_STUDIO_API_KEY (401): use a personal access token or legacy token from Account & Settings{said}"
+    if status == 403:
+        return (
+            f"Label Studio refused LABEL_STUDIO_API_KEY (403) for project {project_id}: use a personal access token or legacy "
+            f"token from Account & Settings of a user who can open the project{said}"
+        )
+    if status == 404 and missing:
+        return f"project {project_id} not found in Label Studio at {url}: check --project / the project id"
+    return None
 
 
 def sdk_client(url: str, api_key: str, timeout: float = DEFAULT_TIMEOUT):

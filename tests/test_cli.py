@@ -2,6 +2,8 @@
 
 import socket
 
+import pytest
+
 from label_studio_ale.cli import main
 
 
@@ -117,3 +119,88 @@ def test_ale_cron_never_queues_a_second_sync_while_one_still_waits():
         assert len(queue.job_ids) == 1
     finally:
         server.stop()
+
+
+def test_an_unknown_project_or_a_refused_key_is_one_line_not_a_traceback(monkeypatch, tmp_path, capsys):
+    """The SDK's ApiError (404, 401) escaped `ale sync`, `ale rank` and `ale savings --recompute` as a traceback."""
+    from tests.test_ls_client import refusing_label_studio
+
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    monkeypatch.delenv("DETECTION_STORE_URL", raising=False)
+    monkeypatch.setenv("MODEL_DIR", str(tmp_path))
+    with refusing_label_studio() as url:
+        monkeypatch.setenv("LABEL_STUDIO_URL", url)
+        monkeypatch.setenv("LABEL_STUDIO_API_KEY", "a-legacy-token")
+        for command in (["sync"], ["rank"], ["savings", "--recompute"]):
+            assert main([*command, "--project", "999"]) == 1
+            err = capsys.readouterr().err
+            assert err == f"ale {command[0]}: project 999 not found in Label Studio at {url}: check --project / the project id\n"
+        monkeypatch.setenv("LABEL_STUDIO_API_KEY", "refused-key")
+        assert main(["rank", "--project", "1"]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("ale rank: Label Studio refused LABEL_STUDIO_API_KEY (401): use a personal access token") and "Traceback" not in err
+
+
+def _refused_by_the_parser(argv: list[str], capsys) -> str:
+    import pytest
+
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_counts_below_one_are_refused_by_the_parser(capsys):
+    """--workers 0 listened and never answered, --threads 0 died in gunicorn, --limit 0 listed every job."""
+    for argv, option in (
+        (["serve", "--workers", "0"], "--workers"),
+        (["serve", "--threads", "0"], "--threads"),
+        (["jobs", "--limit", "0"], "--limit"),
+        (["rank", "--project", "1", "--top", "-1"], "--top"),
+        (["demo", "--images", "0"], "--images"),
+    ):
+        err = _refused_by_the_parser(argv, capsys)
+        assert f"argument {option}: must be a positive integer, got '{argv[-1]}'" in err, argv
+    assert "argument --limit: must be a positive integer, got '-2'" in _refused_by_the_parser(["jobs", "--limit=-2"], capsys)
+    assert "argument --epochs: must be 0 or a positive integer" in _refused_by_the_parser(["demo", "--epochs", "x"], capsys)
+
+
+def test_a_demo_base_set_larger_than_its_images_is_refused_before_anything_starts(tmp_path, capsys):
+    workdir = tmp_path / "demo"
+    assert main(["demo", "--workdir", str(workdir), "--images", "10", "--annotated", "100"]) == 1
+    assert "--annotated must be between 1 and --images - 1 (9), got 100" in capsys.readouterr().err
+    assert not workdir.exists()  # Label Studio was not started: it keeps its data there
+
+
+def test_output_files_are_checked_before_the_work(monkeypatch, tmp_path, capsys):
+    """`ale evaluate --out nodir/m.json` evaluated, then died on FileNotFoundError; `ale models --plot` likewise."""
+    missing = tmp_path / "nodir"
+    # the dataset does not exist either: the --out check comes first, before minutes of evaluation
+    assert main(["evaluate", "--weights", "w.pt", "--data", str(tmp_path / "none.yaml"), "--out", str(missing / "m.json")]) == 1
+    assert capsys.readouterr().err == f"ale evaluate: --out: the folder {missing} does not exist: create it (mkdir -p {missing}) or write elsewhere\n"
+    assert main(["evaluate", "--weights", "w.pt", "--data", "none.yaml", "--out", str(tmp_path)]) == 1
+    assert f"--out: {tmp_path} is a folder: give the name of a file to write" in capsys.readouterr().err
+    monkeypatch.setenv("MODEL_DIR", str(tmp_path))
+    assert main(["models", "--project", "4", "--plot", str(missing / "x.png")]) == 1
+    out, err = capsys.readouterr()
+    assert err.startswith(f"ale models: --plot: the folder {missing} does not exist") and out == ""
+
+
+def test_a_file_that_cannot_be_written_is_one_line_not_a_traceback(monkeypatch, capsys):
+    """The last resort for an OSError that no command checked for first."""
+    import label_studio_ale.cli as cli
+
+    def denied(*args):
+        raise PermissionError(13, "Permission denied", "/srv/out/results.json")
+
+    monkeypatch.setattr(cli, "_run", denied)
+    assert main(["config"]) == 1
+    err = capsys.readouterr().err
+    assert err == "ale config: [Errno 13] Permission denied: '/srv/out/results.json': check the path, its folder and their permissions\n"
+
+    def refused(*args):  # an OSError too, but no path's: a fault to report with its traceback
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    monkeypatch.setattr(cli, "_run", refused)
+    with pytest.raises(ConnectionRefusedError):
+        main(["config"])

@@ -188,6 +188,28 @@ def test_yolo_errors_name_the_label_file(tmp_path):
         read_yolo(root)
 
 
+@pytest.mark.parametrize(
+    "yaml_text, message",
+    [
+        ("names: [bird, nest\n", r"data.yaml: not valid YAML .*fix the file"),
+        ("- bird\n- nest\n", r"data.yaml: expected a mapping with 'names' .*got a YAML list"),
+    ],
+)
+def test_a_broken_data_yaml_is_a_value_error_naming_the_file(tmp_path, yaml_text, message):
+    """`ale evaluate` and `ale bench al --data` print a ValueError; a yaml.ParserError or AttributeError was a traceback."""
+    root = write_yolo(tmp_path / "yolo")
+    (root / "data.yaml").write_text(yaml_text)
+    with pytest.raises(ValueError, match=message):
+        read_yolo(root / "data.yaml", "train")
+
+
+def test_a_file_that_is_no_image_is_a_value_error_naming_it(tmp_path):
+    root = write_yolo(tmp_path / "yolo")
+    (root / "images" / "train" / "d.jpg").write_bytes(b"not a jpeg at all")
+    with pytest.raises(ValueError, match=r"d.jpg: not a readable image .*replace it or remove it"):
+        read_yolo(root, "train")
+
+
 def test_unrecognised_layouts_say_what_is_expected(tmp_path):
     with pytest.raises(ValueError, match="cannot tell the format"):
         read_dataset(tmp_path)

@@ -253,6 +253,15 @@ def test_recent_jobs_of_one_project_are_its_own_and_those_of_every_project(redis
     assert [row["id"] for row in recent_jobs(redis, "yolov5", 20)] == [trained, *mine, every, *others], "without a project: every job"
 
 
+@pytest.mark.parametrize("limit", [0, -2])
+def test_recent_jobs_refuse_a_limit_below_one_before_reading_redis(limit):
+    """ids[-0:] listed every job and ids[2:] all but the two oldest; `ale jobs --limit` is refused by argparse first."""
+    from label_studio_ale.jobqueue import recent_jobs
+
+    with pytest.raises(ValueError, match=rf"limit \(ale jobs --limit\) must be a positive integer, got {limit}"):
+        recent_jobs(None, "yolov5", limit)
+
+
 def test_a_lost_savings_job_is_not_called_a_sync():
     """record_annotations and record_tasks run on the sync queue; their lost job's error says what they were."""
     from types import SimpleNamespace

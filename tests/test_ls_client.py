@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from types import SimpleNamespace
 
 import jwt
@@ -182,3 +183,67 @@ def test_a_download_that_trickles_past_the_timeout_is_refused_whatever_each_read
     with pytest.raises(MediaError, match=r"image download took over FETCH_TIMEOUT=0.3 s \(\d+ bytes so far\)"):
         read_limited(trickle(50, 0.1), 10_000, timeout=0.3)
     assert time.monotonic() - started < 1.0  # stopped at the deadline, not after the 5 s the server would take
+
+
+@contextmanager
+def refusing_label_studio(known_projects=()):
+    """A loopback stand-in for Label Studio: the key "refused-key" gets 401 (and any refresh token too), project
+    ids other than `known_projects` 404, as LS answers them. -> its URL."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from urllib.parse import parse_qs, urlsplit
+
+    class Handler(BaseHTTPRequestHandler):
+        def _answer(self, status: int, body: dict) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self):
+            if self.headers.get("Authorization") == "Token refused-key":
+                return self._answer(401, {"detail": "Invalid token."})
+            split = urlsplit(self.path)
+            project = parse_qs(split.query).get("project", [None])[0] or split.path.rstrip("/").rsplit("/", 1)[-1]
+            if int(project) not in known_projects:
+                return self._answer(404, {"detail": "Not found."})
+            return self._answer(200, {"id": int(project), "label_config": "<View/>"})
+
+        def do_POST(self):  # the token refresh of a personal access token
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self._answer(401, {"detail": "Token is invalid or expired", "code": "token_not_valid"})
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()  # a quick shutdown
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_an_unknown_project_and_a_refused_key_say_what_to_fix_not_the_sdk_api_error():
+    """`ale sync`, `ale rank` and `ale savings --recompute` print these; the SDK's ApiError was a traceback."""
+    from backend.ls_client import LabelStudioError
+
+    with refusing_label_studio() as url:
+        client = LabelStudioClient(url, "a-legacy-token")
+        missing = rf"project 999 not found in Label Studio at {url}: check --project / the project id"
+        with pytest.raises(LabelStudioError, match=missing):
+            client.project(999)
+        with pytest.raises(LabelStudioError, match=missing):  # what savings --recompute asks first
+            list(client.annotated_task_ids(999))
+        with pytest.raises(LabelStudioError, match=missing):
+            list(client.unlabeled_tasks(999))
+        refused = r"Label Studio refused LABEL_STUDIO_API_KEY \(401\): use a personal access token or legacy token from Account & Settings"
+        with pytest.raises(LabelStudioError, match=refused + r" \(Label Studio said: Invalid token.\)"):
+            LabelStudioClient(url, "refused-key").project(1)
+        revoked = LabelStudioClient(url, _jwt("refresh", 3600, "revoked"))  # its exchange for an access token is refused
+        with pytest.raises(LabelStudioError, match=refused + r" \(Label Studio said: Token is invalid or expired\)"):
+            list(revoked.annotated_task_ids(1))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import tempfile
@@ -87,6 +88,7 @@ PRESETS = {
 
 
 def add_parser(commands) -> None:
+    from ..cli import non_negative_int, positive_int  # called from cli.build_parser: that module is loaded by then
     from .digits import NEW_CLASS_SHARE
 
     bench = commands.add_parser("bench", help="label-efficiency benchmarks of the selection policies")
@@ -119,7 +121,9 @@ def add_parser(commands) -> None:
         ("base-images", "built-in dataset: images of the base model's own training set (no new class)"),
         ("base-epochs", "built-in dataset: epochs of the base model"),
     ):
-        al.add_argument(f"--{name}", type=int, help=f"{what} (default: the preset's)")
+        # refused by argparse, not by BenchConfig after the data is read and a base model trained
+        kind = non_negative_int if name.endswith("epochs") else positive_int
+        al.add_argument(f"--{name}", type=kind, help=f"{what} (default: the preset's)")
     al.add_argument(
         "--burst",
         type=int,
@@ -162,7 +166,13 @@ def run(settings: Settings, args, argv: list[str]) -> int:
         if not path.is_file():
             print(f"{path}: no such file", file=sys.stderr)
             return 2
-        _render(json.loads(path.read_text()), Path(args.out) if args.out else path.parent)
+        out = Path(args.out) if args.out else path.parent
+        try:
+            _check_out_folder(out)
+        except ValueError as exc:
+            print(f"ale bench report: {exc}", file=sys.stderr)
+            return 2
+        _render(json.loads(path.read_text()), out)
         return 0
     return _run_al(settings, args, argv)
 
@@ -170,7 +180,7 @@ def run(settings: Settings, args, argv: list[str]) -> int:
 def _run_al(settings: Settings, args, argv: list[str]) -> int:
     from .digits import NEW_CLASS_SHARE
     from .runs import check_jobs
-    from .simulation import DEFAULT_POLICIES, BenchConfig, simulate
+    from .simulation import DEFAULT_POLICIES, BenchConfig, _write_json, simulate
     from .sources import builtin_data, builtin_base_model, user_data
 
     preset = PRESETS[args.preset]
@@ -180,7 +190,6 @@ def _run_al(settings: Settings, args, argv: list[str]) -> int:
         return preset[name] if value is None else value
 
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     cache = Path(args.cache)
     device = args.device or settings.device
     started = time.monotonic()
@@ -194,6 +203,27 @@ def _run_al(settings: Settings, args, argv: list[str]) -> int:
             raise ValueError("--burst shapes the built-in dataset's pool; a --data pool is used as it is")
         if args.data and args.new_class_share != NEW_CLASS_SHARE:
             raise ValueError("--new-class-share shapes the built-in dataset's pool; a --data pool is used as it is")
+        # Every option of the runs is checked here, before the data is read and a base model trained (minutes on a CPU);
+        # the new class and the base model are filled in once known.
+        config = BenchConfig(
+            policies=_policies(args.policies) if args.policies else (preset["policies"] or DEFAULT_POLICIES),
+            seeds=_seeds(args.seeds) if args.seeds else preset["seeds"],
+            initial=pick("initial"),
+            budget=pick("budget"),
+            cycles=pick("cycles"),
+            image_size=pick("image_size"),
+            initial_epochs=pick("initial_epochs"),
+            epochs=pick("epochs"),
+            batch=pick("batch"),
+            promotion=args.promotion,
+            device=device,
+            budget_cost=args.budget_cost or 0.0,
+        )
+        _check_out_folder(out)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ValueError(f"--out {out}: cannot create the folder ({exc}); give another one") from None
         if args.data:
             data = user_data(args.data, args.format, images=args.images, eval_path=args.eval_data, eval_percent=args.eval_percent)
             new_class = args.new_class
@@ -208,22 +238,7 @@ def _run_al(settings: Settings, args, argv: list[str]) -> int:
             )
         if new_class is not None and new_class.lower() == "none":
             new_class = None
-        config = BenchConfig(
-            policies=tuple(_csv(args.policies)) if args.policies else (preset["policies"] or DEFAULT_POLICIES),
-            seeds=_seeds(args.seeds) if args.seeds else preset["seeds"],
-            initial=pick("initial"),
-            budget=pick("budget"),
-            cycles=pick("cycles"),
-            image_size=pick("image_size"),
-            initial_epochs=pick("initial_epochs"),
-            epochs=pick("epochs"),
-            batch=pick("batch"),
-            new_class=new_class,
-            promotion=args.promotion,
-            base_model=base_model,
-            device=device,
-            budget_cost=args.budget_cost or 0.0,
-        )
+        config = dataclasses.replace(config, new_class=new_class, base_model=base_model)
     except ValueError as exc:
         print(f"ale bench al: {exc}", file=sys.stderr)
         return 2
@@ -244,7 +259,7 @@ def _run_al(settings: Settings, args, argv: list[str]) -> int:
             return 2
     results["command"] = " ".join(["ale", *argv])
     results["seconds"] = round(time.monotonic() - started, 1)
-    (out / "results.json").write_text(json.dumps(results, indent=1))
+    _write_json(out / "results.json", results)  # atomically, as after each run: a kill mid-write keeps the last whole file
     _render(results, out)
     _log(f"done in {results['seconds'] / 60:.1f} min")
     return 0
@@ -268,11 +283,42 @@ def _per_cycle(config, settings: Settings) -> str:
     return str(config.budget)
 
 
+def _check_out_folder(out: Path) -> None:
+    """--out must be a folder (or not exist yet): refused before the work, not as a FileExistsError after it."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file: give a folder for results.json, table.md and learning_curve.png")
+
+
+def _policies(raw: str) -> tuple[str, ...]:
+    """--policies' names, each checked (BenchConfig's own check names POLICY=, the server's setting, not this option)."""
+    from ..errors import PolicyError
+    from ..policies import get_policy
+    from .null import RANDOM_NULL, is_null
+    from .oracle import REFERENCE_POLICIES, is_reference
+
+    names = tuple(_csv(raw))
+    if not names:
+        raise ValueError(f"--policies names no policy: give at least one, e.g. random,ale-entropy-sum; got {raw!r}")
+    for name in names:
+        if is_reference(name) or is_null(name):
+            continue
+        try:
+            get_policy(name)
+        except PolicyError as exc:
+            problem = str(exc).replace("POLICY=", "--policies ", 1)
+            raise ValueError(f"{problem}; the bench also takes {', '.join((*REFERENCE_POLICIES, RANDOM_NULL))}") from None
+    return names
+
+
 def _seeds(raw: str) -> tuple[int, ...]:
     try:
-        return tuple(int(s) for s in _csv(raw))
+        seeds = tuple(int(s) for s in _csv(raw))
     except ValueError:
         raise ValueError(f"--seeds must be comma-separated integers, e.g. 0,1,2; got {raw!r}") from None
+    # a negative seed fails in numpy's generator, after the base model is trained
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds must be distinct integers of 0 or more, e.g. 0,1,2; got {raw!r}")
+    return seeds
 
 
 def _csv(raw: str) -> list[str]:

@@ -331,10 +331,73 @@ def test_bench_al_explains_bad_seeds_and_policies(shapes_dataset, tmp_path, caps
     assert main(["bench", "al", "--data", str(shapes_dataset), "--seeds", "0,x", "--out", str(tmp_path)]) == 2
     assert "--seeds must be comma-separated integers, e.g. 0,1,2; got '0,x'" in capsys.readouterr().err
     assert main(["bench", "al", "--data", str(shapes_dataset), "--policies", "random,best", "--out", str(tmp_path)]) == 2
-    assert "POLICY='best' is unknown" in capsys.readouterr().err
+    assert "--policies 'best' is unknown" in capsys.readouterr().err
     assert main(["bench", "al", "--data", str(shapes_dataset), "--jobs", "0", "--out", str(tmp_path)]) == 2
     assert "jobs must be a positive integer (runs at once), got 0" in capsys.readouterr().err
     assert main(["bench", "report", str(tmp_path / "missing.json")]) == 2
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--policies", "random,best"], "--policies 'best' is unknown; choose one of"),
+        (["--policies", ","], "--policies names no policy"),
+        (["--seeds", "0,0"], "--seeds must be distinct integers of 0 or more, e.g. 0,1,2; got '0,0'"),
+        (["--seeds", "-1"], "--seeds must be distinct integers of 0 or more"),
+        (["--promotion", "if-not-worse", "--budget-cost", "-3"], "budget_cost must be 0"),
+    ],
+)
+def test_bench_al_refuses_bad_runs_before_the_built_in_data_and_base_model(tmp_path, capsys, options, message):
+    """Checked before the built-in pool is generated and its base model trained (minutes on a CPU), not after."""
+    code = main(["bench", "al", *options, "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and "POLICY=" not in err
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("option", ["--initial", "--cycles", "--budget", "--batch"])
+def test_bench_al_sizes_below_one_are_refused_by_the_parser(tmp_path, capsys, option):
+    with pytest.raises(SystemExit) as exited:
+        main(["bench", "al", option, "0", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out")])
+    assert exited.value.code == 2
+    assert f"argument {option}: must be a positive integer, got '0'" in capsys.readouterr().err
+    assert not (tmp_path / "cache").exists()
+
+
+def test_bench_out_that_is_a_file_is_refused_before_the_work(tmp_path, capsys):
+    taken = tmp_path / "results.txt"
+    taken.write_text("someone's notes")
+    assert main(["bench", "al", "--cache", str(tmp_path / "cache"), "--out", str(taken)]) == 2
+    assert f"--out {taken} is a file: give a folder for results.json" in capsys.readouterr().err
+    assert not (tmp_path / "cache").exists() and taken.read_text() == "someone's notes"
+    results = tmp_path / "results.json"
+    results.write_text("{}")
+    assert main(["bench", "report", str(results), "--out", str(taken)]) == 2
+    assert f"--out {taken} is a file" in capsys.readouterr().err
+
+
+def test_bench_al_writes_its_final_results_atomically(shapes_dataset, tmp_path, monkeypatch):
+    """The final results.json goes through the temp-file-then-replace writer the runs use: a kill mid-write keeps a whole file."""
+    import label_studio_ale.bench.cli as bench_cli
+    import label_studio_ale.bench.simulation as simulation
+
+    written = []
+
+    def write_json(path, results):
+        written.append(path)
+        original(path, results)
+
+    original = simulation._write_json
+    monkeypatch.setattr(simulation, "_write_json", write_json)
+    monkeypatch.setattr(simulation, "simulate", lambda *args, **kwargs: {"runs": []})
+    monkeypatch.setattr(bench_cli, "_render", lambda results, out: None)
+    out = tmp_path / "out"
+    code = main(["bench", "al", "--data", str(shapes_dataset), "--policies", "random", "--seeds", "0", "--base-model", "yolov5n.yaml", "--out", str(out)])
+    assert code == 0 and written == [out / "results.json"]
+    results = json.loads((out / "results.json").read_text())
+    assert results["runs"] == [] and results["command"].startswith("ale ") and "seconds" in results
+    assert not list(out.glob("*.tmp"))
 
 
 def test_results_name_the_base_model_by_its_content(tmp_path):
