@@ -13,6 +13,7 @@ an adapter's heavy imports (torch, tensorflow) happen only when it is chosen.
 from __future__ import annotations
 
 from importlib.metadata import EntryPoint, entry_points
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -107,11 +108,32 @@ def check_policy_fits(adapter: Adapter, policy_name: str) -> None:
 def check_adapter_settings(settings: Settings) -> None:
     """At start, before any model loads: what the adapter can check of the settings (e.g. that MODEL_WEIGHTS exists).
 
-    An adapter class may provide `check_settings(settings)`, raising AdapterError with the fix.
+    First, that the framework the adapter serves with can be imported here: an adapter class may name it in
+    `frameworks` (module names, e.g. ("ultralytics", "torch")) and say what to do without it in `framework_fix`.
+    A yolov5 image given ADAPTER=tfod (or the reverse) is refused now, not when the model loads.
+    Then the class's own `check_settings(settings)`, if it has one, raising AdapterError with the fix.
     """
-    check = getattr(adapter_class(settings), "check_settings", None)
+    factory = adapter_class(settings)
+    check_frameworks(settings.adapter, factory)
+    check = getattr(factory, "check_settings", None)
     if check is not None:
         check(settings)
+
+
+def check_frameworks(name: str, factory) -> None:
+    """Refuse adapter `name` when a module of its class's `frameworks` is not importable in this environment."""
+    missing = [module for module in getattr(factory, "frameworks", ()) if not _importable(module)]
+    if missing:
+        fix = getattr(factory, "framework_fix", None) or f"install its dependencies: pip install 'label-studio-ale[{name}]'"
+        raise AdapterError(f"ADAPTER={name} needs {' and '.join(missing)}, which this environment lacks; {fix}")
+
+
+def _importable(module: str) -> bool:
+    """Whether `module` can be imported here, found without importing it (torch and TensorFlow take seconds)."""
+    try:
+        return find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package missing, or a module left in sys.modules without a spec
+        return False
 
 
 def load_adapter(settings: Settings) -> Adapter:

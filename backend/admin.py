@@ -10,6 +10,7 @@ settings in force. Behind the same basic auth as every other route.
 from __future__ import annotations
 
 import io
+from dataclasses import fields
 
 import numpy as np
 from flask import Blueprint, Response, abort, render_template_string
@@ -17,20 +18,16 @@ from werkzeug.exceptions import HTTPException
 
 from .ls_format import match_labels, parse_label_config, task_image_url
 from .serving import ServingFilters, raw_output_key, shown_classes, shown_detections
+from .settings import Settings
 
 #: Tasks of the served queue's head shown as thumbnails.
 QUEUE_HEAD = 12
 THUMBNAIL_SIDE = 160
 #: Jobs listed per queue and status.
 RECENT_JOBS = 10
-#: Settings shown (none secret).
-SHOWN_SETTINGS = (
-    "adapter", "policy", "policy_seed", "score_threshold", "nms_metric", "nms_threshold", "max_tags_per_pixel", "max_detections",
-    "sync_batch_size", "exploration_fraction", "empty_quota", "class_balance", "duplicate_distance", "diversity_pool",
-    "novelty_weight", "cost_per_image", "ls_clusters", "tile_size", "tile_overlap", "tile_above", "promotion", "sync_interval",
-    "base_model", "image_size", "device", "train_recipe", "train_epochs", "train_min_steps", "train_continue_steps", "train_batch", "train_precision",
-    "train_freeze", "max_request_bytes",
-)  # fmt: skip
+#: Settings shown: every one in force but the secrets, which Settings keeps out of its repr (LABEL_STUDIO_API_KEY,
+#: BASIC_AUTH_PASS, and REDIS_URL and DETECTION_STORE_URL, which carry passwords; `ale config` shows them masked).
+SHOWN_SETTINGS = tuple(spec.name for spec in fields(Settings) if spec.repr)
 
 
 def admin_blueprint(settings, runtime) -> Blueprint:

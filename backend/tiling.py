@@ -28,8 +28,9 @@ from .detections import Detections
 #: Tiles overlap by this share of their side: an object smaller than the
 #: overlap lies wholly inside at least one tile.
 DEFAULT_TILE_OVERLAP = 0.2
-#: Images whose longer side is above this many pixels are tiled (drone and
-#: 20+ MP frames); camera-trap frames up to 12 MP (4000x3000) are not.
+#: Images whose longer side is above this many pixels are tiled: drone and
+#: 20+ MP frames, and 12 MP phone frames too (4032x3024); a 4000x3000
+#: camera-trap frame is not.
 DEFAULT_TILE_ABOVE = 4000
 #: Copies of one object from different tiles overlap by more than this.
 DEFAULT_TILE_MERGE_THRESHOLD = 0.5

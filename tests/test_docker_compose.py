@@ -102,6 +102,28 @@ def test_every_service_has_an_image_or_a_build_that_exists():
             assert re.fullmatch(r"[a-z0-9./-]+:[A-Za-z0-9._-]+", image), f"{name}: pin a tag for {image}"
 
 
+def test_every_service_of_the_backend_image_can_build_it():
+    """`docker compose up --no-deps worker` on a fresh GPU machine (README: Scaling workers) must build the image,
+    not try to pull label-studio-ale from a registry: every service running it carries the same build."""
+    services = compose()["services"]
+    ours = {name: s for name, s in services.items() if s["image"].startswith("label-studio-ale")}
+    assert set(ours) == {"backend", "worker", "scheduler"}
+    builds = {name: service.get("build") for name, service in ours.items()}
+    assert all(builds.values()), f"no build: {[name for name, build in builds.items() if not build]}"
+    assert len({repr(build) for build in builds.values()}) == 1, "one image tag, one way to build it"
+    assert builds["worker"]["args"]["EXTRAS"] == "${ALE_EXTRAS:-yolov5}"
+
+
+def test_rq_dashboard_reads_the_redis_the_workers_use():
+    """A Redis given a password (README) is one REDIS_URL for the backend, the workers and the dashboard alike."""
+    services = compose()["services"]
+    assert services["rq-dashboard"]["environment"]["RQ_DASHBOARD_REDIS_URL"] == services["worker"]["environment"]["REDIS_URL"]
+    assert services["worker"]["environment"]["REDIS_URL"] == "${REDIS_URL:-redis://redis:6379/0}"
+    lines = (ROOT / "docker-compose.yml").read_text().splitlines()
+    pin = next(i for i, line in enumerate(lines) if "image: eoranged/rq-dashboard:" in line)
+    assert lines[pin - 1].strip().startswith("#"), "the rq-dashboard pin says why it is pinned"
+
+
 def test_the_dockerfile_copies_files_that_exist():
     for dockerfile in (ROOT / "docker").glob("Dockerfile*"):
         for line in dockerfile.read_text().splitlines():

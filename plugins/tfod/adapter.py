@@ -49,12 +49,20 @@ DEFAULT_SCORE_FLOOR = 0.001
 TFOD_EPOCHS = 30
 #: Multiclass rows summing to 1 within this are a softmax head's distributions (real background column).
 DISTRIBUTION_TOLERANCE = 1e-3
+#: MODEL_WEIGHTS suffixes of the yolov5 adapter's models (its default, yolov5n.yaml, among them): never a SavedModel.
+YOLO_WEIGHT_SUFFIXES = (".yaml", ".yml", ".pt")
 
 
 class TfodAdapter:
     """An exported OD API SavedModel: MODEL_WEIGHTS is its folder (or the export folder holding `saved_model/`)."""
 
     name = "tfod"
+    #: What serving imports; checked at start (label_studio_ale.adapters.check_frameworks).
+    frameworks = ("tensorflow",)
+    framework_fix = (
+        "set ADAPTER=yolov5 for a PyTorch image (ALE_EXTRAS=yolov5, the default), or install this adapter's "
+        "dependencies: pip install 'label-studio-ale[tfod]' (ALE_EXTRAS=tfod in Docker)"
+    )
 
     def __init__(self, saved_model: str | Path, *, classes: tuple[str, ...] | list[str] = (), score_floor: float = DEFAULT_SCORE_FLOOR):
         import tensorflow as tf
@@ -101,6 +109,13 @@ class TfodAdapter:
             raise AdapterError(
                 f"TRAIN_FREEZE={settings.train_freeze}: the tfod adapter's fine-tune trains every layer; "
                 "set TRAIN_FREEZE=0, or ADAPTER=yolov5 to keep a backbone frozen"
+            )
+        if Path(settings.model_weights).suffix.lower() in YOLO_WEIGHT_SUFFIXES:
+            raise AdapterError(
+                f"MODEL_WEIGHTS={settings.model_weights} is a yolov5 model (a .yaml definition or a .pt checkpoint; "
+                "yolov5n.yaml is the default MODEL_WEIGHTS), but ADAPTER=tfod serves a SavedModel exported by the "
+                "TensorFlow Object Detection API: set MODEL_WEIGHTS to the export folder (or its saved_model/), "
+                "e.g. MODEL_WEIGHTS=/models/my-export, or set ADAPTER=yolov5 to serve YOLO weights"
             )
 
     @staticmethod

@@ -45,6 +45,12 @@ class YoloV5Adapter:
     """Serve a YOLOv5u model: a user's `.pt` checkpoint, or a fresh model built from a yaml."""
 
     name = "yolov5"
+    #: What serving and training import; checked at start (label_studio_ale.adapters.check_frameworks).
+    frameworks = ("ultralytics", "torch")
+    framework_fix = (
+        "set ADAPTER=tfod for a TensorFlow image (ALE_EXTRAS=tfod), or install this adapter's dependencies: "
+        "pip install 'label-studio-ale[yolov5]' (ALE_EXTRAS=yolov5, the default, in Docker)"
+    )
 
     def __init__(
         self,
@@ -99,10 +105,17 @@ class YoloV5Adapter:
     @staticmethod
     def check_settings(settings: Settings) -> None:
         """At start, before any model loads: weights that can be found (or, with ALLOW_DOWNLOADS, fetched), a
-        TRAIN_PRECISION the DEVICE can train in, and a BASE_MODEL that TRAIN_FREEZE can keep layers of."""
+        TRAIN_PRECISION the DEVICE can train in, and a BASE_MODEL that TRAIN_FREEZE can keep layers of.
+
+        A model yaml without MODEL_CLASSES (the defaults) is warned about, not refused: training takes its classes
+        from the project's label config, and a project with a trained version of its own is served from it, so a
+        training worker and such projects work; only a project without a version cannot be served (/setup: 503).
+        """
         from .cpu_training import check_precision
 
-        weights_source(settings.model_weights, allow_downloads=settings.allow_downloads, setting="MODEL_WEIGHTS")
+        kind = weights_source(settings.model_weights, allow_downloads=settings.allow_downloads, setting="MODEL_WEIGHTS")
+        if kind == "yaml" and not settings.model_classes:
+            log.warning(untrained_without_classes(settings.model_weights))
         try:
             check_precision(settings.train_precision, settings.device)
         except ValueError as exc:
@@ -235,6 +248,17 @@ def pooled_embedding(maps) -> "torch.Tensor":
 
     parts = [torch.nn.functional.normalize(m.float().mean(dim=(2, 3)), dim=1) for m in maps]
     return torch.nn.functional.normalize(torch.cat(parts, dim=1), dim=1)
+
+
+def untrained_without_classes(weights: str) -> str:
+    """The start-up warning for a model yaml served without MODEL_CLASSES."""
+    return (
+        f"MODEL_WEIGHTS={weights} builds an untrained model from a yaml, which needs MODEL_CLASSES, and MODEL_CLASSES is "
+        "unset: a project without a trained version of its own cannot be served (/setup and /predict answer 503, "
+        "Label Studio cannot connect the model). Either put a trained .pt in the models volume and set "
+        "MODEL_WEIGHTS to it (e.g. MODEL_WEIGHTS=/models/birds.pt), or set MODEL_CLASSES to the project's labels "
+        "(e.g. MODEL_CLASSES=bird,nest) to serve a model built from the yaml that Start Training will train"
+    )
 
 
 def _load_model(weights: str, classes: tuple[str, ...]):

@@ -181,9 +181,9 @@ def test_train_freeze_is_refused_at_start_instead_of_ignored():
     from label_studio_ale.adapters import check_adapter_settings
     from label_studio_ale.settings import Settings
 
-    check_adapter_settings(Settings(adapter="tfod"))  # nothing to refuse
+    check_adapter_settings(Settings(adapter="tfod", model_weights="/models/od-export"))  # nothing to refuse
     with pytest.raises(AdapterError, match="TRAIN_FREEZE=10: the tfod adapter's fine-tune trains every layer; set TRAIN_FREEZE=0"):
-        check_adapter_settings(Settings(adapter="tfod", train_freeze=10))
+        check_adapter_settings(Settings(adapter="tfod", model_weights="/models/od-export", train_freeze=10))
 
 
 def test_a_device_is_refused_at_start_instead_of_ignored():
@@ -193,3 +193,31 @@ def test_a_device_is_refused_at_start_instead_of_ignored():
 
     with pytest.raises(AdapterError, match=r"DEVICE=cuda:0: the tfod adapter does not choose a device.*set DEVICE=cpu"):
         check_adapter_settings(Settings(adapter="tfod", device="cuda:0"))
+
+
+@pytest.mark.parametrize("weights", ["yolov5n.yaml", "models/yolov8n.yml", "/models/birds.pt"])
+def test_yolo_weights_are_refused_at_start_under_the_tfod_adapter(weights):
+    """The default MODEL_WEIGHTS (yolov5n.yaml) is the yolov5 adapter's: ADAPTER=tfod alone must say to set it."""
+    from label_studio_ale.adapters import check_adapter_settings
+    from label_studio_ale.settings import Settings
+
+    with pytest.raises(AdapterError) as caught:
+        check_adapter_settings(Settings(adapter="tfod", model_weights=weights))
+    message = str(caught.value)
+    assert f"MODEL_WEIGHTS={weights} is a yolov5 model" in message and "ADAPTER=tfod serves a SavedModel" in message
+    assert "set MODEL_WEIGHTS to the export folder" in message and "ADAPTER=yolov5" in message
+    check_adapter_settings(Settings(adapter="tfod", model_weights="/models/od-export/saved_model"))
+
+
+def test_the_yolov5_adapter_is_refused_at_start_in_the_tensorflow_environment():
+    """A TensorFlow image (ALE_EXTRAS=tfod) left at the default ADAPTER=yolov5: refused at start with the fix,
+    not a ModuleNotFoundError when the model loads; and without importing torch or ultralytics."""
+    from label_studio_ale.adapters import check_adapter_settings
+    from label_studio_ale.settings import Settings
+
+    with pytest.raises(AdapterError) as caught:
+        check_adapter_settings(Settings(adapter="yolov5"))
+    message = str(caught.value)
+    assert message.startswith("ADAPTER=yolov5 needs ultralytics and torch, which this environment lacks; ")
+    assert "set ADAPTER=tfod for a TensorFlow image (ALE_EXTRAS=tfod)" in message
+    assert "torch" not in sys.modules and "ultralytics" not in sys.modules
