@@ -54,6 +54,8 @@ BASELINE = "random"
 REFERENCE_MARK = " †"
 #: After a null reference's name (random from another stream: listed after the policies, before the references).
 NULL_MARK = " ‡"
+#: random's own draws, read against one of its null streams as the baseline.
+OWN_RANDOM = "random (its own draws)"
 #: Base models a row needs for its interval and draw shares to be shown: a bootstrap over one or two base models
 #: can only mix those models' own estimates, and savings move by about ten points from one base model to the next.
 MIN_INTERVAL_BASES = 3
@@ -161,21 +163,22 @@ class _BaseModels:
         return next((n for n in group if n.startswith("weights-sha256:")), group[0])
 
 
-def reach(runs: dict, pairs: list[str], policy: str, new_class: str = "digit-0") -> dict:
-    """The images and boxes `policy`'s mean curve over `pairs` needs to reach random's final mean mAP50 on them.
+def reach(runs: dict, pairs: list[str], policy: str, new_class: str = "digit-0", baseline: str = BASELINE) -> dict:
+    """The images and boxes `policy`'s mean curve over `pairs` needs to reach `baseline`'s final mean mAP50 on them.
 
     -> {"images": saving, "boxes": saving, "final": mAP50, "random_final": mAP50}; a saving of 0.27 is 27 %
-    fewer than random labelled, None where the mean curve never reaches it. A pair may repeat (a bootstrap draw).
+    fewer than the baseline labelled, None where the mean curve never reaches it. A pair may repeat (a bootstrap
+    draw). `baseline`: random, or one of its null streams (random-null-<k>) read in its place.
     """
     from label_studio_ale.bench.report import summarise
 
-    listed = [
-        dict(runs[(pair, name)], seed=i)  # a drawn pair may repeat: each copy is its own seed to summarise
-        for i, pair in enumerate(pairs)
-        for name in (BASELINE, policy)
-    ]
+    name = OWN_RANDOM if policy == BASELINE else policy  # random itself, read against another stream
+    listed = []
+    for i, pair in enumerate(pairs):  # a drawn pair may repeat: each copy is its own seed to summarise
+        listed.append(dict(runs[(pair, baseline)], seed=i, policy=BASELINE))
+        listed.append(dict(runs[(pair, policy)], seed=i, policy=name))
     summary = summarise({"config": {}, "dataset": {"new_class": new_class}, "runs": listed})
-    row, random = summary["policies"][policy], summary["policies"][BASELINE]
+    row, random = summary["policies"][name], summary["policies"][BASELINE]
     got = row["to_reach_random"]
     return {"images": got["images"]["saving"], "boxes": got["boxes"]["saving"], "final": row["mean"][-1], "random_final": random["mean"][-1]}
 
@@ -207,6 +210,78 @@ def pooled(pool: dict, draws: int = BOOTSTRAP_DRAWS, seed: int = BOOTSTRAP_SEED)
         row["by_base_model"] = {base: reach(pool["runs"], own, policy) | {"pairs": len(own)} for base, own in sorted(by_base.items())}
         table[policy] = row
     return table
+
+
+def null_band(pool: dict) -> dict:
+    """Per base model with null streams: each policy's saving against random and against each of random's other streams.
+
+    Random's draws depend on the seed, not the model, so every base model's random labels the same images: a
+    saving read against them alone carries their luck on every base model. Read against the null streams
+    (`random-null-<k>`, the same random from other draws), the spread shows how much of a saving is that luck.
+
+    -> {base: {"streams": [random, nulls...], "pairs": n, "policies": {policy: {stream: {"images", "boxes"}}}}},
+    on the pairs where random and every null stream of the base model ran; a policy is read on those of them it ran on
+    only if it ran on all.
+    """
+    from label_studio_ale.bench.null import is_null
+
+    bases = defaultdict(set)
+    for pair, policy in pool["runs"]:
+        if is_null(policy):
+            bases[pool["pairs"][pair]["base"]].add(policy)
+    band = {}
+    for base, nulls in sorted(bases.items()):
+        streams = [BASELINE, *sorted(nulls, key=_stream_order)]
+        pairs = sorted(
+            pair for pair, got in pool["pairs"].items() if got["base"] == base and all((pair, s) in pool["runs"] for s in streams)
+        )
+        if not pairs:
+            continue
+        policies = sorted({p for pair, p in pool["runs"] if pair in pairs and not is_null(p)})
+        rows = {}
+        for policy in policies:
+            if not all((pair, policy) in pool["runs"] for pair in pairs):
+                continue
+            rows[policy] = {
+                stream: {unit: got[unit] for unit in TARGETS}
+                for stream in streams
+                if stream != policy
+                for got in [reach(pool["runs"], pairs, policy, baseline=stream)]
+            }
+        band[base] = {"streams": streams, "pairs": len(pairs), "policies": rows}
+    return band
+
+
+def _stream_order(name: str) -> int:
+    from label_studio_ale.bench.null import null_stream
+
+    return null_stream(name)
+
+
+def band_markdown(band: dict) -> str:
+    """Per base model with null streams: a table of each policy's saving of images and boxes against each stream."""
+    from label_studio_ale.bench.oracle import is_reference
+
+    lines = []
+    for base, got in band.items():
+        streams = got["streams"]
+        lines += [
+            "",
+            f"Against each of random's streams, base model {base} ({got['pairs']} pairs): images / boxes to that stream's final mAP50 "
+            "(random's draws are the same on every base model; the other streams show how lucky they are):",
+            "",
+            "| policy | " + " | ".join(streams) + " |",
+            "|---|" + "---:|" * len(streams),
+        ]
+        ranked = sorted(got["policies"].items(), key=lambda item: (item[0] != BASELINE, is_reference(item[0]), item[0]))
+        for policy, savings in ranked:
+            cells = [
+                "—" if stream not in savings else f"{_pct(savings[stream]['images'])} / {_pct(savings[stream]['boxes'])}"
+                for stream in streams
+            ]
+            name = OWN_RANDOM if policy == BASELINE else f"{policy}{REFERENCE_MARK if is_reference(policy) else ''}"
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + ("\n" if lines else "")
 
 
 def _bootstrap(runs: dict, by_base: dict[str, list[str]], policy: str, draws: int, rng) -> dict[str, list[float]]:
@@ -310,7 +385,8 @@ def main(argv=None) -> int:
         print("no run of the small preset's setup with random beside it among the files given", file=sys.stderr)
         return 1
     table = pooled(pool, args.draws)
-    text = markdown(table)
+    band = null_band(pool)
+    text = markdown(table) + band_markdown(band)
     print(text)
     print(f"{len(pool['pairs'])} pairs; {len(pool['skipped'])} files or runs left out; {len(pool['conflicts'])} conflicting repeats")
     if args.out:
@@ -324,6 +400,7 @@ def main(argv=None) -> int:
             "draws": args.draws,
             "targets": TARGETS,
             "policies": table,
+            "null_band": band,
         }
         (args.out / "results.json").write_text(json.dumps(record, indent=1))
     return 0

@@ -176,3 +176,29 @@ def test_the_null_and_the_references_are_read_like_a_policy_and_marked_after_the
     assert rows == ["| entropy-mean", "| random-null ‡", "| oracle-errors-per-box †"]
     assert "† a reference that reads the ground truth" in pooled_savings.markdown(table)
     assert "‡ random again, from another stream of draws" in pooled_savings.markdown(table)
+
+
+def test_the_null_band_reads_every_policy_against_random_and_each_of_its_other_streams(pooled_savings, tmp_path):
+    # random-null does better than random: BETTER's curve is the null's; the policy matches the null exactly
+    path = write(tmp_path, "a", results(WEIGHTS, [run("random", 0, 0.5, **RANDOM), run("random-null", 0, 0.5, **BETTER),
+                                                  run("entropy-mean", 0, 0.5, **BETTER), run("random", 1, 0.6, **RANDOM),
+                                                  run("random-null", 1, 0.6, **BETTER), run("entropy-mean", 1, 0.6, **BETTER),
+                                                  run("lc-mean", 0, 0.5, **BETTER)]))  # fmt: skip
+    band = pooled_savings.null_band(pooled_savings.pool_runs([path]))
+    got = band[WEIGHTS]
+    assert got["streams"] == ["random", "random-null"] and got["pairs"] == 2
+    policy = got["policies"]["entropy-mean"]
+    assert policy["random"] == {"images": pytest.approx(0.25), "boxes": pytest.approx(0.35)}  # as against random alone
+    assert policy["random-null"] == {"images": 0.0, "boxes": 0.0}  # no better than another draw of random
+    # random's own draws against the null stream: they never reach its final 0.95
+    assert got["policies"]["random"] == {"random-null": {"images": None, "boxes": None}}
+    assert "lc-mean" not in got["policies"], "a policy read on some of the pairs only is left out"
+    text = pooled_savings.band_markdown(band)
+    assert "| random (its own draws) | — | not reached / not reached |" in text
+    assert "| entropy-mean | −25 % / −35 % | −0 % / −0 % |" in text
+
+
+def test_without_null_streams_there_is_no_band(pooled_savings, tmp_path):
+    path = write(tmp_path, "a", results(WEIGHTS, [run("random", 0, 0.5, **RANDOM), run("entropy-mean", 0, 0.5, **BETTER)]))
+    band = pooled_savings.null_band(pooled_savings.pool_runs([path]))
+    assert band == {} and pooled_savings.band_markdown(band) == ""
