@@ -341,17 +341,11 @@ def _is_host_name(host: str) -> bool:
 
 def _check_redis_url(url: str) -> None:
     """REDIS_URL as redis-py reads it: a scheme it takes, a numeric port, a numeric database (path or ?db=), else ConfigError."""
-    from urllib.parse import parse_qs, unquote, urlsplit
+    from urllib.parse import parse_qs, unquote
 
     example = "e.g. redis://localhost:6379/0 or redis://:password@host:6379/0"
     shown = without_password(url)
-    if not url.startswith(REDIS_SCHEMES):
-        raise ConfigError("REDIS_URL", f"must start with {', '.join(REDIS_SCHEMES)}, {example}, got {shown!r}")
-    try:
-        parts = urlsplit(url)
-        _ = parts.port  # reading it checks it: ValueError for a port that is no number or out of range
-    except ValueError as exc:
-        raise ConfigError("REDIS_URL", f"cannot be read as a URL ({exc}): write it as {example}, got {shown!r}") from None
+    parts = _split_url("REDIS_URL", url, REDIS_SCHEMES, example, shown)
     databases = parse_qs(parts.query).get("db", [])
     if parts.scheme != "unix" and not databases:  # redis-py reads the path as the database only without ?db=
         databases = [unquote(parts.path).replace("/", "")]
@@ -365,18 +359,27 @@ def _check_redis_url(url: str) -> None:
 
 def _check_label_studio_url(url: str) -> None:
     """LABEL_STUDIO_URL: http(s)://host[:port][/path], else ConfigError."""
+    example = "e.g. http://localhost:8080 or https://label-studio.example.com"
+    parts = _split_url("LABEL_STUDIO_URL", url, ("http://", "https://"), example, url)
+    if not parts.hostname or any(c.isspace() for c in parts.hostname):
+        raise ConfigError("LABEL_STUDIO_URL", f"must name a host after the scheme, {example}, got {url!r}")
+
+
+def _split_url(variable: str, url: str, schemes: tuple[str, ...], example: str, shown: str):
+    """`url` split (urllib's SplitResult) once its scheme is one of `schemes` and its port a number, else ConfigError.
+
+    shown: the URL as an error may show it (its password masked).
+    """
     from urllib.parse import urlsplit
 
-    example = "e.g. http://localhost:8080 or https://label-studio.example.com"
-    if not url.startswith(("http://", "https://")):
-        raise ConfigError("LABEL_STUDIO_URL", f"must start with http:// or https://, {example}, got {url!r}")
+    if not url.startswith(schemes):
+        raise ConfigError(variable, f"must start with {' or '.join(schemes)}, {example}, got {shown!r}")
     try:
         parts = urlsplit(url)
         _ = parts.port  # reading it checks it: ValueError for a port that is no number or out of range
     except ValueError as exc:
-        raise ConfigError("LABEL_STUDIO_URL", f"cannot be read as a URL ({exc}): write it as {example}, got {url!r}") from None
-    if not parts.hostname or any(c.isspace() for c in parts.hostname):
-        raise ConfigError("LABEL_STUDIO_URL", f"must name a host after the scheme, {example}, got {url!r}")
+        raise ConfigError(variable, f"cannot be read as a URL ({exc}): write it as {example}, got {shown!r}") from None
+    return parts
 
 
 def _check_detection_store_url(url: str) -> None:
