@@ -153,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         if reason is None:
             raise  # a fault, not a situation: its traceback is what to report
         print(f"ale {args.command}: {reason}", file=sys.stderr)
+        logging.getLogger("label_studio_ale.cli").debug("where it was raised (LOG_LEVEL=DEBUG)", exc_info=True)
         return 1
 
 

@@ -25,6 +25,9 @@ DEFAULT_TIMEOUT = 30.0
 DELETE_TIMEOUT = 900.0
 IMPORT_TIMEOUT = 600.0
 TASK_PAGE_SIZE = 1000
+#: A download still running past FETCH_TIMEOUT must average at least this many bytes a second: a 50 MB frame
+#: (MAX_IMAGE_BYTES) on a 2 Mbit/s link finishes, a server trickling bytes is cut off.
+MIN_DOWNLOAD_RATE = 256 * 1024
 UNCERTAINTY_SAMPLING = "Uncertainty sampling"
 #: Requests in flight at once when predictions are created one by one.
 CREATE_THREADS = 4
@@ -468,13 +471,13 @@ def upload_images(sdk, project_id: int, files: list[tuple[str, bytes]]) -> list[
 
 
 def read_limited(chunks, max_bytes: int, content_length: str | None = None, timeout: float | None = None) -> bytes:
-    """Join byte chunks, refusing more than `max_bytes` (checked before and while reading), or reading for longer
-    than `timeout` seconds in all."""
+    """Join byte chunks, refusing more than `max_bytes` (checked before and while reading), or, past `timeout`
+    seconds, a download averaging under MIN_DOWNLOAD_RATE."""
     if content_length and content_length.isdigit() and int(content_length) > max_bytes:
         raise MediaError(f"image is {int(content_length)} bytes, over MAX_IMAGE_BYTES={max_bytes}")
     # httpx's timeout bounds each read, not the download: a server that trickles a byte every few seconds
     # would hold a /predict request (or a sync) for as long as it likes
-    deadline = None if timeout is None else time.monotonic() + timeout
+    started = time.monotonic()
     # Kept as parts and joined once: a bytearray grown chunk by chunk is reallocated
     # at every size on the way to 16 MB, which fragments the heap of a long-lived worker.
     parts, size = [], 0
@@ -483,9 +486,10 @@ def read_limited(chunks, max_bytes: int, content_length: str | None = None, time
         size += len(chunk)
         if size > max_bytes:
             raise MediaError(f"image is over MAX_IMAGE_BYTES={max_bytes} bytes")
-        if deadline is not None and time.monotonic() > deadline:
+        elapsed = time.monotonic() - started
+        if timeout is not None and elapsed > timeout and size < MIN_DOWNLOAD_RATE * elapsed:
             raise MediaError(
-                f"image download took over FETCH_TIMEOUT={timeout:g} s ({size} bytes so far): the server is stalled or too "
-                "slow; raise FETCH_TIMEOUT for slow storage"
+                f"image download stalled: {size} bytes in {elapsed:.1f} s, under {MIN_DOWNLOAD_RATE // 1024} KiB/s once past "
+                f"FETCH_TIMEOUT={timeout:g} s; check the link to the image's server, or raise FETCH_TIMEOUT for slow storage"
             )
     return b"".join(parts)

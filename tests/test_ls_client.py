@@ -173,16 +173,18 @@ def test_a_download_that_trickles_past_the_timeout_is_refused_whatever_each_read
     from backend.errors import MediaError
     from backend.ls_client import read_limited
 
-    def trickle(pieces, pause):
+    def trickle(pieces, pause, size=10):
         for _ in range(pieces):
             time.sleep(pause)  # each read well within an httpx read timeout of the same seconds
-            yield b"x" * 10
+            yield b"x" * size
 
     assert read_limited(trickle(3, 0.0), 100, timeout=1.0) == b"x" * 30
     started = time.monotonic()
-    with pytest.raises(MediaError, match=r"image download took over FETCH_TIMEOUT=0.3 s \(\d+ bytes so far\)"):
+    with pytest.raises(MediaError, match=r"image download stalled: \d+ bytes in [\d.]+ s, under 256 KiB/s once past FETCH_TIMEOUT=0.3 s"):
         read_limited(trickle(50, 0.1), 10_000, timeout=0.3)
-    assert time.monotonic() - started < 1.0  # stopped at the deadline, not after the 5 s the server would take
+    assert time.monotonic() - started < 1.0  # stopped past the timeout, not after the 5 s the server would take
+    # a large frame on a slow but steady link runs past the timeout and still arrives: 8 MB at about 16 MB/s
+    assert len(read_limited(trickle(8, 0.06, 1 << 20), 10 << 20, timeout=0.2)) == 8 << 20
 
 
 @contextmanager

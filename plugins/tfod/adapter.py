@@ -23,6 +23,7 @@ image's `Detections.embedding`. OD API exports lack it: no embedding then.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import threading
 from dataclasses import replace
@@ -33,7 +34,9 @@ from PIL import Image
 
 from label_studio_ale.detections import Detections
 from label_studio_ale.errors import AdapterError
-from label_studio_ale.settings import Settings
+from label_studio_ale.settings import DEFAULT_MODEL_WEIGHTS, Settings
+
+log = logging.getLogger(__name__)
 
 SIGNATURE = "serving_default"
 REQUIRED_OUTPUTS = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
@@ -111,12 +114,16 @@ class TfodAdapter:
                 "set TRAIN_FREEZE=0, or ADAPTER=yolov5 to keep a backbone frozen"
             )
         if Path(settings.model_weights).suffix.lower() in YOLO_WEIGHT_SUFFIXES:
-            raise AdapterError(
+            problem = (
                 f"MODEL_WEIGHTS={settings.model_weights} is a yolov5 model (a .yaml definition or a .pt checkpoint; "
                 "yolov5n.yaml is the default MODEL_WEIGHTS), but ADAPTER=tfod serves a SavedModel exported by the "
                 "TensorFlow Object Detection API: set MODEL_WEIGHTS to the export folder (or its saved_model/), "
                 "e.g. MODEL_WEIGHTS=/models/my-export, or set ADAPTER=yolov5 to serve YOLO weights"
             )
+            if settings.model_weights != DEFAULT_MODEL_WEIGHTS:
+                raise AdapterError(problem)
+            # left at the default: a training worker (BASE_MODEL) and projects with versions of their own never read it
+            log.warning("%s; until then only projects with a trained version of their own can be served", problem)
 
     @staticmethod
     def base_classes(weights: str) -> list[str] | None:

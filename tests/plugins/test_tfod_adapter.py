@@ -195,9 +195,9 @@ def test_a_device_is_refused_at_start_instead_of_ignored():
         check_adapter_settings(Settings(adapter="tfod", device="cuda:0"))
 
 
-@pytest.mark.parametrize("weights", ["yolov5n.yaml", "models/yolov8n.yml", "/models/birds.pt"])
+@pytest.mark.parametrize("weights", ["yolov5s.yaml", "models/yolov8n.yml", "/models/birds.pt"])
 def test_yolo_weights_are_refused_at_start_under_the_tfod_adapter(weights):
-    """The default MODEL_WEIGHTS (yolov5n.yaml) is the yolov5 adapter's: ADAPTER=tfod alone must say to set it."""
+    """YOLO weights set for ADAPTER=tfod are refused at start with the fix."""
     from label_studio_ale.adapters import check_adapter_settings
     from label_studio_ale.settings import Settings
 
@@ -207,6 +207,17 @@ def test_yolo_weights_are_refused_at_start_under_the_tfod_adapter(weights):
     assert f"MODEL_WEIGHTS={weights} is a yolov5 model" in message and "ADAPTER=tfod serves a SavedModel" in message
     assert "set MODEL_WEIGHTS to the export folder" in message and "ADAPTER=yolov5" in message
     check_adapter_settings(Settings(adapter="tfod", model_weights="/models/od-export/saved_model"))
+
+
+def test_the_default_model_weights_under_the_tfod_adapter_are_warned_about_not_refused(caplog):
+    """A tfod training worker, or a stack serving only projects' own versions, never reads MODEL_WEIGHTS."""
+    from label_studio_ale.adapters import check_adapter_settings
+    from label_studio_ale.settings import Settings
+
+    with caplog.at_level("WARNING"):
+        check_adapter_settings(Settings(adapter="tfod"))
+    assert "MODEL_WEIGHTS=yolov5n.yaml is a yolov5 model" in caplog.text
+    assert "only projects with a trained version of their own can be served" in caplog.text
 
 
 def test_the_yolov5_adapter_is_refused_at_start_in_the_tensorflow_environment():
