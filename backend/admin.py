@@ -78,7 +78,7 @@ def known_projects(settings, runtime) -> list[int]:
     found = set(settings.sync_projects)
     root = Path(settings.model_dir)
     if root.is_dir():
-        found |= {int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit()}
+        found |= {int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isascii() and p.name.isdigit()}  # "²" passes isdigit()
     if runtime.redis is not None:
         found |= {int(p) for p in runtime.redis.smembers(projects_key(settings.adapter))}
     return sorted(found)

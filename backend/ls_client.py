@@ -473,7 +473,7 @@ def upload_images(sdk, project_id: int, files: list[tuple[str, bytes]]) -> list[
 def read_limited(chunks, max_bytes: int, content_length: str | None = None, timeout: float | None = None) -> bytes:
     """Join byte chunks, refusing more than `max_bytes` (checked before and while reading), or, past `timeout`
     seconds, a download averaging under MIN_DOWNLOAD_RATE."""
-    if content_length and content_length.isdigit() and int(content_length) > max_bytes:
+    if content_length and content_length.isascii() and content_length.isdigit() and int(content_length) > max_bytes:
         raise MediaError(f"image is {int(content_length)} bytes, over MAX_IMAGE_BYTES={max_bytes}")
     # httpx's timeout bounds each read, not the download: a server that trickles a byte every few seconds
     # would hold a /predict request (or a sync) for as long as it likes

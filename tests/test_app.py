@@ -273,6 +273,7 @@ def test_a_thumbnail_of_another_projects_task_or_of_no_task_is_a_404(adapter, tm
 
 def test_the_admin_page_lists_projects_and_says_what_a_new_project_lacks(adapter, tmp_path):
     (tmp_path / "7").mkdir()
+    (tmp_path / "\u00b2").mkdir()  # "²" passes str.isdigit() and fails int(): a folder of MODEL_DIR, not a project
     client = make_client(adapter, model_dir=tmp_path, sync_projects=(3,))
     index = client.get("/ui").get_data(as_text=True)
     assert 'href="/ui/projects/3"' in index and 'href="/ui/projects/7"' in index

@@ -179,6 +179,7 @@ def test_a_download_that_trickles_past_the_timeout_is_refused_whatever_each_read
             yield b"x" * size
 
     assert read_limited(trickle(3, 0.0), 100, timeout=1.0) == b"x" * 30
+    assert read_limited(trickle(1, 0.0), 100, content_length="\u00b2") == b"x" * 10  # no number: the size is counted as read
     started = time.monotonic()
     with pytest.raises(MediaError, match=r"image download stalled: \d+ bytes in [\d.]+ s, under 256 KiB/s once past FETCH_TIMEOUT=0.3 s"):
         read_limited(trickle(50, 0.1), 10_000, timeout=0.3)
