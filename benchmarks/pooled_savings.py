@@ -54,6 +54,8 @@ BASELINE = "random"
 REFERENCE_MARK = " †"
 #: After a null reference's name (random from another stream: listed after the policies, before the references).
 NULL_MARK = " ‡"
+#: The null band's last column: the saving against the mean curve of random and every null stream.
+ALL_STREAMS = "all streams"
 #: random's own draws, read against one of its null streams as the baseline.
 OWN_RANDOM = "random (its own draws)"
 #: Base models a row needs for its interval and draw shares to be shown: a bootstrap over one or two base models
@@ -163,20 +165,23 @@ class _BaseModels:
         return next((n for n in group if n.startswith("weights-sha256:")), group[0])
 
 
-def reach(runs: dict, pairs: list[str], policy: str, new_class: str = "digit-0", baseline: str = BASELINE) -> dict:
+def reach(runs: dict, pairs: list[str], policy: str, new_class: str = "digit-0", baseline: str | tuple[str, ...] = BASELINE) -> dict:
     """The images and boxes `policy`'s mean curve over `pairs` needs to reach `baseline`'s final mean mAP50 on them.
 
     -> {"images": saving, "boxes": saving, "final": mAP50, "random_final": mAP50}; a saving of 0.27 is 27 %
     fewer than the baseline labelled, None where the mean curve never reaches it. A pair may repeat (a bootstrap
-    draw). `baseline`: random, or one of its null streams (random-null-<k>) read in its place.
+    draw). `baseline`: random, or one of its null streams (random-null-<k>) read in its place, or several of
+    them: their mean curve over every pair.
     """
     from label_studio_ale.bench.report import summarise
 
+    streams = (baseline,) if isinstance(baseline, str) else tuple(baseline)
     name = OWN_RANDOM if policy == BASELINE else policy  # random itself, read against another stream
     listed = []
     for i, pair in enumerate(pairs):  # a drawn pair may repeat: each copy is its own seed to summarise
-        listed.append(dict(runs[(pair, baseline)], seed=i, policy=BASELINE))
-        listed.append(dict(runs[(pair, policy)], seed=i, policy=name))
+        # each stream of each pair its own seed: summarise's baseline curve is their mean
+        listed += [dict(runs[(pair, stream)], seed=i * len(streams) + k, policy=BASELINE) for k, stream in enumerate(streams)]
+        listed.append(dict(runs[(pair, policy)], seed=i * len(streams), policy=name))
     summary = summarise({"config": {}, "dataset": {"new_class": new_class}, "runs": listed})
     row, random = summary["policies"][name], summary["policies"][BASELINE]
     got = row["to_reach_random"]
@@ -219,7 +224,8 @@ def null_band(pool: dict) -> dict:
     saving read against them alone carries their luck on every base model. Read against the null streams
     (`random-null-<k>`, the same random from other draws), the spread shows how much of a saving is that luck.
 
-    -> {base: {"streams": [random, nulls...], "pairs": n, "policies": {policy: {stream: {"images", "boxes"}}}}},
+    -> {base: {"streams": [random, nulls...], "pairs": n, "policies": {policy: {stream: {"images", "boxes"}}}}}, with
+    ALL_STREAMS among each policy's streams: the saving against the mean curve of them all;
     on the pairs where random and every null stream of the base model ran; a policy is read on those of them it ran on
     only if it ran on all.
     """
@@ -248,6 +254,9 @@ def null_band(pool: dict) -> dict:
                 if stream != policy
                 for got in [reach(pool["runs"], pairs, policy, baseline=stream)]
             }
+            # the best estimate of a typical draw: the mean curve of every stream, random's own among them
+            together = reach(pool["runs"], pairs, policy, baseline=tuple(streams))
+            rows[policy][ALL_STREAMS] = {unit: together[unit] for unit in TARGETS}
         band[base] = {"streams": streams, "pairs": len(pairs), "policies": rows}
     return band
 
@@ -264,11 +273,12 @@ def band_markdown(band: dict) -> str:
 
     lines = []
     for base, got in band.items():
-        streams = got["streams"]
+        streams = [*got["streams"], ALL_STREAMS]
         lines += [
             "",
             f"Against each of random's streams, base model {base} ({got['pairs']} pairs): images / boxes to that stream's final mAP50 "
-            "(random's draws are the same on every base model; the other streams show how lucky they are):",
+            "(random's draws are the same on every base model; the other streams show how lucky they are; "
+            f"{ALL_STREAMS}: their mean curve, random's among them):",
             "",
             "| policy | " + " | ".join(streams) + " |",
             "|---|" + "---:|" * len(streams),

@@ -190,12 +190,15 @@ def test_the_null_band_reads_every_policy_against_random_and_each_of_its_other_s
     policy = got["policies"]["entropy-mean"]
     assert policy["random"] == {"images": pytest.approx(0.25), "boxes": pytest.approx(0.35)}  # as against random alone
     assert policy["random-null"] == {"images": 0.0, "boxes": 0.0}  # no better than another draw of random
-    # random's own draws against the null stream: they never reach its final 0.95
-    assert got["policies"]["random"] == {"random-null": {"images": None, "boxes": None}}
+    # against the mean curve of both streams (final 0.925 after 96 images and 185 boxes): reached halfway from
+    # 72 images (0.9) to 96 (0.95), at 84 images and 150 boxes
+    assert policy["all streams"] == {"images": pytest.approx(1 - 84 / 96), "boxes": pytest.approx(1 - 150 / 185)}
+    # random's own draws against the null stream: they never reach its final 0.95, nor the mean's 0.925
+    assert got["policies"]["random"] == {"random-null": {"images": None, "boxes": None}, "all streams": {"images": None, "boxes": None}}
     assert "lc-mean" not in got["policies"], "a policy read on some of the pairs only is left out"
     text = pooled_savings.band_markdown(band)
-    assert "| random (its own draws) | — | not reached / not reached |" in text
-    assert "| entropy-mean | −25 % / −35 % | −0 % / −0 % |" in text
+    assert "| random (its own draws) | — | not reached / not reached | not reached / not reached |" in text
+    assert "| entropy-mean | −25 % / −35 % | −0 % / −0 % | −12 % / −19 % |" in text
 
 
 def test_without_null_streams_there_is_no_band(pooled_savings, tmp_path):
