@@ -12,7 +12,9 @@ cost budget (`--budget-cost`), also the annotation cost each policy needs to
 reach random's final: boxes plus COST_PER_IMAGE per image, the budget's own
 measure. Where every cycle records what its images' pre-annotations
 needed (`edits`), also the boxes the annotator drew, fixed or removed, and
-how many of those each policy needs to reach random's final.
+how many of those each policy needs to reach random's final. Where the
+results hold random's null streams (`random-null-<k>`), also what each
+policy needs to reach the final of the streams' mean curve.
 """
 
 from __future__ import annotations
@@ -88,6 +90,7 @@ def summarise(results: dict, metric: str = METRIC) -> dict:
             )
         summary["policies"][name] = row
     _add_cost_to_reach_random(summary)
+    _add_cost_to_reach_streams(summary, {name: sorted(s for p, s in by_key if p == name) for name in policies})
     _add_reach_by_seed(summary, curves)
     _add_gain_at_same_boxes(summary)
     return summary
@@ -142,17 +145,47 @@ def _add_cost_to_reach_random(summary: dict) -> None:
     random = summary["policies"].get(BASELINE_POLICY)
     if random is None or summary["cycles"] < 2:
         return
-    target = random["mean"][-1]
+    for name, reach in _reach_against(summary, random).items():
+        summary["policies"][name]["to_reach_random"] = reach
+
+
+def _add_cost_to_reach_streams(summary: dict, seeds: dict[str, list]) -> None:
+    """Where the results hold random's null streams (`random-null-<k>`, on the same seeds as random): per policy,
+    the images and boxes to reach the final of the streams' mean curve, random's own among them.
+
+    Random's draws are one sample: another stream of the same seeds lands some points away (`bench.null`). The
+    streams' mean is the better estimate of what a random order buys. `seeds`: each policy's seeds.
+    """
+    from .null import is_null
+
+    streams = [name for name in summary["policies"] if name == BASELINE_POLICY or is_null(name)]
+    if BASELINE_POLICY not in streams or len(streams) < 2 or summary["cycles"] < 2:
+        return
+    if any(seeds[name] != seeds[BASELINE_POLICY] for name in streams):
+        return  # streams over other seeds: their mean would mix seeds, not draws
+    rows = [summary["policies"][name] for name in streams]
+    keys = ["mean", *(REACH_CURVES[unit] for unit in _reach_units(summary))]
+    mean = {key: np.mean([row[key] for row in rows], axis=0).tolist() for key in keys}
+    summary["random_streams"] = streams
+    for name, reach in _reach_against(summary, mean).items():
+        summary["policies"][name]["to_reach_streams"] = reach
+
+
+def _reach_against(summary: dict, baseline: dict) -> dict[str, dict]:
+    """Per policy: what its mean curve labels to reach `baseline`'s final (a row's "mean" and curves), and the saving."""
+    target = baseline["mean"][-1]
     units = _reach_units(summary)
-    # what random needed to first reach its own final value: its last point, unless its curve dipped at the end
-    random_cost = {unit: labelled_to_reach(random[REACH_CURVES[unit]], random["mean"], target) for unit in units}
-    for row in summary["policies"].values():
+    # what the baseline needed to first reach its own final value: its last point, unless its curve dipped at the end
+    baseline_cost = {unit: labelled_to_reach(baseline[REACH_CURVES[unit]], baseline["mean"], target) for unit in units}
+    reaches = {}
+    for name, row in summary["policies"].items():
         reach = {}
         for unit in units:
             needed = labelled_to_reach(row[REACH_CURVES[unit]], row["mean"], target)
-            saving = None if needed is None or not random_cost[unit] else 1 - needed / random_cost[unit]
+            saving = None if needed is None or not baseline_cost[unit] else 1 - needed / baseline_cost[unit]
             reach[unit] = {"needed": needed, "saving": saving}
-        row["to_reach_random"] = {"target": target, **reach}
+        reaches[name] = {"target": target, **reach}
+    return reaches
 
 
 def _add_reach_by_seed(summary: dict, curves: dict) -> None:
@@ -235,6 +268,9 @@ def markdown_table(summary: dict) -> str:
         header += ["images to random's last", "boxes to random's last"]
         header += [f"cost to random's last (boxes + {summary['cost_per_image']:g}/img)"] if "cost" in reach_units else []
         header += ["edits to random's last"] if "edits" in reach_units else []
+    streams = summary.get("random_streams")
+    if streams:  # random's own draws and its null streams: the mean curve of them all
+        header += [f"{unit} to the {len(streams)} random streams' last" for unit in reach_units]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
 
     def order(item):
@@ -263,6 +299,8 @@ def markdown_table(summary: dict) -> str:
             reach = row.get("to_reach_random", {})
             own = name == BASELINE_POLICY  # random's own cost: nothing to compare with
             cells += [_reach_cell(reach.get(unit), own) for unit in reach_units]
+        if streams:
+            cells += [_reach_cell(row["to_reach_streams"].get(unit)) for unit in reach_units]
         lines.append("| " + " | ".join(cells) + " |")
     by_seed = by_seed_table(summary)
     return "\n".join(lines) + (f"\n\n{by_seed}" if by_seed else "")

@@ -257,3 +257,29 @@ def test_edits_are_compared_only_where_every_run_records_them():
     assert "edits_curve" not in summary["policies"]["random"]
     assert "edits" not in summary["policies"]["ale-entropy-sum"]["to_reach_random"]
     assert "edit" not in markdown_table(summary)
+
+
+def test_with_null_streams_each_policy_is_also_read_against_the_mean_of_randoms_streams():
+    results = {
+        "dataset": {"new_class": "new"},
+        "runs": RESULTS["runs"] + [_run("random-null", 0, [0.30, 0.50, 0.60]), _run("random-null", 1, [0.20, 0.40, 0.50])],
+    }
+    summary = summarise(results)
+    assert summary["random_streams"] == ["random", "random-null"]
+    # the streams' mean curve: (0.25, 0.40, 0.50), reached after 20 images; ALE entropy-sum's (0.25, 0.375, 0.52)
+    # crosses 0.50 at 15 + 5 x 0.125 / 0.145 images
+    ale = summary["policies"]["ale-entropy-sum"]["to_reach_streams"]
+    assert ale["target"] == pytest.approx(0.50)
+    assert ale["images"]["needed"] == pytest.approx(15 + 5 * 0.125 / 0.145)
+    assert ale["images"]["saving"] == pytest.approx(1 - (15 + 5 * 0.125 / 0.145) / 20)
+    assert summary["policies"]["random"]["to_reach_streams"]["images"]["needed"] is None  # its 0.45 never gets there
+    header = markdown_table(summary).splitlines()[0]
+    assert header.endswith("| images to the 2 random streams' last | boxes to the 2 random streams' last |")
+    # without null streams there is no such column
+    assert "random streams" not in markdown_table(summarise(RESULTS)) and "random_streams" not in summarise(RESULTS)
+
+
+def test_null_streams_over_other_seeds_than_randoms_are_not_averaged():
+    results = {"dataset": {"new_class": "new"}, "runs": RESULTS["runs"] + [_run("random-null", 0, [0.30, 0.50, 0.60])]}
+    summary = summarise(results)
+    assert "random_streams" not in summary and "to_reach_streams" not in summary["policies"]["ale-entropy-sum"]
