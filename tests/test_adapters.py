@@ -82,9 +82,10 @@ def test_the_default_model_yaml_without_model_classes_is_warned_about_at_start(m
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
 
 
-@pytest.mark.parametrize("weights", ["yolov5n.yaml", "/models/birds.pt"])
+@pytest.mark.parametrize("weights", ["yolov8n.yaml", "/models/birds.pt"])
 def test_yolo_weights_under_the_tfod_adapter_are_refused(weights):
-    """The tfod adapter's own check (run here without TensorFlow: it imports none)."""
+    """The tfod adapter's own check (run here without TensorFlow: it imports none); the untouched default
+    MODEL_WEIGHTS is warned about instead (tests/plugins/test_tfod_adapter.py)."""
     from label_studio_ale.adapters import adapter_class
     from label_studio_ale.errors import AdapterError
     from label_studio_ale.settings import Settings
