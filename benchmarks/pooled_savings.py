@@ -229,7 +229,7 @@ def null_band(pool: dict) -> dict:
     on the pairs where random and every null stream of the base model ran; a policy is read on those of them it ran on
     only if it ran on all.
     """
-    from label_studio_ale.bench.null import is_null
+    from label_studio_ale.bench.null import is_null, null_stream
 
     bases = defaultdict(set)
     for pair, policy in pool["runs"]:
@@ -237,7 +237,7 @@ def null_band(pool: dict) -> dict:
             bases[pool["pairs"][pair]["base"]].add(policy)
     band = {}
     for base, nulls in sorted(bases.items()):
-        streams = [BASELINE, *sorted(nulls, key=_stream_order)]
+        streams = [BASELINE, *sorted(nulls, key=null_stream)]
         pairs = sorted(
             pair for pair, got in pool["pairs"].items() if got["base"] == base and all((pair, s) in pool["runs"] for s in streams)
         )
@@ -259,12 +259,6 @@ def null_band(pool: dict) -> dict:
             rows[policy][ALL_STREAMS] = {unit: together[unit] for unit in TARGETS}
         band[base] = {"streams": streams, "pairs": len(pairs), "policies": rows}
     return band
-
-
-def _stream_order(name: str) -> int:
-    from label_studio_ale.bench.null import null_stream
-
-    return null_stream(name)
 
 
 def band_markdown(band: dict) -> str:

@@ -180,7 +180,7 @@ def run(settings: Settings, args, argv: list[str]) -> int:
 def _run_al(settings: Settings, args, argv: list[str]) -> int:
     from .digits import NEW_CLASS_SHARE
     from .runs import check_jobs
-    from .simulation import DEFAULT_POLICIES, BenchConfig, _write_json, simulate
+    from .simulation import DEFAULT_POLICIES, _write_json, simulate
     from .sources import builtin_data, builtin_base_model, user_data
 
     preset = PRESETS[args.preset]
@@ -205,7 +205,7 @@ def _run_al(settings: Settings, args, argv: list[str]) -> int:
             raise ValueError("--new-class-share shapes the built-in dataset's pool; a --data pool is used as it is")
         # Every option of the runs is checked here, before the data is read and a base model trained (minutes on a CPU);
         # the new class and the base model are filled in once known.
-        config = BenchConfig(
+        config = _bench_config(
             policies=_policies(args.policies) if args.policies else (preset["policies"] or DEFAULT_POLICIES),
             seeds=_seeds(args.seeds) if args.seeds else preset["seeds"],
             initial=pick("initial"),
@@ -290,24 +290,25 @@ def _check_out_folder(out: Path) -> None:
 
 
 def _policies(raw: str) -> tuple[str, ...]:
-    """--policies' names, each checked (BenchConfig's own check names POLICY=, the server's setting, not this option)."""
-    from ..errors import PolicyError
-    from ..policies import get_policy
-    from .null import RANDOM_NULL, is_null
-    from .oracle import REFERENCE_POLICIES, is_reference
-
+    """--policies' names (BenchConfig checks each)."""
     names = tuple(_csv(raw))
     if not names:
         raise ValueError(f"--policies names no policy: give at least one, e.g. random,ale-entropy-sum; got {raw!r}")
-    for name in names:
-        if is_reference(name) or is_null(name):
-            continue
-        try:
-            get_policy(name)
-        except PolicyError as exc:
-            problem = str(exc).replace("POLICY=", "--policies ", 1)
-            raise ValueError(f"{problem}; the bench also takes {', '.join((*REFERENCE_POLICIES, RANDOM_NULL))}") from None
     return names
+
+
+def _bench_config(**fields):
+    """BenchConfig(**fields), an unknown policy named as this option (BenchConfig's check names POLICY=, the server's)."""
+    from ..errors import PolicyError
+    from .null import RANDOM_NULL
+    from .oracle import REFERENCE_POLICIES
+    from .simulation import BenchConfig
+
+    try:
+        return BenchConfig(**fields)
+    except PolicyError as exc:
+        problem = str(exc).replace("POLICY=", "--policies ", 1)
+        raise ValueError(f"{problem}; the bench also takes {', '.join((*REFERENCE_POLICIES, RANDOM_NULL))}") from None
 
 
 def _seeds(raw: str) -> tuple[int, ...]:
