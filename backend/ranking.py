@@ -17,7 +17,9 @@ be served — with the batch extras:
 3. empty quota: at least this fraction of the batch are images with no
    predictions (the model may be blind to what they contain);
 4. exploration: this fraction of the batch is drawn at random from the most
-   confident half of the pool (the Conservation Metrics pipeline's remedy for confident mistakes).
+   confident half of the images with predictions outside it (the Conservation
+   Metrics pipeline's remedy for confident mistakes); it replaces the least
+   useful of the batch, but not the empty images the quota holds there.
 
 Images that are not `usable` (their file could not be fetched or decoded)
 take no part in any of this: they follow every usable image, by task id, so no
@@ -127,7 +129,7 @@ def spread_order(hashes: Sequence[int | None], task_ids: np.ndarray, head: int =
             picked[pick] = True
             order.append(int(candidates[pick]))
             spread[candidates[pick]] = min(int(nearest[pick]), 64)
-            nearest = np.minimum(nearest, np.bitwise_count(values ^ values[pick]).astype(np.int64))
+            nearest = np.minimum(nearest, _bit_counts(values ^ values[pick]))
             if picked.all():
                 break
             pick = int(np.argmax(np.where(picked, -1, nearest)))  # argmax keeps the first: the lowest task id
@@ -135,6 +137,11 @@ def spread_order(hashes: Sequence[int | None], task_ids: np.ndarray, head: int =
     unusable = np.flatnonzero(~usable)
     order += [int(i) for i in unusable[np.argsort(task_ids[unusable], kind="stable")]]
     return np.asarray(order, dtype=np.int64), spread
+
+
+def _bit_counts(values: np.ndarray) -> np.ndarray:
+    """(m,) uint64 -> (m,) int64 set bits each; numpy < 2 has no `bitwise_count`, and setup.cfg admits 1.26."""
+    return np.unpackbits(values.astype(np.uint64).view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1, dtype=np.int64)
 
 
 def select_order(
@@ -182,10 +189,14 @@ def select_order(
         order = _suppress_duplicates(order, hashes, size, extras.duplicate_distance)
     if extras.class_balance and detections is not None:
         order = _balance_classes(order, detections, size, extras)
+    quota = 0
     if extras.empty_quota > 0 and detections is not None:
-        order = _ensure_empty(order, detections, size, math.ceil(extras.empty_quota * size))
+        quota = math.ceil(extras.empty_quota * size)
+        order = _ensure_empty(order, detections, size, quota)
     if extras.exploration > 0:
-        order = _explore(order, size, round(extras.exploration * size), extras.seed)
+        # the empty images the quota holds in the batch are not exploration's to replace
+        held = set([i for i in order[:size] if len(detections[i]) == 0][:quota]) if quota else set()
+        order = _explore(order, size, round(extras.exploration * size), extras.seed, detections, held)
     return np.asarray(order, dtype=np.int64)
 
 
@@ -270,16 +281,24 @@ def _ensure_empty(order: list[int], detections, size: int, quota: int) -> list[i
     return head + tail
 
 
-def _explore(order: list[int], size: int, count: int, seed: int) -> list[int]:
+def _explore(order: list[int], size: int, count: int, seed: int, detections=None, held: set[int] = frozenset()) -> list[int]:
     head, tail = order[:size], order[size:]
+    # the least useful of the batch make room, except those `held` there (the empty quota's)
+    droppable = [i for i in reversed(head) if i not in held]
+    count = min(count, len(droppable))
     if count == 0 or not tail:
         return order
-    # the tail is in usefulness order, so its second half is the most confident
-    confident = tail[len(tail) // 2 :] if len(tail) > 1 else tail
+    # Confident mistakes hide among confident predictions: an image with no
+    # boxes has usefulness 0 and would fill the confident end of the tail, so
+    # images with predictions are drawn from first (empty ones are EMPTY_QUOTA's).
+    predicted = tail if detections is None else [i for i in tail if len(detections[i]) > 0]
+    pool = predicted if predicted else tail
+    # in usefulness order, so its second half is the most confident
+    confident = pool[len(pool) // 2 :] if len(pool) > 1 else pool
     rng = np.random.default_rng(seed)
     picks = [confident[i] for i in rng.choice(len(confident), size=min(count, len(confident)), replace=False)]
-    dropped = head[len(head) - len(picks) :]
-    head = head[: len(head) - len(picks)] + picks
+    dropped = set(droppable[: len(picks)])
+    head = [i for i in head if i not in dropped] + picks
     picked = set(picks)
-    tail = dropped + [i for i in tail if i not in picked]
+    tail = [i for i in order[:size] if i in dropped] + [i for i in tail if i not in picked]
     return head + tail

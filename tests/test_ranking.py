@@ -67,6 +67,40 @@ def test_exploration_swaps_in_confident_images_reproducibly():
     assert sorted(first.tolist()) == list(range(20))
 
 
+def test_exploration_keeps_the_empty_quota_in_the_batch():
+    """Exploration replaces the least useful of the batch, which are where the quota put its empty images."""
+    detections = [det([0]) for _ in range(980)] + [det([]) for _ in range(20)]
+    u = np.concatenate([np.linspace(1, 0.1, 980), np.zeros(20)])
+    alone = select_order(u, np.arange(1000), detections, extras=BatchExtras(batch_size=50, empty_quota=0.1))
+    both = select_order(u, np.arange(1000), detections, extras=BatchExtras(batch_size=50, empty_quota=0.1, exploration=0.2, seed=4))
+    empty_in = lambda order: sum(len(detections[i]) == 0 for i in order[:50])  # noqa: E731
+    assert empty_in(alone) == 5 and empty_in(both) == 5
+    assert sum(i >= 50 and len(detections[i]) > 0 for i in both[:50]) == 10  # the ten exploration picks
+    assert sorted(both.tolist()) == list(range(1000))
+
+
+def test_exploration_draws_confident_predictions_not_empty_images():
+    """In a pool of mostly empty frames, usefulness 0 fills the confident end; exploration looks at predictions."""
+    detections = [det([0]) for _ in range(200)] + [det([]) for _ in range(800)]
+    u = np.concatenate([np.linspace(1, 0.01, 200), np.zeros(800)])
+    order = select_order(u, np.arange(1000), detections, extras=BatchExtras(batch_size=50, exploration=0.2, seed=0))
+    picks = order[40:50].tolist()
+    assert all(len(detections[i]) > 0 for i in picks)
+    assert all(50 + 150 // 2 <= i < 200 for i in picks)  # the more confident half of the predicted tail
+    # with no predicted image left outside the batch, the empty ones are all there is
+    few = [det([0]) for _ in range(5)] + [det([]) for _ in range(10)]
+    order = select_order(np.concatenate([np.linspace(1, 0.5, 5), np.zeros(10)]), np.arange(15), few, extras=BatchExtras(batch_size=5, exploration=0.4))
+    assert all(i >= 5 for i in order[3:5].tolist())
+
+
+def test_spread_order_counts_bits_without_numpy_2():
+    from label_studio_ale.ranking import _bit_counts
+
+    values = np.array([0, 1, 2**64 - 1, 0xF0F0, 2**63], dtype=np.uint64)
+    assert _bit_counts(values).tolist() == [0, 1, 64, 8, 1]
+    assert _bit_counts(values).tolist() == np.bitwise_count(values).tolist()
+
+
 def test_bad_extras_are_named():
     with pytest.raises(ValueError, match="exploration"):
         BatchExtras(exploration=2)
