@@ -95,6 +95,7 @@ def is_trained(adapter: Adapter) -> bool:
 def check_policy_fits(adapter: Adapter, policy_name: str) -> None:
     """Refuse an uncertainty policy for a model that exports no per-class scores (its boxes carry one score each)."""
     from .policies import get_policy
+    from .policy_suffixes import is_diverse, needs_novelty
 
     policy = get_policy(policy_name)
     if policy.needs_class_vectors and not getattr(adapter, "has_class_vectors", True):
@@ -102,6 +103,13 @@ def check_policy_fits(adapter: Adapter, policy_name: str) -> None:
             f"POLICY={policy_name} needs every box's per-class scores, but the model {adapter.version} does not export "
             "them (TF OD API: detection_multiclass_scores). Use a confidence policy (min-confidence, mean-confidence, "
             "weighted-confidence) or random, or re-export the model with its multiclass scores"
+        )
+    needs = [part for part, wanted in (("novelty", needs_novelty(policy)), ("a diverse batch", is_diverse(policy))) if wanted]
+    if needs and not getattr(adapter, "has_embeddings", True):
+        raise PolicyError(
+            f"POLICY={policy_name} needs image embeddings (for {' and '.join(needs)}), but the model {adapter.version} "
+            "exports none (a TF OD API export without an image_embedding output), so every image would look alike to it. Drop the "
+            "+novelty, +diverse or +coreset part (or the novelty policy), or export the model with an image_embedding output"
         )
 
 

@@ -201,14 +201,43 @@ _SUFFIXES = {
 }
 
 
+def split_suffixes(name: str) -> tuple[str, list[str]]:
+    """'entropy-mean+rare+cost' -> ('entropy-mean', ['+rare', '+cost']): the base name and its suffixes, innermost first."""
+    suffixes: list[str] = []
+    while True:
+        found = next((s for s in _SUFFIXES if name.endswith(s) and len(name) > len(s)), None)
+        if found is None:
+            return name, suffixes
+        suffixes.insert(0, found)
+        name = name[: -len(found)]
+
+
 def get_policy(name: str, seed: int = 0, cost_per_image: float = DEFAULT_COST_PER_IMAGE, novelty_weight: float = DEFAULT_NOVELTY_WEIGHT):
     """Resolve a policy by name, dotted path (`pkg.mod:function`) or entry point, with its suffixes (+rare, +cost, +novelty,
     +diverse, +coreset)."""
     if not isinstance(name, str) or not name:
         raise PolicyError("POLICY is empty: use e.g. ale-entropy-sum")
-    for suffix, wrap in _SUFFIXES.items():
-        if name.endswith(suffix) and len(name) > len(suffix):
-            return wrap(get_policy(name[: -len(suffix)], seed, cost_per_image, novelty_weight), cost_per_image, novelty_weight)
+    base, suffixes = split_suffixes(name)
+    for suffix in set(suffixes):
+        if suffixes.count(suffix) > 1:
+            raise PolicyError(f"POLICY={name}: {suffix} appears {suffixes.count(suffix)} times; each suffix applies once")
+    if DIVERSE_SUFFIX in suffixes and CORESET_SUFFIX in suffixes:
+        raise PolicyError(
+            f"POLICY={name}: {CORESET_SUFFIX} is {DIVERSE_SUFFIX} that also keeps away from the labelled images; use one of them"
+        )
+    policy = _base_policy(base, seed, name)
+    for suffix in suffixes:
+        try:
+            policy = _SUFFIXES[suffix](policy, cost_per_image, novelty_weight)
+        except PolicyError:
+            raise
+        except ValueError as exc:
+            raise PolicyError(f"POLICY={name}: {exc}") from None
+    return policy
+
+
+def _base_policy(name: str, seed: int, full_name: str):
+    """The policy a name without suffixes names; `full_name` (with them) is what errors quote."""
     if name == NOVELTY_POLICY:
         return NoveltyPolicy()
     parts = name.split("-")
@@ -232,4 +261,12 @@ def get_policy(name: str, seed: int = 0, cost_per_image: float = DEFAULT_COST_PE
         if not callable(function):
             raise PolicyError(f"POLICY={name}: {attr} is not a function")
         return CustomPolicy(name, function)
-    raise PolicyError(f"POLICY={name!r} is unknown; choose one of {', '.join(policy_names())} or give module:function")
+    if "+" in name:
+        part = name[name.index("+") :]
+        raise PolicyError(
+            f"POLICY={full_name!r}: {part!r} is not a suffix, or {name!r} is no policy; a policy is one of "
+            f"{', '.join(policy_names())} or module:function, followed by any of the suffixes {', '.join(_SUFFIXES)}"
+        )
+    if name != full_name:
+        raise PolicyError(f"POLICY={full_name!r}: {name!r} is unknown; choose one of {', '.join(policy_names())} or give module:function")
+    raise PolicyError(f"POLICY={name!r} is unknown; choose one of {', '.join(policy_names())} or give module:function, and any of the suffixes {', '.join(_SUFFIXES)}")

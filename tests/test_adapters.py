@@ -1,5 +1,6 @@
-"""Adapter discovery and the policy check for models without per-class scores."""
+"""Adapter discovery and the policy check for models without per-class scores or embeddings."""
 
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -28,6 +29,20 @@ def test_confidence_policies_run_on_any_model(policy):
 
 def test_adapters_that_say_nothing_have_class_vectors():
     check_policy_fits(SimpleNamespace(version="yolo"), "ale-entropy-sum")
+
+
+@pytest.mark.parametrize("policy", ["novelty", "ale-entropy-sum+novelty", "entropy-mean+diverse", "lc-sum+coreset+cost"])
+def test_novelty_and_diversity_need_embeddings(policy):
+    """Without embeddings every image is as novel as the next and k-center has nothing to spread: refuse, don't no-op."""
+    featureless = SimpleNamespace(version="od-1234", has_class_vectors=True, has_embeddings=False)
+    with pytest.raises(PolicyError, match=rf"POLICY={re.escape(policy)} needs image embeddings.*od-1234.*image_embedding"):
+        check_policy_fits(featureless, policy)
+    check_policy_fits(SimpleNamespace(version="yolo", has_embeddings=True), policy)
+
+
+@pytest.mark.parametrize("policy", ["ale-entropy-sum", "entropy-mean+cost", "entropy-mean+rare"])
+def test_policies_without_embeddings_run_on_a_featureless_model(policy):
+    check_policy_fits(SimpleNamespace(version="od", has_class_vectors=True, has_embeddings=False), policy)
 
 
 def lacking(monkeypatch, *modules):

@@ -79,6 +79,27 @@ def test_unknown_and_broken_policies_are_clear_errors():
         CustomPolicy("nan", lambda d: float("nan")).usefulness([ONE])
 
 
+def test_bad_suffixes_are_policy_errors_that_name_the_part():
+    """Each is a PolicyError (the CLI's configuration error, not a traceback) quoting the whole POLICY."""
+    from label_studio_ale.errors import PolicyError
+
+    cases = {
+        "random+rare": r"POLICY=random\+rare: .*put \+rare right after it",
+        "ale-entropy-sum+cost+cost": r"\+cost appears 2 times; each suffix applies once",
+        "entropy-mean+novelty+rare+novelty": r"\+novelty appears 2 times",
+        "entropy-mean+coreset+diverse": r"\+coreset is \+diverse that also keeps away",
+        "ale-entropy-sum+bogus": r"'\+bogus' is not a suffix.*\+cost, \+novelty",
+        "entropy-median+cost": r"'entropy-median' is unknown",
+        "entropy-median": r"unknown; choose one of.*suffixes \+cost",
+    }
+    for name, message in cases.items():
+        with pytest.raises(PolicyError, match=message):
+            get_policy(name)
+    with pytest.raises(PolicyError, match=r"POLICY=entropy-mean\+cost: the cost per image must be a positive"):
+        get_policy("entropy-mean+cost", cost_per_image=0)
+    assert get_policy("entropy-mean+rare+novelty+cost+diverse").name == "entropy-mean+rare+novelty+cost+diverse"
+
+
 def test_uncertainty_policy_is_vectorised_over_many_images():
     rng = np.random.default_rng(0)
     images = [Detections(np.tile([0, 0, 5, 5], (n, 1)), rng.uniform(0, 1, (n, 3)), (10, 10)) for n in (0, 3, 1, 0, 7)]
