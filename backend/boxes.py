@@ -49,6 +49,9 @@ def box_iomin(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 _OVERLAP = {NMS_IOU: box_iou, NMS_IOMIN: box_iomin}
+#: Up to this many boxes NMS compares all pairs at once (n x n arrays, about 16 MB at 512); beyond, one kept box at a
+#: time, so a merged tiled orthomosaic of 20,000 boxes needs megabytes, not the 24 GB of its pair matrix.
+NMS_MATRIX_BOXES = 512
 #: The overlap metrics by name.
 OVERLAP_METRICS = tuple(_OVERLAP)
 
@@ -106,16 +109,26 @@ def nms_mask(
     if n == 0:
         return keep
     order = np.argsort(-scores, kind="stable")
-    overlap = _OVERLAP[metric](xyxy[order], xyxy[order]) > threshold
-    if class_ids is not None:
-        ids = np.asarray(class_ids).reshape(-1)[order]
-        overlap &= ids[:, None] == ids[None, :]
+    boxes = xyxy[order]
+    ids = None if class_ids is None else np.asarray(class_ids).reshape(-1)[order]
+    overlap_of = _OVERLAP[metric]
+    if n <= NMS_MATRIX_BOXES:
+        overlap = overlap_of(boxes, boxes) > threshold
+        if ids is not None:
+            overlap &= ids[:, None] == ids[None, :]
     suppressed = np.zeros(n, dtype=bool)
     for rank in range(n):
         if suppressed[rank]:
             continue
         keep[order[rank]] = True
-        suppressed |= overlap[rank]
+        if n <= NMS_MATRIX_BOXES:
+            suppressed |= overlap[rank]
+            continue
+        # a kept box against the boxes after it only: O(n) memory for a dense tiled frame
+        hits = overlap_of(boxes[rank : rank + 1], boxes[rank + 1 :])[0] > threshold
+        if ids is not None:
+            hits &= ids[rank + 1 :] == ids[rank]
+        suppressed[rank + 1 :] |= hits
     return keep
 
 
@@ -139,12 +152,14 @@ def max_tags_per_pixel_mask(
     if limit == 0 or n == 0:
         return np.ones(n, dtype=bool)
     width, height = image_size
-    # Pixel index ranges [x1, x2) x [y1, y2): floor the start, ceil the end, and
-    # give every box at least one pixel so a sliver still counts somewhere.
+    # Pixel index ranges [x1, x2) x [y1, y2), both ends truncated as the
+    # Conservation Metrics pipeline does (int()), so two birds whose boxes
+    # touch at x=10.4 do not share column 10; every box keeps at least one
+    # pixel so a sliver still counts somewhere.
     x1 = np.clip(np.floor(xyxy[:, 0]), 0, width - 1).astype(np.int64)
     y1 = np.clip(np.floor(xyxy[:, 1]), 0, height - 1).astype(np.int64)
-    x2 = np.maximum(np.clip(np.ceil(xyxy[:, 2]), 0, width).astype(np.int64), x1 + 1)
-    y2 = np.maximum(np.clip(np.ceil(xyxy[:, 3]), 0, height).astype(np.int64), y1 + 1)
+    x2 = np.maximum(np.clip(np.floor(xyxy[:, 2]), 0, width).astype(np.int64), x1 + 1)
+    y2 = np.maximum(np.clip(np.floor(xyxy[:, 3]), 0, height).astype(np.int64), y1 + 1)
     counter_dtype = np.uint8 if limit < 255 else np.uint32
     counts = np.zeros((height, width), dtype=counter_dtype)
     keep = np.zeros(n, dtype=bool)

@@ -90,6 +90,46 @@ def test_max_tags_per_pixel_counts_only_covered_pixels():
     assert max_tags_per_pixel_mask(sliver, np.array([0.9, 0.8, 0.7]), (32, 32), 1).tolist() == [True, False, False]
 
 
+def test_max_tags_per_pixel_truncates_both_ends_as_the_pipeline_does():
+    """Side-by-side birds whose boxes meet at x=10.4 share no pixel column: int() of 10.4 ends one and starts the other."""
+    boxes = np.array([[0, 0, 10.4, 10], [10.4, 0, 20, 10]], dtype=float)
+    assert max_tags_per_pixel_mask(boxes, np.array([0.9, 0.8]), (32, 32), 1).tolist() == [True, True]
+    # overlapping by a whole pixel they do
+    boxes = np.array([[0, 0, 11.4, 10], [10.4, 0, 20, 10]], dtype=float)
+    assert max_tags_per_pixel_mask(boxes, np.array([0.9, 0.8]), (32, 32), 1).tolist() == [True, False]
+
+
+def test_nms_beyond_the_pair_matrix_keeps_what_the_matrix_keeps(monkeypatch):
+    """Past NMS_MATRIX_BOXES the pairs are compared one kept box at a time; the result is the same."""
+    from label_studio_ale import boxes as box_ops
+
+    rng = np.random.default_rng(3)
+    corner = rng.uniform(0, 200, (300, 2))
+    xyxy = np.concatenate([corner, corner + rng.uniform(5, 40, (300, 2))], axis=1)
+    scores = rng.choice(np.linspace(0.1, 1, 20), 300)  # ties, kept in index order
+    classes = rng.integers(0, 3, 300)
+    for metric in ("iou", "iomin"):
+        for ids in (None, classes):
+            matrix = nms_mask(xyxy, scores, 0.3, metric, ids)
+            monkeypatch.setattr(box_ops, "NMS_MATRIX_BOXES", 10)
+            assert np.array_equal(nms_mask(xyxy, scores, 0.3, metric, ids), matrix)
+            monkeypatch.undo()
+            assert 0 < matrix.sum() < 300
+
+
+def test_nms_of_many_boxes_holds_no_pair_matrix():
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    corner = rng.uniform(0, 20_000, (6000, 2))
+    xyxy = np.concatenate([corner, corner + 30], axis=1)
+    tracemalloc.start()
+    nms_mask(xyxy, rng.uniform(0, 1, 6000), 0.5, "iomin")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 50e6, f"{peak / 1e6:.0f} MB"  # the (n, n, 2) corner arrays alone would be 576 MB
+
+
 def test_filter_detections_applies_threshold_nms_tag_limit_and_top_k():
     probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.1, 0.05], [0.3, 0.6]])
     det = Detections(np.array([BIG, SMALL_INSIDE, [40, 40, 50, 50], [40, 0, 50, 10]], dtype=float), probs, (64, 64))
