@@ -126,10 +126,14 @@ def merge_mask(
     """Which boxes survive merging tiles: (n,) keep-mask.
 
     Boxes are visited whole ones first (`cut` False), then by descending score;
-    a box is dropped when a kept box of the same label from another source
-    (tile, or the whole-image pass) overlaps it by more than `threshold`. Boxes
-    of one source never suppress each other: the model's own NMS already
-    decided between them. A survivor keeps its own class vector.
+    a box is dropped when a kept box from another source (tile, or the
+    whole-image pass) overlaps it by more than `threshold` and either has the
+    same label or one of the two is cut by a tile edge: a fragment's class is
+    read from part of an animal, so a whole copy of another class (two model
+    classes a project shows as one label, or a plain misreading) is the same
+    animal, while two whole boxes of different classes (a bird on its nest)
+    are two. Boxes of one source never suppress each other: the model's own
+    NMS already decided between them. A survivor keeps its own class vector.
 
     Only boxes that share a cell of a `cell`-pixel grid (default: one cell)
     are compared: a colony frame yields tens of thousands of boxes, and their
@@ -141,11 +145,12 @@ def merge_mask(
     if n == 0:
         return keep
     scores, labels, sources, cut = (np.asarray(a).reshape(-1) for a in (scores, labels, sources, cut))
+    cut = cut.astype(bool)
     order = np.lexsort((np.arange(n), -scores, cut.astype(np.int8)))
     rank = np.empty(n, dtype=np.int64)
     rank[order] = np.arange(n)
     first, second = _pairs_sharing_a_cell(xyxy, cell)
-    same = (labels[first] == labels[second]) & (sources[first] != sources[second])
+    same = ((labels[first] == labels[second]) | cut[first] | cut[second]) & (sources[first] != sources[second])
     first, second = first[same], second[same]
     close = paired_overlap(xyxy[first], xyxy[second], metric) > threshold
     first, second = first[close], second[close]

@@ -85,6 +85,32 @@ def test_a_box_cut_by_a_seam_comes_back_once_with_the_whole_box_and_its_class_ve
     assert sorted(len(call) for call in inner.calls) == [2, 4], "six tiles in batches of four"
 
 
+class FragmentMisreadAdapter(BrightBoxAdapter):
+    """As BrightBoxAdapter, but a box touching the border (a seam's fragment) is read as the other class."""
+
+    def predict(self, images):
+        found = super().predict(images)
+        return [Detections(d.xyxy, d.class_probs[:, ::-1] if d.scores.max(initial=0) > 0.8 else d.class_probs, d.image_size) for d in found]
+
+
+def test_a_fragment_read_as_another_class_is_still_merged_into_the_whole_box():
+    """Half a kittiwake read as 'bird' beside the whole one read as 'kittiwake' is one animal, not two boxes."""
+    adapter = SlicedAdapter(FragmentMisreadAdapter(), TileSettings(400, 0.2, above=500, metric="iomin", full_pass=False), 4)
+    found = adapter.predict([frame_with_box()])[0]
+    assert found.xyxy.tolist() == [[370.0, 100.0, 430.0, 140.0]]
+    assert found.class_probs.tolist() == [[0.6, 0.1]]
+
+
+def test_whole_boxes_of_two_classes_from_two_tiles_are_both_kept():
+    """A bird on its nest: both whole, different classes, IoMin 1 — two objects."""
+    nest, bird = [0, 0, 40, 40], [10, 10, 20, 20]
+    keep = merge_mask(np.array([nest, bird], dtype=float), np.array([0.9, 0.8]), np.array([1, 0]), np.array([0, 1]), np.zeros(2, dtype=bool))
+    assert keep.tolist() == [True, True]
+    # the bird cut by a tile edge, inside the whole nest from another tile, is taken for a fragment of it
+    keep = merge_mask(np.array([nest, bird], dtype=float), np.array([0.9, 0.8]), np.array([1, 0]), np.array([0, 1]), np.array([False, True]))
+    assert keep.tolist() == [True, False]
+
+
 def test_iou_merge_keeps_the_seam_fragment_as_a_second_box():
     # Why the default is IoMin: the fragment is wholly inside the box (IoMin 1) but its IoU is only 0.5.
     adapter = SlicedAdapter(BrightBoxAdapter(), TileSettings(400, 0.2, above=500, metric="iou", threshold=0.5, full_pass=False), 4)
