@@ -5,8 +5,9 @@ optionally `difficult` (n,) bool (VOC: neither a hit nor a miss).
 Predictions per image: `Detections`.
 
 VOC matching follows the devkit: per class, detections by descending score;
-each takes the unmatched ground-truth box of its class with the highest IoU in
-its image if that IoU >= 0.5, else it is a false positive. Boxes are continuous
+each is matched to the ground-truth box of its class with the highest IoU in
+its image; it is a hit if that IoU >= 0.5 and the box was not matched before,
+else a false positive (a second hit on one box is a duplicate). Boxes are continuous
 coordinates (no devkit "+1 pixel").
 - VOC2007: 11-point interpolated AP (mean of max precision at recall >= 0, 0.1, ..., 1)
 - VOC2012: all-point AP (area under the monotone precision envelope)
@@ -127,8 +128,9 @@ def coco_metrics(ground_truth, predictions, class_names: Sequence[str]) -> dict:
     from pycocotools.cocoeval import COCOeval
 
     gt_json, results = to_coco(ground_truth, predictions, class_names)
-    if not gt_json["annotations"]:
-        raise ValueError("the evaluation set has no ground-truth boxes: COCO metrics are undefined")
+    if not any(a["iscrowd"] == 0 for a in gt_json["annotations"]):
+        what = "only difficult (crowd) ground-truth boxes" if gt_json["annotations"] else "no ground-truth boxes"
+        raise ValueError(f"the evaluation set has {what}: COCO metrics are undefined")
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
         coco_gt = COCO()
         coco_gt.dataset = gt_json
@@ -194,11 +196,15 @@ def evaluate(ground_truth, predictions, class_names: Sequence[str]) -> dict:
     Beside the metrics: `images` and `boxes` evaluated (and `boxes` per class),
     so a figure is never read without the size of the set behind it.
     """
-    coco = coco_metrics(ground_truth, predictions, class_names)
-    voc = voc_metrics(ground_truth, predictions, class_names)
     counts = np.zeros(len(class_names), dtype=np.int64)
     for truth in ground_truth:
         counts += np.bincount(truth.labels[~truth.difficult], minlength=len(class_names))[: len(class_names)]
+    if counts.sum() == 0:
+        # nothing to find (no box, or every box difficult / crowd): COCOeval's "undefined" -1 is no mAP to report
+        zero = {key: 0.0 for key in ("map", "map50", "map75", "voc07_map50", "voc12_map50")}
+        return {"images": len(ground_truth), "boxes": 0, **zero, "per_class": {}}
+    coco = coco_metrics(ground_truth, predictions, class_names)
+    voc = voc_metrics(ground_truth, predictions, class_names)
     per_class = {}
     for index, name in enumerate(class_names):
         row = {}

@@ -134,6 +134,17 @@ def test_a_frame_with_more_than_100_objects_counts_them_all():
     assert result["map"] == pytest.approx(1.0) and result["map50"] == pytest.approx(1.0) and result["voc07_map50"] == pytest.approx(1.0)
 
 
+def test_a_set_whose_every_box_is_difficult_scores_zero_not_cocos_undefined():
+    """COCOeval says -1 where nothing is defined; a report must not show -1 as an mAP."""
+    gt = [GroundTruth([[0, 0, 10, 10]], [0], (100, 100), difficult=[True])]
+    pred = [det([[0, 0, 10, 10]], [0], [0.9])]
+    result = evaluate(gt, pred, CLASSES)
+    assert result["boxes"] == 0 and result["images"] == 1
+    assert all(result[key] == 0.0 for key in ("map", "map50", "map75", "voc07_map50", "voc12_map50"))
+    with pytest.raises(ValueError, match="only difficult"):
+        coco_metrics(gt, pred, CLASSES)
+
+
 def test_coco_needs_ground_truth_and_shapes_are_checked():
     with pytest.raises(ValueError, match="no ground-truth boxes"):
         coco_metrics([GroundTruth(np.zeros((0, 4)), [], (10, 10))], [Detections.empty(2, (10, 10))], CLASSES)
