@@ -1,7 +1,8 @@
 """How much the pre-annotations saved: a submitted annotation compared with the prediction the annotator was shown.
 
 Each shown box is matched one-to-one with a submitted box of IoU >= MATCH_IOU
-(greedily, by IoU, highest first). A matched box is *accepted* when it kept
+(greedily, by IoU, highest first; pairs of the same label before pairs of two
+labels, so nearby boxes of two classes are not taken for swapped labels). A matched box is *accepted* when it kept
 its label and moved by less than 1 - ACCEPT_IOU (IoU >= ACCEPT_IOU), *moved*
 when it kept its label but moved more, *relabelled* when its label changed.
 Shown boxes left unmatched were *deleted*; submitted boxes left unmatched were
@@ -75,7 +76,12 @@ def compare_boxes(shown_xyxy, shown_labels, submitted_xyxy, submitted_labels) ->
     counts = {c: 0 for c in CATEGORIES}
     if n and m:
         iou = box_iou(shown_xyxy, submitted_xyxy)
-        pairs = sorted(((iou[i, j], i, j) for i in range(n) for j in range(m) if iou[i, j] >= MATCH_IOU), key=lambda p: (-p[0], p[1], p[2]))
+        # Pairs that kept their label first: a bird on its nest, both nudged, is two moved boxes, not two
+        # swapped labels because the bird's box now overlaps the nest's more.
+        pairs = sorted(
+            ((iou[i, j], i, j) for i in range(n) for j in range(m) if iou[i, j] >= MATCH_IOU),
+            key=lambda p: (shown_labels[p[1]] != submitted_labels[p[2]], -p[0], p[1], p[2]),
+        )
         used_shown, used_submitted = set(), set()
         for overlap, i, j in pairs:
             if i in used_shown or j in used_submitted:

@@ -31,6 +31,16 @@ def test_each_kind_of_edit_is_counted_by_hand():
         compare_boxes(shown, labels[:2], [], [])
 
 
+def test_nearby_boxes_of_two_labels_match_their_own_label_first():
+    """A bird on its nest, both nudged: by IoU alone each would pair with the other's box and count as relabelled."""
+    shown = [[0, 0, 10, 10], [0, 0, 10, 13]]
+    submitted = [[0, 0, 10, 12], [0, 0, 10, 10.5]]
+    counts = compare_boxes(shown, ["bird", "nest"], submitted, ["bird", "nest"])
+    assert counts == EditCounts(moved=2)
+    # a label that really changed is still a relabel
+    assert compare_boxes([[0, 0, 10, 10]], ["bird"], [[0, 0, 10, 10]], ["nest"]) == EditCounts(relabelled=1)
+
+
 def test_ls_results_are_compared_in_percent_whatever_sizes_they_carry():
     shown = [rectangle_result([10, 10, 30, 30], "bird", (128, 128), "label", "image")]
     same_in_other_pixels = [rectangle_result([20, 20, 60, 60], "bird", (256, 256), "label", "image")]
