@@ -18,7 +18,7 @@ from werkzeug.exceptions import HTTPException, NotFound, RequestEntityTooLarge, 
 from . import __version__
 from .adapters import UNTRAINED_NOTE, Adapter, check_policy_fits, is_trained, load_adapter
 from .errors import AdapterError, AleError, PayloadError
-from .jobqueue import ACTIVE, QUEUE_PREDICT, QUEUE_SYNC, QUEUE_TRAIN, make_job_queue
+from .jobqueue import ACTIVE, QUEUE_SYNC, QUEUE_TRAIN, make_job_queue
 from .ls_client import LabelStudioClient
 from .ls_format import match_labels, parse_label_config
 from .media import MediaFetcher
@@ -336,7 +336,7 @@ def create_app(
         if recorded is not None:
             return jsonify(status="recording", action=action, savings=recorded)
         if action == TASKS_CREATED:
-            from .jobs import predict_pool, request_sync
+            from .jobs import request_sync
 
             project = _project_from_event(body)
             listed = body.get("tasks")
@@ -344,11 +344,11 @@ def create_app(
                 raise PayloadError(
                     f"'tasks' must be a list of task objects, e.g. {{\"tasks\": [{{\"id\": 1}}]}}, got {type(listed).__name__}"
                 )
-            task_ids = [t["id"] for t in listed or [] if isinstance(t, dict) and isinstance(t.get("id"), int)]
-            predict = jobs().enqueue(QUEUE_PREDICT, predict_pool, project, task_ids or None)
+            # The sync predicts the new tasks itself (or fans them out to the predict workers) under the project's
+            # lock: a prediction job of its own beside it would predict the same tasks a second time on another worker.
             # A burst of imports (one webhook per request) is covered by the one sync still in the queue.
             sync, queued_now = request_sync(jobs(), runtime, project)
-            return jsonify(status="queued", action=action, jobs=[predict, sync], sync="queued" if queued_now else "coalesced")
+            return jsonify(status="queued", action=action, jobs=[sync], sync="queued" if queued_now else "coalesced")
         return jsonify(status="ignored", action=action)
 
     from .admin import admin_blueprint

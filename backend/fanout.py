@@ -11,7 +11,10 @@ retried by rq; a chunk that still fails leaves its tasks to the following
 sync, which predicts what is missing itself.
 
 While chunks run, the project's fan-out flag holds the follow-up sync's job
-id: later sync requests are covered by it and return at once.
+id: later sync requests are covered by it and return at once, as long as
+that job can still run (`follow_up_waits`). Each chunk renews the flag, so
+it outlasts a fan-out of any length, and lapses soon after the last chunk
+if the follow-up never comes.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from __future__ import annotations
 import logging
 import uuid
 
-from .jobqueue import QUEUE_PREDICT, QUEUE_SYNC, RedisJobQueue
+from .jobqueue import ACTIVE, QUEUE_PREDICT, QUEUE_SYNC, RedisJobQueue
 from .ls_client import TaskRef
 from .ls_format import parse_label_config
 from .pool import predict_missing
@@ -32,7 +35,7 @@ log = logging.getLogger(__name__)
 CHUNK_RETRIES = 2
 #: A chunk of a few hundred images runs for minutes on a CPU; far longer means its worker hangs.
 CHUNK_TIMEOUT = 60 * 60
-#: The fan-out flag outlives a follow-up sync that never runs (Redis flushed) by this long at most.
+#: The fan-out flag lapses this long after it was raised or a chunk last renewed it (longer than a chunk may run).
 FANOUT_TTL = 3 * 60 * 60
 
 
@@ -63,7 +66,9 @@ def fan_out(rt: Runtime, project: int, tasks: list[TaskRef], model_version: str)
         for start in range(0, len(tasks), size):
             part = [(t.id, t.data) for t in tasks[start : start + size]]
             chunk_ids.append(
-                queue.enqueue(QUEUE_PREDICT, predict_chunk, project, model_version, part, retries=CHUNK_RETRIES, timeout=CHUNK_TIMEOUT)
+                queue.enqueue(
+                    QUEUE_PREDICT, predict_chunk, project, model_version, part, follow_up=follow_id, retries=CHUNK_RETRIES, timeout=CHUNK_TIMEOUT
+                )
             )
         queue.enqueue(QUEUE_SYNC, sync_after_prediction, project, model_version, retry=True, job_id=follow_id, depends_on=chunk_ids)
     except Exception:
@@ -78,9 +83,47 @@ def fan_out(rt: Runtime, project: int, tasks: list[TaskRef], model_version: str)
     }
 
 
-def predict_chunk(project: int, model_version: str, tasks: list[tuple[int, dict]], *, runtime: Runtime | None = None, progress: Progress | None = None) -> dict:
-    """Predict and store one chunk of a fanned-out pool, with the model version the sync saw."""
+def follow_up_waits(rt: Runtime, job_id: str) -> tuple[bool, str]:
+    """Whether the follow-up sync `job_id` of a fan-out will still run. -> (it will, its state in words).
+
+    It will while queued, scheduled, started, or deferred on chunks that all still exist; not once it finished,
+    failed, was stopped or deleted, or waits on a chunk that is gone (rq would never release it).
+    """
+    if rt.redis is None:  # only an rq job fans out: nothing follows without Redis
+        return False, "no job queue to run it"
+    info = RedisJobQueue(rt.redis, rt.settings.adapter).info(job_id)
+    if info is None:
+        return False, "it is no longer in the job queue"
+    if info.status not in ACTIVE:
+        return False, f"it is {info.status}"
+    if info.status == "deferred":
+        from rq.job import Job
+
+        gone = [dep for dep in Job.fetch(job_id, connection=rt.redis).dependency_ids if not Job.exists(dep, connection=rt.redis)]
+        if gone:
+            return False, f"it waits on prediction job {gone[0]}, which is no longer in the job queue"
+    return True, info.status
+
+
+def predict_chunk(
+    project: int, model_version: str, tasks: list[tuple[int, dict]], *, follow_up: str | None = None, runtime: Runtime | None = None,
+    progress: Progress | None = None,
+) -> dict:
+    """Predict and store one chunk of a fanned-out pool, with the model version the sync saw.
+
+    follow_up: the sync job after the chunks; the fan-out flag naming it is renewed while chunks run.
+    """
     rt = runtime or current_runtime()
+    if follow_up is not None:
+        rt.renew_flag(fanout_flag(project), follow_up, FANOUT_TTL)
+    try:
+        return _predict_chunk(rt, project, model_version, tasks, progress)
+    finally:
+        if follow_up is not None:
+            rt.renew_flag(fanout_flag(project), follow_up, FANOUT_TTL)  # a long chunk: FANOUT_TTL from its end
+
+
+def _predict_chunk(rt: Runtime, project: int, model_version: str, tasks: list[tuple[int, dict]], progress: Progress | None) -> dict:
     adapter = rt.adapter_for(project)
     publish({"chunk": {"project": project, "tasks": len(tasks)}})
     if adapter.version != model_version:

@@ -15,8 +15,9 @@ import numpy as np
 
 from .adapters import Adapter, is_trained
 from .detection_store import ServedQueue
-from .fanout import can_fan_out, fan_out, fanout_flag
+from .fanout import FANOUT_TTL, can_fan_out, fan_out, fanout_flag, follow_up_waits
 from .jobqueue import QUEUE_SYNC
+from .ls_client import LabelStudioError
 from .ls_format import parse_label_config
 from .pool import SPREAD_POLICY, batch_extras, predict_missing, predict_pool, preview_ranking, rank_pool  # noqa: F401 (re-exported)
 from .progress import TRAINER_METRICS_NOTE, Progress, _job_progress, describe_progress, publish  # noqa: F401 (re-exported)
@@ -31,6 +32,9 @@ log = logging.getLogger(__name__)
 
 #: A queued sync covers new requests this long at most: a job lost from the queue cannot hold syncs back for longer.
 SYNC_QUEUED_TTL = 30 * 60
+#: Without Redis, a sync waits this long for one of the same project running in another process (`ale serve`,
+#: `ale sync`): that process cannot see this one's requests, so it would not run once more to cover them.
+OTHER_PROCESS_WAIT = 60 * 60
 
 
 def request_sync(queue, runtime: Runtime, project: int) -> tuple[str, bool]:
@@ -90,7 +94,13 @@ def sync_priorities(
     rt.raise_flag(pending)
     result, runs = None, 0
     while True:
-        with rt.lock(f"sync:{project}") as acquired:
+        with rt.lock(f"sync:{project}", wait_elsewhere=OTHER_PROCESS_WAIT) as acquired:
+            if acquired.elsewhere:
+                raise SyncError(
+                    f"project {project} was not synced: another process (pid {acquired.holder or 'unknown'}) sharing MODEL_DIR "
+                    f"has been syncing it for over {OTHER_PROCESS_WAIT / 60:g} minutes ({rt.lock_path(f'sync:{project}')}); "
+                    f"let it finish or stop it, then run `ale sync --project {project}`"
+                )
             if not acquired or not rt.take_flag(pending):
                 break  # the holder runs it, or a sync that began after this request already did
             rewrite = rt.take_flag(full_sync_flag(project))
@@ -160,13 +170,18 @@ def _sync(rt: Runtime, project: int, progress: Progress, full: bool = False, fan
 
     follow_up = rt.flag_value(fanout_flag(project))
     if follow_up is not None:
-        return {
-            "status": "coalesced",
-            "reason": f"the pool is being predicted in parallel jobs; sync job {follow_up} follows them and covers this request",
-            "follow_up": follow_up,
-            "stale_versions": [],
-            "phases": phases,
-        }
+        waits, state = follow_up_waits(rt, follow_up)
+        if waits:
+            rt.renew_flag(fanout_flag(project), follow_up, FANOUT_TTL)  # chunks may wait behind a long training
+            return {
+                "status": "coalesced",
+                "reason": f"the pool is being predicted in parallel jobs; sync job {follow_up} ({state}) follows them and covers this request",
+                "follow_up": follow_up,
+                "stale_versions": [],
+                "phases": phases,
+            }
+        log.warning("project %s: sync job %s was to follow the pool's prediction jobs, but %s; this sync runs instead", project, follow_up, state)
+        rt.take_flag(fanout_flag(project))
     # "load" pays the first use of the LS client and of the model (imports, weights), so "list" is listing alone.
     info = rt.ls.project(project)
     config = parse_label_config(info.label_config)
@@ -174,8 +189,8 @@ def _sync(rt: Runtime, project: int, progress: Progress, full: bool = False, fan
     adapter = rt.adapter_for(project)
     raw_key = raw_output_key(adapter.version, rt.settings)
     queue = ServedQueue(info.model_version, raw_key, queue_ranking_key(rt.settings, adapter, info.label_config))
-    served = None if full else rt.store.served_queue(project)
-    current = served == queue and bool(info.model_version)
+    served = rt.store.served_queue(project)  # read even when `full`: its detections are kept, as the previous model's
+    current = not full and served == queue and bool(info.model_version)
     phase_done("load")
     if current and unusable_recovered(rt, project, config, adapter, progress):
         log.info("project %s: images that could not be used before can be now; rewriting the queue", project)
@@ -194,6 +209,11 @@ def _sync(rt: Runtime, project: int, progress: Progress, full: bool = False, fan
             if reshaped:
                 phase_done("reshape")
                 return {**base, "status": "reshaped", "model_version": info.model_version, "written": reshaped}
+            if restored:
+                return {
+                    **base, "status": "sampling_restored", "model_version": info.model_version, "written": 0,
+                    "reason": f"its sampling was {restored!r} in Label Studio; set back to Uncertainty sampling, which serves the ranked queue",
+                }
             log.info("project %s: no task since version %s was served; nothing written", project, info.model_version)
             return {**base, "status": "unchanged", "model_version": info.model_version, "written": 0}
         if _fan_out_needed(rt, fresh, fanout):
@@ -249,19 +269,40 @@ def queue_ranking_key(settings: Settings, adapter: Adapter, label_config: str) -
 
 
 def sync_all(*, runtime: Runtime | None = None) -> dict:
-    """The scheduled job: sync every project in SYNC_PROJECTS and every project seen at /setup."""
+    """The scheduled job: sync every project in SYNC_PROJECTS and every project seen at /setup.
+
+    A project Label Studio no longer has (404: deleted) leaves the set of projects seen at /setup, said once in
+    the log; its next /setup would bring it back. One in SYNC_PROJECTS stays: the result says to remove it there.
+    """
     rt = runtime or current_runtime()
-    projects = set(rt.settings.sync_projects)
+    listed = set(rt.settings.sync_projects)
+    projects = set(listed)
+    key = projects_key(rt.settings.adapter)
     if rt.redis is not None:
-        projects |= {int(p) for p in rt.redis.smembers(projects_key(rt.settings.adapter))}
+        projects |= {int(p) for p in rt.redis.smembers(key)}
     results = {}
     for project in sorted(projects):
         try:
             results[project] = sync_priorities(project, runtime=rt)["status"]
         except Exception as exc:  # one project's failure must not stop the others
+            if _project_gone(exc) and project not in listed and rt.redis is not None:
+                rt.redis.srem(key, project)
+                log.warning(
+                    "project %s no longer exists in Label Studio (404): scheduled syncs skip it from now on (a project "
+                    "joins them again at its next /setup, when it connects to this backend)", project,
+                )
+                results[project] = f"dropped: {exc}"
+                continue
             log.exception("scheduled sync of project %s failed", project)
+            if _project_gone(exc):
+                exc = f"{exc}; remove {project} from SYNC_PROJECTS"
             results[project] = f"failed: {exc}"
     return results
+
+
+def _project_gone(exc: BaseException) -> bool:
+    """Whether `exc` is Label Studio answering 404 for the project itself (the client's LabelStudioError over it)."""
+    return isinstance(exc, LabelStudioError) and getattr(exc.__cause__, "status_code", None) == 404
 
 
 def projects_key(adapter: str) -> str:

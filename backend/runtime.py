@@ -7,13 +7,21 @@ the web app and tests pass an explicit `Runtime`.
 from __future__ import annotations
 
 import logging
+import os
+import re
 import threading
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Callable, Iterator
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: embedded locks are this process's alone
+    fcntl = None
+
 from .adapters import Adapter, load_adapter
-from .errors import AdapterError, AleError
+from .errors import AdapterError, AleError, ConfigError
 from .detection_store import DetectionStore, open_detection_store
 from .ls_client import LabelStudioClient
 from .settings import Settings
@@ -31,6 +39,11 @@ FLAG_TTL = 24 * 60 * 60
 REDIS_SOCKET_TIMEOUT = 10.0
 #: What `HeldLock.check` says can be done about a write it refused, unless its caller knows better.
 NEXT_RUN_DOES_IT = "the next run does it"
+#: Without Redis, a lock is also a file here under MODEL_DIR, locked with flock: `ale serve` and `ale sync` (or
+#: `ale train`, `ale models --promote`) sharing a MODEL_DIR exclude each other. The OS frees it when its holder exits.
+LOCKS_DIR = "locks"
+#: Seconds between tries while waiting for a lock file another process holds.
+FILE_LOCK_POLL = 0.2
 
 
 class LockLostError(AleError):
@@ -43,10 +56,13 @@ class HeldLock:
     """What `Runtime.lock` yields: true when acquired; `check` refuses once its lease may have lapsed.
 
     `lock` is the Redis lock held (None for an embedded lock, which only its process can take).
+    `elsewhere`: refused because another process holds this embedded lock (its pid in `holder`, if it wrote one):
+    that process cannot see this one's flags, so a request it was to cover would be lost.
     """
 
-    def __init__(self, name: str, acquired: bool, lock=None):
+    def __init__(self, name: str, acquired: bool, lock=None, elsewhere: bool = False, holder: str = ""):
         self.name, self.acquired, self._lock = name, acquired, lock
+        self.elsewhere, self.holder = elsewhere, holder
         self.lost = threading.Event()  # set by the renewing thread, or by a check that found the lock gone
 
     def __bool__(self) -> bool:
@@ -147,8 +163,13 @@ class Runtime:
         return cached[1]
 
     @contextmanager
-    def lock(self, name: str, wait: float = 0.0) -> Iterator[HeldLock]:
-        """A named lock across processes (Redis) or threads (embedded). Yields a HeldLock, true when acquired."""
+    def lock(self, name: str, wait: float = 0.0, wait_elsewhere: float = 0.0) -> Iterator[HeldLock]:
+        """A named lock across processes. Yields a HeldLock, true when acquired.
+
+        With Redis, a lease in Redis. Without, a lock of this process's threads and an flock'd file under
+        MODEL_DIR/locks shared by every process on that MODEL_DIR. wait: seconds to wait for it; wait_elsewhere:
+        seconds to wait only while another process holds it (without Redis its flags are not this process's).
+        """
         held_here = self._held_here()
         if self.redis is not None:
             # thread_local=False: the renewing thread must see the lock's token
@@ -174,6 +195,16 @@ class Runtime:
             return
         local = self._local_locks.setdefault(name, threading.Lock())
         held = HeldLock(name, local.acquire(timeout=wait) if wait > 0 else local.acquire(blocking=False))
+        handle = None
+        if held:
+            try:
+                handle, holder = self._lock_file(name, max(wait, wait_elsewhere))
+            except BaseException:
+                local.release()
+                raise
+            if handle is None:  # another process holds it
+                local.release()
+                held = HeldLock(name, False, elsewhere=True, holder=holder)
         if held:
             held_here[name] = held
         try:
@@ -181,7 +212,46 @@ class Runtime:
         finally:
             if held:
                 held_here.pop(name, None)
+                if handle is not None and handle >= 0:
+                    os.close(handle)  # closing the file drops its flock
                 local.release()
+
+    def lock_path(self, name: str) -> Path:
+        """The file an embedded lock `name` is also taken on (e.g. MODEL_DIR/locks/sync-3 for "sync:3")."""
+        return Path(self.settings.model_dir) / LOCKS_DIR / re.sub(r"[^A-Za-z0-9_.-]", "-", name)
+
+    def _lock_file(self, name: str, wait: float) -> tuple[int | None, str]:
+        """flock the lock's file, waiting up to `wait` s. -> (its descriptor, or -1 where there is no flock; "") or
+        (None, the holder's pid if known) when another process holds it."""
+        if fcntl is None:
+            return -1, ""
+        path = self.lock_path(name)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise ConfigError(
+                "MODEL_DIR",
+                f"cannot create the lock file {path} ({exc.strerror or exc}): without REDIS_URL, every process that "
+                "syncs or trains (ale serve, ale sync, ale train) takes its locks there; make MODEL_DIR writable, or set REDIS_URL",
+            ) from None
+        deadline, told = time.monotonic() + wait, False
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                holder = _read_holder(handle)
+                if time.monotonic() >= deadline:
+                    os.close(handle)
+                    return None, holder
+                if not told:
+                    log.warning("lock %s is held by another process (pid %s, %s); waiting up to %.0f s", name, holder or "?", path, wait)
+                    told = True
+                time.sleep(FILE_LOCK_POLL)
+        os.ftruncate(handle, 0)
+        os.pwrite(handle, f"{os.getpid()}\n".encode(), 0)  # for the message of a process refused it
+        return handle, ""
 
     def _held_here(self) -> dict[str, HeldLock]:
         locks = getattr(self._held, "locks", None)
@@ -230,6 +300,16 @@ class Runtime:
             self._local_flags[name] = (value, time.monotonic() + ttl)
             return None
 
+    def renew_flag(self, name: str, value: str, ttl: int = FLAG_TTL) -> bool:
+        """Give the flag `ttl` s from now while it holds `value` (one raised anew since is left alone). -> whether renewed."""
+        if self.redis is not None:
+            return bool(self.redis.eval(_RENEW_FLAG, 1, f"ale:flag:{name}", value, int(ttl)))
+        with self._flags_lock:
+            if self._local_flag(name) != value:
+                return False
+            self._local_flags[name] = (value, time.monotonic() + ttl)
+            return True
+
     def take_flag(self, name: str) -> bool:
         """Lower the flag; True if it was raised (exactly one taker sees True)."""
         if self.redis is not None:
@@ -252,6 +332,21 @@ class Runtime:
             del self._local_flags[name]
             found = None
         return None if found is None else found[0]
+
+
+#: Renews KEYS[1] for ARGV[2] s only while it holds ARGV[1]: in one step, so a flag raised anew keeps its own TTL.
+_RENEW_FLAG = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('expire', KEYS[1], ARGV[2]) end
+return 0
+"""
+
+
+def _read_holder(handle: int) -> str:
+    """The pid the lock file's holder wrote ("" if none yet)."""
+    try:
+        return os.pread(handle, 32, 0).decode(errors="replace").strip()
+    except OSError:
+        return ""
 
 
 def _renew(lock, stop: threading.Event, lost: threading.Event) -> None:

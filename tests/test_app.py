@@ -521,3 +521,23 @@ def test_annotations_made_while_a_training_runs_count_towards_the_next_one(adapt
     answer = annotate(7).get_json()
     assert answer["status"] == "training" and answer["job"] != training.id and redis.get("ale:new-annotations:5") is None
     assert annotate(8).get_json()["status"] == "counted"
+
+
+def test_tasks_created_queues_only_the_sync_which_predicts_the_new_tasks_itself(adapter, monkeypatch):
+    """A prediction job beside the sync would predict the same new tasks again on another worker (each reads the
+    store once, before the other has stored anything): the sync predicts them, or fans them out, under its lock."""
+    from label_studio_ale import app as app_module
+
+    enqueued = []
+
+    class Recording:
+        def enqueue(self, kind, func, *args, job_id=None, **options):
+            enqueued.append((kind, func.__name__, args))
+            return job_id or f"job-{len(enqueued)}"
+
+    monkeypatch.setattr(app_module, "make_job_queue", lambda runtime: Recording())
+    client = make_client(adapter)
+    event = {"action": "TASKS_CREATED", "project": {"id": 3}, "tasks": [{"id": 7}, {"id": 8}]}
+    first, second = client.post("/webhook", json=event).get_json(), client.post("/webhook", json=event).get_json()
+    assert enqueued == [("sync", "queued_sync", (3,))]
+    assert first["sync"] == "queued" and second["sync"] == "coalesced" and first["jobs"] == second["jobs"] == [first["jobs"][0]]

@@ -531,7 +531,8 @@ def test_a_current_queue_whose_sampling_was_changed_in_ls_is_served_again_with_o
     version = project["model_version"]
     ls.switched, ls.imported, project["sampling"] = None, [], "Sequential sampling"
     result = jobs._sync(rt, 1, lambda *a, **k: None)
-    assert result["status"] == "unchanged" and result["sampling_restored"] == "Sequential sampling"
+    assert result["status"] == "sampling_restored" and result["sampling_restored"] == "Sequential sampling"
+    assert "set back to Uncertainty sampling" in result["reason"]
     assert ls.switched == version and ls.imported == []
     ls.switched, project["sampling"] = None, "Uncertainty sampling"
     result = jobs._sync(rt, 1, lambda *a, **k: None)

@@ -38,7 +38,7 @@ def test_twenty_task_webhooks_in_a_second_run_at_most_two_syncs(ls_sdk, label_st
             answers = list(pool.map(lambda event: httpx.post(f"{url}/webhook", json=event, timeout=30), events))
         assert time.monotonic() - started < 3.0, "the burst took longer than a burst"
         assert all(a.status_code == 200 for a in answers), [a.text for a in answers if a.status_code != 200]
-        sync_jobs = {a.json()["jobs"][1] for a in answers}
+        sync_jobs = {a.json()["jobs"][0] for a in answers}
         assert 1 <= len(sync_jobs) <= 2, sync_jobs
         assert sum(a.json()["sync"] == "queued" for a in answers) == len(sync_jobs)
 
