@@ -37,8 +37,18 @@ class LabelledImage:
     truth: GroundTruth
 
 
-def read_dataset(path: str | Path, format: str | None = None, *, split: str | None = None, images: str | Path | None = None):
-    """Read a dataset in any supported format, detected from its layout unless `format` is given."""
+def read_dataset(
+    path: str | Path,
+    format: str | None = None,
+    *,
+    split: str | None = None,
+    images: str | Path | None = None,
+    classes: list[str] | None = None,
+):
+    """Read a dataset in any supported format, detected from its layout unless `format` is given.
+
+    `classes`: the class order a VOC folder (whose files name only the classes they hold) is read with.
+    """
     path = Path(path)
     if not path.exists():
         raise ValueError(f"dataset {path} does not exist")
@@ -48,7 +58,7 @@ def read_dataset(path: str | Path, format: str | None = None, *, split: str | No
     if format == "coco":
         return read_coco(path if path.is_file() else path / "result.json", images)
     if format == "voc":
-        return read_voc(path)
+        return read_voc(path, classes)
     raise ValueError(f"dataset format {format!r} is unknown; use one of {', '.join(FORMATS)}")
 
 

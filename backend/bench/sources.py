@@ -125,9 +125,16 @@ def user_data(
     """A user's dataset; its evaluation set is `eval_path`, else a fixed `eval_percent` of it (by file-name hash)."""
     names, items = read_dataset(path, format, images=images)
     if eval_path is not None:
-        eval_names, evaluation = read_dataset(eval_path, format, images=images)
+        # a VOC evaluation folder without an object of a rare class is read in the pool's class order
+        eval_names, evaluation = read_dataset(eval_path, format, images=images, classes=names)
         if eval_names != names:
             raise ValueError(f"the evaluation set's classes ({', '.join(eval_names)}) differ from the pool's ({', '.join(names)})")
+        shared = sorted({item.path.resolve() for item in items} & {item.path.resolve() for item in evaluation})
+        if shared:
+            raise ValueError(
+                f"the evaluation set holds {len(shared)} of the pool's images (e.g. {shared[0]}): a model is then "
+                "scored on images it may have trained on; give --eval-data images that are not in --data"
+            )
         pool = items
     else:
         if not 0 < eval_percent < 100:

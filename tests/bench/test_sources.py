@@ -104,3 +104,36 @@ def test_the_base_model_trains_at_one_batch_whatever_train_batch_the_caller_uses
     assert base_model_dir(tmp_path, Settings(train_batch=8), 4, 1, 64) == base_model_dir(tmp_path, Settings(), 4, 1, 64)
     # a model cached under the key that had no batch in it is not taken for one trained at BASE_BATCH
     assert f"-b{BASE_BATCH}-" in base_model_dir(tmp_path, Settings(), 4, 1, 64).name
+
+
+def test_a_voc_evaluation_folder_without_one_class_is_read_in_the_pools_class_order(tmp_path):
+    """A rare class absent from the evaluation folder is no reason to refuse it: its names come from its files."""
+    import re
+
+    from label_studio_ale.bench.sources import user_data
+    from tests.test_datasets import write_voc
+
+    pool = write_voc(tmp_path / "pool")
+    evaluation = tmp_path / "eval"
+    evaluation.mkdir()
+    write_voc(evaluation)
+    for xml in (evaluation / "Annotations").glob("*.xml"):  # the evaluation set keeps its birds only
+        xml.write_text(re.sub(r"<object><name>nest</name>.*?</object>", "", xml.read_text()))
+    data = user_data(pool, eval_path=evaluation)
+    assert data.names == ["bird", "nest"]
+    assert sum(len(item.truth.labels) for item in data.evaluation) > 0
+    assert all((item.truth.labels == 0).all() for item in data.evaluation)
+
+
+def test_an_evaluation_set_that_shares_images_with_the_pool_is_refused(tmp_path):
+    import shutil
+
+    from label_studio_ale.bench.sources import user_data
+    from tests.test_datasets import write_voc
+
+    pool = write_voc(tmp_path / "pool")
+    with pytest.raises(ValueError, match=r"evaluation set holds 3 of the pool's images .*not in --data"):
+        user_data(pool, eval_path=pool)
+    copy = tmp_path / "copy"
+    shutil.copytree(pool, copy)
+    assert len(user_data(pool, eval_path=copy).evaluation) == 3
