@@ -18,7 +18,7 @@ from werkzeug.exceptions import HTTPException
 
 from .ls_format import match_labels, parse_label_config, task_image_url
 from .serving import ServingFilters, raw_output_key, shown_classes, shown_detections
-from .settings import Settings
+from .settings import Settings, shown_setting
 
 #: Tasks of the served queue's head shown as thumbnails.
 QUEUE_HEAD = 12
@@ -27,6 +27,7 @@ THUMBNAIL_SIDE = 160
 RECENT_JOBS = 10
 #: Settings shown: every one in force but the secrets, which Settings keeps out of its repr (LABEL_STUDIO_API_KEY,
 #: BASIC_AUTH_PASS, and REDIS_URL and DETECTION_STORE_URL, which carry passwords; `ale config` shows them masked).
+#: LABEL_STUDIO_URL is shown with any credentials in it masked (`shown_setting`).
 SHOWN_SETTINGS = tuple(spec.name for spec in fields(Settings) if spec.repr)
 
 
@@ -54,7 +55,7 @@ def admin_blueprint(settings, runtime) -> Blueprint:
             damaged=damaged,
             plot=metrics_svg(versions),
             jobs=job_rows(settings, runtime, project),
-            head=queue_head(runtime, project, shown_mask(runtime, project)),
+            head=queue_head(runtime, project, queue_mask(runtime, project)),
             savings=savings_by_model(runtime.store, project),
             disagreements=latest.get("most_disagreement", []),
             settings=shown_settings(settings),
@@ -94,17 +95,59 @@ def job_rows(settings, runtime, project: int) -> list[dict] | None:
     return recent_jobs(runtime.redis, settings.adapter, RECENT_JOBS, project=project)
 
 
-def shown_mask(runtime, project: int) -> np.ndarray | None:
-    """(C,) the model classes the project's label config has a label for; None when LS cannot say (all are counted)."""
+def queue_mask(runtime, project: int) -> np.ndarray | None:
+    """(C,) the classes the project's label config has a label for, of the model whose detections the served queue holds;
+    None when that cannot be told (all are counted)."""
+    queue = runtime.store.served_queue(project)
     try:
         config = parse_label_config(runtime.ls.project(project).label_config)
-        return shown_classes(match_labels(runtime.adapter_for(project).classes, config))
+        return classes_mask(key_classes(runtime, project, queue.raw_key if queue else None), config)
     except Exception:  # the page still shows what the store knows
         return None
 
 
+def key_classes(runtime, project: int, raw_key: str | None) -> tuple[str, ...] | None:
+    """The classes of the model whose detections the store keeps under `raw_key` (the project's serving model when None):
+    the serving or configured model, or a version of the project's model store; None when it is none of them.
+
+    A queue is served until the next sync rewrites it, so its rows may be of a version with other classes than the one
+    promoted since."""
+    from .model_store import ModelStore
+
+    def produced(version: str) -> bool:  # serving.raw_output_key: the version, then "@settings" where they are not the defaults
+        return raw_key == version or raw_key.startswith(f"{version}@")
+
+    adapter = runtime.adapter_for(project)
+    if raw_key is None or produced(adapter.version):
+        return tuple(adapter.classes)
+    if produced(runtime.adapter.version):
+        return tuple(runtime.adapter.classes)
+    store = ModelStore(runtime.settings.model_dir, project)
+    for version in store.versions():
+        if produced(version.name):
+            return tuple(version.classes)
+    return None
+
+
+def classes_mask(classes: tuple[str, ...] | None, config) -> np.ndarray | None:
+    """(C,) the `classes` the label config has a label for; None where that cannot be told (no class has a label)."""
+    try:
+        return None if classes is None else shown_classes(match_labels(classes, config))
+    except ValueError:  # LabelMismatchError: a version's classes the current config no longer has labels for
+        return None
+
+
+def fitting_mask(shown: np.ndarray | None, detections) -> np.ndarray:
+    """`shown` where it fits `detections`' class count, else every class (rows of a model with another class count)."""
+    if shown is None or np.shape(shown) != (detections.num_classes,):
+        return np.ones(detections.num_classes, bool)
+    return shown
+
+
 def queue_head(runtime, project: int, shown: np.ndarray | None = None, limit: int = QUEUE_HEAD) -> list[dict]:
-    """The first `limit` tasks of the served queue: rank, task, usefulness, LS score, boxes an annotator sees."""
+    """The first `limit` tasks of the served queue: rank, task, usefulness, LS score, boxes an annotator sees.
+
+    shown: (C,) the classes shown of the queue's model (`queue_mask`); where it does not fit a row, all are counted."""
     queue = runtime.store.served_queue(project)
     if queue is None:
         return []
@@ -115,8 +158,7 @@ def queue_head(runtime, project: int, shown: np.ndarray | None = None, limit: in
     for rank, (task, usefulness, score) in enumerate(zip(served.task_ids.tolist(), served.usefulness.tolist(), served.scores.tolist()), 1):
         item = stored.get(task)
         ok = item is not None and item.detections is not None
-        mask = np.ones(item.detections.num_classes, bool) if ok and shown is None else shown
-        boxes = len(shown_detections(item.detections, mask, filters)) if ok else None
+        boxes = len(shown_detections(item.detections, fitting_mask(shown, item.detections), filters)) if ok else None
         rows.append({"rank": rank, "task": task, "usefulness": usefulness if np.isfinite(usefulness) else None, "score": score, "boxes": boxes})
     return rows
 
@@ -139,12 +181,17 @@ def task_thumbnail(runtime, project: int, task: int) -> bytes:
     except Exception:  # a thumbnail that cannot be had (no such task, LS down, image unreadable) is a 404, not a broken page
         abort(404)
     queue = runtime.store.served_queue(project)
-    adapter = runtime.adapter_for(project)
-    item = runtime.store.get_many(project, queue.raw_key if queue else raw_output_key(adapter.version, runtime.settings), [task]).get(task)
+    key = queue.raw_key if queue else raw_output_key(runtime.adapter_for(project).version, runtime.settings)
+    item = runtime.store.get_many(project, key, [task]).get(task)
     scale = THUMBNAIL_SIDE / max(image.size)
     thumb = image.convert("RGB").resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))))
     if item is not None and item.detections is not None:
-        shown = shown_detections(item.detections, shown_classes(match_labels(adapter.classes, config)), ServingFilters.from_settings(runtime.settings))
+        try:
+            classes = key_classes(runtime, project, key)
+        except Exception:  # a damaged model store: the boxes are drawn for every class rather than no thumbnail
+            classes = None
+        mask = fitting_mask(classes_mask(classes, config), item.detections)
+        shown = shown_detections(item.detections, mask, ServingFilters.from_settings(runtime.settings))
         draw = ImageDraw.Draw(thumb)
         for box in shown.xyxy * scale:
             draw.rectangle([float(v) for v in box], outline=(255, 215, 0), width=2)
@@ -155,7 +202,7 @@ def task_thumbnail(runtime, project: int, task: int) -> bytes:
 
 def shown_settings(settings) -> list[tuple[str, object]]:
     """(name, value) of SHOWN_SETTINGS; an unset BASE_MODEL says what a first training starts from instead."""
-    rows = [(name, getattr(settings, name)) for name in SHOWN_SETTINGS]
+    rows = [(name, shown_setting(name, getattr(settings, name))) for name in SHOWN_SETTINGS]
     if not settings.base_model:
         from .adapters import adapter_class
         from .errors import AdapterError

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .bench import cli as bench_cli
 from .errors import AleError, ConfigError
-from .settings import Settings, without_password
+from .settings import Settings, shown_setting, without_password
 
 DEFAULT_HOST = "0.0.0.0"
 DEFAULT_PORT = 9090
@@ -176,7 +176,7 @@ def _unreachable(exc: Exception, settings: Settings) -> str | None:
     if isinstance(exc, (RedisConnectionError, RedisTimeoutError)):
         return f"cannot reach Redis at REDIS_URL={without_password(settings.redis_url)}: {exc}; is it running?"
     if isinstance(exc, httpx.TransportError):
-        return f"cannot reach Label Studio at LABEL_STUDIO_URL={settings.label_studio_url}: {exc}; is it running?"
+        return f"cannot reach Label Studio at LABEL_STUDIO_URL={without_password(settings.label_studio_url)}: {exc}; is it running?"
     return None
 
 
@@ -213,11 +213,9 @@ def _run(settings: Settings, args, argv: list[str] | None) -> int:
             print(f"demo: {exc}", file=sys.stderr)
             return 1
     if args.command == "config":
-        shown = {k: (str(v) if not isinstance(v, tuple) else list(v)) for k, v in asdict(settings).items()}
+        shown = {k: (str(shown_setting(k, v)) if not isinstance(v, tuple) else list(v)) for k, v in asdict(settings).items()}
         for secret in ("label_studio_api_key", "basic_auth_password"):
             shown[secret] = "***" if shown[secret] else ""
-        for url in ("redis_url", "detection_store_url"):
-            shown[url] = without_password(shown[url])
         print(json.dumps(shown, indent=2))
         return 0
     if args.command == "adapters":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,6 +17,16 @@ class StoredDetections:
     detections: Detections | None  # None when the image could not be used
     image_hash: int | None
     error: str | None
+    #: which image the row is of (`image_reference`); None in rows stored before it was recorded
+    image_ref: str | None = None
+
+
+def image_reference(data: dict, value_key: str) -> str:
+    """A short hash of the image a task's data points at: the field the label config's <Image value="$..."> names, and
+    its value. A row stored for another field or URL (the config changed, the task's data was replaced) is not this image's."""
+    value = data.get(value_key) if isinstance(data, dict) else None
+    text = json.dumps([value_key, value], sort_keys=True, default=str)
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -90,7 +102,7 @@ def encode(project: int, model_version: str, item: StoredDetections, now: float)
     d = item.detections
     image_hash = None if item.image_hash is None else _to_signed(item.image_hash)
     if d is None:
-        return (project, model_version, item.task_id, None, None, None, None, None, None, None, None, image_hash, item.error, now, None, None)
+        return (project, model_version, item.task_id, None, None, None, None, None, None, None, None, image_hash, item.error, now, None, None, item.image_ref)
     return (
         project,
         model_version,
@@ -109,13 +121,14 @@ def encode(project: int, model_version: str, item: StoredDetections, now: float)
         # half precision: a vector compared by cosine needs no more, and 50,000 images' stay small
         None if d.embedding is None else d.embedding.astype(np.float16).tobytes(),
         None if d.instability is None else d.instability.astype(np.float32).tobytes(),
+        item.image_ref,
     )
 
 
 def decode(row) -> StoredDetections:
     """A row of DECODED_COLUMNS, optionally followed by the embedding column."""
-    task_id, width, height, num_classes, xyxy, probs, labels, scores, background, image_hash, error, instability = row[:12]
-    embedding = decode_embedding(row[12]) if len(row) > 12 and row[12] is not None else None
+    task_id, width, height, num_classes, xyxy, probs, labels, scores, background, image_hash, error, instability, image_ref = row[:13]
+    embedding = decode_embedding(row[13]) if len(row) > 13 and row[13] is not None else None
     detections = None
     if error is None:
         xyxy, probs, labels, scores, background = (bytes(b) for b in (xyxy, probs, labels, scores, background))
@@ -131,7 +144,7 @@ def decode(row) -> StoredDetections:
             None if instability is None else np.frombuffer(bytes(instability), dtype=np.float32).astype(np.float64),
         )
     unsigned = None if image_hash is None else _to_unsigned(image_hash)
-    return StoredDetections(int(task_id), detections, unsigned, error)
+    return StoredDetections(int(task_id), detections, unsigned, error, image_ref)
 
 
 def decode_embedding(blob) -> np.ndarray:

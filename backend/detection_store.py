@@ -3,7 +3,9 @@
 `detections`, keyed by (project, raw output key, task): what a model produced
 for a task (every box above its floor, see `serving.raw_output_key`), written
 once per model version by the pool prediction; scoring and the sync read them
-and apply the serving filters without re-running the model.
+and apply the serving filters without re-running the model. Each row records
+which image it is of (`image_ref`): a task whose label config or data points at
+another image since is predicted again (`pool.is_stored`).
 
 `served_queues` / `served_tasks`: the prediction version a sync last switched
 Label Studio to, what decided its order (model, ranking settings), and each
@@ -33,7 +35,7 @@ from .detection_rows import LabelledReference, ServedQueue, ServedTasks, StoredD
 from .annotation_edits import EDITS_TABLE, EditStoreMixin
 from .errors import ConfigError
 from .served_queue_store import ServedQueueStoreMixin
-from .settings import without_password
+from .url_settings import check_detection_store_url, without_password
 
 # LabelledReference, ServedQueue and ServedTasks are what the store's served-queue reads return: importable from here with it
 __all__ = [
@@ -60,10 +62,13 @@ OLDEST_UPGRADED = 4
 ID_BATCH = 500
 DETECTION_COLUMNS = (
     "project, model_version, task_id, width, height, num_classes, xyxy, class_probs, labels, scores, background, image_hash, error, created, "
-    "embedding, instability"
+    "embedding, instability, image_ref"
 )
 #: What `decode` reads of a row; the embedding is read only where asked for (`embeddings`): ranking a pool needs none.
-DECODED_COLUMNS = "task_id, width, height, num_classes, xyxy, class_probs, labels, scores, background, image_hash, error, instability"
+DECODED_COLUMNS = "task_id, width, height, num_classes, xyxy, class_probs, labels, scores, background, image_hash, error, instability, image_ref"
+#: Columns added to a table after it was first created, with their type: a store that lacks one gains it (NULL in its
+#: rows) instead of being dropped. detections.image_ref: which image a row is of (`detection_rows.image_reference`).
+ADDED_COLUMNS = (("detections", "image_ref", "TEXT"),)
 TABLES = (
     """CREATE TABLE IF NOT EXISTS detections (
         project BIGINT NOT NULL,
@@ -82,6 +87,7 @@ TABLES = (
         created DOUBLE PRECISION NOT NULL,
         embedding {blob},
         instability {blob},
+        image_ref TEXT,
         PRIMARY KEY (project, model_version, task_id)
     )""",
     """CREATE TABLE IF NOT EXISTS served_queues (
@@ -135,8 +141,14 @@ class DetectionStore(ServedQueueStoreMixin, EditStoreMixin):
                 )
             for table in (*TABLES, EDITS_TABLE):
                 self._exec(db, table.format(blob=self.blob_type))
+            for table, column, kind in ADDED_COLUMNS:
+                if column not in self._columns(db, table):
+                    self._exec(db, f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     def _schema_version(self, db) -> int:
+        raise NotImplementedError
+
+    def _columns(self, db, table: str) -> set[str]:
         raise NotImplementedError
 
     @contextmanager
@@ -167,7 +179,7 @@ class DetectionStore(ServedQueueStoreMixin, EditStoreMixin):
         rows = [encode(project, model_version, item, now) for item in items]
         updates = ", ".join(f"{c} = excluded.{c}" for c in DETECTION_COLUMNS.split(", ")[3:])
         query = (
-            f"INSERT INTO detections ({DETECTION_COLUMNS}) VALUES ({', '.join('?' * 16)}) "
+            f"INSERT INTO detections ({DETECTION_COLUMNS}) VALUES ({', '.join('?' * len(DETECTION_COLUMNS.split(', ')))}) "
             f"ON CONFLICT (project, model_version, task_id) DO UPDATE SET {updates}"
         )
         with self._tx() as db:
@@ -229,6 +241,27 @@ class DetectionStore(ServedQueueStoreMixin, EditStoreMixin):
                     for row in self._exec(db, f"{select} AND task_id IN ({', '.join('?' * len(part))})", (project, model_version, *part)).fetchall()
                 ]
         return np.sort(np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)))
+
+    def usable_refs(
+        self, project: int, model_version: str, task_ids: Iterable[int] | None = None, *, num_classes: int | None = None
+    ) -> dict[int, str | None]:
+        """{task id: image reference (None in rows stored before it was recorded)} of the tasks (of `task_ids`; all when
+        None) the version has detections for (not an error), with `num_classes` class columns if given."""
+        select = "SELECT task_id, image_ref FROM detections WHERE project = ? AND model_version = ? AND error IS NULL"
+        params: tuple = (project, model_version)
+        if num_classes is not None:
+            select += " AND num_classes = ?"
+            params += (int(num_classes),)
+        with self._tx() as db:
+            if task_ids is None:
+                rows = self._exec(db, select, params).fetchall()
+            else:
+                rows = [
+                    row
+                    for part in _batches([int(t) for t in task_ids])
+                    for row in self._exec(db, f"{select} AND task_id IN ({', '.join('?' * len(part))})", (*params, *part)).fetchall()
+                ]
+        return {int(task_id): ref for task_id, ref in rows}
 
     def delete_version(self, project: int, model_version: str) -> int:
         with self._tx() as db:
@@ -296,6 +329,9 @@ class SqliteDetectionStore(DetectionStore):
             return 0
         row = db.execute("SELECT value FROM store_meta WHERE name = 'schema'").fetchone()
         return 0 if row is None else int(row[0])
+
+    def _columns(self, db, table: str) -> set[str]:
+        return {row[1] for row in db.execute(f"PRAGMA table_info({table})").fetchall()}
 
 
 class PostgresDetectionStore(DetectionStore):
@@ -367,6 +403,10 @@ class PostgresDetectionStore(DetectionStore):
         row = db.execute("SELECT value FROM store_meta WHERE name = 'schema'").fetchone()
         return 0 if row is None else int(row[0])
 
+    def _columns(self, db, table: str) -> set[str]:
+        query = "SELECT column_name FROM information_schema.columns WHERE table_name = %s AND table_schema = current_schema()"
+        return {row[0] for row in db.execute(query, (table,)).fetchall()}
+
 
 #: The store's file in MODEL_DIR when DETECTION_STORE_URL is empty.
 DEFAULT_SQLITE_NAME = "detections.sqlite"
@@ -376,6 +416,8 @@ def open_detection_store(url: str, model_dir: str | Path) -> DetectionStore:
     """DETECTION_STORE_URL -> a store. Empty: SQLite in `model_dir`; `sqlite:///path`; `postgresql://...`."""
     if not url:
         return SqliteDetectionStore(Path(model_dir) / DEFAULT_SQLITE_NAME)
+    # as Settings checks it: a password libpq would misread is refused before libpq quotes a piece of it as the host
+    check_detection_store_url(url)
     if url.startswith(("postgresql://", "postgres://")):
         return PostgresDetectionStore(url)
     if url.startswith("sqlite:///"):

@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .adapters import Adapter, check_policy_fits, is_trained
+from .detection_rows import image_reference
 from .detection_store import LabelledReference, StoredDetections
 from .detections import Detections
 from .embeddings import novelty as embedding_novelty
@@ -56,11 +57,12 @@ def predict_pool(project: int, task_ids: list[int] | None = None, *, runtime: Ru
 
 
 def predict_missing(rt: Runtime, project: int, config, tasks: Sequence[TaskRef], progress: Progress, adapter: Adapter) -> dict:
-    """Store what `adapter` produces for every task that has nothing stored for it yet (or only an error)."""
+    """Store what `adapter` produces for every task that has nothing stored for it yet (or only an error), or whose row is
+    of another image (`is_stored`)."""
     key = raw_output_key(adapter.version, rt.settings)
-    usable = set(rt.store.usable_ids(project, key, [t.id for t in tasks]).tolist())  # ids only: nothing decoded
-    missing = [t for t in tasks if t.id not in usable]
-    del usable
+    known = stored_refs(rt, project, key, adapter, [t.id for t in tasks])  # ids and references only: nothing decoded
+    missing = [t for t in tasks if not is_stored(known, t, config)]
+    del known
     predictor = Predictor(rt.settings, adapter, MediaFetcher(rt.settings, rt.ls), project)
     failed = 0
     errors: dict[int, str] = {}
@@ -79,14 +81,34 @@ def predict_missing(rt: Runtime, project: int, config, tasks: Sequence[TaskRef],
                 log.warning("project %s task %s: not predicted: %s", project, task.id, reason)
                 if len(errors) < REPORTED_ERRORS:
                     errors[task.id] = reason
-                items.append(StoredDetections(task.id, None, None, reason))
+                items.append(StoredDetections(task.id, None, None, reason, image_reference(task.data, config.value_key)))
             else:
-                items.append(StoredDetections(task.id, found[i], average_hash(image), None))
+                items.append(StoredDetections(task.id, found[i], average_hash(image), None, image_reference(task.data, config.value_key)))
         rt.store.put_many(project, key, items)
         done += len(chunk.images)
         progress("predict", done, len(missing))
         chunk = image = None  # the frames go before the next chunk's are decoded
     return {"model_version": adapter.version, "tasks": len(tasks), "predicted": len(missing) - failed, "failed": failed, "errors": errors}
+
+
+def stored_refs(rt: Runtime, project: int, key: str, adapter: Adapter, task_ids: Sequence[int] | None = None) -> dict[int, str | None]:
+    """{task id: image reference} of the tasks (all when None) `key` holds usable detections for, with `adapter`'s
+    class count: a row with another (a model rebuilt with other classes under one name) is not usable."""
+    return rt.store.usable_refs(project, key, task_ids, num_classes=len(adapter.classes))
+
+
+def is_stored(known: dict[int, str | None], task: TaskRef, config) -> bool:
+    """Whether `known` (`stored_refs`) holds detections of the image `task` points at under `config`.
+
+    A row of another image (the label config's <Image value="$..."> names another field, or the task's data was
+    replaced) is not. A row stored before references were recorded (None) is taken as this image's: treating it as
+    missing would run the model over every stored pool once more after an upgrade, for the few tasks whose image
+    changed before it; the next model version predicts every task afresh, under its own key, anyway.
+    """
+    if task.id not in known:
+        return False
+    stored = known[task.id]
+    return stored is None or stored == image_reference(task.data, config.value_key)
 
 
 def rank_pool(
@@ -122,7 +144,8 @@ def rank_pool(
         stored = rt.store.get_many(project, key, part)
         for task_id in part:
             item = stored.pop(task_id, None)
-            ok = item is not None and item.detections is not None
+            # a row with another class count (stored by a model of other classes under one name) is unusable, not a crash
+            ok = item is not None and item.detections is not None and item.detections.num_classes == num_classes
             detections.append(shown_detections(item.detections, shown, filters) if ok else Detections.empty(num_classes, (1, 1)))
             hashes.append(item.image_hash if ok else None)
             usable.append(ok)

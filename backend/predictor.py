@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from contextlib import closing
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Iterator
 from dataclasses import dataclass, field
@@ -25,6 +26,10 @@ log = logging.getLogger(__name__)
 
 #: Parallel image downloads per request; I/O bound, so threads are enough.
 FETCH_WORKERS = 4
+#: Seconds a /predict request starts new work for: Label Studio stops waiting at 100 s, and a request it gave up on would
+#: still hold the model (one forward pass at a time) from the annotators opening tasks. Tasks not reached by then get no
+#: prediction, and the sync predicts them.
+PREDICT_DEADLINE_SECONDS = 90.0
 
 
 @dataclass
@@ -75,12 +80,19 @@ class Predictor:
         self.fetcher = fetcher
         self.project = project  # cloud-storage images are resolved through LS per task of a project
 
-    def raw(self, images: list[Image.Image]) -> list[Detections]:
-        """The adapter's own output for each image, in batches: every box above the model's floor."""
+    def raw(self, images: list[Image.Image], *, instability: bool = True, deadline: float | None = None) -> list[Detections]:
+        """The adapter's own output for each image, in batches: every box above the model's floor.
+
+        instability: run the mirrored second pass where the policy measures localization (a "loc" policy); the queue's
+        ranking reads it, what an annotator is shown does not. deadline: a `time.perf_counter()` after which no batch
+        starts; the result then covers the images before it only.
+        """
         step = self.settings.predict_batch_size
-        mirror = measures_localization(self.settings)
+        mirror = instability and measures_localization(self.settings)
         detections: list[Detections] = []
         for start in range(0, len(images), step):
+            if deadline is not None and time.perf_counter() >= deadline:
+                break
             batch = images[start : start + step]
             found = self.adapter.predict(batch)
             if mirror:  # a "loc" policy: a second pass on the mirrored images gives each box its instability
@@ -94,11 +106,15 @@ class Predictor:
         mask = np.ones(raw.num_classes, dtype=bool) if shown is None else shown
         return shown_detections(raw, mask, ServingFilters.from_settings(self.settings))
 
-    def detect(self, images: list[Image.Image], shown: np.ndarray | None = None) -> list[Detections]:
-        """Run the adapter in batches and keep what an annotator sees (see `shown`)."""
-        return [self.shown(d, shown) for d in self.raw(images)]
+    def detect(
+        self, images: list[Image.Image], shown: np.ndarray | None = None, *, instability: bool = True, deadline: float | None = None
+    ) -> list[Detections]:
+        """Run the adapter in batches and keep what an annotator sees (see `shown`; `raw` for the rest)."""
+        return [self.shown(d, shown) for d in self.raw(images, instability=instability, deadline=deadline)]
 
-    def image_chunks(self, tasks: list[dict], config: RectangleConfig, max_pixels: int | None, max_images: int | None) -> Iterator["ImageChunk"]:
+    def image_chunks(
+        self, tasks: list[dict], config: RectangleConfig, max_pixels: int | None, max_images: int | None, deadline: float | None = None
+    ) -> Iterator["ImageChunk"]:
         """Fetch tasks' images in parallel, in order, as consecutive chunks.
 
         A chunk holds at most `max_pixels` decoded pixels (an image larger than
@@ -106,7 +122,9 @@ class Predictor:
         FETCH_WORKERS ahead as compressed bytes and are decoded here, one at a
         time, so a step holds at most `max_pixels` of decoded frames (or one
         frame larger than that), whatever the task count: a caller drops each
-        chunk (`del chunk`) before asking for the next.
+        chunk (`del chunk`) before asking for the next. deadline: a
+        `time.perf_counter()` after which no more images are awaited; the last
+        chunk then ends before the tasks not reached.
         """
         def load(position: int) -> bytes | str:
             try:
@@ -116,10 +134,13 @@ class Predictor:
                 return str(exc)
 
         chunk = ImageChunk(0)
-        with ThreadPoolExecutor(max_workers=min(FETCH_WORKERS, max(1, len(tasks)))) as pool:
+        pool = ThreadPoolExecutor(max_workers=min(FETCH_WORKERS, max(1, len(tasks))))
+        try:
             pending: deque[Future] = deque()
             submitted = 0
             while pending or submitted < len(tasks):
+                if deadline is not None and time.perf_counter() >= deadline:
+                    break
                 while submitted < len(tasks) and len(pending) < FETCH_WORKERS:
                     pending.append(pool.submit(load, submitted))
                     submitted += 1
@@ -138,31 +159,49 @@ class Predictor:
                 if max_images is not None and len(chunk.images) >= max_images:
                     yield chunk
                     chunk = ImageChunk(chunk.start + len(chunk.images))
-        if chunk.images:
-            yield chunk
+            if chunk.images:
+                yield chunk
+        finally:
+            # a caller that stops early (a deadline, an error) does not wait for the downloads still running
+            pool.shutdown(wait=False, cancel_futures=True)
 
-    def predict_tasks(self, tasks: list[dict], label_config: str) -> PredictOutcome:
-        """LS tasks -> one prediction each; a task whose image fails gets none (an empty list) and a reason."""
+    def predict_tasks(self, tasks: list[dict], label_config: str, budget: float = PREDICT_DEADLINE_SECONDS) -> PredictOutcome:
+        """LS tasks -> one prediction each; a task whose image fails gets none (an empty list) and a reason.
+
+        Work starts for `budget` seconds (PREDICT_DEADLINE_SECONDS): the tasks not reached by then get none either, and
+        a reason saying the sync predicts them. No mirrored pass: what an annotator is shown needs none.
+        """
         started = time.perf_counter()
+        deadline = started + budget
         config = parse_label_config(label_config)
         label_map = match_labels(self.adapter.classes, config)
         shown = shown_classes(label_map)
         failures: dict[int, TaskFailure] = {}
         detections: dict[int, Detections] = {}
         # LS sends every selected task in one request: frames are decoded a bounded number of pixels at a time.
-        for chunk in self.image_chunks(tasks, config, self.settings.predict_chunk_pixels, None):
-            failures.update({i: TaskFailure(tasks[i].get("id"), reason) for i, reason in chunk.errors.items()})
-            ready = chunk.ready()
-            found = self.detect([chunk.images[i] for i in ready], shown)
-            detections.update({chunk.start + i: d for i, d in zip(ready, found)})
-            del chunk  # its frames go before the next chunk's are decoded
+        with closing(self.image_chunks(tasks, config, self.settings.predict_chunk_pixels, None, deadline)) as chunks:
+            for chunk in chunks:
+                failures.update({i: TaskFailure(tasks[i].get("id"), reason) for i, reason in chunk.errors.items()})
+                ready = chunk.ready()
+                found = self.detect([chunk.images[i] for i in ready], shown, instability=False, deadline=deadline)
+                detections.update({chunk.start + i: d for i, d in zip(ready, found)})
+                del chunk  # its frames go before the next chunk's are decoded
+        late = {position for position in range(len(tasks)) if position not in failures and position not in detections}
+        if late:
+            reason = (
+                f"not predicted within this request's {budget:g} s (Label Studio stops waiting at 100 s): the backend's sync "
+                "predicts it; select fewer tasks to have them predicted at once"
+            )
+            log.warning("/predict: %d of %d tasks not reached within %g s; the sync predicts them", len(late), len(tasks), budget)
+            failures.update({position: TaskFailure(tasks[position].get("id"), reason) for position in late})
         version = self.adapter.version
         predictions = []
         for position, task in enumerate(tasks):
             if position in failures:
                 # No prediction (an empty list): LS stores none, and predicts the task again once the cause is fixed.
                 # An empty prediction would stay: LS skips a task that has one of the model's version.
-                log.warning("task %s: not predicted: %s", failures[position].task_id, failures[position].reason)
+                if position not in late:
+                    log.warning("task %s: not predicted: %s", failures[position].task_id, failures[position].reason)
                 predictions.append([])
                 continue
             found = detections[position]

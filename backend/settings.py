@@ -14,6 +14,16 @@ from pathlib import Path
 from typing import Mapping
 
 from .errors import ConfigError
+from .url_settings import (  # noqa: F401 (without_password and the schemes are imported from here too)
+    DETECTION_STORE_SCHEMES,
+    REDIS_SCHEMES,
+    URL_SETTINGS,
+    check_detection_store_url,
+    check_label_studio_url,
+    check_redis_url,
+    shown_setting,
+    without_password,
+)
 from .tiling import DEFAULT_TILE_ABOVE, DEFAULT_TILE_MERGE_METRIC, DEFAULT_TILE_MERGE_THRESHOLD, DEFAULT_TILE_OVERLAP, TileSettings
 
 DEFAULT_LABEL_STUDIO_URL = "http://localhost:8080"
@@ -25,10 +35,6 @@ DEFAULT_NMS_METRIC = "iou"
 DEFAULT_NMS_THRESHOLD = 0.5
 #: What DEVICE may name: the yolov5 adapter hands it to torch.device, which refuses a bare GPU index.
 TORCH_DEVICE = re.compile(r"cpu|mps|cuda(:\d+)?")
-#: What redis-py's Redis.from_url accepts.
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
-#: What detection_store.open_detection_store accepts besides empty (SQLite in MODEL_DIR).
-DETECTION_STORE_SCHEMES = ("sqlite:///", "postgresql://", "postgres://")
 DEFAULT_MAX_TAGS_PER_PIXEL = 0  # 0 disables the filter
 DEFAULT_IMAGE_SIZE = 640
 DEFAULT_PREDICT_BATCH_SIZE = 8
@@ -38,7 +44,8 @@ DEFAULT_MAX_IMAGE_PIXELS = 80_000_000
 DEFAULT_MAX_IMAGE_BYTES = 50 * 1024 * 1024
 DEFAULT_FETCH_TIMEOUT = 10.0
 #: /predict bodies above this are refused (413): LS's Retrieve Predictions sends every selected task, with its predictions,
-#: in one request, about 10 KB a task, so the default takes about 6,000 tasks; the body is parsed whole in memory.
+#: in one request, about 10 KB a task, so the default admits about 6,000 tasks; the body is parsed whole in memory. What
+#: one request predicts is bounded by time instead (predictor.PREDICT_DEADLINE_SECONDS): the sync predicts the rest.
 DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_DETECTIONS = 300
 # Decoded pixels one prediction step holds at most (RGB: 3 bytes each, so
@@ -245,9 +252,9 @@ class Settings:
         if self.log_level.upper() not in logging.getLevelNamesMapping():
             raise ConfigError("LOG_LEVEL", f"must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, got {self.log_level!r}")
         if self.redis_url:
-            _check_redis_url(self.redis_url)
+            check_redis_url(self.redis_url)
         if self.detection_store_url:
-            _check_detection_store_url(self.detection_store_url)
+            check_detection_store_url(self.detection_store_url)
         if not all(project > 0 for project in self.sync_projects):
             raise ConfigError(
                 "SYNC_PROJECTS",
@@ -269,7 +276,12 @@ class Settings:
         if not TORCH_DEVICE.fullmatch(self.device):
             hint = f"; a GPU's index is written cuda:{self.device}" if self.device.isdigit() else ""
             raise ConfigError("DEVICE", f"must be a torch device: cpu, cuda, cuda:N or mps, got {self.device!r}{hint}")
-        _check_label_studio_url(self.label_studio_url)
+        check_label_studio_url(self.label_studio_url)
+
+    def __repr__(self) -> str:
+        # LABEL_STUDIO_URL is shown (the admin page lists it) but may carry a proxy's credentials: masked like the others
+        shown = (f"{spec.name}={shown_setting(spec.name, getattr(self, spec.name))!r}" for spec in fields(self) if spec.repr)
+        return f"Settings({', '.join(shown)})"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -339,85 +351,9 @@ def _is_host_name(host: str) -> bool:
         return bool(host) and not any(c in host for c in ":/?#@[] ")
 
 
-def _check_redis_url(url: str) -> None:
-    """REDIS_URL as redis-py reads it: a scheme it takes, a numeric port, a numeric database (path or ?db=), else ConfigError."""
-    from urllib.parse import parse_qs, unquote
-
-    example = "e.g. redis://localhost:6379/0 or redis://:password@host:6379/0"
-    shown = without_password(url)
-    parts = _split_url("REDIS_URL", url, REDIS_SCHEMES, example, shown)
-    databases = parse_qs(parts.query).get("db", [])
-    if parts.scheme != "unix" and not databases:  # redis-py reads the path as the database only without ?db=
-        databases = [unquote(parts.path).replace("/", "")]
-    for database in databases:
-        if database and not (database.isascii() and database.isdigit()):
-            raise ConfigError(
-                "REDIS_URL",
-                f"the database must be a number (redis-py would use database 0 instead), {example}, got {database!r} in {shown!r}",
-            )
-
-
-def _check_label_studio_url(url: str) -> None:
-    """LABEL_STUDIO_URL: http(s)://host[:port][/path], else ConfigError."""
-    example = "e.g. http://localhost:8080 or https://label-studio.example.com"
-    parts = _split_url("LABEL_STUDIO_URL", url, ("http://", "https://"), example, url)
-    if not parts.hostname or any(c.isspace() for c in parts.hostname):
-        raise ConfigError("LABEL_STUDIO_URL", f"must name a host after the scheme, {example}, got {url!r}")
-
-
-def _split_url(variable: str, url: str, schemes: tuple[str, ...], example: str, shown: str):
-    """`url` split (urllib's SplitResult) once its scheme is one of `schemes` and its port a number, else ConfigError.
-
-    shown: the URL as an error may show it (its password masked).
-    """
-    from urllib.parse import urlsplit
-
-    if not url.startswith(schemes):
-        raise ConfigError(variable, f"must start with {' or '.join(schemes)}, {example}, got {shown!r}")
-    try:
-        parts = urlsplit(url)
-        _ = parts.port  # reading it checks it: ValueError for a port that is no number or out of range
-    except ValueError as exc:
-        raise ConfigError(variable, f"cannot be read as a URL ({exc}): write it as {example}, got {shown!r}") from None
-    return parts
-
-
-def _check_detection_store_url(url: str) -> None:
-    """DETECTION_STORE_URL with a scheme detection_store.open_detection_store takes, else ConfigError (at start, not first use)."""
-    if not url.startswith(DETECTION_STORE_SCHEMES) or url == "sqlite:///":
-        raise ConfigError(
-            "DETECTION_STORE_URL",
-            "must be empty (SQLite in MODEL_DIR), sqlite:///<path> (sqlite:////abs/path for an absolute one) "
-            f"or postgresql://user:password@host:5432/database, got {without_password(url)!r}",
-        )
-
-
 def _env_name(attr: str) -> str:
     """The environment variable of a Settings attribute (the attribute's name, upper-cased, where none maps to it)."""
     return next((name for name, (a, _) in ENV_VARS.items() if a == attr), attr.upper())
-
-
-def without_password(url: str) -> str:
-    """`url` with its passwords shown as ***, for logs and `ale config`: the user part's and any `...password` query parameter."""
-    from urllib.parse import unquote_plus, urlsplit, urlunsplit
-
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:  # not a URL we can read: show nothing of it
-        return "(unreadable URL)" if url else url
-    masked = parts
-    if password:
-        masked = masked._replace(netloc=parts.netloc.replace(f":{password}@", ":***@"))
-    if parts.query:  # redis-py and libpq take `?password=` too, and libpq `?sslpassword=` (the client key's)
-        fields = [field.partition("=") for field in parts.query.split("&")]
-        masked = masked._replace(
-            query="&".join(
-                f"{name}=***" if value and unquote_plus(name).strip().lower().endswith("password") else name + sep + value
-                for name, sep, value in fields
-            )
-        )
-    return urlunsplit(masked) if masked != parts else url
 
 
 def _hosts(raw: str) -> tuple[str, ...]:

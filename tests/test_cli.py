@@ -52,6 +52,30 @@ def test_an_unreachable_redis_or_label_studio_is_one_line_not_a_traceback(monkey
     assert err.startswith("ale savings: cannot reach Label Studio at LABEL_STUDIO_URL=http://127.0.0.1:") and "Traceback" not in err
 
 
+def test_every_url_setting_is_shown_masked_by_ale_config_and_in_the_unreachable_message(monkeypatch, capsys):
+    """A password may hold a raw '#' or '?' (libpq takes them) and LABEL_STUDIO_URL may carry a proxy's credentials."""
+    import json
+
+    monkeypatch.setenv("LABEL_STUDIO_URL", "http://admin:LsPr0xyPass@ls.example.org:8080")
+    monkeypatch.setenv("DETECTION_STORE_URL", "postgresql://ale:Pg#S3cret?x@postgres:5432/ale")
+    monkeypatch.setenv("REDIS_URL", "redis://:R3dis@redis:6379/0?password=Q#uery")
+    assert main(["config"]) == 0
+    out = capsys.readouterr().out
+    assert not any(secret in out for secret in ("LsPr0xyPass", "S3cret", "R3dis", "uery")), out
+    shown = json.loads(out)
+    assert shown["label_studio_url"] == "http://admin:***@ls.example.org:8080"
+    assert shown["detection_store_url"] == "postgresql://ale:***@postgres:5432/ale"
+    assert shown["redis_url"] == "redis://:***@redis:6379/0?password=***"
+
+    monkeypatch.delenv("REDIS_URL")
+    monkeypatch.delenv("DETECTION_STORE_URL")
+    monkeypatch.setenv("LABEL_STUDIO_URL", f"http://admin:LsPr0xyPass@127.0.0.1:{closed_port()}")
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "k")
+    assert main(["savings", "--project", "1", "--recompute"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("ale savings: cannot reach Label Studio at LABEL_STUDIO_URL=http://admin:***@127.0.0.1:") and "LsPr0xyPass" not in err
+
+
 def test_a_damaged_served_version_is_named_and_another_can_be_served(monkeypatch, tmp_path, capsys):
     """The record of the served version was cut short (a full disk): `ale models` still lists the others and says
     what is wrong, and --promote serves another, as the error advises."""

@@ -305,3 +305,61 @@ def test_annotation_edits_are_summed_per_version_by_the_database(store):
     ]
     store.put_edits(7, [EditRecord(1, 10, "ale:v3:t", EditCounts(), None)])
     assert store.edit_totals(7) == [VersionEdits("ale:v3:t", 1, 1, EditCounts(), 0.0, 0)] and store.edit_totals(8) == []
+
+
+def test_each_row_records_which_image_it_is_of_and_usable_refs_read_it_by_class_count(store):
+    two = Detections([[0, 0, 9, 9]], [[0.9, 0.1]], (64, 64))
+    three = Detections([[0, 0, 9, 9]], [[0.9, 0.1, 0.0]], (64, 64))
+    store.put_many(
+        1,
+        "m",
+        [
+            StoredDetections(1, two, 1, None, "ref-1"),
+            StoredDetections(2, three, 2, None, "ref-2"),
+            StoredDetections(3, None, None, "404", "ref-3"),
+            StoredDetections(4, two, 4, None),
+        ],
+    )
+    assert store.get_many(1, "m", [1])[1].image_ref == "ref-1" and store.get_many(1, "m", [4])[4].image_ref is None
+    assert store.usable_refs(1, "m") == {1: "ref-1", 2: "ref-2", 4: None}, "an error row is not usable"
+    assert store.usable_refs(1, "m", [2, 3, 4], num_classes=2) == {4: None}, "rows of another class count are not"
+    store.put_many(1, "m", [StoredDetections(1, two, 1, None, "ref-1b")])  # the task's image changed: the row follows
+    assert store.usable_refs(1, "m", [1]) == {1: "ref-1b"}
+
+
+def test_a_store_of_the_previous_release_gains_the_image_reference_and_keeps_its_detections(store_url, tmp_path):
+    store = open_detection_store(store_url, tmp_path)
+    found = Detections([[0, 0, 9, 9]], [[0.9, 0.1]], (64, 64))
+    store.put_many(1, "m", [StoredDetections(1, found, 1, None, "ref")])
+    with store._tx() as db:  # the detections table as the previous release made it: no image_ref
+        store._exec(db, "DROP TABLE detections")
+        store._exec(db, "CREATE TABLE detections (project BIGINT NOT NULL, model_version TEXT NOT NULL, task_id BIGINT NOT NULL, "
+                    "width INTEGER, height INTEGER, num_classes INTEGER, xyxy BLOB, class_probs BLOB, labels BLOB, scores BLOB, "
+                    "background BLOB, image_hash BIGINT, error TEXT, created DOUBLE PRECISION NOT NULL, embedding BLOB, instability BLOB, "
+                    "PRIMARY KEY (project, model_version, task_id))".replace("BLOB", store.blob_type))
+    with store._tx() as db:
+        store._exec(db, "INSERT INTO detections (project, model_version, task_id, width, height, num_classes, created, error) "
+                    "VALUES (1, 'm', 2, 64, 64, 2, 0, 'gone')")
+    upgraded = open_detection_store(store_url, tmp_path)
+    assert upgraded.get_many(1, "m")[2].image_ref is None, "rows kept, with no reference"
+    upgraded.put_many(1, "m", [StoredDetections(1, found, 1, None, "ref")])
+    assert upgraded.usable_refs(1, "m") == {1: "ref"}
+    assert open_detection_store(store_url, tmp_path).usable_refs(1, "m") == {1: "ref"}, "a second opening adds nothing twice"
+
+
+def test_a_password_with_a_hash_question_mark_slash_or_at_sign_is_never_shown():
+    """libpq takes a raw '#' or '?' in a password (urllib reads either as the end of the host); a raw '/' or '@' it
+    misreads, and would quote part of the password as the host: refused before connecting, saying how to write it."""
+    from label_studio_ale.detection_store import PostgresDetectionStore
+
+    for password in ("Xy#9secret", "Xy?9secret"):
+        with pytest.raises(ConfigError, match="cannot connect") as down:
+            open_detection_store(f"postgresql://ale:{password}@127.0.0.1:9/none?connect_timeout=2", "/nonexistent")
+        assert "Xy" not in str(down.value) and "9secret" not in str(down.value) and "postgresql://ale:***@127.0.0.1:9/" in str(down.value)
+    for password in ("Xy/9secret", "Xy@9secret"):
+        with pytest.raises(ConfigError, match="percent-encode") as refused:
+            open_detection_store(f"postgresql://ale:{password}@127.0.0.1:9/none?connect_timeout=2", "/nonexistent")
+        assert "Xy" not in str(refused.value) and "9secret" not in str(refused.value)
+    unconnected = PostgresDetectionStore.__new__(PostgresDetectionStore)
+    unconnected.url = "postgresql://ale:Xy#9secret@db/ale"
+    assert repr(unconnected) == "PostgresDetectionStore('postgresql://ale:***@db/ale')"

@@ -215,6 +215,70 @@ def test_every_password_of_a_url_is_masked_in_the_user_part_or_the_query(url, sh
 
 
 @pytest.mark.parametrize(
+    "url, shown",
+    [
+        # libpq takes a raw '#' or '?' in a password, urllib reads either as the end of the host
+        ("postgresql://ale:p#ss@db:5432/ale", "postgresql://ale:***@db:5432/ale"),
+        ("postgresql://ale:p?ss@db:5432/ale", "postgresql://ale:***@db:5432/ale"),
+        ("postgresql://ale:pa/ss@db:5432/ale", "postgresql://ale:***@db:5432/ale"),
+        ("postgresql://ale:p@ss@db/ale", "postgresql://ale:***@db/ale"),
+        ("redis://:p#ss@redis:6379/0", "redis://:***@redis:6379/0"),
+        ("redis://default:sec ret@h:6379/0", "redis://default:***@h:6379/0"),
+        ("postgresql://ale:s3cret@db1:5432,db2:5432/ale", "postgresql://ale:***@db1:5432,db2:5432/ale"),
+        ("http://admin:LsPr0xyPass@ls.example.org:8080", "http://admin:***@ls.example.org:8080"),
+        ("http://a#b:c@ls.example.org", "http://***@ls.example.org"),  # no plain user name to show
+        ("postgresql://db/ale?password=p@ss&sslmode=require", "postgresql://***&sslmode=require"),  # an '@' in a value
+        ("postgresql://db/ale?password=p#ss", "postgresql://db/ale?password=***"),
+        ("redis://h/0?auth_token=t0k", "redis://h/0?auth_token=***"),
+        ("host=db user=ale password=s3cret", "(unreadable URL)"),  # libpq's key=value form: nothing of it is shown
+        ("postgresql://host=db password=s3cret", "postgresql://(unreadable URL)"),
+        ("localhost:6379", "localhost:6379"),
+        ("ale:s3cret@db", "ale:***@db"),
+        ("unix:///run/redis/redis.sock?db=1", "unix:///run/redis/redis.sock?db=1"),
+        ("sqlite:////var/lib/ale/d.sqlite", "sqlite:////var/lib/ale/d.sqlite"),
+    ],
+)
+def test_a_password_is_masked_whatever_characters_it_holds_and_an_unreadable_url_shows_no_more_than_its_scheme(url, shown):
+    from label_studio_ale.settings import without_password
+
+    assert without_password(url) == shown
+
+
+def test_label_studio_url_credentials_are_masked_in_repr_and_in_its_errors():
+    s = Settings.from_env({"LABEL_STUDIO_URL": "http://admin:LsPr0xyPass@ls.example.org:8080"})
+    assert s.label_studio_url == "http://admin:LsPr0xyPass@ls.example.org:8080"
+    assert "LsPr0xyPass" not in repr(s) and "label_studio_url='http://admin:***@ls.example.org:8080'" in repr(s)
+    for url in (
+        "http://admin:LsPr0xyPass@ls.example.org:bad", "ftp://admin:LsPr0xyPass@ls.example.org", "http://admin:LsPr0xyPass@",
+        "http://admin:LsPr0#xyPass@ls.example.org",
+    ):
+        with pytest.raises(ConfigError) as caught:
+            Settings.from_env({"LABEL_STUDIO_URL": url})
+        assert caught.value.field == "LABEL_STUDIO_URL" and "LsPr0xyPass" not in str(caught.value), str(caught.value)
+
+
+@pytest.mark.parametrize("password", ["12#34", "12?34", "p/ss"])
+def test_a_redis_password_redis_py_would_cut_short_is_refused_with_how_to_write_it(password):
+    """redis-py reads a raw '#', '?' or '/' as the end of the host: REDIS_URL=redis://:12#34@redis:6379/0 would reach
+    localhost:12. The error says to percent-encode, and shows none of the password (not even the port urllib read from it)."""
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"REDIS_URL": f"redis://:{password}@redis:6379/0"})
+    message = str(caught.value)
+    assert message.startswith("REDIS_URL: ") and "redis://:***@redis:6379/0" in message
+    assert not any(part in message for part in ("12", "34", "p/", "ss'")), message
+    assert "percent-encode" in message
+    assert Settings.from_env({"REDIS_URL": "redis://:12%2334@redis:6379/0"}).redis_url.endswith("12%2334@redis:6379/0")
+
+
+@pytest.mark.parametrize("password", ["pa/ss", "p@ss"])
+def test_a_postgres_password_libpq_would_misread_is_refused_with_how_to_write_it(password):
+    with pytest.raises(ConfigError, match="percent-encode") as caught:
+        Settings.from_env({"DETECTION_STORE_URL": f"postgresql://ale:{password}@db:5432/ale"})
+    assert caught.value.field == "DETECTION_STORE_URL" and "ss" not in str(caught.value).replace("password", "")
+    assert Settings.from_env({"DETECTION_STORE_URL": "postgresql://ale:p#ss?x@db:5432/ale"}), "libpq takes '#' and '?'"
+
+
+@pytest.mark.parametrize(
     "url",
     [
         "redis://",

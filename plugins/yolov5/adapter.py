@@ -78,7 +78,7 @@ class YoloV5Adapter:
         self.model.to(self.device).eval()
         self.classes = tuple(names)
         self.stride = int(max(self.model.stride.max().item(), 32))
-        self.version = _version_name(self.weights)
+        self.version = _version_name(self.weights, self.classes)
         # A model built from a yaml has learnt nothing: its uncertainty is noise (the queue starts spread out)
         self.trained = not is_model_definition(self.weights)
         # One forward pass at a time: gunicorn threads share this model.
@@ -271,8 +271,14 @@ def _load_model(weights: str, classes: tuple[str, ...]):
                 f"MODEL_WEIGHTS={weights} builds an untrained model from yaml; set MODEL_CLASSES "
                 "(comma-separated class names) so it knows its classes, or point MODEL_WEIGHTS at a trained .pt"
             )
+        import torch
+
         try:
-            model = DetectionModel(weights, nc=len(classes), verbose=False)
+            # Seeded by the yaml and classes: the server and every worker build the same untrained weights, so the boxes a
+            # sync stores are those /predict shows (torch's global generator is left as it was)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(_definition_digest(weights, classes)[:15], 16))
+                model = DetectionModel(weights, nc=len(classes), verbose=False)
         except FileNotFoundError:
             raise AdapterError(f"model yaml {weights} not found (a path, or an ultralytics name like yolov5n.yaml)") from None
         model.names = dict(enumerate(classes))
@@ -292,12 +298,23 @@ def _load_model(weights: str, classes: tuple[str, ...]):
     return model.float(), names
 
 
-def _version_name(weights: str) -> str:
+def _version_name(weights: str, classes: tuple[str, ...]) -> str:
+    """The model's name in Label Studio and the detection store: a checkpoint's file name and content digest; a model
+    built from a yaml is the yaml and its classes, so another MODEL_CLASSES is another model (another store key)."""
     path = Path(weights)
+    if is_model_definition(weights):
+        return f"{path.stem}-untrained-{_definition_digest(weights, classes)[:8]}"
     if path.is_file():
         digest = hashlib.sha256(path.read_bytes()).hexdigest()[:8]
         return f"{path.stem}-{digest}"
     return f"{path.stem}-untrained"
+
+
+def _definition_digest(weights: str, classes: tuple[str, ...]) -> str:
+    """sha256 of a model yaml (its content where it is a file, else its name) and its class names."""
+    path = Path(weights)
+    source = path.read_bytes() if path.is_file() else str(weights).encode()
+    return hashlib.sha256(source + b"\0" + "\n".join(classes).encode()).hexdigest()
 
 
 def _recipe_plan(settings: Settings, train_images: int):

@@ -117,9 +117,36 @@ def test_yaml_model_needs_class_names():
     with pytest.raises(AdapterError, match="MODEL_CLASSES"):
         YoloV5Adapter("yolov5n.yaml")
     built = YoloV5Adapter("yolov5n.yaml", classes=["bird", "nest", "egg"], image_size=64)
-    assert built.classes == ("bird", "nest", "egg") and built.version == "yolov5n-untrained"
+    assert built.classes == ("bird", "nest", "egg") and built.version.startswith("yolov5n-untrained-")
     (det,) = built.predict([make_scene(0).image])
     assert det.class_probs.shape[1] == 3
+
+
+def test_a_yaml_model_of_other_classes_is_another_version_and_every_process_builds_the_same_weights(tmp_path):
+    """MODEL_CLASSES decides the model built from a yaml: the detection store keeps another's rows under another key.
+    Its untrained weights are seeded by the yaml and classes, so the server and the workers show the same boxes."""
+    import torch
+
+    two = YoloV5Adapter("yolov5n.yaml", classes=["bird", "nest"], image_size=64)
+    torch.manual_seed(123)  # whatever the process drew before
+    again = YoloV5Adapter("yolov5n.yaml", classes=["bird", "nest"], image_size=64)
+    three = YoloV5Adapter("yolov5n.yaml", classes=["bird", "nest", "egg"], image_size=64)
+    assert two.version == again.version != three.version
+    assert two.version.startswith("yolov5n-untrained-") and len(two.version) == len("yolov5n-untrained-") + 8
+    assert all(torch.equal(a, b) for a, b in zip(two.model.state_dict().values(), again.model.state_dict().values()))
+    drawn = torch.rand(1)
+    torch.manual_seed(123)
+    assert torch.equal(torch.rand(1), drawn), "building a model leaves the process's random generator as it was"
+
+    import shutil
+
+    import ultralytics
+
+    custom = tmp_path / "birds-yolov5n.yaml"  # a yaml file of one's own: its content and the classes name it
+    shutil.copy(Path(ultralytics.__file__).parent / "cfg" / "models" / "v5" / "yolov5.yaml", custom)
+    named = YoloV5Adapter(custom, classes=["bird", "nest"], image_size=64)
+    assert named.version.startswith("birds-yolov5n-untrained-") and named.trained is False
+    assert YoloV5Adapter(custom, classes=["bird"], image_size=64).version != named.version
 
 
 def test_missing_or_foreign_weights_are_refused_without_download(tmp_path):
