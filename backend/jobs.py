@@ -19,7 +19,7 @@ from .fanout import FANOUT_TTL, can_fan_out, fan_out, fanout_flag, follow_up_wai
 from .jobqueue import QUEUE_SYNC
 from .ls_client import LabelStudioError
 from .ls_format import parse_label_config
-from .pool import SPREAD_POLICY, batch_extras, predict_missing, predict_pool, preview_ranking, rank_pool  # noqa: F401 (re-exported)
+from .pool import SPREAD_POLICY, batch_extras, is_stored, predict_missing, predict_pool, preview_ranking, rank_pool, stored_refs  # noqa: F401 (re-exported)
 from .progress import TRAINER_METRICS_NOTE, Progress, _job_progress, describe_progress, publish  # noqa: F401 (re-exported)
 from .queue_update import ranking_key
 from .queue_writes import SYNC_VERSION_PREFIX, SyncError  # noqa: F401 (re-exported)
@@ -226,12 +226,12 @@ def _sync(rt: Runtime, project: int, progress: Progress, full: bool = False, fan
                 return {**base, **updated, "predicted": predicted}
             log.info("project %s: no room left between scores for the new tasks; rewriting the queue", project)
         del fresh
-    # Listed page by page; only the tasks without stored detections keep their data.
-    known = set(rt.store.usable_ids(project, raw_key).tolist())
+    # Listed page by page; only the tasks without stored detections of the image they point at keep their data.
+    known = stored_refs(rt, project, raw_key, adapter)
     task_ids, fresh = [], []
     for task in rt.ls.unlabeled_tasks(project):
         task_ids.append(task.id)
-        if task.id not in known:
+        if not is_stored(known, task, config):
             fresh.append(task)
     del known
     task_ids = np.asarray(task_ids, dtype=np.int64)

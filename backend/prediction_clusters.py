@@ -84,7 +84,8 @@ def labelled_predictions(rt, project: int, config, adapter, centroids: np.ndarra
         items = []
         for task_id in ids:
             item = stored.get(task_id)
-            ok = item is not None and item.detections is not None
+            # a row of a model rebuilt with other classes under the same name is no prediction of this one
+            ok = item is not None and item.detections is not None and item.detections.num_classes == len(shown)
             result = detections_to_results(shown_detections(item.detections, shown, filters), label_map, config) if ok else []
             items.append({"task": task_id, "result": result, "score": 1.0, "model_version": version, "cluster": clusters.get(task_id)})
         yield items

@@ -663,3 +663,19 @@ def test_random_under_a_suffix_gives_each_add_draws_of_its_own_too(tmp_path, pol
         for t in (11, 12, 13)
     ]
     assert len(set(values)) == 3, values
+
+
+def test_a_full_sync_predicts_again_the_tasks_whose_image_changed(tmp_path, monkeypatch):
+    """Rows are of the image a task pointed at: a task whose data now names another image is predicted again."""
+    from label_studio_ale.detection_rows import image_reference
+
+    rt, ls, key, _ = served_queue_of_five(tmp_path)
+    data = {t: {"image": f"/data/upload/1/{t}.png"} for t in range(1, 6)}
+    rows = rt.store.get_many(1, key, list(data))
+    rt.store.put_many(1, key, [StoredDetections(t, row.detections, row.image_hash, None, image_reference(data[t], "image")) for t, row in rows.items()])
+    data[3] = {"image": "/data/upload/1/replaced.png"}
+    ls.unlabeled_tasks = lambda project_id, after_id=None: iter([TaskRef(t, data[t]) for t in range(1, 6)])
+    predicted = []
+    monkeypatch.setattr(jobs, "predict_missing", lambda rt_, project, config, tasks, *a: predicted.append([t.id for t in tasks]) or {"predicted": 0})
+    jobs._sync(rt, 1, lambda *a, **k: None, full=True)
+    assert predicted == [[3]]
