@@ -375,12 +375,10 @@ def _evaluate(settings: Settings, args) -> int:
 
 
 def _promote(settings: Settings, store, project: int, name: str) -> int:
-    """Serve a stored version from now on, under the project's training lock (a training promotes under it too)."""
+    """Serve a stored version from now on, under the project's training lock (a training promotes under it too; without
+    Redis the lock is a file under MODEL_DIR, which `ale serve`'s trainings take as well)."""
     from .runtime import Runtime
 
-    if not settings.redis_url:
-        print(f"without REDIS_URL this lock does not see a training running in `ale serve`: promote when none of project "
-              f"{project} runs", file=sys.stderr)
     with Runtime(settings).lock(f"train:{project}") as acquired:
         if not acquired:
             print(f"a training of project {project} is running; promote when it ends", file=sys.stderr)
