@@ -13,11 +13,11 @@ import logging
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
 from typing import Iterator
 from urllib.parse import urlsplit
 
 from .errors import AleError, MediaError
+from .ls_tokens import TOKEN_REFRESH_MARGIN, refresh_tokens_early  # noqa: F401 (TOKEN_REFRESH_MARGIN: importable from here)
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +25,9 @@ DEFAULT_TIMEOUT = 30.0
 DELETE_TIMEOUT = 900.0
 IMPORT_TIMEOUT = 600.0
 TASK_PAGE_SIZE = 1000
+#: Task ids a listing of chosen tasks names in one request: its query travels in the URL, which a proxy in front of
+#: LS (nginx: 8 KB a request line by default) refuses past a few thousand ids.
+SELECTED_IDS_PER_REQUEST = 500
 #: A download still running past FETCH_TIMEOUT must average at least this many bytes a second: a 50 MB frame
 #: (MAX_IMAGE_BYTES) on a 2 Mbit/s link finishes, a server trickling bytes is cut off.
 MIN_DOWNLOAD_RATE = 256 * 1024
@@ -36,13 +39,11 @@ CREATE_THREADS = 4
 ONCE = {"max_retries": 0}
 #: Tasks with at least one submitted annotation (LS's `only_annotated` parameter is read by nothing in 1.23).
 ANNOTATED_FILTER = {"filter": "filter:tasks:total_annotations", "operator": "greater", "type": "Number", "value": 0}
-ANNOTATED_QUERY = json.dumps({"filters": {"conjunction": "and", "items": [ANNOTATED_FILTER]}})
+#: The annotation fields the listings read. `include` filters each listed annotation's fields too (LS hands the request
+#: on to the annotations' serializer), so these are named along with the task's; predictions come whole.
+ANNOTATION_FIELDS = "result,ground_truth,was_cancelled,completed_by,created_at,updated_at,lead_time,parent_prediction,task"
 #: Where files uploaded into LS are served from.
 UPLOAD_PREFIX = "/data/upload/"
-#: An access token this close to its expiry is replaced before a request: the
-#: SDK refreshes only once a token has expired, so one sent in its last moments
-#: reaches Label Studio expired and the request is refused with 401.
-TOKEN_REFRESH_MARGIN = timedelta(seconds=30)
 
 
 class LabelStudioError(AleError):
@@ -63,6 +64,15 @@ class ProjectInfo:
 class TaskRef:
     id: int
     data: dict
+
+
+@dataclass(frozen=True)
+class TaskAnnotations:
+    """A task's annotations (skipped ones too) and predictions, as the SDK's Annotation and Prediction objects."""
+
+    id: int
+    annotations: list
+    predictions: list
 
 
 class LabelStudioClient:
@@ -116,31 +126,9 @@ class LabelStudioClient:
 
     def labelled_tasks(self, project_id: int) -> Iterator[TaskRef]:
         """Every task somebody has labelled (LS's is_labeled), page by page, with just its data."""
-        for task in self._tasks(project_id, fields="task_only", include="id,data,is_labeled", query=ANNOTATED_QUERY):
+        for task in self._tasks_by_id(project_id, [ANNOTATED_FILTER], fields="task_only", include="id,data,is_labeled"):
             if task.is_labeled:
                 yield TaskRef(task.id, dict(task.data or {}))
-
-    def annotated_task_ids(self, project_id: int) -> Iterator[int]:
-        """The id of every task with at least one submitted annotation, in id order, whether or not it has all the
-        annotations the project asks for (`labelled_tasks` keeps only those LS calls is_labeled).
-
-        Paged by id, not by page number: a task deleted or annotated meanwhile shifts no other out of the listing.
-        """
-        after = 0
-        while True:
-            above = {"filter": "filter:tasks:id", "operator": "greater", "type": "Number", "value": after}
-            query = json.dumps({"filters": {"conjunction": "and", "items": [ANNOTATED_FILTER, above]}, "ordering": ["tasks:id"]})
-            with self._refusals(project_id, missing=after == 0):  # `ale savings --recompute` asks LS this first
-                pager = self.sdk.tasks.list(
-                    project=project_id, page=1, page_size=TASK_PAGE_SIZE, resolve_uri=False, fields="task_only", include="id", query=query
-                )
-            ids = [int(task.id) for task in pager.items or []]
-            # until a page comes back empty: LS may cap a page below TASK_PAGE_SIZE (TASK_API_PAGE_SIZE_MAX), and a
-            # short page taken for the last would leave the rest out (and the savings recompute forget them)
-            if not ids:
-                return
-            yield from ids
-            after = max(ids)
 
     def unlabeled_tasks_among(self, project_id: int, task_ids: list[int]) -> Iterator[TaskRef]:
         """Those of `task_ids` nobody has labelled yet, with their data: one listing of just those tasks."""
@@ -156,34 +144,54 @@ class LabelStudioClient:
         """{task id: whether it is labelled} for those of `task_ids` that still exist: one listing of just those tasks."""
         return {task.id: bool(task.is_labeled) for task in self._tasks_among(project_id, task_ids, "id,is_labeled")}
 
-    def _tasks_among(self, project_id: int, task_ids: list[int], include: str) -> Iterator:
-        """The tasks of `task_ids` that still exist, with the fields `include` names: one listing of just those tasks."""
-        if not task_ids:
-            return
-        wanted = {int(t) for t in task_ids}
-        query = json.dumps({"selectedItems": {"all": False, "included": sorted(wanted)}})
-        for task in self._tasks(project_id, fields="task_only", include=include, query=query):
-            if task.id in wanted:
-                yield task
+    def _tasks_among(self, project_id: int, task_ids: list[int], include: str, fields: str = "task_only") -> Iterator:
+        """The tasks of `task_ids` that still exist, with the fields `include` names: one listing of just those tasks
+        (SELECTED_IDS_PER_REQUEST ids a request)."""
+        wanted = sorted({int(t) for t in task_ids})
+        for start in range(0, len(wanted), SELECTED_IDS_PER_REQUEST):
+            part = wanted[start : start + SELECTED_IDS_PER_REQUEST]
+            query, included = json.dumps({"selectedItems": {"all": False, "included": part}}), set(part)
+            for task in self._tasks(project_id, fields=fields, include=include, query=query):
+                if task.id in included:
+                    yield task
 
     def set_prediction_scores(self, project_id: int, model_version: str, scores: dict[int, float]) -> int:
-        """Give the `model_version` prediction of each task a new score (one PATCH each). -> predictions updated."""
+        """Give the `model_version` prediction of each task a new score. -> predictions updated.
+
+        One listing of the tasks' predictions, then one PATCH each. Raises before
+        any PATCH when a task has no prediction of `model_version` (deleted in LS).
+        """
+        if not scores:
+            return 0
+        found: dict[int, list[int]] = {}
+        for task in self._tasks_among(project_id, list(scores), "id,predictions", fields="all"):
+            for prediction in map(functools.partial(_sdk_object, "Prediction"), task.predictions or []):
+                if prediction.model_version == model_version:
+                    found.setdefault(int(task.id), []).append(int(prediction.id))
+        missing = sorted({int(t) for t in scores} - set(found))
+        if missing:
+            raise LabelStudioError(
+                f"{len(missing)} of the {len(scores)} tasks to re-score in project {project_id} have no prediction of version "
+                f"{model_version} in Label Studio (tasks {missing[:10]}; deleted there meanwhile): no score was changed; "
+                "the next sync writes the whole queue again"
+            )
         updated = 0
         for task_id, score in scores.items():
-            for prediction in self.sdk.predictions.list(task=int(task_id)):
-                if prediction.model_version == model_version:
-                    self.sdk.predictions.update(id=prediction.id, score=float(score))
-                    updated += 1
+            for prediction_id in found[int(task_id)]:
+                self.sdk.predictions.update(id=prediction_id, score=float(score))
+                updated += 1
         return updated
 
-    def annotated_tasks(self, project_id: int) -> Iterator[tuple[TaskRef, list[list[dict]]]]:
-        """Tasks with at least one submitted (not skipped) annotation, with each annotator's latest result.
+    def annotated_tasks(self, project_id: int) -> Iterator[tuple[TaskRef, list[dict]]]:
+        """Tasks with at least one submitted (not skipped) annotation, with each annotator's latest one.
 
-        Only tasks with an annotation are listed (ANNOTATED_QUERY), page by
-        page. One result per annotator (`completed_by`): several when the
-        project asks for more than one annotation per task.
+        Only tasks with an annotation are listed (ANNOTATED_FILTER), paged by id.
+        One annotation per annotator (`completed_by`), as {"result": [...],
+        "ground_truth": bool}: several when the project asks for more than one
+        annotation per task.
         """
-        for task in self._tasks(project_id, fields="all", query=ANNOTATED_QUERY):
+        include = f"id,data,annotations,{ANNOTATION_FIELDS}"
+        for task in self._tasks_by_id(project_id, [ANNOTATED_FILTER], fields="all", include=include):
             latest: dict = {}
             for annotation in task.annotations or []:
                 if annotation.get("was_cancelled"):
@@ -192,9 +200,47 @@ class LabelStudioClient:
                 who = who.get("id") if isinstance(who, dict) else who
                 key = (annotation.get("updated_at") or "", annotation.get("id") or 0)
                 if who not in latest or key > latest[who][0]:
-                    latest[who] = (key, list(annotation.get("result") or []))
+                    kept = {"result": list(annotation.get("result") or []), "ground_truth": bool(annotation.get("ground_truth"))}
+                    latest[who] = (key, kept)
             if latest:
-                yield TaskRef(task.id, dict(task.data or {})), [result for _, result in sorted(latest.values(), key=lambda v: v[0])]
+                yield TaskRef(task.id, dict(task.data or {})), [kept for _, kept in sorted(latest.values(), key=lambda v: v[0])]
+
+    def task_annotations(self, project_id: int, task_ids: list[int] | None = None) -> Iterator[TaskAnnotations]:
+        """Tasks with all their annotations (skipped ones too) and predictions, as the SDK's Annotation and Prediction.
+
+        task_ids None: every task with a submitted annotation, paged by id; else those of `task_ids` that still exist.
+        One listing, TASK_PAGE_SIZE tasks a request, not two requests a task.
+        """
+        include = f"id,annotations,predictions,{ANNOTATION_FIELDS}"
+        if task_ids is None:
+            tasks = self._tasks_by_id(project_id, [ANNOTATED_FILTER], fields="all", include=include)
+        else:
+            tasks = self._tasks_among(project_id, task_ids, include, fields="all")
+        for task in tasks:
+            yield TaskAnnotations(
+                int(task.id), [_sdk_object("Annotation", a) for a in task.annotations or []],
+                [_sdk_object("Prediction", p) for p in task.predictions or []],
+            )
+
+    def _tasks_by_id(self, project_id: int, filters: list[dict], **params) -> Iterator:
+        """A project's tasks that pass `filters`, in id order, each page those above the last id seen.
+
+        Paged by id, not by page number: a task deleted, annotated or un-annotated
+        meanwhile shifts no other out of the listing (nor one in twice).
+        """
+        after = 0
+        while True:
+            above = {"filter": "filter:tasks:id", "operator": "greater", "type": "Number", "value": after}
+            query = json.dumps({"filters": {"conjunction": "and", "items": [*filters, above]}, "ordering": ["tasks:id"]})
+            with self._refusals(project_id, missing=after == 0):  # `ale savings --recompute` asks LS this first
+                pager = self.sdk.tasks.list(project=project_id, page=1, page_size=TASK_PAGE_SIZE, resolve_uri=False, query=query, **params)
+            items = list(pager.items or [])
+            yield from items
+            # LS's `total` (of the tasks above `after`), not a short page, ends it: LS may cap a page below TASK_PAGE_SIZE
+            # (TASK_API_PAGE_SIZE_MAX), and a short page taken for the last would leave the rest out
+            if not items or len(items) >= pager.response.total:
+                return
+            after = max(int(task.id) for task in items)
 
     def _tasks(self, project_id: int, **params) -> Iterator:
         """A project's tasks, page by page, stopping at LS's `total`, with their data as stored.
@@ -379,6 +425,14 @@ def refusal_message(exc, project_id: int, url: str, missing: bool = True) -> str
     return None
 
 
+def _sdk_object(type_name: str, item):
+    """A listed annotation or prediction as the SDK's own type (`label_studio_sdk.types`), its dates parsed."""
+    from label_studio_sdk import types
+    from label_studio_sdk.core.unchecked_base_model import construct_type
+
+    return construct_type(type_=getattr(types, type_name), object_=item if isinstance(item, dict) else item.dict())
+
+
 def sdk_client(url: str, api_key: str, timeout: float = DEFAULT_TIMEOUT):
     """A `label_studio_sdk.LabelStudio` that replaces its access tokens before they expire."""
     from label_studio_sdk import LabelStudio
@@ -388,41 +442,6 @@ def sdk_client(url: str, api_key: str, timeout: float = DEFAULT_TIMEOUT):
     sdk = LabelStudio(base_url=url, api_key=api_key, timeout=timeout)
     refresh_tokens_early(sdk)
     return sdk
-
-
-def refresh_tokens_early(sdk, margin: timedelta = TOKEN_REFRESH_MARGIN) -> None:
-    """Make an SDK client replace its access token `margin` before the token expires.
-
-    The SDK builds the Authorization header for every request from its tokens
-    client's `api_key`, which refreshes only an expired token; this wraps that
-    property of the one tokens client so that a token about to expire counts as
-    expired. A legacy `Token` key is left as it is.
-    """
-    tokens = sdk._client_wrapper._tokens_client
-    if tokens._use_legacy_token or isinstance(tokens, _EarlyRefresh):
-        return
-    tokens.__class__ = _early_refresh_class(type(tokens))
-    tokens._refresh_margin = margin
-
-
-@functools.cache
-def _early_refresh_class(tokens_class: type) -> type:
-    return type("EarlyRefresh" + tokens_class.__name__, (_EarlyRefresh, tokens_class), {})
-
-
-class _EarlyRefresh:
-    """Mixed into the SDK's tokens client (`refresh_tokens_early`)."""
-
-    _refresh_margin: timedelta
-
-    @property
-    def api_key(self) -> str:
-        expires = self._access_token_expiration
-        if self._access_token and expires is not None and expires - datetime.now(timezone.utc) < self._refresh_margin:
-            with self._token_refresh_lock:
-                if self._access_token_expiration == expires:  # not refreshed meanwhile by another thread
-                    self._access_token = None
-        return super().api_key
 
 
 #: URI schemes of Label Studio's cloud storages: LS resolves them for a task (io_storages/proxy_api.py).

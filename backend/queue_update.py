@@ -22,10 +22,13 @@ import json
 
 import numpy as np
 
-from .detection_store import ServedTasks
+from .detection_rows import ServedTasks
 
 #: Below this gap between two neighbouring scores a queue has no room left for a new task: rewrite it.
 MIN_SCORE_GAP = 1e-12
+#: Up to this many distinct usefulness values, the store finds each one's gap (`served_gaps`: two scans of the
+#: project's rows in SQL); past it, reading the served queue whole once is cheaper.
+GAP_QUERIES_MAX = 4
 
 
 def place_new_tasks(served: ServedTasks, task_ids: np.ndarray, usefulness: np.ndarray) -> np.ndarray | None:
@@ -36,32 +39,58 @@ def place_new_tasks(served: ServedTasks, task_ids: np.ndarray, usefulness: np.nd
     (ties: lower task id first), strictly between its two scores; the ends of
     the queue are 0 and 1.
     """
+    task_ids, usefulness = _checked(task_ids, usefulness)
+    return spread_in_gaps(task_ids, usefulness, *gaps_of(served, usefulness))
+
+
+def place_in_store(store, project: int, task_ids: np.ndarray, usefulness: np.ndarray) -> np.ndarray | None:
+    """`place_new_tasks` among the project's served queue in the detection store, without reading the whole queue
+    for a few new tasks (GAP_QUERIES_MAX)."""
+    task_ids, usefulness = _checked(task_ids, usefulness)
+    if np.unique(usefulness).size <= GAP_QUERIES_MAX:
+        gaps = store.served_gaps(project, usefulness)
+    else:
+        gaps = gaps_of(store.served_tasks(project), usefulness)
+    return spread_in_gaps(task_ids, usefulness, *gaps)
+
+
+def gaps_of(served: ServedTasks, usefulness: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(n,) low and high scores of the gap of `served` each usefulness goes into: right after the last served task
+    (in score order) at least as useful, before the next; 0 and 1 at the ends."""
+    # served is in ascending score order; envelope[i] = greatest usefulness from i to the end of the queue
+    envelope = np.maximum.accumulate(served.usefulness[::-1])[::-1] if len(served) else np.zeros(0)
+    # after the last i with envelope[i] >= u  ==  number of i with envelope[i] >= u (envelope is non-increasing)
+    slots = np.searchsorted(-envelope, -np.asarray(usefulness, dtype=np.float64), side="right")
+    bounds = np.concatenate([[0.0], served.scores, [1.0]])
+    return bounds[slots], bounds[slots + 1]
+
+
+def spread_in_gaps(task_ids: np.ndarray, usefulness: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray | None:
+    """Scores for new tasks in their gaps (`low`, `high`): spread evenly, most useful first. -> None if a gap is full."""
+    n = task_ids.size
+    if n == 0:
+        return np.zeros(0)
+    scores = np.empty(n)
+    order = np.lexsort((task_ids, -usefulness, high, low))  # by gap, then most useful first
+    low, high = low[order], high[order]
+    starts = np.flatnonzero(np.r_[True, (low[1:] != low[:-1]) | (high[1:] != high[:-1])])
+    for begin, end in zip(starts, np.r_[starts[1:], n]):
+        members = order[begin:end]
+        step = (high[begin] - low[begin]) / (members.size + 1)
+        if step < MIN_SCORE_GAP:
+            return None
+        scores[members] = low[begin] + step * np.arange(1, members.size + 1)
+    return scores
+
+
+def _checked(task_ids, usefulness) -> tuple[np.ndarray, np.ndarray]:
     task_ids = np.asarray(task_ids, dtype=np.int64)
     usefulness = np.asarray(usefulness, dtype=np.float64)
     if task_ids.shape != usefulness.shape or task_ids.ndim != 1:
         raise ValueError(f"task_ids {task_ids.shape} and usefulness {usefulness.shape} must be matching 1-d arrays")
-    n = task_ids.size
-    if n == 0:
-        return np.zeros(0)
     if np.isnan(usefulness).any():
         raise ValueError("usefulness must not be NaN")
-    # served is in ascending score order; envelope[i] = greatest usefulness from i to the end of the queue
-    envelope = np.maximum.accumulate(served.usefulness[::-1])[::-1] if len(served) else np.zeros(0)
-    # after the last i with envelope[i] >= u  ==  number of i with envelope[i] >= u (envelope is non-increasing)
-    slots = np.searchsorted(-envelope, -usefulness, side="right")
-    bounds = np.concatenate([[0.0], served.scores, [1.0]])
-    scores = np.empty(n)
-    order = np.lexsort((task_ids, -usefulness, slots))  # by gap, then most useful first
-    starts = np.flatnonzero(np.r_[True, slots[order][1:] != slots[order][:-1]])
-    for begin, end in zip(starts, np.r_[starts[1:], n]):
-        members = order[begin:end]
-        slot = int(slots[members[0]])
-        low, high = bounds[slot], bounds[slot + 1]
-        step = (high - low) / (members.size + 1)
-        if step < MIN_SCORE_GAP:
-            return None
-        scores[members] = low + step * np.arange(1, members.size + 1)
-    return scores
+    return task_ids, usefulness
 
 
 def ranking_key(**parts) -> str:

@@ -24,9 +24,10 @@ from .ls_format import detections_to_results, match_labels
 from .pool import batch_extras, predict_missing, predicted_labelled_tasks, rank_pool
 from .prediction_clusters import cluster_ids, cluster_pool, labelled_predictions
 from .progress import Progress
-from .queue_update import place_new_tasks
+from .queue_update import place_in_store
 from .ranking import ls_scores
 from .runtime import Runtime
+from .served_queue_store import ServedRecord
 from .serving import raw_output_key
 
 log = logging.getLogger(__name__)
@@ -89,14 +90,14 @@ def restore_sampling(rt: Runtime, project: int, info) -> str | None:
 def add_new_tasks(rt, project, config, adapter, version, fresh, progress, phase_done) -> dict | None:
     """Add `fresh` tasks to the served version between their neighbours by usefulness; None when a gap is full."""
     ids = np.array([t.id for t in fresh], dtype=np.int64)
-    # measured as the queue was (its labelled tasks, on its scale; its pool's class rarity): no listing, and
-    # comparable with the queue's usefulness
+    # measured as the queue was (its labelled tasks, on its scale; its pool's class rarity; one read of the record):
+    # no listing, and comparable with the queue's usefulness
+    record = rt.store.served_record(project, version) or ServedRecord(None, None, None)
     ranked = rank_pool(
-        rt, project, ids, adapter, config, extras=False, reference=rt.store.served_reference(project, version), stream=int(ids.min()),
-        rarity=rt.store.served_rarity(project, version),
+        rt, project, ids, adapter, config, extras=False, reference=record.reference, stream=int(ids.min()), rarity=record.rarity
     )
-    scores = place_new_tasks(rt.store.served_tasks(project), ids, ranked["usefulness"])
-    centroids = rt.store.served_centroids(project, version) if rt.settings.ls_clusters else None
+    scores = place_in_store(rt.store, project, ids, ranked["usefulness"])
+    centroids = record.centroids if rt.settings.ls_clusters else None
     clusters = None if centroids is None else cluster_ids(rt.store, project, raw_output_key(adapter.version, rt.settings), ids, centroids)
     phase_done("score")
     if scores is None:
@@ -149,9 +150,9 @@ def reshape_head(rt: Runtime, project: int, config, adapter: Adapter, version: s
     keep[np.flatnonzero(keep)[size:]] = False  # the window is `size` unlabeled tasks; later ones stay as they are
     labelled = [t for t in ids if states.get(t) is not False]  # labelled, or deleted: LS serves neither
     # the head's labelled tasks join those the queue was ranked against (labelled elsewhere: at the next full sync)
-    reference = rt.store.served_reference(project, version)
-    reference = None if reference is None else reference.with_tasks([t for t in ids if states.get(t)])
-    ranked = rank_pool(rt, project, window.task_ids[keep], adapter, config, reference=reference, rarity=rt.store.served_rarity(project, version))
+    record = rt.store.served_record(project, version) or ServedRecord(None, None, None)
+    reference = None if record.reference is None else record.reference.with_tasks([t for t in ids if states.get(t)])
+    ranked = rank_pool(rt, project, window.task_ids[keep], adapter, config, reference=reference, rarity=record.rarity)
     scores = np.empty(int(keep.sum()))
     scores[ranked["order"]] = np.sort(window.scores[keep])  # the window's own scores, handed out in the new order
     moved = {int(t): float(new) for t, old, new in zip(window.task_ids[keep], window.scores[keep], scores) if new != old}

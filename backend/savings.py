@@ -84,12 +84,25 @@ def record_task(rt, project: int, task_id: int) -> list[EditRecord]:
 
     The task's records of annotations LS no longer lists as submitted (deleted, or skipped since) go.
     """
-    annotations = list(rt.ls.sdk.annotations.list(id=int(task_id)))
-    predictions = rt.ls.sdk.predictions.list(task=int(task_id))
-    records = task_records(annotations, predictions)
-    submitted = [int(a.id) for a in annotations if not a.was_cancelled]
-    rt.store.put_task_edits(project, int(task_id), records, submitted)
-    return records
+    return record_listed(rt, project, [task_id])[1]
+
+
+def record_listed(rt, project: int, task_ids: list[int] | None = None) -> tuple[set[int], list[EditRecord]]:
+    """Record the annotations of `task_ids` (None: of every task with a submitted annotation) from one listing of
+    their annotations and predictions, TASK_PAGE_SIZE tasks a request. -> (the tasks LS listed, the records).
+
+    A task of `task_ids` LS no longer has (deleted meanwhile) keeps no records.
+    """
+    listed: set[int] = set()
+    records: list[EditRecord] = []
+    for task in rt.ls.task_annotations(project, task_ids):
+        listed.add(task.id)
+        found = task_records(task.annotations, task.predictions)
+        rt.store.put_task_edits(project, task.id, found, [int(a.id) for a in task.annotations if not a.was_cancelled])
+        records += found
+    for gone in sorted({int(t) for t in task_ids or ()} - listed):
+        rt.store.put_task_edits(project, gone, [], [])
+    return listed, records
 
 
 def record_annotations(project: int, task_id: int, *, runtime=None) -> dict:
@@ -104,8 +117,8 @@ def record_tasks(project: int, task_ids: list[int], *, runtime=None) -> dict:
     """The job a bulk annotation webhook (ANNOTATIONS_CREATED) queues: record each task's annotations. -> {"tasks", "annotations"}."""
     from .runtime import current_runtime
 
-    rt = runtime or current_runtime()
-    return {"tasks": len(task_ids), "annotations": sum(len(record_task(rt, project, t)) for t in task_ids)}
+    _, records = record_listed(runtime or current_runtime(), project, list(task_ids))
+    return {"tasks": len(task_ids), "annotations": len(records)}
 
 
 def recompute(rt, project: int) -> dict:
@@ -115,14 +128,10 @@ def recompute(rt, project: int) -> dict:
     A task counts with its first annotation, whether or not it has all the project asks for (overlap > 1).
     """
     started = time.time()
-    listed: set[int] = set()
-    annotations = 0
-    for task_id in rt.ls.annotated_task_ids(project):
-        listed.add(task_id)
-        annotations += len(record_task(rt, project, task_id))
+    listed, records = record_listed(rt, project)
     # only once LS has listed every task: a listing that failed half way forgets nothing
     forgotten = rt.store.keep_task_edits(project, listed, before=started)
-    return {"tasks": len(listed), "annotations": annotations, "forgotten": forgotten}
+    return {"tasks": len(listed), "annotations": len(records), "forgotten": forgotten}
 
 
 def savings_by_model(store, project: int) -> list[ModelSavings]:

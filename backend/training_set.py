@@ -35,6 +35,10 @@ MIN_TRAIN_TASKS = 2
 VAL_FULL = "val_full"
 #: Tasks a training reports by their number of annotator disagreements, at most.
 MOST_DISAGREEMENT = 10
+#: Result types that mark out an object but are not a <RectangleLabels> rectangle (counted as not trained on).
+REGION_SHAPES = ("rectangle", "polygon", "brush", "keypoint", "ellipse", "bitmask", "vector")
+#: What `ignored_regions` counts a label of a region after its first under (one box trains as one label).
+EXTRA_LABELS = "labels after a region's first"
 
 
 def is_validation(task_id: int) -> bool:
@@ -91,15 +95,19 @@ def annotated_samples(rt: Runtime, project: int, config, classes: list[str]) -> 
     """The project's annotated tasks as samples. Images are cached per task and image URL across runs (images/<task>/<url crc>.png).
 
     The URL is in the name: a task whose image was changed in LS (or another LS reusing task ids in this
-    MODEL_DIR) is fetched again, never trained with the old pixels under the new boxes.
+    MODEL_DIR) is fetched again, never trained with the old pixels under the new boxes. A task whose
+    annotations hold one marked as ground truth (a reviewer's) trains on it alone (`trained_results`);
+    otherwise several annotators' boxes are merged (consensus.py). Regions not trained on are counted
+    by why (`ignored_regions`) and logged.
     """
     cache = ModelStore(rt.settings.model_dir, project).dir / "images"
     cache.mkdir(parents=True, exist_ok=True)
     fetcher = MediaFetcher(rt.settings, rt.ls)
-    skipped = {"skipped_images": 0, "skipped_boxes": 0}
+    skipped: dict = {"skipped_images": 0, "skipped_boxes": 0, "ignored_regions": {}}
     disagreements: dict[int, int] = {}
+    ground_truth_tasks = 0
     samples = []
-    for task, results in rt.ls.annotated_tasks(project):
+    for task, listed in rt.ls.annotated_tasks(project):
         try:
             url = task_image_url({"id": task.id, "data": task.data}, config)
             cached = cache / str(task.id) / f"{zlib.crc32(url.encode()):08x}.png"
@@ -111,6 +119,8 @@ def annotated_samples(rt: Runtime, project: int, config, classes: list[str]) -> 
             skipped["skipped_images"] += 1
             skipped.setdefault("first_image_error", f"task {task.id}: {exc}")
             continue
+        results, reviewed = trained_results(listed)
+        ground_truth_tasks += reviewed
         annotations = [_result_boxes(result, config, classes, size, skipped) for result in results]
         if len(annotations) == 1:
             boxes, labels = annotations[0]
@@ -124,7 +134,41 @@ def annotated_samples(rt: Runtime, project: int, config, classes: list[str]) -> 
         skipped["disagreements"] = sum(disagreements.values())
         worst = sorted(disagreements.items(), key=lambda item: (-item[1], item[0]))[:MOST_DISAGREEMENT]
         skipped["most_disagreement"] = [{"task": t, "disagreements": n} for t, n in worst if n]
+    if ground_truth_tasks:
+        skipped["ground_truth_tasks"] = ground_truth_tasks
+    if skipped["ignored_regions"]:
+        log.warning(
+            "project %s: regions not trained on (%s): training reads the rectangles of <RectangleLabels name=\"%s\">, one "
+            "label each", project, regions_note(skipped["ignored_regions"]), config.from_name,
+        )
     return samples, skipped
+
+
+def trained_results(annotations: list[dict]) -> tuple[list[list[dict]], bool]:
+    """A task's annotations as the LS client lists them ({"result", "ground_truth"}, oldest first) -> (the results
+    it trains on, whether a ground-truth annotation decided).
+
+    The annotation a reviewer marks as ground truth (LS keeps one a task) is the task's answer, not one vote
+    among those it corrects. Several marked are not such a choice: LS marks every annotation imported with
+    its task as ground truth unless told otherwise, so then every annotator's count, merged by consensus.
+    """
+    truth = [a for a in annotations if a.get("ground_truth", False)]
+    if len(truth) == 1 and len(annotations) > 1:
+        return [list(truth[0].get("result") or [])], True
+    return [list(a.get("result") or []) for a in annotations], False
+
+
+def regions_note(ignored: dict[str, int]) -> str:
+    """{why: count} -> "from_name tag: 4, polygonlabels: 2"."""
+    return ", ".join(f"{why}: {n}" for why, n in sorted(ignored.items()))
+
+
+def not_trained_note(skipped: dict) -> str:
+    """What `annotated_samples` left out of the boxes, for an error: "" when nothing was."""
+    parts = [f"regions not trained on: {regions_note(skipped['ignored_regions'])}"] if skipped.get("ignored_regions") else []
+    if skipped.get("skipped_boxes"):
+        parts.append(f"{skipped['skipped_boxes']} boxes skipped, their label not in the label config or their values unreadable")
+    return "; ".join(parts)
 
 
 def _drop_other_images(cache: Path, task_id: int) -> None:
@@ -145,9 +189,16 @@ def _result_boxes(result: list[dict], config, classes: list[str], size, skipped:
     before an alias was added is that label's, as LS's editor shows it.
     """
     boxes, labels = [], []
+    ignored = skipped.setdefault("ignored_regions", {})
     for region in result:
-        if region.get("type") != "rectanglelabels" or region.get("from_name") != config.from_name:
+        if not isinstance(region, dict) or region.get("type") != "rectanglelabels" or region.get("from_name") != config.from_name:
+            why = _not_a_box(region, config)
+            if why:
+                ignored[why] = ignored.get(why, 0) + 1
             continue
+        chosen = (region.get("value") or {}).get("rectanglelabels")
+        if isinstance(chosen, list) and len(chosen) > 1:  # LS's choice="multiple": the box trains as its first label
+            ignored[EXTRA_LABELS] = ignored.get(EXTRA_LABELS, 0) + len(chosen) - 1
         try:
             box, label = rectangle_to_xyxy(region, size)
         except AleError:
@@ -162,15 +213,31 @@ def _result_boxes(result: list[dict], config, classes: list[str], size, skipped:
     return np.asarray(boxes, dtype=np.float64).reshape(-1, 4), np.asarray(labels, dtype=np.int64)
 
 
-def write_training_set(work: Path, samples: list[TrainingSample], classes: list[str], tiling: TrainingTiles | None = None) -> tuple[Path, dict]:
+def _not_a_box(region, config) -> str | None:
+    """Why a result that is not one of the config's rectangles is not trained on, for counting; None for one that
+    marks out no object (a choice, a text field), which is not counted."""
+    if not isinstance(region, dict):
+        return None
+    kind = str(region.get("type") or "")
+    if kind == "rectanglelabels":
+        return f"from_name {region.get('from_name')}"
+    return kind if kind.endswith("labels") or kind in REGION_SHAPES else None
+
+
+def write_training_set(
+    work: Path, samples: list[TrainingSample], classes: list[str], tiling: TrainingTiles | None = None, not_trained: str = ""
+) -> tuple[Path, dict]:
     """Write an ultralytics dataset under `work`, split by `is_validation(task_id)`. -> (data.yaml, counts).
 
-    Boxes are clipped to the image; boxes with no area left are skipped and counted.
+    Boxes are clipped to the image; boxes with no area left are skipped and counted. A training split
+    without a box is refused: it would teach every object to be background. `not_trained` (what the
+    annotations held that is not trained on) goes into that error.
     An image that `tiling` applies to is cut into tiles (`tile_dataset`). The
     validation images also go, whole, to a `val_full` split: a version is
     evaluated on them as a user's images are predicted, tiled where they are large.
     """
     counts = {"train_images": 0, "val_images": 0, "boxes": 0, "skipped_boxes": 0, "tiled_images": 0, "tiles": 0}
+    train_boxes = 0
     for split in ("train", "val", VAL_FULL):
         (work / "images" / split).mkdir(parents=True, exist_ok=True)
         (work / "labels" / split).mkdir(parents=True, exist_ok=True)
@@ -196,10 +263,16 @@ def write_training_set(work: Path, samples: list[TrainingSample], classes: list[
             (work / "labels" / VAL_FULL / f"{sample.task_id}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
         counts[f"{split}_images"] += 1
         counts["boxes"] += len(lines)
+        train_boxes += len(lines) if split == "train" else 0
     if counts["val_images"] < MIN_VAL_TASKS or counts["train_images"] < MIN_TRAIN_TASKS:
         raise TrainingError(
             f"{counts['train_images']} training and {counts['val_images']} validation images; "
             f"annotate more images (about 1 in {100 // VAL_PERCENT} goes to validation) and try again"
+        )
+    if not train_boxes:
+        raise TrainingError(
+            f"no box in its {counts['train_images']} training images{f' ({not_trained})' if not_trained else ''}: draw "
+            "each object as a rectangle of the label config's <RectangleLabels>, with one of its labels, then press Start Training"
         )
     names = "".join(f"  {i}: {name}\n" for i, name in enumerate(classes))
     (work / "data.yaml").write_text(f"path: {work.resolve()}\ntrain: images/train\nval: images/val\nnames:\n{names}")

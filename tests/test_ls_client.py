@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import jwt
 import pytest
 
-from backend.ls_client import TOKEN_REFRESH_MARGIN, LabelStudioClient
+from label_studio_ale.ls_client import TOKEN_REFRESH_MARGIN, LabelStudioClient
 
 # A port nothing listens on: any request that reaches the network fails the test.
 NOWHERE = "http://127.0.0.1:9"
@@ -71,7 +71,7 @@ def test_a_legacy_key_is_sent_as_it_is():
 
 
 def test_wrapping_twice_changes_nothing(client):
-    from backend.ls_client import refresh_tokens_early
+    from label_studio_ale.ls_client import refresh_tokens_early
 
     client, tokens, _ = client
     cls = type(tokens)
@@ -121,57 +121,9 @@ def test_requests_that_create_predictions_are_sent_once_even_when_answered_500(f
     assert seen["/api/projects/7/import/predictions"] > 1
 
 
-class TaskListing:
-    """LS's task listing at the SDK's seam: applies the id and total_annotations filters and the id ordering the query asks for."""
-
-    def __init__(self, annotations: dict[int, int], cap: int | None = None):
-        self.annotations = annotations  # task id -> submitted annotations
-        self.pages = []
-        self.cap = cap  # LS's TASK_API_PAGE_SIZE_MAX: a page holds at most this many, whatever was asked
-
-    def list(self, project, page, page_size, query, **params):
-        import json
-
-        asked = json.loads(query)
-        assert asked["ordering"] == ["tasks:id"] and params["include"] == "id"
-        tasks = sorted(self.annotations)
-        for item in asked["filters"]["items"]:
-            field = {"filter:tasks:id": lambda t: t, "filter:tasks:total_annotations": lambda t: self.annotations[t]}[item["filter"]]
-            assert item["operator"] == "greater"
-            tasks = [t for t in tasks if field(t) > item["value"]]
-        size = page_size if self.cap is None else min(page_size, self.cap)
-        items = tasks[(page - 1) * size : page * size]
-        self.pages.append(items)
-        if self.pages == [[2, 3]]:
-            del self.annotations[2]  # a listed task is deleted meanwhile: by page number, task 5 would shift out of page 2
-        return SimpleNamespace(items=[SimpleNamespace(id=t) for t in items], response=SimpleNamespace(total=len(tasks)))
-
-
-def test_the_annotated_tasks_are_every_one_with_an_annotation_paged_by_id(monkeypatch):
-    """Overlap 2: a task with one of its two annotations is listed (LS's is_labeled says no), one with none is not."""
-    import backend.ls_client as ls_client
-
-    monkeypatch.setattr(ls_client, "TASK_PAGE_SIZE", 2)
-    client = LabelStudioClient.__new__(LabelStudioClient)
-    listing = TaskListing({1: 0, 2: 1, 3: 2, 4: 0, 5: 1, 6: 1, 7: 3})
-    client.sdk = SimpleNamespace(tasks=listing)
-    assert list(client.annotated_task_ids(7)) == [2, 3, 5, 6, 7]
-    assert listing.pages == [[2, 3], [5, 6], [7], []]
-
-
-def test_the_annotated_tasks_are_all_listed_when_ls_caps_its_pages(monkeypatch):
-    """LS answers at most TASK_API_PAGE_SIZE_MAX a page: a short page is not the last (the recompute forgets what is not listed)."""
-    import backend.ls_client as ls_client
-
-    monkeypatch.setattr(ls_client, "TASK_PAGE_SIZE", 3)
-    client = LabelStudioClient.__new__(LabelStudioClient)
-    client.sdk = SimpleNamespace(tasks=TaskListing({t: 1 for t in range(1, 8)}, cap=2))
-    assert list(client.annotated_task_ids(7)) == [1, 2, 3, 4, 5, 6, 7]
-
-
 def test_a_download_that_trickles_past_the_timeout_is_refused_whatever_each_read_takes():
-    from backend.errors import MediaError
-    from backend.ls_client import read_limited
+    from label_studio_ale.errors import MediaError
+    from label_studio_ale.ls_client import read_limited
 
     def trickle(pieces, pause, size=10):
         for _ in range(pieces):
@@ -233,7 +185,7 @@ def refusing_label_studio(known_projects=()):
 
 def test_an_unknown_project_and_a_refused_key_say_what_to_fix_not_the_sdk_api_error():
     """`ale sync`, `ale rank` and `ale savings --recompute` print these; the SDK's ApiError was a traceback."""
-    from backend.ls_client import LabelStudioError
+    from label_studio_ale.ls_client import LabelStudioError
 
     with refusing_label_studio() as url:
         client = LabelStudioClient(url, "a-legacy-token")
@@ -241,7 +193,7 @@ def test_an_unknown_project_and_a_refused_key_say_what_to_fix_not_the_sdk_api_er
         with pytest.raises(LabelStudioError, match=missing):
             client.project(999)
         with pytest.raises(LabelStudioError, match=missing):  # what savings --recompute asks first
-            list(client.annotated_task_ids(999))
+            list(client.task_annotations(999))
         with pytest.raises(LabelStudioError, match=missing):
             list(client.unlabeled_tasks(999))
         refused = r"Label Studio refused LABEL_STUDIO_API_KEY \(401\): use a personal access token or legacy token from Account & Settings"
@@ -249,4 +201,4 @@ def test_an_unknown_project_and_a_refused_key_say_what_to_fix_not_the_sdk_api_er
             LabelStudioClient(url, "refused-key").project(1)
         revoked = LabelStudioClient(url, _jwt("refresh", 3600, "revoked"))  # its exchange for an access token is refused
         with pytest.raises(LabelStudioError, match=refused + r" \(Label Studio said: Token is invalid or expired\)"):
-            list(revoked.annotated_task_ids(1))
+            list(revoked.task_annotations(1))

@@ -74,3 +74,58 @@ def test_a_full_gap_asks_for_a_rewrite():
 
 def test_ranking_key_is_stable_and_sensitive():
     assert ranking_key(policy="a", seed=1) == ranking_key(seed=1, policy="a") != ranking_key(policy="a", seed=2)
+
+
+def test_a_few_new_tasks_are_placed_by_the_store_without_reading_the_queue_and_many_on_the_queue_read_once(tmp_path):
+    from label_studio_ale.detection_store import ServedQueue, SqliteDetectionStore
+    from label_studio_ale.queue_update import GAP_QUERIES_MAX, place_in_store
+
+    rng = np.random.default_rng(2)
+    served = served_queue(rng.random(200))
+    store = SqliteDetectionStore(tmp_path / "d.sqlite")
+    store.replace_served(1, ServedQueue("ale:m:1", "m", "rk"), served.task_ids, served.usefulness, served.scores)
+    reads = []
+    read = store.served_tasks
+    store.served_tasks = lambda project, limit=None: reads.append(project) or read(project, limit)
+    few = rng.random(GAP_QUERIES_MAX)
+    ids = np.arange(500, 500 + few.size)
+    np.testing.assert_array_equal(place_in_store(store, 1, ids, few), place_new_tasks(served, ids, few))
+    assert reads == [], "a few new tasks: the store finds their gaps"
+    many = np.concatenate([rng.random(30), [-np.inf]])
+    np.testing.assert_array_equal(place_in_store(store, 1, np.arange(600, 631), many), place_new_tasks(served, np.arange(600, 631), many))
+    assert reads == [1]
+    with pytest.raises(ValueError, match="NaN"):
+        place_in_store(store, 1, np.array([3]), np.array([np.nan]))
+
+
+def test_adding_a_new_task_reads_the_served_record_once(tmp_path, monkeypatch):
+    """What the queue was ranked with (reference, rarity, centroids) in one read, and no read of the whole queue."""
+    from types import SimpleNamespace
+
+    import label_studio_ale.queue_writes as queue_writes
+    from label_studio_ale.detection_store import LabelledReference, ServedQueue, SqliteDetectionStore
+
+    store = SqliteDetectionStore(tmp_path / "d.sqlite")
+    centroids, reference = np.eye(2, dtype=np.float32), LabelledReference(np.array([2, 4]), 1.5)
+    store.replace_served(1, ServedQueue("ale:m:1", "m", "rk"), [10, 11], [2.0, 1.0], [0.25, 0.75], centroids, reference, np.array([0.5, 1.5]))
+    ranked = {"usefulness": np.array([1.5]), "policy": "p", "usable": np.array([True]), "detections": [None]}
+    seen = {}
+    monkeypatch.setattr(queue_writes, "rank_pool", lambda *a, reference, rarity, **k: seen.update(ref=reference, rarity=rarity) or ranked)
+    monkeypatch.setattr(queue_writes, "cluster_ids", lambda *a: seen.update(centroids=a[-1]) or {12: 0})
+    monkeypatch.setattr(queue_writes, "_import", lambda *a: None)
+    monkeypatch.setattr(store, "served_tasks", lambda *a: pytest.fail("the whole served queue was read for one new task"))
+    queries = []
+    execute = store._exec
+    monkeypatch.setattr(store, "_exec", lambda db, query, params=(): queries.append(query) or execute(db, query, params))
+    rt = SimpleNamespace(store=store, settings=SimpleNamespace(ls_clusters=2), check_lock=lambda *a: None)
+    monkeypatch.setattr(queue_writes, "raw_output_key", lambda version, settings: "m")
+    adapter, fresh = SimpleNamespace(version="m"), [SimpleNamespace(id=12)]
+    result = queue_writes.add_new_tasks(rt, 1, None, adapter, "ale:m:1", fresh, None, lambda phase: None)
+    assert result["added"] == [12]
+    assert seen["ref"].task_ids.tolist() == [2, 4] and seen["rarity"].tolist() == [0.5, 1.5] and np.array_equal(seen["centroids"], centroids)
+    record_reads = [q for q in queries if "FROM served_queues" in q and q.startswith("SELECT") and "reference_ids" in q]
+    assert len(record_reads) == 1, queries
+    assert store.served_last_task(1) == 12
+    monkeypatch.undo()
+    placed = store.served_tasks(1)
+    assert placed.task_ids.tolist() == [10, 12, 11] and placed.scores.tolist() == [0.25, 0.5, 0.75], "between its neighbours by usefulness"

@@ -46,23 +46,22 @@ def test_without_a_parent_prediction_only_one_that_existed_when_the_task_was_ope
 
 
 class FakeLabelStudio:
-    """What LS answers the savings: each task's annotations and predictions, and the annotated tasks' ids."""
+    """What LS answers the savings: one listing of tasks with their annotations and predictions (`task_annotations`)."""
 
     def __init__(self, annotations: dict, predictions: dict):
-        from types import SimpleNamespace
+        self.annotations, self.predictions, self.fail_listing_after, self.listings = annotations, predictions, None, []
 
-        self.annotations, self.fail_listing_after = annotations, None
-        self.sdk = SimpleNamespace(
-            annotations=SimpleNamespace(list=lambda id: list(self.annotations.get(id, []))),
-            predictions=SimpleNamespace(list=lambda task: list(predictions.get(task, []))),
-        )
+    def task_annotations(self, project, task_ids=None):
+        from label_studio_ale.ls_client import TaskAnnotations
 
-    def annotated_task_ids(self, project):
-        for n, (task, annotations) in enumerate(sorted(self.annotations.items())):
+        self.listings.append(task_ids)
+        tasks = set(self.annotations) | set(self.predictions)
+        for n, task in enumerate(sorted(tasks if task_ids is None else tasks & set(task_ids))):
             if n == self.fail_listing_after:
                 raise ConnectionError("Label Studio went away")
-            if any(not a.was_cancelled for a in annotations):
-                yield task
+            annotations = self.annotations.get(task, [])
+            if task_ids is not None or any(not a.was_cancelled for a in annotations):
+                yield TaskAnnotations(task, list(annotations), list(self.predictions.get(task, [])))
 
 
 def _shown_and_annotation():
@@ -127,3 +126,20 @@ def test_a_recompute_records_partly_annotated_tasks_and_forgets_what_ls_no_longe
     with pytest.raises(ConnectionError):
         recompute(rt, 1)
     assert [r.annotation_id for r in rt.store.edits(1)] == [200, 201, 202, 300], "a listing cut short forgets nothing"
+    assert ls.listings == [None, None], "one listing of every annotated task each, not two requests a task"
+
+
+def test_a_bulk_annotation_event_records_its_tasks_from_one_listing_and_forgets_a_deleted_one(tmp_path):
+    """LS's "Create Annotations From Predictions" on thousands of tasks: one listing of them, not two requests a task."""
+    from types import SimpleNamespace
+
+    from label_studio_ale.savings import record_tasks
+
+    boxes, prediction, annotation = _shown_and_annotation()
+    ls = FakeLabelStudio({t: [annotation(100 + t, t, t, boxes)] for t in range(1, 4)}, {t: [prediction(t, t)] for t in range(1, 4)})
+    rt = SimpleNamespace(ls=ls, store=SqliteDetectionStore(tmp_path / "d.sqlite"))
+    rt.store.put_edits(1, [EditRecord(900, 9, "ale:v0001-aa:20260101T0Z", EditCounts(deleted=4), 9.0)])  # task 9: deleted in LS since
+    assert record_tasks(1, [1, 2, 3, 9], runtime=rt) == {"tasks": 4, "annotations": 3}
+    assert ls.listings == [[1, 2, 3, 9]]
+    assert [(r.annotation_id, r.counts) for r in rt.store.edits(1)] == [(101, EditCounts(accepted=4)), (102, EditCounts(accepted=4)),
+                                                                         (103, EditCounts(accepted=4))]  # fmt: skip

@@ -95,7 +95,7 @@ def test_a_task_whose_image_changed_is_fetched_again_for_training(tmp_path):
         url = ""
 
         def annotated_tasks(self, project):
-            yield TaskRef(3, {"image": self.url}), [[]]
+            yield TaskRef(3, {"image": self.url}), [{"result": [], "ground_truth": False}]
 
     ls = LS()
     rt = Runtime(Settings(model_dir=tmp_path, allowed_media_hosts=("127.0.0.1",)), ls=ls)
@@ -142,3 +142,95 @@ def test_an_annotation_stored_under_an_aliased_labels_value_is_trained_as_that_l
     boxes, labels = _result_boxes(regions, config, list(config.labels), (100, 100), skipped)
     assert labels.tolist() == [0, 0, 1]
     assert skipped["skipped_boxes"] == 1, "a name LS's editor would not find either (another case) is skipped, not guessed"
+
+
+_CONFIG = ('<View><Image name="image" value="$image"/><RectangleLabels name="label" toName="image">'
+           '<Label value="bird"/><Label value="nest"/></RectangleLabels></View>')
+
+
+def test_regions_that_are_not_trained_on_are_counted_by_why():
+    """Another tag's rectangles (e.g. imported under another name), other shapes and a region's second label are
+    counted, not dropped unseen; a choice or a text field marks out no object and is not counted."""
+    from label_studio_ale.ls_format import parse_label_config
+    from label_studio_ale.training_set import EXTRA_LABELS, _result_boxes
+
+    config = parse_label_config(_CONFIG)
+    two_labels = _region("bird") | {"value": _region("bird")["value"] | {"rectanglelabels": ["bird", "nest"]}}
+    regions = [
+        _region("bird", 10),
+        _region("bird", 30) | {"from_name": "tag"},
+        {"type": "polygonlabels", "from_name": "poly", "to_name": "image", "value": {"points": [[1, 1], [5, 1], [5, 5]], "polygonlabels": ["bird"]}},
+        {"type": "keypointlabels", "from_name": "kp", "to_name": "image", "value": {"x": 1, "y": 1, "keypointlabels": ["bird"]}},
+        {"type": "choices", "from_name": "quality", "to_name": "image", "value": {"choices": ["good"]}},
+        two_labels,
+    ]
+    skipped = {"skipped_images": 0, "skipped_boxes": 0}
+    boxes, labels = _result_boxes(regions, config, ["bird", "nest"], (100, 100), skipped)
+    assert labels.tolist() == [0, 0], "the two-label region trains as its first label"
+    assert skipped["ignored_regions"] == {"from_name tag": 1, "polygonlabels": 1, "keypointlabels": 1, EXTRA_LABELS: 1}
+    assert skipped["skipped_boxes"] == 0
+
+
+def test_a_training_split_without_a_box_is_refused_with_what_was_left_out(tmp_path):
+    """Trained, every object of those images would be learnt as background, and the version promoted."""
+    from label_studio_ale.training_set import not_trained_note
+
+    samples = [_sample(i, tmp_path, [], []) for i in range(1, 41)]
+    note = not_trained_note({"skipped_boxes": 2, "ignored_regions": {"from_name tag": 40, "polygonlabels": 3}})
+    assert note == ("regions not trained on: from_name tag: 40, polygonlabels: 3; 2 boxes skipped, their label not in the "
+                    "label config or their values unreadable")
+    train = sum(not is_validation(i) for i in range(1, 41))
+    with pytest.raises(TrainingError, match=rf"^no box in its {train} training images \(regions not trained on: from_name tag: 40, "
+                                            r"polygonlabels: 3; 2 boxes.*\): draw each object as a rectangle of the label config's <RectangleLabels>"):
+        write_training_set(tmp_path / "ds", samples, ["bird"], not_trained=note)
+    # boxes on validation images only: still nothing to learn from
+    val_only = [_sample(i, tmp_path, [[5, 5, 20, 20]] if is_validation(i) else [], [0] if is_validation(i) else []) for i in range(1, 41)]
+    with pytest.raises(TrainingError, match=rf"^no box in its {train} training images: draw"):
+        write_training_set(tmp_path / "ds2", val_only, ["bird"])
+
+
+def test_a_ground_truth_annotation_decides_its_task_alone():
+    """A reviewer's corrected ground truth is the answer, not one vote that a second annotator's miss out-votes."""
+    from label_studio_ale.training_set import trained_results
+
+    reviewed = {"ground_truth": True, "result": ["reviewed"]}
+    other = {"ground_truth": False, "result": ["annotator"]}
+    assert trained_results([other, reviewed]) == ([["reviewed"]], True)
+    assert trained_results([other, {"ground_truth": False, "result": ["b"]}]) == ([["annotator"], ["b"]], False)
+    # LS marks every annotation imported with its task as ground truth: several marked are no reviewer's choice
+    imported = [{"ground_truth": True, "result": ["a"]}, {"ground_truth": True, "result": ["b"]}]
+    assert trained_results(imported) == ([["a"], ["b"]], False)
+    assert trained_results([reviewed]) == ([["reviewed"]], False), "a task's only annotation decides as it always did"
+
+
+def test_annotated_samples_train_on_the_ground_truth_and_report_what_they_left_out(tmp_path, caplog):
+    import io
+
+    from label_studio_ale.ls_client import TaskRef
+    from label_studio_ale.ls_format import parse_label_config
+    from label_studio_ale.runtime import Runtime
+    from label_studio_ale.training_set import annotated_samples
+    from tests.support.http import serve_files
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (100, 100)).save(buffer, format="PNG")
+    config = parse_label_config(_CONFIG)
+    birds = [_region("bird", x) for x in (10, 40, 70)]
+
+    class LS:
+        url = ""
+
+        def annotated_tasks(self, project):
+            reviewed = {"id": 1, "ground_truth": True, "updated_at": "2025-01-01", "result": birds}
+            yield TaskRef(3, {"image": self.url}), [reviewed, {"id": 2, "ground_truth": False, "result": birds[:1]}]
+            yield TaskRef(4, {"image": self.url}), [{"result": birds[:1], "ground_truth": False}, {"result": birds[:1] + [birds[1] | {"from_name": "tag"}], "ground_truth": False}]
+
+    ls = LS()
+    rt = Runtime(Settings(model_dir=tmp_path, allowed_media_hosts=("127.0.0.1",)), ls=ls)
+    with serve_files({"/a.png": buffer.getvalue()}) as base:
+        ls.url = f"{base}/a.png"
+        samples, skipped = annotated_samples(rt, 5, config, ["bird", "nest"])
+    assert [len(s.labels) for s in samples] == [3, 1], "task 3: the reviewer's three birds, not the one both drew"
+    assert skipped["ground_truth_tasks"] == 1 and skipped["consensus_tasks"] == 1
+    assert skipped["ignored_regions"] == {"from_name tag": 1}
+    assert 'regions not trained on (from_name tag: 1): training reads the rectangles of <RectangleLabels name="label">' in caplog.text
