@@ -18,9 +18,12 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +40,11 @@ _VERSION_NAME = re.compile(r"^v\d{4,}$")
 #: in, the pointer or the version mark being replaced. A training killed mid-way leaves them (`remove_leftovers`).
 WORK_PREFIX, INCOMING_PREFIX, POINTER_PREFIX, MARK_PREFIX = ".work-", ".incoming-", ".current-", ".last-version-"
 LEFTOVER_PREFIXES = (WORK_PREFIX, INCOMING_PREFIX, POINTER_PREFIX, MARK_PREFIX)
+#: A running training touches its work folder this often (`kept_in_use`), so that it never looks left over.
+IN_USE_TOUCH_S = 60.0
+#: Something a training writes counts as left over once untouched this long: ten touches missed. A training whose
+#: lock lapsed (Redis restarted) still runs, and the next training, holding the lock now, must not delete its files.
+LEFTOVER_AGE_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -121,10 +129,15 @@ class ModelStore:
         except (LookupError, ValueError) as exc:
             return None, str(exc)
 
-    def add(self, weights: str | Path, classes, metrics: dict, manifest: dict) -> ModelVersion:
-        """Copy `weights` (a file, or a folder such as a SavedModel) in as a new complete version (not yet current)."""
+    def add(self, weights: str | Path, classes, metrics: dict, manifest: dict | Callable[[str], dict]) -> ModelVersion:
+        """Copy `weights` (a file, or a folder such as a SavedModel) in as a new complete version (not yet current).
+
+        `manifest` may be a function of the version's name (a record that names the version, e.g. the command that
+        serves it), called once the name is chosen, before the version appears.
+        """
         self.dir.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=INCOMING_PREFIX, dir=self.dir))
+        created = time.time()
         try:
             if Path(weights).is_dir():
                 shutil.copytree(weights, staging / WEIGHTS_DIR)
@@ -132,11 +145,16 @@ class ModelStore:
                 shutil.copyfile(weights, staging / WEIGHTS)
             (staging / "classes.json").write_text(json.dumps(list(classes)))
             (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
-            (staging / "manifest.json").write_text(json.dumps(manifest | {"created": time.time()}, indent=2))
+            if not callable(manifest):
+                (staging / "manifest.json").write_text(json.dumps(manifest | {"created": created}, indent=2))
             # On disk before the rename: after a power loss a version is either absent or whole, never empty files.
             _fsync_tree(staging)
             for _ in range(100):  # another writer may take the same number: try the next
                 name = self._next_name()
+                if callable(manifest):
+                    (staging / "manifest.json").write_text(json.dumps(manifest(name) | {"created": created}, indent=2))
+                    _fsync_path(staging / "manifest.json")
+                    _fsync_path(staging)
                 # reserved before the rename: a writer killed between the two leaves a gap, never a name to reuse
                 self._write_file(LAST_VERSION, name, MARK_PREFIX)
                 try:
@@ -152,22 +170,52 @@ class ModelStore:
             shutil.rmtree(staging, ignore_errors=True)
             raise
 
-    def remove_leftovers(self) -> list[str]:
+    def remove_leftovers(self, older_than: float = LEFTOVER_AGE_S) -> list[str]:
         """Delete what a killed training left in the store (a work folder, a version half-copied, a pointer not yet renamed).
 
-        Call it only while no training of the project can run (under its train lock). -> the names removed.
+        Call it under the project's train lock. Only what was last touched `older_than` seconds ago or more goes:
+        a training whose lock lapsed may still run, and touches its work folder (`kept_in_use`). -> the names removed.
         """
         if not self.dir.is_dir():
             return []
         removed = []
+        now = time.time()
         for entry in self.dir.iterdir():
             if entry.name.startswith(LEFTOVER_PREFIXES) and not entry.is_symlink():
+                try:
+                    if now - entry.lstat().st_mtime < older_than:
+                        continue
+                except FileNotFoundError:  # its writer renamed or removed it meanwhile
+                    continue
                 if entry.is_dir():
                     shutil.rmtree(entry, ignore_errors=True)
                 else:
                     entry.unlink(missing_ok=True)
                 removed.append(entry.name)
         return sorted(removed)
+
+    @staticmethod
+    @contextmanager
+    def kept_in_use(folder: Path, every: float = IN_USE_TOUCH_S) -> Iterator[Path]:
+        """Create `folder` and touch it every `every` seconds until the block ends, so `remove_leftovers` keeps it."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        done = threading.Event()
+
+        def touch() -> None:
+            while not done.wait(every):
+                try:
+                    os.utime(folder)
+                except OSError:  # gone (the block is ending) or the disk is away: the next touch tries again
+                    pass
+
+        toucher = threading.Thread(target=touch, name=f"touch {folder.name}", daemon=True)
+        toucher.start()
+        try:
+            yield folder
+        finally:
+            done.set()
+            toucher.join()
 
     def promote(self, name: str) -> None:
         """Make `name` the served version, atomically."""

@@ -2,6 +2,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -182,6 +183,9 @@ def test_what_a_killed_training_left_is_removed_and_versions_are_kept(tmp_path, 
     (store.dir / ".current-xyz").write_text("v0009")
     (store.dir / ".last-version-xyz").write_text("v0009")
     (store.dir / "images").mkdir()  # the training image cache stays
+    hour_ago = time.time() - 3600
+    for name in (".work-1700000000000", ".incoming-abc", ".current-xyz", ".last-version-xyz"):
+        os.utime(store.dir / name, (hour_ago, hour_ago))
     assert store.remove_leftovers() == [".current-xyz", ".incoming-abc", ".last-version-xyz", ".work-1700000000000"]
     assert sorted(p.name for p in store.dir.iterdir()) == ["current", "images", "last-version", "v0001"]
     assert store.current().name == "v0001" and store.remove_leftovers() == []
@@ -224,3 +228,29 @@ def test_a_refused_promotion_is_recorded_in_place_and_whole(tmp_path, weights):
     assert store.get(version.name).manifest == again.manifest and sorted(p.name for p in version.path.iterdir()) == [
         "classes.json", "manifest.json", "metrics.json", "weights.pt"
     ]
+
+
+def test_the_files_of_a_training_that_still_runs_are_not_removed(tmp_path, weights):
+    """A training whose lock lapsed (Redis restarted) goes on; the next one, holding the lock, must leave its files."""
+    store = ModelStore(tmp_path, 3)
+    store.add(weights, ["bird"], {}, {})
+    with ModelStore.kept_in_use(store.dir / ".work-1", every=0.05) as running:
+        (running / "run").mkdir()
+        old = time.time() - 3600
+        os.utime(running, (old, old))  # a long fine-tune writes below it only: the touches keep it fresh
+        (store.dir / ".incoming-x").mkdir()  # a version being copied in now
+        (store.dir / ".work-0").mkdir()
+        os.utime(store.dir / ".work-0", (old, old))  # a killed training's, untouched for an hour
+        deadline = time.time() + 5
+        while running.stat().st_mtime < old + 1800 and time.time() < deadline:
+            time.sleep(0.02)
+        assert store.remove_leftovers() == [".work-0"]
+        assert running.is_dir() and (store.dir / ".incoming-x").is_dir()
+    assert store.remove_leftovers(older_than=0) == [".incoming-x", ".work-1"]
+
+
+def test_a_manifest_can_name_the_version_it_is_stored_as(tmp_path, weights):
+    store = ModelStore(tmp_path, 5)
+    store.add(weights, ["bird"], {}, {})
+    version = store.add(weights, ["bird"], {}, lambda name: {"promotion": {"reason": f"`ale models --promote {name}` serves it"}})
+    assert version.name == "v0002" and version.manifest["promotion"]["reason"] == "`ale models --promote v0002` serves it"

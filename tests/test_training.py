@@ -84,18 +84,18 @@ def _metrics(map50, images=12, boxes=30):
     [
         (Settings(promotion="always"), "v0001", _metrics(0.9), _metrics(0.1), True, "PROMOTION=always"),
         (Settings(), None, None, _metrics(0.1), True, "the project's first version"),
-        (Settings(), "v0001", None, _metrics(0.1), True, "the labels changed (bird -> bird, egg)"),
+        (Settings(), "v0001", None, _metrics(0.1), True, "none of v0001's classes (bird) is a label now (bird, egg): it cannot serve"),
         (Settings(), "v0001", _metrics(0.9, 4), _metrics(0.1, 4), True, "only 4 validation images (30 boxes), fewer than PROMOTION_MIN_IMAGES=10"),
         (Settings(), "v0001", _metrics(0.5), _metrics(0.5), True, "mAP50 0.500 >= v0001's 0.500 on the same 12 validation images (30 boxes)"),
         (Settings(), "v0001", _metrics(0.5), _metrics(0.4), False, "mAP50 0.400 < v0001's 0.500 on the same 12 validation images (30 boxes): v0001 keeps serving"),
         (Settings(promotion_min_images=20), "v0001", _metrics(0.5), _metrics(0.4), True, "fewer than PROMOTION_MIN_IMAGES=20"),
-        (Settings(), "v0001", _metrics(0.0, boxes=0), _metrics(0.0, boxes=0), True, "12 validation images (0 boxes): without a box, mAP cannot compare"),
+        (Settings(), "v0001", _metrics(0.0, boxes=0), _metrics(0.0, boxes=0), False, "12 validation images (0 boxes): without a box, mAP cannot compare the versions, so v0001 keeps serving"),
     ],
 )
 def test_the_promotion_gate_says_why(settings, current, baseline, metrics, promoted, reason):
     from types import SimpleNamespace
 
-    from label_studio_ale.training import promotion_decision
+    from label_studio_ale.promotion import promotion_decision
 
     version = None if current is None else SimpleNamespace(name=current, classes=("bird",))
     decision, why = promotion_decision(settings, metrics, version, baseline, ["bird", "egg"])
@@ -106,7 +106,7 @@ def test_the_promotion_gate_says_why(settings, current, baseline, metrics, promo
 def test_a_pretrained_checkpoint_keeps_the_rows_its_classes_give_to_labels(trained_weights, tmp_path):
     """{bird, car} behind <Label value="Kittiwake" predicted_values="bird"/>: the first version starts from the bird row."""
     from label_studio_ale.ls_format import parse_label_config
-    from label_studio_ale.training import inherited_rows
+    from label_studio_ale.label_rows import inherited_rows
     from label_studio_ale_plugins.yolov5 import grow_head
     from tests.support.models import class_outputs
 
@@ -212,7 +212,7 @@ def test_a_fine_tune_that_adds_no_label_takes_train_continue_steps(trained_weigh
 def test_a_version_without_a_record_of_its_labels_is_not_continued():
     from types import SimpleNamespace
 
-    from label_studio_ale.training import continues_labels
+    from label_studio_ale.label_rows import continues_labels
 
     assert continues_labels(SimpleNamespace(manifest={"trained_labels": ["bird", "nest"]}), ["bird"])
     assert not continues_labels(SimpleNamespace(manifest={"trained_labels": ["bird"]}), ["bird", "nest"])
@@ -350,7 +350,7 @@ def test_a_project_whose_annotated_images_all_fail_to_load_says_why_not_that_it_
 
         def annotated_tasks(self, project):
             for task_id in (3, 4):
-                yield TaskRef(task_id, {"image": f"https://bucket.example.org/{task_id}.jpg"}), [[]]
+                yield TaskRef(task_id, {"image": f"https://bucket.example.org/{task_id}.jpg"}), [{"result": [], "ground_truth": False}]
 
     rt = Runtime(Settings(model_dir=tmp_path), ls=LS())
     with pytest.raises(TrainingError, match=r"none of its 2 annotated images could be read \(task 3: image host 'bucket.example.org' "

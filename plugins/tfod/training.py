@@ -53,17 +53,17 @@ def train_detector(
             f"BASE_MODEL={base}: the tfod adapter fine-tunes a detector folder it trained (holding detector.json) "
             f"or starts from BASE_MODEL={FRESH_MODEL}; an OD API export can be served but not fine-tuned"
         )
-    keras = import_keras()
     names, train_items = read_yolo_split(data_yaml, "train")
     _, val_items = read_yolo_split(data_yaml, "val")
+    if base != FRESH_MODEL and list(base_classes(base) or []) != list(names):
+        raise AdapterError(class_mismatch(base, list(base_classes(base) or []), list(names)))  # before TensorFlow loads
+    keras = import_keras()
     keras.utils.set_random_seed(seed)
     if base == FRESH_MODEL:
         spec = DetectorSpec(tuple(names), image_size=-(-image_size // 32) * 32)
         model = build_detector(spec)
     else:
         model, spec = load_detector(base)
-        if list(spec.classes) != list(names):
-            raise AdapterError(f"base detector {base} knows {list(spec.classes)}, the dataset {names}: grow its head first")
     model.compile(optimizer=keras.optimizers.Adam(LEARNING_RATE, global_clipnorm=CLIP_NORM))
     train = _batches(train_items, spec.image_size, batch, flip=True, seed=seed)
     val = _batches(val_items, spec.image_size, batch, flip=False, seed=seed)
@@ -79,6 +79,21 @@ def train_detector(
     model.fit(train, validation_data=val, epochs=epochs, callbacks=[Progress()], verbose=0, shuffle=False)
     precise_batch_norm(model, _batches(train_items, spec.image_size, batch, flip=False, seed=seed))
     return save_detector(model, spec, out)
+
+
+def class_mismatch(base: str, known: list[str], names: list[str]) -> str:
+    """Why a base detector for classes `known` cannot be fine-tuned on a dataset of `names`, and what to do."""
+    if set(known) & set(names):
+        return (
+            f"base detector {base} knows {known}, the dataset {names}: Start Training grows its head to the dataset's "
+            "classes first, keeping the rows of the classes both have: press Start Training rather than fine-tuning it directly"
+        )
+    return (
+        f"BASE_MODEL={base} is a detector of {', '.join(known)}, and none of them is a label of this project "
+        f"({', '.join(names)}): map a label to one of its classes with predicted_values, e.g. "
+        f'<Label value="{names[0]}" predicted_values="{known[0] if known else "class"}"/>, so that the label starts from that '
+        f"class's row, or set BASE_MODEL={FRESH_MODEL} (or leave it unset) to train a fresh detector"
+    )
 
 
 def precise_batch_norm(model, batches) -> None:
