@@ -17,6 +17,7 @@ from typing import Iterator
 from urllib.parse import urlsplit
 
 from .errors import AleError, MediaError
+from .url_settings import without_password
 from .ls_tokens import TOKEN_REFRESH_MARGIN, refresh_tokens_early  # noqa: F401 (TOKEN_REFRESH_MARGIN: importable from here)
 
 log = logging.getLogger(__name__)
@@ -421,7 +422,7 @@ def refusal_message(exc, project_id: int, url: str, missing: bool = True) -> str
             f"token from Account & Settings of a user who can open the project{said}"
         )
     if status == 404 and missing:
-        return f"project {project_id} not found in Label Studio at {url}: check --project / the project id"
+        return f"project {project_id} not found in Label Studio at {without_password(url)}: check --project / the project id"
     return None
 
 

@@ -187,6 +187,10 @@ def rewrite_queue(rt, project, config, adapter, queue: ServedQueue, served: Serv
             for items in labelled_predictions(rt, project, config, adapter, clustering.centroids, version, labelled_tasks()):
                 labelled += rt.ls.create_predictions(project, items)
         phase_done("import")
+        # Switched to only whole: a version another sync removed part of (its lock lost) must not be served
+        held, written = rt.ls.model_versions(project).get(version, 0), int(task_ids.size) + labelled
+        if held != written:
+            raise SyncError(f"version {version} holds {held} predictions where {written} were written (another sync removed some?)")
         rt.check_lock(f"sync:{project}", f"switching project {project} to {version}")
         rt.ls.switch_queue(project, version)
         phase_done("switch")

@@ -183,7 +183,10 @@ class CountingLS:
         yield from self.labelled
 
     def model_versions(self, project):
-        return []
+        """Predictions per version, as LS counts them: what this fake was given."""
+        from collections import Counter
+
+        return Counter(item["model_version"] for item in self.created + getattr(self, "imported", []))
 
     def create_predictions(self, project, items):
         self.created += items
@@ -426,6 +429,20 @@ def test_a_rewrite_whose_lock_lapsed_switches_nothing_and_removes_its_version(tm
         with pytest.raises(jobs.SyncError, match=r"failed before switching; the previous order stays: switching project 1 to ale:m-1:.* was not done: the lock sync:1 lapsed"):
             queue_writes.rewrite_queue(rt, 1, CONFIG, TrainedModel(), ServedQueue(None, key, "ranking"), None, np.array([1, 2]), lambda *a, **k: None, lambda name: None)
     assert ls.switched is None and len(ls.created) == 2 and ls.deleted == [ls.created[0]["model_version"]]
+    assert rt.store.served_queue(1) is None
+
+
+def test_a_rewrite_whose_version_lost_predictions_meanwhile_switches_nothing(tmp_path):
+    """Another sync (its lock lost, or a process that took none) removed part of the version: never serve it."""
+    settings = Settings(model_dir=tmp_path)
+    ls = RecordsDiscards([])
+    ls.model_versions = lambda project: {item["model_version"]: 1 for item in ls.created}  # 1 of the 2 imported
+    rt = Runtime(settings, ls=ls)
+    key = raw_output_key(Model.version, settings)
+    rt.store.put_many(1, key, [StoredDetections(t, Detections([[0, 0, 9, 9]], [[0.4, 0.0]], (64, 64)), t, None) for t in (1, 2)])
+    with pytest.raises(jobs.SyncError, match=r"the previous order stays: version ale:m-1:.* holds 1 predictions where 2 were written"):
+        queue_writes.rewrite_queue(rt, 1, CONFIG, TrainedModel(), ServedQueue(None, key, "ranking"), None, np.array([1, 2]), lambda *a, **k: None, lambda name: None)
+    assert ls.switched is None and ls.deleted == [ls.created[0]["model_version"]]
     assert rt.store.served_queue(1) is None
 
 

@@ -183,6 +183,14 @@ def refusing_label_studio(known_projects=()):
         server.server_close()
 
 
+def test_an_unknown_projects_message_masks_credentials_in_the_url():
+    from label_studio_ale.ls_client import refusal_message
+
+    exc = type("ApiError", (), {"status_code": 404, "body": None})()
+    said = refusal_message(exc, 9, "http://admin:s3cret@ls.example:8080")
+    assert "s3cret" not in said and "ls.example:8080" in said
+
+
 def test_an_unknown_project_and_a_refused_key_say_what_to_fix_not_the_sdk_api_error():
     """`ale sync`, `ale rank` and `ale savings --recompute` print these; the SDK's ApiError was a traceback."""
     from label_studio_ale.ls_client import LabelStudioError
