@@ -202,7 +202,8 @@ def create_app(
         return jsonify(status="training" if started else "already training", action=action, job=job_id, savings=savings)
 
     def _forget_deleted(body: dict, action: str):
-        """Forget the savings records of the annotations (ANNOTATIONS_DELETED) or tasks (TASKS_DELETED) the event lists."""
+        """Forget the savings records of the annotations (ANNOTATIONS_DELETED) or tasks (TASKS_DELETED) the event lists,
+        and a deleted task's stored detections (the store would otherwise keep them as long as their model's key)."""
         key = "annotations" if action == ANNOTATIONS_DELETED else "tasks"
         listed = body.get(key) if isinstance(body.get(key), list) else []
         ids = sorted({item["id"] for item in listed if isinstance(item, dict) and isinstance(item.get("id"), int)})
@@ -213,6 +214,8 @@ def create_app(
             forgotten = runtime.store.delete_edits(project, ids)
         else:
             forgotten = runtime.store.delete_task_edits(project, ids)
+            detections = runtime.store.delete_tasks(project, ids)
+            return jsonify(status="forgotten", action=action, records=forgotten, detections=detections)
         return jsonify(status="forgotten", action=action, records=forgotten)
 
     def _reset_annotation_count(project: int) -> None:

@@ -267,6 +267,15 @@ class DetectionStore(ServedQueueStoreMixin, EditStoreMixin):
         with self._tx() as db:
             return self._exec(db, "DELETE FROM detections WHERE project = ? AND model_version = ?", (project, model_version)).rowcount
 
+    def delete_tasks(self, project: int, task_ids: Iterable[int]) -> int:
+        """Delete the detections of these tasks (deleted in LS) under every key. -> rows deleted."""
+        deleted = 0
+        with self._tx() as db:
+            for part in _batches(sorted({int(t) for t in task_ids})):
+                found = self._exec(db, f"DELETE FROM detections WHERE project = ? AND task_id IN ({', '.join('?' * len(part))})", (project, *part))
+                deleted += max(found.rowcount, 0)
+        return deleted
+
     def prune(self, project: int, keep: Iterable[str]) -> int:
         """Delete the project's detections of every key not in `keep`. -> rows deleted."""
         keep = sorted(set(keep))

@@ -468,9 +468,18 @@ def test_deleted_annotations_and_tasks_leave_the_savings(adapter, tmp_path):
     deleted = {"action": "ANNOTATIONS_DELETED", "project": {"id": 5}, "annotations": [{"id": 1}, {"id": 3}, {"id": 99}]}
     assert client.post("/webhook", json=deleted).get_json() == {"status": "forgotten", "action": "ANNOTATIONS_DELETED", "records": 2}
     assert [r.annotation_id for r in store.edits(5)] == [2, 4] and len(store.edits(6)) == 1
+    # task 10's detections under two models, and task 11's, are stored; so are project 6's of its task 10
+    from label_studio_ale.detection_store import StoredDetections
+
+    found = StoredDetections(10, None, None, "any")
+    for key in ("m-1", "m-2"):
+        store.put_many(5, key, [found, StoredDetections(11, None, None, "any")])
+    store.put_many(6, "m-1", [found])
     gone = {"action": "TASKS_DELETED", "project": {"id": 5}, "tasks": [{"id": 10}]}
-    assert client.post("/webhook", json=gone).get_json() == {"status": "forgotten", "action": "TASKS_DELETED", "records": 1}
+    answer = {"status": "forgotten", "action": "TASKS_DELETED", "records": 1, "detections": 2}
+    assert client.post("/webhook", json=gone).get_json() == answer
     assert [r.annotation_id for r in store.edits(5)] == [4] and len(store.edits(6)) == 1
+    assert store.versions(5) == {"m-1": 1, "m-2": 1} and store.versions(6) == {"m-1": 1}
     # an annotation turned back into a draft: LS sends the action alone
     assert client.post("/webhook", json={"action": "ANNOTATIONS_DELETED"}).get_json() == {"status": "ignored", "action": "ANNOTATIONS_DELETED"}
     response = client.post("/webhook", json={"action": "ANNOTATIONS_DELETED", "annotations": [{"id": 4}]})
