@@ -203,10 +203,11 @@ class RarityWeighted(WrappedPolicy):
         weights = scoring.rarity_weights(probs, rarity)
         return self.inner.combine(self.inner.box_values(detections) * weights, counts)
 
-    def pool_rarity(self, detections: Sequence[Detections], num_classes: int) -> np.ndarray:
-        """(C,) the class rarity of these images' boxes, as `usefulness` weights them (ones without a box)."""
+    def pool_rarity(self, detections: Sequence[Detections], num_classes: int, shown: np.ndarray | None = None) -> np.ndarray:
+        """(C,) the class rarity of these images' boxes, as `usefulness` weights them (ones without a box); `shown`:
+        (C,) the classes the project shows, the only ones counted (`scoring.class_rarity`)."""
         found = [d.class_probs for d in detections if len(d)]
-        return scoring.class_rarity(np.concatenate(found) if found else np.zeros((0, num_classes)))
+        return scoring.class_rarity(np.concatenate(found) if found else np.zeros((0, num_classes)), shown)
 
 
 @dataclass(frozen=True)

@@ -162,7 +162,8 @@ def rank_pool(
         policy = with_inner(policy, RandomPolicy, lambda random: replace(random, stream=stream))
     rare = rarity_weighted(policy)
     if rare is not None:
-        rarity = rare.pool_rarity(detections, num_classes) if rarity is None else np.asarray(rarity, dtype=np.float64)
+        counted = (shown >= 0) if (shown >= 0).any() else None  # hidden classes neither count in C nor weigh
+        rarity = rare.pool_rarity(detections, num_classes, counted) if rarity is None else np.asarray(rarity, dtype=np.float64)
         policy = with_rarity(policy, rarity)
     else:
         rarity = None

@@ -125,22 +125,27 @@ def ale_segments(values: np.ndarray, counts: np.ndarray, how: str) -> np.ndarray
 MAX_RARITY = 100.0
 
 
-def class_rarity(class_probs: np.ndarray) -> np.ndarray:
+def class_rarity(class_probs: np.ndarray, shown: np.ndarray | None = None) -> np.ndarray:
     """(n, C) raw class scores of every box in a pool -> (C,) rarity of each class: (1 / C) / its predicted share.
 
     A box's scores are normalised over the classes (background left out), so
     each box spreads one unit over them; a class's share is its part of all
     units. 1 where the pool is predicted balanced, above 1 for a class the
     model predicts less (it is rare there, or not learnt yet), capped at
-    MAX_RARITY. No boxes -> ones.
+    MAX_RARITY. No boxes -> ones. `shown`: (C,) bool, the classes the project
+    shows; C counts those only, and the others (no share: their scores are
+    zeroed before ranking) get rarity 0.
     """
     scores = np.asarray(class_probs, dtype=np.float64)
     if scores.ndim != 2 or scores.shape[1] < 1:
         raise ValueError(f"class_probs must have shape (n, C) with C >= 1, got {scores.shape}")
-    classes = scores.shape[1]
+    mask = np.ones(scores.shape[1], dtype=bool) if shown is None else np.asarray(shown, dtype=bool).reshape(-1)
+    if mask.shape != (scores.shape[1],) or not mask.any():
+        raise ValueError(f"shown must be a (C,) mask with at least one class shown, got {mask.shape} for C={scores.shape[1]}")
     if scores.shape[0] == 0:
-        return np.ones(classes)
-    return np.minimum((1.0 / classes) / np.maximum(class_shares(scores), _EPS), MAX_RARITY)
+        return mask.astype(np.float64)
+    rarity = np.minimum((1.0 / mask.sum()) / np.maximum(class_shares(scores), _EPS), MAX_RARITY)
+    return np.where(mask, rarity, 0.0)
 
 
 def class_shares(class_probs: np.ndarray) -> np.ndarray:

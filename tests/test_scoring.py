@@ -139,6 +139,12 @@ def test_class_rarity_by_hand_and_its_edges():
     np.testing.assert_allclose(class_rarity(np.array([[0.5, 0.5], [0.2, 0.2]])), [1.0, 1.0]), "a balanced pool weighs every class 1"
     assert class_rarity(np.array([[0.7, 0.0, 0.0]])).tolist() == [1 / 3, MAX_RARITY, MAX_RARITY], "a class predicted nowhere is capped"
     assert class_rarity(np.zeros((0, 4))).tolist() == [1.0] * 4
+    # a class the project does not show (its scores zeroed before ranking) neither counts in C nor weighs
+    hidden = np.array([[0.5, 0.5, 0.0], [0.2, 0.2, 0.0]])
+    np.testing.assert_allclose(class_rarity(hidden, np.array([True, True, False])), [1.0, 1.0, 0.0])
+    assert class_rarity(np.zeros((0, 3)), np.array([True, False, True])).tolist() == [1.0, 0.0, 1.0]
+    with pytest.raises(ValueError, match="at least one class shown"):
+        class_rarity(hidden, np.zeros(3, dtype=bool))
     with pytest.raises(ValueError, match=r"class_probs must have shape \(n, C\)"):
         class_rarity(np.zeros(3))
     with pytest.raises(ValueError, match="must agree"):
