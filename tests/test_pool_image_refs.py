@@ -1,9 +1,6 @@
 """Stored detections are of the image a task points at, under a model of the same classes: anything else is predicted again."""
 
-import io
-
 import numpy as np
-from PIL import Image
 
 import label_studio_ale.pool as pool
 from label_studio_ale.detection_rows import image_reference
@@ -14,6 +11,7 @@ from label_studio_ale.ls_format import parse_label_config
 from label_studio_ale.runtime import Runtime
 from label_studio_ale.serving import raw_output_key
 from label_studio_ale.settings import Settings
+from tests.test_predictor_chunks import Files, png
 
 
 def config(field: str, labels=("bird",)):
@@ -21,20 +19,6 @@ def config(field: str, labels=("bird",)):
     return parse_label_config(
         f'<View><Image name="image" value="${field}"/><RectangleLabels name="label" toName="image">{tags}</RectangleLabels></View>'
     )
-
-
-def png(width, height) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (width, height)).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-class Files:
-    def __init__(self, files):
-        self.files = files
-
-    def fetch_bytes(self, url, task_id=None, project=None):
-        return self.files[url]
 
 
 class Model:
