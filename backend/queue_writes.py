@@ -169,6 +169,21 @@ def reshape_head(rt: Runtime, project: int, config, adapter: Adapter, version: s
     return written
 
 
+def _check_whole(rt, project: int, version: str, task_ids: np.ndarray, labelled: int) -> None:
+    """Raise SyncError unless `version` holds a prediction for every pool task that still exists: a version another
+    sync removed part of (its lock lost) must not be served. Tasks deleted in LS meanwhile took theirs with them;
+    only then are the pool's tasks listed, to count those."""
+    held, written = rt.ls.model_versions(project).get(version, 0), int(task_ids.size) + labelled
+    if held >= written:
+        return
+    remaining = len(rt.ls.label_states(project, [int(t) for t in task_ids])) + labelled
+    if held < remaining:
+        raise SyncError(
+            f"version {version} holds {held} predictions where {remaining} tasks still want one (another sync removed "
+            "some?); the next sync writes the queue again"
+        )
+
+
 def rewrite_queue(rt, project, config, adapter, queue: ServedQueue, served: ServedQueue | None, task_ids, progress, phase_done) -> dict:
     """Rank the whole pool, import it under a fresh version, switch LS to it atomically, record it."""
     previous = [v for v in _versions(rt, project) if v.startswith(SYNC_VERSION_PREFIX)]
@@ -187,10 +202,7 @@ def rewrite_queue(rt, project, config, adapter, queue: ServedQueue, served: Serv
             for items in labelled_predictions(rt, project, config, adapter, clustering.centroids, version, labelled_tasks()):
                 labelled += rt.ls.create_predictions(project, items)
         phase_done("import")
-        # Switched to only whole: a version another sync removed part of (its lock lost) must not be served
-        held, written = rt.ls.model_versions(project).get(version, 0), int(task_ids.size) + labelled
-        if held != written:
-            raise SyncError(f"version {version} holds {held} predictions where {written} were written (another sync removed some?)")
+        _check_whole(rt, project, version, task_ids, labelled)
         rt.check_lock(f"sync:{project}", f"switching project {project} to {version}")
         rt.ls.switch_queue(project, version)
         phase_done("switch")

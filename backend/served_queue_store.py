@@ -121,6 +121,9 @@ class ServedQueueStoreMixin:
         self._served_migrated()
         with self._tx() as db:
             row = self._exec(db, "SELECT last_task FROM served_queues WHERE project = ?", (project,)).fetchone()
+            if row is not None and row[0] is None:
+                # written by a release before the column (a shared store during an upgrade): its greatest served task
+                row = self._exec(db, "SELECT MAX(task_id) FROM served_tasks WHERE project = ?", (project,)).fetchone()
         return None if row is None or row[0] is None else int(row[0])
 
     def begin_served_write(self, project: int, ls_version: str) -> bool:

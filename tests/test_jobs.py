@@ -432,20 +432,6 @@ def test_a_rewrite_whose_lock_lapsed_switches_nothing_and_removes_its_version(tm
     assert rt.store.served_queue(1) is None
 
 
-def test_a_rewrite_whose_version_lost_predictions_meanwhile_switches_nothing(tmp_path):
-    """Another sync (its lock lost, or a process that took none) removed part of the version: never serve it."""
-    settings = Settings(model_dir=tmp_path)
-    ls = RecordsDiscards([])
-    ls.model_versions = lambda project: {item["model_version"]: 1 for item in ls.created}  # 1 of the 2 imported
-    rt = Runtime(settings, ls=ls)
-    key = raw_output_key(Model.version, settings)
-    rt.store.put_many(1, key, [StoredDetections(t, Detections([[0, 0, 9, 9]], [[0.4, 0.0]], (64, 64)), t, None) for t in (1, 2)])
-    with pytest.raises(jobs.SyncError, match=r"the previous order stays: version ale:m-1:.* holds 1 predictions where 2 were written"):
-        queue_writes.rewrite_queue(rt, 1, CONFIG, TrainedModel(), ServedQueue(None, key, "ranking"), None, np.array([1, 2]), lambda *a, **k: None, lambda name: None)
-    assert ls.switched is None and ls.deleted == [ls.created[0]["model_version"]]
-    assert rt.store.served_queue(1) is None
-
-
 @pytest.mark.parametrize(
     "served, deleted",
     [("ale:m-1:before", True), ("", True), ("my-yolo-backend", False), ("ale:m-1:partial", False)],

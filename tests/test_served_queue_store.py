@@ -51,6 +51,15 @@ def test_a_store_made_before_the_high_water_mark_gets_it_from_its_served_tasks(s
     assert upgraded.served_queue(1) == QUEUE
 
 
+def test_a_record_an_older_release_wrote_after_the_migration_falls_back_to_its_served_tasks(store):
+    """During an upgrade an old process sharing the store writes records without the high-water id: never None for
+    a queue with tasks, which would list the whole project as new."""
+    store.replace_served(1, QUEUE, [30, 10], [0.5, 2.0], [0.5, 0.25])
+    with store._exclusive() as db:
+        store._exec(db, "UPDATE served_queues SET last_task = NULL WHERE project = 1")
+    assert store.served_last_task(1) == 30
+
+
 @pytest.mark.parametrize("write", ["begin", "rescore", "add", "replace"])
 def test_a_served_write_waits_for_another_writer_instead_of_failing_with_database_is_locked(tmp_path, write):
     """SQLite in WAL mode: a transaction that read first cannot write once another connection committed meanwhile."""
