@@ -191,7 +191,8 @@ def train_version(
         # training again is the way out the error names: the new version is promoted as a first one would be
         log.warning("the served version cannot be read (%s): training as a first version", damaged)
     start = starting_point(settings, factory, current, classes, work, aliases, names)
-    served = start.served
+    # with the served version unreadable nothing serves the project (not MODEL_WEIGHTS either): no baseline to beat
+    served = None if damaged else start.served
     trained_labels = sorted(label for label, boxes in split_label_boxes(dataset, classes).items() if boxes)
     if (
         settings.train_continue_steps and served is not None and served.version is not None and served.same_labels(classes)
@@ -243,6 +244,8 @@ def train_version(
         promote, reason = promotion_decision(
             settings, metrics, served, baseline, classes, compared=compared, shared=shared, by_hand=by_hand
         )
+        if damaged and settings.promotion != "always":
+            reason = f"the served version cannot be read ({damaged}): promoted as the project's first version would be"
         decided.update(promote=promote, reason=reason, by_hand=by_hand, record={"promoted": promote, "reason": reason} | record)
         if not promote:
             return manifest | {"promotion": decided["record"]}

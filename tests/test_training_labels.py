@@ -341,3 +341,18 @@ def test_a_label_continues_the_class_of_its_own_name_before_one_its_predicted_va
     version = SimpleNamespace(manifest={"trained_labels": ["Kittiwake", "nest"]})
     assert continues_labels(version, ["KIWA", "nest"], {"Kittiwake": "KIWA", "nest": "nest"})
     assert not continues_labels(version, ["KIWA", "nest"])
+
+
+def test_a_served_version_that_cannot_be_read_is_replaced_even_with_a_trained_model_weights(stub, tmp_path):
+    """The error names training as the way out of an unreadable served version: MODEL_WEIGHTS, which serves
+    nothing while the pointer names that version, is a start, not a baseline the new version must beat."""
+    checkpoint = tmp_path / "birds.pt"
+    checkpoint.write_bytes(b"old")
+    settings = stub.settings.replace(model_weights=str(checkpoint))
+    store = _served(tmp_path, settings, ["bird", "nest"])
+    (store.get("v0001").path / "classes.json").write_text("not json")
+    assert store.readable_current()[1]
+    trained = train_version(settings, store, _bird_and_nest_set(tmp_path, "ds", nests=True), ["bird", "nest"], tmp_path / "work")
+    assert trained.promoted and "cannot be read" in trained.reason
+    current, damaged = store.readable_current()
+    assert current.name == trained.version.name and not damaged
