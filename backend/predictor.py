@@ -6,7 +6,7 @@ import logging
 import time
 from collections import deque
 from contextlib import closing
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Iterator
 from dataclasses import dataclass, field
 
@@ -123,8 +123,11 @@ class Predictor:
         time, so a step holds at most `max_pixels` of decoded frames (or one
         frame larger than that), whatever the task count: a caller drops each
         chunk (`del chunk`) before asking for the next. deadline: a
-        `time.perf_counter()` after which no more images are awaited; the last
-        chunk then ends before the tasks not reached.
+        `time.perf_counter()` after which no more images are awaited (nor is a
+        download waited on past it); the last chunk then ends before the first
+        task not reached. A chunk of fetched images waits for the next download
+        at most half the time left, then is handed over as it is, so that the
+        tasks fetched in time are predicted in time.
         """
         def load(position: int) -> bytes | str:
             try:
@@ -144,6 +147,18 @@ class Predictor:
                 while submitted < len(tasks) and len(pending) < FETCH_WORKERS:
                     pending.append(pool.submit(load, submitted))
                     submitted += 1
+                if deadline is not None and not pending[0].done():
+                    if chunk.images:
+                        # the images fetched so far can only be predicted before the deadline: a download slow to
+                        # come keeps them for half the time left at most, the other half is for predicting them
+                        wait([pending[0]], timeout=max(0.0, (deadline - time.perf_counter()) / 2))
+                        if not pending[0].done():
+                            yield chunk
+                            chunk = ImageChunk(chunk.start + len(chunk.images))
+                    # the download stays first in line until it is done: the next image never takes its task's place
+                    wait([pending[0]], timeout=max(0.0, deadline - time.perf_counter()))
+                    if not pending[0].done():
+                        break  # not reached: this task and the ones after it get no prediction
                 loaded = pending.popleft().result()
                 # the chunk is closed on the frame's header, before its pixels are decoded: a frame decoded first
                 # would stay alive beside the whole chunk while the caller predicts it

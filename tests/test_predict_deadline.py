@@ -103,3 +103,57 @@ def test_predict_runs_no_mirrored_pass_but_the_pool_prediction_does(policy):
     assert model.calls == [3] and all(outcome.predictions)
     found = predictor.raw([Image.new("RGB", (40, 30))] * 3)
     assert model.calls == [3, 3, 3] and all(d.instability is not None for d in found)
+
+
+class Slow:
+    """Real downloads: task id -> seconds it takes (None: it hangs until released); each image is 40 + id pixels wide."""
+
+    def __init__(self, seconds):
+        self.seconds, self.release = seconds, threading.Event()
+
+    def fetch_bytes(self, url, task_id=None, project=None):
+        if task_id in self.seconds:
+            if self.seconds[task_id] is None:
+                self.release.wait(5)
+            else:
+                time.sleep(self.seconds[task_id])
+        buffer = io.BytesIO()
+        Image.new("RGB", (40 + task_id, 30)).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+
+def predict_with(files, model, count, budget):
+    started = time.monotonic()
+    try:
+        outcome = Predictor(Settings(), model, files).predict_tasks(tasks(count), CONFIG, budget=budget)
+    finally:
+        files.release.set()
+    return outcome, time.monotonic() - started
+
+
+def widths(outcome):
+    return [p["result"][0]["original_width"] if p else None for p in outcome.predictions]
+
+
+def test_a_download_first_in_line_is_not_waited_for_past_the_deadline():
+    outcome, seconds = predict_with(Slow({0: None}), Model(), 3, budget=0.5)
+    assert seconds < 1.5, "the request waited for the hanging download"
+    assert outcome.predictions == [[]] * 3
+    assert all("sync" in f.reason for f in outcome.failures) and len(outcome.failures) == 3
+
+
+def test_the_images_fetched_in_time_are_predicted_though_the_next_never_arrives():
+    model = Model()
+    outcome, seconds = predict_with(Slow({1: None}), model, 3, budget=1.0)
+    assert seconds < 2.0, "the request waited for the hanging download"
+    assert widths(outcome) == [40, None, None] and model.calls == [1]
+    assert [f.task_id for f in outcome.failures] == [1, 2]
+
+
+def test_a_download_that_arrives_after_its_chunk_was_predicted_keeps_its_place():
+    """Task 1 comes after half the budget: task 0 is predicted alone, then tasks 1 and 2, each with its own image."""
+    model = Model()
+    outcome, seconds = predict_with(Slow({1: 1.4}), model, 3, budget=2.0)
+    assert model.calls == [1, 2]
+    assert widths(outcome) == [40, 41, 42] and outcome.failures == []
+    assert seconds < 2.0
