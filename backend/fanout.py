@@ -70,9 +70,11 @@ def fan_out(rt: Runtime, project: int, tasks: list[TaskRef], model_version: str)
                     QUEUE_PREDICT, predict_chunk, project, model_version, part, follow_up=follow_id, retries=CHUNK_RETRIES, timeout=CHUNK_TIMEOUT
                 )
             )
-        queue.enqueue(QUEUE_SYNC, sync_after_prediction, project, model_version, retry=True, job_id=follow_id, depends_on=chunk_ids)
+        queue.enqueue(
+            QUEUE_SYNC, sync_after_prediction, project, model_version, follow_up=follow_id, retry=True, job_id=follow_id, depends_on=chunk_ids
+        )
     except Exception:
-        rt.take_flag(fanout_flag(project))  # nothing follows: the next sync must not wait for it
+        rt.take_flag_if(fanout_flag(project), follow_id)  # nothing follows: the next sync must not wait for it
         raise
     log.info("project %s: %d tasks to predict in %d jobs; sync job %s follows them", project, len(tasks), len(chunk_ids), follow_id)
     return {
@@ -86,23 +88,68 @@ def fan_out(rt: Runtime, project: int, tasks: list[TaskRef], model_version: str)
 def follow_up_waits(rt: Runtime, job_id: str) -> tuple[bool, str]:
     """Whether the follow-up sync `job_id` of a fan-out will still run. -> (it will, its state in words).
 
-    It will while queued, scheduled, started, or deferred on chunks that all still exist; not once it finished,
-    failed, was stopped or deleted, or waits on a chunk that is gone (rq would never release it).
+    It will while queued, scheduled or started, or deferred while a prediction job it depends on can still end and
+    release it. rq releases a deferred job when its last remaining dependency ends (`Job.dependencies_are_met`): a
+    dependency no longer stored counts as met (rq deletes a finished chunk after its result_ttl, so a long fan-out
+    loses its first chunks long before its last), one finished or failed (the chunks are enqueued with allow_failure)
+    is met, and one canceled or stopped holds the follow-up back for good. It will not run once it finished, failed,
+    was canceled, stopped or deleted, or waits with no dependency left to release it.
     """
     if rt.redis is None:  # only an rq job fans out: nothing follows without Redis
         return False, "no job queue to run it"
-    info = RedisJobQueue(rt.redis, rt.settings.adapter).info(job_id)
+    queue = RedisJobQueue(rt.redis, rt.settings.adapter)
+    info = queue.info(job_id)
     if info is None:
         return False, "it is no longer in the job queue"
     if info.status not in ACTIVE:
         return False, f"it is {info.status}"
-    if info.status == "deferred":
-        from rq.job import Job
+    if info.status != "deferred":
+        return True, info.status
+    from rq.exceptions import NoSuchJobError
 
-        gone = [dep for dep in Job.fetch(job_id, connection=rt.redis).dependency_ids if not Job.exists(dep, connection=rt.redis)]
-        if gone:
-            return False, f"it waits on prediction job {gone[0]}, which is no longer in the job queue"
-    return True, info.status
+    try:
+        blocked, pending = _dependencies(rt, job_id)
+    except NoSuchJobError:  # deleted since
+        return False, "it is no longer in the job queue"
+    if blocked:
+        return False, f"it waits on prediction job {blocked[0]}, which is {blocked[1]}, so rq will never release it"
+    if pending:
+        return True, info.status
+    # Its last chunk may have ended, and released it, since it was read as deferred.
+    info = queue.info(job_id)
+    if info is not None and info.status in ACTIVE and info.status != "deferred":
+        return True, info.status
+    return False, "it waits, but none of the prediction jobs it depends on is left to release it"
+
+
+#: A dependency in one of these states still ends, and so may release the job that depends on it ("created": being queued).
+_DEPENDENCY_PENDING = ("created", "queued", "started", "scheduled", "deferred")
+
+
+def _dependencies(rt: Runtime, job_id: str) -> tuple[tuple[str, str] | None, int]:
+    """What the deferred job `job_id` depends on, as rq's release reads it.
+
+    -> (a dependency that keeps rq from ever releasing it and its state, or None; how many may still end).
+    """
+    from rq.job import Job
+
+    job = Job.fetch(job_id, connection=rt.redis)
+    met = ("finished", "failed") if job.allow_dependency_failures else ("finished",)
+    ids = sorted(job.dependency_ids)  # rq's own record of them (the job's dependencies set)
+    with rt.redis.pipeline() as pipe:
+        for dep in ids:
+            pipe.hget(Job.key_for(dep), "status")
+        states = pipe.execute()
+    pending = 0
+    for dep, state in zip(ids, states):
+        if state is None:  # no longer stored: rq skips it
+            continue
+        state = state.decode()
+        if state in _DEPENDENCY_PENDING:
+            pending += 1
+        elif state not in met:
+            return (dep, state), pending
+    return None, pending
 
 
 def predict_chunk(
@@ -136,7 +183,8 @@ def _predict_chunk(rt: Runtime, project: int, model_version: str, tasks: list[tu
 
 
 def sync_after_prediction(
-    project: int, model_version: str | None = None, *, runtime: Runtime | None = None, progress: Progress | None = None
+    project: int, model_version: str | None = None, *, follow_up: str | None = None, runtime: Runtime | None = None,
+    progress: Progress | None = None,
 ) -> dict:
     """The sync that follows a fan-out of `model_version`'s predictions.
 
@@ -144,10 +192,29 @@ def sync_after_prediction(
     another version is served by now (a training promoted meanwhile: the
     chunks skipped), the whole pool is new to it, and it is fanned out anew
     rather than predicted by this one job on one worker.
+
+    follow_up: this job's id, which the fan-out flag holds while it is to follow (a job queued without it: its rq id).
+    It lowers the flag only while the flag still names it: a sync that found it unable to run took the flag, and
+    a fan-out since raised it for a follow-up of its own, which still covers the requests that come meanwhile.
     """
     from .jobs import sync_priorities
 
     rt = runtime or current_runtime()
-    rt.take_flag(fanout_flag(project))
+    own = follow_up or _current_job_id()
+    if own is None:  # run outside a job: nothing else can name it
+        rt.take_flag(fanout_flag(project))
+    elif not rt.take_flag_if(fanout_flag(project), own):
+        log.info(
+            "project %s: the fan-out flag does not name sync job %s (a sync ran instead of it, and may have fanned out "
+            "anew for a follow-up of its own): left as it is", project, own,
+        )
     promoted = model_version is not None and rt.adapter_for(project).version != model_version
     return sync_priorities(project, runtime=rt, progress=progress, fanout=promoted)
+
+
+def _current_job_id() -> str | None:
+    """The id of the rq job this code runs in, if any."""
+    from rq import get_current_job
+
+    job = get_current_job()
+    return None if job is None else job.id

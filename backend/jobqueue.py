@@ -104,6 +104,11 @@ def current_embedded_job() -> "JobInfo | None":
     return getattr(_embedded, "job", None)
 
 
+def current_embedded_queue() -> "EmbeddedJobQueue | None":
+    """The embedded queue whose thread this is, if any: a job it runs can queue another on it."""
+    return getattr(_embedded, "queue", None)
+
+
 @dataclass
 class JobInfo:
     id: str
@@ -356,6 +361,7 @@ class EmbeddedJobQueue:
         self._queue.join()
 
     def _run(self) -> None:
+        _embedded.queue = self
         while True:
             job_id, func, args, kwargs = self._queue.get()
             info = self._jobs[job_id]

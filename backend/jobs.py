@@ -8,6 +8,7 @@ process `Runtime`.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 
@@ -16,7 +17,7 @@ import numpy as np
 from .adapters import Adapter, is_trained
 from .detection_store import ServedQueue
 from .fanout import FANOUT_TTL, can_fan_out, fan_out, fanout_flag, follow_up_waits
-from .jobqueue import QUEUE_SYNC
+from .jobqueue import QUEUE_SYNC, current_embedded_queue
 from .ls_client import LabelStudioError
 from .ls_format import parse_label_config
 from .pool import SPREAD_POLICY, batch_extras, is_stored, predict_missing, predict_pool, preview_ranking, rank_pool, stored_refs  # noqa: F401 (re-exported)
@@ -35,6 +36,10 @@ SYNC_QUEUED_TTL = 30 * 60
 #: Without Redis, a sync waits this long for one of the same project running in another process (`ale serve`,
 #: `ale sync`): that process cannot see this one's requests, so it would not run once more to cover them.
 OTHER_PROCESS_WAIT = 60 * 60
+#: A sync the embedded queue runs does not wait for another process's: the queue's one thread runs every job of
+#: `ale serve` (savings, Start Training, other projects' syncs), which would all wait behind it. It is requested
+#: again this many seconds later instead, until the other process is done or OTHER_PROCESS_WAIT has passed.
+ELSEWHERE_RETRY = 30
 
 
 def request_sync(queue, runtime: Runtime, project: int) -> tuple[str, bool]:
@@ -92,15 +97,21 @@ def sync_priorities(
     if full:  # its own flag: a holder's rerun covering this request rewrites the queue too
         rt.raise_flag(full_sync_flag(project))
     rt.raise_flag(pending)
+    embedded = current_embedded_queue()
     result, runs = None, 0
     while True:
-        with rt.lock(f"sync:{project}", wait_elsewhere=OTHER_PROCESS_WAIT) as acquired:
+        with rt.lock(f"sync:{project}", wait_elsewhere=0 if embedded is not None else OTHER_PROCESS_WAIT) as acquired:
             if acquired.elsewhere:
+                later = None if embedded is None else _sync_later(embedded, rt, project, acquired.holder)
+                if later is not None:
+                    return later
                 raise SyncError(
                     f"project {project} was not synced: another process (pid {acquired.holder or 'unknown'}) sharing MODEL_DIR "
                     f"has been syncing it for over {OTHER_PROCESS_WAIT / 60:g} minutes ({rt.lock_path(f'sync:{project}')}); "
                     f"let it finish or stop it, then run `ale sync --project {project}`"
                 )
+            if acquired and embedded is not None:
+                rt.take_flag(elsewhere_flag(project))  # the other process is done: a later refusal waits afresh
             if not acquired or not rt.take_flag(pending):
                 break  # the holder runs it, or a sync that began after this request already did
             rewrite = rt.take_flag(full_sync_flag(project))
@@ -123,6 +134,51 @@ def sync_priorities(
         return {"status": "coalesced", "reason": "a sync of this project is running; it runs once more when done, covering this request"}
     result["runs"] = runs
     return result
+
+
+def _sync_later(queue, rt: Runtime, project: int, holder: str) -> dict | None:
+    """A sync of the embedded queue refused because another process syncs `project`: request it again in
+    ELSEWHERE_RETRY s. -> its answer; None once that process has held the project for OTHER_PROCESS_WAIT (it fails).
+
+    Its pending flag (and a full rewrite's) stay raised for the sync requested again. One request is on its way at a
+    time, however many syncs are refused meanwhile.
+    """
+    now = time.time()
+    since = rt.claim_flag(elsewhere_flag(project), repr(now), int(2 * OTHER_PROCESS_WAIT) + 1)
+    if since is not None and now - float(since) >= OTHER_PROCESS_WAIT:
+        rt.take_flag(elsewhere_flag(project))
+        return None
+    if rt.claim_flag(sync_again_flag(project), "1", int(2 * ELSEWHERE_RETRY) + 60) is None:
+        timer = threading.Timer(ELSEWHERE_RETRY, _request_again, (queue, rt, project))
+        timer.daemon = True
+        timer.start()
+    log.info("project %s: another process (pid %s) is syncing it; this sync runs again in %g s", project, holder or "unknown", ELSEWHERE_RETRY)
+    return {
+        "status": "postponed",
+        "reason": (
+            f"another process (pid {holder or 'unknown'}) sharing MODEL_DIR is syncing project {project} "
+            f"({rt.lock_path(f'sync:{project}')}); this sync is queued again every {ELSEWHERE_RETRY:g} s until that one is done "
+            f"(for {OTHER_PROCESS_WAIT / 60:g} minutes at most)"
+        ),
+    }
+
+
+def _request_again(queue, rt: Runtime, project: int) -> None:
+    rt.take_flag(sync_again_flag(project))
+    try:
+        request_sync(queue, rt, project)
+    except Exception:  # nothing can report it: the next request (a webhook, `ale sync`) syncs the project
+        log.exception("project %s: the sync postponed for another process's could not be queued again", project)
+
+
+def elsewhere_flag(project: int) -> str:
+    """Raised, holding the time, when a sync of the embedded queue first found another process syncing `project`."""
+    return f"sync-elsewhere:{project}"
+
+
+def sync_again_flag(project: int) -> str:
+    """Raised while a sync postponed for another process's is to be queued again."""
+    return f"sync-again:{project}"
 
 
 def full_sync_flag(project: int) -> str:
@@ -181,7 +237,7 @@ def _sync(rt: Runtime, project: int, progress: Progress, full: bool = False, fan
                 "phases": phases,
             }
         log.warning("project %s: sync job %s was to follow the pool's prediction jobs, but %s; this sync runs instead", project, follow_up, state)
-        rt.take_flag(fanout_flag(project))
+        rt.take_flag_if(fanout_flag(project), follow_up)
     # "load" pays the first use of the LS client and of the model (imports, weights), so "list" is listing alone.
     info = rt.ls.project(project)
     config = parse_label_config(info.label_config)
@@ -271,8 +327,9 @@ def queue_ranking_key(settings: Settings, adapter: Adapter, label_config: str) -
 def sync_all(*, runtime: Runtime | None = None) -> dict:
     """The scheduled job: sync every project in SYNC_PROJECTS and every project seen at /setup.
 
-    A project Label Studio no longer has (404: deleted) leaves the set of projects seen at /setup, said once in
-    the log; its next /setup would bring it back. One in SYNC_PROJECTS stays: the result says to remove it there.
+    A project Label Studio answers 404 for leaves the set of projects seen at /setup, said once in the log, only
+    once LS's own list of projects confirms it is not there (`_drop_gone`); its next /setup would bring it back. One
+    in SYNC_PROJECTS stays: the result says to remove it there.
     """
     rt = runtime or current_runtime()
     listed = set(rt.settings.sync_projects)
@@ -280,23 +337,51 @@ def sync_all(*, runtime: Runtime | None = None) -> dict:
     key = projects_key(rt.settings.adapter)
     if rt.redis is not None:
         projects |= {int(p) for p in rt.redis.smembers(key)}
-    results = {}
+    results, gone = {}, {}
     for project in sorted(projects):
         try:
             results[project] = sync_priorities(project, runtime=rt)["status"]
         except Exception as exc:  # one project's failure must not stop the others
             if _project_gone(exc) and project not in listed and rt.redis is not None:
-                rt.redis.srem(key, project)
-                log.warning(
-                    "project %s no longer exists in Label Studio (404): scheduled syncs skip it from now on (a project "
-                    "joins them again at its next /setup, when it connects to this backend)", project,
-                )
-                results[project] = f"dropped: {exc}"
+                gone[project] = exc
                 continue
             log.exception("scheduled sync of project %s failed", project)
             if _project_gone(exc):
                 exc = f"{exc}; remove {project} from SYNC_PROJECTS"
             results[project] = f"failed: {exc}"
+    if gone:
+        results |= _drop_gone(rt, key, gone)
+    return results
+
+
+def _drop_gone(rt: Runtime, key: str, gone: dict[int, BaseException]) -> dict:
+    """Drop from the set `key` those of the projects LS answered 404 for (project -> its error) that LS's list of
+    projects does not hold. -> each one's result.
+
+    A 404 alone is not proof: LABEL_STUDIO_URL with a wrong path (a reverse proxy's) answers 404 for every project,
+    and one scheduled sync would drop them all. Where the list cannot be read, every one is kept.
+    """
+    try:
+        known = rt.ls.project_ids(list(gone))
+    except Exception as exc:
+        log.warning(
+            "projects %s: Label Studio answered 404 for each, but its list of projects could not be read to confirm they "
+            "are gone, so scheduled syncs keep them: %s", ", ".join(map(str, sorted(gone))), exc,
+        )
+        return {project: f"failed: {error}; kept: its absence could not be confirmed ({exc})" for project, error in gone.items()}
+    results = {}
+    for project, error in sorted(gone.items()):
+        if project in known:
+            log.warning("scheduled sync of project %s: Label Studio answered 404 for it, yet lists it among its projects: %s", project, error)
+            results[project] = f"failed: {error}; kept: Label Studio lists project {project} among its projects"
+            continue
+        rt.redis.srem(key, project)
+        log.warning(
+            "project %s is not among the projects Label Studio lists for LABEL_STUDIO_API_KEY's user (deleted, or in "
+            "another organization than the user's active one): scheduled syncs skip it from now on (a project joins "
+            "them again at its next /setup, when it connects to this backend)", project,
+        )
+        results[project] = f"dropped: {error}"
     return results
 
 

@@ -319,6 +319,16 @@ class Runtime:
             self._local_flags.pop(name, None)
             return raised
 
+    def take_flag_if(self, name: str, value: str) -> bool:
+        """Lower the flag only while it holds `value` (one raised anew since is left alone). -> whether lowered."""
+        if self.redis is not None:
+            return bool(self.redis.eval(_TAKE_FLAG_IF, 1, f"ale:flag:{name}", value))
+        with self._flags_lock:
+            if self._local_flag(name) != value:
+                return False
+            del self._local_flags[name]
+            return True
+
     def flag_raised(self, name: str) -> bool:
         if self.redis is not None:
             return bool(self.redis.exists(f"ale:flag:{name}"))
@@ -337,6 +347,12 @@ class Runtime:
 #: Renews KEYS[1] for ARGV[2] s only while it holds ARGV[1]: in one step, so a flag raised anew keeps its own TTL.
 _RENEW_FLAG = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('expire', KEYS[1], ARGV[2]) end
+return 0
+"""
+
+#: Deletes KEYS[1] only while it holds ARGV[1]: in one step, so a flag raised anew between a read and the delete stays.
+_TAKE_FLAG_IF = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
 return 0
 """
 

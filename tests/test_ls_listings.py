@@ -171,3 +171,61 @@ def test_the_savings_listing_gives_every_annotation_and_prediction_as_sdk_object
     tasks.requests.clear()
     assert [t.id for t in client.task_annotations(7, [5, 1, 3, 99, 2])] == [1, 2, 3, 5], "chosen tasks, annotated or not; 99 is gone"
     assert [r["selectedItems"]["included"] for r in tasks.requests] == [[1, 2], [3, 5], [99]], "SELECTED_IDS_PER_REQUEST ids a request"
+
+
+def test_a_task_deleted_during_the_listing_of_unlabelled_tasks_shifts_no_other_out_of_it(monkeypatch):
+    """By page number, task 2 deleted after the first page moved task 4 onto page 1: never listed, and below the
+    served queue's last task, so no later listing of new tasks would list it either."""
+    monkeypatch.setattr(ls_client, "TASK_PAGE_SIZE", 3)
+    tasks = FakeTasks({t: {"data": {"image": f"{t}.png"}, "annotations": [annotation(t)] if t == 5 else []} for t in range(1, 10)})
+    tasks.meanwhile = lambda answered: answered == 1 and tasks.tasks.pop(2, None)
+    listed = list(client_over(tasks).unlabeled_tasks(7))
+    assert [t.id for t in listed] == [1, 2, 3, 4, 6, 7, 8, 9] and listed[3].data == {"image": "4.png"}
+    assert tasks.requests[0]["ordering"] == ["tasks:id"] and tasks.requests[0]["include"] == "id,data,is_labeled"
+    tasks.requests.clear()
+    assert [t.id for t in client_over(tasks).unlabeled_tasks(7, after_id=6)] == [7, 8, 9]
+    assert tasks.requests[0]["filters"]["items"] == [{"filter": "filter:tasks:id", "operator": "greater", "type": "Number", "value": 6}]
+
+
+class FakeProjects:
+    """LS's GET /api/projects as the SDK answers it: the `ids` filter, pages of at most `cap`, and `count`."""
+
+    def __init__(self, projects, cap=None, error=None):
+        self.projects, self.cap, self.error, self.requests = sorted(projects), cap, error, []
+
+    def list(self, ids=None, page=1, page_size=30):
+        self.requests.append({"ids": ids, "page": page, "page_size": page_size})
+        if self.error is not None:
+            raise self.error
+        shown = [p for p in self.projects if ids is None or str(p) in ids.split(",")]
+        size = min(page_size, self.cap or page_size)
+        items = [type("Project", (), {"id": p})() for p in shown[(page - 1) * size : page * size]]
+        return type("Pager", (), {"items": items, "response": type("Page", (), {"count": len(shown)})()})()
+
+
+def projects_client(projects: FakeProjects) -> LabelStudioClient:
+    client = LabelStudioClient.__new__(LabelStudioClient)
+    client.url, client.sdk = "http://admin:s3cret@ls:8080/ls", type("Sdk", (), {"projects": projects})()
+    return client
+
+
+def test_the_projects_label_studio_lists_are_asked_for_by_id_a_page_at_a_time(monkeypatch):
+    monkeypatch.setattr(ls_client, "PROJECT_IDS_PER_REQUEST", 3)
+    projects = FakeProjects(range(1, 20, 2), cap=2)  # LS may answer fewer than the page asked for
+    assert projects_client(projects).project_ids([9, 1, 2, 3, 5, 7, 40]) == {1, 3, 5, 7, 9}
+    assert [(r["ids"], r["page"]) for r in projects.requests] == [("1,2,3", 1), ("5,7,9", 1), ("5,7,9", 2), ("40", 1)]
+
+
+def test_a_project_listing_label_studio_refuses_says_what_to_fix():
+    from label_studio_sdk.core.api_error import ApiError
+
+    wrong_path = projects_client(FakeProjects([], error=ApiError(status_code=404, body="<html>Not Found</html>")))
+    with pytest.raises(LabelStudioError, match=r"^http://admin:\*\*\*@ls:8080/ls/api/projects/ answered 404: LABEL_STUDIO_URL must be the address"):
+        wrong_path.project_ids([1])
+    refused = projects_client(FakeProjects([], error=ApiError(status_code=401, body={"detail": "Invalid token."})))
+    with pytest.raises(LabelStudioError, match=r"refused LABEL_STUDIO_API_KEY \(401\) when listing its projects: .*said: Invalid token.\)$"):
+        refused.project_ids([1])
+    down = projects_client(FakeProjects([], error=ConnectionRefusedError(111, "Connection refused")))
+    with pytest.raises(LabelStudioError, match=r"^Label Studio at http://admin:\*\*\*@ls:8080/ls could not list its projects \(ConnectionRefusedError: "
+                                               r"\[Errno 111\] Connection refused\): check that LABEL_STUDIO_URL is the address"):  # fmt: skip
+        down.project_ids([1])

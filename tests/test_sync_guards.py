@@ -137,6 +137,75 @@ def test_a_sync_lock_another_process_holds_is_refused_with_its_pid_and_freed_whe
     assert jobs.sync_priorities(3, runtime=rt)["status"] == "synced" and runs == [3]
 
 
+def wait_until(check, seconds=10):
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_the_embedded_queue_never_waits_for_another_processs_sync_and_syncs_once_it_is_done(tmp_path, monkeypatch):
+    """`ale serve` without Redis runs every job on one thread: its sync does not wait (an hour) while `ale sync`
+    holds the project; the jobs behind it run at once, and the sync is queued again until it can run."""
+    from label_studio_ale.jobqueue import EmbeddedJobQueue
+
+    monkeypatch.setattr(jobs, "ELSEWHERE_RETRY", 0.3, raising=False)
+    runs = []
+
+    def sync(rt, project, progress, full, fanout):
+        runs.append((project, full))
+        return {"status": "synced", "stale_versions": [], "phases": {}}
+
+    monkeypatch.setattr(jobs, "_sync", sync)
+    rt = Runtime(Settings(model_dir=tmp_path))
+    queue = EmbeddedJobQueue(rt)
+    other = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(tmp_path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline().strip() == "held"
+        started = time.monotonic()
+        refused = [queue.enqueue(QUEUE_SYNC, jobs.sync_priorities, 3, full=True) for _ in range(3)]
+        behind = queue.enqueue(QUEUE_SYNC, lambda runtime: "done")
+        wait_until(lambda: queue.info(behind).status == "finished")
+        assert time.monotonic() - started < 5 and runs == []
+        answer = queue.info(refused[0]).result
+        assert answer["status"] == "postponed" and answer["reason"] == (
+            f"another process (pid {other.pid}) sharing MODEL_DIR is syncing project 3 ({tmp_path}/locks/sync-3); "
+            "this sync is queued again every 0.3 s until that one is done (for 60 minutes at most)"
+        )
+        time.sleep(1)  # queued again, and refused again, while it still holds the project
+        assert runs == []
+    finally:
+        other.communicate("", timeout=30)  # `ale sync` is done: the OS drops its flock
+    wait_until(lambda: runs)
+    time.sleep(1)
+    assert runs == [(3, True)], "one sync covers the refused requests, the full rewrite among them"
+    assert not rt.flag_raised(jobs.elsewhere_flag(3)) and not rt.flag_raised("sync-pending:3")
+
+
+def test_a_postponed_embedded_sync_gives_up_once_another_process_held_the_project_for_the_wait(tmp_path, monkeypatch):
+    from label_studio_ale.jobqueue import EmbeddedJobQueue
+
+    monkeypatch.setattr(jobs, "ELSEWHERE_RETRY", 0.1, raising=False)
+    monkeypatch.setattr(jobs, "OTHER_PROCESS_WAIT", 1.2)
+    rt = Runtime(Settings(model_dir=tmp_path))
+    queue = EmbeddedJobQueue(rt)
+    other = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(tmp_path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline().strip() == "held"
+        queue.enqueue(QUEUE_SYNC, jobs.sync_priorities, 3)
+        failed = lambda: [info for info in list(queue._jobs.values()) if info.status == "failed"]
+        wait_until(failed)
+        queued = len(queue._jobs)
+        time.sleep(0.5)
+        assert len(queue._jobs) == queued and 2 <= queued <= 14, "requested again every ELSEWHERE_RETRY until OTHER_PROCESS_WAIT"
+        assert [info.error for info in failed()] == [
+            f"SyncError: project 3 was not synced: another process (pid {other.pid}) sharing MODEL_DIR has been syncing it "
+            f"for over 0.02 minutes ({tmp_path}/locks/sync-3); let it finish or stop it, then run `ale sync --project 3`"
+        ]
+    finally:
+        other.communicate("", timeout=30)
+
+
 def test_threads_of_one_process_still_coalesce_rather_than_wait(tmp_path):
     """The file lock is taken by one thread of a process at a time: another thread's request is coalesced, as before."""
     rt = Runtime(Settings(model_dir=tmp_path))
@@ -186,10 +255,24 @@ def gone(project):
         raise LabelStudioError(f"project {project} not found in Label Studio at http://ls:8080: check --project / the project id") from exc
 
 
+class ListedProjects:
+    """Label Studio's list of the projects its key's user sees; `error` when it cannot be read."""
+
+    def __init__(self, projects=(), error=None):
+        self.projects, self.error, self.asked = set(projects), error, []
+
+    def project_ids(self, among):
+        self.asked.append(sorted(among))
+        if self.error is not None:
+            raise self.error
+        return self.projects & set(among)
+
+
 def test_the_scheduled_sync_drops_a_project_label_studio_no_longer_has(tmp_path, redis_url, caplog, monkeypatch):
     from redis import Redis
 
-    rt = Runtime(Settings(model_dir=tmp_path, redis_url=redis_url, sync_projects=(5,)))
+    ls = ListedProjects({2, 5})
+    rt = Runtime(Settings(model_dir=tmp_path, redis_url=redis_url, sync_projects=(5,)), ls=ls)
     key = jobs.projects_key(rt.settings.adapter)
     Redis.from_url(redis_url).sadd(key, 1, 2)
     synced = []
@@ -207,9 +290,35 @@ def test_the_scheduled_sync_drops_a_project_label_studio_no_longer_has(tmp_path,
     assert results[1].startswith("dropped: project 1 not found") and results[2].startswith("failed: ")
     assert results[5].endswith("remove 5 from SYNC_PROJECTS"), "listed by hand: said, not dropped"
     assert {int(p) for p in Redis.from_url(redis_url).smembers(key)} == {2}, "a passing failure keeps its project"
-    assert caplog.text.count("project 1 no longer exists in Label Studio (404): scheduled syncs skip it from now on") == 1
+    assert ls.asked == [[1]], "LS's own list of projects confirms the 404, in one listing"
+    assert caplog.text.count("project 1 is not among the projects Label Studio lists for LABEL_STUDIO_API_KEY's user") == 1
     caplog.clear()
     assert set(jobs.sync_all(runtime=rt)) == {2, 5} and "project 1" not in caplog.text
+
+
+def test_the_scheduled_sync_keeps_projects_answered_404_unless_label_studio_confirms_they_are_gone(tmp_path, redis_url, monkeypatch):
+    """LABEL_STUDIO_URL with a wrong path (a reverse proxy's) answers 404 for every project, and for the list of
+    projects too: one round must not drop them all. A project LS still lists stays as well."""
+    from redis import Redis
+
+    wrong_path = LabelStudioError("http://ls:8080/api/projects/ answered 404: LABEL_STUDIO_URL must be the address ...")
+    ls = ListedProjects(error=wrong_path)
+    rt = Runtime(Settings(model_dir=tmp_path, redis_url=redis_url), ls=ls)
+    key = jobs.projects_key(rt.settings.adapter)
+    Redis.from_url(redis_url).sadd(key, 1, 2, 3)
+    monkeypatch.setattr(jobs, "sync_priorities", lambda project, runtime: gone(project))
+    results = jobs.sync_all(runtime=rt)
+    assert results == {
+        p: f"failed: project {p} not found in Label Studio at http://ls:8080: check --project / the project id; kept: its "
+        f"absence could not be confirmed ({wrong_path})"
+        for p in (1, 2, 3)
+    }
+    assert {int(p) for p in Redis.from_url(redis_url).smembers(key)} == {1, 2, 3} and ls.asked == [[1, 2, 3]]
+    ls.error, ls.projects = None, {2}
+    results = jobs.sync_all(runtime=rt)
+    assert results[2].endswith("kept: Label Studio lists project 2 among its projects")
+    assert results[1].startswith("dropped: ") and results[3].startswith("dropped: ")
+    assert {int(p) for p in Redis.from_url(redis_url).smembers(key)} == {2}
 
 
 def test_a_scheduled_sync_that_restores_the_sampling_says_so(tmp_path):
@@ -228,7 +337,7 @@ def fanned_out(rt, follow_id):
     queue = RedisJobQueue(rt.redis, rt.settings.adapter)
     rt.raise_flag(fanout.fanout_flag(1), follow_id, fanout.FANOUT_TTL)
     chunk = queue.enqueue(QUEUE_PREDICT, fanout.predict_chunk, 1, "m-1", [(1, {})], follow_up=follow_id)
-    queue.enqueue(QUEUE_SYNC, fanout.sync_after_prediction, 1, "m-1", job_id=follow_id, depends_on=[chunk])
+    queue.enqueue(QUEUE_SYNC, fanout.sync_after_prediction, 1, "m-1", follow_up=follow_id, job_id=follow_id, depends_on=[chunk])
     return chunk
 
 
@@ -267,6 +376,19 @@ def test_a_fan_out_flag_whose_follow_up_will_never_run_holds_no_sync_back(tmp_pa
         job.set_status(follow_up)
     result = jobs.sync_priorities(1, runtime=rt, full=True)
     assert result["status"] == "synced" and not rt.flag_raised(fanout.fanout_flag(1))
+
+
+def test_a_sync_that_runs_instead_of_a_lost_follow_up_lowers_only_that_follow_ups_flag(tmp_path, redis_url, monkeypatch):
+    rt = fan_out_runtime(tmp_path, redis_url)
+    rt.raise_flag(fanout.fanout_flag(1), "follow-lost", fanout.FANOUT_TTL)
+
+    def lost(runtime, job_id):
+        runtime.raise_flag(fanout.fanout_flag(1), "follow-new", fanout.FANOUT_TTL)  # a fan-out meanwhile (its lock lapsed)
+        return False, "it is failed"
+
+    monkeypatch.setattr(jobs, "follow_up_waits", lost)
+    assert jobs.sync_priorities(1, runtime=rt, full=True)["status"] == "synced"
+    assert rt.flag_value(fanout.fanout_flag(1)) == "follow-new"
 
 
 def test_each_chunk_renews_the_fan_out_flag_of_its_own_follow_up(tmp_path, redis_url):

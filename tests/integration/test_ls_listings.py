@@ -88,3 +88,35 @@ def test_a_served_version_is_rescored_with_one_listing_and_a_patch_each(ls_sdk, 
     with pytest.raises(LabelStudioError, match=rf"1 of the 2 tasks to re-score in project {project} have no prediction of version ale:v2"):
         client.set_prediction_scores(project, "ale:v2", {tasks[1]: 0.25, tasks[4]: 0.75})
     assert [next(iter(r)) for r in requests] == ["list"], "nothing written"
+
+
+def test_the_unlabelled_tasks_are_paged_by_id_past_a_task_deleted_mid_listing(ls_sdk, label_studio, monkeypatch):
+    import label_studio_ale.ls_client as ls_client
+
+    project, tasks = create_project(ls_sdk, range(57_300, 57_308), "unlabelled paged by id")
+    ls_sdk.annotations.create(id=tasks[5], result=[BOX])
+    client = LabelStudioClient(label_studio.url, label_studio.token)
+    monkeypatch.setattr(ls_client, "TASK_PAGE_SIZE", 3)
+    listing = client.unlabeled_tasks(project)
+    first = [next(listing) for _ in range(3)]
+    # meanwhile: a listed task is deleted; by page number the next page would start one task later, and that task,
+    # below the served queue's last task id, would be left out of every later listing of new tasks
+    ls_sdk.tasks.delete(id=tasks[1])
+    listed = first + list(listing)
+    assert [task.id for task in listed] == tasks[:5] + tasks[6:]
+    assert listed[3].data["image"].startswith("/data/upload/")
+    assert [task.id for task in client.unlabeled_tasks(project, after_id=tasks[3])] == [tasks[4], *tasks[6:]]
+
+
+def test_the_projects_label_studio_lists_are_those_that_exist(ls_sdk, label_studio, monkeypatch):
+    import label_studio_ale.ls_client as ls_client
+
+    kept, deleted = (ls_sdk.projects.create(title=f"listed {n}").id for n in range(2))
+    ls_sdk.projects.delete(id=deleted)
+    monkeypatch.setattr(ls_client, "PROJECT_IDS_PER_REQUEST", 1)  # one request each, each answered in one page
+    client = LabelStudioClient(label_studio.url, label_studio.token)
+    assert client.project_ids([kept, deleted, 10**6]) == {kept}
+    behind_a_proxy = LabelStudioClient(f"{label_studio.url}/label-studio", label_studio.token)  # a path LS does not serve
+    # LS answers 404 there: to the listing, or first to the exchange of the personal access token
+    with pytest.raises(LabelStudioError, match=r"/label-studio.*(answered 404: |check that )LABEL_STUDIO_URL .*the address"):
+        behind_a_proxy.project_ids([kept])
