@@ -10,7 +10,6 @@ import base64
 import functools
 import json
 import logging
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
@@ -18,6 +17,7 @@ from urllib.parse import urlsplit
 
 from .errors import AleError, MediaError
 from .url_settings import without_password
+from .ls_media import read_limited
 from .ls_tokens import TOKEN_REFRESH_MARGIN, refresh_tokens_early  # noqa: F401 (TOKEN_REFRESH_MARGIN: importable from here)
 
 log = logging.getLogger(__name__)
@@ -32,9 +32,6 @@ SELECTED_IDS_PER_REQUEST = 500
 #: Project ids a listing of chosen projects names in one request, and the page it asks for: LS's default page of
 #: projects, under its largest (100), so each request is answered in one page.
 PROJECT_IDS_PER_REQUEST = 30
-#: A download still running past FETCH_TIMEOUT must average at least this many bytes a second: a 50 MB frame
-#: (MAX_IMAGE_BYTES) on a 2 Mbit/s link finishes, a server trickling bytes is cut off.
-MIN_DOWNLOAD_RATE = 256 * 1024
 UNCERTAINTY_SAMPLING = "Uncertainty sampling"
 #: Requests in flight at once when predictions are created one by one.
 CREATE_THREADS = 4
@@ -503,27 +500,6 @@ def sdk_client(url: str, api_key: str, timeout: float = DEFAULT_TIMEOUT):
     return sdk
 
 
-#: URI schemes of Label Studio's cloud storages: LS resolves them for a task (io_storages/proxy_api.py).
-STORAGE_SCHEMES = ("s3", "gs", "azure-blob", "azure-spi")
-
-
-def storage_hosts_of(storages: list[dict]) -> set[str]:
-    """Hosts that the presigned URLs of these storages point to (lower-case; a leading '.' is a suffix)."""
-    hosts: set[str] = set()
-    for storage in storages:
-        kind = storage.get("type")
-        if kind == "s3":
-            endpoint = storage.get("s3_endpoint") or storage.get("s3endpoint") or ""  # the SDK names the field s3endpoint
-            hosts.add((urlsplit(endpoint).hostname or "").lower() if endpoint else ".amazonaws.com")
-        elif kind == "gcs":
-            hosts.add("storage.googleapis.com")
-        elif kind == "azure":
-            account = (storage.get("account_name") or "").lower()
-            hosts.add(f"{account}.blob.core.windows.net" if account else ".blob.core.windows.net")
-    hosts.discard("")
-    return hosts
-
-
 #: LS refuses an import of more files than DATA_UPLOAD_MAX_NUMBER_FILES (100 by default) in one request.
 UPLOAD_CHUNK_FILES = 50
 
@@ -546,28 +522,3 @@ def upload_images(sdk, project_id: int, files: list[tuple[str, bytes]]) -> list[
             raise LabelStudioError(f"Label Studio refused the upload: {response.status_code} {response.text[:500]}")
         task_ids += list(response.json()["task_ids"])
     return task_ids
-
-
-def read_limited(chunks, max_bytes: int, content_length: str | None = None, timeout: float | None = None) -> bytes:
-    """Join byte chunks, refusing more than `max_bytes` (checked before and while reading), or, past `timeout`
-    seconds, a download averaging under MIN_DOWNLOAD_RATE."""
-    if content_length and content_length.isascii() and content_length.isdigit() and int(content_length) > max_bytes:
-        raise MediaError(f"image is {int(content_length)} bytes, over MAX_IMAGE_BYTES={max_bytes}")
-    # httpx's timeout bounds each read, not the download: a server that trickles a byte every few seconds
-    # would hold a /predict request (or a sync) for as long as it likes
-    started = time.monotonic()
-    # Kept as parts and joined once: a bytearray grown chunk by chunk is reallocated
-    # at every size on the way to 16 MB, which fragments the heap of a long-lived worker.
-    parts, size = [], 0
-    for chunk in chunks:
-        parts.append(chunk)
-        size += len(chunk)
-        if size > max_bytes:
-            raise MediaError(f"image is over MAX_IMAGE_BYTES={max_bytes} bytes")
-        elapsed = time.monotonic() - started
-        if timeout is not None and elapsed > timeout and size < MIN_DOWNLOAD_RATE * elapsed:
-            raise MediaError(
-                f"image download stalled: {size} bytes in {elapsed:.1f} s, under {MIN_DOWNLOAD_RATE // 1024} KiB/s once past "
-                f"FETCH_TIMEOUT={timeout:g} s; check the link to the image's server, or raise FETCH_TIMEOUT for slow storage"
-            )
-    return b"".join(parts)

@@ -26,7 +26,8 @@ import httpx
 from PIL import Image, UnidentifiedImageError
 
 from .errors import MediaError
-from .ls_client import STORAGE_SCHEMES, LabelStudioClient, read_limited, storage_hosts_of
+from .ls_client import LabelStudioClient
+from .ls_media import STORAGE_SCHEMES, read_limited, storage_hosts_of
 from .settings import Settings
 
 LS_MEDIA_PREFIX = "/data/"

@@ -123,7 +123,7 @@ def test_requests_that_create_predictions_are_sent_once_even_when_answered_500(f
 
 def test_a_download_that_trickles_past_the_timeout_is_refused_whatever_each_read_takes():
     from label_studio_ale.errors import MediaError
-    from label_studio_ale.ls_client import read_limited
+    from label_studio_ale.ls_media import read_limited
 
     def trickle(pieces, pause, size=10):
         for _ in range(pieces):

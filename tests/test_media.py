@@ -28,7 +28,7 @@ import io  # noqa: E402
 import pytest  # noqa: E402
 
 from label_studio_ale.errors import MediaError  # noqa: E402
-from label_studio_ale.ls_client import storage_hosts_of  # noqa: E402
+from label_studio_ale.ls_media import storage_hosts_of  # noqa: E402
 from label_studio_ale.media import MediaFetcher  # noqa: E402
 from label_studio_ale.settings import Settings  # noqa: E402
 from tests.support.http import serve_files  # noqa: E402
