@@ -32,6 +32,16 @@ def postgres_server():
     server.stop()
 
 
+@pytest.fixture
+def redis_url():
+    """A real Redis server of the test's own (rq's queues, locks and flags), stopped after it."""
+    from tests.support.redis_server import start_redis
+
+    server = start_redis()
+    yield server.url
+    server.stop()
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def store_url(request, tmp_path):
     """DETECTION_STORE_URL of each back end: SQLite in a temporary folder, or a fresh PostgreSQL database."""

@@ -364,15 +364,6 @@ def test_a_versions_fine_tune_is_summarised_from_its_manifest(manifest, shown):
     assert fine_tune_summary(manifest) == shown
 
 
-@pytest.fixture
-def redis_url():
-    from tests.support.redis_server import start_redis
-
-    server = start_redis()
-    yield server.url
-    server.stop()
-
-
 def test_start_training_that_cannot_take_the_projects_queueing_lock_queues_nothing(adapter, redis_url, tmp_path, monkeypatch):
     """A press whose lock is held (a stuck press, a slow Redis) answers 503 instead of queueing unguarded."""
     from redis import Redis

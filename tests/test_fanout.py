@@ -28,15 +28,6 @@ def test_the_follow_up_sync_fans_out_again_only_for_a_model_promoted_meanwhile(t
     assert calls[-1] == (3, False)
 
 
-@pytest.fixture
-def redis_url():
-    from tests.support.redis_server import start_redis
-
-    server = start_redis()
-    yield server.url
-    server.stop()
-
-
 def add(a, b):
     return a + b
 

@@ -9,15 +9,6 @@ from label_studio_ale.runtime import LockLostError, Runtime
 from label_studio_ale.settings import Settings
 
 
-@pytest.fixture
-def redis_url():
-    from tests.support.redis_server import start_redis
-
-    server = start_redis()
-    yield server.url
-    server.stop()
-
-
 def wait_for(event, seconds):
     deadline = time.monotonic() + seconds
     while not event.is_set() and time.monotonic() < deadline:

@@ -64,15 +64,6 @@ class FakeLS:
         return removed
 
 
-@pytest.fixture
-def redis_url():
-    from tests.support.redis_server import start_redis
-
-    server = start_redis()
-    yield server.url
-    server.stop()
-
-
 def test_a_sync_in_another_process_on_the_same_model_dir_waits_for_the_running_one(tmp_path, monkeypatch):
     """`ale serve` (embedded) and `ale sync --full` share MODEL_DIR and LS, not a process: the second waits for the
     first instead of deleting its version mid-import, and LS ends up serving a version that holds every task."""
