@@ -126,10 +126,7 @@ class LabelStudioClient:
 
     def _listing_refused(self, exc) -> str:
         """What to tell a user about an SDK ApiError answering the listing of projects."""
-        status = getattr(exc, "status_code", None)
-        body = getattr(exc, "body", None)
-        said = body.get("detail") if isinstance(body, dict) else body
-        said = f" (Label Studio said: {str(said)[:200]})" if said else ""
+        status, said = getattr(exc, "status_code", None), _ls_said(exc)
         where = without_password(self.url)
         if status in (401, 403):
             return (
@@ -465,10 +462,7 @@ class LabelStudioClient:
 
 def refusal_message(exc, project_id: int, url: str, missing: bool = True) -> str | None:
     """What to tell a user about an SDK ApiError that refused the key (401, 403) or found no project (404); None for another."""
-    status = getattr(exc, "status_code", None)
-    body = getattr(exc, "body", None)
-    said = body.get("detail") if isinstance(body, dict) else body
-    said = f" (Label Studio said: {str(said)[:200]})" if said else ""
+    status, said = getattr(exc, "status_code", None), _ls_said(exc)
     if status == 401:
         return f"Label Studio refused LABEL_STUDIO_API_KEY (401): use a personal access token or legacy token from Account & Settings{said}"
     if status == 403:
@@ -479,6 +473,13 @@ def refusal_message(exc, project_id: int, url: str, missing: bool = True) -> str
     if status == 404 and missing:
         return f"project {project_id} not found in Label Studio at {without_password(url)}: check --project / the project id"
     return None
+
+
+def _ls_said(exc) -> str:
+    """ " (Label Studio said: ...)" of an SDK ApiError's body (its `detail` where it has one), "" when it said nothing."""
+    body = getattr(exc, "body", None)
+    said = body.get("detail") if isinstance(body, dict) else body
+    return f" (Label Studio said: {str(said)[:200]})" if said else ""
 
 
 def _sdk_object(type_name: str, item):
