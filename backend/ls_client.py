@@ -1,4 +1,4 @@
-"""The only code that talks to Label Studio, through `label-studio-sdk`.
+"""The only code that talks to Label Studio, through `label-studio-sdk` (its reads of images: `ls_media.MediaReads`).
 
 The SDK handles both key kinds: a personal access token (a JWT refresh token,
 exchanged for short-lived access tokens) and a legacy `Token` key.
@@ -6,21 +6,15 @@ exchanged for short-lived access tokens) and a legacy `Token` key.
 
 from __future__ import annotations
 
-import base64
 import functools
 import json
-import logging
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 from urllib.parse import urlsplit
 
-from .errors import AleError, MediaError
-from .url_settings import without_password
-from .ls_media import read_limited
+from .ls_media import MediaReads
+from .ls_refusals import LabelStudioError, listing_failed, listing_refused, refusal_message, refusals  # noqa: F401 (importable from here)
 from .ls_tokens import TOKEN_REFRESH_MARGIN, refresh_tokens_early  # noqa: F401 (TOKEN_REFRESH_MARGIN: importable from here)
-
-log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 30.0
 DELETE_TIMEOUT = 900.0
@@ -43,14 +37,6 @@ ANNOTATED_FILTER = {"filter": "filter:tasks:total_annotations", "operator": "gre
 #: The annotation fields the listings read. `include` filters each listed annotation's fields too (LS hands the request
 #: on to the annotations' serializer), so these are named along with the task's; predictions come whole.
 ANNOTATION_FIELDS = "result,ground_truth,was_cancelled,completed_by,created_at,updated_at,lead_time,parent_prediction,task"
-#: Where files uploaded into LS are served from.
-UPLOAD_PREFIX = "/data/upload/"
-
-
-class LabelStudioError(AleError):
-    """Label Studio refused or failed a request the backend needs."""
-
-    status = 502
 
 
 @dataclass(frozen=True)
@@ -76,8 +62,8 @@ class TaskAnnotations:
     predictions: list
 
 
-class LabelStudioClient:
-    """A thin wrapper over `label_studio_sdk.LabelStudio` for the calls the backend makes."""
+class LabelStudioClient(MediaReads):
+    """A thin wrapper over `label_studio_sdk.LabelStudio` for the calls the backend makes (images: `MediaReads`)."""
 
     def __init__(self, url: str, api_key: str, timeout: float = DEFAULT_TIMEOUT):
         if not api_key:
@@ -91,7 +77,7 @@ class LabelStudioClient:
         self.sdk = sdk_client(self.url, api_key, timeout)
 
     def project(self, project_id: int) -> ProjectInfo:
-        with self._refusals(project_id):
+        with refusals(self, project_id):
             p = self.sdk.projects.get(id=project_id)
         return ProjectInfo(p.id, p.label_config or "", p.model_version or "", p.sampling or "")
 
@@ -112,9 +98,9 @@ class LabelStudioClient:
                 try:
                     pager = self.sdk.projects.list(ids=part, page=page, page_size=PROJECT_IDS_PER_REQUEST)
                 except ApiError as exc:
-                    raise LabelStudioError(self._listing_refused(exc)) from exc
+                    raise LabelStudioError(listing_refused(exc, self.url)) from exc
                 except Exception as exc:  # transport errors; a token refresh answered by something else than LS
-                    raise LabelStudioError(self._listing_failed(f"{type(exc).__name__}: {exc}")) from exc
+                    raise LabelStudioError(listing_failed(f"{type(exc).__name__}: {exc}", self.url)) from exc
                 items = list(pager.items or [])
                 found.update(int(project.id) for project in items)
                 seen += len(items)
@@ -123,44 +109,6 @@ class LabelStudioClient:
                     break
                 page += 1
         return found & set(wanted)
-
-    def _listing_refused(self, exc) -> str:
-        """What to tell a user about an SDK ApiError answering the listing of projects."""
-        status, said = getattr(exc, "status_code", None), _ls_said(exc)
-        where = without_password(self.url)
-        if status in (401, 403):
-            return (
-                f"Label Studio refused LABEL_STUDIO_API_KEY ({status}) when listing its projects: use a personal access token "
-                f"or legacy token from Account & Settings{said}"
-            )
-        if status == 404:
-            return (
-                f"{where}/api/projects/ answered 404: LABEL_STUDIO_URL must be the address Label Studio's pages are at "
-                f"(behind a reverse proxy, with the path it serves Label Studio under){said}"
-            )
-        return self._listing_failed(f"it answered {status}{said}")
-
-    def _listing_failed(self, what: str) -> str:
-        return (
-            f"Label Studio at {without_password(self.url)} could not list its projects ({what[:300]}): check that "
-            "LABEL_STUDIO_URL is the address Label Studio's pages are at, and that Label Studio is up"
-        )
-
-    @contextmanager
-    def _refusals(self, project_id: int, missing: bool = True):
-        """The SDK's ApiError for a refused key or an unknown project, as a LabelStudioError saying what to fix.
-
-        missing: a 404 means the project is unknown (the project's first request; a later page's 404 is another matter).
-        """
-        from label_studio_sdk.core.api_error import ApiError
-
-        try:
-            yield
-        except ApiError as exc:
-            refusal = refusal_message(exc, project_id, self.url, missing)
-            if refusal is None:
-                raise
-            raise LabelStudioError(refusal) from exc
 
     def unlabeled_tasks(self, project_id: int, after_id: int | None = None) -> Iterator[TaskRef]:
         """Every task of the project nobody has labelled yet (LS's is_labeled), page by page, in id order.
@@ -284,7 +232,7 @@ class LabelStudioClient:
         while True:
             above = {"filter": "filter:tasks:id", "operator": "greater", "type": "Number", "value": after}
             query = json.dumps({"filters": {"conjunction": "and", "items": [*filters, above]}, "ordering": ["tasks:id"]})
-            with self._refusals(project_id, missing=first):  # a sync, or `ale savings --recompute`, asks LS this first
+            with refusals(self, project_id, missing=first):  # a sync, or `ale savings --recompute`, asks LS this first
                 pager = self.sdk.tasks.list(project=project_id, page=1, page_size=TASK_PAGE_SIZE, resolve_uri=False, query=query, **params)
             first = False
             items = list(pager.items or [])
@@ -306,7 +254,7 @@ class LabelStudioClient:
         """
         page, seen = 1, 0
         while True:
-            with self._refusals(project_id, missing=page == 1):
+            with refusals(self, project_id, missing=page == 1):
                 pager = self.sdk.tasks.list(project=project_id, page=page, page_size=TASK_PAGE_SIZE, resolve_uri=False, **params)
             items = pager.items or []
             yield from items
@@ -398,88 +346,6 @@ class LabelStudioClient:
     def _check(response, action: str) -> None:
         if response.status_code >= 300:
             raise LabelStudioError(f"Label Studio could not {action}: {response.status_code} {response.text[:300]}")
-
-    def resolve(self, task_id: int, uri: str, max_bytes: int, timeout: float) -> bytes | str:
-        """A cloud-storage URI (s3://bucket/key) of a task, through LS's own resolver, as LS's frontend reads it.
-
-        -> the bytes when LS proxies them, or the presigned URL LS redirects to
-        (not followed here: the caller decides whether to trust its host).
-        """
-        fileuri = base64.urlsafe_b64encode(uri.encode()).decode()
-        url = f"{self.url}/tasks/{int(task_id)}/resolve/?fileuri={fileuri}"
-        raw = self._http().httpx_client  # the SDK's client follows redirects; this call must not
-        try:
-            headers = self.sdk._client_wrapper.get_headers()
-            with raw.stream("GET", url, headers=headers, follow_redirects=False, timeout=timeout) as response:
-                if response.is_redirect and response.headers.get("location"):
-                    return response.headers["location"]
-                if response.status_code != 200:
-                    response.read()
-                    raise MediaError(
-                        f"Label Studio could not read {uri[:120]} for task {task_id} from its cloud storage "
-                        f"(answered {response.status_code}: {response.text[:200].strip()}): check that the key still exists "
-                        "and that the storage's credentials can read it (Project settings -> Cloud Storage)"
-                    )
-                return read_limited(response.iter_bytes(), max_bytes, response.headers.get("content-length"), timeout)
-        except MediaError:
-            raise
-        except Exception as exc:  # httpx transport errors, token refresh failures
-            raise MediaError(f"cannot resolve {uri[:120]} for task {task_id} through Label Studio: {type(exc).__name__}: {exc}") from None
-
-    def storages(self, project_id: int) -> list[dict]:
-        """The project's import storages (S3, GCS, Azure) as dicts with a `type`: the settings that name their hosts."""
-        found = []
-        for kind, api in (("s3", self.sdk.import_storage.s3), ("gcs", self.sdk.import_storage.gcs), ("azure", self.sdk.import_storage.azure)):
-            try:
-                items = api.list(project=project_id)
-            except Exception as exc:  # an LS edition without this storage kind
-                log.debug("project %s: %s storages not listed: %s", project_id, kind, exc)
-                continue
-            for item in items or []:
-                data = item.dict() if hasattr(item, "dict") else dict(item)
-                found.append({**data, "type": kind})
-        return found
-
-    def download(self, path_and_query: str, max_bytes: int, timeout: float) -> bytes:
-        """GET a file LS serves (e.g. /data/upload/1/x.png), authenticated, at most `max_bytes`."""
-        http = self._http()
-        try:
-            with http.stream(path_and_query.lstrip("/"), method="GET", request_options={"timeout_in_seconds": timeout}) as response:
-                if response.status_code in (404, 500) and path_and_query.startswith(UPLOAD_PREFIX):
-                    # LS 1.23 answers a missing upload with 500, not 404
-                    raise MediaError(
-                        f"the file {path_and_query} is missing from Label Studio's upload folder (LS answered "
-                        f"{response.status_code}): it was deleted or never stored; re-import the image, or delete the task"
-                    )
-                if response.status_code != 200:
-                    raise MediaError(f"Label Studio answered {response.status_code} for {path_and_query}")
-                return read_limited(response.iter_bytes(), max_bytes, response.headers.get("content-length"), timeout)
-        except MediaError:
-            raise
-        except Exception as exc:  # httpx transport errors, token refresh failures
-            raise MediaError(f"cannot download {path_and_query} from Label Studio: {type(exc).__name__}: {exc}") from None
-
-
-def refusal_message(exc, project_id: int, url: str, missing: bool = True) -> str | None:
-    """What to tell a user about an SDK ApiError that refused the key (401, 403) or found no project (404); None for another."""
-    status, said = getattr(exc, "status_code", None), _ls_said(exc)
-    if status == 401:
-        return f"Label Studio refused LABEL_STUDIO_API_KEY (401): use a personal access token or legacy token from Account & Settings{said}"
-    if status == 403:
-        return (
-            f"Label Studio refused LABEL_STUDIO_API_KEY (403) for project {project_id}: use a personal access token or legacy "
-            f"token from Account & Settings of a user who can open the project{said}"
-        )
-    if status == 404 and missing:
-        return f"project {project_id} not found in Label Studio at {without_password(url)}: check --project / the project id"
-    return None
-
-
-def _ls_said(exc) -> str:
-    """ " (Label Studio said: ...)" of an SDK ApiError's body (its `detail` where it has one), "" when it said nothing."""
-    body = getattr(exc, "body", None)
-    said = body.get("detail") if isinstance(body, dict) else body
-    return f" (Label Studio said: {str(said)[:200]})" if said else ""
 
 
 def _sdk_object(type_name: str, item):

@@ -2,7 +2,10 @@
 
 Four sources are accepted:
 - paths Label Studio serves (`/data/upload/...`, `/data/local-files/?d=...`),
-  relative or on LS's own host: fetched through the LS client, authenticated;
+  relative or on LS's own host (that of LABEL_STUDIO_URL, or the public one LS
+  writes into task data, LABEL_STUDIO_HOST), also under the sub-path LS is
+  served at (`/ls/data/upload/...`): fetched through the LS client at
+  LABEL_STUDIO_URL, authenticated;
 - cloud-storage URIs (`s3://`, `gs://`, `azure-blob://`) of tasks imported
   from an LS cloud storage: resolved through LS, as its own frontend does. LS
   either proxies the bytes or redirects to a presigned URL; that redirect is
@@ -27,10 +30,14 @@ from PIL import Image, UnidentifiedImageError
 
 from .errors import MediaError
 from .ls_client import LabelStudioClient
-from .ls_media import STORAGE_SCHEMES, read_limited, storage_hosts_of
+from .ls_media import AWS_S3_HOSTS, STORAGE_SCHEMES, read_limited, storage_hosts_of
 from .settings import Settings
 
 LS_MEDIA_PREFIX = "/data/"
+#: Where Label Studio serves files, under any sub-path: a refused URL with one of these was likely meant for LS.
+LS_MEDIA_PATH = re.compile(r"(/[^?#]*?)?/data/(upload|local-files)/")
+#: The port a URL without one is reached at: https://ls.example.org and https://ls.example.org:443 are one origin.
+DEFAULT_PORTS = {"http": 80, "https": 443}
 #: How long a project's storage hosts are trusted before they are listed again.
 STORAGE_HOSTS_TTL = 300.0
 
@@ -41,7 +48,10 @@ class MediaFetcher:
     def __init__(self, settings: Settings, ls_client: LabelStudioClient | None):
         self.settings = settings
         self.ls_client = ls_client
-        self.ls_netloc = urlsplit(settings.label_studio_url).netloc.lower()
+        own = [url for url in (settings.label_studio_url, settings.label_studio_host) if url]
+        self.ls_origins = {_origin(urlsplit(url)) for url in own}
+        # longest first: /ls/beta before /ls
+        self.ls_prefixes = sorted({urlsplit(url).path.rstrip("/") for url in own} - {""}, key=len, reverse=True)
         self._http = httpx.Client(follow_redirects=False, timeout=settings.fetch_timeout)
         self._storage_hosts: dict[int, tuple[float, set[str]]] = {}
         self._hosts_lock = threading.Lock()
@@ -60,12 +70,17 @@ class MediaFetcher:
 
     def _fetch_bytes(self, url: str, task_id: int | None, project: int | None) -> bytes:
         split = urlsplit(url)
-        resolved = _storage_reference(split, self.ls_netloc)
-        if resolved is not None:
-            # LS's API hands out a cloud-storage URI already wrapped in its resolver path.
-            return self._from_storage(resolved[1], resolved[0], project)
-        if not split.scheme and not split.netloc:
-            return self._from_label_studio(url)
+        relative = not split.scheme and not split.netloc
+        on_ls = relative or (split.scheme.lower() in DEFAULT_PORTS and _origin(split) in self.ls_origins)
+        if on_ls:
+            path = self._ls_path(split.path)
+            resolved = _storage_reference(path, split.query)
+            if resolved is not None:
+                # LS's API hands out a cloud-storage URI already wrapped in its resolver path.
+                return self._from_storage(resolved[1], resolved[0], project)
+            # read at LABEL_STUDIO_URL whichever of LS's addresses the task names: the public one
+            # (LABEL_STUDIO_HOST) may not resolve where the backend runs, and gets no API key
+            return self._from_label_studio(path + (f"?{split.query}" if split.query else ""))
         if split.scheme.lower() in STORAGE_SCHEMES:
             return self._from_storage(url, task_id, project)
         if split.scheme not in ("http", "https"):
@@ -75,18 +90,42 @@ class MediaFetcher:
                 "from a host in ALLOWED_MEDIA_HOSTS"
             )
         host = (split.hostname or "").lower()
-        if split.netloc.lower() == self.ls_netloc:
-            return self._from_label_studio(split.path + (f"?{split.query}" if split.query else ""))
         if host not in self.settings.allowed_media_hosts:
+            if LS_MEDIA_PATH.match(split.path):
+                public = f"{split.scheme}://{split.netloc.rpartition('@')[2]}{self._served_under(split.path)}"
+                raise MediaError(
+                    f"image host '{host}' is neither Label Studio's (LABEL_STUDIO_URL, LABEL_STUDIO_HOST) nor in ALLOWED_MEDIA_HOSTS: "
+                    f"if {public} is the public address Label Studio writes into task data (its own LABEL_STUDIO_HOST), "
+                    f"set LABEL_STUDIO_HOST={public} for the backend too, and these images are read through LABEL_STUDIO_URL "
+                    "with the API key; if it is a server of its own, add the host to ALLOWED_MEDIA_HOSTS"
+                )
             raise MediaError(
                 f"image host '{host}' is not allowed: add it to ALLOWED_MEDIA_HOSTS "
                 "(comma-separated host names) or import the image into Label Studio"
             )
         return self._from_allowed_host(url)
 
+    def _ls_path(self, path: str) -> str:
+        """A path on Label Studio without the sub-path LS is served under (LABEL_STUDIO_URL's or LABEL_STUDIO_HOST's):
+        /ls/data/upload/1/x.png -> /data/upload/1/x.png, as the LS client asks for it below LABEL_STUDIO_URL."""
+        for prefix in self.ls_prefixes:
+            rest = path[len(prefix) :]
+            if path.startswith(prefix + "/") and (rest.startswith(LS_MEDIA_PREFIX) or _RESOLVE_PATH.fullmatch(rest)):
+                return rest
+        return path
+
+    @staticmethod
+    def _served_under(path: str) -> str:
+        """The sub-path before /data/ of a Label Studio media path ("" at the root)."""
+        match = LS_MEDIA_PATH.match(path)
+        return (match.group(1) or "") if match else ""
+
     def _from_label_studio(self, path: str) -> bytes:
         if not path.startswith(LS_MEDIA_PREFIX):
-            raise MediaError(f"'{path[:80]}' is not a Label Studio media path (expected {LS_MEDIA_PREFIX}...)")
+            raise MediaError(
+                f"'{path[:80]}' is not a Label Studio media path (expected {LS_MEDIA_PREFIX}...; for Label Studio served under "
+                "a sub-path, LABEL_STUDIO_URL or LABEL_STUDIO_HOST must end with that path)"
+            )
         _refuse_traversal(path)
         if self.ls_client is None:
             raise MediaError("LABEL_STUDIO_API_KEY is not set, so images stored in Label Studio cannot be read")
@@ -104,8 +143,8 @@ class MediaFetcher:
         if urlsplit(resolved).scheme not in ("http", "https") or not self._is_storage_host(host, project):
             raise MediaError(
                 f"Label Studio redirected {uri[:80]} (task {task_id}) to host '{host}', which is not the endpoint of "
-                f"any cloud storage of project {project}: add it to ALLOWED_MEDIA_HOSTS if it is the bucket's presigned host, "
-                "or turn off 'Use pre-signed URLs' on the storage so Label Studio proxies the bytes"
+                f"any cloud storage of project {project}{self._no_endpoint_note(host, project)}: add it to ALLOWED_MEDIA_HOSTS "
+                "if it is the bucket's presigned host, or turn off 'Use pre-signed URLs' on the storage so Label Studio proxies the bytes"
             )
         try:
             return self._from_allowed_host(resolved, what=f"the presigned URL of {uri[:80]} (task {task_id})")
@@ -121,6 +160,16 @@ class MediaFetcher:
         if not _matches(host, hosts) and not fresh:  # a storage added since the cached listing is found on a second look
             hosts, _ = self._hosts_for(project, refresh=True)
         return _matches(host, hosts)
+
+    def _no_endpoint_note(self, host: str, project: int | None) -> str:
+        """Why an S3 host may be missing from the project's storages: one with no endpoint is presigned by LS for its
+        environment's S3_ENDPOINT (MinIO, Ceph), which the storage record does not show."""
+        if project is None or host.endswith(AWS_S3_HOSTS) or AWS_S3_HOSTS not in self._hosts_for(project, refresh=False)[0]:
+            return ""
+        return (
+            " (an S3 storage of the project has no endpoint of its own, so Label Studio may be presigning for "
+            "the S3_ENDPOINT of its own environment)"
+        )
 
     def _hosts_for(self, project: int, refresh: bool) -> tuple[set[str], bool]:
         """-> (the project's storage hosts, whether they were listed just now)."""
@@ -150,20 +199,23 @@ class MediaFetcher:
             raise MediaError(f"cannot download {what}: {type(exc).__name__}: {exc}") from None
 
 
-def _storage_reference(split, ls_netloc: str) -> tuple[int, str] | None:
-    """LS's resolver path `/tasks/<id>/resolve/?fileuri=<base64 URI>` (relative or on LS's host) -> (task id, URI)."""
-    if split.netloc and split.netloc.lower() != ls_netloc:
-        return None
-    match = _RESOLVE_PATH.fullmatch(split.path)
+def _origin(split) -> tuple[str, int | None]:
+    """(host, port) of a split URL, the scheme's default port where none is written."""
+    return (split.hostname or "").lower(), split.port or DEFAULT_PORTS.get(split.scheme.lower())
+
+
+def _storage_reference(path: str, query: str) -> tuple[int, str] | None:
+    """LS's resolver path `/tasks/<id>/resolve/?fileuri=<base64 URI>` (on LS, sub-path removed) -> (task id, URI)."""
+    match = _RESOLVE_PATH.fullmatch(path)
     if match is None:
         return None
-    encoded = (parse_qs(split.query).get("fileuri") or [""])[0]
+    encoded = (parse_qs(query).get("fileuri") or [""])[0]
     try:  # as LS decodes it (io_storages/proxy_api.py): url-safe base64, else the URI itself, percent-encoded
         uri = base64.urlsafe_b64decode(encoded.encode()).decode()
     except (ValueError, UnicodeDecodeError):
         uri = unquote(encoded)
     if urlsplit(uri).scheme.lower() not in STORAGE_SCHEMES:
-        raise MediaError(f"'{split.path}?{split.query[:60]}' does not name a cloud-storage object (fileuri decodes to {uri[:80]!r})")
+        raise MediaError(f"'{path}?{query[:60]}' does not name a cloud-storage object (fileuri decodes to {uri[:80]!r})")
     return int(match.group(1)), uri
 
 
@@ -254,9 +306,23 @@ def _upright(image: Image.Image) -> Image.Image:
 
 
 def _orientation(image: Image.Image) -> int | None:
-    """The EXIF orientation tag of an opened image; None where absent or unreadable (browsers then show it as stored)."""
+    """The orientation tag of an opened image's EXIF block (a TIFF's own header); None where absent or unreadable
+    (browsers then show it as stored).
+
+    Not `image.getexif()`: without the tag in the EXIF block it takes XMP's tiff:Orientation, which browsers
+    ignore, so the model would see the image turned while the annotator sees it as stored.
+    """
     try:
-        orientation = image.getexif().get(EXIF_ORIENTATION)
+        raw = image.info.get("exif")
+        if raw is None and image.format == "PNG":  # an eXIf chunk after the pixels is read with them
+            image.load()
+            raw = image.info.get("exif")
+        if raw is not None:
+            exif = Image.Exif()
+            exif.load(raw)
+            orientation = exif.get(EXIF_ORIENTATION)
+        else:
+            orientation = getattr(image, "tag_v2", {}).get(EXIF_ORIENTATION)
     except Exception:  # a damaged EXIF block
         return None
     return orientation if isinstance(orientation, int) else None

@@ -103,6 +103,8 @@ class Settings:
     """Every knob of the backend. Field docs are the README's configuration table."""
 
     label_studio_url: str = DEFAULT_LABEL_STUDIO_URL
+    #: Label Studio's public URL, which it writes into task data (its own LABEL_STUDIO_HOST); "": as label_studio_url
+    label_studio_host: str = ""
     label_studio_api_key: str = field(default="", repr=False)
     model_dir: Path = Path(DEFAULT_MODEL_DIR)
     adapter: str = DEFAULT_ADAPTER
@@ -277,6 +279,8 @@ class Settings:
             hint = f"; a GPU's index is written cuda:{self.device}" if self.device.isdigit() else ""
             raise ConfigError("DEVICE", f"must be a torch device: cpu, cuda, cuda:N or mps, got {self.device!r}{hint}")
         check_label_studio_url(self.label_studio_url)
+        if self.label_studio_host:
+            check_label_studio_url(self.label_studio_host, "LABEL_STUDIO_HOST")
 
     def __repr__(self) -> str:
         # LABEL_STUDIO_URL is shown (the admin page lists it) but may carry a proxy's credentials: masked like the others
@@ -363,6 +367,7 @@ def _hosts(raw: str) -> tuple[str, ...]:
 #: Environment variable -> (Settings attribute, parser).
 ENV_VARS = {
     "LABEL_STUDIO_URL": ("label_studio_url", lambda raw: raw.rstrip("/")),
+    "LABEL_STUDIO_HOST": ("label_studio_host", lambda raw: raw.rstrip("/")),
     "LABEL_STUDIO_API_KEY": ("label_studio_api_key", str),
     "MODEL_DIR": ("model_dir", Path),
     "ADAPTER": ("adapter", str),

@@ -1,4 +1,4 @@
-"""The settings that are URLs (LABEL_STUDIO_URL, REDIS_URL, DETECTION_STORE_URL): how they are checked, and how
+"""The settings that are URLs (LABEL_STUDIO_URL, LABEL_STUDIO_HOST, REDIS_URL, DETECTION_STORE_URL): how they are checked, and how
 logs, errors, `ale config` and the admin page show them (every password masked).
 
 The mask does not trust a URL parser: libpq takes a raw '#' or '?' in a password,
@@ -18,7 +18,7 @@ REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 #: What detection_store.open_detection_store accepts besides empty (SQLite in MODEL_DIR).
 DETECTION_STORE_SCHEMES = ("sqlite:///", "postgresql://", "postgres://")
 #: Settings attributes that are URLs and may carry credentials: shown only through `without_password`.
-URL_SETTINGS = ("label_studio_url", "redis_url", "detection_store_url")
+URL_SETTINGS = ("label_studio_url", "label_studio_host", "redis_url", "detection_store_url")
 #: Shown in place of a URL (or of its part after the scheme) that cannot be read: no part of it is safe to show.
 UNREADABLE = "(unreadable URL)"
 
@@ -96,14 +96,14 @@ def check_redis_url(url: str) -> None:
             )
 
 
-def check_label_studio_url(url: str) -> None:
-    """LABEL_STUDIO_URL: http(s)://host[:port][/path], else ConfigError."""
+def check_label_studio_url(url: str, variable: str = "LABEL_STUDIO_URL") -> None:
+    """LABEL_STUDIO_URL (or LABEL_STUDIO_HOST, named by `variable`): http(s)://host[:port][/path], else ConfigError."""
     example = "e.g. http://localhost:8080 or https://label-studio.example.com"
     shown = without_password(url)
-    _check_password_characters("LABEL_STUDIO_URL", url, "/?#", "the HTTP client", shown)
-    parts = _split_url("LABEL_STUDIO_URL", url, ("http://", "https://"), example, shown)
+    _check_password_characters(variable, url, "/?#", "the HTTP client", shown)
+    parts = _split_url(variable, url, ("http://", "https://"), example, shown)
     if not parts.hostname or any(c.isspace() for c in parts.hostname):
-        raise ConfigError("LABEL_STUDIO_URL", f"must name a host after the scheme, {example}, got {shown!r}")
+        raise ConfigError(variable, f"must name a host after the scheme, {example}, got {shown!r}")
 
 
 def check_detection_store_url(url: str) -> None:

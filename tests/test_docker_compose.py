@@ -242,3 +242,44 @@ def test_only_the_service_that_serves_http_keeps_the_images_http_healthcheck():
             assert "9090/health" in " ".join(check.get("test", [])), name
         else:
             assert check.get("disable") is True, f"{name} inherits a healthcheck of a port it never opens"
+
+
+def test_label_studio_and_the_backend_get_one_label_studio_host():
+    """LS writes its LABEL_STUDIO_HOST into task data; the backend must know it to read those images from LS."""
+    services = compose()["services"]
+    assert services["label-studio"]["environment"]["LABEL_STUDIO_HOST"] == "${LABEL_STUDIO_HOST:-}"
+    for name in ("backend", "worker", "scheduler"):
+        assert services[name]["environment"]["LABEL_STUDIO_HOST"] == services["label-studio"]["environment"]["LABEL_STUDIO_HOST"]
+
+
+def test_env_examples_postgres_password_advice_holds_for_the_url_compose_splices_it_into():
+    """Compose writes POSTGRES_PASSWORD into DETECTION_STORE_URL as it is, and hands the same value to PostgreSQL and
+    Label Studio, which take it literally: the characters .env.example says to avoid are those libpq misreads (or
+    Settings refuses), the ones it calls fine are read as written, and a percent-encoded DETECTION_STORE_URL works."""
+    from urllib.parse import quote
+
+    from label_studio_ale.errors import ConfigError
+
+    conninfo = pytest.importorskip("psycopg.conninfo")
+    text = (ROOT / ".env.example").read_text()
+    avoided = re.search(r"choose a\s+#?\s*POSTGRES_PASSWORD without (.+?) \(", text)
+    fine = re.search(r"((?:'.', )+'.') are fine", text)
+    assert avoided and fine, "the DETECTION_STORE_URL comment names the characters to avoid and those that are fine"
+    template = compose()["services"]["backend"]["environment"]["DETECTION_STORE_URL"]
+    spliced = re.fullmatch(r"\$\{DETECTION_STORE_URL:-(.*)\}", template).group(1)
+
+    def libpq_password(url):
+        try:
+            Settings.from_env({"DETECTION_STORE_URL": url})
+        except ConfigError:
+            return None
+        return conninfo.conninfo_to_dict(url).get("password")
+
+    for char in re.findall(r"'(.)'", avoided.group(1)):
+        password = f"pa{char}41ss"
+        assert libpq_password(spliced.replace("${POSTGRES_PASSWORD}", password)) != password, char
+        encoded = spliced.replace("${POSTGRES_PASSWORD}", quote(password, safe=""))
+        assert libpq_password(encoded) == password, char
+    for char in re.findall(r"'(.)'", fine.group(1)):
+        password = f"pa{char}41ss"
+        assert libpq_password(spliced.replace("${POSTGRES_PASSWORD}", password)) == password, char

@@ -210,3 +210,14 @@ def test_an_unknown_project_and_a_refused_key_say_what_to_fix_not_the_sdk_api_er
         revoked = LabelStudioClient(url, _jwt("refresh", 3600, "revoked"))  # its exchange for an access token is refused
         with pytest.raises(LabelStudioError, match=refused + r" \(Label Studio said: Token is invalid or expired\)"):
             list(revoked.task_annotations(1))
+
+
+def test_the_names_other_modules_import_from_ls_client_stay_importable_there():
+    """Refusal messages live in ls_refusals and image reads in ls_media; importers of ls_client see no change."""
+    from label_studio_ale import ls_client, ls_media, ls_refusals
+
+    assert ls_client.LabelStudioError is ls_refusals.LabelStudioError and ls_client.refusal_message is ls_refusals.refusal_message
+    assert all(callable(getattr(ls_client, name)) for name in ("upload_images", "sdk_client", "refresh_tokens_early"))
+    assert ls_client.UPLOAD_CHUNK_FILES > 0 and ls_client.TaskRef and ls_client.TOKEN_REFRESH_MARGIN
+    assert issubclass(ls_client.LabelStudioClient, ls_media.MediaReads)
+    assert all(callable(getattr(ls_client.LabelStudioClient, name)) for name in ("download", "resolve", "storages", "create_project"))

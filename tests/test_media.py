@@ -194,3 +194,122 @@ def test_a_frame_over_max_image_pixels_is_refused_by_the_setting_whatever_pillow
 def test_a_malformed_url_is_the_tasks_error_not_the_batchs(url):
     with pytest.raises(MediaError, match="is malformed .*correct it in the task's data"):
         fetcher(None, allowed_media_hosts=("example.com", "127.0.0.1")).fetch_bytes(url)
+
+
+# --- Label Studio's own addresses: LABEL_STUDIO_URL, its public LABEL_STUDIO_HOST, a sub-path ---
+
+import threading  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: E402
+
+from label_studio_ale.ls_client import LabelStudioClient  # noqa: E402
+
+LEGACY_KEY = "0123456789abcdef0123456789abcdef01234567"
+
+
+@contextmanager
+def label_studio_files(body: bytes):
+    """A loopback stand-in for LS's file views: every GET answers `body`; yields (base URL, [(path, Authorization)])."""
+    seen = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server API)
+            seen.append((self.path, self.headers.get("Authorization")))
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def ls_fetcher(url: str, host: str = "") -> MediaFetcher:
+    settings = Settings(label_studio_url=url, label_studio_host=host, label_studio_api_key=LEGACY_KEY)
+    return MediaFetcher(settings, LabelStudioClient(url, LEGACY_KEY))
+
+
+def test_images_on_label_studios_public_host_are_read_through_label_studio_url_with_the_key():
+    """LS with LABEL_STUDIO_HOST=https://ls.example.org writes that host into local-files links; in compose the backend
+    reaches LS as http://label-studio:8080, and the public name need not resolve there."""
+    with label_studio_files(png_bytes()) as (base, seen):
+        fetcher_ = ls_fetcher(base, host="https://ls.example.org")
+        for url in ("https://ls.example.org/data/local-files/?d=images/a.png", "https://LS.example.org:443/data/upload/1/x.png"):
+            assert fetcher_.fetch(url).size == (128, 128)
+        assert seen == [("/data/local-files/?d=images/a.png", f"Token {LEGACY_KEY}"), ("/data/upload/1/x.png", f"Token {LEGACY_KEY}")]
+        with pytest.raises(MediaError, match="not allowed"):  # another origin of the same name: not LS's
+            fetcher_.fetch("https://ls.example.org:8443/elsewhere.png")
+
+
+def test_images_of_label_studio_under_a_sub_path_are_read_once_below_it():
+    """LABEL_STUDIO_HOST=http://host/ls makes LS serve uploads at /ls/data/upload/...: the sub-path is LABEL_STUDIO_URL's
+    (LS reached through the same proxy path) or LABEL_STUDIO_HOST's alone (a proxy that strips it)."""
+    with label_studio_files(png_bytes()) as (base, seen):
+        fetcher_ = ls_fetcher(f"{base}/ls")
+        for url in ("/ls/data/upload/1/x.png", f"{base}/ls/data/upload/1/x.png", "/data/upload/1/x.png"):
+            assert fetcher_.fetch(url).size == (128, 128)
+        assert [path for path, _ in seen] == ["/ls/data/upload/1/x.png"] * 3, "the sub-path once, not /ls/ls"
+        seen.clear()
+        fetcher_ = ls_fetcher(base, host="https://ls.example.org/ls")
+        for url in ("/ls/data/upload/1/x.png", "https://ls.example.org/ls/data/local-files/?d=a.png"):
+            fetcher_.fetch(url)
+        assert [path for path, _ in seen] == ["/data/upload/1/x.png", "/data/local-files/?d=a.png"]
+    client = FakeResolver(png_bytes())
+    encoded = base64.urlsafe_b64encode(b"s3://birds/a.png").decode()
+    fetcher(client, label_studio_host="http://ls.local:8080/ls").fetch(f"/ls/tasks/12/resolve/?fileuri={encoded}", project=3)
+    assert client.calls == [(12, "s3://birds/a.png")]
+
+
+def test_a_label_studio_path_on_an_unknown_host_says_to_set_label_studio_host():
+    with pytest.raises(MediaError) as refused:
+        fetcher(None).fetch("https://ls.example.org/ls/data/local-files/?d=images/a.png")
+    message = str(refused.value)
+    assert "set LABEL_STUDIO_HOST=https://ls.example.org/ls for the backend too" in message and "ALLOWED_MEDIA_HOSTS" in message
+    with pytest.raises(MediaError, match="not allowed: add it to ALLOWED_MEDIA_HOSTS") as other:
+        fetcher(None).fetch("https://img.example.org/a.png")
+    assert "LABEL_STUDIO_HOST" not in str(other.value)
+
+
+def test_a_presigned_host_from_label_studios_s3_endpoint_is_explained():
+    """An S3 storage saved without an endpoint: LS presigns for the S3_ENDPOINT of its environment (MinIO), which the
+    storage record does not name."""
+    with serve_files({"/birds/a.png": png_bytes()}) as base:
+        client = FakeResolver(f"{base}/birds/a.png?X-Amz-Signature=x", storages=[{"type": "s3", "s3_endpoint": None}])
+        with pytest.raises(MediaError) as refused:
+            fetcher(client).fetch("s3://birds/a.png", task_id=7, project=3)
+        message = str(refused.value)
+        assert "has no endpoint of its own" in message and "S3_ENDPOINT" in message and "ALLOWED_MEDIA_HOSTS" in message
+        assert fetcher(client, allowed_media_hosts=("127.0.0.1",)).fetch("s3://birds/a.png", task_id=7, project=3).size == (128, 128)
+
+
+# XMP's tiff:Orientation="6", as photo editors write it beside (or instead of) the EXIF tag
+XMP_ORIENTATION_6 = (
+    b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+    b'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>'
+)
+
+
+def test_orientation_comes_from_the_exif_block_alone_as_browsers_read_it():
+    """Browsers ignore XMP's orientation, so the annotator sees such an image as stored: turning it would put every
+    box the model predicts, and every box it trains on, in the wrong place."""
+    from label_studio_ale.media import upright_size
+
+    wide = Image.new("RGB", (16, 8), (200, 30, 30))
+    xmp_only = jpeg(wide, xmp=XMP_ORIENTATION_6)
+    assert decode_image(xmp_only, 10_000).size == (16, 8)
+    assert upright_size(Image.open(io.BytesIO(xmp_only))) == (16, 8)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    assert decode_image(jpeg(wide, exif=exif, xmp=XMP_ORIENTATION_6), 10_000).size == (8, 16)
+    for fmt in ("PNG", "WEBP"):  # PNG's eXIf chunk, WebP's EXIF chunk: browsers apply both
+        buffer = io.BytesIO()
+        wide.save(buffer, format=fmt, exif=exif)
+        assert decode_image(buffer.getvalue(), 10_000).size == (8, 16), fmt

@@ -15,6 +15,7 @@ def test_defaults_without_environment():
 def test_every_variable_is_read():
     env = {
         "LABEL_STUDIO_URL": "http://ls:8080/",
+        "LABEL_STUDIO_HOST": "https://ls.example.org/ls/",
         "LABEL_STUDIO_API_KEY": "secret-key",
         "MODEL_DIR": "/models",
         "ADAPTER": "tfod",
@@ -77,6 +78,7 @@ def test_every_variable_is_read():
     assert set(env) == set(ENV_VARS)
     s = Settings.from_env(env)
     assert s.label_studio_url == "http://ls:8080" and s.model_dir == Path("/models")
+    assert s.label_studio_host == "https://ls.example.org/ls"
     assert s.model_classes == ("bird", "nest") and s.nms_metric == "iomin" and s.max_tags_per_pixel == 2
     assert s.allowed_media_hosts == ("images.example.org", "cdn.example.org")
     assert s.log_level == "DEBUG" and s.image_size == 320 and s.fetch_timeout == 3.0 and s.max_request_bytes == 1_000_000
@@ -319,6 +321,17 @@ def test_a_redis_url_redis_py_would_misread_says_how_to_write_it_without_its_pas
 )
 def test_label_studio_urls_with_a_host_and_optional_port_and_path_are_accepted(url):
     assert Settings.from_env({"LABEL_STUDIO_URL": url}).label_studio_url == url.rstrip("/")
+
+
+def test_label_studio_host_is_checked_as_label_studio_url_is_and_masked_alike():
+    """Label Studio's public URL (its own LABEL_STUDIO_HOST): optional, and an error names LABEL_STUDIO_HOST, not the URL setting."""
+    assert Settings.from_env({}).label_studio_host == ""
+    for url, said in (("ls.example.org", "must start with http:// or https://"), ("https://ls.example.org:abc", "Port could not be cast")):
+        with pytest.raises(ConfigError) as caught:
+            Settings.from_env({"LABEL_STUDIO_HOST": url})
+        assert caught.value.field == "LABEL_STUDIO_HOST" and said in str(caught.value)
+    s = Settings.from_env({"LABEL_STUDIO_HOST": "https://proxy:Pr0xyPass@ls.example.org/ls"})
+    assert "Pr0xyPass" not in repr(s) and "label_studio_host='https://proxy:***@ls.example.org/ls'" in repr(s)
 
 
 def test_a_label_studio_url_that_cannot_be_read_names_the_variable_and_the_fix():
