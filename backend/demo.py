@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import AleError
-from .settings import Settings, without_password
+from .settings import ENV_VARS, Settings, without_password
 
 DEMO_TITLE = "ALE demo: birds and nests"
 DEMO_CLASSES = ("bird", "nest")
@@ -44,6 +44,9 @@ USERNAME = "admin@example.com"
 #: A first model on a CPU: Start Training through the sync that ranks the queue.
 TRAIN_TIMEOUT = 30 * 60
 LOCAL_REDIS = "redis://127.0.0.1:6379/0"
+#: Backend settings the demo's services take from the shell: where the model runs and how much it logs.
+#: Every other one is the demo's own (a shell's basic auth would refuse the demo's own Start Training).
+SHELL_SETTINGS = ("DEVICE", "LOG_LEVEL")
 
 
 class DemoError(AleError):
@@ -139,6 +142,7 @@ def run_demo(settings: Settings, workdir: Path, *, ls_port: int = DEFAULT_LS_POR
     from .ls_client import LabelStudioClient
 
     check_demo_size(images, annotated)
+    check_demo_ports(ls_port, backend_port)
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     for name, port in (("Label Studio", ls_port), ("backend", backend_port)):
@@ -159,7 +163,10 @@ def run_demo(settings: Settings, workdir: Path, *, ls_port: int = DEFAULT_LS_POR
     server = None
     try:
         log(f"[1/4] Label Studio on http://127.0.0.1:{ls_port} (data in {workdir / 'label-studio'})")
-        server = start_label_studio(workdir / "label-studio", USERNAME, password, port=ls_port, log=log, token=login.get("token"))
+        try:
+            server = start_label_studio(workdir / "label-studio", USERNAME, password, port=ls_port, log=log, token=login.get("token"))
+        except (RuntimeError, TimeoutError) as exc:
+            raise did_not_start("Label Studio", exc, workdir / "label-studio" / "label-studio.log") from None
         _save_login(workdir, login | {"token": server.token})
         env = {
             "LABEL_STUDIO_URL": server.url,
@@ -182,7 +189,10 @@ def run_demo(settings: Settings, workdir: Path, *, ls_port: int = DEFAULT_LS_POR
             commands += [["worker"], ["cron"]]
         for command in commands:
             processes.append(_start_ale(command, env, workdir / "logs" / f"{command[0]}.log"))
-        wait_for_http(f"{backend_url}/health", 120, processes[0], workdir / "logs" / "serve.log")
+        try:
+            wait_for_http(f"{backend_url}/health", 120, processes[0], workdir / "logs" / "serve.log")
+        except (RuntimeError, TimeoutError) as exc:
+            raise did_not_start("the backend", exc, workdir / "logs" / "serve.log") from None
         log("[3/4] demo project")
         ls = LabelStudioClient(server.url, server.token)
         demo = prepare_demo(ls, backend_url, images=images, annotated=annotated, log=lambda m: log(f"      {m}"))
@@ -217,13 +227,41 @@ def run_demo(settings: Settings, workdir: Path, *, ls_port: int = DEFAULT_LS_POR
             log("stopped")
 
 
+def check_demo_ports(ls_port: int, backend_port: int) -> None:
+    """Two ports a server can listen on, one each: checked before anything starts."""
+    from .label_studio_server import PORTS
+
+    for option, port in (("--ls-port", ls_port), ("--backend-port", backend_port)):
+        if port not in PORTS:
+            raise DemoError(f"{option} must be a port number from {PORTS.start} to {PORTS.stop - 1}, got {port}")
+    if ls_port == backend_port:
+        raise DemoError(f"--ls-port and --backend-port are both {ls_port}: Label Studio and the backend each need a port of their own")
+
+
+def did_not_start(name: str, exc: Exception, log: Path) -> DemoError:
+    """A service that exited or never answered, in one line: the reason's first line, the log's last, and where the log is."""
+    reason = str(exc).splitlines()[0].rstrip(":") if str(exc) else type(exc).__name__
+    last = ""
+    if log.is_file():
+        last = next((line.strip() for line in reversed(log.read_text(errors="replace").splitlines()) if line.strip()), "")
+    ends = f"; its log ends: {last[:300]}" if last else ""
+    return DemoError(f"{name} did not start ({reason}){ends}; see {log}")
+
+
+def service_env(own: dict[str, str], environ=None) -> dict[str, str]:
+    """The demo's services' environment: the shell's, less every backend setting (ENV_VARS, but SHELL_SETTINGS) and
+    Label Studio's, plus the demo's `own`. PATH, HOME, locale, proxies, PIP_*, ALE_CACHE_DIR pass through."""
+    environ = os.environ if environ is None else environ
+    dropped = set(ENV_VARS) - set(SHELL_SETTINGS)
+    kept = {k: v for k, v in environ.items() if k not in dropped and not k.startswith("LABEL_STUDIO_")}
+    return kept | own
+
+
 def _start_ale(command: list[str], env: dict, log: Path) -> subprocess.Popen:
     log.parent.mkdir(parents=True, exist_ok=True)
-    # The developer's own LS/backend settings must not leak into the demo's processes.
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("LABEL_STUDIO_", "MODEL_", "REDIS_", "BASE_MODEL"))}
     return subprocess.Popen(
         [sys.executable, "-m", "label_studio_ale.cli", *command],
-        env=base | env,
+        env=service_env(env),
         stdout=log.open("ab"),
         stderr=subprocess.STDOUT,
         start_new_session=True,  # Ctrl-C reaches the demo only; it stops these in order

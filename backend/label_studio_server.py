@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -19,6 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import AleError
+
 LABEL_STUDIO_VERSION = "1.23.2"
 #: Installed beside it. Label Studio 1.23.2 asks for sentry-sdk>=2.16.0 with no upper bound, and starts
 #: sentry with `send_default_pii`, an option sentry-sdk 3.0 refuses ("Unknown option"): the server
@@ -26,6 +29,8 @@ LABEL_STUDIO_VERSION = "1.23.2"
 LABEL_STUDIO_CONSTRAINTS = ("sentry-sdk>=2.16.0,<3",)
 #: First start runs every migration (~45 s on 2 cores); slow disks need more.
 START_TIMEOUT = 240
+#: The ports a server can listen on.
+PORTS = range(1, 65536)
 STOP_TIMEOUT = 20
 
 
@@ -34,8 +39,22 @@ def cache_dir() -> Path:
     return Path(os.environ.get("ALE_CACHE_DIR", "").strip() or Path.home() / ".cache" / "label-studio-ale")
 
 
+class InstallError(AleError):
+    """Label Studio's environment could not be made; the message holds the installer's reason and what to check."""
+
+    status = 500
+
+
+#: Lines of the installer's output an InstallError quotes: pip's reason is at its end.
+INSTALL_ERROR_LINES = 12
+
+
 def ensure_venv(python: str | None = None, log=None) -> Path:
-    """The Label Studio environment, installed from the package registry if absent. -> its folder."""
+    """The Label Studio environment, installed from the package registry if absent. -> its folder.
+
+    The marker that makes a folder reusable is written last: an install that failed part-way is removed and
+    made again by the next call, never reused.
+    """
     python = python or os.environ.get("PYTHON", "").strip() or "python3.11"  # empty, as .env.example ships it: unset
     venv = cache_dir() / f"label-studio-{LABEL_STUDIO_VERSION}-{Path(python).name}"
     marker = venv / ".complete"
@@ -46,14 +65,29 @@ def ensure_venv(python: str | None = None, log=None) -> Path:
     subprocess.run(["rm", "-rf", str(venv)], check=True)
     venv.parent.mkdir(parents=True, exist_ok=True)
     (log or _stderr)(f"installing label-studio=={LABEL_STUDIO_VERSION} into {venv} (first run only, a few minutes)")
-    subprocess.run([python, "-m", "venv", str(venv)], check=True)
-    subprocess.run(
-        [str(venv / "bin" / "pip"), "install", "-q", *requirements],
-        check=True,
-        stderr=subprocess.DEVNULL,
-    )
+    try:
+        _install_step([python, "-m", "venv", str(venv)], f"cannot create a virtual environment with PYTHON={python}",
+                      "is that Python installed, with its venv module (Debian: python3.11-venv)?")
+        _install_step([str(venv / "bin" / "pip"), "install", "-q", *requirements],
+                      f"pip could not install label-studio=={LABEL_STUDIO_VERSION} into {venv}",
+                      "check the network, and PIP_INDEX_URL / the proxy (HTTPS_PROXY) if this machine uses them")
+    except BaseException:
+        shutil.rmtree(venv, ignore_errors=True)  # nothing half-made stays behind
+        raise
     marker.write_text("\n".join(requirements) + "\n")
     return venv
+
+
+def _install_step(args: list[str], what: str, check: str) -> None:
+    """Run one step of the install, its output kept for the error. Raises InstallError naming `what` failed and `check`."""
+    try:
+        subprocess.run(args, check=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    except FileNotFoundError as exc:
+        raise InstallError(f"{what}: {exc.filename or args[0]} not found; {check}") from None
+    except subprocess.CalledProcessError as exc:
+        lines = [line for line in (exc.output or "").splitlines() if line.strip()][-INSTALL_ERROR_LINES:]
+        said = "\n".join(f"  {line}" for line in lines) or "  (it printed nothing)"
+        raise InstallError(f"{what} (exit {exc.returncode}):\n{said}\n{check}") from None
 
 
 def free_port() -> int:

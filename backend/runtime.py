@@ -39,8 +39,8 @@ FLAG_TTL = 24 * 60 * 60
 REDIS_SOCKET_TIMEOUT = 10.0
 #: What `HeldLock.check` says can be done about a write it refused, unless its caller knows better.
 NEXT_RUN_DOES_IT = "the next run does it"
-#: Without Redis, a lock is also a file here under MODEL_DIR, locked with flock: `ale serve` and `ale sync` (or
-#: `ale train`, `ale models --promote`) sharing a MODEL_DIR exclude each other. The OS frees it when its holder exits.
+#: Without Redis, a lock is also a file here under MODEL_DIR, locked with flock: `ale serve`, `ale sync` and
+#: `ale models --promote` sharing a MODEL_DIR exclude each other. The OS frees it when its holder exits.
 LOCKS_DIR = "locks"
 #: Seconds between tries while waiting for a lock file another process holds.
 FILE_LOCK_POLL = 0.2
@@ -233,7 +233,8 @@ class Runtime:
             raise ConfigError(
                 "MODEL_DIR",
                 f"cannot create the lock file {path} ({exc.strerror or exc}): without REDIS_URL, every process that "
-                "syncs or trains (ale serve, ale sync, ale train) takes its locks there; make MODEL_DIR writable, or set REDIS_URL",
+                "syncs, trains or promotes (ale serve, ale sync, ale models --promote) takes its locks there; make MODEL_DIR "
+                "writable, or set REDIS_URL",
             ) from None
         deadline, told = time.monotonic() + wait, False
         while True:

@@ -1,5 +1,6 @@
 """The `ale` command: what it refuses before starting, what it shows, and how it reports a failure."""
 
+import re
 import socket
 
 import pytest
@@ -40,7 +41,8 @@ def closed_port() -> int:
 def test_an_unreachable_redis_or_label_studio_is_one_line_not_a_traceback(monkeypatch, capsys):
     monkeypatch.setenv("REDIS_URL", f"redis://:pw@127.0.0.1:{closed_port()}/0")
     assert main(["jobs"]) == 1
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert out == ""  # no table header before the error
     assert err.startswith("ale jobs: cannot reach Redis at REDIS_URL=redis://:***@127.0.0.1:") and "is it running?" in err
     assert "Traceback" not in err and ":pw@" not in err
 
@@ -189,6 +191,13 @@ def test_counts_below_one_are_refused_by_the_parser(capsys):
     assert "argument --epochs: must be 0 or a positive integer" in _refused_by_the_parser(["demo", "--epochs", "x"], capsys)
 
 
+def test_ports_a_server_cannot_listen_on_are_refused_by_the_parser(capsys):
+    """`ale serve --port 99999` and `ale demo --ls-port 70000` ended in an OverflowError traceback."""
+    for argv in (["serve", "--port", "99999"], ["demo", "--ls-port", "70000"], ["demo", "--backend-port", "0"], ["serve", "--port", "x"]):
+        err = _refused_by_the_parser(argv, capsys)
+        assert f"argument {argv[1]}: must be a port number from 1 to 65535, got '{argv[2]}'" in err, argv
+
+
 def test_a_demo_base_set_larger_than_its_images_is_refused_before_anything_starts(tmp_path, capsys):
     workdir = tmp_path / "demo"
     assert main(["demo", "--workdir", str(workdir), "--images", "10", "--annotated", "100"]) == 1
@@ -228,3 +237,30 @@ def test_a_file_that_cannot_be_written_is_one_line_not_a_traceback(monkeypatch, 
     monkeypatch.setattr(cli, "_run", refused)
     with pytest.raises(ConnectionRefusedError):
         main(["config"])
+
+
+def test_a_missing_weights_file_or_dataset_names_the_option_given(tmp_path, capsys):
+    """--weights was reported as MODEL_WEIGHTS, and a --data that is not there as a dataset naming no classes."""
+    missing = tmp_path / "no.yaml"
+    assert main(["evaluate", "--weights", "/no.pt", "--data", str(missing)]) == 1
+    assert capsys.readouterr().err == f"ale evaluate: --data {missing}: no such file or folder\n"
+    assert main(["evaluate", "--weights", "/no.pt", "--data", str(tmp_path)]) == 1
+    assert capsys.readouterr().err == "ale evaluate: --weights=/no.pt: no such file (copy the .pt there, or fix the path)\n"
+
+
+def test_the_model_checks_warnings_are_logged_with_time_level_and_logger_and_follow_log_level(tmp_path):
+    """The adapter's settings check ran before logging was configured: its warnings printed bare, whatever LOG_LEVEL said."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "MODEL_CLASSES", "MODEL_WEIGHTS", "LOG_LEVEL")}
+    env["MODEL_DIR"] = str(tmp_path)
+    # a model yaml without MODEL_CLASSES is warned about; --workers 2 without Redis then stops it before it listens
+    command = [sys.executable, "-m", "label_studio_ale.cli", "serve", "--workers", "2"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    warning = next(line for line in done.stderr.splitlines() if "MODEL_CLASSES is unset" in line)
+    assert re.match(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ WARNING label_studio_ale_plugins\.yolov5\.adapter: MODEL_WEIGHTS=yolov5n\.yaml", warning)
+    quiet = subprocess.run(command, env=env | {"LOG_LEVEL": "ERROR"}, capture_output=True, text=True, timeout=120)
+    assert quiet.returncode == 2 and "MODEL_CLASSES is unset" not in quiet.stderr and "REDIS_URL: is needed" in quiet.stderr

@@ -115,3 +115,36 @@ def test_a_process_that_ignores_sigterm_is_killed_after_the_timeout():
     assert stubborn.stdout.readline().strip() == "ready"
     stop_processes([stubborn], timeout=0.5)
     assert stubborn.returncode == -9
+
+
+def test_a_failed_install_says_what_pip_said_and_leaves_nothing_to_reuse(tmp_path, monkeypatch):
+    """pip's reason was thrown away (stderr to /dev/null) and a CalledProcessError traceback shown instead."""
+    import pytest
+
+    from label_studio_ale.label_studio_server import InstallError
+
+    monkeypatch.setenv("ALE_CACHE_DIR", str(tmp_path))
+    # A registry pip cannot use, whatever this machine's pip configuration says
+    monkeypatch.setenv("PIP_CONFIG_FILE", "/dev/null")
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path / "no-packages"))
+    with pytest.raises(InstallError) as failed:
+        ensure_venv("python3.11", log=lambda line: None)
+    message = str(failed.value)
+    venv = tmp_path / f"label-studio-{LABEL_STUDIO_VERSION}-python3.11"
+    assert message.startswith(f"pip could not install label-studio=={LABEL_STUDIO_VERSION} into {venv} (exit 1):\n")
+    assert f"No matching distribution found for label-studio=={LABEL_STUDIO_VERSION}" in message
+    assert message.endswith("check the network, and PIP_INDEX_URL / the proxy (HTTPS_PROXY) if this machine uses them")
+    assert not venv.exists()  # the next run installs again rather than reuse a half-made environment
+
+
+def test_a_python_that_is_not_there_is_named(tmp_path, monkeypatch):
+    import pytest
+
+    from label_studio_ale.label_studio_server import InstallError
+
+    monkeypatch.setenv("ALE_CACHE_DIR", str(tmp_path))
+    missing = str(tmp_path / "bin" / "python3.11")
+    with pytest.raises(InstallError, match=rf"^cannot create a virtual environment with PYTHON={missing}: {missing} not found; "):
+        ensure_venv(missing, log=lambda line: None)
+    assert list(tmp_path.iterdir()) == []

@@ -136,3 +136,22 @@ def test_a_flag_lapses_after_its_time_to_live_without_redis_too(tmp_path, monkey
     rt.raise_flag("queued", ttl=5)
     now[0] += 5
     assert not rt.take_flag("queued"), "lapsed: nobody takes it"
+
+
+def test_a_lock_file_that_cannot_be_made_names_the_commands_that_take_locks_there(tmp_path):
+    """The message lists what shares MODEL_DIR's lock files: every command it names must be one `ale` has."""
+    import re
+
+    from label_studio_ale.cli import build_parser
+    from label_studio_ale.errors import ConfigError
+
+    (tmp_path / "locks").write_text("a file where the folder should be")
+    with pytest.raises(ConfigError) as refused:
+        with Runtime(Settings(model_dir=tmp_path)).lock("sync:1"):
+            pass
+    message = str(refused.value)
+    assert message.startswith(f"MODEL_DIR: cannot create the lock file {tmp_path / 'locks' / 'sync-1'}")
+    named = re.findall(r"\bale (\w+)", message)
+    commands = build_parser()._subparsers._group_actions[0].choices
+    assert named and set(named) <= set(commands), named
+    assert "ale models --promote" in message
