@@ -14,11 +14,13 @@ from dataclasses import fields
 
 import numpy as np
 from flask import Blueprint, Response, abort, render_template_string
+from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
 
-from .ls_format import match_labels, parse_label_config, task_image_url
+from .ls_format import MAX_LS_ID, match_labels, parse_label_config, task_image_url
 from .serving import ServingFilters, raw_output_key, shown_classes, shown_detections
 from .settings import Settings, shown_setting
+from .url_settings import without_password
 
 #: Tasks of the served queue's head shown as thumbnails.
 QUEUE_HEAD = 12
@@ -29,6 +31,8 @@ RECENT_JOBS = 10
 #: BASIC_AUTH_PASS, and REDIS_URL and DETECTION_STORE_URL, which carry passwords; `ale config` shows them masked).
 #: LABEL_STUDIO_URL is shown with any credentials in it masked (`shown_setting`).
 SHOWN_SETTINGS = tuple(spec.name for spec in fields(Settings) if spec.repr)
+#: A project or task id of the routes: past it, no database id (and no SQLite integer) could be meant.
+ID_CONVERTER = f"int(max={MAX_LS_ID})"
 
 
 def admin_blueprint(settings, runtime) -> Blueprint:
@@ -37,13 +41,21 @@ def admin_blueprint(settings, runtime) -> Blueprint:
 
     @page.get("/ui")
     def index():
-        return render_template_string(INDEX, projects=known_projects(settings, runtime), style=STYLE)
+        try:
+            projects, unreachable = known_projects(settings, runtime), None
+        except RedisError:
+            projects, unreachable = known_projects(settings, None), redis_unreachable(settings)
+        return render_template_string(INDEX, projects=projects, redis_note=unreachable, style=STYLE)
 
-    @page.get("/ui/projects/<int:project>")
+    @page.get(f"/ui/projects/<{ID_CONVERTER}:project>")
     def project_page(project: int):
         from .model_store import ModelStore
         from .savings import savings_by_model
 
+        try:
+            jobs, unreachable = job_rows(settings, runtime, project), None
+        except RedisError:
+            jobs, unreachable = None, redis_unreachable(settings)
         store = ModelStore(settings.model_dir, project)
         versions, (served, damaged) = store.versions(), store.readable_current()
         latest = versions[-1].manifest if versions else {}
@@ -54,7 +66,8 @@ def admin_blueprint(settings, runtime) -> Blueprint:
             served=served.name if served else None,
             damaged=damaged,
             plot=metrics_svg(versions),
-            jobs=job_rows(settings, runtime, project),
+            jobs=jobs,
+            redis_note=unreachable,
             head=queue_head(runtime, project, queue_mask(runtime, project)),
             savings=savings_by_model(runtime.store, project),
             disagreements=latest.get("most_disagreement", []),
@@ -63,15 +76,23 @@ def admin_blueprint(settings, runtime) -> Blueprint:
             style=STYLE,
         )
 
-    @page.get("/ui/projects/<int:project>/tasks/<int:task>/thumbnail.jpg")
+    @page.get(f"/ui/projects/<{ID_CONVERTER}:project>/tasks/<{ID_CONVERTER}:task>/thumbnail.jpg")
     def thumbnail(project: int, task: int):
         return Response(task_thumbnail(runtime, project, task), mimetype="image/jpeg", headers={"Cache-Control": "max-age=300"})
 
     return page
 
 
+def redis_unreachable(settings) -> str:
+    """The admin page's note while Redis is down, naming where it was looked for (never the password)."""
+    shown = without_password(settings.redis_url)
+    where = shown.partition("://")[2].rpartition("@")[2] or shown  # the host, port and database
+    return f"Redis at {where} is unreachable: jobs and connected projects are not shown"
+
+
 def known_projects(settings, runtime) -> list[int]:
-    """Projects with a model store folder, in SYNC_PROJECTS, or connected (/setup) to this adapter's backends."""
+    """Projects with a model store folder, in SYNC_PROJECTS, or connected (/setup) to this adapter's backends
+    (those only with a `runtime` whose Redis is given)."""
     from pathlib import Path
 
     from .jobs import projects_key
@@ -80,7 +101,7 @@ def known_projects(settings, runtime) -> list[int]:
     root = Path(settings.model_dir)
     if root.is_dir():
         found |= {int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isascii() and p.name.isdigit()}  # "²" passes isdigit()
-    if runtime.redis is not None:
+    if runtime is not None and runtime.redis is not None:
         found |= {int(p) for p in runtime.redis.smembers(projects_key(settings.adapter))}
     return sorted(found)
 
@@ -261,6 +282,7 @@ td,th{border-bottom:1px solid #ddd;padding:3px 10px;text-align:right}th{backgrou
 
 INDEX = """<!doctype html><html><head><meta charset="utf-8"><title>label-studio-ale</title><style>{{ style }}</style></head><body>
 <h1>label-studio-ale</h1>
+{% if redis_note %}<p id="redis" class="warn">{{ redis_note }}</p>{% endif %}
 {% if projects %}<ul>{% for p in projects %}<li><a href="/ui/projects/{{ p }}">project {{ p }}</a></li>{% endfor %}</ul>
 {% else %}<p>No project yet: connect one in Label Studio (Settings → Model).</p>{% endif %}
 </body></html>"""
@@ -286,7 +308,8 @@ PROJECT = """<!doctype html><html><head><meta charset="utf-8"><title>project {{ 
 · score {{ "%.4f"|format(row.score) }} · <span class="boxes">{{ row.boxes if row.boxes is not none else "-" }}</span> boxes</figcaption></figure>{% endfor %}</div>
 {% else %}<p>No queue served yet: the next sync writes one.</p>{% endif %}
 <h2>Jobs</h2>
-{% if jobs is none %}<p>Jobs run inside this server (no REDIS_URL); GET /jobs/&lt;id&gt; reports one.</p>
+{% if redis_note %}<p id="redis" class="warn">{{ redis_note }}</p>
+{% elif jobs is none %}<p>Jobs run inside this server (no REDIS_URL); GET /jobs/&lt;id&gt; reports one.</p>
 {% elif jobs %}<p>This project's jobs, and the scheduled sync of every project.</p><table id="jobs"><tr><th class="l">queue</th><th class="l">status</th><th class="l">function</th><th class="l">progress / error</th><th class="l">job</th></tr>
 {% for j in jobs %}<tr><td class="l">{{ j.queue }}</td><td class="l">{{ j.status }}</td><td class="l">{{ j.function.rsplit(".", 1)[-1] }}</td><td class="l">{{ j.detail }}</td><td class="l">{{ j.id }}</td></tr>{% endfor %}</table>
 {% else %}<p>No recent job.</p>{% endif %}

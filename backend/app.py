@@ -10,41 +10,32 @@ import base64
 import hmac
 import logging
 import threading
+from collections import OrderedDict
 from typing import Callable
 
 from flask import Flask, jsonify, request
-from werkzeug.exceptions import HTTPException, NotFound, RequestEntityTooLarge, ServiceUnavailable
+from werkzeug.exceptions import HTTPException, NotFound, RequestEntityTooLarge
 
 from . import __version__
 from .adapters import UNTRAINED_NOTE, Adapter, check_policy_fits, is_trained, load_adapter
 from .errors import AdapterError, AleError, PayloadError
-from .jobqueue import ACTIVE, QUEUE_SYNC, QUEUE_TRAIN, make_job_queue
+from .jobqueue import make_job_queue
 from .ls_client import LabelStudioClient
 from .ls_format import match_labels, parse_label_config
 from .media import MediaFetcher
 from .predictor import Predictor
 from .runtime import Runtime
 from .settings import Settings
+from .webhooks import WebhookHandler, event_action
 
 log = logging.getLogger(__name__)
 
-#: Largest request body accepted; a /predict for thousands of tasks is far below it.
-START_TRAINING = "START_TRAINING"
-#: Seconds a Start Training waits for another one of the same project to finish queueing.
-TRAIN_ENQUEUE_WAIT = 5.0
-#: How long Redis remembers a project's latest train job for deduplication.
-JOB_MEMORY_SECONDS = 24 * 60 * 60
-TASKS_CREATED = "TASKS_CREATED"
-ANNOTATION_CREATED = "ANNOTATION_CREATED"
-#: LS's bulk form ("Create Annotations From Predictions"): `annotation` is a list.
-ANNOTATIONS_CREATED = "ANNOTATIONS_CREATED"
-ANNOTATION_UPDATED = "ANNOTATION_UPDATED"
-#: Ids only, `annotations: [{"id": ...}]` (plural, whether one annotation was deleted or the Data Manager deleted many).
-ANNOTATIONS_DELETED = "ANNOTATIONS_DELETED"
-#: Ids only, `tasks: [{"id": ...}]`: their annotations went with them, and no ANNOTATIONS_DELETED says so.
-TASKS_DELETED = "TASKS_DELETED"
 #: Seconds a client is told to wait before retrying while Redis is down.
 REDIS_RETRY_AFTER = 30
+#: Projects whose label config (from /setup) is kept for a /predict that sends none; the least recently used goes first.
+MAX_PROJECT_LABEL_CONFIGS = 1024
+#: Longest project whose label config is kept: Label Studio's are ids, a few digits.
+MAX_PROJECT_CHARS = 100
 
 
 class ModelHolder:
@@ -67,10 +58,23 @@ class ModelHolder:
                     try:
                         self._adapter = self._factory()
                         self._error = None
-                    except AleError as exc:
-                        self._error = str(exc)
-                        raise
+                    except Exception as exc:
+                        self._failed(exc)
         return self._adapter
+
+    def _failed(self, exc: Exception):
+        """Keep what went wrong for /health and raise it as an AleError, which the routes answer with 503 naming it."""
+        expected = isinstance(exc, AleError)  # a configuration problem the message explains: no traceback
+        message = str(exc) if expected else f"the model failed to load: {type(exc).__name__}: {exc}"
+        if message != self._error:  # once per failure, not on every request that tries the load again
+            if expected:
+                log.warning("model failed to load: %s", message)
+            else:
+                log.exception("model failed to load")
+        self._error = message
+        if expected:
+            raise exc
+        raise AdapterError(f"{message}; details are in the backend's log") from exc
 
     def warm(self) -> threading.Thread:
         """Load in the background so the first request does not wait."""
@@ -78,8 +82,8 @@ class ModelHolder:
         def run():
             try:
                 self.get()
-            except Exception:  # reported on first request and in /health
-                log.exception("model failed to load")
+            except AleError:  # logged by get(); reported on first request and in /health
+                pass
 
         thread = threading.Thread(target=run, name="model-warmup", daemon=True)
         thread.start()
@@ -88,6 +92,33 @@ class ModelHolder:
     @property
     def error(self) -> str | None:
         return self._error
+
+
+class LabelConfigs:
+    """Project -> the label config /setup last sent, for at most `limit` projects (the least recently used goes first).
+
+    A /predict of a project no longer here is answered as one of a project never set up: LS sends the label config
+    with every /predict, and its next /setup stores it again."""
+
+    def __init__(self, limit: int):
+        self._limit = limit
+        self._configs: OrderedDict[str, str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, project: str) -> str | None:
+        with self._lock:
+            if project in self._configs:
+                self._configs.move_to_end(project)
+            return self._configs.get(project)
+
+    def put(self, project: str, config: str) -> None:
+        if len(project) > MAX_PROJECT_CHARS:  # no LS project: the configured model answers it, with the config it sends
+            return
+        with self._lock:
+            self._configs[project] = config
+            self._configs.move_to_end(project)
+            while len(self._configs) > self._limit:
+                self._configs.popitem(last=False)
 
 
 class Metrics:
@@ -130,7 +161,7 @@ def create_app(
     holder = ModelHolder(adapter_factory or (lambda: load_adapter(settings)))
     fetcher = MediaFetcher(settings, ls_client)
     metrics = Metrics()
-    label_configs: dict[str, str] = {}  # project id -> label config seen at /setup
+    label_configs = LabelConfigs(MAX_PROJECT_LABEL_CONFIGS)
     runtime = Runtime(settings, ls=ls_client, adapter_factory=holder.get)
     job_queue = None  # created on first use: the embedded one starts a thread
 
@@ -140,88 +171,7 @@ def create_app(
             job_queue = make_job_queue(runtime)
         return job_queue
 
-    training_jobs: dict[int, str] = {}  # embedded mode: project -> latest train job
-
-    annotation_counts: dict[int, int] = {}  # embedded mode: new annotations since the last auto-training
-
-    def _start_training(project: int) -> tuple[str, bool]:
-        """Enqueue one train job per project. -> (job id, whether a new job was created)."""
-        from .training import train_project
-
-        with runtime.lock(f"train-enqueue:{project}", wait=TRAIN_ENQUEUE_WAIT) as acquired:
-            if not acquired:  # unlocked, two presses could each queue a training
-                raise ServiceUnavailable(
-                    f"another Start Training of project {project} is being queued and has not finished within "
-                    f"{TRAIN_ENQUEUE_WAIT:g} s; nothing was queued. Press Start Training again in a moment"
-                )
-            running = training_jobs.get(project) if runtime.redis is None else runtime.redis.get(f"ale:train:{project}")
-            running = running.decode() if isinstance(running, bytes) else running
-            info = jobs().info(running) if running else None
-            if info is not None and info.status in ACTIVE:
-                return running, False
-            job_id = jobs().enqueue(QUEUE_TRAIN, train_project, project)
-            training_jobs[project] = job_id
-            if runtime.redis is not None:
-                runtime.redis.set(f"ale:train:{project}", job_id, ex=JOB_MEMORY_SECONDS)
-            return job_id, True
-
-    def _count_new_annotations(project: int, count: int = 1) -> int:
-        if runtime.redis is not None:
-            return int(runtime.redis.incrby(f"ale:new-annotations:{project}", count))
-        annotation_counts[project] = annotation_counts.get(project, 0) + count
-        return annotation_counts[project]
-
-    def _record_savings(body: dict) -> str | None:
-        """Queue the comparison of the event's task's annotations with the predictions shown. -> job id, None without a task."""
-        from .savings import record_annotations
-
-        project = _project_from_event(body)
-        task = body.get("task") if isinstance(body.get("task"), dict) else {}
-        annotation = body.get("annotation") if isinstance(body.get("annotation"), dict) else {}
-        task_id = task.get("id", annotation.get("task"))
-        if not isinstance(task_id, int):
-            return None
-        return jobs().enqueue(QUEUE_SYNC, record_annotations, project, task_id, retry=True)
-
-    def _record_many(project: int, annotations: list[dict]) -> str | None:
-        """One job recording the tasks of a bulk event's annotations. -> its id, None without a task."""
-        from .savings import record_tasks
-
-        task_ids = sorted({a["task"] for a in annotations if isinstance(a.get("task"), int)})
-        return jobs().enqueue(QUEUE_SYNC, record_tasks, project, task_ids, retry=True) if task_ids else None
-
-    def _count_towards_training(project: int, count: int, action: str, savings: str | None):
-        """Count `count` new annotations; once AUTO_TRAIN_AFTER are in, start a training. -> the webhook's answer."""
-        if _count_new_annotations(project, count) < settings.auto_train_after:
-            return jsonify(status="counted", action=action, savings=savings)
-        job_id, started = _start_training(project)
-        if started:
-            # Only a training queued now takes the counted annotations. One already running exported its tasks
-            # before them: they keep counting, and the first annotation after it ends starts the next one.
-            _reset_annotation_count(project)
-        return jsonify(status="training" if started else "already training", action=action, job=job_id, savings=savings)
-
-    def _forget_deleted(body: dict, action: str):
-        """Forget the savings records of the annotations (ANNOTATIONS_DELETED) or tasks (TASKS_DELETED) the event lists,
-        and a deleted task's stored detections (the store would otherwise keep them as long as their model's key)."""
-        key = "annotations" if action == ANNOTATIONS_DELETED else "tasks"
-        listed = body.get(key) if isinstance(body.get(key), list) else []
-        ids = sorted({item["id"] for item in listed if isinstance(item, dict) and isinstance(item.get("id"), int)})
-        if not ids:  # LS sends a bare event when an annotation is turned back into a draft: `ale savings --recompute` forgets it
-            return jsonify(status="ignored", action=action)
-        project = _project_from_event(body)
-        if action == ANNOTATIONS_DELETED:
-            forgotten = runtime.store.delete_edits(project, ids)
-        else:
-            forgotten = runtime.store.delete_task_edits(project, ids)
-            detections = runtime.store.delete_tasks(project, ids)
-            return jsonify(status="forgotten", action=action, records=forgotten, detections=detections)
-        return jsonify(status="forgotten", action=action, records=forgotten)
-
-    def _reset_annotation_count(project: int) -> None:
-        if runtime.redis is not None:
-            runtime.redis.delete(f"ale:new-annotations:{project}")
-        annotation_counts.pop(project, None)
+    webhooks = WebhookHandler(settings, runtime, jobs)
 
     def _adapter(project: str | None) -> Adapter:
         number = _project_number(project)
@@ -261,13 +211,13 @@ def create_app(
     def setup():
         body = _json_object()
         schema = body.get("schema")
-        config = parse_label_config(schema)
+        config = parse_label_config(schema, field="'schema'")
         project = _project_id(body.get("project"))
         adapter = _adapter(project)
         match_labels(adapter.classes, config)
         check_policy_fits(adapter, settings.policy)
         if project:
-            label_configs[project] = schema
+            label_configs.put(project, schema)
             if runtime.redis is not None and _project_number(project) is not None:
                 from redis.exceptions import RedisError
 
@@ -285,10 +235,13 @@ def create_app(
         tasks = body.get("tasks")
         if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
             raise PayloadError("'tasks' must be a list of task objects, e.g. {\"tasks\": [{\"id\": 1, \"data\": {...}}]}")
-        label_config = body.get("label_config") or label_configs.get(_project_id(body.get("project")) or "")
+        project = _project_id(body.get("project"))
+        label_config = body.get("label_config")
+        if label_config not in (None, ""):
+            parse_label_config(label_config, field="'label_config'")  # the Predictor's parse of it is then cached
+        label_config = label_config or (label_configs.get(project) if project else None)
         if not label_config:
             raise PayloadError("'label_config' is missing: send the project's label config, or call /setup first")
-        project = _project_id(body.get("project"))
         adapter = _adapter(project)
         owner = _project_number(project)
         outcome = Predictor(settings, adapter, fetcher, owner).predict_tasks(tasks, label_config)
@@ -307,52 +260,9 @@ def create_app(
     @app.post("/webhook")
     def webhook():
         body = _json_object()
-        action = body.get("action")
-        if not isinstance(action, str) or not action:
-            raise PayloadError("'action' is missing: Label Studio webhooks send e.g. {\"action\": \"ANNOTATION_CREATED\"}")
+        action = event_action(body)
         metrics.add(webhooks=1)
-        if action == START_TRAINING:
-            job_id, started = _start_training(_project_from_event(body))
-            response = jsonify(status="queued" if started else "already training", action=action, job=job_id)
-            response.status_code = 201 if started else 200
-            return response
-        if action == ANNOTATIONS_CREATED:
-            project = _project_from_event(body)
-            listed = body.get("annotation") if isinstance(body.get("annotation"), list) else []
-            made = [a for a in listed if isinstance(a, dict) and not a.get("was_cancelled")]
-            recorded = _record_many(project, made)
-            if not made:
-                return jsonify(status="ignored", action=action, reason="the event lists no submitted annotation")
-            if settings.auto_train_after:
-                return _count_towards_training(project, len(made), action, savings=recorded)
-            return jsonify(status="recording", action=action, savings=recorded)
-        if action in (ANNOTATIONS_DELETED, TASKS_DELETED):
-            return _forget_deleted(body, action)
-        recorded = _record_savings(body) if action in (ANNOTATION_CREATED, ANNOTATION_UPDATED) else None
-        if action == ANNOTATION_CREATED and settings.auto_train_after:
-            project = _project_from_event(body)
-            annotation = body.get("annotation")
-            if isinstance(annotation, dict) and annotation.get("was_cancelled"):
-                # LS sends every Skip as ANNOTATION_CREATED: nothing was labelled
-                return jsonify(status="ignored", action=action, reason="a skipped task is not a new annotation")
-            return _count_towards_training(project, 1, action, savings=recorded)
-        if recorded is not None:
-            return jsonify(status="recording", action=action, savings=recorded)
-        if action == TASKS_CREATED:
-            from .jobs import request_sync
-
-            project = _project_from_event(body)
-            listed = body.get("tasks")
-            if listed is not None and not isinstance(listed, list):
-                raise PayloadError(
-                    f"'tasks' must be a list of task objects, e.g. {{\"tasks\": [{{\"id\": 1}}]}}, got {type(listed).__name__}"
-                )
-            # The sync predicts the new tasks itself (or fans them out to the predict workers) under the project's
-            # lock: a prediction job of its own beside it would predict the same tasks a second time on another worker.
-            # A burst of imports (one webhook per request) is covered by the one sync still in the queue.
-            sync, queued_now = request_sync(jobs(), runtime, project)
-            return jsonify(status="queued", action=action, jobs=[sync], sync="queued" if queued_now else "coalesced")
-        return jsonify(status="ignored", action=action)
+        return webhooks.handle(body, action)
 
     from .admin import admin_blueprint
 
@@ -438,7 +348,11 @@ def create_app(
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
-        return _error_response(exc.description or exc.name, exc.code or 500, metrics)
+        response = _error_response(exc.description or exc.name, exc.code or 500, metrics)
+        for name, value in exc.get_headers():  # Allow of a 405, Retry-After of a 503: the body is ours, JSON
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):
@@ -458,7 +372,10 @@ def _training_state(holder: ModelHolder) -> dict:
 
 
 def _json_object() -> dict:
-    body = request.get_json(force=True, silent=True)
+    try:
+        body = request.get_json(force=True, silent=True)
+    except RecursionError:  # json.loads of e.g. "[[[[..." thousands deep
+        raise PayloadError("request body nests too deeply: send a flat JSON object") from None
     if body is None:
         raw = request.get_data(cache=True)
         problem = "empty" if not raw else "not valid JSON"
@@ -466,14 +383,6 @@ def _json_object() -> dict:
     if not isinstance(body, dict):
         raise PayloadError(f"request body must be a JSON object, got {type(body).__name__}")
     return body
-
-
-def _project_from_event(body: dict) -> int:
-    project = body.get("project")
-    project_id = project.get("id") if isinstance(project, dict) else None
-    if not isinstance(project_id, int):
-        raise PayloadError("webhook event has no project id: expected {\"project\": {\"id\": <int>, ...}}")
-    return project_id
 
 
 def _project_number(text: str | None) -> int | None:

@@ -16,6 +16,15 @@ from .errors import LabelConfigError, LabelMismatchError
 RECTANGLE_TAG = "RectangleLabels"
 IMAGE_TAG = "Image"
 RESULT_TYPE = "rectanglelabels"
+#: Largest label config accepted, in UTF-8 bytes. A real one is a few KB; each distinct one is parsed once and kept.
+MAX_LABEL_CONFIG_BYTES = 1024 * 1024
+#: Label Studio's ids (projects, tasks, annotations) are positive 64-bit database keys.
+MAX_LS_ID = 2**63 - 1
+
+
+def ls_id(value) -> int | None:
+    """`value` if it can be a Label Studio id (a whole number 1..MAX_LS_ID, not a bool), else None."""
+    return value if type(value) is int and 0 < value <= MAX_LS_ID else None
 
 
 @dataclass(frozen=True)
@@ -48,12 +57,18 @@ class RectangleConfig:
         return self.names.get(name) or self.aliases.get(name.lower())
 
 
-def parse_label_config(xml: str) -> RectangleConfig:
-    """Parse a label config with an <Image> and a <RectangleLabels> bound to it."""
+def parse_label_config(xml: str, *, field: str = "label config") -> RectangleConfig:
+    """Parse a label config with an <Image> and a <RectangleLabels> bound to it. `field` names it in errors."""
     if not isinstance(xml, str):
-        raise LabelConfigError(f"label config must be the project's XML as a string, got {type(xml).__name__}")
+        raise LabelConfigError(f"{field} must be the project's XML label config as a string, got {type(xml).__name__}")
     if not xml.strip():
-        raise LabelConfigError("label config is empty: send the project's XML label config")
+        raise LabelConfigError(f"{field} is empty: send the project's XML label config")
+    # len() first: a string over the limit in characters is over it in bytes, and is not encoded to tell
+    if len(xml) > MAX_LABEL_CONFIG_BYTES or len(xml.encode("utf-8", "surrogatepass")) > MAX_LABEL_CONFIG_BYTES:
+        raise LabelConfigError(
+            f"{field} is over {MAX_LABEL_CONFIG_BYTES} bytes, far more than a label config needs: "
+            "send the project's XML label config (Settings > Labeling Interface > Code)"
+        )
     return _parse_label_config(xml)
 
 

@@ -96,3 +96,26 @@ def test_rows_of_a_version_no_longer_kept_are_counted_over_every_class(tmp_path,
     client = create_app(settings, adapter_factory=lambda: Model(("bird", "nest", "egg"), "configured-1"), ls_client=ls).test_client()
     page = client.get("/ui/projects/7")
     assert page.status_code == 200 and '<span class="boxes">2</span> boxes' in page.get_data(as_text=True)
+
+
+def test_the_pages_render_while_redis_is_down_and_say_so_without_its_password(tmp_path):
+    """Redis on a port nothing listens on: the versions and settings are shown, the jobs and connected projects are not."""
+    (tmp_path / "models" / "4").mkdir(parents=True)
+    settings = Settings(model_dir=tmp_path / "models", redis_url="redis://:s3cretPw@127.0.0.1:1/0")
+    client = create_app(settings, adapter_factory=lambda: Model(("bird",), "configured-1")).test_client()
+    note = "Redis at 127.0.0.1:1/0 is unreachable: jobs and connected projects are not shown"
+    for url in ("/ui", "/ui/projects/4"):
+        page = client.get(url)
+        text = page.get_data(as_text=True)
+        assert page.status_code == 200 and page.mimetype == "text/html", text[:300]
+        assert note in text and "s3cretPw" not in text
+    assert 'href="/ui/projects/4"' in client.get("/ui").get_data(as_text=True)
+    assert "No trained version yet" in client.get("/ui/projects/4").get_data(as_text=True)
+
+
+def test_a_project_or_task_id_past_any_database_id_is_a_404(tmp_path):
+    client = create_app(Settings(model_dir=tmp_path), adapter_factory=lambda: Model(("bird",), "configured-1")).test_client()
+    for url in ("/ui/projects/" + "9" * 25, f"/ui/projects/{2**63}", f"/ui/projects/1/tasks/{2**63}/thumbnail.jpg"):
+        response = client.get(url)
+        assert response.status_code == 404 and response.content_type == "application/json", url
+    assert client.get(f"/ui/projects/{2**63 - 1}").status_code == 200

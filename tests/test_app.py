@@ -368,10 +368,10 @@ def test_start_training_that_cannot_take_the_projects_queueing_lock_queues_nothi
     """A press whose lock is held (a stuck press, a slow Redis) answers 503 instead of queueing unguarded."""
     from redis import Redis
 
-    import label_studio_ale.app as app_module
+    import label_studio_ale.webhooks as webhooks_module
     from label_studio_ale.jobqueue import QUEUE_TRAIN, queue_name
 
-    monkeypatch.setattr(app_module, "TRAIN_ENQUEUE_WAIT", 0.2)
+    monkeypatch.setattr(webhooks_module, "TRAIN_ENQUEUE_WAIT", 0.2)
     client = make_client(adapter, redis_url=redis_url, model_dir=tmp_path)
     redis = Redis.from_url(redis_url)
     redis.set("ale:lock:train-enqueue:7", "another-press", px=60_000)
@@ -499,13 +499,14 @@ def test_annotations_made_while_a_training_runs_count_towards_the_next_one(adapt
     from redis import Redis
     from rq.job import Job
 
-    import label_studio_ale.app as app_module
+    import label_studio_ale.webhooks as webhooks_module
 
-    monkeypatch.setattr(app_module, "TRAIN_ENQUEUE_WAIT", 0.2)
+    monkeypatch.setattr(webhooks_module, "TRAIN_ENQUEUE_WAIT", 0.2)
     client = make_client(adapter, redis_url=redis_url, model_dir=tmp_path, auto_train_after=3)
     redis = Redis.from_url(redis_url)
 
-    def annotate(task):
+    def annotate(n):
+        task = n + 1  # LS ids start at 1
         event = {"action": "ANNOTATION_CREATED", "project": {"id": 5}, "task": {"id": task}, "annotation": {"id": task, "task": task}}
         return client.post("/webhook", json=event)
 
@@ -541,3 +542,83 @@ def test_tasks_created_queues_only_the_sync_which_predicts_the_new_tasks_itself(
     first, second = client.post("/webhook", json=event).get_json(), client.post("/webhook", json=event).get_json()
     assert enqueued == [("sync", "queued_sync", (3,))]
     assert first["sync"] == "queued" and second["sync"] == "coalesced" and first["jobs"] == second["jobs"] == [first["jobs"][0]]
+
+
+@pytest.mark.parametrize("route", ["/webhook", "/predict", "/setup"])
+def test_a_body_nested_too_deeply_is_a_400_not_a_server_error(adapter, route):
+    response = make_client(adapter).post(route, data="[" * 100_000, content_type="application/json")
+    assert response.status_code == 400
+    assert response.get_json() == {"error": "request body nests too deeply: send a flat JSON object"}
+
+
+@pytest.mark.parametrize(
+    "route, body, message",
+    [
+        ("/setup", {"project": "1.2"}, "'schema' must be the project's XML label config as a string, got NoneType"),
+        ("/predict", {"tasks": [], "label_config": ["<View/>"]}, "'label_config' must be the project's XML label config as a string, got list"),
+        ("/setup", {"project": "1.2", "schema": CONFIG.replace("<View>", "<View><!--" + "x" * 2**20 + "-->")}, "'schema' is over 1048576 bytes"),
+        ("/predict", {"tasks": [], "label_config": CONFIG + "é" * (2**19 + 1)}, "'label_config' is over 1048576 bytes"),
+    ],
+)
+def test_a_label_config_that_is_no_string_or_too_large_is_a_400_naming_the_field(adapter, route, body, message):
+    response = make_client(adapter).post(route, json=body)
+    assert response.status_code == 400 and response.get_json()["error"].startswith(message)
+
+
+def test_label_configs_of_the_least_recently_used_projects_are_let_go(adapter, monkeypatch):
+    """Past MAX_PROJECT_LABEL_CONFIGS projects, the oldest one's /predict without a label config is answered as a
+    project never set up; with one (as Label Studio sends) it is served."""
+    import label_studio_ale.app as app_module
+
+    monkeypatch.setattr(app_module, "MAX_PROJECT_LABEL_CONFIGS", 2)
+    client = make_client(adapter)
+    for project in ("1.1", "2.1", "1.1", "3.1"):  # 1 used again: 2 is the least recently used
+        assert client.post("/setup", json={"project": project, "schema": CONFIG}).status_code == 200
+    kept = [client.post("/predict", json={"project": f"{p}.1", "tasks": []}).status_code for p in (1, 2, 3)]
+    assert kept == [200, 400, 200]
+    response = client.post("/predict", json={"project": "2.1", "tasks": []})
+    assert "'label_config' is missing: send the project's label config, or call /setup first" in response.get_json()["error"]
+    assert client.post("/predict", json={"project": "2.1", "tasks": [], "label_config": CONFIG}).status_code == 200
+    long = "1" * 5000  # no LS project id: its config is not kept, and it takes no place from one
+    assert client.post("/setup", json={"project": long, "schema": CONFIG}).status_code == 200
+    assert client.post("/predict", json={"project": long, "tasks": []}).status_code == 400
+    assert client.post("/predict", json={"project": "3.1", "tasks": []}).status_code == 200
+
+
+def test_a_405_says_which_methods_the_route_allows(adapter):
+    response = make_client(adapter).get("/predict")
+    assert response.status_code == 405 and response.content_type == "application/json"
+    assert set(response.headers["Allow"].split(", ")) == {"POST", "OPTIONS"}
+
+
+def test_a_model_misconfigured_is_logged_as_one_warning_without_a_traceback(caplog):
+    """An untrained model without MODEL_CLASSES starts with a warning, as the README says: the message is the fix."""
+    import logging
+
+    from label_studio_ale.errors import AdapterError
+
+    def misconfigured():
+        raise AdapterError("MODEL_CLASSES: an untrained model needs its class names")
+
+    app = create_app(Settings(), adapter_factory=misconfigured, warm=True)
+    app.extensions["ale"]["model"].warm().join(5)
+    client = app.test_client()
+    assert client.post("/setup", json={"project": "1.2", "schema": CONFIG}).status_code == 503
+    loaded = [r for r in caplog.records if r.name == "label_studio_ale.app" and "model failed to load" in r.getMessage()]
+    assert [(r.levelno, r.exc_info) for r in loaded] == [(logging.WARNING, None)], "once, for the warm-up and the request"
+    assert client.get("/health").get_json()["model_error"] == "MODEL_CLASSES: an untrained model needs its class names"
+
+
+def test_a_model_that_fails_to_load_unexpectedly_is_named_in_health_and_a_503(caplog):
+    """E.g. DEVICE=cuda on a machine without the driver: the cause, not "internal error"."""
+    def no_driver():
+        raise RuntimeError("Found no NVIDIA driver on your system")
+
+    client = create_app(Settings(), adapter_factory=no_driver).test_client()
+    for response in (client.post("/setup", json={"project": "1.2", "schema": CONFIG}),
+                     client.post("/predict", json={"tasks": [], "label_config": CONFIG})):
+        assert response.status_code == 503
+        assert "the model failed to load: RuntimeError: Found no NVIDIA driver on your system" in response.get_json()["error"]
+    assert client.get("/health").get_json()["model_error"] == "the model failed to load: RuntimeError: Found no NVIDIA driver on your system"
+    tracebacks = [r for r in caplog.records if r.exc_info and "model failed to load" in r.getMessage()]
+    assert len(tracebacks) == 1, "the traceback is logged once, not on every request"

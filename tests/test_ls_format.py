@@ -191,3 +191,29 @@ def test_a_pixel_box_becomes_a_percent_rectangle_and_back():
     assert (result["from_name"], result["to_name"], result["type"]) == ("label", "image", "rectanglelabels")
     xyxy, label = rectangle_to_xyxy(result)
     assert label == "nest" and list(xyxy) == [20.0, 10.0, 70.0, 40.0]
+
+
+def test_a_label_config_over_the_limit_is_refused_before_it_is_parsed_or_kept():
+    from label_studio_ale.ls_format import MAX_LABEL_CONFIG_BYTES, _parse_label_config
+
+    padded = CONFIG.replace("<View>", "<View><!--" + "x" * (MAX_LABEL_CONFIG_BYTES - len(CONFIG) - 7) + "-->")
+    assert len(padded.encode()) == MAX_LABEL_CONFIG_BYTES and parse_label_config(padded).labels == ("Bird", "Nest")
+    _parse_label_config.cache_clear()
+    for over in (padded.replace("<View>", "<View> "), CONFIG + "\u00e9" * (MAX_LABEL_CONFIG_BYTES // 2)):
+        with pytest.raises(LabelConfigError, match=f"^'schema' is over {MAX_LABEL_CONFIG_BYTES} bytes"):
+            parse_label_config(over, field="'schema'")
+    assert _parse_label_config.cache_info().currsize == 0
+
+
+def test_a_label_config_that_is_no_string_is_named_by_its_field():
+    with pytest.raises(LabelConfigError, match="^'label_config' must be the project's XML label config as a string, got list$"):
+        parse_label_config(["<View/>"], field="'label_config'")
+    with pytest.raises(LabelConfigError, match="^label config is empty"):
+        parse_label_config("  ")
+
+
+@pytest.mark.parametrize("value, expected", [(1, 1), (2**63 - 1, 2**63 - 1), (True, None), (0, None), (-5, None), (2**63, None), (1.0, None), ("3", None)])
+def test_only_a_whole_number_a_database_can_hold_is_a_label_studio_id(value, expected):
+    from label_studio_ale.ls_format import ls_id
+
+    assert ls_id(value) == expected
