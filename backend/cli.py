@@ -395,9 +395,10 @@ def _rank(settings: Settings, args) -> int:
         from .adapters import UNTRAINED_NOTE
 
         print(f"note: {UNTRAINED_NOTE}")
-    print(f"{'rank':>5} {'task':>8} {'score':>10} {'boxes':>6}  image   (policy {preview['policy']}, model {preview['model']})")
+    # entropy: the least certain box's, over classes and background, normalised by log K (design: reported normalised)
+    print(f"{'rank':>5} {'task':>8} {'score':>10} {'boxes':>6} {'entropy':>7}  image   (policy {preview['policy']}, model {preview['model']})")
     for row in preview["rows"][: args.top]:
-        print(f"{row['rank']:>5} {row['task']:>8} {row['usefulness']:>10.4f} {row['boxes']:>6}  {row['image']}")
+        print(f"{row['rank']:>5} {row['task']:>8} {row['usefulness']:>10.4f} {row['boxes']:>6} {row['entropy']:>7.3f}  {row['image']}")
     return 0
 
 

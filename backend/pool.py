@@ -27,6 +27,7 @@ from .policy_suffixes import is_coreset, is_diverse, needs_novelty, rarity_weigh
 from .predictor import Predictor
 from .progress import Progress, _job_progress
 from .ranking import BatchExtras, ls_scores, select_order, spread_order
+from .scoring import most_uncertain_box
 from .runtime import Runtime, current_runtime
 from .serving import ServingFilters, raw_output_key, shown_classes, shown_detections
 from .settings import Settings
@@ -244,10 +245,18 @@ def preview_ranking(project: int, *, runtime: Runtime | None = None, progress: P
                 "image": str(task.data.get(config.value_key, "")),
                 "usefulness": float(ranked["usefulness"][i]),
                 "boxes": len(ranked["detections"][i]),
+                "entropy": _most_uncertain_box(ranked["detections"][i]),
                 "ls_score": float(scores[i]),
             }
         )
     return {"policy": ranked["policy"], "model": adapter.version, "trained": is_trained(adapter), "rows": rows}
+
+
+def _most_uncertain_box(detections) -> float:
+    """The image's least certain box: its entropy over classes and background, normalised by log(K) (0 without boxes)."""
+    if not len(detections):
+        return 0.0
+    return most_uncertain_box(detections.class_probs, detections.background)
 
 
 def batch_extras(s: Settings, model_classes) -> BatchExtras:

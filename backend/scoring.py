@@ -73,6 +73,17 @@ def entropy(distribution: np.ndarray, normalised: bool = False) -> np.ndarray:
     return h
 
 
+def most_uncertain_box(class_probs: np.ndarray, background: np.ndarray | None = None) -> float:
+    """(n, C) raw class scores, optional (n,) background -> the largest box entropy normalised by log(C + 1), in [0, 1]:
+    0 where every box is certain (or there is none), 1 for a box whose classes and background are all alike."""
+    scores = np.asarray(class_probs, dtype=np.float64)
+    if scores.ndim != 2:
+        raise ValueError(f"class_probs must have shape (n, C), got {scores.shape}")
+    if scores.shape[0] == 0:
+        return 0.0
+    return float(entropy(box_distribution(scores, background), normalised=True).max())
+
+
 def aggregate(values: np.ndarray, how: str) -> float:
     """(n,) box values -> one image value. Empty image -> 0."""
     _check_aggregation(how)

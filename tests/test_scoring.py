@@ -32,6 +32,16 @@ def test_least_confidence_and_entropy_by_hand():
     assert scoring.box_confidence(np.array([A, B])) == pytest.approx([0.6, 0.9])
 
 
+def test_the_most_uncertain_box_is_the_largest_normalised_entropy_and_an_empty_image_is_certain():
+    assert scoring.most_uncertain_box(np.array([A, B])) == pytest.approx(H_A / math.log(3))
+    assert scoring.most_uncertain_box(np.array([B])) == pytest.approx(H_B / math.log(3))
+    # a real background column (softmax heads): [0.5, 0.5] with background 0 is two even classes, log 2 of log 3
+    assert scoring.most_uncertain_box(np.array([[0.5, 0.5]]), np.array([0.0])) == pytest.approx(math.log(2) / math.log(3))
+    assert scoring.most_uncertain_box(np.zeros((0, 2))) == 0.0
+    with pytest.raises(ValueError, match="class_probs"):
+        scoring.most_uncertain_box(np.zeros(3))
+
+
 def test_certain_and_uniform_extremes():
     one_hot = np.array([[1.0, 0.0, 0.0]])
     uniform = np.full((1, 4), 0.25)

@@ -113,10 +113,11 @@ def test_cli_rank_and_sync(ls_sdk, label_studio, trained_weights, tmp_path):
     )
     assert rank.returncode == 0, rank.stderr[-2000:]
     lines = rank.stdout.strip().splitlines()
-    assert lines[0].split()[:5] == ["rank", "task", "score", "boxes", "image"]
+    assert lines[0].split()[:6] == ["rank", "task", "score", "boxes", "entropy", "image"]
     rows = [line.split() for line in lines[1:]]
     assert [r[0] for r in rows] == ["1", "2", "3"] and {int(r[1]) for r in rows} <= set(task_ids)
-    assert all(r[4].startswith("/data/upload/") for r in rows)
+    assert all(0 <= float(r[4]) <= 1 and (float(r[4]) == 0 or int(r[3]) > 0) for r in rows)
+    assert all(r[5].startswith("/data/upload/") for r in rows)
     assert ls_sdk.projects.get(id=project).model_version == ""  # rank writes nothing
 
     sync = subprocess.run(
