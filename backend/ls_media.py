@@ -13,7 +13,7 @@ from .errors import MediaError
 log = logging.getLogger(__name__)
 
 #: A download still running past FETCH_TIMEOUT must average at least this many bytes a second: a 50 MB frame
-#: (MAX_IMAGE_BYTES) on a 2 Mbit/s link finishes, a server trickling bytes is cut off.
+#: (MAX_IMAGE_BYTES) on a 2.5 Mbit/s link finishes, a server trickling bytes is cut off.
 MIN_DOWNLOAD_RATE = 256 * 1024
 
 

@@ -1,6 +1,18 @@
+from pathlib import Path
+
 import pytest
 
 from tests.support.label_studio import start_label_studio
+
+INTEGRATION_DIR = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(items):
+    """Every test here starts real servers (and most train a model): none belongs to `-m "not slow"`."""
+    for item in items:
+        if INTEGRATION_DIR in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.integration)
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ from tests.support.backend import backend_env, run_backend, run_worker
 from tests.support.label_studio import upload_images
 from tests.support.projects import create_project
 
-pytestmark = [pytest.mark.integration]
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 WEBHOOKS = 20
 
