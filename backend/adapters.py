@@ -52,7 +52,8 @@ class Trainer(Protocol):
     """What Start Training needs from an adapter class, beside serving (all class-level).
 
     fresh_model: what a first training starts from when BASE_MODEL is unset
-    base_classes(weights): the classes `weights` was trained for; None for a fresh model
+    base_classes(weights): the classes `weights` was trained for; None for a fresh model; AdapterError, naming
+        the file and the fix, for weights the adapter cannot train from (another task's model, an unreadable file)
     grow(weights, classes, out, origin=None): weights for `classes` that keep what
         `weights` knows of the classes both share -> a path (file or folder) near
         `out`; `origin` maps a new class to the old class whose row it inherits

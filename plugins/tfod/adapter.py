@@ -1,10 +1,11 @@
 """Serve a SavedModel exported by the TensorFlow Object Detection API; fine-tune a RetinaNet in that format.
 
 The OD API's `serving_default` signature takes `input_tensor` (1, H, W, 3)
-uint8 and returns `detection_boxes` (1, N, 4) as normalised [ymin, xmin, ymax,
-xmax], `detection_scores`, `detection_classes` (1-based ids), `num_detections`
-and, when the exporter kept it, `detection_multiclass_scores` (1, N, C + 1)
-with the background in column 0. That last output is the class distribution
+uint8 (`--input_type image_tensor`; a `float_image_tensor` export takes the
+same 0..255 pixels as float32) and returns `detection_boxes` (1, N, 4) as
+normalised [ymin, xmin, ymax, xmax], `detection_scores`, `detection_classes`
+(1-based ids), `num_detections` and, when the exporter kept it,
+`detection_multiclass_scores` (1, N, C + 1) with the background in column 0. That last output is the class distribution
 the uncertainty policies need; without it every box carries only its own
 score, and only the confidence policies can rank (checked at /setup).
 
@@ -83,6 +84,14 @@ class TfodAdapter:
         inputs = self._fn.structured_input_signature[1]
         if "input_tensor" not in inputs:
             raise AdapterError(f"{path}: '{SIGNATURE}' must take 'input_tensor' (uint8 images), it takes {', '.join(inputs)}")
+        #: what images are fed as: uint8 (--input_type image_tensor), or a float type (float_image_tensor: 0..255 too)
+        self._input_dtype = inputs["input_tensor"].dtype
+        if self._input_dtype != tf.uint8 and not self._input_dtype.is_floating:
+            raise AdapterError(
+                f"{path}: '{SIGNATURE}' takes input_tensor as {self._input_dtype.name} (an export with --input_type "
+                "encoded_image_string_tensor or tf_example), not as image pixels; export it again with "
+                "exporter_main_v2.py --input_type image_tensor"
+            )
         outputs = set(self._fn.structured_outputs)
         missing = [name for name in REQUIRED_OUTPUTS if name not in outputs]
         if missing:
@@ -179,7 +188,7 @@ class TfodAdapter:
         array = np.asarray(image.convert("RGB") if image.mode != "RGB" else image, dtype=np.uint8)
         height, width = array.shape[:2]
         with self._lock:
-            out = self._fn(input_tensor=tf.constant(array[None]))
+            out = self._fn(input_tensor=tf.constant(array[None], dtype=self._input_dtype))
             self.forward_calls += 1
         count = int(np.asarray(out["num_detections"]).reshape(-1)[0])
         boxes = np.asarray(out["detection_boxes"], dtype=np.float64)[0, :count]

@@ -28,7 +28,7 @@ from label_studio_ale.errors import AdapterError
 from label_studio_ale.serving import MODEL_MAX_DETECTIONS, model_max_detections, model_score_floor
 from label_studio_ale.settings import Settings
 
-from .checkpoints import checkpoint_classes, grow_head, is_model_definition, local_weights, weights_source
+from .checkpoints import checkpoint_classes, grow_head, is_model_definition, local_weights, read_checkpoint, weights_source
 from .offline import import_ultralytics
 from .training import train_yolo
 
@@ -69,7 +69,6 @@ class YoloV5Adapter:
 
         self._torch = torch
         self.weights = local_weights(weights, allow_downloads=allow_downloads)
-        self.image_size = int(image_size)
         self.device = torch.device(device)
         self.max_det = int(max_det)
         self.conf_floor = float(conf_floor)
@@ -78,6 +77,7 @@ class YoloV5Adapter:
         self.model.to(self.device).eval()
         self.classes = tuple(names)
         self.stride = int(max(self.model.stride.max().item(), 32))
+        self.image_size = stride_multiple(int(image_size), self.stride)
         self.version = _version_name(self.weights, self.classes)
         # A model built from a yaml has learnt nothing: its uncertainty is noise (the queue starts spread out)
         self.trained = not is_model_definition(self.weights)
@@ -85,7 +85,7 @@ class YoloV5Adapter:
         self._lock = threading.Lock()
         self._pooled: list = []
         self.model.model[-1].register_forward_pre_hook(self._pool_head_inputs)
-        #: forward passes run; one per `predict` call (the embedding costs none of its own)
+        #: forward passes run; one per image shape of a `predict` call (the embedding costs none of its own)
         self.forward_calls = 0
 
     def _pool_head_inputs(self, module, args) -> None:
@@ -96,6 +96,7 @@ class YoloV5Adapter:
 
     @staticmethod
     def base_classes(weights: str) -> list[str] | None:
+        """None for a model yaml; AdapterError naming the file for a checkpoint this adapter cannot train from."""
         return checkpoint_classes(weights) if str(weights).endswith(".pt") else None
 
     @staticmethod
@@ -104,8 +105,9 @@ class YoloV5Adapter:
 
     @staticmethod
     def check_settings(settings: Settings) -> None:
-        """At start, before any model loads: weights that can be found (or, with ALLOW_DOWNLOADS, fetched), a
-        TRAIN_PRECISION the DEVICE can train in, and a BASE_MODEL that TRAIN_FREEZE can keep layers of.
+        """At start, before the served model is built: weights that can be found (or, with ALLOW_DOWNLOADS, fetched)
+        and, for a local .pt, read as a detection checkpoint; a DEVICE torch sees, a TRAIN_PRECISION it can train in, and a
+        first training's base (BASE_MODEL, else the fresh model) that TRAIN_FREEZE can keep layers of.
 
         A model yaml without MODEL_CLASSES (the defaults) is warned about, not refused: training takes its classes
         from the project's label config, and a project with a trained version of its own is served from it, so a
@@ -120,6 +122,7 @@ class YoloV5Adapter:
             check_precision(settings.train_precision, settings.device)
         except ValueError as exc:
             raise AdapterError(str(exc)) from None
+        check_device(settings.device)
         base_kind = None
         if settings.base_model:
             base_kind = weights_source(settings.base_model, allow_downloads=settings.allow_downloads, setting="BASE_MODEL")
@@ -128,6 +131,18 @@ class YoloV5Adapter:
                 f"TRAIN_FREEZE={settings.train_freeze} keeps trained layers, but BASE_MODEL={settings.base_model} is a model "
                 "definition with no weights: set BASE_MODEL to a .pt checkpoint, or TRAIN_FREEZE=0 to train from scratch"
             )
+        if settings.train_freeze and base_kind is None and kind == "yaml":
+            # a project's first training starts from the fresh model then (a yaml MODEL_WEIGHTS has no classes to keep)
+            raise AdapterError(
+                f"TRAIN_FREEZE={settings.train_freeze} keeps trained layers, but BASE_MODEL is unset and MODEL_WEIGHTS="
+                f"{settings.model_weights} is a model definition with no weights, so a project's first training would start "
+                f"from the untrained {YoloV5Adapter.fresh_model}: set BASE_MODEL to a .pt checkpoint, or TRAIN_FREEZE=0 to "
+                "train from scratch"
+            )
+        # a checkpoint is read now (a second or two), not at the first /setup or training
+        for setting, weights, weights_kind in (("MODEL_WEIGHTS", settings.model_weights, kind), ("BASE_MODEL", settings.base_model, base_kind)):
+            if weights_kind == "file":
+                checkpoint_classes(weights, setting)
 
     @staticmethod
     def weights_digest(weights: str) -> str:
@@ -194,14 +209,27 @@ class YoloV5Adapter:
         )
 
     def predict(self, images: list[Image.Image]) -> list[Detections]:
-        """RGB images -> one `Detections` per image (pixels of the original image)."""
-        if not images:
-            return []
+        """RGB images -> one `Detections` per image (pixels of the original image).
+
+        Images of one shape share a forward pass; each shape has its own, so an image is letterboxed (and scored,
+        and embedded) exactly as when it is predicted alone, whatever else is in the batch.
+        """
+        arrays = [np.asarray(image.convert("RGB") if image.mode != "RGB" else image) for image in images]
+        groups: dict[tuple, list[int]] = {}
+        for index, array in enumerate(arrays):
+            groups.setdefault(array.shape, []).append(index)
+        results: list = [None] * len(arrays)
+        for indices in groups.values():
+            for index, found in zip(indices, self._predict_same_shape([arrays[i] for i in indices])):
+                results[index] = found
+        return results
+
+    def _predict_same_shape(self, arrays: list[np.ndarray]) -> list[Detections]:
+        """(H, W, 3) uint8 images of one shape -> their `Detections`, from one forward pass."""
         from ultralytics.utils.nms import non_max_suppression
         from ultralytics.utils.ops import scale_boxes
 
         torch = self._torch
-        arrays = [np.asarray(image.convert("RGB") if image.mode != "RGB" else image) for image in images]
         batch = self._letterbox(arrays)
         with self._lock, torch.inference_mode():
             tensor = torch.from_numpy(batch).to(self.device).permute(0, 3, 1, 2).float().div_(255)
@@ -234,12 +262,26 @@ class YoloV5Adapter:
         return results
 
     def _letterbox(self, arrays: list[np.ndarray]) -> np.ndarray:
-        """(H, W, 3) uint8 images -> (B, h, w, 3) uint8 batch, letterboxed like ultralytics' predictor."""
+        """(H, W, 3) uint8 images of one shape -> (B, h, w, 3) uint8 batch, letterboxed like ultralytics' predictor
+        letterboxes one image: the long side to `image_size`, the short side padded to a multiple of the stride."""
         from ultralytics.data.augment import LetterBox
 
-        same_shapes = len({a.shape for a in arrays}) == 1
-        letterbox = LetterBox(self.image_size, auto=same_shapes, stride=self.stride)
+        if len({a.shape for a in arrays}) > 1:
+            raise ValueError("_letterbox takes images of one shape (predict groups a batch by shape)")
+        letterbox = LetterBox(self.image_size, auto=True, stride=self.stride)
         return np.stack([letterbox(image=a) for a in arrays])
+
+
+def stride_multiple(image_size: int, stride: int) -> int:
+    """IMAGE_SIZE rounded up to a multiple of the model's stride, as ultralytics' predictor and trainer round it
+    (the feature maps of a side that is not a multiple do not line up); a warning says so when it changes."""
+    rounded = -(-image_size // stride) * stride
+    if rounded != image_size:
+        log.warning(
+            "IMAGE_SIZE=%d is not a multiple of the model's stride %d: images are predicted at %d (training rounds it up "
+            "the same way); set IMAGE_SIZE=%d to silence this", image_size, stride, rounded, rounded,
+        )
+    return rounded
 
 
 def pooled_embedding(maps) -> "torch.Tensor":
@@ -248,6 +290,27 @@ def pooled_embedding(maps) -> "torch.Tensor":
 
     parts = [torch.nn.functional.normalize(m.float().mean(dim=(2, 3)), dim=1) for m in maps]
     return torch.nn.functional.normalize(torch.cat(parts, dim=1), dim=1)
+
+
+def check_device(device: str) -> None:
+    """A cuda (or mps) DEVICE must be one torch sees here; torch is imported only for such a DEVICE."""
+    kind = str(device).lower()
+    if kind.startswith("cuda"):
+        import torch
+
+        index = int(kind.partition(":")[2] or 0)
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if index >= count:
+            seen = f"torch sees no GPU here ({count} devices)" if not count else f"torch sees {count} GPU(s) here, cuda:0..cuda:{count - 1}"
+            raise AdapterError(
+                f"DEVICE={device}: {seen}; set DEVICE=cpu, or a GPU torch sees (check the NVIDIA driver, that the container "
+                "is given the GPU, and that torch is a CUDA build)"
+            )
+    elif kind.startswith("mps"):
+        import torch
+
+        if not torch.backends.mps.is_available():
+            raise AdapterError(f"DEVICE={device}: torch sees no Apple GPU (MPS) here; set DEVICE=cpu")
 
 
 def untrained_without_classes(weights: str) -> str:
@@ -263,7 +326,7 @@ def untrained_without_classes(weights: str) -> str:
 
 def _load_model(weights: str, classes: tuple[str, ...]):
     """-> (DetectionModel, class names). `weights` is a yaml or a local file (see `local_weights`)."""
-    from ultralytics.nn.tasks import DetectionModel, load_checkpoint
+    from ultralytics.nn.tasks import DetectionModel
 
     if is_model_definition(weights):
         if not classes:
@@ -284,15 +347,7 @@ def _load_model(weights: str, classes: tuple[str, ...]):
         model.names = dict(enumerate(classes))
         return model.fuse(verbose=False), classes
     weights_source(weights)
-    try:
-        model, _ = load_checkpoint(str(weights), device="cpu", inplace=True, fuse=True)
-    except Exception as exc:
-        raise AdapterError(
-            f"{weights} is not an ultralytics YOLO checkpoint ({type(exc).__name__}: {exc}); "
-            "original YOLOv5-repo (anchor-based) checkpoints cannot be loaded, retrain or export as YOLOv5u"
-        ) from None
-    names = model.names if isinstance(model.names, dict) else dict(enumerate(model.names))
-    names = tuple(str(names[i]) for i in range(len(names)))
+    model, names = read_checkpoint(weights, fuse=True)
     if classes and tuple(classes) != names:
         raise AdapterError(f"MODEL_CLASSES={','.join(classes)} does not match the checkpoint's classes {','.join(names)}")
     return model.float(), names

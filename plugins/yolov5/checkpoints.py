@@ -67,22 +67,104 @@ def local_weights(weights: str | Path, *, allow_downloads: bool = False, setting
     return local
 
 
-def checkpoint_model(weights: str | Path):
-    """The model in a local ultralytics checkpoint, unfused, on the CPU."""
-    import_ultralytics()
-    from ultralytics.nn.tasks import load_checkpoint
-
+def checkpoint_model(weights: str | Path, setting: str | None = None):
+    """The detection model in a local ultralytics checkpoint, unfused, on the CPU (`read_checkpoint`)."""
     if not Path(weights).is_file():
-        raise AdapterError(f"{weights}: no such file (a hub name is fetched first, with ALLOW_DOWNLOADS)")
-    model, _ = load_checkpoint(str(weights), device="cpu", inplace=True, fuse=False)
+        raise AdapterError(f"{_named(weights, setting)}: no such file (a hub name is fetched first, with ALLOW_DOWNLOADS)")
+    model, _ = read_checkpoint(weights, fuse=False, setting=setting)
     return model
 
 
-def checkpoint_classes(weights: str | Path) -> list[str]:
+def checkpoint_classes(weights: str | Path, setting: str | None = None) -> list[str]:
     """Class names stored in an ultralytics checkpoint, in index order."""
-    model = checkpoint_model(weights)
-    names = model.names if isinstance(model.names, dict) else dict(enumerate(model.names))
-    return [str(names[i]) for i in range(len(names))]
+    return list(class_names(checkpoint_model(weights, setting), _named(weights, setting)))
+
+
+def read_checkpoint(weights: str | Path, *, fuse: bool, setting: str | None = None):
+    """-> (model, class names) of an ultralytics detection checkpoint, on the CPU; AdapterError, naming `setting`
+    (e.g. BASE_MODEL) and the file, for one this ultralytics cannot read, a non-detection model, or names that do not
+    number its head's classes."""
+    import_ultralytics()
+    from ultralytics.nn.tasks import load_checkpoint
+
+    named = _named(weights, setting)
+    try:
+        model, _ = load_checkpoint(str(weights), device="cpu", inplace=True, fuse=fuse)
+    except Exception as exc:  # a damaged file, another format, a newer ultralytics' classes: ultralytics' own errors vary
+        raise unreadable_checkpoint(named, exc) from None
+    check_detection_head(model, named)
+    return model, class_names(model, named)
+
+
+def unreadable_checkpoint(named: str, exc: Exception) -> AdapterError:
+    """The error for a checkpoint `load_checkpoint` raised `exc` on; `named` is e.g. "BASE_MODEL=/models/x.pt"."""
+    import ultralytics
+
+    reason = f"{type(exc).__name__}: {exc}"
+    # unpickling looks up every module and class by name: one this ultralytics lacks was saved by a newer release
+    # (numpy's own module moves are reported by ultralytics with the numpy version to install)
+    if isinstance(exc, (AttributeError, ModuleNotFoundError)) and "numpy" not in str(exc):
+        return AdapterError(
+            f"{named} cannot be read by the installed ultralytics {ultralytics.__version__} ({reason}): it was probably "
+            f"saved by a newer ultralytics. Upgrade ultralytics here (pip install -U ultralytics, or rebuild the image) "
+            f"to the version that saved it, or use a checkpoint saved by ultralytics {ultralytics.__version__} or older"
+        )
+    return AdapterError(
+        f"{named} is not an ultralytics YOLO checkpoint ({reason}); use a .pt saved by ultralytics (YOLOv5u, YOLOv8, "
+        "YOLO11, YOLO26 ...): an original YOLOv5-repo (anchor-based) checkpoint cannot be loaded, retrain or export it as YOLOv5u"
+    )
+
+
+#: Heads that subclass ultralytics' Detect but add outputs (masks, keypoints, box angles) that its box rows do not
+#: carry: read as plain detections, their outputs would be misread. -> the kind of model, for the error.
+OTHER_TASK_HEADS = (("Segment", "a segmentation"), ("YOLOESegment", "a segmentation"), ("Pose", "a pose"), ("OBB", "an oriented-box (OBB)"))
+#: Heads that are no Detect at all.
+NON_DETECT_TASKS = {"Classify": "a classification", "RTDETRDecoder": "an RT-DETR"}
+
+
+def check_detection_head(model, named: str) -> None:
+    """Refuse a model whose last layer is not a plain detection head (Detect, or a subclass such as v10Detect, with
+    box rows of xywh + class scores). ultralytics' own `task` is no guide: a model built in code says "detect"."""
+    from ultralytics.nn.modules import head as heads
+
+    try:
+        head = model.model[-1]
+    except (AttributeError, TypeError, IndexError, KeyError):  # not a layered ultralytics model at all
+        head = None
+    kind = type(head).__name__
+    task = next((task for name, task in OTHER_TASK_HEADS if isinstance(head, getattr(heads, name, ()))), None)
+    if isinstance(head, heads.Detect) and task is None:
+        return
+    task = task or NON_DETECT_TASKS.get(kind, "a non-detection")
+    raise AdapterError(
+        f"{named} is {task} model (its head is {kind}); the yolov5 adapter serves and trains detection checkpoints "
+        "only (a Detect head: an ultralytics detect model such as YOLOv5u, YOLOv8, YOLO11, YOLOv10 or YOLO26): "
+        "use one trained with task=detect"
+    )
+
+
+def class_names(model, named: str) -> tuple[str, ...]:
+    """The model's class names in head order: its `names` (a dict or a list) must number 0..nc-1, one per head class."""
+    count = int(model.model[-1].nc)
+    names = model.names if isinstance(model.names, dict) else dict(enumerate(model.names or ()))
+    try:
+        names = {int(key): str(value) for key, value in names.items()}
+    except (TypeError, ValueError):
+        names = {}
+    if len(names) != count or set(names) != set(range(count)):
+        shown = sorted(names)
+        ids = ", ".join(map(str, shown[:12])) + (", ..." if len(shown) > 12 else "")
+        raise AdapterError(
+            f"{named}: its class names do not match its head: the head scores {count} classes, the names have "
+            f"{len(model.names or ())} entries (ids {ids or 'none'}), and they must be numbered 0..{count - 1}, one per class. "
+            f"Set the checkpoint's names to its {count} classes in head order (load it with torch.load, set "
+            f"ckpt['model'].names = {{0: ..., {count - 1}: ...}}, torch.save it), or retrain with a data.yaml naming every class"
+        )
+    return tuple(names[i] for i in range(count))
+
+
+def _named(weights: str | Path, setting: str | None) -> str:
+    return f"{setting}={weights}" if setting else str(weights)
 
 
 def grow_head(
@@ -106,12 +188,10 @@ def grow_head(
     """
     import_ultralytics()
     import torch
-    from ultralytics.nn.tasks import DetectionModel, load_checkpoint
+    from ultralytics.nn.tasks import DetectionModel
 
-    old, _ = load_checkpoint(str(weights), device="cpu", inplace=True, fuse=False)
-    old = old.float()
-    names = old.names if isinstance(old.names, dict) else dict(enumerate(old.names))
-    old_classes = [str(names[i]) for i in range(len(names))]
+    old = checkpoint_model(weights).float()
+    old_classes = list(class_names(old, str(weights)))
     # The new classes' rows start from a fresh initialisation drawn from a fixed seed, on a forked RNG:
     # the same checkpoint and classes grow the same head (a benchmark rerun, a retried job trains the same
     # model), and the caller's random state is left as it was.

@@ -176,6 +176,40 @@ def test_large_images_are_tiled_around_the_tfod_adapter_with_its_class_vectors(e
     assert len(det) <= 2 * (len(tile_windows(500, 400, 200, 0.2)) + 1)
 
 
+def export_with_input(path, dtype):
+    """An OD API-style SavedModel whose input_tensor is `dtype` (as --input_type float_image_tensor or
+    encoded_image_string_tensor export it) and whose one box scores the image's mean pixel / 255."""
+
+    class Exported(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([1, None, None, 3] if dtype != tf.string else [None], dtype, name="input_tensor")])
+        def serve(self, input_tensor):
+            mean = tf.reduce_mean(tf.cast(input_tensor, tf.float32)) if dtype != tf.string else tf.constant(0.5)
+            return {
+                "detection_boxes": tf.constant([[[0.1, 0.2, 0.5, 0.6]]]),
+                "detection_scores": tf.reshape(mean / 255.0, [1, 1]),
+                "detection_classes": tf.constant([[1.0]]),
+                "num_detections": tf.constant([1.0]),
+            }
+
+    module = Exported()
+    tf.saved_model.save(module, str(path / "saved_model"), signatures={"serving_default": module.serve})
+    (path / "label_map.pbtxt").write_text("item { id: 1 name: 'bird' }\n")
+    return path
+
+
+def test_a_float_image_tensor_export_is_fed_the_same_pixels_as_float32(tmp_path):
+    """--input_type float_image_tensor takes 0..255 pixels as float32: fed uint8, every predict failed in TensorFlow."""
+    adapter = TfodAdapter(export_with_input(tmp_path / "float", tf.float32))
+    (det,) = adapter.predict([Image.new("RGB", (64, 48), (51, 102, 153))])
+    np.testing.assert_allclose(det.scores, [102 / 255], rtol=1e-6)  # the pixels unscaled, as the uint8 export gets them
+    np.testing.assert_allclose(det.xyxy, [[0.2 * 64, 0.1 * 48, 0.6 * 64, 0.5 * 48]], rtol=1e-6)
+
+
+def test_an_encoded_image_string_export_is_refused_at_load_with_the_export_to_use(tmp_path):
+    with pytest.raises(AdapterError, match=r"takes input_tensor as string .* exporter_main_v2.py --input_type image_tensor"):
+        TfodAdapter(export_with_input(tmp_path / "string", tf.string))
+
+
 def test_train_freeze_is_refused_at_start_instead_of_ignored():
     """The tfod fine-tune trains every layer: a frozen backbone asked of it is an error the server gives at start."""
     from label_studio_ale.adapters import check_adapter_settings

@@ -326,3 +326,100 @@ def test_a_frozen_backbone_of_a_model_definition_is_refused_at_start():
     check_adapter_settings(Settings(model_weights="yolov5n.yaml", base_model="yolov5n.yaml"))  # from scratch, every layer
     with pytest.raises(AdapterError, match=r"TRAIN_FREEZE=10 keeps trained layers, but BASE_MODEL=yolov5n.yaml .* TRAIN_FREEZE=0"):
         check_adapter_settings(Settings(model_weights="yolov5n.yaml", base_model="yolov5n.yaml", train_freeze=10))
+
+
+def test_an_image_size_off_the_stride_is_rounded_up_as_ultralytics_rounds_it(trained_weights, scenes, caplog):
+    """IMAGE_SIZE=100 letterboxed as is gives feature maps that do not line up (a RuntimeError on every predict):
+    it is rounded up to the stride, 128, with one warning, as ultralytics' own predictor and trainer round it."""
+    from ultralytics import YOLO
+
+    with caplog.at_level("WARNING"):
+        rounded = YoloV5Adapter(trained_weights, image_size=100)
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warning.startswith("IMAGE_SIZE=100 is not a multiple of the model's stride 32: images are predicted at 128")
+    assert rounded.image_size == 128
+    images = [s.image.resize((230, 140)) for s in scenes[:3]]  # one shape: ultralytics pads a mixed batch to the square
+    exact = YoloV5Adapter(trained_weights, image_size=128)
+    theirs = YOLO(str(trained_weights)).predict(images, imgsz=100, conf=rounded.conf_floor, iou=rounded.model_iou, verbose=False)
+    for ours, same, ref in zip(rounded.predict(images), exact.predict(images), theirs):
+        assert np.array_equal(ours.xyxy, same.xyxy) and np.array_equal(ours.class_probs, same.class_probs)
+        assert len(ours) == len(ref.boxes) > 0
+        assert np.allclose(np.sort(ours.scores), np.sort(ref.boxes.conf.numpy()), atol=1e-5)
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        YoloV5Adapter(trained_weights, image_size=128)
+    assert not [r for r in caplog.records if r.levelname == "WARNING"], "a multiple of the stride is used as it is"
+
+
+def test_an_image_gets_the_same_boxes_and_embedding_alone_and_beside_images_of_other_shapes(adapter):
+    """A batch (PREDICT_BATCH_SIZE frames of the pool) mixing shapes runs one forward pass per shape, so an image is
+    letterboxed to its own rectangle as when /predict sends it alone, not padded to the full square."""
+    wide = make_scene(10_001).image.resize((256, 160))
+    tall = make_scene(10_002).image.resize((160, 256))
+    other_wide = make_scene(10_003).image.resize((256, 160))
+    alone = adapter.predict([wide])[0], adapter.predict([tall])[0]
+    before = adapter.forward_calls
+    for found, expected in zip(adapter.predict([wide, tall]), alone):
+        assert len(found) == len(expected) > 0 and found.image_size == expected.image_size
+        assert np.array_equal(found.xyxy, expected.xyxy) and np.array_equal(found.class_probs, expected.class_probs)
+        assert np.array_equal(found.embedding, expected.embedding)
+    assert adapter.forward_calls == before + 2, "one forward pass per image shape"
+    # beside an image of its own shape it shares a forward pass: the same letterbox, batched arithmetic's last bits
+    again = adapter.predict([tall, other_wide, wide])
+    assert adapter.forward_calls == before + 4
+    for found, expected in ((again[0], alone[1]), (again[2], alone[0])):  # results stay in input order
+        assert len(found) == len(expected) and np.allclose(found.xyxy, expected.xyxy, atol=1e-3)
+        assert np.allclose(found.class_probs, expected.class_probs, atol=1e-5)
+        assert np.allclose(found.embedding, expected.embedding, atol=1e-5)
+    assert not np.allclose(again[1].embedding, alone[0].embedding, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "device, count, problem",
+    [
+        ("cuda", 0, "DEVICE=cuda: torch sees no GPU here (0 devices); set DEVICE=cpu"),
+        ("cuda:0", 0, "DEVICE=cuda:0: torch sees no GPU here (0 devices); set DEVICE=cpu"),
+        ("cuda:2", 2, "DEVICE=cuda:2: torch sees 2 GPU(s) here, cuda:0..cuda:1; set DEVICE=cpu"),
+    ],
+)
+def test_a_gpu_torch_does_not_see_is_refused_at_start(monkeypatch, device, count, problem):
+    """Accepted at start, such a DEVICE failed every /setup and /predict ("Found no NVIDIA driver")."""
+    import torch
+
+    from label_studio_ale.adapters import check_adapter_settings
+    from label_studio_ale.settings import Settings
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    with pytest.raises(AdapterError) as caught:
+        check_adapter_settings(Settings(model_classes=("bird",), device=device))
+    assert str(caught.value).startswith(problem)
+    check_adapter_settings(Settings(model_classes=("bird",), device="cpu"))
+    if count:
+        check_adapter_settings(Settings(model_classes=("bird",), device=f"cuda:{count - 1}"))
+        check_adapter_settings(Settings(model_classes=("bird",), device="cuda"))
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(AdapterError, match=r"^DEVICE=mps: torch sees no Apple GPU \(MPS\) here; set DEVICE=cpu"):
+        check_adapter_settings(Settings(model_classes=("bird",), device="mps"))
+
+
+def test_a_frozen_backbone_is_refused_at_start_when_a_first_training_would_start_from_a_model_definition(tmp_path):
+    """BASE_MODEL unset and MODEL_WEIGHTS a yaml (the defaults): a project's first training starts from the fresh
+    yolov5n.yaml, which check_freeze refused only when that training ran."""
+    import torch
+    from ultralytics.nn.tasks import DetectionModel
+
+    from label_studio_ale.adapters import check_adapter_settings
+    from label_studio_ale.settings import Settings
+
+    with pytest.raises(AdapterError) as caught:
+        check_adapter_settings(Settings(model_classes=("bird",), train_freeze=10))
+    message = str(caught.value)
+    assert message.startswith("TRAIN_FREEZE=10 keeps trained layers, but BASE_MODEL is unset and MODEL_WEIGHTS=yolov5n.yaml")
+    assert "set BASE_MODEL to a .pt checkpoint, or TRAIN_FREEZE=0" in message
+    checkpoint = tmp_path / "base.pt"
+    model = DetectionModel("yolov5n.yaml", nc=1, verbose=False)
+    model.names = {0: "bird"}
+    torch.save({"model": model}, checkpoint)
+    check_adapter_settings(Settings(model_classes=("bird",), train_freeze=10, base_model=str(checkpoint)))
+    check_adapter_settings(Settings(model_weights=str(checkpoint), train_freeze=10))  # its first training may start from it
