@@ -36,7 +36,7 @@ from .settings import Settings
 LS_MEDIA_PREFIX = "/data/"
 #: Where Label Studio serves files, under any sub-path: a refused URL with one of these was likely meant for LS.
 LS_MEDIA_PATH = re.compile(r"(/[^?#]*?)?/data/(upload|local-files)/")
-#: The port a URL without one is reached at: https://ls.example.org and https://ls.example.org:443 are one origin.
+#: The port a URL without one is reached at: https://ls.example.org and https://ls.example.org:443 are one address.
 DEFAULT_PORTS = {"http": 80, "https": 443}
 #: How long a project's storage hosts are trusted before they are listed again.
 STORAGE_HOSTS_TTL = 300.0
@@ -200,8 +200,13 @@ class MediaFetcher:
 
 
 def _origin(split) -> tuple[str, int | None]:
-    """(host, port) of a split URL, the scheme's default port where none is written."""
-    return (split.hostname or "").lower(), split.port or DEFAULT_PORTS.get(split.scheme.lower())
+    """(host, port) of a split URL; None for the scheme's default port, written or not.
+
+    http://ls and https://ls are one Label Studio: behind a TLS proxy LS writes https:// into task data while the
+    backend reaches it over http:// under the same name.
+    """
+    port = split.port
+    return (split.hostname or "").lower(), None if port in (None, DEFAULT_PORTS.get(split.scheme.lower())) else port
 
 
 def _storage_reference(path: str, query: str) -> tuple[int, str] | None:

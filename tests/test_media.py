@@ -245,8 +245,14 @@ def test_images_on_label_studios_public_host_are_read_through_label_studio_url_w
         for url in ("https://ls.example.org/data/local-files/?d=images/a.png", "https://LS.example.org:443/data/upload/1/x.png"):
             assert fetcher_.fetch(url).size == (128, 128)
         assert seen == [("/data/local-files/?d=images/a.png", f"Token {LEGACY_KEY}"), ("/data/upload/1/x.png", f"Token {LEGACY_KEY}")]
-        with pytest.raises(MediaError, match="not allowed"):  # another origin of the same name: not LS's
+        with pytest.raises(MediaError, match="not allowed"):  # another port of the same name: not LS's
             fetcher_.fetch("https://ls.example.org:8443/elsewhere.png")
+        seen.clear()
+        # behind a TLS proxy LS writes https:// into task data while the backend reaches it over http:// by that name
+        behind_proxy = ls_fetcher(base, host="http://ls.example.org")
+        for url in ("https://ls.example.org/data/upload/1/x.png", "http://ls.example.org:80/data/upload/1/y.png"):
+            assert behind_proxy.fetch(url).size == (128, 128)
+        assert [path for path, _ in seen] == ["/data/upload/1/x.png", "/data/upload/1/y.png"]
 
 
 def test_images_of_label_studio_under_a_sub_path_are_read_once_below_it():
