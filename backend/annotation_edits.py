@@ -188,8 +188,8 @@ class EditStoreMixin:
         with self._tx() as db:
             return self._delete_edits(db, project, "annotation_id", sorted({int(a) for a in annotation_ids}))
 
-    def delete_task_edits(self, project: int, task_ids: Iterable[int]) -> int:
-        """Forget every annotation of these tasks (deleted in LS). -> rows deleted."""
+    def delete_task_edits(self, project: int | None, task_ids: Iterable[int]) -> int:
+        """Forget every annotation of these tasks (deleted in LS); project None: in any project. -> rows deleted."""
         with self._tx() as db:
             return self._delete_edits(db, project, "task_id", sorted({int(t) for t in task_ids}))
 
@@ -220,14 +220,16 @@ class EditStoreMixin:
             rows,
         )
 
-    def _delete_edits(self, db, project: int, column: str, ids: list[int], before: float | None = None) -> int:
-        """Delete the project's rows whose `column` is one of `ids` (and, given `before`, written before it), in the caller's transaction."""
+    def _delete_edits(self, db, project: int | None, column: str, ids: list[int], before: float | None = None) -> int:
+        """Delete the project's rows (project None: any project's) whose `column` is one of `ids` (and, given `before`,
+        written before it), in the caller's transaction."""
         deleted = 0
         age = "" if before is None else " AND updated < ?"
+        where, scope = ("project = ? AND ", (project,)) if project is not None else ("", ())
         for start in range(0, len(ids), DELETE_BATCH):  # a bounded number of parameters per statement
             batch = ids[start : start + DELETE_BATCH]
-            params = (project, *batch) + (() if before is None else (before,))
-            found = self._exec(db, f"DELETE FROM annotation_edits WHERE project = ? AND {column} IN ({', '.join('?' * len(batch))}){age}", params)
+            params = (*scope, *batch) + (() if before is None else (before,))
+            found = self._exec(db, f"DELETE FROM annotation_edits WHERE {where}{column} IN ({', '.join('?' * len(batch))}){age}", params)
             deleted += max(found.rowcount, 0)
         return deleted
 

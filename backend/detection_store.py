@@ -267,12 +267,14 @@ class DetectionStore(ServedQueueStoreMixin, EditStoreMixin):
         with self._tx() as db:
             return self._exec(db, "DELETE FROM detections WHERE project = ? AND model_version = ?", (project, model_version)).rowcount
 
-    def delete_tasks(self, project: int, task_ids: Iterable[int]) -> int:
-        """Delete the detections of these tasks (deleted in LS) under every key. -> rows deleted."""
+    def delete_tasks(self, project: int | None, task_ids: Iterable[int]) -> int:
+        """Delete the detections of these tasks (deleted in LS) under every key; project None: in any project (LS's
+        task ids are unique across projects). -> rows deleted."""
         deleted = 0
+        where, scope = ("project = ? AND ", (project,)) if project is not None else ("", ())
         with self._tx() as db:
             for part in _batches(sorted({int(t) for t in task_ids})):
-                found = self._exec(db, f"DELETE FROM detections WHERE project = ? AND task_id IN ({', '.join('?' * len(part))})", (project, *part))
+                found = self._exec(db, f"DELETE FROM detections WHERE {where}task_id IN ({', '.join('?' * len(part))})", (*scope, *part))
                 deleted += max(found.rowcount, 0)
         return deleted
 

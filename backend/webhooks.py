@@ -2,7 +2,7 @@
 
 START_TRAINING queues one training per project; annotation events queue the comparison of the annotations with the
 predictions shown (and count towards AUTO_TRAIN_AFTER); deletions forget what they list; TASKS_CREATED queues a sync.
-Every id an event names is checked before anything is queued or changed.
+Every id an event acts on is checked before anything is queued or changed.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def project_from_event(body: dict) -> int:
 
 def _checked_id(value, field: str) -> int:
     if ls_id(value) is None:
-        shown = json.dumps(value)[:40] if isinstance(value, (bool, int, float, str)) else f"a JSON {type(value).__name__}"
+        shown = json.dumps(value)[:40] if value is None or isinstance(value, (bool, int, float, str)) else f"a JSON {type(value).__name__}"
         raise PayloadError(f"{field} {ID_RULE}, got {shown}; nothing was queued or changed")
     return value
 
@@ -174,7 +174,8 @@ class WebhookHandler:
         })
         if not ids:  # LS sends a bare event when an annotation is turned back into a draft: `ale savings --recompute` forgets it
             return jsonify(status="ignored", action=action)
-        project = project_from_event(body)
+        # LS's "delete every task" API sends TASKS_DELETED with no project: task ids are unique across projects
+        project = None if action == TASKS_DELETED and body.get("project") is None else project_from_event(body)
         store = self.runtime.store
         if action == ANNOTATIONS_DELETED:
             return jsonify(status="forgotten", action=action, records=store.delete_edits(project, ids))

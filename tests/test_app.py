@@ -476,6 +476,12 @@ def test_deleted_annotations_and_tasks_leave_the_savings(adapter, tmp_path):
     response = client.post("/webhook", json={"action": "ANNOTATIONS_DELETED", "annotations": [{"id": 4}]})
     assert response.status_code == 400 and "no project id" in response.get_json()["error"]
     assert len(store.edits(5)) == 1
+    # LS's "delete every task" API sends TASKS_DELETED without a project: its task ids are unique across projects
+    store.put_edits(5, [EditRecord(5, 11, "ale:v1:t", EditCounts(accepted=1), None)])
+    everywhere = {"action": "TASKS_DELETED", "project": None, "tasks": [{"id": 11}]}
+    answer = {"status": "forgotten", "action": "TASKS_DELETED", "records": 1, "detections": 2}
+    assert client.post("/webhook", json=everywhere).get_json() == answer
+    assert [r.annotation_id for r in store.edits(5)] == [4] and store.versions(5) == {} and store.versions(6) == {"m-1": 1}
 
 
 def test_the_admin_page_lists_its_projects_jobs_and_the_sync_of_every_project(adapter, redis_url, tmp_path):
