@@ -132,12 +132,13 @@ class YoloV5Adapter:
                 "definition with no weights: set BASE_MODEL to a .pt checkpoint, or TRAIN_FREEZE=0 to train from scratch"
             )
         if settings.train_freeze and base_kind is None and kind == "yaml":
-            # a project's first training starts from the fresh model then (a yaml MODEL_WEIGHTS has no classes to keep)
-            raise AdapterError(
-                f"TRAIN_FREEZE={settings.train_freeze} keeps trained layers, but BASE_MODEL is unset and MODEL_WEIGHTS="
-                f"{settings.model_weights} is a model definition with no weights, so a project's first training would start "
-                f"from the untrained {YoloV5Adapter.fresh_model}: set BASE_MODEL to a .pt checkpoint, or TRAIN_FREEZE=0 to "
-                "train from scratch"
+            # Only a project's first training starts from the fresh model (a yaml MODEL_WEIGHTS has no classes to keep),
+            # and it is refused then; projects with a version of their own train from it, frozen layers and all.
+            log.warning(
+                "TRAIN_FREEZE=%s keeps trained layers, but BASE_MODEL is unset and MODEL_WEIGHTS=%s is a model definition "
+                "with no weights: a project's first training would start from the untrained %s and is refused; set "
+                "BASE_MODEL to a .pt checkpoint, or TRAIN_FREEZE=0 to train from scratch",
+                settings.train_freeze, settings.model_weights, YoloV5Adapter.fresh_model,
             )
         # a checkpoint is read now (a second or two), not at the first /setup or training
         for setting, weights, weights_kind in (("MODEL_WEIGHTS", settings.model_weights, kind), ("BASE_MODEL", settings.base_model, base_kind)):
