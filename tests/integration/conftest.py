@@ -10,7 +10,7 @@ INTEGRATION_DIR = Path(__file__).parent
 def pytest_collection_modifyitems(items):
     """Every test here starts real servers (and most train a model): none belongs to `-m "not slow"`."""
     for item in items:
-        if INTEGRATION_DIR in Path(str(item.fspath)).parents:
+        if INTEGRATION_DIR in item.path.parents:
             item.add_marker(pytest.mark.integration)
             item.add_marker(pytest.mark.slow)
 
