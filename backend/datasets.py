@@ -4,37 +4,39 @@ Every reader returns `(class names, [LabelledImage])`; `truth.labels` index
 the class names and `truth.xyxy` is (n, 4) in pixels of the image.
 
 - YOLO (ultralytics / LS "YOLO" export): images/[<split>/]*.png|jpg beside
-  labels/[<split>/]<same stem>.txt with normalised `class cx cy w h` lines;
+  labels/[<split>/]<same stem>.txt with normalised `class cx cy w h` lines (a
+  polygon line: its bounding box), or the folders data.yaml's train/val name;
   class names from data.yaml (`names`) or classes.txt (one per line).
 - COCO: one json with `images`, `annotations` (bbox = x, y, w, h in pixels)
   and `categories`; `file_name` is relative to the image root (the json's
   folder unless given). Crowd boxes count as difficult (neither hit nor miss).
 - Pascal VOC: Annotations/*.xml, images in JPEGImages/ (or images/, or beside
   the xml); `difficult` objects are kept as difficult.
+
+A box without area is difficult too: training drops it, so evaluation must not count it a miss.
 """
 
 from __future__ import annotations
 
-import json
+import os
 import xml.etree.ElementTree as ElementTree
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from .coco_dataset import read_coco
 from .evaluation import GroundTruth
-from .media import read_image, upright_size
+from .labelled_images import LabelledImage, image_size, no_area
+from .media import read_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 FORMATS = ("yolo", "coco", "voc")
 YOLO_YAML_NAMES = ("data.yaml", "dataset.yaml")
-
-
-@dataclass(frozen=True)
-class LabelledImage:
-    path: Path
-    truth: GroundTruth
+#: The splits a data.yaml may name image folders for (ultralytics' keys).
+YOLO_SPLIT_KEYS = ("train", "val", "test")
+#: How far outside 0..1 a normalised YOLO coordinate may lie: the rounding of the tool that wrote it.
+YOLO_TOLERANCE = 1e-4
 
 
 def read_dataset(
@@ -81,10 +83,14 @@ def detect_format(path: Path) -> str:
 
 
 def read_class_names(data_yaml: str | Path) -> list[str]:
+    return _class_names(Path(data_yaml), _read_yaml(Path(data_yaml)))
+
+
+def _read_yaml(data_yaml: Path) -> dict:
     import yaml
 
     try:
-        data = yaml.safe_load(Path(data_yaml).read_text()) or {}
+        data = yaml.safe_load(data_yaml.read_text()) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         # one line: the parser's message spans several, with a pointer under the column
         raise ValueError(f"{data_yaml}: not valid YAML ({' '.join(str(exc).split())}); fix the file, e.g. `names: [bird, nest]`") from None
@@ -92,36 +98,102 @@ def read_class_names(data_yaml: str | Path) -> list[str]:
         raise ValueError(
             f"{data_yaml}: expected a mapping with 'names' (e.g. `names: [bird, nest]`), got a YAML {type(data).__name__}"
         )
+    return data
+
+
+def _class_names(data_yaml: Path, data: dict) -> list[str]:
     names = data.get("names")
-    if isinstance(names, dict):
-        return [str(names[k]) for k in sorted(names)]
+    if isinstance(names, dict) and names:
+        # a label file's class index picks the name: keys must be exactly the indices, "10" after "9" and not after "1"
+        keys = [int(k) if isinstance(k, int) or (isinstance(k, str) and k.strip().isdigit()) else None for k in names]
+        if sorted(k for k in keys if k is not None) != list(range(len(names))):
+            raise ValueError(
+                f"{data_yaml}: 'names' keys must be the class indices 0..{len(names) - 1}, each once, got "
+                f"{', '.join(repr(k) for k in names)}; number the classes as the label files do, without gaps"
+            )
+        by_index = dict(zip(keys, names.values()))
+        return [str(by_index[i]) for i in range(len(names))]
     if isinstance(names, list) and names:
         return [str(n) for n in names]
     raise ValueError(f"{data_yaml} has no 'names' (a list, or a dict of index: name)")
 
 
 def read_yolo(path: str | Path, split: str | None = None) -> tuple[list[str], list[LabelledImage]]:
-    """A YOLO dataset (its folder or its yaml). `split` None reads every split under images/."""
+    """A YOLO dataset (its folder or its yaml). `split` None reads every split under images/.
+
+    Without images/ beside it, the image folders its data.yaml names (`train`, `val`, `test`, relative to
+    `path`, itself relative to the yaml's folder, as ultralytics reads them) are read, labels/ beside each images/.
+    """
     path = Path(path)
     root = path.parent if path.is_file() else path
     yaml_file = path if path.is_file() else next((root / n for n in YOLO_YAML_NAMES if (root / n).is_file()), None)
+    data = _read_yaml(yaml_file) if yaml_file is not None else {}
     if yaml_file is not None:
-        names = read_class_names(yaml_file)
+        names = _class_names(yaml_file, data)
     elif (root / "classes.txt").is_file():
         names = [line.strip() for line in (root / "classes.txt").read_text().splitlines() if line.strip()]
     else:
         raise ValueError(f"{root} has no data.yaml or classes.txt naming the classes")
     image_dir = root / "images" / split if split else root / "images"
-    if not image_dir.is_dir():
-        raise ValueError(f"no images{f' for split {split!r}' if split else ''}: {image_dir} does not exist")
-    items = []
-    for image_path in sorted(p for p in image_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
-        relative = image_path.relative_to(root / "images")
-        label_file = (root / "labels" / relative).with_suffix(".txt")
-        items.append(LabelledImage(image_path, _yolo_truth(image_path, label_file, len(names))))
+    if image_dir.is_dir():
+        pairs = [(p, (root / "labels" / p.relative_to(root / "images")).with_suffix(".txt")) for p in _images_in(image_dir)]
+        where = str(image_dir)
+    else:
+        folders = _listed_folders(yaml_file, data, split) if yaml_file is not None else None
+        if folders is None:
+            raise ValueError(_no_images_note(root, split, image_dir))
+        pairs = [(p, _label_file_of(p)) for folder in folders for p in _images_in(folder)]
+        pairs = list(dict((p.resolve(), (p, label)) for p, label in pairs).values())  # train and val may name one folder
+        where = ", ".join(str(f) for f in folders)
+    items = [LabelledImage(image_path, _yolo_truth(image_path, label_file, len(names))) for image_path, label_file in pairs]
     if not items:
-        raise ValueError(f"{image_dir} holds no images")
+        raise ValueError(f"{where} holds no images")
     return names, items
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _label_file_of(image_path: Path) -> Path:
+    """Ultralytics' rule: the last /images/ of the path becomes /labels/, the suffix .txt."""
+    return Path(f"{os.sep}labels{os.sep}".join(str(image_path).rsplit(f"{os.sep}images{os.sep}", 1))).with_suffix(".txt")
+
+
+def _listed_folders(yaml_file: Path, data: dict, split: str | None) -> list[Path] | None:
+    """The image folders data.yaml names for `split` (None: every split it names); None when it names none."""
+    keys = [split] if split else [k for k in YOLO_SPLIT_KEYS if data.get(k)]
+    if not keys or not all(data.get(k) for k in keys):
+        return None
+    base = Path(str(data.get("path") or "."))
+    base = base if base.is_absolute() else yaml_file.parent / base
+    folders: list[Path] = []
+    for key in keys:
+        for value in data[key] if isinstance(data[key], list) else [data[key]]:
+            folder = base / str(value)
+            if not folder.is_dir() and str(value).startswith("../"):  # Roboflow's export, which ultralytics reads from `path` too
+                folder = base / str(value)[3:]
+            if not folder.is_dir():
+                raise ValueError(f"{yaml_file}: {key}: {value} is not a folder of images (looked for {folder}: relative to "
+                                 "`path`, itself relative to the yaml's folder); fix the path")  # fmt: skip
+            if folder.resolve() not in (f.resolve() for f in folders):
+                folders.append(folder)
+    return folders
+
+
+def _no_images_note(root: Path, split: str | None, image_dir: Path) -> str:
+    """Why no images were found, and the layout that is read."""
+    problem = f"no images{f' for split {split!r}' if split else ''}: {image_dir} does not exist"
+    images = root / "images"
+    if split and images.is_dir():
+        splits = sorted(p.name for p in images.iterdir() if p.is_dir())
+        if splits:
+            return f"{problem}; {images} holds the splits {', '.join(splits)}"
+        return f"{problem}; {images} holds images without splits: read them with an empty split (`ale evaluate --split ''`)"
+    return (
+        f"{problem}; expected images/[<split>/] and labels/[<split>/] beside the data.yaml (or classes.txt), or a "
+        "data.yaml whose train: / val: name the image folders (labels/ beside each images/)"
+    )
 
 
 def split_size(data_yaml: str | Path, split: str = "train") -> int:
@@ -152,62 +224,48 @@ def read_yolo_split(data_yaml: str | Path, split: str = "val") -> tuple[list[str
 
 
 def _yolo_truth(image_path: Path, label_file: Path, num_classes: int) -> GroundTruth:
-    width, height = _image_size(image_path)
-    rows = np.zeros((0, 5))
-    if label_file.exists() and label_file.read_text().strip():
-        try:
-            rows = np.loadtxt(label_file, ndmin=2)
-        except ValueError as exc:
-            raise ValueError(f"{label_file}: not numeric `class cx cy w h` rows ({exc})") from None
-        if rows.shape[1] != 5:
-            raise ValueError(f"{label_file}: expected 5 columns (class cx cy w h), got {rows.shape[1]}")
+    width, height = image_size(image_path)
+    rows = _yolo_rows(label_file, num_classes) if label_file.exists() else np.zeros((0, 5))
     labels = rows[:, 0].astype(np.int64)
-    if (labels < 0).any() or (labels >= num_classes).any():
-        raise ValueError(f"{label_file}: class index outside 0..{num_classes - 1}")
     cx, cy, w, h = rows[:, 1] * width, rows[:, 2] * height, rows[:, 3] * width, rows[:, 4] * height
     xyxy = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
-    return GroundTruth(xyxy, labels, (width, height))
+    return GroundTruth(xyxy, labels, (width, height), no_area(xyxy))
 
 
-def read_coco(json_path: str | Path, images: str | Path | None = None) -> tuple[list[str], list[LabelledImage]]:
-    """A COCO detection json. Class order = ascending category id."""
-    json_path = Path(json_path)
-    try:
-        data = json.loads(json_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{json_path}: not a readable COCO json ({exc})") from None
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(data.get(key), list):
-            raise ValueError(f"{json_path}: missing the '{key}' list of a COCO detection file")
-    categories = sorted(data["categories"], key=lambda c: c["id"])
-    names = [str(c["name"]) for c in categories]
-    index_of = {c["id"]: i for i, c in enumerate(categories)}
-    root = Path(images) if images is not None else json_path.parent
-    boxes: dict = {image["id"]: ([], [], []) for image in data["images"]}
-    for a in data["annotations"]:
-        if a.get("image_id") not in boxes:
-            raise ValueError(f"{json_path}: annotation {a.get('id')} refers to image_id {a.get('image_id')}, which is not in 'images'")
-        if a.get("category_id") not in index_of:
-            raise ValueError(f"{json_path}: annotation {a.get('id')} has category_id {a.get('category_id')}, which is not in 'categories'")
-        bbox = a.get("bbox")
-        if not isinstance(bbox, list) or len(bbox) != 4 or bbox[2] < 0 or bbox[3] < 0:
-            raise ValueError(f"{json_path}: annotation {a.get('id')} bbox must be [x, y, width, height] with width, height >= 0, got {bbox}")
-        x, y, w, h = (float(v) for v in bbox)
-        xyxy, labels, crowd = boxes[a["image_id"]]
-        xyxy.append([x, y, x + w, y + h])
-        labels.append(index_of[a["category_id"]])
-        crowd.append(bool(a.get("iscrowd", 0)))
-    items = []
-    for image in data["images"]:
-        path = root / str(image["file_name"])
-        if not path.is_file():
-            raise ValueError(f"{json_path}: image {image['file_name']} not found under {root} (pass the image folder)")
-        size = (int(image["width"]), int(image["height"])) if image.get("width") and image.get("height") else _image_size(path)
-        xyxy, labels, crowd = boxes[image["id"]]
-        items.append(LabelledImage(path, GroundTruth(np.asarray(xyxy).reshape(-1, 4), labels, size, np.asarray(crowd, dtype=bool))))
-    if not items:
-        raise ValueError(f"{json_path} lists no images")
-    return names, items
+def _yolo_rows(label_file: Path, num_classes: int) -> np.ndarray:
+    """(n, 5) `class cx cy w h` rows of a label file; a polygon line (`class x1 y1 x2 y2 x3 y3 ...`) as its bounding box."""
+    rows, polygons = [], 0
+    for number, line in enumerate(label_file.read_text(encoding="utf-8-sig").splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        where = f"{label_file} line {number}"
+        try:
+            values = [float(v) for v in fields]
+        except ValueError:
+            raise ValueError(f"{where}: not numeric `class cx cy w h` ({line.strip()[:80]!r}); separate the numbers by spaces") from None
+        if len(values) != 5 and (len(values) < 7 or len(values) % 2 == 0):
+            raise ValueError(f"{where}: expected 5 columns (class cx cy w h) or a polygon (class x1 y1 x2 y2 x3 y3 ...), got {len(values)}")
+        if not values[0].is_integer():
+            raise ValueError(f"{where}: class index {fields[0]} is not an integer (an index into the class names)")
+        if not 0 <= values[0] < num_classes:
+            raise ValueError(f"{where}: class index {fields[0]} outside 0..{num_classes - 1}")
+        if not all(-YOLO_TOLERANCE <= v <= 1 + YOLO_TOLERANCE for v in values[1:]):
+            raise ValueError(
+                f"{where}: coordinates must be normalised to 0..1 (class cx cy w h, w and h not negative), got "
+                f"{line.strip()[:80]!r}: pixel coordinates? divide x and w by the image's width, y and h by its height"
+            )
+        if len(values) > 5:  # ultralytics' segment labels: the box around the polygon
+            xs, ys = values[1::2], values[2::2]
+            values = [values[0], (min(xs) + max(xs)) / 2, (min(ys) + max(ys)) / 2, max(xs) - min(xs), max(ys) - min(ys)]
+            polygons += 1
+        rows.append(values)
+    if 0 < polygons < len(rows):
+        raise ValueError(
+            f"{label_file}: mixes box lines (class cx cy w h) with polygon lines (class x1 y1 x2 y2 ...), which ultralytics "
+            "reads as polygons throughout: write one kind a file"
+        )
+    return np.asarray(rows, dtype=np.float64).reshape(-1, 5)
 
 
 def read_voc(root: str | Path, classes: list[str] | None = None) -> tuple[list[str], list[LabelledImage]]:
@@ -227,7 +285,7 @@ def read_voc(root: str | Path, classes: list[str] | None = None) -> tuple[list[s
     for image_path, size, objects in parsed:
         xyxy = np.asarray([box for _, box, _ in objects], dtype=np.float64).reshape(-1, 4)
         labels = [names.index(name) for name, _, _ in objects]
-        difficult = np.asarray([d for _, _, d in objects], dtype=bool)
+        difficult = np.asarray([d for _, _, d in objects], dtype=bool) | no_area(xyxy)
         items.append(LabelledImage(image_path, GroundTruth(xyxy, labels, size, difficult)))
     return names, items
 
@@ -246,7 +304,7 @@ def _parse_voc(xml_path: Path, root: Path):
         raise ValueError(f"{xml_path}: image {filename} not found in JPEGImages/, images/ or beside the xml")
     width, height = (int(float(tree.findtext(f"size/{k}") or 0)) for k in ("width", "height"))
     if width <= 0 or height <= 0:
-        width, height = _image_size(image_path)
+        width, height = image_size(image_path)
     objects = []
     for obj in tree.iter("object"):
         name = (obj.findtext("name") or "").strip()
@@ -261,15 +319,6 @@ def _parse_voc(xml_path: Path, root: Path):
             raise ValueError(f"{xml_path}: object {name!r} has xmax < xmin or ymax < ymin: {coords}")
         objects.append((name, coords, (obj.findtext("difficult") or "0").strip() == "1"))
     return image_path, (width, height), objects
-
-
-def _image_size(path: Path) -> tuple[int, int]:
-    """(width, height) of the image as shown (EXIF orientation applied): what labels drawn in LS or a browser refer to."""
-    try:
-        with Image.open(path) as image:
-            return upright_size(image)
-    except OSError as exc:  # PIL.UnidentifiedImageError is one: a file named .jpg that is no image, or cut short
-        raise ValueError(f"{path}: not a readable image ({exc}); replace it or remove it from the dataset") from None
 
 
 def predict_items(adapter, items: list[LabelledImage], batch_size: int, max_pixels: int | None = None) -> list:

@@ -306,11 +306,11 @@ def _upright(image: Image.Image) -> Image.Image:
     Not `ImageOps.exif_transpose`: it rewrites the whole EXIF block, and raises on tags a camera wrote
     with odd types (a date stored as a number), which would lose a good image.
     """
-    method = ORIENTATION_TRANSPOSE.get(_orientation(image))
+    method = ORIENTATION_TRANSPOSE.get(orientation(image))
     return image if method is None else image.transpose(method)
 
 
-def _orientation(image: Image.Image) -> int | None:
+def orientation(image: Image.Image) -> int | None:
     """The orientation tag of an opened image's EXIF block (a TIFF's own header); None where absent or unreadable
     (browsers then show it as stored).
 
@@ -336,7 +336,7 @@ def _orientation(image: Image.Image) -> int | None:
 def upright_size(image: Image.Image) -> tuple[int, int]:
     """(width, height) of an opened image as a browser shows it (EXIF orientation applied), without decoding pixels."""
     width, height = image.size
-    method = ORIENTATION_TRANSPOSE.get(_orientation(image))
+    method = ORIENTATION_TRANSPOSE.get(orientation(image))
     turned = method in (Image.Transpose.TRANSPOSE, Image.Transpose.TRANSVERSE, Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_270)
     return (height, width) if turned else (width, height)
 

@@ -20,7 +20,7 @@ from .boxes import clip_boxes
 from .consensus import consensus
 from .errors import AleError, TrainingError
 from .ls_format import rectangle_to_xyxy, task_image_url
-from .media import MediaFetcher, use_own_pixel_limit
+from .media import ORIENTATION_TRANSPOSE, MediaFetcher, orientation, read_image, upright_size, use_own_pixel_limit
 from .model_store import ModelStore
 from .runtime import Runtime
 from .tile_dataset import TrainingTiles, write_tiles, yolo_lines
@@ -33,6 +33,8 @@ MIN_VAL_TASKS = 1
 MIN_TRAIN_TASKS = 2
 #: The split of whole validation images (tiled at evaluation as at serving); `val` may hold tiles.
 VAL_FULL = "val_full"
+#: Where `write_training_set` writes the upright copies of images stored turned (EXIF orientation).
+UPRIGHT = "upright"
 #: Tasks a training reports by their number of annotator disagreements, at most.
 MOST_DISAGREEMENT = 10
 #: Result types that mark out an object but are not a <RectangleLabels> rectangle (counted as not trained on).
@@ -65,6 +67,9 @@ class TrainingSample:
     image: Path
     xyxy: np.ndarray
     labels: np.ndarray
+    #: the file holds the image as shown (Start Training's cache, written upright): its EXIF is not looked at,
+    #: which for a PNG would decode the whole frame
+    upright: bool = False
 
 
 def cached_image_size(cached: Path, fetch) -> tuple[int, int]:
@@ -128,7 +133,8 @@ def annotated_samples(rt: Runtime, project: int, config, classes: list[str]) -> 
             agreed = consensus(annotations)
             boxes, labels = agreed.xyxy, agreed.labels
             disagreements[task.id] = agreed.disagreements
-        samples.append(TrainingSample(task.id, cached, np.asarray(boxes, dtype=np.float64).reshape(-1, 4), np.asarray(labels, dtype=np.int64)))
+        boxes, labels = np.asarray(boxes, dtype=np.float64).reshape(-1, 4), np.asarray(labels, dtype=np.int64)
+        samples.append(TrainingSample(task.id, cached, boxes, labels, upright=True))
     if disagreements:
         skipped["consensus_tasks"] = len(disagreements)
         skipped["disagreements"] = sum(disagreements.values())
@@ -242,8 +248,7 @@ def write_training_set(
         (work / "images" / split).mkdir(parents=True, exist_ok=True)
         (work / "labels" / split).mkdir(parents=True, exist_ok=True)
     for sample in samples:
-        with Image.open(sample.image) as image:
-            width, height = image.size
+        image_path, (width, height) = _shown_image(sample, work)
         xyxy = np.asarray(sample.xyxy, dtype=np.float64).reshape(-1, 4)
         clipped = clip_boxes(xyxy, (0, 0, width, height))
         kept = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
@@ -252,14 +257,14 @@ def write_training_set(
         lines = yolo_lines(clipped, labels, width, height)
         split = "val" if is_validation(sample.task_id) else "train"
         if tiling is not None and tiling.tiles.applies((width, height)):
-            made = write_tiles(sample.image, clipped, labels, work / "images" / split, work / "labels" / split, str(sample.task_id), tiling)
+            made = write_tiles(image_path, clipped, labels, work / "images" / split, work / "labels" / split, str(sample.task_id), tiling)
             counts["tiled_images"] += 1
             counts["tiles"] += made["tiles"]
         else:
-            shutil.copyfile(sample.image, work / "images" / split / f"{sample.task_id}{sample.image.suffix}")
+            shutil.copyfile(image_path, work / "images" / split / f"{sample.task_id}{image_path.suffix}")
             (work / "labels" / split / f"{sample.task_id}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
         if split == "val":
-            _link_or_copy(sample.image, work / "images" / VAL_FULL / f"{sample.task_id}{sample.image.suffix}")
+            _link_or_copy(image_path, work / "images" / VAL_FULL / f"{sample.task_id}{image_path.suffix}")
             (work / "labels" / VAL_FULL / f"{sample.task_id}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
         counts[f"{split}_images"] += 1
         counts["boxes"] += len(lines)
@@ -277,6 +282,22 @@ def write_training_set(
     names = "".join(f"  {i}: {name}\n" for i, name in enumerate(classes))
     (work / "data.yaml").write_text(f"path: {work.resolve()}\ntrain: images/train\nval: images/val\nnames:\n{names}")
     return work / "data.yaml", counts
+
+
+def _shown_image(sample: TrainingSample, work: Path) -> tuple[Path, tuple[int, int]]:
+    """The sample's image as shown to the annotator, whose pixels its boxes are in, and its (width, height).
+
+    The file itself, or, for a photo stored turned (EXIF orientation: a user's dataset; the server's cache holds
+    upright PNGs), an upright PNG copy under `work`: the tiles and the model must not see it as stored.
+    """
+    with Image.open(sample.image) as image:
+        if sample.upright or ORIENTATION_TRANSPOSE.get(orientation(image)) is None:
+            return sample.image, image.size
+        shown = upright_size(image)
+    copy = work / UPRIGHT / f"{sample.task_id}.png"
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    read_image(sample.image).save(copy, compress_level=1)
+    return copy, shown
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

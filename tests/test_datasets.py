@@ -181,7 +181,7 @@ def test_voc_errors_name_the_file(tmp_path, xml, message):
 def test_yolo_errors_name_the_label_file(tmp_path):
     root = write_yolo(tmp_path / "yolo")
     (root / "labels" / "train" / "a.txt").write_text("5 0.5 0.5 0.1 0.1\n")
-    with pytest.raises(ValueError, match=r"a.txt: class index outside 0..1"):
+    with pytest.raises(ValueError, match=r"a.txt line 1: class index 5 outside 0..1"):
         read_yolo(root)
     (root / "labels" / "train" / "a.txt").write_text("0 0.5 0.5\n")
     with pytest.raises(ValueError, match="expected 5 columns"):
@@ -271,3 +271,162 @@ def test_an_upright_rgb_image_stays_readable_after_its_file_is_closed(tmp_path):
     Image.new("RGB", (8, 6), (1, 2, 3)).save(tmp_path / "a.png")
     image = read_image(tmp_path / "a.png")
     assert image.size == (8, 6) and image.getpixel((7, 5)) == (1, 2, 3)
+
+
+def _coco_variant(tmp_path, change):
+    path = write_coco(tmp_path)
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda d: d["images"][0].pop("file_name"), r"image #0 \(id 1\) needs a 'file_name', got None"),
+        (lambda d: d["images"][1].pop("id"), r"image #1 \(images/b.png\) needs an 'id'"),
+        (lambda d: d["categories"][1].pop("name"), r"category #1 \(id 9\) needs a 'name'"),
+        (lambda d: d["categories"][0].pop("id"), r"category #0 \('bird'\) needs an integer 'id', got None"),
+        (lambda d: d["categories"].append({"id": "12", "name": "egg"}), r"category #2 \('egg'\) needs an integer 'id', got '12'"),
+        (lambda d: d.update(categories=[], annotations=[]), r"'categories' is empty"),
+        (lambda d: d["annotations"][0].update(bbox=["4", "6", "16", "24"]), r"annotation #0 \(id 1\) bbox must be \[x, y, width, height\]"),
+        (lambda d: d["annotations"][1].update(bbox=[1, 2, None, 4]), r"annotation #1 \(id 2\) bbox must be .*got \[1, 2, None, 4\]"),
+        (lambda d: d["annotations"][0].update(image_id=[1]), r"annotation #0 \(id 1\) refers to image_id \[1\]"),
+    ],
+)
+def test_malformed_coco_items_are_value_errors_naming_the_item_and_the_field(tmp_path, change, message):
+    """Each was a KeyError or TypeError traceback from `ale bench al --data`."""
+    with pytest.raises(ValueError, match=r"result.json: " + message):
+        read_coco(_coco_variant(tmp_path, change))
+
+
+def test_label_studios_own_json_export_is_refused_with_a_pointer_to_its_coco_export(tmp_path):
+    path = tmp_path / "export.json"
+    path.write_text(json.dumps([{"id": 1, "data": {"image": "/data/upload/1/a.png"}, "annotations": []}]))
+    with pytest.raises(ValueError, match=r"export.json: a JSON list, not a COCO object .*export the project as COCO"):
+        read_dataset(path)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda d: d["images"].append({"id": 1, "file_name": "images/c.png"}), r"images #0 and #3 \(images/c.png\) both have id 1"),
+        (lambda d: d["categories"].append({"id": 9, "name": "egg"}), r"categories #1 and #2 both have id 9"),
+        (lambda d: d["categories"].append({"id": 11, "name": "bird"}), r"categories #0 and #2 \(id 11\) are both named 'bird'"),
+        (lambda d: d["images"].append({"id": 4, "file_name": "images/a.png"}), r"images with ids 1 and 4 are both .*a.png"),
+    ],
+)
+def test_coco_ids_names_and_files_listed_twice_are_refused_naming_both(tmp_path, change, message):
+    """Read as before, a second image id took the first's boxes and a second category id or name split a class."""
+    with pytest.raises(ValueError, match=message):
+        read_coco(_coco_variant(tmp_path, change))
+
+
+def test_coco_file_names_of_label_studio_exports_are_found_under_the_image_folder(tmp_path):
+    """LS's COCO export writes /data/upload/... paths or URLs: they are looked for under --images, not at the root."""
+    folder = tmp_path / "photos"
+    (folder / "data" / "upload" / "1").mkdir(parents=True)
+    Image.new("RGB", (64, 48)).save(folder / "data" / "upload" / "1" / "a.png")
+    Image.new("RGB", (64, 48)).save(folder / "b.png")
+    (folder / "sub").mkdir()
+    Image.new("RGB", (64, 48)).save(folder / "sub" / "c.png")
+    names = ["/data/upload/1/a.png", "http://localhost:8080/data/upload/7/b.png", "/data/local-files/?d=sub/c.png"]
+    data = {
+        "images": [{"id": i, "file_name": name, "width": 64, "height": 48} for i, name in enumerate(names)],
+        "annotations": [],
+        "categories": [{"id": 0, "name": "bird"}],
+    }
+    path = tmp_path / "result.json"
+    path.write_text(json.dumps(data))
+    _, items = read_dataset(path, images=folder)
+    assert [i.path for i in items] == [folder / "data/upload/1/a.png", folder / "b.png", folder / "sub/c.png"]
+    data["images"].append({"id": 9, "file_name": "/data/upload/1/zzz.png"})
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=rf"image #3 \(id 9\) /data/upload/1/zzz.png not found under {folder}: looked for "
+                                         rf"{folder}/data/upload/1/zzz.png, {folder}/zzz.png, /data/upload/1/zzz.png; pass the folder"):  # fmt: skip
+        read_dataset(path, images=folder)
+
+
+def test_boxes_without_area_are_difficult_in_every_format(tmp_path):
+    """Training drops them (nothing to learn), so evaluation must not count them as misses."""
+    coco = _coco_variant(tmp_path / "coco", lambda d: d["annotations"][0].update(bbox=[4, 6, 0, 24]))
+    _, items = read_coco(coco)
+    assert items[0].truth.difficult.tolist() == [True, False]
+    root = write_yolo(tmp_path / "yolo")
+    (root / "labels" / "train" / "a.txt").write_text("0 0.5 0.5 0 0.2\n1 0.5 0.5 0.1 0.1\n")
+    _, items = read_yolo(root, "train")
+    assert items[0].truth.difficult.tolist() == [True, False]
+    assert not np.concatenate([item.truth.difficult for item in items[1:]]).any()
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("0 32 16 10 10", r"a.txt line 2: coordinates must be normalised to 0..1 \(class cx cy w h.*pixel coordinates\?"),
+        ("0 0.5 0.5 -0.2 0.2", r"a.txt line 2: coordinates must be normalised to 0..1"),
+        ("0.7 0.5 0.5 0.2 0.2", r"a.txt line 2: class index 0.7 is not an integer"),
+        ("0 0.5 0.5 0.2 0.2 0.9", r"a.txt line 2: expected 5 columns \(class cx cy w h\) or a polygon .*got 6"),
+        ("0,0.5,0.5,0.2,0.2", r"a.txt line 2: not numeric .*separate the numbers by spaces"),
+        ("0 0.1 0.1 0.5 0.1 0.5 0.5", r"a.txt: mixes box lines .*with polygon lines"),
+    ],
+)
+def test_yolo_label_lines_that_are_not_normalised_boxes_are_refused_naming_the_file_and_line(tmp_path, line, message):
+    root = write_yolo(tmp_path / "yolo")
+    (root / "labels" / "train" / "a.txt").write_text(f"0 0.5 0.5 0.1 0.1\n{line}\n")
+    with pytest.raises(ValueError, match=message):
+        read_yolo(root, "train")
+
+
+def test_yolo_polygon_lines_are_read_as_their_bounding_box_and_rounding_past_one_is_kept(tmp_path):
+    root = write_yolo(tmp_path / "yolo")
+    (root / "labels" / "train" / "a.txt").write_text("1 0.25 0.5 0.75 0.25 0.5 1.00005\n")  # a segment label of a 64x48 image
+    (root / "labels" / "train" / "c.txt").write_text("1.0 0.5 0.5 1.00001 1\n")  # a class written as a float, a width rounded up
+    _, items = read_yolo(root, "train")
+    np.testing.assert_allclose(items[0].truth.xyxy, [[16, 12, 48, 48.0024]])
+    assert items[0].truth.labels.tolist() == [1]
+    np.testing.assert_allclose(items[2].truth.xyxy, [[-0.0002, 0, 40.0002, 50]])
+
+
+def test_data_yaml_names_as_a_dict_must_number_the_classes_without_gaps(tmp_path):
+    root = write_yolo(tmp_path / "yolo")
+    # keys as strings, in the order a string sort gives: read by their numbers, "10" last
+    (root / "data.yaml").write_text("names:\n" + "".join(f"  '{i}': c{i}\n" for i in sorted(range(11), key=str)))
+    assert read_yolo(root, "train")[0] == [f"c{i}" for i in range(11)]
+    (root / "data.yaml").write_text("names:\n  0: bird\n  2: nest\n")
+    with pytest.raises(ValueError, match=r"data.yaml: 'names' keys must be the class indices 0..1, each once, got 0, 2"):
+        read_yolo(root, "train")
+
+
+def test_a_data_yaml_naming_its_image_folders_is_read_as_ultralytics_reads_it(tmp_path):
+    """Roboflow's export: train/images, valid/images, a data.yaml with train: ../train/images (read from its own folder)."""
+    root = tmp_path / "roboflow"
+    for split, name in (("train", "a.png"), ("valid", "b.png")):
+        (root / split / "images").mkdir(parents=True)
+        (root / split / "labels").mkdir()
+        Image.new("RGB", (64, 48)).save(root / split / "images" / name)
+        (root / split / "labels" / name.replace(".png", ".txt")).write_text("1 0.5 0.5 0.25 0.5\n")
+    (root / "data.yaml").write_text("train: ../train/images\nval: ../valid/images\nnames: [bird, nest]\n")
+    names, items = read_dataset(root)
+    assert names == NAMES and [i.path.name for i in items] == ["a.png", "b.png"]
+    np.testing.assert_allclose(items[0].truth.xyxy, [[24, 12, 40, 36]])
+    assert [i.path.name for i in read_yolo(root / "data.yaml", "val")[1]] == ["b.png"]
+    (root / "data.yaml").write_text("path: elsewhere\ntrain: train/images\nnames: [bird, nest]\n")
+    with pytest.raises(ValueError, match=r"train: train/images is not a folder of images \(looked for .*elsewhere/train/images"):
+        read_dataset(root)
+
+
+def test_a_missing_split_says_which_layout_is_read(tmp_path):
+    flat = tmp_path / "flat"
+    _images(flat / "images")
+    (flat / "classes.txt").write_text("bird\nnest\n")
+    with pytest.raises(ValueError, match=r"no images for split 'val': .*holds images without splits.*--split ''"):
+        read_yolo(flat, "val")
+    assert len(read_yolo(flat, "")[1]) == 3
+    with pytest.raises(ValueError, match=r"no images for split 'val': .*holds the splits train$"):
+        read_yolo(write_yolo(tmp_path / "yolo"), "val")
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "data.yaml").write_text("names: [bird]\n")
+    with pytest.raises(ValueError, match=r"expected images/\[<split>/\] and labels/\[<split>/\] beside the data.yaml"):
+        read_yolo(bare)

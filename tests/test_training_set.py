@@ -234,3 +234,48 @@ def test_annotated_samples_train_on_the_ground_truth_and_report_what_they_left_o
     assert skipped["ground_truth_tasks"] == 1 and skipped["consensus_tasks"] == 1
     assert skipped["ignored_regions"] == {"from_name tag": 1}
     assert 'regions not trained on (from_name tag: 1): training reads the rectangles of <RectangleLabels name="label">' in caplog.text
+
+
+@pytest.mark.parametrize("orientation", [6, 3])
+def test_a_photo_stored_turned_trains_on_the_image_its_boxes_were_drawn_on(tmp_path, orientation):
+    """A phone photo (EXIF orientation) is read upright, its boxes in the upright image's pixels: the training set gets
+    an upright copy, its labels normalised by the upright size, whole and tiled alike."""
+    from label_studio_ale.tile_dataset import TrainingTiles
+    from label_studio_ale.tiling import TileSettings
+
+    stored = Image.new("RGB", (400, 200))
+    stored.paste((255, 0, 0), (0, 0, 100, 200))  # the stored left edge: the top once turned by 6, the right by 3
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    upright = (200, 400) if orientation == 6 else (400, 200)
+    ids = [1, 2, 3, next(i for i in range(4, 40) if is_validation(i))]
+    samples = []
+    for i in ids:
+        stored.save(tmp_path / f"{i}.jpg", exif=exif)
+        samples.append(TrainingSample(i, tmp_path / f"{i}.jpg", np.array([[20.0, 10.0, 60.0, 50.0]]), np.array([0])))
+    write_training_set(tmp_path / "ds", samples, ["bird"])
+    for split, i in (("train", 1), ("val", ids[-1]), ("val_full", ids[-1])):
+        with Image.open(tmp_path / "ds" / "images" / split / f"{i}.png") as written:
+            assert written.size == upright
+            red = (100, 20) if orientation == 6 else (380, 100)
+            assert written.convert("RGB").getpixel(red)[0] > 200, "the pixels are turned as the photo is shown"
+        line = (tmp_path / "ds" / "labels" / split / f"{i}.txt").read_text().split()
+        assert float(line[1]) == pytest.approx(40 / upright[0]) and float(line[4]) == pytest.approx(40 / upright[1])
+    tiles = TrainingTiles(TileSettings(128, 0.2, 300), 0.5, 0.0, 128)
+    write_training_set(tmp_path / "tiled", samples, ["bird"], tiles)
+    with Image.open(tmp_path / "tiled" / "images" / "train" / "1.png") as whole:  # the whole frame beside its tiles
+        assert whole.size == ((64, 128) if orientation == 6 else (128, 64))
+
+
+def test_start_trainings_cached_images_are_trained_as_stored(tmp_path):
+    """The training cache holds upright PNGs (decoded as served): a sample marked upright is copied without a look at its EXIF."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    ids = [1, 2, next(i for i in range(3, 40) if is_validation(i))]
+    samples = []
+    for i in ids:
+        Image.new("RGB", (100, 50)).save(tmp_path / f"{i}.png", exif=exif)
+        samples.append(TrainingSample(i, tmp_path / f"{i}.png", np.array([[10.0, 10.0, 30.0, 30.0]]), np.array([0]), upright=True))
+    write_training_set(tmp_path / "ds", samples, ["bird"])
+    assert (tmp_path / "ds" / "images" / "train" / "1.png").read_bytes() == (tmp_path / "1.png").read_bytes()
+    assert (tmp_path / "ds" / "labels" / "train" / "1.txt").read_text() == "0 0.200000 0.400000 0.200000 0.400000\n"

@@ -101,9 +101,10 @@ def add_parser(commands) -> None:
     )
     al.add_argument("--preset", choices=sorted(PRESETS), default="small", help="defaults for everything below (default: small)")
     al.add_argument("--data", help="your labelled dataset: a COCO .json, a YOLO folder or data.yaml, or a VOC folder")
-    al.add_argument("--format", choices=FORMATS, help="the dataset's format (default: detected)")
+    al.add_argument("--format", choices=FORMATS, help="--data's format (default: detected)")
     al.add_argument("--images", help="COCO: the folder file_name is relative to (default: the json's folder)")
     al.add_argument("--eval-data", help="a separate evaluation dataset (default: a fixed share of --data)")
+    al.add_argument("--eval-format", choices=FORMATS, help="--eval-data's format (default: detected, else --format)")
     al.add_argument("--eval-percent", type=int, default=25, help="share of --data held out for evaluation (default 25)")
     al.add_argument("--new-class", help="a class left out of the initial labelled set (built-in: its last class; 'none' for no such class)")
     al.add_argument("--policies", help="comma-separated policy names (default: the preset's); oracle-new-class, oracle-new-class-per-box, oracle-errors, oracle-errors-per-box: references that read the ground truth")
@@ -201,6 +202,8 @@ def _run_al(settings: Settings, args, argv: list[str]) -> int:
             raise ValueError("--budget (images a cycle) and --budget-cost (annotation cost a cycle) both size a cycle: give one")
         if args.data and args.burst != 1:
             raise ValueError("--burst shapes the built-in dataset's pool; a --data pool is used as it is")
+        if args.eval_format and not args.eval_data:
+            raise ValueError("--eval-format is the format of --eval-data: give --eval-data too, or leave --eval-format out")
         if args.data and args.new_class_share != NEW_CLASS_SHARE:
             raise ValueError("--new-class-share shapes the built-in dataset's pool; a --data pool is used as it is")
         # Every option of the runs is checked here, before the data is read and a base model trained (minutes on a CPU);
@@ -225,7 +228,9 @@ def _run_al(settings: Settings, args, argv: list[str]) -> int:
         except OSError as exc:
             raise ValueError(f"--out {out}: cannot create the folder ({exc}); give another one") from None
         if args.data:
-            data = user_data(args.data, args.format, images=args.images, eval_path=args.eval_data, eval_percent=args.eval_percent)
+            data = user_data(
+                args.data, args.format, images=args.images, eval_path=args.eval_data, eval_percent=args.eval_percent, eval_format=args.eval_format
+            )
             new_class = args.new_class
             base_model = args.base_model or settings.base_model
         else:

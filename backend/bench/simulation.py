@@ -37,6 +37,7 @@ from PIL import Image
 
 from ..annotation_edits import EditCounts
 from ..datasets import LabelledImage
+from ..media import read_image
 from ..model_store import ModelStore
 from ..novelty import embedding_matrix, image_novelty
 from ..policies import get_policy
@@ -74,7 +75,7 @@ DEFAULT_POLICIES = (
     "entropy-sum+cost",
 )
 BASELINE_POLICY = "random"
-#: Pool images loaded and predicted at a time.
+#: Pool images loaded and predicted at a time, at most (fewer once they reach PREDICT_CHUNK_PIXELS).
 LOAD_CHUNK = 64
 
 
@@ -411,25 +412,38 @@ def select_queue(
 
 
 def detect_images(predictor, data: BenchData, indices) -> list:
-    """One Detections per pool image `indices`, read LOAD_CHUNK images at a time."""
+    """One Detections per pool image `indices`, decoded a chunk at a time (`load_chunks`, the predictor's PREDICT_CHUNK_PIXELS)."""
+    from .sources import load_chunks
+
     detections = []
-    for offset in range(0, len(indices), LOAD_CHUNK):  # user photos can be large: never all in memory
-        detections += predictor.detect([_load(data.pool[i].path) for i in indices[offset : offset + LOAD_CHUNK]])
+    for chunk in load_chunks([data.pool[i].path for i in indices], predictor.settings.predict_chunk_pixels):
+        detections += predictor.detect([_load(data.pool[i].path) for i in (indices[k] for k in chunk)])
     return detections
 
 
 def train_labelled(settings: Settings, store, data: BenchData, labelled: list[int], work: Path, seed: int):
     """Train a version on the labelled pool images (task id = pool index + 1) into `store`. -> `training.TrainedVersion`"""
+    from ..tile_dataset import TrainingTiles
     from ..training import train_version
-    from ..training_set import TrainingSample, write_training_set
+    from ..training_set import write_training_set
 
-    samples = [TrainingSample(i + 1, data.pool[i].path, data.pool[i].truth.xyxy, data.pool[i].truth.labels) for i in labelled]
+    samples = [training_sample(i, data.pool[i]) for i in labelled]
     shutil.rmtree(work, ignore_errors=True)
     try:
-        dataset, _ = write_training_set(work, samples, data.names)
+        # large frames tiled as Start Training tiles them (and as evaluation and the pool's predictions see them)
+        dataset, _ = write_training_set(work, samples, data.names, TrainingTiles.from_settings(settings))
         return train_version(settings, store, dataset, data.names, work, seed=seed)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def training_sample(index: int, item: LabelledImage):
+    """Pool image `index` as Start Training's sample (task id = index + 1), without its crowd and difficult boxes:
+    they count as neither hit nor miss in evaluation, and ultralytics' own COCO and VOC converters leave them out."""
+    from ..training_set import TrainingSample
+
+    keep = ~item.truth.difficult
+    return TrainingSample(index + 1, item.path, item.truth.xyxy[keep], item.truth.labels[keep])
 
 
 def evaluate_served(settings: Settings, store, data: BenchData) -> dict:
@@ -450,7 +464,11 @@ def _new_class_index(config: BenchConfig, data: BenchData) -> int | None:
         return None
     if config.new_class not in data.names:
         raise ValueError(f"new class {config.new_class!r} is not a class of the dataset ({', '.join(data.names)})")
-    return data.names.index(config.new_class)
+    index = data.names.index(config.new_class)
+    for part, items in (("pool", data.pool), ("evaluation set", data.evaluation)):
+        if not any(index in item.truth.labels[~item.truth.difficult] for item in items):  # its AP would read 0.000 as if measured
+            raise ValueError(f"new class {config.new_class!r} has no box in the {part}: name a class with boxes in both, or --new-class none")
+    return index
 
 
 def pool_hashes(settings: Settings, pool: list[LabelledImage]) -> list[int] | None:
@@ -463,8 +481,8 @@ def pool_hashes(settings: Settings, pool: list[LabelledImage]) -> list[int] | No
 
 
 def _load(path: Path) -> Image.Image:
-    with Image.open(path) as image:
-        return image.convert("RGB")
+    # decoded as evaluation and serving decode it (EXIF orientation, 16-bit scaling): boxes and ranks of the image shown
+    return read_image(path)
 
 
 def _write_json(path: Path, results: dict) -> None:

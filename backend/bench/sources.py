@@ -7,11 +7,12 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
-from ..datasets import read_dataset
+from ..datasets import detect_format, read_dataset
 from ..settings import DEFAULT_TRAIN_BATCH, Settings
 from .digits import BURST_VERSION, NEW_CLASS_SHARE, DigitScenes, check_new_class_share
-from .simulation import BenchData
+from .simulation import LOAD_CHUNK, BenchData
 
 #: Seeds of the evaluation scenes and of the base model's scenes start here, far from the pool's.
 EVAL_SEED_OFFSET = 1_000_000
@@ -121,12 +122,17 @@ def user_data(
     images: str | Path | None = None,
     eval_path: str | Path | None = None,
     eval_percent: int = DEFAULT_EVAL_PERCENT,
+    eval_format: str | None = None,
 ) -> BenchData:
-    """A user's dataset; its evaluation set is `eval_path`, else a fixed `eval_percent` of it (by file-name hash)."""
+    """A user's dataset; its evaluation set is `eval_path`, else a fixed `eval_percent` of it (by file-name hash).
+
+    `eval_path` is read as `eval_format`, else in the format its layout shows (`format` where it shows none): a COCO
+    pool may be evaluated on a YOLO folder.
+    """
     names, items = read_dataset(path, format, images=images)
     if eval_path is not None:
         # a VOC evaluation folder without an object of a rare class is read in the pool's class order
-        eval_names, evaluation = read_dataset(eval_path, format, images=images, classes=names)
+        eval_names, evaluation = read_dataset(eval_path, _eval_format(eval_path, format, eval_format), images=images, classes=names)
         if eval_names != names:
             raise ValueError(f"the evaluation set's classes ({', '.join(eval_names)}) differ from the pool's ({', '.join(names)})")
         shared = sorted({item.path.resolve() for item in items} & {item.path.resolve() for item in evaluation})
@@ -143,3 +149,32 @@ def user_data(
         pool = [item for item, out in zip(items, held_out) if not out]
         evaluation = [item for item, out in zip(items, held_out) if out]
     return BenchData(names, pool, evaluation, f"{path}: {len(pool)} pool + {len(evaluation)} evaluation images")
+
+
+def _eval_format(eval_path, format: str | None, eval_format: str | None) -> str | None:
+    if eval_format or not Path(eval_path).exists():  # a path that is not there: read_dataset says so
+        return eval_format
+    try:
+        return detect_format(Path(eval_path))
+    except ValueError:
+        if format is None:
+            raise
+        return format
+
+
+def load_chunks(paths: list[Path], max_pixels: int) -> list[list[int]]:
+    """Positions in `paths`, LOAD_CHUNK at a time, a chunk closed early once its images' pixels reach `max_pixels`.
+
+    Sizes from the files' headers, nothing decoded: user photos can be large, and never LOAD_CHUNK of them in memory
+    (as `datasets.predict_items` chunks an evaluation).
+    """
+    chunks: list[list[int]] = [[]]
+    pixels = 0
+    for k, path in enumerate(paths):
+        if len(chunks[-1]) >= LOAD_CHUNK or pixels >= max_pixels:
+            chunks.append([])
+            pixels = 0
+        chunks[-1].append(k)
+        with Image.open(path) as image:
+            pixels += image.width * image.height
+    return chunks if chunks[-1] else []

@@ -437,3 +437,88 @@ def test_an_initial_set_always_holds_a_validation_image():
     assert len(fixed) == 12 and sum(is_validation(i + 1) for i in fixed) == 1 and set(fixed) - set(train_only)
     already = train_only[:11] + [next(i for i in range(200) if is_validation(i + 1))]
     assert with_a_validation_image(sorted(already), range(200)) == sorted(already)
+
+
+def test_pool_images_are_decoded_upright_as_evaluation_and_serving_decode_them(tmp_path):
+    from PIL import Image
+
+    from label_studio_ale.bench.simulation import _load
+    from label_studio_ale.media import read_image
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.new("RGB", (64, 32), (200, 10, 10)).save(tmp_path / "a.jpg", exif=exif)
+    loaded = _load(tmp_path / "a.jpg")
+    assert loaded.size == (32, 64) and loaded.mode == "RGB"
+    assert np.array_equal(np.asarray(loaded), np.asarray(read_image(tmp_path / "a.jpg")))
+
+
+def test_pool_predictions_decode_at_most_predict_chunk_pixels_at_once(tmp_path):
+    """Never LOAD_CHUNK large frames in memory at once: a chunk closes once its images reach PREDICT_CHUNK_PIXELS."""
+    from PIL import Image
+
+    from label_studio_ale.bench.simulation import BenchData, detect_images
+    from label_studio_ale.datasets import LabelledImage
+    from label_studio_ale.evaluation import GroundTruth
+
+    Image.new("RGB", (400, 300)).save(tmp_path / "big.png")
+    items = [LabelledImage(tmp_path / "big.png", GroundTruth(np.zeros((0, 4)), [], (400, 300))) for _ in range(10)]
+
+    class Spy:
+        settings = Settings(predict_chunk_pixels=400 * 300 * 3)
+        calls: list = []
+
+        def detect(self, images):
+            self.calls.append(len(images))
+            return [image.size for image in images]
+
+    spy = Spy()
+    assert detect_images(spy, BenchData(["bird"], items, items), list(range(10))) == [(400, 300)] * 10
+    assert spy.calls == [3, 3, 3, 1]
+
+
+def test_the_bench_trains_as_start_training_does_tiled_and_without_crowd_boxes(tmp_path, monkeypatch):
+    """Large frames are cut into tiles under the server's tiling settings; crowd and difficult boxes are left out
+    of training (evaluation counts them neither hit nor miss)."""
+    from PIL import Image
+
+    import label_studio_ale.training as training
+    from label_studio_ale.bench.simulation import BenchData, train_labelled
+    from label_studio_ale.datasets import LabelledImage
+    from label_studio_ale.evaluation import GroundTruth
+
+    Image.new("RGB", (4800, 200)).save(tmp_path / "wide.png")
+    truth = GroundTruth([[10, 10, 40, 40], [100, 10, 140, 40]], [0, 0], (4800, 200), [False, True])
+    items = [LabelledImage(tmp_path / "wide.png", truth) for _ in range(6)]
+    written = {}
+
+    def train_version(settings, store, dataset, names, work, seed=None):
+        written["images"] = sorted(p.name for p in (work / "images" / "train").iterdir())
+        written["labels"] = {p.name: p.read_text() for p in (work / "labels" / "train").iterdir()}
+
+    monkeypatch.setattr(training, "train_version", train_version)
+    train_labelled(Settings(), None, BenchData(["bird"], items, items), list(range(6)), tmp_path / "work", 0)
+    assert "1_t0.png" in written["images"], "the 4800 px frame is tiled, as TILE_ABOVE tiles it for Start Training"
+    assert written["labels"]["1_t0.txt"].count("\n") == 1 and written["labels"]["1.txt"].count("\n") == 1
+
+
+def test_a_new_class_without_boxes_is_refused_rather_than_reported_as_ap_0(tmp_path):
+    from label_studio_ale.bench.simulation import BenchData, _new_class_index
+    from label_studio_ale.datasets import LabelledImage
+    from label_studio_ale.evaluation import GroundTruth
+
+    birds = [LabelledImage(tmp_path / "a.png", GroundTruth([[0, 0, 5, 5]], [0], (10, 10)))]
+    crowd = [LabelledImage(tmp_path / "b.png", GroundTruth([[0, 0, 5, 5], [0, 0, 5, 5]], [0, 1], (10, 10), [False, True]))]
+    both = [LabelledImage(tmp_path / "c.png", GroundTruth([[0, 0, 5, 5], [0, 0, 5, 5]], [0, 1], (10, 10)))]
+    config = BenchConfig(new_class="nest")
+    with pytest.raises(ValueError, match="new class 'nest' has no box in the pool: name a class with boxes in both, or --new-class none"):
+        _new_class_index(config, BenchData(["bird", "nest"], birds + crowd, both))
+    with pytest.raises(ValueError, match="new class 'nest' has no box in the evaluation set"):
+        _new_class_index(config, BenchData(["bird", "nest"], both, birds))
+    assert _new_class_index(config, BenchData(["bird", "nest"], both, both)) == 1
+
+
+def test_eval_format_needs_eval_data(shapes_dataset, tmp_path, capsys):
+    code = main(["bench", "al", "--data", str(shapes_dataset), "--eval-format", "coco", "--out", str(tmp_path)])
+    assert code == 2
+    assert "--eval-format is the format of --eval-data: give --eval-data too" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from label_studio_ale.bench.cli import PRESETS
 from label_studio_ale.bench.sources import base_model_dir
 from label_studio_ale.settings import Settings
 
@@ -137,3 +138,39 @@ def test_an_evaluation_set_that_shares_images_with_the_pool_is_refused(tmp_path)
     copy = tmp_path / "copy"
     shutil.copytree(pool, copy)
     assert len(user_data(pool, eval_path=copy).evaluation) == 3
+
+
+def test_the_evaluation_data_is_read_in_its_own_format(tmp_path):
+    """--format names --data's format: a COCO pool evaluated on a YOLO folder reads that folder as YOLO."""
+    from label_studio_ale.bench.sources import user_data
+    from tests.test_datasets import write_coco, write_yolo
+
+    pool = write_coco(tmp_path / "coco")
+    data = user_data(pool, "coco", eval_path=write_yolo(tmp_path / "yolo"))
+    assert len(data.pool) == len(data.evaluation) == 3 and data.evaluation[0].path.parent.name == "train"
+    with pytest.raises(ValueError, match="yolo/result.json: not a readable COCO json"):
+        user_data(pool, "coco", eval_path=tmp_path / "yolo", eval_format="coco")
+
+
+def test_the_built_in_scenes_take_the_paths_they_took_before(tmp_path):
+    """What keeps `ale bench al --preset small` reproducing its results: no box of the digit scenes is difficult or
+    without area (every box trains and counts), a 128 px scene is never tiled, and the pool is predicted LOAD_CHUNK
+    images at a time, as before chunks were also closed by PREDICT_CHUNK_PIXELS."""
+    from label_studio_ale.bench.digits import DigitScenes
+    from label_studio_ale.bench.simulation import LOAD_CHUNK, training_sample
+    from label_studio_ale.bench.sources import load_chunks
+    from label_studio_ale.datasets import read_dataset
+    from label_studio_ale.tile_dataset import TrainingTiles
+
+    settings = Settings().replace(image_size=PRESETS["small"]["image_size"])
+    root = DigitScenes(size=PRESETS["small"]["image_size"]).write(tmp_path / "pool", 40, 0, 0)
+    _, items = read_dataset(root, "yolo")
+    assert sum(len(item.truth.labels) for item in items) > 40
+    for index, item in enumerate(items):
+        assert not item.truth.difficult.any()
+        sample = training_sample(index, item)
+        assert np.array_equal(sample.xyxy, item.truth.xyxy) and np.array_equal(sample.labels, item.truth.labels)
+        assert not TrainingTiles.from_settings(settings).tiles.applies(item.truth.image_size)
+    paths = [item.path for item in items] * 5  # 200 images
+    chunks = load_chunks(paths, settings.predict_chunk_pixels)
+    assert chunks == [list(range(k, min(k + LOAD_CHUNK, len(paths)))) for k in range(0, len(paths), LOAD_CHUNK)]
