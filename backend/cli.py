@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("evaluate", help="COCO and VOC metrics of a model on a labelled YOLO-format dataset")
     evaluate.add_argument("--weights", required=True, help="model weights (.pt)")
-    evaluate.add_argument("--data", required=True, help="dataset yaml (ultralytics layout: images/<split>, labels/<split>)")
+    evaluate.add_argument("--data", required=True, help="dataset yaml or folder (ultralytics layout: images/<split>, labels/<split>, or the folders data.yaml's train:/val: name; --split '' for images/ without splits)")
     evaluate.add_argument("--split", default="val")
     evaluate.add_argument("--out", help="also write the metrics as JSON here")
 
