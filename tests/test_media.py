@@ -198,9 +198,7 @@ def test_a_malformed_url_is_the_tasks_error_not_the_batchs(url):
 
 # --- Label Studio's own addresses: LABEL_STUDIO_URL, its public LABEL_STUDIO_HOST, a sub-path ---
 
-import threading  # noqa: E402
 from contextlib import contextmanager  # noqa: E402
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: E402
 
 from label_studio_ale.ls_client import LabelStudioClient  # noqa: E402
 
@@ -210,26 +208,9 @@ LEGACY_KEY = "0123456789abcdef0123456789abcdef01234567"
 @contextmanager
 def label_studio_files(body: bytes):
     """A loopback stand-in for LS's file views: every GET answers `body`; yields (base URL, [(path, Authorization)])."""
-    seen = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 (http.server API)
-            seen.append((self.path, self.headers.get("Authorization")))
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", seen
-    finally:
-        server.shutdown()
-        server.server_close()
+    seen: list = []
+    with serve_files({}, default=body, seen=seen) as base:
+        yield base, seen
 
 
 def ls_fetcher(url: str, host: str = "") -> MediaFetcher:
