@@ -69,15 +69,19 @@ def local_weights(weights: str | Path, *, allow_downloads: bool = False, setting
 
 def checkpoint_model(weights: str | Path, setting: str | None = None):
     """The detection model in a local ultralytics checkpoint, unfused, on the CPU (`read_checkpoint`)."""
-    if not Path(weights).is_file():
-        raise AdapterError(f"{_named(weights, setting)}: no such file (a hub name is fetched first, with ALLOW_DOWNLOADS)")
-    model, _ = read_checkpoint(weights, fuse=False, setting=setting)
-    return model
+    return _local_checkpoint(weights, setting)[0]
 
 
 def checkpoint_classes(weights: str | Path, setting: str | None = None) -> list[str]:
     """Class names stored in an ultralytics checkpoint, in index order."""
-    return list(class_names(checkpoint_model(weights, setting), _named(weights, setting)))
+    return list(_local_checkpoint(weights, setting)[1])
+
+
+def _local_checkpoint(weights: str | Path, setting: str | None):
+    """`read_checkpoint` of a local file, unfused; AdapterError naming `setting` for a path with no file."""
+    if not Path(weights).is_file():
+        raise AdapterError(f"{_named(weights, setting)}: no such file (a hub name is fetched first, with ALLOW_DOWNLOADS)")
+    return read_checkpoint(weights, fuse=False, setting=setting)
 
 
 def read_checkpoint(weights: str | Path, *, fuse: bool, setting: str | None = None):
@@ -190,8 +194,9 @@ def grow_head(
     import torch
     from ultralytics.nn.tasks import DetectionModel
 
-    old = checkpoint_model(weights).float()
-    old_classes = list(class_names(old, str(weights)))
+    old, names = _local_checkpoint(weights, None)
+    old = old.float()
+    old_classes = list(names)
     # The new classes' rows start from a fresh initialisation drawn from a fixed seed, on a forked RNG:
     # the same checkpoint and classes grow the same head (a benchmark rerun, a retried job trains the same
     # model), and the caller's random state is left as it was.
