@@ -306,11 +306,16 @@ def _upright(image: Image.Image) -> Image.Image:
     Not `ImageOps.exif_transpose`: it rewrites the whole EXIF block, and raises on tags a camera wrote
     with odd types (a date stored as a number), which would lose a good image.
     """
-    method = ORIENTATION_TRANSPOSE.get(orientation(image))
+    method = turning(image)
     return image if method is None else image.transpose(method)
 
 
-def orientation(image: Image.Image) -> int | None:
+def turning(image: Image.Image) -> Image.Transpose | None:
+    """How an opened image must be turned to show as browsers show it (its EXIF orientation); None: as stored."""
+    return ORIENTATION_TRANSPOSE.get(_orientation(image))
+
+
+def _orientation(image: Image.Image) -> int | None:
     """The orientation tag of an opened image's EXIF block (a TIFF's own header); None where absent or unreadable
     (browsers then show it as stored).
 
@@ -335,8 +340,12 @@ def orientation(image: Image.Image) -> int | None:
 
 def upright_size(image: Image.Image) -> tuple[int, int]:
     """(width, height) of an opened image as a browser shows it (EXIF orientation applied), without decoding pixels."""
-    width, height = image.size
-    method = ORIENTATION_TRANSPOSE.get(orientation(image))
+    return turned_size(image.size, turning(image))
+
+
+def turned_size(size: tuple[int, int], method: Image.Transpose | None) -> tuple[int, int]:
+    """(width, height) of an image of `size` once turned by `method` (`turning`)."""
+    width, height = size
     turned = method in (Image.Transpose.TRANSPOSE, Image.Transpose.TRANSVERSE, Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_270)
     return (height, width) if turned else (width, height)
 

@@ -20,7 +20,7 @@ from .boxes import clip_boxes
 from .consensus import consensus
 from .errors import AleError, TrainingError
 from .ls_format import rectangle_to_xyxy, task_image_url
-from .media import ORIENTATION_TRANSPOSE, MediaFetcher, orientation, read_image, upright_size, use_own_pixel_limit
+from .media import MediaFetcher, read_image, turned_size, turning, use_own_pixel_limit
 from .model_store import ModelStore
 from .runtime import Runtime
 from .tile_dataset import TrainingTiles, write_tiles, yolo_lines
@@ -291,9 +291,10 @@ def _shown_image(sample: TrainingSample, work: Path) -> tuple[Path, tuple[int, i
     upright PNGs), an upright PNG copy under `work`: the tiles and the model must not see it as stored.
     """
     with Image.open(sample.image) as image:
-        if sample.upright or ORIENTATION_TRANSPOSE.get(orientation(image)) is None:
+        method = None if sample.upright else turning(image)
+        if method is None:
             return sample.image, image.size
-        shown = upright_size(image)
+        shown = turned_size(image.size, method)
     copy = work / UPRIGHT / f"{sample.task_id}.png"
     copy.parent.mkdir(parents=True, exist_ok=True)
     read_image(sample.image).save(copy, compress_level=1)
